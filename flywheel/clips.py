@@ -1,0 +1,342 @@
+"""MCAP clips: read and validate one clip (DESIGN.md §1), and write one (simulator, tests).
+
+A clip that breaks the contract raises `ClipError` with a short machine-readable `reason`
+(`truncated`, `not_mcap`, `no_camera`, ...) and a message for people; the caller
+quarantines it and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from mcap.exceptions import McapError
+from mcap.records import Channel, Message, Metadata, Schema
+from mcap.stream_reader import StreamReader
+from mcap.writer import CompressionType, Writer
+
+MCAP_MAGIC = b"\x89MCAP0\r\n"
+CLIP_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+FOXGLOVE_IMAGE = "foxglove.CompressedImage"
+ROS2_IMAGE = "sensor_msgs/msg/CompressedImage"
+GROUND_TRUTH = "flywheel.GroundTruth"
+GROUND_TRUTH_TOPIC = "/ground_truth"
+CAMERA_PREFIX = "/camera/"
+FORMATS = {"jpeg": "JPEG", "jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+ACCEPTED = {(FOXGLOVE_IMAGE, "json"), (FOXGLOVE_IMAGE, "protobuf"), (ROS2_IMAGE, "cdr")}
+
+# Quarantine reasons, each with a test.
+REASONS = (
+    "not_mcap", "truncated", "no_camera", "bad_clip_id", "unsupported_schema",
+    "undecodable_image", "image_too_large", "unknown_label", "bad_ground_truth",
+)  # fmt: skip
+
+ROS2_COMPRESSED_IMAGE_MSGDEF = """std_msgs/Header header
+string format
+uint8[] data
+================================================================================
+MSG: std_msgs/Header
+builtin_interfaces/Time stamp
+string frame_id
+================================================================================
+MSG: builtin_interfaces/Time
+int32 sec
+uint32 nanosec
+"""
+
+
+class ClipError(ValueError):
+    """A clip that breaks the contract. `reason` is one of REASONS."""
+
+    def __init__(self, reason: str, detail: str):
+        if reason not in REASONS:
+            raise ValueError(f"unknown quarantine reason {reason!r}")
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@dataclass(frozen=True)
+class ClipMeta:
+    clip_id: str
+    vehicle_id: str = "unknown"
+    trigger: str = "random"
+    recorded_at: str = "1970-01-01T00:00:00+00:00"
+    extra: dict[str, str] = field(default_factory=dict)  # any other key of the `clip` record
+
+
+@dataclass(frozen=True)
+class Frame:
+    camera: str
+    index: int  # position in its camera's stream, by log_time
+    timestamp_ns: int  # MCAP log_time
+    image: bytes  # encoded as uploaded (or resized, if configured)
+    format: str  # jpeg | png | webp
+    height: int
+    width: int
+    ground_truth: str | None = None  # class name from /ground_truth, if any
+
+
+@dataclass(frozen=True)
+class Clip:
+    meta: ClipMeta
+    frames: list[Frame]
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_clip(
+    data: bytes,
+    *,
+    classes: list[str],
+    max_pixels: int = 4096 * 4096,
+    resize: int | None = None,
+    decode_check: bool = True,
+) -> Clip:
+    """Parse and validate one MCAP clip held in memory; raise ClipError if it is bad.
+
+    `decode_check` decodes every image once to prove it is whole (a cheap reduced-size decode
+    for JPEG); the header-level checks (format, size, pixel limit) always run.
+    """
+    if not data.startswith(MCAP_MAGIC):
+        raise ClipError("not_mcap", "the file does not start with the MCAP magic bytes")
+    if len(data) < 2 * len(MCAP_MAGIC) or not data.endswith(MCAP_MAGIC):
+        raise ClipError("truncated", f"the file ends without the MCAP footer ({len(data)} bytes)")
+
+    schemas: dict[int, Schema] = {}
+    channels: dict[int, Channel] = {}
+    decoders: dict[int, object] = {}
+    meta_record: dict[str, str] | None = None
+    images: dict[str, list[tuple[int, str, bytes]]] = defaultdict(list)
+    truth: dict[int, str] = {}
+    try:
+        for record in StreamReader(io.BytesIO(data), validate_crcs=True).records:
+            if isinstance(record, Schema):
+                schemas[record.id] = record
+            elif isinstance(record, Channel):
+                channels[record.id] = record
+            elif isinstance(record, Metadata) and record.name == "clip":
+                meta_record = dict(record.metadata)
+            elif isinstance(record, Message):
+                ch = channels.get(record.channel_id)
+                if ch is None:
+                    raise ClipError("truncated", f"message on unknown channel {record.channel_id}")
+                if ch.topic.startswith(CAMERA_PREFIX):
+                    dec = decoders.get(ch.id) or decoders.setdefault(
+                        ch.id, _image_decoder(ch, schemas.get(ch.schema_id))
+                    )
+                    fmt, img = dec(record.data)
+                    images[ch.topic[len(CAMERA_PREFIX) :]].append((record.log_time, fmt, img))
+                elif ch.topic == GROUND_TRUTH_TOPIC:
+                    truth[record.log_time] = _ground_truth_label(record.data, classes)
+    except ClipError:
+        raise
+    except (McapError, EOFError, ValueError, KeyError, IndexError) as e:
+        raise ClipError("truncated", f"the MCAP records cannot be read: {e}") from e
+
+    meta = _clip_meta(meta_record)
+    if not images:
+        raise ClipError("no_camera", f"no message on a channel whose topic starts with {CAMERA_PREFIX}")
+    frames = []
+    for camera in sorted(images):
+        for index, (log_time, fmt, img) in enumerate(sorted(images[camera], key=lambda m: m[0])):
+            img, h, w = _check_image(img, fmt, max_pixels, decode_check, where=f"{camera}[{index}]")
+            if resize is not None and max(h, w) > resize:
+                img, h, w = _resize(img, fmt, resize)
+            frames.append(Frame(camera, index, log_time, img, fmt, h, w, truth.get(log_time)))
+    return Clip(meta, frames)
+
+
+def _clip_meta(record: dict[str, str] | None) -> ClipMeta:
+    if record is None:
+        raise ClipError("bad_clip_id", "no metadata record named 'clip'")
+    clip_id = record.pop("clip_id", "")
+    if not CLIP_ID_RE.match(clip_id):
+        raise ClipError("bad_clip_id", f"clip_id {clip_id!r} does not match [A-Za-z0-9._-]{{1,128}}")
+    known = {k: record.pop(k) for k in ("vehicle_id", "trigger", "recorded_at") if record.get(k)}
+    if "recorded_at" in known:
+        try:
+            datetime.fromisoformat(known["recorded_at"])
+        except ValueError:
+            known.pop("recorded_at")  # optional field: fall back to the default
+    return ClipMeta(clip_id=clip_id, **known, extra=record)
+
+
+def _image_decoder(channel: Channel, schema: Schema | None):
+    """A function from message bytes to (format, image bytes) for one camera channel."""
+    name = schema.name if schema else ""
+    key = (name, channel.message_encoding)
+    if key not in ACCEPTED:
+        raise ClipError(
+            "unsupported_schema",
+            f"camera channel {channel.topic} has schema {name!r} with encoding "
+            f"{channel.message_encoding!r}; accepted: {sorted(ACCEPTED)}",
+        )
+    if key == (FOXGLOVE_IMAGE, "json"):
+
+        def decode(raw: bytes):
+            msg = json.loads(raw)
+            return msg.get("format", ""), base64.b64decode(msg.get("data", ""), validate=True)
+
+        return decode
+    if key == (FOXGLOVE_IMAGE, "protobuf"):
+        from mcap_protobuf.decoder import DecoderFactory as ProtobufDecoders
+
+        pb = ProtobufDecoders().decoder_for("protobuf", schema)
+        return lambda raw: (lambda m: (m.format, m.data))(pb(raw))
+    from mcap_ros2.decoder import DecoderFactory as Ros2Decoders
+
+    cdr = Ros2Decoders().decoder_for("cdr", schema)
+    return lambda raw: (lambda m: (m.format, bytes(m.data)))(cdr(raw))
+
+
+def _ground_truth_label(raw: bytes, classes: list[str]) -> str:
+    try:
+        label = json.loads(raw)["label"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ClipError("bad_ground_truth", f"a /ground_truth message is not valid: {e}") from e
+    if label not in classes:
+        raise ClipError("unknown_label", f"ground-truth label {label!r} is not one of {classes}")
+    return label
+
+
+def _check_image(img: bytes, fmt: str, max_pixels: int, decode_check: bool, where: str):
+    fmt = fmt.lower()
+    if fmt not in FORMATS:
+        raise ClipError("undecodable_image", f"frame {where}: format {fmt!r} is not jpeg, png or webp")
+    try:
+        with Image.open(io.BytesIO(img)) as im:
+            if im.format != FORMATS[fmt]:
+                raise ClipError(
+                    "undecodable_image", f"frame {where}: says {fmt} but the bytes are {im.format}"
+                )
+            w, h = im.size
+            if w * h > max_pixels:  # checked before any decode: no decompression bombs
+                raise ClipError(
+                    "image_too_large", f"frame {where}: {w}x{h} is over the limit of {max_pixels} pixels"
+                )
+            if decode_check:
+                if im.format == "JPEG":
+                    im.draft("L", (max(1, w // 8), max(1, h // 8)))  # DCT-scaled decode
+                im.load()
+    except ClipError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ClipError("undecodable_image", f"frame {where}: {e}") from e
+    return img, h, w
+
+
+def _resize(img: bytes, fmt: str, longest: int) -> tuple[bytes, int, int]:
+    arr = cv2.imdecode(np.frombuffer(img, np.uint8), cv2.IMREAD_COLOR)
+    h, w = arr.shape[:2]
+    scale = longest / max(h, w)
+    arr = cv2.resize(arr, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode("." + ("jpg" if fmt in ("jpeg", "jpg") else fmt), arr)
+    if not ok:
+        raise ClipError("undecodable_image", f"cannot re-encode a resized {fmt} image")
+    return buf.tobytes(), arr.shape[0], arr.shape[1]
+
+
+# ---------------------------------------------------------------- writing
+
+
+def write_clip(
+    meta: dict[str, str],
+    frames: list[tuple[str, int, str, bytes]],
+    ground_truth: list[tuple[int, str]] = (),
+    *,
+    encoding: str = "protobuf",
+) -> bytes:
+    """Encode one clip as MCAP bytes.
+
+    `frames`: (camera, log_time_ns, format, image bytes); `ground_truth`: (log_time_ns, label);
+    `encoding`: `json` or `protobuf` (foxglove.CompressedImage) or `cdr` (ROS 2).
+    """
+    out = io.BytesIO()
+    writer = Writer(out, compression=CompressionType.ZSTD)
+    writer.start(profile="ros2" if encoding == "cdr" else "", library="flywheel")
+    encode = _image_encoder(writer, encoding)
+    cameras: dict[str, int] = {}
+    for camera, log_time, fmt, img in frames:
+        if camera not in cameras:
+            cameras[camera] = writer.register_channel(
+                topic=CAMERA_PREFIX + camera, message_encoding=encode.encoding, schema_id=encode.schema_id
+            )
+        data = encode(log_time, camera, fmt, img)
+        writer.add_message(cameras[camera], log_time=log_time, publish_time=log_time, data=data)
+    if ground_truth:
+        gt_schema = writer.register_schema(
+            GROUND_TRUTH, "jsonschema",
+            json.dumps({"type": "object", "properties": {"timestamp": {"type": "object"}, "label": {"type": "string"}}}).encode(),
+        )  # fmt: skip
+        gt = writer.register_channel(GROUND_TRUTH_TOPIC, "json", gt_schema)
+        for log_time, label in ground_truth:
+            sec, nsec = divmod(log_time, 1_000_000_000)
+            body = json.dumps({"timestamp": {"sec": sec, "nsec": nsec}, "label": label}).encode()
+            writer.add_message(gt, log_time=log_time, publish_time=log_time, data=body)
+    writer.add_metadata("clip", {k: str(v) for k, v in meta.items()})
+    writer.finish()
+    return out.getvalue()
+
+
+def _image_encoder(writer: Writer, encoding: str):
+    if encoding == "json":
+        schema_id = writer.register_schema(FOXGLOVE_IMAGE, "jsonschema", json.dumps(_FOXGLOVE_JSONSCHEMA).encode())
+
+        def encode(t, camera, fmt, img):
+            sec, nsec = divmod(t, 1_000_000_000)
+            return json.dumps({
+                "timestamp": {"sec": sec, "nsec": nsec}, "frame_id": camera,
+                "data": base64.b64encode(img).decode(), "format": fmt,
+            }).encode()  # fmt: skip
+    elif encoding == "protobuf":
+        from foxglove_schemas_protobuf.CompressedImage_pb2 import CompressedImage
+        from mcap_protobuf.schema import build_file_descriptor_set
+
+        fds = build_file_descriptor_set(CompressedImage).SerializeToString()
+        schema_id = writer.register_schema(FOXGLOVE_IMAGE, "protobuf", fds)
+
+        def encode(t, camera, fmt, img):
+            msg = CompressedImage(frame_id=camera, data=img, format=fmt)
+            msg.timestamp.FromNanoseconds(t)
+            return msg.SerializeToString()
+    elif encoding == "cdr":
+        from mcap_ros2._dynamic import serialize_dynamic
+
+        schema_id = writer.register_schema(ROS2_IMAGE, "ros2msg", ROS2_COMPRESSED_IMAGE_MSGDEF.encode())
+        ros2 = serialize_dynamic(ROS2_IMAGE, ROS2_COMPRESSED_IMAGE_MSGDEF)[ROS2_IMAGE]
+
+        def encode(t, camera, fmt, img):
+            sec, nsec = divmod(t, 1_000_000_000)
+            header = {"stamp": {"sec": sec, "nanosec": nsec}, "frame_id": camera}
+            return ros2({"header": header, "format": fmt, "data": img})
+    else:
+        raise ValueError(f"unknown clip encoding {encoding!r}: use json, protobuf or cdr")
+    encode.encoding = {"json": "json", "protobuf": "protobuf", "cdr": "cdr"}[encoding]
+    encode.schema_id = schema_id
+    return encode
+
+
+_FOXGLOVE_JSONSCHEMA = {
+    "title": FOXGLOVE_IMAGE,
+    "type": "object",
+    "properties": {
+        "timestamp": {"type": "object", "properties": {"sec": {"type": "integer"}, "nsec": {"type": "integer"}}},
+        "frame_id": {"type": "string"},
+        "data": {"type": "string", "contentEncoding": "base64"},
+        "format": {"type": "string"},
+    },
+}
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

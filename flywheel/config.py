@@ -1,0 +1,218 @@
+"""Settings: one validated model, read from `flywheel.yaml` (optional) and the environment.
+
+Defaults are the standard recipe, so the demo needs no file at all. An error names the
+file, the field and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_CLASSES = ["clear_road", "vehicle", "pedestrian", "cyclist", "red_light", "obstacle"]
+CONDITIONS = ["day", "night", "rain", "fog"]
+
+
+class ConfigError(ValueError):
+    """A config file or value that cannot be used; the message names where and why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StoreSettings(_Section):
+    root: str | None = None  # None: $FLYWHEEL_HOME; or a folder; or s3://bucket/prefix
+    endpoint_url: str | None = None  # any S3-compatible server
+    region: str = "us-east-1"
+
+
+class SensorSettings(_Section):
+    min_clips: int = Field(20, ge=1)  # new clips in landing that make a fleet batch
+    max_clips: int = Field(500, ge=1)  # at most this many clips in one batch
+    min_new_frames: int = Field(200, ge=0)  # new labeled frames that trigger training
+
+
+class IngestSettings(_Section):
+    max_pixels: int = Field(4096 * 4096, ge=1)  # larger images quarantine their clip
+    resize: int | None = Field(None, ge=8)  # longest side; None keeps images as uploaded
+
+
+class SimSettings(_Section):
+    vehicles: int = Field(8, ge=1)
+    frames_per_clip: int = Field(16, ge=1)
+    cameras: list[str] = ["front"]
+    width: int = Field(96, ge=16)
+    height: int = Field(72, ge=16)
+    fps: float = Field(10.0, gt=0)
+    # Share of each condition at the start of the drift and at its end (after drift_clips).
+    conditions_start: dict[str, float] = {"day": 0.80, "night": 0.12, "rain": 0.06, "fog": 0.02}
+    conditions_end: dict[str, float] = {"day": 0.40, "night": 0.20, "rain": 0.20, "fog": 0.20}
+    drift_clips: int = Field(600, ge=1)
+    encodings: list[Literal["json", "protobuf", "cdr"]] = ["protobuf", "json", "cdr"]
+
+    @field_validator("conditions_start", "conditions_end")
+    @classmethod
+    def _known_conditions(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = set(v) - set(CONDITIONS)
+        if unknown:
+            raise ValueError(f"unknown condition(s) {sorted(unknown)}; known: {CONDITIONS}")
+        if any(p < 0 for p in v.values()) or sum(v.values()) <= 0:
+            raise ValueError("condition shares must be >= 0 and not all zero")
+        return v
+
+
+class DatasetSettings(_Section):
+    name: str = "perception"
+    shard_mb: float = Field(64.0, gt=0)
+    row_group_rows: int = Field(256, ge=1)
+    split: dict[str, float] = {"train": 0.8, "val": 0.1, "test": 0.1}
+    golden_size: int = Field(200, ge=0)
+
+    @field_validator("split")
+    @classmethod
+    def _split(cls, v: dict[str, float]) -> dict[str, float]:
+        if set(v) != {"train", "val", "test"}:
+            raise ValueError("split needs exactly the keys train, val, test")
+        if abs(sum(v.values()) - 1.0) > 1e-6 or any(p < 0 for p in v.values()):
+            raise ValueError("split shares must be >= 0 and sum to 1")
+        return v
+
+
+class AugmentSettings(_Section):
+    pipeline: str | None = None  # path to an albumentations YAML (to_dict form); None: built-in
+    target_share: float = Field(0.5, ge=0, le=1)  # oversample rare groups towards this share of the largest
+    max_copies: int = Field(4, ge=0)  # augmented copies per original at most
+    seed: int = 0
+
+
+class TrainSettings(_Section):
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    width: int = Field(32, ge=4)
+    depth: int = Field(2, ge=1)
+    num_workers: int = Field(0, ge=0)
+    compile: bool = False
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class GateSettings(_Section):
+    metric: Literal["accuracy", "macro_f1"] = "macro_f1"
+    margin: float = 0.0  # the challenger must beat the champion by more than this
+    slice_tolerance: float = Field(0.05, ge=0)  # largest allowed drop on any slice
+    floor: float = Field(0.5, ge=0, le=1)  # first model: reach this absolute score
+    min_slice_frames: int = Field(20, ge=1)  # smaller slices are reported, not gated
+    force: bool = False
+    force_reason: str | None = None
+
+    @model_validator(mode="after")
+    def _forced_needs_reason(self) -> GateSettings:
+        if self.force and not self.force_reason:
+            raise ValueError("gate.force needs gate.force_reason (who and why)")
+        return self
+
+
+class MlflowSettings(_Section):
+    tracking_uri: str | None = None  # None: SQLite under $FLYWHEEL_HOME
+    model_name: str = "perception"
+    experiment: str = "flywheel"
+
+
+class Settings(_Section):
+    store: StoreSettings = StoreSettings()
+    classes: list[str] = DEFAULT_CLASSES
+    image_size: int = Field(64, ge=8, le=1024)
+    sensor: SensorSettings = SensorSettings()
+    ingest: IngestSettings = IngestSettings()
+    sim: SimSettings = SimSettings()
+    dataset: DatasetSettings = DatasetSettings()
+    augment: AugmentSettings = AugmentSettings()
+    train: TrainSettings = TrainSettings()
+    gate: GateSettings = GateSettings()
+    mlflow: MlflowSettings = MlflowSettings()
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: list[str]) -> list[str]:
+        if len(v) < 2:
+            raise ValueError("at least two classes are needed")
+        if len(set(v)) != len(v):
+            raise ValueError("class names must be unique")
+        return v
+
+    @property
+    def home(self) -> Path:
+        return flywheel_home()
+
+    @property
+    def store_root(self) -> str:
+        return self.store.root or str(self.home)
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow.tracking_uri or f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}"
+
+
+def flywheel_home() -> Path:
+    """`$FLYWHEEL_HOME`, default `./.flywheel`, as an absolute path."""
+    return Path(os.environ.get("FLYWHEEL_HOME", ".flywheel")).resolve()
+
+
+def config_path(path: str | os.PathLike | None = None) -> Path | None:
+    """The config file in use: the argument, else `$FLYWHEEL_CONFIG`, else ./flywheel.yaml if present."""
+    if path is not None:
+        return Path(path)
+    if os.environ.get("FLYWHEEL_CONFIG"):
+        return Path(os.environ["FLYWHEEL_CONFIG"])
+    default = Path("flywheel.yaml")
+    return default if default.exists() else None
+
+
+def load_settings(path: str | os.PathLike | None = None, **overrides) -> Settings:
+    """Read and validate settings; `overrides` are dotted keys (`train.epochs=2`)."""
+    source = config_path(path)
+    data: dict = {}
+    if source is not None:
+        if not source.exists():
+            raise ConfigError(f"config file {source} does not exist")
+        try:
+            data = yaml.safe_load(source.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {source} is not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {source}: the top level must be a mapping")
+    for dotted, value in overrides.items():
+        _set_dotted(data, dotted, value)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        where = f"config file {source}" if source else "settings"
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()
+        )
+        raise ConfigError(f"{where}: {problems}") from None
+
+
+def _set_dotted(data: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.replace("__", ".").split(".")
+    node = data
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = value
+
+
+def quiet_telemetry() -> None:
+    """Turn off the telemetry of Dagster, MLflow and albumentations unless the user set it."""
+    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")

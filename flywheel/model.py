@@ -1,0 +1,100 @@
+"""A small ResNet-style CNN for frame classification, and its save/load format.
+
+The model takes uint8 images (B, 3, S, S) and normalizes them itself, so the deployed ONNX
+graph, the trainer and the fleet simulator all feed it raw pixels. Weights are stored as a
+plain state dict beside a JSON-able config and loaded with `weights_only=True`: no pickles.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+MEAN = (0.45, 0.45, 0.45)
+STD = (0.25, 0.25, 0.25)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    num_classes: int
+    image_size: int = 64
+    width: int = 32  # channels of the first stage; doubled at each later stage
+    depth: int = 2  # residual blocks per stage (3 stages)
+
+
+class Block(nn.Module):
+    """Two 3x3 convs with a skip; stride 2 and a 1x1 projection when the shape changes."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.skip = (
+            nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+            if stride != 1 or c_in != c_out
+            else nn.Identity()
+        )
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return F.relu(y + self.skip(x))
+
+
+class FrameClassifier(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.width
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1) * 255, persistent=False)
+        self.stem = nn.Sequential(nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        stages, c = [], w
+        for i, c_out in enumerate((w, 2 * w, 4 * w)):
+            for j in range(cfg.depth):
+                stages.append(Block(c, c_out, stride=2 if (j == 0 and i > 0) else 1))
+                c = c_out
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Linear(c, cfg.num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate-layer features (B, 4*width) for uint8 or float images (B, 3, S, S)."""
+        x = (x.to(self.mean.dtype) - self.mean) / self.std
+        x = self.stages(self.stem(x))  # (B, 4w, S/4, S/4)
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))  # (B, num_classes) logits
+
+
+def build_model(cfg: ModelConfig) -> FrameClassifier:
+    return FrameClassifier(cfg)
+
+
+def save_weights(model: nn.Module, cfg: ModelConfig, classes: list[str]) -> bytes:
+    """Serialize weights + config + class names (tensors and plain types only)."""
+    state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+    buf = io.BytesIO()
+    torch.save({"state_dict": state, "config": asdict(cfg), "classes": list(classes)}, buf)
+    return buf.getvalue()
+
+
+def load_weights(data: bytes) -> tuple[FrameClassifier, list[str]]:
+    """The inverse of `save_weights`, with `weights_only=True`; the model is in eval mode."""
+    blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    cfg = ModelConfig(**blob["config"])
+    model = build_model(cfg)
+    model.load_state_dict(blob["state_dict"])
+    return model.eval(), list(blob["classes"])
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP and torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)

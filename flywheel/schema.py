@@ -1,0 +1,51 @@
+"""Arrow schemas of the Parquet tables other stages read: frames, labels, dataset rows."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# frames/batch=<id>/*.parquet: one row per camera frame of an accepted clip.
+FRAMES = pa.schema([
+    ("frame_id", pa.string()),  # <clip_id>/<camera>/<index>
+    ("clip_id", pa.string()),
+    ("vehicle_id", pa.string()),
+    ("trigger", pa.string()),
+    ("recorded_at", pa.string()),  # ISO-8601
+    ("condition", pa.string()),  # metadata slice from the clip record ("" if absent)
+    ("camera", pa.string()),
+    ("timestamp_ns", pa.int64()),
+    ("image", pa.binary()),  # encoded as uploaded
+    ("format", pa.string()),  # jpeg | png | webp
+    ("height", pa.int32()),
+    ("width", pa.int32()),
+    ("ground_truth", pa.string()),  # class name from /ground_truth, null if none
+    ("batch_id", pa.string()),
+    ("clip_key", pa.string()),  # landing key the clip came from
+])  # fmt: skip
+
+# labels/batch=<id>/*.parquet: the chosen label of each labeled frame.
+LABELS = pa.schema([
+    ("frame_id", pa.string()),
+    ("label", pa.int32()),  # class index
+    ("label_source", pa.string()),  # human | ground_truth | auto
+    ("label_confidence", pa.float32()),
+])  # fmt: skip
+
+# datasets/<name>/v<N>/shards/*.parquet rows (DESIGN.md §3), plus the condition slice.
+DATASET = pa.schema([
+    ("frame_id", pa.string()),
+    ("clip_id", pa.string()),
+    ("vehicle_id", pa.string()),
+    ("trigger", pa.string()),
+    ("condition", pa.string()),
+    ("camera", pa.string()),
+    ("timestamp_ns", pa.int64()),
+    ("image", pa.binary()),
+    ("height", pa.int32()),
+    ("width", pa.int32()),
+    ("label", pa.int32()),
+    ("label_source", pa.string()),
+    ("label_confidence", pa.float32()),
+    ("split", pa.string()),  # train | val | test
+    ("augmentation", pa.string()),  # "" for originals, else the pipeline id + seed
+])  # fmt: skip

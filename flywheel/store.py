@@ -1,0 +1,256 @@
+"""The store: one root holding every object of the flywheel, a local folder or S3.
+
+Keys are `/`-separated paths under the root (`landing/v1/2026-01-01/c1.mcap`). Every write
+that readers trust is atomic: a local write goes to a temporary name and is renamed; an S3
+PUT (or a completed multipart upload) only becomes visible whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+KEY_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-=/")
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    mtime: float  # seconds since the epoch
+
+
+def check_key(key: str) -> str:
+    """Return `key` if it is a safe relative key, else raise ValueError naming it."""
+    if not key or key.startswith("/") or ".." in key.split("/") or set(key) - KEY_CHARS:
+        raise ValueError(f"invalid store key {key!r}: use letters, digits, '._-=/' and no '..'")
+    return key
+
+
+class Store(ABC):
+    """Objects under one root. `open_store(root)` picks the backend."""
+
+    root: str
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Write `data` atomically: readers see the old object or the new one, never a part."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        """Every object whose key starts with `prefix`, sorted by key."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def move(self, src: str, dst: str) -> None:
+        """Move one object; `dst` is complete before `src` disappears."""
+
+    @abstractmethod
+    def arrow_fs(self) -> tuple[pafs.FileSystem, str]:
+        """A pyarrow filesystem and the root path in it, for Parquet I/O."""
+
+    def uri(self, key: str) -> str:
+        return f"{self.root.rstrip('/')}/{check_key(key)}"
+
+    def arrow_path(self, key: str) -> str:
+        _, base = self.arrow_fs()
+        return f"{base.rstrip('/')}/{check_key(key)}"
+
+    def read_json(self, key: str):
+        try:
+            return json.loads(self.read_bytes(key))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{self.uri(key)} is not valid JSON: {e}") from e
+
+    def write_json(self, key: str, obj) -> None:
+        self.write_bytes(key, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+    def write_parquet(self, key: str, table: pa.Table, **options) -> int:
+        """Write `table` to `key` atomically; returns the bytes written."""
+        fs, _ = self.arrow_fs()
+        final = self.arrow_path(key)
+        tmp = self._parquet_tmp_path(final)
+        pq.write_table(table, tmp, filesystem=fs, **options)
+        if tmp != final:
+            fs.move(tmp, final)
+        return fs.get_file_info(final).size
+
+    def read_parquet(self, keys: str | list[str], columns: list[str] | None = None) -> pa.Table:
+        fs, _ = self.arrow_fs()
+        paths = [self.arrow_path(k) for k in ([keys] if isinstance(keys, str) else keys)]
+        if not paths:
+            raise ValueError("read_parquet needs at least one key")
+        return pq.ParquetDataset(paths, filesystem=fs).read(columns=columns)
+
+    def parquet_file(self, key: str) -> pq.ParquetFile:
+        fs, _ = self.arrow_fs()
+        return pq.ParquetFile(fs.open_input_file(self.arrow_path(key)))
+
+    def _parquet_tmp_path(self, final: str) -> str:
+        return final
+
+
+class LocalStore(Store):
+    def __init__(self, root: str | os.PathLike):
+        self.path = Path(root).expanduser().resolve()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.root = str(self.path)
+
+    def _p(self, key: str) -> Path:
+        return self.path / check_key(key)
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self._p(key).read_bytes()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no object {self.uri(key)}") from None
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        final = self._p(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def exists(self, key: str) -> bool:
+        return self._p(key).is_file()
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        base = self.path / prefix.rsplit("/", 1)[0] if "/" in prefix else self.path
+        if not base.is_dir():
+            return []
+        out = []
+        for dirpath, _, files in os.walk(base):
+            for name in files:
+                full = Path(dirpath) / name
+                key = full.relative_to(self.path).as_posix()
+                if key.startswith(prefix):
+                    st = full.stat()
+                    out.append(ObjectInfo(key, st.st_size, st.st_mtime))
+        return sorted(out, key=lambda o: o.key)
+
+    def delete(self, key: str) -> None:
+        self._p(key).unlink(missing_ok=True)
+
+    def move(self, src: str, dst: str) -> None:
+        target = self._p(dst)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self._p(src), target)
+
+    def arrow_fs(self) -> tuple[pafs.FileSystem, str]:
+        return pafs.LocalFileSystem(), self.root
+
+    def _parquet_tmp_path(self, final: str) -> str:
+        Path(final).parent.mkdir(parents=True, exist_ok=True)
+        p = Path(final)
+        return str(p.with_name(f".{p.name}.{uuid.uuid4().hex[:8]}.tmp"))
+
+
+class S3Store(Store):
+    """Objects in `s3://bucket/prefix`; boto3 for objects, pyarrow's S3 filesystem for Parquet."""
+
+    def __init__(self, root: str, endpoint_url: str | None = None, region: str = "us-east-1"):
+        import boto3
+        from botocore.config import Config
+
+        if not root.startswith("s3://") or len(root) <= 5:
+            raise ValueError(f"invalid S3 root {root!r}: expected s3://bucket[/prefix]")
+        self.root = root.rstrip("/")
+        bucket, _, prefix = root[5:].partition("/")
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+        self.region = region
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=region,
+            config=Config(retries={"mode": "standard", "max_attempts": 5}),
+        )
+        self._fs: pafs.S3FileSystem | None = None
+
+    def _k(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._k(key))["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            raise FileNotFoundError(f"no object {self.uri(key)}") from None
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data)
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._k(key))
+            return True
+        except ClientError as e:
+            if e.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        full = self._k(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        strip = len(f"{self.prefix}/") if self.prefix else 0
+        out = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=full
+        ):
+            for o in page.get("Contents", []):
+                out.append(ObjectInfo(o["Key"][strip:], o["Size"], o["LastModified"].timestamp()))
+        return sorted(out, key=lambda o: o.key)
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._k(key))
+
+    def move(self, src: str, dst: str) -> None:
+        self.client.copy_object(
+            Bucket=self.bucket, Key=self._k(dst), CopySource={"Bucket": self.bucket, "Key": self._k(src)}
+        )
+        self.delete(src)
+
+    def arrow_fs(self) -> tuple[pafs.FileSystem, str]:
+        if self._fs is None:
+            override = None
+            scheme = "https"
+            if self.endpoint_url:  # pyarrow ignores AWS_ENDPOINT_URL: pass it explicitly
+                scheme, _, override = self.endpoint_url.partition("://")
+            self._fs = pafs.S3FileSystem(
+                endpoint_override=override, scheme=scheme, region=self.region,
+                retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=5),
+            )  # fmt: skip
+        return self._fs, f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
+
+
+def open_store(root: str, endpoint_url: str | None = None, region: str = "us-east-1") -> Store:
+    """The store at `root`: `s3://bucket/prefix` or a local folder (created if missing)."""
+    if root.startswith("s3://"):
+        return S3Store(root, endpoint_url=endpoint_url, region=region)
+    if "://" in root:
+        raise ValueError(f"unsupported store root {root!r}: use a folder or s3://bucket/prefix")
+    return LocalStore(root)
