@@ -96,7 +96,7 @@ class Store(ABC):
         paths = [self.arrow_path(k) for k in ([keys] if isinstance(keys, str) else keys)]
         if not paths:
             raise ValueError("read_parquet needs at least one key")
-        return pq.ParquetDataset(paths, filesystem=fs).read(columns=columns)
+        return pq.ParquetDataset(paths, filesystem=fs, partitioning=None).read(columns=columns)
 
     def parquet_file(self, key: str) -> pq.ParquetFile:
         fs, _ = self.arrow_fs()

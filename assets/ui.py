@@ -1,0 +1,35 @@
+"""Helpers that turn flywheel reports into Dagster UI metadata."""
+
+from __future__ import annotations
+
+import base64
+
+import dagster as dg
+
+
+def table_md(rows: list[dict], columns: list[str] | None = None, limit: int = 50) -> dg.MetadataValue:
+    """A Markdown table of dict rows (first `limit` rows)."""
+    if not rows:
+        return dg.MetadataValue.md("_none_")
+    columns = columns or list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows[:limit]:
+        lines.append("| " + " | ".join(_cell(r.get(c, "")) for c in columns) + " |")
+    if len(rows) > limit:
+        lines.append(f"\n… and {len(rows) - limit} more")
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+def counts_md(counts: dict) -> dg.MetadataValue:
+    return table_md([{"value": k, "count": v} for k, v in counts.items()])
+
+
+def png_md(png: bytes, alt: str) -> dg.MetadataValue:
+    """An inline PNG shown in the asset's metadata panel."""
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v).replace("|", "\\|").replace("\n", " ")

@@ -1,0 +1,217 @@
+"""The `flywheel` command line. It drives Dagster: every run it starts is recorded in the instance."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from flywheel.config import ConfigError, Settings, flywheel_home, load_settings, quiet_telemetry
+
+quiet_telemetry()
+PROJECT_DAGSTER_YAML = Path(__file__).resolve().parent.parent / "dagster.yaml"
+
+
+class Ctx:
+    def __init__(self, config: str | None, overrides: dict):
+        self.config = config
+        self.overrides = overrides
+        try:
+            self.settings: Settings = load_settings(config, **overrides)
+        except ConfigError as e:
+            raise click.ClickException(str(e)) from None
+
+    def with_overrides(self, **more) -> Ctx:
+        return Ctx(self.config, {**self.overrides, **more})
+
+    def store(self):
+        from flywheel.store import open_store
+
+        s = self.settings.store
+        return open_store(self.settings.store_root, endpoint_url=s.endpoint_url, region=s.region)
+
+    def definitions(self):
+        from flywheel.definitions import build_definitions
+
+        return build_definitions(self.settings, config_path=self.config, overrides=self.overrides)
+
+    def instance(self):
+        import dagster as dg
+
+        prepare_dagster_home()
+        return dg.DagsterInstance.get()
+
+
+def prepare_dagster_home() -> Path:
+    """`$DAGSTER_HOME` if set (production profiles), else `$FLYWHEEL_HOME/dagster` with our dagster.yaml."""
+    if os.environ.get("DAGSTER_HOME"):
+        return Path(os.environ["DAGSTER_HOME"])
+    home = flywheel_home() / "dagster"
+    home.mkdir(parents=True, exist_ok=True)
+    target = home / "dagster.yaml"
+    if PROJECT_DAGSTER_YAML.exists() and (
+        not target.exists() or target.read_bytes() != PROJECT_DAGSTER_YAML.read_bytes()
+    ):
+        shutil.copyfile(PROJECT_DAGSTER_YAML, target)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+@click.group()
+@click.option("--config", "config", envvar="FLYWHEEL_CONFIG", type=click.Path(dir_okay=False),
+              help="flywheel.yaml to use (default: $FLYWHEEL_CONFIG, else ./flywheel.yaml if present).")  # fmt: skip
+@click.pass_context
+def main(ctx: click.Context, config: str | None):
+    """flywheel: a data flywheel for perception models, on Dagster."""
+    ctx.obj = Ctx(config, {})
+
+
+@main.command()
+@click.option("--clips", type=click.IntRange(min=1), required=True, help="How many clips to upload.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.pass_obj
+def simulate(obj: Ctx, clips: int, seed: int):
+    """Simulate the fleet: write CLIPS MCAP clips to landing/."""
+    from flywheel.sim import simulate as run_sim
+
+    keys = run_sim(obj.store(), obj.settings, clips=clips, seed=seed, progress=True)
+    click.echo(f"uploaded {len(keys)} clip(s) to {obj.store().uri('landing/')}")
+
+
+@main.command()
+@click.option("--min-clips", type=click.IntRange(min=1), default=None,
+              help="Threshold of new clips for a batch (default: sensor.min_clips).")  # fmt: skip
+@click.pass_obj
+def ingest(obj: Ctx, min_clips: int | None):
+    """Evaluate the fresh-data sensor once and run the ingest it requests, in process."""
+    if min_clips is not None:
+        obj = obj.with_overrides(**{"sensor.min_clips": min_clips})
+    results = run_sensor_once(obj)
+    if not results:
+        return
+    for batch_id, ok in results:
+        click.echo(f"batch {batch_id}: ingest {'succeeded' if ok else 'FAILED'}")
+    if not all(ok for _, ok in results):
+        raise SystemExit(1)
+
+
+def run_sensor_once(obj: Ctx) -> list[tuple[str, bool]]:
+    """One tick of `fresh_fleet_data`, then each requested run executed in process."""
+    import dagster as dg
+
+    from assets.partitions import fleet_batches
+
+    instance, defs = obj.instance(), obj.definitions()
+    sensor = defs.resolve_sensor_def("fresh_fleet_data")
+    with dg.build_sensor_context(instance=instance, definitions=defs) as ctx:
+        result = sensor(ctx)
+    if isinstance(result, dg.SkipReason):
+        click.echo(f"sensor skipped: {result.skip_message}")
+        return []
+    # Applied here because a direct sensor call does not apply its partition requests.
+    for req in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(fleet_batches.name, list(req.partition_keys))
+    job = defs.resolve_job_def("ingest_batch")
+    out = []
+    for rr in result.run_requests or []:
+        res = job.execute_in_process(
+            instance=instance,
+            partition_key=rr.partition_key,
+            tags={"dagster/run_key": rr.run_key, "dagster/sensor_name": sensor.name},
+            raise_on_error=False,
+        )
+        out.append((rr.partition_key, res.success))
+    return out
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def status(obj: Ctx, as_json: bool):
+    """Batches, frames, pending and quarantined clips (and the champion, once there is one)."""
+    from flywheel.ingest import ingest_status
+
+    report = {"store": obj.settings.store_root, **ingest_status(obj.store())}
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"store       {report['store']}")
+    click.echo(f"batches     {len(report['batches'])}  frames {report['frames']}")
+    click.echo(f"pending     {report['pending_clips']} clip(s) in landing")
+    click.echo(f"quarantined {report['quarantined']} clip(s)")
+    for q in report["quarantine"][:20]:
+        click.echo(f"  {q['key']}: {q['reason']} ({q['detail']})")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=3000, show_default=True)
+@click.pass_obj
+def ui(obj: Ctx, host: str, port: int):
+    """Run the Dagster webserver and daemon (sensors, schedules, run queue) until Ctrl-C."""
+    prepare_dagster_home()
+    env = dict(os.environ)
+    if obj.config:
+        env["FLYWHEEL_CONFIG"] = str(Path(obj.config).resolve())
+    cmd = [sys.executable, "-m", "dagster", "dev", "-m", "flywheel.definitions", "-h", host, "-p", str(port)]
+    click.echo(f"Dagster UI on http://{host}:{port} (DAGSTER_HOME={env['DAGSTER_HOME']}); Ctrl-C stops it")
+    # dagster dev must see SIGINT even when this command was started in the background.
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            proc.wait(timeout=10)
+    raise SystemExit(0 if proc.returncode in (0, -signal.SIGINT, 130) else proc.returncode)
+
+
+@main.command()
+@click.option("--clips", type=click.IntRange(min=1), default=None, help="Clips per fleet upload.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.pass_obj
+def demo(obj: Ctx, clips: int | None, seed: int):
+    """Simulate a fleet upload and ingest it through the sensor and Dagster."""
+    from flywheel.sim import simulate as run_sim
+
+    n = clips or obj.settings.sensor.min_clips
+    click.echo(f"flywheel home: {flywheel_home()}")
+    keys = run_sim(obj.store(), obj.settings, clips=n, seed=seed, progress=True)
+    click.echo(f"simulated {len(keys)} clips into landing/")
+    results = run_sensor_once(obj.with_overrides(**{"sensor.min_clips": min(n, obj.settings.sensor.min_clips)}))
+    for batch_id, ok in results:
+        click.echo(f"sensor fired: batch {batch_id}, ingest {'succeeded' if ok else 'FAILED'}")
+    from flywheel.ingest import ingest_status
+
+    st = ingest_status(obj.store())
+    click.echo(f"frames: {st['frames']} in {len(st['batches'])} batch(es); quarantined: {st['quarantined']}")
+    click.echo("See the runs and partitions in the UI: flywheel ui  (then open http://127.0.0.1:3000)")
+
+
+@main.group()
+def bench():
+    """Benchmarks (figures and commands in BENCHMARKS.md)."""
+
+
+@bench.command("ingest")
+@click.option("--clips", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--workdir", type=click.Path(file_okay=False), default=None)
+@click.pass_obj
+def bench_ingest(obj: Ctx, clips: int, workdir: str | None):
+    """Frames/s and MB/s from landing MCAP to frames Parquet, beside the raw MCAP read rate."""
+    from flywheel.bench import bench_ingest as run
+
+    click.echo(json.dumps(run(obj.settings, clips=clips, workdir=workdir), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+import cv2
+import numpy as np
+import pytest
+
+from flywheel.clips import REASONS, ClipError, read_clip, write_clip
+from tests.conftest import CLASSES, jpeg, make_clip
+
+
+@pytest.mark.parametrize("encoding", ["json", "protobuf", "cdr"])
+def test_every_encoding_reads_back(encoding):
+    img = jpeg(7)
+    clip = read_clip(make_clip("c-7", n=4, encoding=encoding, image=img), classes=CLASSES)
+    assert clip.meta.clip_id == "c-7"
+    assert clip.meta.vehicle_id == "veh-1" and clip.meta.trigger == "random"
+    assert clip.meta.extra == {"condition": "day"}
+    assert [f.index for f in clip.frames] == [0, 1, 2, 3]
+    assert all(f.image == img for f in clip.frames)  # kept as uploaded, byte for byte
+    assert {(f.height, f.width, f.format, f.ground_truth) for f in clip.frames} == {(24, 32, "jpeg", "vehicle")}
+    assert clip.frames[1].timestamp_ns - clip.frames[0].timestamp_ns == 100_000_000
+
+
+def test_png_and_webp_and_several_cameras():
+    png = cv2.imencode(".png", np.zeros((10, 12, 3), np.uint8))[1].tobytes()
+    clip = read_clip(make_clip(n=2, image=png, fmt="png", cameras=("front", "left")), classes=CLASSES)
+    assert sorted({f.camera for f in clip.frames}) == ["front", "left"]
+    assert {(f.height, f.width) for f in clip.frames} == {(10, 12)}
+    webp = cv2.imencode(".webp", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
+    assert read_clip(make_clip(n=1, image=webp, fmt="webp"), classes=CLASSES).frames[0].format == "webp"
+
+
+def test_optional_fields_default_and_no_ground_truth():
+    data = make_clip(label=None, meta={"vehicle_id": None, "trigger": None, "recorded_at": "not a date"})
+    clip = read_clip(data, classes=CLASSES)
+    assert clip.meta.vehicle_id == "unknown" and clip.meta.trigger == "random"
+    assert clip.meta.recorded_at.startswith("1970")
+    assert all(f.ground_truth is None for f in clip.frames)
+
+
+def test_resize_is_applied_only_when_configured():
+    big = cv2.imencode(".jpg", np.full((64, 128, 3), 90, np.uint8))[1].tobytes()
+    clip = read_clip(make_clip(n=1, image=big), classes=CLASSES, resize=32)
+    assert (clip.frames[0].height, clip.frames[0].width) == (16, 32)
+    assert cv2.imdecode(np.frombuffer(clip.frames[0].image, np.uint8), 1).shape == (16, 32, 3)
+
+
+def _no_camera() -> bytes:
+    return write_clip({"clip_id": "x"}, [], [(1, "vehicle")])
+
+
+def _truncated() -> bytes:
+    data = make_clip(n=6)
+    return data[: len(data) // 2]
+
+
+def _corrupt_middle() -> bytes:
+    data = bytearray(make_clip(n=6))
+    data[60:200] = b"\xff" * 140  # inside the records, footer intact
+    return bytes(data)
+
+
+BAD = {
+    "not_mcap": lambda: b"PK\x03\x04 this is a zip, not a clip",
+    "truncated": _truncated,
+    "truncated-middle": _corrupt_middle,
+    "no_camera": _no_camera,
+    "bad_clip_id": lambda: make_clip("bad id with spaces"),
+    "bad_clip_id-missing": lambda: make_clip(meta={"clip_id": None}),
+    "unsupported_schema": lambda: _other_schema(),
+    "undecodable_image": lambda: make_clip(image=jpeg()[:200]),
+    "undecodable_image-garbage": lambda: make_clip(image=b"\xff\xd8 not really a jpeg"),
+    "undecodable_image-format-lies": lambda: make_clip(image=jpeg(), fmt="png"),
+    "image_too_large": lambda: make_clip(image=jpeg(h=64, w=64)),
+    "unknown_label": lambda: make_clip(label="unicorn"),
+    "bad_ground_truth": lambda: _bad_truth(),
+}
+
+
+def _other_schema() -> bytes:
+    import io
+
+    from mcap.writer import Writer
+
+    out = io.BytesIO()
+    w = Writer(out)
+    w.start()
+    sid = w.register_schema("foxglove.RawImage", "jsonschema", b"{}")
+    cid = w.register_channel("/camera/front", "json", sid)
+    w.add_message(cid, log_time=1, publish_time=1, data=b"{}")
+    w.add_metadata("clip", {"clip_id": "raw"})
+    w.finish()
+    return out.getvalue()
+
+
+def _bad_truth() -> bytes:
+    import io
+
+    from mcap.writer import Writer
+
+    out = io.BytesIO()
+    w = Writer(out)
+    w.start()
+    sid = w.register_schema("flywheel.GroundTruth", "jsonschema", b"{}")
+    cid = w.register_channel("/ground_truth", "json", sid)
+    w.add_message(cid, log_time=1, publish_time=1, data=b"[1, 2]")
+    w.add_metadata("clip", {"clip_id": "gt"})
+    w.finish()
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_every_quarantine_reason(case):
+    with pytest.raises(ClipError) as err:
+        read_clip(BAD[case](), classes=CLASSES, max_pixels=48 * 48)
+    assert err.value.reason == case.split("-")[0]
+    assert err.value.detail  # a person can read why
+
+
+def test_every_reason_has_a_case():
+    assert {c.split("-")[0] for c in BAD} == set(REASONS)

@@ -1,0 +1,68 @@
+import pyarrow as pa
+import pytest
+
+from flywheel.store import check_key, open_store
+
+
+def test_bytes_round_trip_and_listing(store):
+    store.write_bytes("landing/v1/2026-01-01/a.mcap", b"one")
+    store.write_bytes("landing/v1/2026-01-01/b.mcap", b"two")
+    store.write_bytes("batches/x.json", b"{}")
+    assert store.read_bytes("landing/v1/2026-01-01/a.mcap") == b"one"
+    assert [o.key for o in store.list("landing/")] == [
+        "landing/v1/2026-01-01/a.mcap",
+        "landing/v1/2026-01-01/b.mcap",
+    ]
+    assert [o.size for o in store.list("landing/")] == [3, 3]
+    assert store.exists("batches/x.json") and not store.exists("batches/y.json")
+
+
+def test_overwrite_is_whole_and_leaves_no_temporaries(store):
+    store.write_bytes("a/b.json", b"old")
+    store.write_bytes("a/b.json", b"new value")
+    assert store.read_bytes("a/b.json") == b"new value"
+    assert [o.key for o in store.list("a/")] == ["a/b.json"]
+
+
+def test_move_and_delete(store):
+    store.write_bytes("landing/x.mcap", b"data")
+    store.move("landing/x.mcap", "quarantine/x.mcap")
+    assert not store.exists("landing/x.mcap")
+    assert store.read_bytes("quarantine/x.mcap") == b"data"
+    store.delete("quarantine/x.mcap")
+    assert store.list("quarantine/") == []
+
+
+def test_missing_object_names_it(store):
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        store.read_bytes("nope.json")
+
+
+def test_json_round_trip_and_bad_json(store):
+    store.write_json("m/manifest.json", {"a": [1, 2]})
+    assert store.read_json("m/manifest.json") == {"a": [1, 2]}
+    store.write_bytes("m/bad.json", b"{not json")
+    with pytest.raises(ValueError, match="bad.json"):
+        store.read_json("m/bad.json")
+
+
+def test_parquet_round_trip(store):
+    table = pa.table({"frame_id": ["a", "b"], "image": [b"\x00\x01", b"\x02"]})
+    n = store.write_parquet("frames/batch=1/part-0.parquet", table)
+    assert n > 0
+    assert store.read_parquet("frames/batch=1/part-0.parquet").equals(table)
+    assert store.parquet_file("frames/batch=1/part-0.parquet").metadata.num_rows == 2
+    assert [o.key for o in store.list("frames/")] == ["frames/batch=1/part-0.parquet"]
+
+
+@pytest.mark.parametrize("key", ["", "/abs", "a/../b", "sp ace", "q?x"])
+def test_bad_keys_are_refused(key):
+    with pytest.raises(ValueError, match="invalid store key"):
+        check_key(key)
+
+
+def test_bad_roots_are_refused():
+    with pytest.raises(ValueError, match="unsupported store root"):
+        open_store("gs://bucket/x")
+    with pytest.raises(ValueError, match="invalid S3 root"):
+        open_store("s3://")
