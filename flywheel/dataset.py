@@ -1,0 +1,345 @@
+"""Versioned, sharded Parquet datasets (DESIGN.md §3).
+
+Layout under the store:
+    datasets/<name>/v<N>/manifest.json                       the version; written last
+    datasets/<name>/v<N>/shards/batch=<id>/<split>-<k>.parquet   shards first written by v<N>
+    datasets/<name>/golden/v<K>.json                           frozen golden test frames
+
+A version is immutable. v<N+1> lists every shard of v<N> (same paths, bytes untouched) plus
+shards for the fleet batches it adds. Shards become part of a version only when its manifest
+is written, so a crash before that leaves v<N> the latest, whole and readable; the retry
+rewrites the orphan shards of v<N+1> from scratch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from flywheel.schema import DATASET
+from flywheel.store import Store, check_key
+
+SPLITS = ("train", "val", "test")  # fixed order: the hash interval of each split
+FORMAT = 1  # manifest format version
+MiB = 1 << 20
+
+
+def split_for(clip_id: str, shares: Mapping[str, float]) -> str:
+    """The split of a clip: sha256(clip_id) as a uniform number in [0, 1) against cumulative shares."""
+    _check_shares(shares)
+    u = int.from_bytes(hashlib.sha256(clip_id.encode()).digest()[:8], "big") / 2**64
+    edge = 0.0
+    for split in SPLITS:
+        edge += shares[split]
+        if u < edge:
+            return split
+    return SPLITS[-1]  # u within rounding of 1.0
+
+
+def to_dataset_rows(frames: pa.Table, labels: pa.Table, classes: Sequence[str],
+                    shares: Mapping[str, float]) -> pa.Table:  # fmt: skip
+    """Labeled frames as dataset rows (schema DATASET): the label joined by frame_id, split by clip."""
+    label_row = {fid: i for i, fid in enumerate(labels.column("frame_id").to_pylist())}
+    if len(label_row) != labels.num_rows:
+        raise ValueError("labels hold more than one row for some frame_id")
+    fids = frames.column("frame_id").to_pylist()
+    keep = [i for i, f in enumerate(fids) if f in label_row]
+    f = frames.take(pa.array(keep, pa.int64()))
+    lab = labels.take(pa.array([label_row[fids[i]] for i in keep], pa.int64()))
+    label = lab.column("label").to_numpy(zero_copy_only=False)
+    if len(label) and (label.min() < 0 or label.max() >= len(classes)):
+        bad = int(label[(label < 0) | (label >= len(classes))][0])
+        raise ValueError(f"label index {bad} outside the {len(classes)} classes {list(classes)}")
+    splits = [split_for(c, shares) for c in f.column("clip_id").to_pylist()]
+    columns = {n: f.column(n) for n in DATASET.names if n in f.column_names}
+    columns.update(
+        label=lab.column("label"),
+        label_source=lab.column("label_source"),
+        label_confidence=lab.column("label_confidence"),
+        split=pa.array(splits, pa.string()),
+        augmentation=pa.array([""] * f.num_rows, pa.string()),
+    )
+    return pa.table({n: columns[n] for n in DATASET.names}).cast(DATASET)
+
+
+def latest_version(store: Store, name: str) -> int | None:
+    """The highest N with a committed `datasets/<name>/v<N>/manifest.json`, or None."""
+    pattern = re.compile(rf"^datasets/{re.escape(name)}/v(\d+)/manifest\.json$")
+    versions = [
+        int(m.group(1)) for o in store.list(f"datasets/{name}/v") if (m := pattern.match(o.key))
+    ]
+    return max(versions, default=None)
+
+
+def load_manifest(store: Store, name: str, version: int | None = None) -> dict:
+    """The manifest of version `version` (None: the latest)."""
+    if version is None:
+        version = latest_version(store, name)
+        if version is None:
+            raise FileNotFoundError(
+                f"dataset {name!r} has no version in {store.uri(f'datasets/{name}')}"
+            )
+    return store.read_json(_manifest_key(name, version))
+
+
+def append_version(
+    store: Store,
+    *,
+    name: str,
+    batches: Mapping[str, pa.Table],
+    classes: Sequence[str],
+    shard_mb: float = 64.0,
+    row_group_rows: int = 256,
+    created_at: str | None = None,
+) -> dict:
+    """Write v<N+1> = v<N>'s shards + shards for the batches not yet included; return its manifest.
+
+    Batches already in v<N> are skipped (a version is immutable). With nothing new, no version
+    is written and v<N>'s manifest is returned.
+    """
+    check_key(f"datasets/{name}/x")
+    if shard_mb <= 0 or row_group_rows < 1:
+        raise ValueError(
+            f"shard_mb must be > 0 and row_group_rows >= 1, got {shard_mb}, {row_group_rows}"
+        )
+    parent_version = latest_version(store, name)
+    parent = load_manifest(store, name, parent_version) if parent_version is not None else None
+    if parent is not None and list(parent["classes"]) != list(classes):
+        raise ValueError(
+            f"dataset {name!r} v{parent_version} has classes {parent['classes']}, got {list(classes)}: "
+            "class indices would change meaning; use a new dataset name"
+        )
+    included = set(parent["batches"]) if parent else set()
+    new = sorted(b for b in batches if b not in included)
+    if not new:
+        if parent is None:
+            raise ValueError(f"dataset {name!r} has no version yet and no batches were given")
+        return parent
+
+    version = (parent_version or 0) + 1
+    shards = list(parent["shards"]) if parent else []
+    for batch_id in new:
+        rows = _checked_rows(batches[batch_id], batch_id, len(classes))
+        shards += _write_batch_shards(
+            store, rows, prefix=f"datasets/{name}/v{version}/shards/batch={batch_id}",
+            batch_id=batch_id, classes=classes, shard_bytes=int(shard_mb * MiB),
+            row_group_rows=row_group_rows,
+        )  # fmt: skip
+    manifest = {
+        "format": FORMAT,
+        "name": name,
+        "version": version,
+        "parent": parent_version,
+        "created_at": created_at or datetime.now(UTC).isoformat(timespec="seconds"),
+        "schema": [{"name": f.name, "type": str(f.type)} for f in DATASET],
+        "classes": list(classes),
+        "row_group_rows": row_group_rows,
+        "shards": shards,
+        "counts": _totals(shards),
+        "batches": sorted(included | set(new)),
+        "new_batches": new,
+        "new_bytes": sum(s["bytes"] for s in shards if s["batch"] in new),
+    }
+    _write_manifest(store, _manifest_key(name, version), manifest)
+    return manifest
+
+
+def verify_shards(store: Store, manifest: dict) -> list[str]:
+    """Paths of the manifest's shards whose bytes no longer match their sha256 (empty: all good)."""
+    return [s["path"] for s in manifest["shards"] if _sha256(store, s["path"]) != s["sha256"]]
+
+
+def shard_keys(manifest: dict, split: str | None = None) -> list[str]:
+    return [s["path"] for s in manifest["shards"] if split is None or s["split"] == split]
+
+
+def freeze_golden(store: Store, name: str, manifest: dict, size: int, seed: int, *,
+                  refreeze: bool = False) -> dict:  # fmt: skip
+    """The frozen golden set: the latest `golden/v<K>.json`, or a new one drawn from the test split.
+
+    Drawn once (originals of the test split, `size` frames by `seed`) and then kept for every
+    later dataset version, so scores stay comparable; `refreeze=True` draws v<K+1>.
+    """
+    if size < 0:
+        raise ValueError(f"golden size must be >= 0, got {size}")
+    current = latest_golden_version(store, name)
+    if current is not None and not refreeze:
+        return load_golden(store, name, current)
+    keys = shard_keys(manifest, "test")
+    candidates: list[str] = []
+    if keys:
+        t = store.read_parquet(keys, columns=["frame_id", "augmentation"])
+        candidates = sorted(
+            t.filter(pc.equal(t.column("augmentation"), "")).column("frame_id").to_pylist()
+        )
+    rng = np.random.default_rng(seed)
+    picked = (
+        sorted(rng.choice(candidates, size=min(size, len(candidates)), replace=False).tolist())
+        if candidates
+        else []
+    )
+    golden = {
+        "version": (current or 0) + 1,
+        "dataset_version": manifest["version"],
+        "size": len(picked),
+        "seed": seed,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "frame_ids": picked,
+    }
+    store.write_json(f"datasets/{name}/golden/v{golden['version']}.json", golden)
+    return golden
+
+
+def latest_golden_version(store: Store, name: str) -> int | None:
+    pattern = re.compile(rf"^datasets/{re.escape(name)}/golden/v(\d+)\.json$")
+    versions = [
+        int(m.group(1))
+        for o in store.list(f"datasets/{name}/golden/")
+        if (m := pattern.match(o.key))
+    ]
+    return max(versions, default=None)
+
+
+def load_golden(store: Store, name: str, version: int | None = None) -> dict:
+    version = latest_golden_version(store, name) if version is None else version
+    if version is None:
+        raise FileNotFoundError(f"dataset {name!r} has no golden set yet")
+    return store.read_json(f"datasets/{name}/golden/v{version}.json")
+
+
+def _manifest_key(name: str, version: int) -> str:
+    return f"datasets/{name}/v{version}/manifest.json"
+
+
+def _write_manifest(store: Store, key: str, manifest: dict) -> None:
+    store.write_json(key, manifest)  # atomic: the version appears whole or not at all
+
+
+def _check_shares(shares: Mapping[str, float]) -> None:
+    if set(shares) != set(SPLITS):
+        raise ValueError(f"split shares need exactly the keys {list(SPLITS)}, got {sorted(shares)}")
+    if any(v < 0 for v in shares.values()) or abs(sum(shares.values()) - 1.0) > 1e-6:
+        raise ValueError(f"split shares must be >= 0 and sum to 1, got {dict(shares)}")
+
+
+def _checked_rows(rows: pa.Table, batch_id: str, n_classes: int) -> pa.Table:
+    """`rows` cast to DATASET and sorted by frame_id, or ValueError naming the batch and problem."""
+    missing = set(DATASET.names) - set(rows.column_names)
+    if missing:
+        raise ValueError(f"batch {batch_id}: dataset rows lack columns {sorted(missing)}")
+    rows = rows.select(DATASET.names).cast(DATASET)
+    bad_split = set(rows.column("split").unique().to_pylist()) - set(SPLITS)
+    if bad_split:
+        raise ValueError(f"batch {batch_id}: unknown split(s) {sorted(map(str, bad_split))}")
+    label = rows.column("label")
+    if rows.num_rows and (pc.min(label).as_py() < 0 or pc.max(label).as_py() >= n_classes):
+        raise ValueError(f"batch {batch_id}: label indices outside [0, {n_classes})")
+    pairs = set(
+        zip(rows.column("clip_id").to_pylist(), rows.column("split").to_pylist(), strict=True)
+    )
+    clips = Counter(c for c, _ in pairs)
+    split_clips = [c for c, n in clips.items() if n > 1]
+    if split_clips:
+        raise ValueError(
+            f"batch {batch_id}: clip {split_clips[0]!r} has rows in more than one split"
+        )
+    return rows.sort_by("frame_id")
+
+
+def _write_batch_shards(store: Store, rows: pa.Table, *, prefix: str, batch_id: str,
+                        classes: Sequence[str], shard_bytes: int, row_group_rows: int) -> list[dict]:  # fmt: skip
+    """One set of shards per split of one batch, rolling a new shard at `shard_bytes`."""
+    fs, _ = store.arrow_fs()
+    if isinstance(fs, pafs.LocalFileSystem):  # object stores have no folders to make
+        fs.create_dir(store.arrow_path(prefix), recursive=True)
+    out = []
+    for split in SPLITS:
+        part = rows.filter(pc.equal(rows.column("split"), split))
+        start, k = 0, 0
+        while start < part.num_rows:
+            key = f"{prefix}/{split}-{k:05d}.parquet"
+            start, row_groups = _write_shard(fs, store.arrow_path(key), part, start,
+                                             shard_bytes=shard_bytes, row_group_rows=row_group_rows)  # fmt: skip
+            written = part.slice(start - sum(row_groups), sum(row_groups))
+            out.append(_shard_entry(store, key, split, batch_id, written, row_groups, classes))
+            k += 1
+    return out
+
+
+def _write_shard(fs, path: str, rows: pa.Table, start: int, *, shard_bytes: int,
+                 row_group_rows: int) -> tuple[int, list[int]]:  # fmt: skip
+    """Write row groups from `start` until the file reaches `shard_bytes`; (next start, group sizes)."""
+    not_image = [n for n in DATASET.names if n != "image"]
+    row_groups = []
+    with fs.open_output_stream(path) as sink, pq.ParquetWriter(
+        sink, DATASET,
+        compression={n: ("none" if n == "image" else "snappy") for n in DATASET.names},
+        use_dictionary=not_image,  # encoded images neither compress nor repeat
+        write_statistics=not_image,  # min/max of JPEG bytes is useless and bloats the footer
+    ) as writer:  # fmt: skip
+        while start < rows.num_rows:
+            group = rows.slice(start, row_group_rows)
+            writer.write_table(group, row_group_size=row_group_rows)
+            row_groups.append(group.num_rows)
+            start += group.num_rows
+            if sink.tell() >= shard_bytes:
+                break
+    return start, row_groups
+
+
+def _shard_entry(store: Store, key: str, split: str, batch_id: str, rows: pa.Table,
+                 row_groups: list[int], classes: Sequence[str]) -> dict:  # fmt: skip
+    fs, _ = store.arrow_fs()
+    labels = Counter(rows.column("label").to_pylist())
+    return {
+        "path": key,
+        "split": split,
+        "batch": batch_id,
+        "rows": rows.num_rows,
+        "row_groups": row_groups,
+        "bytes": fs.get_file_info(store.arrow_path(key)).size,
+        "sha256": _sha256(store, key),
+        "counts": {
+            "class": {classes[c]: n for c, n in sorted(labels.items())},
+            "trigger": dict(sorted(Counter(rows.column("trigger").to_pylist()).items())),
+            "condition": dict(sorted(Counter(rows.column("condition").to_pylist()).items())),
+            "augmented": int(pc.sum(pc.not_equal(rows.column("augmentation"), "")).as_py() or 0),
+        },
+    }
+
+
+def _sha256(store: Store, key: str) -> str:
+    fs, _ = store.arrow_fs()
+    h = hashlib.sha256()
+    with fs.open_input_stream(store.arrow_path(key)) as f:
+        while chunk := f.read(8 * MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _totals(shards: list[dict]) -> dict[str, Any]:
+    """Counts over all shards: rows per split, class, trigger, condition, split x class."""
+    totals: dict[str, Counter] = {
+        k: Counter() for k in ("split", "class", "trigger", "condition", "augmented")
+    }
+    split_class: dict[str, Counter] = {s: Counter() for s in SPLITS}
+    for s in shards:
+        totals["split"][s["split"]] += s["rows"]
+        totals["augmented"][s["split"]] += s["counts"]["augmented"]
+        for dim in ("class", "trigger", "condition"):
+            totals[dim].update(s["counts"][dim])
+        split_class[s["split"]].update(s["counts"]["class"])
+    out: dict[str, Any] = {k: dict(sorted(v.items())) for k, v in totals.items()}
+    out["rows"] = sum(s["rows"] for s in shards)
+    out["split_class"] = {s: dict(sorted(c.items())) for s, c in split_class.items()}
+    return out

@@ -1,0 +1,276 @@
+"""The training reader: a torch IterableDataset over a dataset manifest (DESIGN.md §3).
+
+Order of one epoch, for one rank:
+  1. the samples of the split, as row groups ("blocks") in manifest order;
+  2. train: blocks permuted by (seed, epoch), so each rank reads whole row groups;
+  3. cut to an equal count per rank, so DDP never waits on a rank that ran dry:
+     drop the remainder (train default) or pad by repeating the first samples (eval default;
+     the padded repeats are scored twice, so exact evaluation uses world_size=1 or load_arrays);
+  4. rank r takes the r-th contiguous slice;
+  5. train: a shuffle buffer of `buffer_size` samples seeded by (seed, epoch, rank).
+The resulting sequence is dealt to DataLoader workers in whole batches of `batch_size`
+(batch k to worker k % num_workers): the DataLoader collects each worker's batches round-robin,
+so set `batch_size` to the DataLoader's and its output is the same sequence for any num_workers.
+Resuming skips the first `consumed` samples of that sequence, so the rest comes in the same order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from flywheel.augment import OnlineTransform, online_transform
+from flywheel.store import Store
+
+META = ("frame_id", "trigger", "condition", "camera", "clip_id")
+COLUMNS = ["image", "label", "height", "width", *META]
+
+
+class ShardReader(IterableDataset):
+    """Samples {"image": uint8 (3, S, S), "label": int64, "frame_id", "trigger", ...} of a manifest."""
+
+    def __init__(
+        self,
+        store: Store,
+        manifest: dict,
+        *,
+        split: str = "train",
+        image_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        buffer_size: int = 1024,
+        train_aug: bool = True,
+        frame_ids: Sequence[str] | None = None,
+        batch_size: int = 1,
+        drop_remainder: bool | None = None,
+    ):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        if batch_size < 1 or buffer_size < 1:
+            raise ValueError(
+                f"batch_size and buffer_size must be >= 1, got {batch_size}, {buffer_size}"
+            )
+        self.store, self.manifest = store, manifest
+        self.image_size, self.rank, self.world_size, self.seed = image_size, rank, world_size, seed
+        self.shuffle, self.buffer_size, self.batch_size = shuffle, buffer_size, batch_size
+        self.drop_remainder = shuffle if drop_remainder is None else drop_remainder
+        self.transform = online_transform(image_size, train=train_aug)
+        if frame_ids is None:
+            self.shards = [s for s in manifest["shards"] if s["split"] == split]
+            self.blocks, self.locations = _blocks(self.shards)
+        else:
+            self.shards = list(manifest["shards"])
+            self.blocks, self.locations = _locate(store, self.shards, frame_ids)
+            self.shuffle = False  # an explicit list is read in its own order
+        self.epoch = 0
+        self._resume: tuple[int, int] | None = None  # (epoch, samples to skip)
+        self._taken = 0  # samples yielded in this process since the iterator started
+
+    # -- order ---------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        """Samples per rank per epoch."""
+        n = len(self.locations)
+        return n // self.world_size if self.drop_remainder else math.ceil(n / self.world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def rank_order(self, epoch: int | None = None) -> np.ndarray:
+        """Global sample indices this rank reads in `epoch`, in order (before a resume skip)."""
+        epoch = self.epoch if epoch is None else epoch
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, epoch])
+            seq = np.concatenate(
+                [self.blocks[b] for b in rng.permutation(len(self.blocks))]
+                or [np.zeros(0, np.int64)]
+            )
+        else:
+            seq = np.concatenate(self.blocks or [np.zeros(0, np.int64)])
+        per = len(self)
+        if not self.drop_remainder and len(seq):
+            seq = np.resize(seq, per * self.world_size)  # pad by repeating from the start
+        mine = seq[self.rank * per : (self.rank + 1) * per]
+        if self.shuffle:
+            mine = _buffer_shuffle(
+                mine, self.buffer_size, np.random.default_rng([self.seed, epoch, self.rank, 1])
+            )
+        return mine
+
+    def _worker_order(self) -> np.ndarray:
+        order = self.rank_order()
+        if self._resume is not None and self._resume[0] == self.epoch:
+            order = order[self._resume[1] :]
+        info = get_worker_info()
+        if info is None or info.num_workers == 1:
+            return order
+        batch_of = np.arange(len(order)) // self.batch_size
+        return order[batch_of % info.num_workers == info.id]
+
+    # -- samples -------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[dict]:
+        self._taken = 0
+        group_rows = max(1, int(self.manifest.get("row_group_rows", 256)))
+        # the buffer spans ~buffer_size/group_rows row groups; keep twice that (plus slack) open
+        cache = _RowGroupCache(
+            self.store, self.shards, capacity=2 * math.ceil(self.buffer_size / group_rows) + 4
+        )
+        for g in self._worker_order():
+            shard, group, row = self.locations[g]
+            cols = cache.get(shard, group)
+            if self.transform.train:  # per-sample seed: same augmentation for any workers/resume
+                self.transform.set_random_seed(_sample_seed(self.seed, self.epoch, int(g)))
+            image = decode_image(cols["image"][row], self.image_size, transform=self.transform,
+                                 height=cols["height"][row], width=cols["width"][row],
+                                 where=cols["frame_id"][row])  # fmt: skip
+            sample = {
+                "image": torch.from_numpy(image),
+                "label": torch.tensor(cols["label"][row], dtype=torch.int64),
+            }
+            for m in META:
+                sample[m] = cols[m][row]
+            self._taken += 1
+            yield sample
+
+    # -- resume --------------------------------------------------------------------------------
+    def state_dict(self, samples: int | None = None) -> dict:
+        """Where this rank is: `samples` taken from the current epoch's iterator (None: counted
+        here, right with num_workers=0; with workers pass batches taken x batch_size)."""
+        skipped = (
+            self._resume[1] if self._resume is not None and self._resume[0] == self.epoch else 0
+        )
+        taken = self._taken if samples is None else samples
+        return {"epoch": self.epoch, "consumed": skipped + taken, "seed": self.seed,
+                "rank": self.rank, "world_size": self.world_size, "samples": len(self)}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue `state`'s epoch after its consumed samples, in the same order."""
+        for key in ("seed", "world_size", "samples"):
+            mine = {"seed": self.seed, "world_size": self.world_size, "samples": len(self)}[key]
+            if state[key] != mine:
+                raise ValueError(
+                    f"reader state has {key}={state[key]}, this reader {mine}: the order would differ"
+                )
+        self.epoch = int(state["epoch"])
+        self._resume = (self.epoch, int(state["consumed"]))
+        self._taken = 0
+
+
+def decode_image(data: bytes, size: int, *, transform: OnlineTransform | None = None,
+                 height: int = 0, width: int = 0, where: str = "image") -> np.ndarray:  # fmt: skip
+    """Encoded bytes -> RGB uint8 (3, size, size); JPEGs much larger than `size` decode reduced."""
+    flag = cv2.IMREAD_COLOR
+    shrink = min(height, width) // size if height and width else 1
+    if shrink >= 8:  # libjpeg scales by 1/2, 1/4, 1/8 during the IDCT: far less work
+        flag = cv2.IMREAD_REDUCED_COLOR_8
+    elif shrink >= 4:
+        flag = cv2.IMREAD_REDUCED_COLOR_4
+    elif shrink >= 2:
+        flag = cv2.IMREAD_REDUCED_COLOR_2
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    if bgr is None:
+        raise ValueError(f"{where}: image bytes cannot be decoded")
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    rgb = (transform or online_transform(size, train=False))(rgb)  # (S, S, 3)
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1))  # (3, S, S)
+
+
+def load_arrays(store: Store, manifest: dict, *, split: str | None = None,
+                frame_ids: Sequence[str] | None = None,
+                image_size: int) -> tuple[np.ndarray, np.ndarray, dict[str, list[str]]]:  # fmt: skip
+    """A whole split (or a frame_id list, in its order) as arrays, for evaluation:
+    images uint8 (N, 3, S, S), labels int64 (N,), meta {frame_id|trigger|...: list of N str}."""
+    if (split is None) == (frame_ids is None):
+        raise ValueError("load_arrays needs exactly one of split and frame_ids")
+    reader = ShardReader(store, manifest, split=split or "test", frame_ids=frame_ids, image_size=image_size,
+                         shuffle=False, train_aug=False, drop_remainder=False)  # fmt: skip
+    n = len(reader)
+    images = np.empty((n, 3, image_size, image_size), np.uint8)
+    labels = np.empty(n, np.int64)
+    meta: dict[str, list[str]] = {m: [] for m in META}
+    for i, s in enumerate(reader):
+        images[i], labels[i] = s["image"].numpy(), int(s["label"])
+        for m in META:
+            meta[m].append(s[m])
+    return images, labels, meta
+
+
+class _RowGroupCache:
+    """The last few row groups read, as Python lists per column (LRU)."""
+
+    def __init__(self, store: Store, shards: list[dict], capacity: int):
+        self.store, self.shards, self.capacity = store, shards, capacity
+        self.files: dict[int, object] = {}
+        self.groups: OrderedDict[tuple[int, int], dict] = OrderedDict()
+
+    def get(self, shard: int, group: int) -> dict:
+        key = (shard, group)
+        if key in self.groups:
+            self.groups.move_to_end(key)
+            return self.groups[key]
+        if shard not in self.files:
+            self.files[shard] = self.store.parquet_file(self.shards[shard]["path"])
+        table = self.files[shard].read_row_group(group, columns=COLUMNS)
+        cols = {c: table.column(c).to_pylist() for c in COLUMNS}
+        self.groups[key] = cols
+        if len(self.groups) > self.capacity:
+            self.groups.popitem(last=False)
+        return cols
+
+
+def _blocks(shards: list[dict]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Row groups as arrays of global sample indices, and each sample's (shard, group, row)."""
+    blocks, locations, g = [], [], 0
+    for s, shard in enumerate(shards):
+        for r, n in enumerate(shard["row_groups"]):
+            blocks.append(np.arange(g, g + n, dtype=np.int64))
+            locations.extend((s, r, i) for i in range(n))
+            g += n
+    return blocks, np.array(locations, np.int64).reshape(-1, 3)
+
+
+def _locate(
+    store: Store, shards: list[dict], frame_ids: Sequence[str]
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Blocks/locations for an explicit frame_id list (e.g. the golden set), in that order."""
+    where: dict[str, tuple[int, int, int]] = {}
+    for s, shard in enumerate(shards):
+        pf = store.parquet_file(shard["path"])
+        for r in range(pf.num_row_groups):
+            for i, fid in enumerate(
+                pf.read_row_group(r, columns=["frame_id"]).column(0).to_pylist()
+            ):
+                where[fid] = (s, r, i)
+    missing = [f for f in frame_ids if f not in where]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} frame_id(s) are in none of the manifest's shards: {missing[:5]}"
+        )
+    locations = np.array([where[f] for f in frame_ids], np.int64).reshape(-1, 3)
+    return [np.arange(len(frame_ids), dtype=np.int64)], locations
+
+
+def _buffer_shuffle(seq: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """What a streaming shuffle buffer of `size` emits for input `seq` (computed on indices)."""
+    out = np.empty_like(seq)
+    buf = list(seq[:size])
+    n = 0
+    for x in seq[size:]:
+        j = int(rng.integers(len(buf)))
+        out[n], buf[j] = buf[j], x
+        n += 1
+    rest = np.array(buf, dtype=seq.dtype)
+    out[n:] = rest[rng.permutation(len(rest))]
+    return out
+
+
+def _sample_seed(seed: int, epoch: int, index: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}/{epoch}/{index}".encode()).digest()[:4], "little")

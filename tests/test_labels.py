@@ -1,0 +1,156 @@
+"""Labels from Label Studio exports, clip ground truth and an auto-labeler, with precedence."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from flywheel.labels import build_labels, load_label_studio_exports, unlabeled_frame_ids
+from flywheel.schema import FRAMES, LABELS
+from flywheel.store import open_store
+
+CLASSES = ["clear_road", "vehicle", "pedestrian"]
+
+
+def make_frames(n=6, truth=("vehicle", None, "pedestrian", None, None, "clear_road")):
+    rows = []
+    for i in range(n):
+        ok, enc = cv2.imencode(".jpg", np.full((8, 8, 3), i * 20, np.uint8))
+        rows.append({
+            "frame_id": f"c1/front/{i}", "clip_id": "c1", "vehicle_id": "v1", "trigger": "random",
+            "recorded_at": "2026-01-01T00:00:00Z", "condition": "day", "camera": "front",
+            "timestamp_ns": i, "image": enc.tobytes(), "format": "jpeg", "height": 8, "width": 8,
+            "ground_truth": truth[i], "batch_id": "b1", "clip_key": "landing/v1/d/c1.mcap",
+        })  # fmt: skip
+    return pa.Table.from_pylist(rows, schema=FRAMES)
+
+
+def annotation(ann_id, choice, *, updated, cancelled=False):
+    """One annotation as Label Studio exports it (JSON export format)."""
+    return {
+        "id": ann_id,
+        "completed_by": 1,
+        "result": [
+            {
+                "id": f"r{ann_id}",
+                "type": "choices",
+                "from_name": "label",
+                "to_name": "image",
+                "origin": "manual",
+                "value": {"choices": [choice]},
+            }
+        ],  # fmt: skip
+        "was_cancelled": cancelled,
+        "ground_truth": False,
+        "created_at": "2026-01-02T10:00:00.000000Z",
+        "updated_at": updated,
+        "lead_time": 3.2,
+        "task": 0,
+    }
+
+
+def export_file(tasks):
+    return json.dumps([
+        {"id": tid, "data": {"frame_id": fid, "image": f"/data/local-files/?d={fid}.jpg"},
+         "annotations": anns, "predictions": [], "meta": {}, "created_at": "2026-01-02T09:00:00Z",
+         "updated_at": "2026-01-02T11:00:00Z", "inner_id": tid, "total_annotations": len(anns),
+         "cancelled_annotations": sum(a["was_cancelled"] for a in anns), "project": 1}
+        for tid, fid, anns in tasks
+    ]).encode()  # fmt: skip
+
+
+def test_ground_truth_only():
+    labels, stats = build_labels(make_frames(), classes=CLASSES)
+    assert labels.schema == LABELS
+    assert labels.column("frame_id").to_pylist() == ["c1/front/0", "c1/front/2", "c1/front/5"]
+    assert labels.column("label").to_pylist() == [1, 2, 0]
+    assert set(labels.column("label_source").to_pylist()) == {"ground_truth"}
+    assert labels.column("label_confidence").to_pylist() == [1.0, 1.0, 1.0]
+    assert stats["unlabeled"] == 3 and stats["ground_truth"] == 3
+
+
+def test_label_studio_export_file_overrides_ground_truth(tmp_path):
+    store = open_store(str(tmp_path))
+    store.write_bytes("labeling/done/export-1.json", export_file([
+        # newest non-cancelled wins: "pedestrian" (11:00) over "clear_road" (10:00); the
+        # cancelled annotation, although newest, is ignored
+        (1, "c1/front/0", [annotation(1, "clear_road", updated="2026-01-02T10:00:00Z"),
+                           annotation(2, "pedestrian", updated="2026-01-02T11:00:00Z"),
+                           annotation(3, "vehicle", updated="2026-01-02T12:00:00Z", cancelled=True)]),
+        (2, "c1/front/1", [annotation(4, "vehicle", updated="2026-01-02T10:00:00Z")]),
+        (3, "c1/front/3", [annotation(5, "vehicle", updated="2026-01-02T10:00:00Z", cancelled=True)]),
+        (4, "other/front/9", [annotation(6, "vehicle", updated="2026-01-02T10:00:00Z")]),
+    ]))  # fmt: skip
+    store.write_bytes("labeling/done/notes.txt", b"not an export")
+    exports = load_label_studio_exports(store)
+    assert [e["source"] for e in exports] == ["labeling/done/export-1.json"]
+
+    labels, stats = build_labels(make_frames(), classes=CLASSES, human_exports=exports)
+    got = {r["frame_id"]: (r["label"], r["label_source"]) for r in labels.to_pylist()}
+    assert got == {
+        "c1/front/0": (2, "human"),  # human beats the clip's ground truth (vehicle)
+        "c1/front/1": (1, "human"),
+        "c1/front/2": (2, "ground_truth"),
+        "c1/front/5": (0, "ground_truth"),
+    }
+    assert stats["human"] == 2 and stats["human_labels_for_other_frames"] == 1
+    assert stats["unlabeled"] == 2  # frames 3 (only a cancelled annotation) and 4
+    assert unlabeled_frame_ids(make_frames(), labels) == ["c1/front/3", "c1/front/4"]
+
+
+def test_unknown_class_names_file_and_task(tmp_path):
+    store = open_store(str(tmp_path))
+    store.write_bytes("labeling/done/bad.json", export_file([
+        (41, "c1/front/0", [annotation(1, "unicorn", updated="2026-01-02T10:00:00Z")])
+    ]))  # fmt: skip
+    with pytest.raises(ValueError, match=r"labeling/done/bad.json task 41.*unicorn"):
+        build_labels(make_frames(), classes=CLASSES, human_exports=load_label_studio_exports(store))
+
+
+def test_invalid_json_names_the_file(tmp_path):
+    store = open_store(str(tmp_path))
+    store.write_bytes("labeling/done/broken.json", b"[{not json")
+    with pytest.raises(ValueError, match="broken.json"):
+        load_label_studio_exports(store)
+    store.write_bytes("labeling/done/broken.json", b'{"tasks": 3}')
+    with pytest.raises(ValueError, match="broken.json.*list of tasks"):
+        load_label_studio_exports(store)
+
+
+def test_auto_labeler_fills_only_unlabeled_frames_above_threshold():
+    seen = []
+
+    def fake_model(images, frame_ids):
+        seen.extend(frame_ids)
+        assert all(img[:2] == b"\xff\xd8" for img in images)  # JPEG bytes are passed through
+        conf = np.array([0.95 if f.endswith("/1") else 0.5 for f in frame_ids])
+        return np.full(len(frame_ids), 1), conf
+
+    labels, stats = build_labels(
+        make_frames(), classes=CLASSES, auto_labeler=fake_model, auto_threshold=0.9
+    )
+    assert seen == ["c1/front/1", "c1/front/3", "c1/front/4"]  # never frames with ground truth
+    row = [r for r in labels.to_pylist() if r["label_source"] == "auto"]
+    assert row == [{"frame_id": "c1/front/1", "label": 1, "label_source": "auto",
+                    "label_confidence": pytest.approx(0.95)}]  # fmt: skip
+    assert stats["auto"] == 1 and stats["auto_below_threshold"] == 2 and stats["unlabeled"] == 2
+
+
+def test_auto_labeler_output_is_checked():
+    with pytest.raises(ValueError, match="shapes"):
+        build_labels(
+            make_frames(), classes=CLASSES, auto_labeler=lambda im, f: (np.zeros(1), np.ones(1))
+        )
+    with pytest.raises(ValueError, match="class indices"):
+        build_labels(make_frames(), classes=CLASSES,
+                     auto_labeler=lambda im, f: (np.full(len(f), 7), np.ones(len(f))))  # fmt: skip
+
+
+def test_unknown_ground_truth_class():
+    frames = make_frames(truth=("tractor", None, None, None, None, None))
+    with pytest.raises(ValueError, match="c1/front/0.*tractor"):
+        build_labels(frames, classes=CLASSES)
