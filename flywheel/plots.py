@@ -1,0 +1,143 @@
+"""Small PNG plots for MLflow artifacts and the Dagster UI: confusion, curves, calibration.
+
+Figures are built with `matplotlib.figure.Figure` and the Agg canvas, not pyplot: no global
+state, safe in threads and in a headless daemon. Every function returns PNG bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from flywheel.evaluate import ECE_BINS, calibration_bins, expected_calibration_error
+
+DPI = 100
+
+
+def confusion_png(cm, classes: list[str]) -> bytes:
+    """Confusion matrix (rows true, columns predicted): colour = share of the row, text = count."""
+    cm = np.asarray(cm, dtype=np.int64)
+    c = len(classes)
+    if cm.shape != (c, c):
+        raise ValueError(f"cm has shape {cm.shape}, expected ({c}, {c}) for {c} classes")
+    rows = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
+    side = 1.6 + 0.55 * c
+    fig = Figure(figsize=(side + 0.8, side))
+    ax = fig.add_subplot()
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(c):
+        for j in range(c):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if share[i, j] > 0.5 else "black")  # fmt: skip
+    ax.set_xticks(range(c), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(c), classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
+    return _png(fig)
+
+
+def learning_curves_png(history: list[dict]) -> bytes:
+    """Per-epoch curves: keys containing "loss" on the left panel, other numbers on the right.
+
+    `history` is one dict per epoch, e.g. `{"epoch": 1, "train_loss": .., "val_accuracy": ..}`.
+    """
+    if not history:
+        raise ValueError("history is empty: no epochs to plot")
+    x = [h.get("epoch", i + 1) for i, h in enumerate(history)]
+    keys = _numeric_keys(history, exclude={"epoch", "step"})
+    losses = [k for k in keys if "loss" in k]
+    others = [k for k in keys if "loss" not in k]
+    fig = Figure(figsize=(8, 3.2))
+    for pos, (group, title) in enumerate(((losses, "loss"), (others, "metrics")), start=1):
+        ax = fig.add_subplot(1, 2, pos)
+        for k in group:
+            ax.plot(x, _column(history, k), marker="o", markersize=3, label=k)
+        ax.set_xlabel("epoch")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        if group:
+            ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def metric_vs_iteration_png(rows: list[dict], metrics: list[str]) -> bytes:
+    """Metrics across flywheel iterations; x is `iteration` (else `version`, else the row index)."""
+    if not rows:
+        raise ValueError("rows is empty: no iterations to plot")
+    if not metrics:
+        raise ValueError("metrics is empty: name at least one metric to plot")
+    xkey = next((k for k in ("iteration", "version") if all(k in r for r in rows)), None)
+    x = [float(r[xkey]) for r in rows] if xkey else list(range(1, len(rows) + 1))
+    fig = Figure(figsize=(6, 3.2))
+    ax = fig.add_subplot()
+    for m in metrics:
+        ax.plot(x, _column(rows, m), marker="o", markersize=3, label=m)
+    ax.set_xlabel(xkey or "iteration")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def reliability_png(probs: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -> bytes:
+    """Reliability diagram: accuracy per confidence bin against the diagonal, ECE in the title."""
+    probs, labels = np.asarray(probs), np.asarray(labels)
+    if probs.ndim != 2 or labels.shape != (len(probs),) or len(probs) == 0:
+        raise ValueError(
+            f"probs (N, C) and labels (N,) with N > 0 expected, got {probs.shape} and {labels.shape}"
+        )
+    b = calibration_bins(probs, labels, n_bins)
+    ece = expected_calibration_error(probs, labels, n_bins)
+    width = 1.0 / n_bins
+    centers = b["edges"][:-1] + width / 2
+    fig = Figure(figsize=(4, 4))
+    ax = fig.add_subplot()
+    nz = b["count"] > 0
+    ax.bar(centers[nz], b["accuracy"][nz], width=width * 0.9, color="tab:blue", label="accuracy")
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    ax.plot(b["confidence"][nz], b["accuracy"][nz], "o", color="tab:red", markersize=3,
+            label="mean confidence")  # fmt: skip
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"ECE {ece:.4f} (N={len(labels)}, {n_bins} bins)", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    return _png(fig)
+
+
+def markdown_image(png: bytes, alt: str = "plot") -> str:
+    """Inline Markdown image (base64 data URI), for Dagster `MetadataValue.md`."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def _numeric_keys(rows: list[dict], exclude: set[str]) -> list[str]:
+    keys: list[str] = []
+    for r in rows:
+        for k, v in r.items():
+            if k not in exclude and k not in keys and _is_number(v):
+                keys.append(k)
+    return keys
+
+
+def _column(rows: list[dict], key: str) -> list[float]:
+    # A missing or non-numeric value is a gap (NaN) in the line, not a zero.
+    return [float(r[key]) if _is_number(r.get(key)) else math.nan for r in rows]
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, int | float | np.number) and not isinstance(v, bool)
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
