@@ -1,10 +1,13 @@
 """Resources: the flywheel settings, the store, MLflow and the compute device."""
 
 
+from pathlib import Path
+
 import dagster as dg
 
 from flywheel.config import Settings, load_settings
 from flywheel.store import Store, open_store
+from flywheel.tracking import Tracker
 
 
 class SettingsResource(dg.ConfigurableResource):
@@ -34,6 +37,11 @@ class MlflowResource(dg.ConfigurableResource):
     tracking_uri: str
     model_name: str = "perception"
     experiment: str = "flywheel"
+    artifact_root: str | None = None  # for a local tracking store; a server decides its own
+
+    def tracker(self) -> Tracker:
+        root = Path(self.artifact_root) if self.artifact_root else None
+        return Tracker(self.tracking_uri, experiment=self.experiment, model_name=self.model_name, artifact_root=root)
 
 
 class ComputeResource(dg.ConfigurableResource):
@@ -52,6 +60,7 @@ def resources_for(settings: Settings, config_path: str | None, overrides: dict) 
             tracking_uri=settings.tracking_uri,
             model_name=settings.mlflow.model_name,
             experiment=settings.mlflow.experiment,
+            artifact_root=None if settings.mlflow.tracking_uri else str(settings.home / "mlflow" / "artifacts"),
         ),
         "compute": ComputeResource(device=settings.train.device),
     }

@@ -35,6 +35,7 @@ class SensorSettings(_Section):
     min_clips: int = Field(20, ge=1)  # new clips in landing that make a fleet batch
     max_clips: int = Field(500, ge=1)  # at most this many clips in one batch
     min_new_frames: int = Field(200, ge=0)  # new labeled frames that trigger training
+    nightly_cron: str = "0 2 * * *"  # a full iteration every night, even below the thresholds
 
 
 class IngestSettings(_Section):
@@ -216,3 +217,4 @@ def quiet_telemetry() -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

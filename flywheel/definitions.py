@@ -14,17 +14,19 @@ quiet_telemetry()
 def build_definitions(
     settings: Settings | None = None, *, config_path: str | None = None, overrides: dict | None = None
 ) -> dg.Definitions:
-    from assets import ingest as ingest_assets
+    from assets import dataset, ingest, model
     from assets.resources import resources_for
-    from jobs import ingest_batch
+    from jobs import ingest_batch, nightly_schedule, train_and_deploy
     from sensors.fresh_data import fresh_fleet_data
+    from sensors.training import report_failed_runs, train_after_ingest
 
     overrides = overrides or {}
     settings = settings or load_settings(config_path, **overrides)
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([ingest_assets]),
-        jobs=[ingest_batch],
-        sensors=[fresh_fleet_data],
+        assets=dg.load_assets_from_modules([ingest, dataset, model]),
+        jobs=[ingest_batch, train_and_deploy],
+        schedules=[nightly_schedule(settings.sensor.nightly_cron)],
+        sensors=[fresh_fleet_data, train_after_ingest, report_failed_runs],
         resources=resources_for(settings, config_path, overrides),
     )
 

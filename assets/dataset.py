@@ -1,0 +1,69 @@
+"""Dataset assets: labels and augmented rows per fleet batch, and the versioned training dataset."""
+
+import dagster as dg
+
+from assets.ingest import STORE_RETRY, frames
+from assets.partitions import fleet_batches
+from assets.resources import SettingsResource, StoreResource
+from assets.ui import counts_md, png_md, table_md
+from flywheel import loop
+
+
+@dg.asset(partitions_def=fleet_batches, group_name="dataset", deps=[frames], retry_policy=STORE_RETRY,
+          kinds={"parquet"})  # fmt: skip
+def labels(context: dg.AssetExecutionContext, settings: SettingsResource, store: StoreResource) -> dg.MaterializeResult:
+    """The label of each frame of a batch: human (Label Studio) > ground truth > auto, with confidence."""
+    stats = loop.label_batch(store.open(), settings.load(), context.partition_key)
+    return dg.MaterializeResult(
+        metadata={
+            "labeled": stats["labeled"],
+            "unlabeled (kept out of training)": stats["unlabeled"],
+            "by_source": counts_md({k: stats[k] for k in ("human", "ground_truth", "auto")}),
+            "auto_below_threshold (to the human queue)": stats["auto_below_threshold"],
+            "per_class": counts_md(stats["per_class"]),
+            "uri": dg.MetadataValue.path(store.open().uri(stats["key"])),
+        }
+    )
+
+
+@dg.asset(partitions_def=fleet_batches, group_name="dataset", deps=[labels], retry_policy=STORE_RETRY,
+          kinds={"parquet", "albumentations"})  # fmt: skip
+def augmented(context: dg.AssetExecutionContext, settings: SettingsResource, store: StoreResource) -> dg.MaterializeResult:
+    """Labeled rows of a batch with its split, plus augmented copies of rare train groups."""
+    out = loop.augment_batch(store.open(), settings.load(), context.partition_key)
+    balance = out["balance"]
+    metadata = {
+        "originals": out["originals"],
+        "augmented": out["augmented"],
+        "bytes": dg.MetadataValue.int(out["bytes"]),
+        "min_group_share_before": balance["min_share_before"],
+        "min_group_share_after": balance["min_share_after"],
+        "balance (train rows per label, condition)": table_md(
+            [{**g["group"], **{k: g[k] for k in ("before", "after", "share_before", "share_after")}}
+             for g in balance["groups"]]
+        ),
+    }
+    if out["grid_png"]:
+        metadata["samples"] = png_md(out["grid_png"], "augmented samples")
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset(group_name="dataset", deps=[augmented], retry_policy=STORE_RETRY, kinds={"parquet"})
+def training_dataset(settings: SettingsResource, store: StoreResource) -> dg.MaterializeResult:
+    """The versioned, sharded training dataset: v<N+1> = v<N>'s shards + shards of new batches."""
+    manifest, created = loop.build_dataset_version(store.open(), settings.load())
+    counts = manifest.get("counts", {})
+    return dg.MaterializeResult(
+        metadata={
+            "version": manifest["version"],
+            "new_version": created,
+            "parent": str(manifest.get("parent")),
+            "batches": len(manifest["batches"]),
+            "shards": len(manifest["shards"]),
+            "rows": sum(s["rows"] for s in manifest["shards"]),
+            "per_split": counts_md(counts.get("split", {})),
+            "per_class": counts_md(counts.get("class", {})),
+            "per_condition": counts_md(counts.get("condition", {})),
+        },
+        data_version=dg.DataVersion(str(manifest["version"])),
+    )

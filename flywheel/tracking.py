@@ -1,0 +1,142 @@
+"""MLflow: training runs, the registered model, and its `challenger` / `champion` aliases.
+
+The embedded default is a SQLite tracking store with a local artifact folder under
+$FLYWHEEL_HOME; any tracking server works by URI. Models are registered from plain artifacts
+(weights as a state dict + config JSON, no pickles), so registering costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+CHALLENGER, CHAMPION = "challenger", "champion"
+WEIGHTS = "model/weights.pt"
+
+
+class Tracker:
+    """A thin layer over MlflowClient with the flywheel's verbs."""
+
+    def __init__(self, tracking_uri: str, *, experiment: str, model_name: str, artifact_root: Path | None = None):
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        if tracking_uri.startswith("sqlite:///"):
+            Path(tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        self.tracking_uri = tracking_uri
+        self.model_name = model_name
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            location = artifact_root.resolve().as_uri() if artifact_root else None
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        else:
+            self.experiment_id = exp.experiment_id
+
+    @contextmanager
+    def run(self, name: str, tags: dict[str, str] | None = None):
+        """A run that is FINISHED on success and FAILED if the block raises."""
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={"code_version": code_version(), **(tags or {})})
+        try:
+            yield run.info.run_id
+        except BaseException:
+            self.client.set_terminated(run.info.run_id, "FAILED")
+            raise
+        self.client.set_terminated(run.info.run_id, "FINISHED")
+
+    def log_params(self, run_id: str, params: dict) -> None:
+        for k, v in _flatten(params).items():
+            self.client.log_param(run_id, k, str(v)[:6000])
+
+    def log_metrics(self, run_id: str, metrics: dict, step: int | None = None) -> None:
+        for k, v in _flatten(metrics).items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                self.client.log_metric(run_id, _metric_key(k), float(v), step=step or 0)
+
+    def log_bytes(self, run_id: str, path: str, data: bytes) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / Path(path).name
+            local.write_bytes(data)
+            parent = str(Path(path).parent)
+            self.client.log_artifact(run_id, str(local), artifact_path=None if parent == "." else parent)
+
+    def log_json(self, run_id: str, path: str, obj) -> None:
+        self.log_bytes(run_id, path, json.dumps(obj, indent=2, default=str).encode())
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, str(v))
+
+    def register(self, run_id: str, weights: bytes, *, tags: dict[str, str] | None = None) -> str:
+        """Log the weights, register them as a new model version and move `challenger` to it."""
+        self.log_bytes(run_id, WEIGHTS, weights)
+        try:
+            self.client.create_registered_model(self.model_name)
+        except MlflowException as e:
+            if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
+                raise
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/model"
+        mv = self.client.create_model_version(self.model_name, source, run_id=run_id, tags=tags or {})
+        self.set_alias(CHALLENGER, mv.version)
+        return str(mv.version)
+
+    def set_alias(self, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(self.model_name, alias, str(version))
+
+    def alias(self, alias: str) -> str | None:
+        """The version an alias points to, or None."""
+        try:
+            return str(self.client.get_model_version_by_alias(self.model_name, alias).version)
+        except MlflowException:
+            return None
+
+    def weights(self, version: str) -> bytes:
+        """The weights of a registered model version."""
+        mv = self.client.get_model_version(self.model_name, str(version))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.client.download_artifacts(mv.run_id, WEIGHTS, tmp)
+            return Path(path).read_bytes()
+
+    def version_run(self, version: str) -> str:
+        return self.client.get_model_version(self.model_name, str(version)).run_id
+
+
+def code_version() -> str:
+    """The git commit of the code (with `-dirty` if changed), else the package version."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5)  # fmt: skip
+        if sha.returncode == 0:
+            return sha.stdout.strip()[:12] + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    from importlib.metadata import version
+
+    return f"flywheel-{version('flywheel')}"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _metric_key(k: str) -> str:
+    # MLflow keys allow alphanumerics, '_', '-', '.', ' ', '/' and ':'; slice names may hold '='.
+    return "".join(c if c.isalnum() or c in "_-. /:" else "_" for c in k)
+
+
+__all__ = ["Tracker", "CHALLENGER", "CHAMPION", "code_version", "mlflow"]

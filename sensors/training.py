@@ -1,0 +1,42 @@
+"""Sensors that start training after ingest, and report failed runs."""
+
+import dagster as dg
+
+from assets.resources import SettingsResource, StoreResource
+from flywheel import loop
+from jobs import TRAINING_TAGS, ingest_batch, train_and_deploy
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[ingest_batch],
+    request_job=train_and_deploy,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="After a successful ingest, trains when enough new labeled frames wait.",
+)
+def train_after_ingest(context: dg.RunStatusSensorContext, settings: SettingsResource, store: StoreResource):
+    s = settings.load()
+    waiting, batches = loop.new_labeled_frames(store.open(), s)
+    if waiting < s.sensor.min_new_frames:
+        return dg.SkipReason(f"{waiting} new labeled frame(s) wait; training needs {s.sensor.min_new_frames}")
+    return dg.RunRequest(
+        run_key=f"after-ingest-{context.dagster_run.run_id}",
+        tags={**TRAINING_TAGS, "flywheel/new_frames": str(waiting), "flywheel/batches": ",".join(batches)[:200]},
+    )
+
+
+@dg.run_failure_sensor(default_status=dg.DefaultSensorStatus.RUNNING, description="Logs an alert line per failed run.")
+def report_failed_runs(context: dg.RunFailureSensorContext):
+    run = context.dagster_run
+    failures = context.get_step_failure_events()
+    gate_only = failures and all(
+        "evaluation" in (e.step_key or "") and "AssetCheckFailed" in str(e.event_specific_data.error) for e in failures
+    )
+    if gate_only:
+        context.log.info(f"flywheel: run {run.run_id} of {run.job_name}: the gate kept the champion (normal outcome)")
+        return
+    steps = ", ".join(sorted({e.step_key for e in failures if e.step_key})) or "run setup"
+    context.log.error(
+        f"FLYWHEEL ALERT: run {run.run_id} of job {run.job_name} failed in {steps}: "
+        f"{context.failure_event.message}"
+    )
