@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import random
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -227,11 +228,22 @@ def sample_grid_png(rows: pa.Table, n: int = 16, *, classes: Sequence[str] | Non
     return png.tobytes()
 
 
+def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) -> (size, size, 3), bilinear: the model's input geometry everywhere.
+
+    Bilinear, not INTER_AREA: 4x faster at non-integer ratios, and `reader.decode_image` first
+    lets libjpeg shrink by 2/4/8, so the remaining ratio is under 2 and aliasing stays small.
+    """
+    if rgb.shape[0] == size and rgb.shape[1] == size:
+        return rgb
+    return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
 @dataclass
 class OnlineTransform:
     """The per-sample pipeline of the reader: resize to (size, size), then light aug if train.
 
-    Takes and returns RGB uint8 (H, W, 3). Eval is a bare cv2.resize (no Compose overhead).
+    Takes and returns RGB uint8 (H, W, 3). Eval is a bare resize (no Compose overhead).
     """
 
     size: int
@@ -239,13 +251,17 @@ class OnlineTransform:
     compose: A.Compose | None = None
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        if rgb.shape[0] != self.size or rgb.shape[1] != self.size:
-            rgb = cv2.resize(rgb, (self.size, self.size), interpolation=cv2.INTER_AREA)
+        rgb = resize_square(rgb, self.size)
         return self.compose(image=rgb)["image"] if self.compose is not None else rgb
 
     def set_random_seed(self, seed: int) -> None:
-        if self.compose is not None:
-            self.compose.set_random_seed(seed)
+        """Seed the pipeline; one generator pair shared by all its transforms (Compose's own
+        set_random_seed builds a pair per transform: 4x slower, and the reader seeds per sample)."""
+        if self.compose is None:
+            return
+        rng, py = np.random.default_rng(seed), random.Random(seed)
+        for t in (self.compose, *self.compose.transforms):
+            t.random_generator, t.py_random = rng, py
 
 
 def online_transform(image_size: int, train: bool) -> OnlineTransform:

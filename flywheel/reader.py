@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 
 import cv2
@@ -123,22 +122,28 @@ class ShardReader(IterableDataset):
         cache = _RowGroupCache(
             self.store, self.shards, capacity=2 * math.ceil(self.buffer_size / group_rows) + 4
         )
-        for g in self._worker_order():
-            shard, group, row = self.locations[g]
+        order = self._worker_order()
+        train = self.transform.train
+        # Python ints, not numpy rows: this loop runs once per sample
+        for g, (shard, group, row) in zip(
+            order.tolist(), self.locations[order].tolist(), strict=True
+        ):
             cols = cache.get(shard, group)
-            if self.transform.train:  # per-sample seed: same augmentation for any workers/resume
-                self.transform.set_random_seed(_sample_seed(self.seed, self.epoch, int(g)))
+            if train:  # per-sample seed: the same augmentation for any num_workers or resume
+                self.transform.set_random_seed(_sample_seed(self.seed, self.epoch, g))
             image = decode_image(cols["image"][row], self.image_size, transform=self.transform,
                                  height=cols["height"][row], width=cols["width"][row],
                                  where=cols["frame_id"][row])  # fmt: skip
-            sample = {
-                "image": torch.from_numpy(image),
-                "label": torch.tensor(cols["label"][row], dtype=torch.int64),
-            }
-            for m in META:
-                sample[m] = cols[m][row]
             self._taken += 1
-            yield sample
+            yield {
+                "image": torch.from_numpy(image),  # (3, S, S) uint8
+                "label": cols["label"][row],  # 0-d int64 view
+                "frame_id": cols["frame_id"][row],
+                "trigger": cols["trigger"][row],
+                "condition": cols["condition"][row],
+                "camera": cols["camera"][row],
+                "clip_id": cols["clip_id"][row],
+            }
 
     # -- resume --------------------------------------------------------------------------------
     def state_dict(self, samples: int | None = None) -> dict:
@@ -204,25 +209,29 @@ def load_arrays(store: Store, manifest: dict, *, split: str | None = None,
 
 
 class _RowGroupCache:
-    """The last few row groups read, as Python lists per column (LRU)."""
+    """The last few row groups read, as Python lists per column; the oldest read is evicted
+    first (the reader's window slides forward, so FIFO does as well as LRU, for less work)."""
 
     def __init__(self, store: Store, shards: list[dict], capacity: int):
         self.store, self.shards, self.capacity = store, shards, capacity
         self.files: dict[int, object] = {}
-        self.groups: OrderedDict[tuple[int, int], dict] = OrderedDict()
+        self.groups: dict[tuple[int, int], dict] = {}
 
     def get(self, shard: int, group: int) -> dict:
-        key = (shard, group)
-        if key in self.groups:
-            self.groups.move_to_end(key)
-            return self.groups[key]
+        cols = self.groups.get((shard, group))
+        if cols is not None:
+            return cols
         if shard not in self.files:
             self.files[shard] = self.store.parquet_file(self.shards[shard]["path"])
         table = self.files[shard].read_row_group(group, columns=COLUMNS)
-        cols = {c: table.column(c).to_pylist() for c in COLUMNS}
-        self.groups[key] = cols
+        cols = {c: table.column(c).to_pylist() for c in COLUMNS if c != "label"}
+        # 0-d int64 tensors viewing one buffer: one allocation per group instead of per sample
+        cols["label"] = torch.from_numpy(table.column("label").to_numpy().astype(np.int64)).unbind(
+            0
+        )
+        self.groups[(shard, group)] = cols
         if len(self.groups) > self.capacity:
-            self.groups.popitem(last=False)
+            del self.groups[next(iter(self.groups))]
         return cols
 
 
@@ -261,14 +270,13 @@ def _locate(
 def _buffer_shuffle(seq: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     """What a streaming shuffle buffer of `size` emits for input `seq` (computed on indices)."""
     out = np.empty_like(seq)
-    buf = list(seq[:size])
-    n = 0
-    for x in seq[size:]:
-        j = int(rng.integers(len(buf)))
+    buf = seq[:size].tolist()
+    # the buffer stays full while input remains, so every slot pick is uniform in [0, size)
+    picks = rng.integers(0, len(buf), max(len(seq) - size, 0)).tolist() if buf else []
+    for n, (x, j) in enumerate(zip(seq[size:].tolist(), picks, strict=True)):
         out[n], buf[j] = buf[j], x
-        n += 1
     rest = np.array(buf, dtype=seq.dtype)
-    out[n:] = rest[rng.permutation(len(rest))]
+    out[len(picks) :] = rest[rng.permutation(len(rest))]
     return out
 
 
