@@ -1,0 +1,280 @@
+"""The fleet simulator: rendering, MCAP clips that read back, drift, state, determinism."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+
+import numpy as np
+import pytest
+from mcap.reader import make_reader
+
+from flywheel import sim
+from flywheel.clips import read_clip
+from flywheel.config import CONDITIONS, DEFAULT_CLASSES, Settings
+from flywheel.store import open_store
+
+
+def small(**sim_overrides) -> Settings:
+    """Tiny images and short clips: fast tests."""
+    base = {"width": 32, "height": 24, "frames_per_clip": 3, "vehicles": 3}
+    return Settings.model_validate({"sim": base | sim_overrides})
+
+
+def test_render_clip_has_configured_size_and_known_labels():
+    settings = Settings.model_validate({"sim": {"width": 40, "height": 30, "frames_per_clip": 5}})
+    frames, labels = sim.render_clip(
+        np.random.default_rng(0), condition="day", settings=settings, clip_index=0
+    )
+    assert len(frames) == len(labels) == 5
+    for f in frames:
+        assert f.shape == (30, 40, 3) and f.dtype == np.uint8
+    assert set(labels) <= set(DEFAULT_CLASSES)
+
+
+@pytest.mark.parametrize("condition", CONDITIONS)
+def test_render_frames_every_condition(condition):
+    frames, labels = sim.render_frames(np.random.default_rng(1), 10, condition, small(), per_clip=3)
+    assert frames.shape == (10, 24, 32, 3) and frames.dtype == np.uint8
+    assert len(labels) == 10 and set(labels) <= set(DEFAULT_CLASSES)
+    assert frames.std() > 3  # an image, not a flat colour
+
+
+def test_conditions_look_different():
+    """Night is dark, fog is bright, and fog and rain wash out the contrast around the horizon."""
+    settings = Settings()
+    brightness, contrast = {}, {}
+    for cond in CONDITIONS:
+        f, _ = sim.render_frames(np.random.default_rng(2), 64, cond, settings)
+        gray = f.astype(np.float32).mean(axis=3)  # (N, 72, 96)
+        brightness[cond] = gray.mean()
+        contrast[cond] = gray[:, 20:40].std(axis=(1, 2)).mean()  # the band where things ahead are
+    assert brightness["night"] < 0.5 * brightness["day"]
+    assert brightness["fog"] > brightness["day"]
+    assert contrast["fog"] < 0.5 * contrast["day"] and contrast["rain"] < 0.5 * contrast["day"]
+
+
+def test_all_classes_appear_and_labels_change_within_clips():
+    settings = Settings.model_validate({"sim": {"width": 48, "height": 36}})  # 16-frame clips
+    rng = np.random.default_rng(3)
+    seen, changed, similar, unrelated = Counter(), 0, [], []
+    previous_last = None
+    for i in range(60):
+        frames, labels = sim.render_clip(rng, condition="day", settings=settings, clip_index=i)
+        seen.update(labels)
+        changed += len(set(labels)) > 1
+        f = np.stack(frames).astype(np.float32)
+        similar.append(np.abs(f[1:] - f[:-1]).mean())
+        if previous_last is not None:
+            unrelated.append(np.abs(f[0] - previous_last).mean())
+        previous_last = f[-1]
+    assert set(seen) == set(DEFAULT_CLASSES)
+    assert changed >= 5  # things enter and leave the lane
+    assert np.mean(similar) < 0.5 * np.mean(unrelated)  # temporal continuity within a clip
+
+
+def test_render_is_deterministic_for_a_seed():
+    a, la = sim.render_frames(np.random.default_rng(7), 12, "rain", small())
+    b, lb = sim.render_frames(np.random.default_rng(7), 12, "rain", small())
+    c, _ = sim.render_frames(np.random.default_rng(8), 12, "rain", small())
+    assert np.array_equal(a, b) and la == lb
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize(
+    "classes,missing_word",
+    [(["clear_road", "vehicle", "pedestrian", "cyclist", "red_light", "truck"], "truck"),
+     (["clear_road", "vehicle"], "pedestrian")],
+)  # fmt: skip
+def test_unknown_or_missing_classes_raise(tmp_path, classes, missing_word):
+    settings = Settings.model_validate({"classes": classes, "sim": {"width": 32, "height": 24}})
+    with pytest.raises(ValueError, match=missing_word):
+        sim.simulate(open_store(str(tmp_path)), settings, clips=1)
+    with pytest.raises(ValueError, match=missing_word):
+        sim.render_frames(np.random.default_rng(0), 2, "day", settings)
+
+
+def test_classes_in_another_order_are_accepted():
+    settings = Settings.model_validate(
+        {"classes": DEFAULT_CLASSES[::-1], "sim": {"width": 32, "height": 24}}
+    )
+    _, labels = sim.render_frames(np.random.default_rng(0), 3, "day", settings)
+    assert len(labels) == 3
+
+
+def test_simulated_clips_read_back(tmp_path):
+    settings = small(cameras=["front", "wide"])
+    store = open_store(str(tmp_path))
+    keys = sim.simulate(store, settings, clips=6, seed=3)
+    assert len(keys) == len(set(keys)) == 6
+    for key in keys:
+        _, vehicle, day, name = key.split("/")
+        clip = read_clip(store.read_bytes(key), classes=settings.classes)
+        assert (
+            key
+            == f"landing/{clip.meta.vehicle_id}/{clip.meta.recorded_at[:10]}/{clip.meta.clip_id}.mcap"
+        )
+        assert clip.meta.vehicle_id == vehicle and name == clip.meta.clip_id + ".mcap"
+        assert clip.meta.clip_id.endswith("-s3")
+        assert clip.meta.trigger in ("random", "hard_brake")
+        assert clip.meta.extra["condition"] in CONDITIONS
+        assert clip.meta.recorded_at.endswith("+00:00")
+        assert Counter(f.camera for f in clip.frames) == {"front": 3, "wide": 3}
+        for f in clip.frames:
+            assert f.format == "jpeg" and (f.height, f.width) == (24, 32)
+            assert f.ground_truth in DEFAULT_CLASSES
+        times = [f.timestamp_ns for f in clip.frames if f.camera == "front"]
+        assert np.allclose(np.diff(times), 1e9 / settings.sim.fps, atol=1)
+
+
+def test_all_three_encodings_appear(tmp_path):
+    store = open_store(str(tmp_path))
+    keys = sim.simulate(store, small(), clips=3)
+    encodings = set()
+    for key in keys:
+        reader = make_reader(io.BytesIO(store.read_bytes(key)))
+        summary = reader.get_summary()
+        encodings |= {
+            c.message_encoding for c in summary.channels.values() if c.topic.startswith("/camera/")
+        }
+    assert encodings == {"protobuf", "json", "cdr"}
+
+
+def test_same_seed_and_state_give_byte_identical_clips(tmp_path):
+    a, b, c = (open_store(str(tmp_path / n)) for n in "abc")
+    ka = sim.simulate(a, small(), clips=4, seed=5)
+    kb = sim.simulate(b, small(), clips=4, seed=5)
+    kc = sim.simulate(c, small(), clips=4, seed=6)
+    assert ka == kb
+    assert all(a.read_bytes(k) == b.read_bytes(k) for k in ka)
+    assert [k.rsplit("-", 1)[0] for k in ka] == [
+        k.rsplit("-", 1)[0] for k in kc
+    ]  # same vehicles and indices
+    assert all(a.read_bytes(x) != c.read_bytes(y) for x, y in zip(ka, kc, strict=True))
+
+
+def test_state_persists_across_calls(tmp_path):
+    once, twice = open_store(str(tmp_path / "once")), open_store(str(tmp_path / "twice"))
+    keys = sim.simulate(once, small(), clips=6)
+    split = sim.simulate(twice, small(), clips=2) + sim.simulate(twice, small(), clips=4)
+    assert split == keys  # the second call goes on where the first stopped
+    assert all(once.read_bytes(k) == twice.read_bytes(k) for k in keys)
+    assert sim.read_state(twice) == {"recorded": 6, "uploaded": 6}
+    assert not [
+        o.key for o in twice.list("sim/") if o.key != sim.STATE_KEY
+    ]  # no temporary files left
+
+
+def test_condition_mix_drifts_linearly():
+    s = small(
+        conditions_start={"day": 1.0}, conditions_end={"fog": 1.0, "night": 1.0}, drift_clips=100
+    ).sim
+    assert sim.condition_mix(s, 0) == {"day": 1.0, "night": 0.0, "rain": 0.0, "fog": 0.0}
+    assert sim.condition_mix(s, 50) == pytest.approx(
+        {"day": 0.5, "night": 0.25, "rain": 0.0, "fog": 0.25}
+    )
+    assert sim.condition_mix(s, 100) == sim.condition_mix(s, 10_000)
+
+
+def test_condition_mix_of_simulated_clips_reaches_the_end_mix(tmp_path):
+    end = {"day": 0.4, "night": 0.2, "rain": 0.2, "fog": 0.2}
+    settings = small(width=16, height=16, frames_per_clip=1, drift_clips=20, conditions_end=end)
+    store = open_store(str(tmp_path))
+    sim.simulate(store, settings, clips=20)  # the drift
+    keys = sim.simulate(store, settings, clips=300)  # after it: the end mix
+    got = Counter(
+        read_clip(store.read_bytes(k), classes=settings.classes).meta.extra["condition"]
+        for k in keys
+    )
+    for cond, p in end.items():
+        tolerance = 4 * (p * (1 - p) / len(keys)) ** 0.5  # 4 standard errors
+        assert abs(got[cond] / len(keys) - p) < tolerance, (cond, got)
+
+
+def test_clock_moves_days_and_night_clips_happen_at_night(tmp_path):
+    settings = small(width=16, height=16, frames_per_clip=1, conditions_start={"night": 1.0},
+                     conditions_end={"night": 1.0})  # fmt: skip
+    extras = sim.SimExtras(clips_per_day=5)
+    store = open_store(str(tmp_path))
+    keys = sim.simulate(store, settings, clips=12, extras=extras)
+    dates = sorted({k.split("/")[2] for k in keys})
+    assert len(dates) == 3
+    for k in keys:
+        hour = int(read_clip(store.read_bytes(k), classes=settings.classes).meta.recorded_at[11:13])
+        assert hour >= 20 or hour < 5
+
+
+def test_upload_filter_decides_in_shadow_mode(tmp_path):
+    settings = small()
+    seen = []
+
+    def uncertain_at_night(frames, meta):
+        seen.append((frames.shape, frames.dtype, meta["condition"]))
+        return "low_confidence" if meta["condition"] == "night" else None
+
+    store = open_store(str(tmp_path))
+    keys = sim.simulate(store, small(conditions_start={"day": 0.5, "night": 0.5}), clips=12,
+                        upload_filter=uncertain_at_night)  # fmt: skip
+    assert all(shape == (3, 24, 32, 3) and dtype == np.uint8 for shape, dtype, _ in seen)
+    metas = [read_clip(store.read_bytes(k), classes=settings.classes).meta for k in keys]
+    triggers = Counter(m.trigger for m in metas)
+    assert triggers["low_confidence"] > 0
+    for m in metas:
+        if m.trigger == "low_confidence":
+            assert m.extra["condition"] == "night"
+        if m.trigger == "random":
+            assert m.extra["condition"] == "day"
+    state = sim.read_state(store)
+    assert (
+        state["uploaded"] == 12 and state["recorded"] > 12
+    )  # unflagged day clips were not all uploaded
+
+
+def test_upload_filter_must_return_a_trigger_name(tmp_path):
+    with pytest.raises(ValueError, match="trigger name"):
+        sim.simulate(open_store(str(tmp_path)), small(), clips=2, upload_filter=lambda f, m: 1)
+
+
+def test_hard_brakes_come_with_something_close_ahead(tmp_path):
+    settings = small(width=16, height=16, frames_per_clip=4)
+    store = open_store(str(tmp_path))
+    keys = sim.simulate(store, settings, clips=150)
+    labels = {"hard_brake": Counter(), "random": Counter()}
+    for k in keys:
+        clip = read_clip(store.read_bytes(k), classes=settings.classes)
+        labels[clip.meta.trigger].update(f.ground_truth != "clear_road" for f in clip.frames)
+    share = {t: c[True] / max(1, sum(c.values())) for t, c in labels.items()}
+    assert sum(labels["hard_brake"].values()) > 0
+    assert share["hard_brake"] > share["random"]
+
+
+def test_bad_state_file_is_an_error(tmp_path):
+    store = open_store(str(tmp_path))
+    store.write_json(sim.STATE_KEY, {"recorded": "many"})
+    with pytest.raises(ValueError, match="state.json"):
+        sim.simulate(store, small(), clips=1)
+
+
+def test_negative_clip_count_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="clips"):
+        sim.simulate(open_store(str(tmp_path)), small(), clips=-1)
+
+
+def test_cameras_see_the_same_scene_differently():
+    settings = small(cameras=["front", "wide"], frames_per_clip=4)
+    front, labels_front = sim.render_clip(
+        np.random.default_rng(4), condition="day", settings=settings, clip_index=0
+    )
+    wide, labels_wide = sim.render_clip(
+        np.random.default_rng(4), condition="day", settings=settings, clip_index=0, camera="wide"
+    )
+    assert labels_front == labels_wide  # what is ahead does not depend on the camera
+    assert not np.array_equal(np.stack(front), np.stack(wide))
+    with pytest.raises(ValueError, match="rear"):
+        sim.render_clip(
+            np.random.default_rng(4),
+            condition="day",
+            settings=settings,
+            clip_index=0,
+            camera="rear",
+        )
