@@ -1,6 +1,7 @@
 """Resources: the flywheel settings, the store, MLflow and the compute device."""
 
 
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -14,10 +15,10 @@ class SettingsResource(dg.ConfigurableResource):
     """The validated flywheel settings (`flywheel.yaml`), with dotted-key overrides."""
 
     config_path: str | None = None
-    overrides: dict[str, str] = {}
+    overrides: dict[str, str] = {}  # dotted key -> JSON value, e.g. {"train.epochs": "2"}
 
     def load(self) -> Settings:
-        return load_settings(self.config_path, **self.overrides)
+        return load_settings(self.config_path, **{k: json.loads(v) for k, v in self.overrides.items()})
 
 
 class StoreResource(dg.ConfigurableResource):
@@ -52,7 +53,9 @@ class ComputeResource(dg.ConfigurableResource):
 
 def resources_for(settings: Settings, config_path: str | None, overrides: dict) -> dict:
     return {
-        "settings": SettingsResource(config_path=config_path, overrides=overrides),
+        "settings": SettingsResource(
+            config_path=config_path, overrides={k: json.dumps(v) for k, v in overrides.items()}
+        ),
         "store": StoreResource(
             root=settings.store_root, endpoint_url=settings.store.endpoint_url, region=settings.store.region
         ),

@@ -16,6 +16,8 @@ from flywheel.config import ConfigError, Settings, flywheel_home, load_settings,
 
 quiet_telemetry()
 PROJECT_DAGSTER_YAML = Path(__file__).resolve().parent.parent / "dagster.yaml"
+# In-process runs log to the instance (the UI shows every event); the terminal gets warnings only.
+QUIET_RUN = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 class Ctx:
@@ -109,7 +111,7 @@ def run_sensor_once(obj: Ctx) -> list[tuple[str, bool]]:
 
     instance, defs = obj.instance(), obj.definitions()
     sensor = defs.resolve_sensor_def("fresh_fleet_data")
-    with dg.build_sensor_context(instance=instance, definitions=defs) as ctx:
+    with dg.build_sensor_context(instance=instance, resources=defs.resources) as ctx:
         result = sensor(ctx)
     if isinstance(result, dg.SkipReason):
         click.echo(f"sensor skipped: {result.skip_message}")
@@ -124,10 +126,79 @@ def run_sensor_once(obj: Ctx) -> list[tuple[str, bool]]:
             instance=instance,
             partition_key=rr.partition_key,
             tags={"dagster/run_key": rr.run_key, "dagster/sensor_name": sensor.name},
+            run_config=QUIET_RUN,
             raise_on_error=False,
         )
         out.append((rr.partition_key, res.success))
     return out
+
+
+@main.command()
+@click.pass_obj
+def iterate(obj: Ctx):
+    """One full iteration through Dagster, in process: ingest what waits, train, gate, deploy."""
+    summary = run_iteration(obj)
+    click.echo(format_summary(summary))
+
+
+def run_iteration(obj: Ctx) -> dict:
+    """Ingest every pending clip, then run `train_and_deploy`; a failed gate is a normal outcome."""
+    import dagster as dg
+
+    from flywheel import loop
+    from jobs import TRAINING_TAGS
+
+    for batch_id, ok in run_sensor_once(obj.with_overrides(**{"sensor.min_clips": 1})):
+        if not ok:
+            raise click.ClickException(f"ingest of batch {batch_id} failed; see `flywheel ui` for its run")
+    instance, defs = obj.instance(), obj.definitions()
+    busy = instance.get_run_ids(
+        dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING], tags=TRAINING_TAGS)
+    )
+    if busy:
+        raise click.ClickException(f"a training run is in progress ({busy[0]}); one at a time")
+    result = defs.resolve_job_def("train_and_deploy").execute_in_process(
+        instance=instance, tags={**TRAINING_TAGS, "flywheel/trigger": "cli"}, run_config=QUIET_RUN,
+        raise_on_error=False,
+    )
+    if not result.success:
+        failed = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        gate_failed = any(
+            e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.event_specific_data.passed
+            for e in result.all_events
+        )
+        if not (gate_failed and all("evaluation" in (e.step_key or "") for e in failed)):
+            msg = "; ".join(f"{e.step_key}: {e.message}" for e in failed) or "see the run in the UI"
+            raise click.ClickException(f"iteration run {result.run_id} failed: {msg}")
+    summary = loop.iteration_summary(obj.store(), obj.settings, loop.tracker_for(obj.settings))
+    return {**summary, "run_id": result.run_id}
+
+
+def format_summary(s: dict) -> str:
+    def f(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    gate = "PASSED" if s["gate_passed"] else "kept champion"
+    return (
+        f"dataset v{s['dataset_version']} ({s['frames']} rows, {s['eval_frames']} eval frames) | "
+        f"{s['metric']}: challenger v{s['challenger_version']} {f(s['challenger'])} vs champion "
+        f"{f(s['champion'])} | {s['rare_slice']}: {f(s['challenger_rare'])} vs {f(s['champion_rare'])} | "
+        f"gate {gate} | deployed {s['deployed'] or '-'}"
+    )
+
+
+@main.command()
+@click.pass_obj
+def rollback(obj: Ctx):
+    """Move the champion (current.json and the MLflow alias) back to the previous one."""
+    from flywheel import loop
+    from flywheel.deploy import RollbackError
+
+    try:
+        frm, to = loop.rollback_champion(obj.store(), obj.settings, loop.tracker_for(obj.settings))
+    except RollbackError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"rolled back: champion {frm} -> {to}")
 
 
 @main.command()
@@ -137,11 +208,27 @@ def status(obj: Ctx, as_json: bool):
     """Batches, frames, pending and quarantined clips (and the champion, once there is one)."""
     from flywheel.ingest import ingest_status
 
-    report = {"store": obj.settings.store_root, **ingest_status(obj.store())}
+    from flywheel import dataset, loop
+
+    st = obj.store()
+    name = obj.settings.dataset.name
+    report = {
+        "store": obj.settings.store_root,
+        "champion": loop.champion_status(st, obj.settings),
+        "dataset_version": dataset.latest_version(st, name),
+        **ingest_status(st),
+    }
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     click.echo(f"store       {report['store']}")
+    champ = report["champion"]
+    if champ:
+        metrics = " ".join(f"{k}={v:.3f}" for k, v in champ["metrics"].items())
+        click.echo(f"champion    {champ['version']} ({metrics}) on dataset v{champ['dataset']['version']}")
+    else:
+        click.echo("champion    none deployed yet")
+    click.echo(f"dataset     v{report['dataset_version']}" if report["dataset_version"] else "dataset     none yet")
     click.echo(f"batches     {len(report['batches'])}  frames {report['frames']}")
     click.echo(f"pending     {report['pending_clips']} clip(s) in landing")
     click.echo(f"quarantined {report['quarantined']} clip(s)")

@@ -299,3 +299,42 @@ def champion_status(store: Store, settings: Settings) -> dict | None:
 
 def checkpoint_root(settings: Settings) -> Path:
     return settings.home / "checkpoints"
+
+
+def rare_condition(settings: Settings) -> str:
+    """The condition the fleet sees least at the start: the slice the demo watches."""
+    start = settings.sim.conditions_start
+    return min(start, key=start.get)
+
+
+def iteration_summary(store: Store, settings: Settings, tracker: Tracker) -> dict:
+    """What one iteration did: dataset, challenger vs champion (overall and rare slice), gate, deploy."""
+    version = tracker.alias(CHALLENGER)
+    ev = store.read_json(evaluation_key(settings.mlflow.model_name, version))
+    metric, rare = settings.gate.metric, f"condition={rare_condition(settings)}"
+    manifest = dataset.load_manifest(store, settings.dataset.name, ev["dataset_version"])
+
+    def scores(report: dict | None) -> tuple[float | None, float | None]:
+        if not report:
+            return None, None
+        return report[metric], report["per_slice"].get(rare, {}).get(metric)
+
+    ch, ch_rare = scores(ev["challenger"])
+    champ, champ_rare = scores(ev["champion"])
+    cur = deploy.current(store, settings.mlflow.model_name)
+    return {
+        "dataset_version": ev["dataset_version"],
+        "frames": manifest["counts"]["rows"],
+        "eval_frames": ev["frames"],
+        "metric": metric,
+        "rare_slice": rare,
+        "challenger_version": version,
+        "challenger": ch,
+        "challenger_rare": ch_rare,
+        "champion_version": ev["champion_version"],
+        "champion": champ,
+        "champion_rare": champ_rare,
+        "gate_passed": ev["gate"]["passed"],
+        "gate_reason": ev["gate"]["reason"],
+        "deployed": cur["version"] if cur else None,
+    }
