@@ -250,7 +250,7 @@ def _traffic_light(rng, state: str, switch: float | None = None) -> Actor:
     )  # fmt: skip
 
 
-def _sample_scenery(rng, ego: float, urban: bool) -> list[Actor]:
+def _sample_scenery(rng, ego: float, urban: bool, oncoming: float = 0.4) -> list[Actor]:
     """Things that are never "ahead": trees, parked cars, oncoming cars, people on the sidewalk, green lights."""
     out = []
     for _ in range(rng.integers(2, 7)):
@@ -258,7 +258,7 @@ def _sample_scenery(rng, ego: float, urban: bool) -> list[Actor]:
                          {"h": _u(rng, 3, 8), "r": _u(rng, 1.0, 2.6), "green": _colour(rng, (50, 95, 45), 25)}))  # fmt: skip
     for _ in range(rng.integers(0, 4) if rng.random() < (0.7 if urban else 0.25) else 0):
         out.append(Actor("parked", _u(rng, 5, 45), _u(rng, 3.0, 3.9), -ego, 0.0, _car_look(rng)))
-    if rng.random() < 0.4:
+    if rng.random() < oncoming:
         out.append(
             Actor(
                 "oncoming",
@@ -282,15 +282,15 @@ def _sample_weather(rng, condition: str) -> dict:
     if condition == "day":
         return {"gain": _u(rng, 0.8, 1.15), "noise": _u(rng, 1.5, 4)}
     if condition == "night":
-        return {"ambient": _u(rng, 0.03, 0.12), "beam": _u(rng, 1.0, 1.6), "reach": _u(rng, 10, 18),
-                "noise": _u(rng, 6, 13), "lamps": rng.random() < 0.4}  # fmt: skip
+        return {"ambient": _u(rng, 0.01, 0.05), "beam": _u(rng, 0.8, 1.3), "reach": _u(rng, 5, 11),
+                "noise": _u(rng, 9, 18), "lamps": rng.random() < 0.3, "glare": _u(rng, 0, 1)}  # fmt: skip
     if condition == "rain":
         return {"gain": _u(rng, 0.6, 0.85), "contrast": _u(rng, 0.45, 0.75), "grey": _u(rng, 100, 150),
                 "streaks": int(rng.integers(15, 45)), "wind": _u(rng, -0.5, 0.5), "blur": _u(rng, 0.6, 1.3),
                 "drops": int(rng.integers(0, 5)), "noise": _u(rng, 3, 6)}  # fmt: skip
     if condition == "fog":
-        return {"gain": _u(rng, 0.85, 1.05), "beta": _u(rng, 0.045, 0.11), "air": _u(rng, 175, 225),
-                "blur": _u(rng, 0.3, 0.9), "noise": _u(rng, 2, 5)}  # fmt: skip
+        return {"gain": _u(rng, 0.85, 1.05), "beta": _u(rng, 0.09, 0.2), "air": _u(rng, 175, 225),
+                "blur": _u(rng, 0.5, 1.1), "noise": _u(rng, 3, 6)}  # fmt: skip
     raise ValueError(f"unknown condition {condition!r}; known: {CONDITIONS}")
 
 
@@ -303,7 +303,9 @@ def sample_scene(
     p = np.array([extras.class_mix[n] for n in names])
     kind = names[rng.choice(len(names), p=p / p.sum())]
     ego = _u(rng, 5, 14) if kind in ("vehicle", "clear_road") else _u(rng, 2, 8)
-    actors = _sample_scenery(rng, ego, urban) + _sample_main_actor(rng, kind, ego)
+    # At night, more headlights in the other lane dazzle the camera.
+    oncoming = 0.4 + 0.4 * weather.get("glare", 0.0)
+    actors = _sample_scenery(rng, ego, urban, oncoming) + _sample_main_actor(rng, kind, ego)
     if rng.random() < 0.2:  # a second actor farther away, sometimes the next label
         second = names[rng.choice(len(names), p=p / p.sum())]
         for a in _sample_main_actor(rng, second, ego):
