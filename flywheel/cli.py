@@ -206,9 +206,8 @@ def rollback(obj: Ctx):
 @click.pass_obj
 def status(obj: Ctx, as_json: bool):
     """Batches, frames, pending and quarantined clips (and the champion, once there is one)."""
-    from flywheel.ingest import ingest_status
-
     from flywheel import dataset, loop
+    from flywheel.ingest import ingest_status
 
     st = obj.store()
     name = obj.settings.dataset.name
@@ -263,25 +262,42 @@ def ui(obj: Ctx, host: str, port: int):
 
 
 @main.command()
-@click.option("--clips", type=click.IntRange(min=1), default=None, help="Clips per fleet upload.")
+@click.option("--iterations", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--clips", type=click.IntRange(min=1), default=60, show_default=True, help="Clips the fleet uploads per iteration.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.pass_obj
-def demo(obj: Ctx, clips: int | None, seed: int):
-    """Simulate a fleet upload and ingest it through the sensor and Dagster."""
+def demo(obj: Ctx, iterations: int, clips: int, seed: int):
+    """Turn the whole loop a few times while the fleet's conditions drift, and plot the result."""
+    from flywheel import plots
+    from flywheel.ingest import pending_clips
+
+    home = flywheel_home()
+    if (home / "batches").exists() or pending_clips(obj.store()):
+        click.echo(f"note: {home} already holds flywheel data; the demo goes on from it "
+                   "(set FLYWHEEL_HOME to an empty folder for a fresh start)")  # fmt: skip
+    # Conditions drift from the start mix to the end mix over the demo's uploads.
+    obj = obj.with_overrides(**{"sim.drift_clips": iterations * clips})
     from flywheel.sim import simulate as run_sim
 
-    n = clips or obj.settings.sensor.min_clips
-    click.echo(f"flywheel home: {flywheel_home()}")
-    keys = run_sim(obj.store(), obj.settings, clips=n, seed=seed, progress=True)
-    click.echo(f"simulated {len(keys)} clips into landing/")
-    results = run_sensor_once(obj.with_overrides(**{"sensor.min_clips": min(n, obj.settings.sensor.min_clips)}))
-    for batch_id, ok in results:
-        click.echo(f"sensor fired: batch {batch_id}, ingest {'succeeded' if ok else 'FAILED'}")
-    from flywheel.ingest import ingest_status
-
-    st = ingest_status(obj.store())
-    click.echo(f"frames: {st['frames']} in {len(st['batches'])} batch(es); quarantined: {st['quarantined']}")
-    click.echo("See the runs and partitions in the UI: flywheel ui  (then open http://127.0.0.1:3000)")
+    click.echo(f"flywheel home: {home}")
+    rows = []
+    for i in range(1, iterations + 1):
+        click.echo(f"\n== iteration {i}/{iterations}: the fleet uploads {clips} clips")
+        run_sim(obj.store(), obj.settings, clips=clips, seed=seed, progress=True)
+        summary = run_iteration(obj)
+        rows.append({"iteration": i, **summary})
+        click.echo(format_summary(summary))
+    metric, rare = rows[-1]["metric"], rows[-1]["rare_slice"]
+    plot_rows = [{"iteration": r["iteration"], f"challenger {metric}": r["challenger"],
+                  f"challenger {rare}": r["challenger_rare"],
+                  f"deployed {metric}": r["champion"] if not r["gate_passed"] else r["challenger"]} for r in rows]  # fmt: skip
+    png = home / "demo.png"
+    png.write_bytes(plots.metric_vs_iteration_png(plot_rows, [k for k in plot_rows[0] if k != "iteration"]))
+    (home / "demo.json").write_text(json.dumps(rows, indent=2, default=str))
+    deployed = sum(r["gate_passed"] for r in rows)
+    click.echo(f"\n{iterations} iterations, {deployed} deployed; champion now {rows[-1]['deployed'] or 'none'}")
+    click.echo(f"plot of {metric} per iteration: {png}")
+    click.echo(f"every run is in the Dagster UI: FLYWHEEL_HOME={home} flywheel ui  (then open http://127.0.0.1:3000)")
 
 
 @main.group()

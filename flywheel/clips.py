@@ -17,12 +17,11 @@ from datetime import UTC, datetime
 
 import cv2
 import numpy as np
-from PIL import Image
-
 from mcap.exceptions import McapError
 from mcap.records import Channel, Message, Metadata, Schema
 from mcap.stream_reader import StreamReader
 from mcap.writer import CompressionType, Writer
+from PIL import Image
 
 MCAP_MAGIC = b"\x89MCAP0\r\n"
 CLIP_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")

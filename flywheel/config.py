@@ -41,6 +41,7 @@ class SensorSettings(_Section):
 class IngestSettings(_Section):
     max_pixels: int = Field(4096 * 4096, ge=1)  # larger images quarantine their clip
     resize: int | None = Field(None, ge=8)  # longest side; None keeps images as uploaded
+    workers: int = Field(4, ge=1)  # threads reading and parsing clips
 
 
 class SimSettings(_Section):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -149,39 +150,41 @@ def quarantine(store: Store, key: str, *, reason: str, detail: str, batch_id: st
     return target
 
 
-def validate_batch(store: Store, batch_id: str, settings: Settings, *, progress=None) -> dict:
+def validate_batch(store: Store, batch_id: str, settings: Settings) -> dict:
     """Read and check every clip of a batch; quarantine the bad ones; commit the accepted list."""
     manifest = store.read_json(batch_key(batch_id))
-    accepted, bad = [], []
-    started = time.perf_counter()
-    nbytes = 0
-    for clip in manifest["clips"]:
+
+    def check(clip: dict):  # runs on a worker thread: reads and parses, no side effects
         key = clip["key"]
         qkey = QUARANTINE + key[len(LANDING) :]
         if not store.exists(key) and store.exists(qkey + ".reason.json"):
-            bad.append(store.read_json(qkey + ".reason.json"))  # done by an earlier attempt
-            continue
+            return "done", store.read_json(qkey + ".reason.json"), 0  # quarantined by an earlier attempt
         data = store.read_bytes(key)
-        nbytes += len(data)
         try:
-            parsed = read_clip(
-                data, classes=settings.classes, max_pixels=settings.ingest.max_pixels
-            )
+            parsed = read_clip(data, classes=settings.classes, max_pixels=settings.ingest.max_pixels)
         except ClipError as e:
-            quarantine(store, key, reason=e.reason, detail=e.detail, batch_id=batch_id, digest=clip["sha256"])
-            bad.append({"key": key, "reason": e.reason, "detail": e.detail})
+            return "bad", e, len(data)
+        return "ok", {**clip, "clip_id": parsed.meta.clip_id, "frames": len(parsed.frames)}, len(data)
+
+    accepted, bad, nbytes = [], [], 0
+    started = time.perf_counter()
+    for clip, (verdict, value, size) in zip(manifest["clips"], _map(check, manifest["clips"], settings)):
+        nbytes += size
+        if verdict == "ok":
+            accepted.append(value)
+        elif verdict == "done":
+            bad.append(value)
         else:
-            accepted.append({**clip, "clip_id": parsed.meta.clip_id, "frames": len(parsed.frames)})
-        if progress:
-            progress(1)
+            quarantine(store, clip["key"], reason=value.reason, detail=value.detail, batch_id=batch_id,
+                       digest=clip["sha256"])  # fmt: skip
+            bad.append({"key": clip["key"], "reason": value.reason, "detail": value.detail})
     ids = Counter(c["clip_id"] for c in accepted)
     # The same clip_id twice in one batch: keep the first, the clip contract makes ids unique.
     seen, unique = set(), []
     for c in accepted:
-        if c["clip_id"] in seen:
-            continue
-        seen.add(c["clip_id"])
-        unique.append(c)
+        if c["clip_id"] not in seen:
+            seen.add(c["clip_id"])
+            unique.append(c)
     report = {
         "batch_id": batch_id,
         "accepted": unique,
@@ -195,21 +198,32 @@ def validate_batch(store: Store, batch_id: str, settings: Settings, *, progress=
     return report
 
 
+def _map(fn, items: list, settings: Settings):
+    """`map` on a few threads: reads, zstd and image decoding release the GIL."""
+    if settings.ingest.workers <= 1 or len(items) < 2:
+        return map(fn, items)
+    with ThreadPoolExecutor(settings.ingest.workers) as pool:
+        return list(pool.map(fn, items))
+
+
 # ---------------------------------------------------------------- 3. frames
 
 
-def frames_table(store: Store, batch_id: str, settings: Settings, *, progress=None) -> pa.Table:
+def frames_table(store: Store, batch_id: str, settings: Settings) -> pa.Table:
     """The frames of a batch's accepted clips as one Arrow table (schema.FRAMES)."""
     report = store.read_json(accepted_key(batch_id))
     cols: dict[str, list] = {name: [] for name in schema.FRAMES.names}
-    for clip in report["accepted"]:
-        parsed = read_clip(
+
+    def parse(clip: dict):
+        return read_clip(
             store.read_bytes(clip["key"]),
             classes=settings.classes,
             max_pixels=settings.ingest.max_pixels,
             resize=settings.ingest.resize,
             decode_check=False,  # validate_batch decoded every image already
         )
+
+    for clip, parsed in zip(report["accepted"], _map(parse, report["accepted"], settings)):
         m = parsed.meta
         for f in parsed.frames:
             cols["frame_id"].append(f"{m.clip_id}/{f.camera}/{f.index}")
@@ -227,15 +241,13 @@ def frames_table(store: Store, batch_id: str, settings: Settings, *, progress=No
             cols["ground_truth"].append(f.ground_truth)
             cols["batch_id"].append(batch_id)
             cols["clip_key"].append(clip["key"])
-        if progress:
-            progress(1)
     return pa.table(cols, schema=schema.FRAMES)
 
 
-def write_frames(store: Store, batch_id: str, settings: Settings, *, progress=None) -> dict:
+def write_frames(store: Store, batch_id: str, settings: Settings) -> dict:
     """Write `frames/batch=<id>/part-0.parquet` for a validated batch; returns its summary."""
     started = time.perf_counter()
-    table = frames_table(store, batch_id, settings, progress=progress)
+    table = frames_table(store, batch_id, settings)
     nbytes = store.write_parquet(
         frames_key(batch_id),
         table,
