@@ -8,21 +8,37 @@ from assets.resources import SettingsResource, StoreResource
 from assets.ui import counts_md, png_md, table_md
 from flywheel import loop
 
+LABEL_ERRORS = dg.AssetCheckSpec("likely_label_errors", asset="labels", blocking=False,
+                                description="Confident learning on the champion's out-of-sample probabilities")  # fmt: skip
+
 
 @dg.asset(partitions_def=fleet_batches, group_name="dataset", deps=[frames], retry_policy=STORE_RETRY,
-          kinds={"parquet"})  # fmt: skip
-def labels(context: dg.AssetExecutionContext, settings: SettingsResource, store: StoreResource) -> dg.MaterializeResult:
+          kinds={"parquet"}, check_specs=[LABEL_ERRORS])  # fmt: skip
+def labels(context: dg.AssetExecutionContext, settings: SettingsResource, store: StoreResource):
     """The label of each frame of a batch: human (Label Studio) > ground truth > auto, with confidence."""
-    stats = loop.label_batch(store.open(), settings.load(), context.partition_key)
-    return dg.MaterializeResult(
+    s, st = settings.load(), store.open()
+    stats = loop.label_batch(st, s, context.partition_key)
+    found = loop.label_errors(st, s, context.partition_key)
+    auto = stats.get("auto_accuracy") or {}
+    yield dg.MaterializeResult(
         metadata={
+            "queued_for_humans": stats["queued"],
+            "auto_label_accuracy": auto.get("accuracy"),
+            "auto_labels_compared": auto.get("compared", 0),
             "labeled": stats["labeled"],
             "unlabeled (kept out of training)": stats["unlabeled"],
             "by_source": counts_md({k: stats[k] for k in ("human", "ground_truth", "auto")}),
             "auto_below_threshold (to the human queue)": stats["auto_below_threshold"],
             "per_class": counts_md(stats["per_class"]),
-            "uri": dg.MetadataValue.path(store.open().uri(stats["key"])),
+            "uri": dg.MetadataValue.path(st.uri(stats["key"])),
         }
+    )
+    yield dg.AssetCheckResult(
+        check_name="likely_label_errors",
+        passed=not found["errors"],
+        severity=dg.AssetCheckSeverity.WARN,
+        description=found.get("note") or f"{found.get('flagged', 0)} of {found['checked']} labels look wrong",
+        metadata={"checked": found["checked"], "frames": table_md(found["errors"])},
     )
 
 

@@ -24,9 +24,9 @@ def machine() -> dict:
 
 def bench_ingest(settings: Settings, *, clips: int = 200, workdir: str | None = None, seed: int = 123) -> dict:
     """Landing MCAP -> frames Parquet (validate + write), beside the raw MCAP read rate of the same files."""
-    from flywheel.sim import simulate
-
     import pandas  # noqa: F401  (pyarrow imports it on first write; keep that one-off out of the timing)
+
+    from flywheel.sim import simulate
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         store = open_store(str(Path(tmp) / "store"))

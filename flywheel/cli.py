@@ -80,10 +80,14 @@ def main(ctx: click.Context, config: str | None):
 @click.pass_obj
 def simulate(obj: Ctx, clips: int, seed: int):
     """Simulate the fleet: write CLIPS MCAP clips to landing/."""
+    from flywheel.loop import fleet_upload_filter
     from flywheel.sim import simulate as run_sim
 
-    keys = run_sim(obj.store(), obj.settings, clips=clips, seed=seed, progress=True)
-    click.echo(f"uploaded {len(keys)} clip(s) to {obj.store().uri('landing/')}")
+    store = obj.store()
+    shadow = fleet_upload_filter(store, obj.settings)
+    keys = run_sim(store, obj.settings, clips=clips, seed=seed, upload_filter=shadow, progress=True)
+    mode = "shadow mode: the deployed model picks low_confidence uploads" if shadow else "random uploads"
+    click.echo(f"uploaded {len(keys)} clip(s) to {store.uri('landing/')} ({mode})")
 
 
 @main.command()
@@ -265,11 +269,15 @@ def ui(obj: Ctx, host: str, port: int):
 @click.option("--iterations", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--clips", type=click.IntRange(min=1), default=60, show_default=True, help="Clips the fleet uploads per iteration.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--engine/--no-engine", default=True, show_default=True,
+              help="Shadow-mode uploads, auto-labels and the human queue (answered by a simulated annotator); "
+                   "--no-engine labels every frame from the clips' ground truth.")  # fmt: skip
 @click.pass_obj
-def demo(obj: Ctx, iterations: int, clips: int, seed: int):
+def demo(obj: Ctx, iterations: int, clips: int, seed: int, engine: bool):
     """Turn the whole loop a few times while the fleet's conditions drift, and plot the result."""
     from flywheel import plots
     from flywheel.ingest import pending_clips
+    from flywheel.loop import fleet_upload_filter
 
     home = flywheel_home()
     if (home / "batches").exists() or pending_clips(obj.store()):
@@ -277,15 +285,22 @@ def demo(obj: Ctx, iterations: int, clips: int, seed: int):
                    "(set FLYWHEEL_HOME to an empty folder for a fresh start)")  # fmt: skip
     # Conditions drift from the start mix to the end mix over the demo's uploads.
     obj = obj.with_overrides(**{"sim.drift_clips": iterations * clips})
+    if engine:
+        obj = obj.with_overrides(**{"engine.enabled": True, "engine.simulated_annotator": True})
     from flywheel.sim import simulate as run_sim
 
     click.echo(f"flywheel home: {home}")
-    rows = []
+    rows, spent = [], 0
     for i in range(1, iterations + 1):
-        click.echo(f"\n== iteration {i}/{iterations}: the fleet uploads {clips} clips")
-        run_sim(obj.store(), obj.settings, clips=clips, seed=seed, progress=True)
+        shadow = fleet_upload_filter(obj.store(), obj.settings)
+        how = "shadow mode picks low_confidence clips" if shadow else "random uploads"
+        click.echo(f"\n== iteration {i}/{iterations}: the fleet records {clips} clips ({how})")
+        keys = run_sim(obj.store(), obj.settings, clips=clips, seed=seed, upload_filter=shadow, progress=True)
         summary = run_iteration(obj)
+        summary["uploaded"], summary["labels_spent"] = len(keys), summary["human_labels"] - spent
+        spent = summary["human_labels"]
         rows.append({"iteration": i, **summary})
+        click.echo(f"uploaded {len(keys)} clips; human labels spent {summary['labels_spent']}")
         click.echo(format_summary(summary))
     metric, rare = rows[-1]["metric"], rows[-1]["rare_slice"]
     plot_rows = [{"iteration": r["iteration"], f"challenger {metric}": r["challenger"],
@@ -314,6 +329,77 @@ def bench_ingest(obj: Ctx, clips: int, workdir: str | None):
     from flywheel.bench import bench_ingest as run
 
     click.echo(json.dumps(run(obj.settings, clips=clips, workdir=workdir), indent=2))
+
+
+@bench.command("loader")
+@click.option("--frames", type=click.IntRange(min=64), default=2000, show_default=True)
+@click.option("--workdir", type=click.Path(file_okay=False), default=None)
+@click.pass_obj
+def bench_loader(obj: Ctx, frames: int, workdir: str | None):
+    """Images/s into uint8 tensors: shard reader vs ImageFolder-style files vs tar vs decode-only ceiling."""
+    import tempfile
+
+    from flywheel.bench_data import bench_loader as run
+
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        click.echo(json.dumps(run(tmp, frames=frames, image_size=obj.settings.image_size), indent=2))
+
+
+@bench.command("append")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None)
+def bench_append(workdir: str | None):
+    """Time and bytes to add 10% new data as a dataset version, vs a full rebuild."""
+    import tempfile
+
+    from flywheel.bench_data import bench_append as run
+
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        click.echo(json.dumps(run(tmp), indent=2))
+
+
+@bench.command("cycle")
+@click.option("--clips", type=click.IntRange(min=1), default=60, show_default=True)
+@click.option("--iterations", type=click.IntRange(min=1), default=2, show_default=True)
+@click.pass_obj
+def bench_cycle(obj: Ctx, clips: int, iterations: int):
+    """Latency from landing to deployed, per stage, at demo size, in a fresh temporary FLYWHEEL_HOME."""
+    import tempfile
+    import time
+
+    from flywheel.sim import simulate as run_sim
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["FLYWHEEL_HOME"] = tmp
+        os.environ.pop("DAGSTER_HOME", None)
+        fresh = Ctx(obj.config, {**obj.overrides, "store.root": tmp})
+        for i in range(iterations):
+            run_sim(fresh.store(), fresh.settings, clips=clips, seed=i)
+            t0 = time.perf_counter()
+            summary = run_iteration(fresh)
+            total = time.perf_counter() - t0
+            instance = fresh.instance()
+            ingest_runs = [r for r in instance.get_runs() if r.job_name == "ingest_batch"]
+            steps = {**_step_seconds(instance, ingest_runs[0].run_id), **_step_seconds(instance, summary["run_id"])}
+            train_s = steps.get("challenger", 0.0)
+            rows.append({"iteration": i + 1, "total_s": round(total, 2), "steps_s": steps,
+                         "outside_training_share": round(1 - train_s / total, 3),
+                         "gate_passed": summary["gate_passed"], "dataset_rows": summary["frames"]})  # fmt: skip
+    click.echo(json.dumps(rows, indent=2))
+
+
+def _step_seconds(instance, run_id: str) -> dict[str, float]:
+    """Wall seconds of each step of a run, from its STEP_START / STEP_SUCCESS|FAILURE events."""
+    start, out = {}, {}
+    for e in instance.all_logs(run_id):
+        ev = e.dagster_event
+        if ev is None or not ev.step_key:
+            continue
+        if ev.event_type_value == "STEP_START":
+            start[ev.step_key] = e.timestamp
+        elif ev.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE") and ev.step_key in start:
+            out[ev.step_key] = round(e.timestamp - start[ev.step_key], 2)
+    return out
 
 
 if __name__ == "__main__":

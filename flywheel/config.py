@@ -92,6 +92,27 @@ class AugmentSettings(_Section):
     seed: int = 0
 
 
+class EngineSettings(_Section):
+    """The data engine: shadow-mode uploads, auto-labels, the human queue (off: labels from the clips)."""
+
+    enabled: bool = False
+    shadow_threshold: float = Field(0.6, ge=0, le=1)  # any frame below this confidence: upload as low_confidence
+    shadow_measure: Literal["max_softmax", "margin", "entropy"] = "max_softmax"
+    uploads_per_day: int | None = Field(None, ge=0)  # cap on low_confidence uploads per simulated day
+    auto_threshold: float = Field(0.9, ge=0, le=1)  # champion confidence at or above which a frame is auto-labeled
+    label_budget: int = Field(64, ge=0)  # frames per fleet batch sent to humans
+    strategy: Literal["uncertainty", "diversity", "balanced", "hybrid", "random"] = "hybrid"
+    image_url_prefix: str | None = None  # how annotators reach queued images; None: store URIs
+    simulated_annotator: bool = False  # the demo's annotator answers the queue from ground truth
+    annotator_error_rate: float = Field(0.0, ge=0, le=1)
+    annotator_delay_batches: int = Field(0, ge=0)
+    seed: int = 0
+
+
+class LabelSettings(_Section):
+    auto_threshold: float = Field(0.9, ge=0, le=1)  # auto labels at or above this confidence
+
+
 class TrainSettings(_Section):
     epochs: int = Field(6, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -104,6 +125,8 @@ class TrainSettings(_Section):
     compile: bool = False
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    schedule: Literal["onecycle", "cosine"] = "onecycle"
+    warmup_pct: float = Field(0.25, gt=0, lt=1)
 
 
 class GateSettings(_Section):
@@ -137,6 +160,8 @@ class Settings(_Section):
     sim: SimSettings = SimSettings()
     dataset: DatasetSettings = DatasetSettings()
     augment: AugmentSettings = AugmentSettings()
+    labels: LabelSettings = LabelSettings()
+    engine: EngineSettings = EngineSettings()
     train: TrainSettings = TrainSettings()
     gate: GateSettings = GateSettings()
     mlflow: MlflowSettings = MlflowSettings()

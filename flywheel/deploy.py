@@ -42,8 +42,21 @@ class RollbackError(RuntimeError):
 # Export and parity
 
 
+class _WithEmbedding(torch.nn.Module):
+    """Logits and the penultimate features, so the data engine can select frames by embedding."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        z = self.model.embed(x)
+        return self.model.head(z), z
+
+
 def export_onnx(model: torch.nn.Module, *, image_size: int, opset: int = 17) -> bytes:
-    """The model as an ONNX graph: input "image" uint8 (N, 3, S, S), output "logits" (N, C)."""
+    """The model as an ONNX graph: input "image" uint8 (N, 3, S, S), outputs "logits" (N, C) and,
+    for a FrameClassifier, "embedding" (N, D)."""
     if image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}")
     model = _unwrap(model)
@@ -57,10 +70,12 @@ def export_onnx(model: torch.nn.Module, *, image_size: int, opset: int = 17) -> 
         # is not a dependency, and this small CNN traces exactly. Its deprecation notice is known.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
+            embeds = hasattr(model, "embed") and hasattr(model, "head")
+            outputs = [OUTPUT_NAME, "embedding"] if embeds else [OUTPUT_NAME]
             torch.onnx.export(
-                model, (dummy,), buf, dynamo=False, opset_version=opset,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                _WithEmbedding(model) if embeds else model, (dummy,), buf, dynamo=False,
+                opset_version=opset, input_names=[INPUT_NAME], output_names=outputs,
+                dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]},
             )  # fmt: skip
     finally:
         model.train(was_training)

@@ -168,7 +168,7 @@ def validate_batch(store: Store, batch_id: str, settings: Settings) -> dict:
 
     accepted, bad, nbytes = [], [], 0
     started = time.perf_counter()
-    for clip, (verdict, value, size) in zip(manifest["clips"], _map(check, manifest["clips"], settings)):
+    for clip, (verdict, value, size) in zip(manifest["clips"], _map(check, manifest["clips"], settings), strict=True):
         nbytes += size
         if verdict == "ok":
             accepted.append(value)
@@ -223,7 +223,7 @@ def frames_table(store: Store, batch_id: str, settings: Settings) -> pa.Table:
             decode_check=False,  # validate_batch decoded every image already
         )
 
-    for clip, parsed in zip(report["accepted"], _map(parse, report["accepted"], settings)):
+    for clip, parsed in zip(report["accepted"], _map(parse, report["accepted"], settings), strict=True):
         m = parsed.meta
         for f in parsed.frames:
             cols["frame_id"].append(f"{m.clip_id}/{f.camera}/{f.index}")

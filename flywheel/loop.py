@@ -18,6 +18,16 @@ import pyarrow as pa
 from flywheel import dataset, deploy, plots
 from flywheel.augment import balance_report, load_pipeline, oversample, sample_grid_png
 from flywheel.config import Settings
+from flywheel.engine import (
+    auto_label_accuracy,
+    decode_images,
+    find_label_errors,
+    fleet_filter,
+    queued_ground_truth,
+    simulate_annotator,
+)
+from flywheel.engine.labeling import engine_labels, queue_batch
+from flywheel.engine.shadow import onnx_probs
 from flywheel.evaluate import evaluate_model, flat_metrics
 from flywheel.gate import decide
 from flywheel.ingest import frames_key, list_batches
@@ -56,13 +66,66 @@ def tracker_for(settings: Settings) -> Tracker:
 # ---------------------------------------------------------------- per batch
 
 
-def label_batch(store: Store, settings: Settings, batch_id: str, *, auto_labeler=None) -> dict:
-    """Choose each frame's label (human > ground truth > auto) and write labels/batch=<id>/."""
+def label_batch(store: Store, settings: Settings, batch_id: str) -> dict:
+    """Choose each frame's label and write labels/batch=<id>/.
+
+    Engine off: human (Label Studio exports) > the clip's ground truth. Engine on: the champion
+    auto-labels the frames it is sure of, the most useful of the rest go to the Label Studio
+    queue (answered by the demo's simulated annotator, if configured), and the clip's ground
+    truth is hidden so it cannot leak into training labels.
+    """
     frames = store.read_parquet(frames_key(batch_id))
-    exports = load_label_studio_exports(store)
-    labels, stats = build_labels(frames, classes=settings.classes, human_exports=exports, auto_labeler=auto_labeler)
+    e = settings.engine
+    queued: dict = {}
+    if e.enabled:
+        session, manifest = _deployed(store, settings)
+        queued = queue_batch(
+            store, batch_id, frames, classes=settings.classes, champion=session,
+            image_size=settings.image_size, engine=e, model_version=manifest and manifest.get("version"),
+        )  # fmt: skip
+        if e.simulated_annotator:
+            queued["annotator"] = simulate_annotator(
+                store, ground_truth=queued_ground_truth(store, frames), classes=settings.classes,
+                error_rate=e.annotator_error_rate, delay_batches=e.annotator_delay_batches, seed=e.seed,
+            )  # fmt: skip
+        labels, stats = engine_labels(
+            store, frames, classes=settings.classes, session=session, manifest=manifest, engine=e
+        )
+        stats["auto_accuracy"] = _auto_accuracy(labels, frames, settings)
+    else:
+        labels, stats = build_labels(
+            frames, classes=settings.classes, human_exports=load_label_studio_exports(store),
+            auto_threshold=settings.labels.auto_threshold,
+        )  # fmt: skip
     store.write_parquet(labels_key(batch_id), labels, compression="zstd")
-    return {**stats, "batch_id": batch_id, "key": labels_key(batch_id), "labeled": labels.num_rows}
+    return {**stats, "batch_id": batch_id, "key": labels_key(batch_id), "labeled": labels.num_rows,
+            "queued": queued.get("queued", 0), "queue": queued}  # fmt: skip
+
+
+def _deployed(store: Store, settings: Settings):
+    """The champion's ONNX session and manifest, or (None, None) before the first deploy."""
+    if deploy.current(store, settings.mlflow.model_name) is None:
+        return None, None
+    return deploy.load_deployed(store, settings.mlflow.model_name)
+
+
+def _auto_accuracy(labels: pa.Table, frames: pa.Table, settings: Settings) -> dict:
+    """Auto-label accuracy against the clips' ground truth, where both exist (measurement only)."""
+    truth = {
+        f: settings.classes.index(g)
+        for f, g in zip(frames.column("frame_id").to_pylist(), frames.column("ground_truth").to_pylist(), strict=True)
+        if g is not None
+    }
+    return auto_label_accuracy(labels, truth)
+
+
+def fleet_upload_filter(store: Store, settings: Settings):
+    """Shadow mode: the deployed model picks `low_confidence` uploads (None: engine off or no model)."""
+    e = settings.engine
+    if not e.enabled:
+        return None
+    return fleet_filter(store, settings.mlflow.model_name, threshold=e.shadow_threshold,
+                        measure=e.shadow_measure, uploads_per_day=e.uploads_per_day)  # fmt: skip
 
 
 def augment_batch(store: Store, settings: Settings, batch_id: str) -> dict:
@@ -137,6 +200,7 @@ def train_config(settings: Settings, device: str | None = None) -> TrainConfig:
         epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
         label_smoothing=t.label_smoothing, width=t.width, depth=t.depth, image_size=settings.image_size,
         seed=t.seed, device=device or t.device, compile=t.compile, num_workers=t.num_workers,
+        schedule=t.schedule, warmup_pct=t.warmup_pct,
     )  # fmt: skip
 
 
@@ -323,6 +387,7 @@ def iteration_summary(store: Store, settings: Settings, tracker: Tracker) -> dic
     champ, champ_rare = scores(ev["champion"])
     cur = deploy.current(store, settings.mlflow.model_name)
     return {
+        "human_labels": human_labels_spent(store),
         "dataset_version": ev["dataset_version"],
         "frames": manifest["counts"]["rows"],
         "eval_frames": ev["frames"],
@@ -338,3 +403,33 @@ def iteration_summary(store: Store, settings: Settings, tracker: Tracker) -> dic
         "gate_reason": ev["gate"]["reason"],
         "deployed": cur["version"] if cur else None,
     }
+
+
+def label_errors(store: Store, settings: Settings, batch_id: str, *, limit: int = 50) -> dict:
+    """Likely wrong labels of a batch, by confident learning on the champion's out-of-sample probabilities.
+
+    The champion never trained on this batch, so its probabilities are out of sample. Auto
+    labels are left out (they are the champion's own guesses). Before the first deploy: nothing to check.
+    """
+    session, manifest = _deployed(store, settings)
+    labels = store.read_parquet(labels_key(batch_id))
+    if session is None:
+        return {"checked": 0, "errors": [], "note": "no champion deployed yet"}
+    keep = np.array([s != "auto" for s in labels.column("label_source").to_pylist()], dtype=bool)
+    labels = labels.filter(pa.array(keep))
+    if labels.num_rows < 2:
+        return {"checked": labels.num_rows, "errors": [], "note": "too few human/ground-truth labels"}
+    frames = store.read_parquet(frames_key(batch_id), columns=["frame_id", "image"])
+    image_of = dict(zip(frames.column("frame_id").to_pylist(), frames.column("image").to_pylist(), strict=True))
+    fids = labels.column("frame_id").to_pylist()
+    images = decode_images([image_of[f] for f in fids], int(manifest["image_size"]), frame_ids=fids)
+    probs = onnx_probs(session, images)
+    errors = find_label_errors(probs, np.asarray(labels.column("label").to_pylist()), frame_ids=fids)
+    named = [{"frame_id": f, "given": settings.classes[g], "suggested": settings.classes[s], "score": round(sc, 3)}
+             for f, g, s, sc in errors[:limit]]  # fmt: skip
+    return {"checked": len(fids), "errors": named, "flagged": len(errors)}
+
+
+def human_labels_spent(store: Store) -> int:
+    """Annotations that came back from humans (Label Studio exports in labeling/done/)."""
+    return sum(len(e["tasks"]) for e in load_label_studio_exports(store))

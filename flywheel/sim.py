@@ -50,7 +50,7 @@ class SimExtras:
 
     focal: float = 1.1  # focal length in image widths (about 49 degrees horizontal field of view)
     camera_height: float = 1.4  # metres above the road
-    ahead_range: tuple[float, float] = (3.0, 30.0)  # metres: nearer/farther objects are not "ahead"
+    ahead_range: tuple[float, float] = (4.0, 18.0)  # metres: nearer/farther objects are not "ahead"
     lane_half_width: float = 1.9  # metres from the ego lane centre that count as "ahead"
     hard_brake_range: float = 14.0  # metres: closer things ahead make a hard brake likely
     hard_brake_max: float = 0.7  # probability of a hard brake with something at 0 m
@@ -63,11 +63,11 @@ class SimExtras:
     # Scene-level share of the main actor's class (per-frame shares differ: actors leave and enter).
     class_mix: dict[str, float] = field(
         default_factory=lambda: {
-            "clear_road": 0.08,
-            "vehicle": 0.22,
-            "pedestrian": 0.20,
+            "clear_road": 0.10,
+            "vehicle": 0.20,
+            "pedestrian": 0.19,
             "cyclist": 0.18,
-            "red_light": 0.14,
+            "red_light": 0.15,
             "obstacle": 0.18,
         }  # fmt: skip
     )
@@ -185,66 +185,65 @@ def _person_look(rng) -> dict:
     }  # fmt: skip
 
 
+# Seconds into the clip at which the main actor is where its start distance was drawn: half of
+# a default clip (8 frames at 5 fps). Objects drawn at a distance d "mid-clip" stay in
+# ahead_range for most of the clip even when the ego car closes in on them quickly.
+_MID_CLIP = 0.7
+
+
 def _sample_main_actor(rng, kind: str, ego: float) -> list[Actor]:
-    """The actor(s) whose presence in the ego lane gives the labels, with their motion."""
+    """The actor(s) whose presence in the ego lane gives the labels, with their motion.
+
+    Distances are drawn mid-clip within 6-15 m (a 64 px model sees a person there as 7-20 px
+    tall); things standing still on the road start farther by what the ego car drives by then.
+    """
     side = 1.0 if rng.random() < 0.5 else -1.0
+    closing = _MID_CLIP * ego  # metres the ego car drives towards a standing object by mid-clip
     if kind == "vehicle":
-        lead = Actor(
-            "vehicle", _u(rng, 7, 34), _u(rng, -0.4, 0.4), vd=_u(rng, -7, 2.5), look=_car_look(rng)
-        )
+        vd = _u(rng, -3, 3)
+        lead = Actor("vehicle", _u(rng, 6, 13) - _MID_CLIP * vd, _u(rng, -0.3, 0.3), vd=vd,
+                     look=_car_look(rng))  # fmt: skip
         event = rng.random()
-        if event < 0.2:  # changes lane out of ours
+        if event < 0.15:  # changes lane out of ours
             lead.vx = side * _u(rng, 1.0, 2.5)
-        elif event < 0.35:  # cuts in from the left lane
+        elif event < 0.27:  # cuts in from the left lane
             lead.x0, lead.vx = -3.5, _u(rng, 1.5, 3.0)
         return [lead]
     if kind == "pedestrian":
         look = _person_look(rng)
-        if rng.random() < 0.7:  # crossing
-            return [
-                Actor(
-                    "pedestrian",
-                    _u(rng, 5, 22),
-                    side * _u(rng, 0.8, 5),
-                    -ego,
-                    -side * _u(rng, 0.8, 1.9),
-                    look,
-                )
-            ]
-        return [
-            Actor("pedestrian", _u(rng, 5, 22), _u(rng, -1.3, 1.3), -ego, _u(rng, -0.4, 0.4), look)
-        ]
+        if rng.random() < 0.6:  # crossing
+            vx = _u(rng, 0.8, 1.9)
+            return [Actor("pedestrian", _u(rng, 5, 12) + closing, side * _u(rng, 0.3, 3.2), -ego,
+                          -side * vx, look)]  # fmt: skip
+        return [Actor("pedestrian", _u(rng, 5, 12) + closing, _u(rng, -1.2, 1.2), -ego,
+                      _u(rng, -0.4, 0.4), look)]  # fmt: skip
     if kind == "cyclist":
         look = _person_look(rng) | {"bike": _random_rgb(rng)}
-        if rng.random() < 0.75:  # crossing, seen from the side
-            return [Actor("cyclist", _u(rng, 6, 25), side * _u(rng, 1.5, 8), -ego, -side * _u(rng, 2.5, 5.5),
-                          look | {"side": True})]  # fmt: skip
-        return [
-            Actor(
-                "cyclist",
-                _u(rng, 6, 24),
-                _u(rng, -1.0, 1.2),
-                _u(rng, 3, 7) - ego,
-                0.0,
-                look | {"side": False},
-            )
-        ]
+        if rng.random() < 0.6:  # crossing, seen from the side
+            return [Actor("cyclist", _u(rng, 5, 12) + closing, side * _u(rng, 0.5, 4.0), -ego,
+                          -side * _u(rng, 1.5, 3.5), look | {"side": True})]  # fmt: skip
+        vd = _u(rng, 3, 7) - ego
+        return [Actor("cyclist", _u(rng, 5, 12) - _MID_CLIP * vd, _u(rng, -0.9, 0.9), vd, 0.0,
+                      look | {"side": False})]  # fmt: skip
     if kind == "red_light":
-        switch = _u(rng, 0.2, 1.5) if rng.random() < 0.15 else None  # turns green at this time (s)
-        return [_traffic_light(rng, "red", switch)]
+        switch = _u(rng, 0.3, 1.4) if rng.random() < 0.15 else None  # turns green at this time (s)
+        light = _traffic_light(rng, "red", switch, near=True)
+        light.vd = -min(ego, 3.0)  # slowing down towards the light
+        light.d0 += _MID_CLIP * min(ego, 3.0)
+        return [light]
     if kind == "obstacle":
         variant = ["cones", "box", "rock", "barrier"][rng.integers(4)]
-        look = {"variant": variant, "n": int(rng.integers(1, 4)), "w": _u(rng, 0.5, 1.3), "h": _u(rng, 0.4, 0.9),
-                "colour": _colour(rng, {"cones": (240, 110, 20), "box": (150, 105, 60), "rock": (90, 80, 70),
-                                        "barrier": (220, 40, 35)}[variant])}  # fmt: skip
-        return [Actor("obstacle", _u(rng, 5, 26), _u(rng, -1.2, 1.2), -ego, 0.0, look)]
+        look = {"variant": variant, "n": int(rng.integers(2, 4)), "w": _u(rng, 0.8, 1.4), "h": _u(rng, 0.6, 1.0),
+                "colour": _colour(rng, {"cones": (245, 110, 15), "box": (150, 105, 60), "rock": (110, 100, 90),
+                                        "barrier": (225, 35, 30)}[variant])}  # fmt: skip
+        return [Actor("obstacle", _u(rng, 5, 12) + closing, _u(rng, -1.0, 1.0), -ego, 0.0, look)]
     return []
 
 
-def _traffic_light(rng, state: str, switch: float | None = None) -> Actor:
+def _traffic_light(rng, state: str, switch: float | None = None, *, near: bool = False) -> Actor:
     overhead = rng.random() < 0.5
     return Actor(
-        "red_light" if state == "red" else "light", _u(rng, 9, 30),
+        "red_light" if state == "red" else "light", _u(rng, 6, 12) if near else _u(rng, 9, 30),
         _u(rng, -0.5, 0.8) if overhead else _u(rng, 2.2, 2.8), 0.0, 0.0,
         {"overhead": overhead, "state": state, "switch": switch, "pole": _u(rng, 2.8, 3.4)},
     )  # fmt: skip
@@ -253,10 +252,10 @@ def _traffic_light(rng, state: str, switch: float | None = None) -> Actor:
 def _sample_scenery(rng, ego: float, urban: bool, oncoming: float = 0.4) -> list[Actor]:
     """Things that are never "ahead": trees, parked cars, oncoming cars, people on the sidewalk, green lights."""
     out = []
-    for _ in range(rng.integers(2, 7)):
+    for _ in range(rng.integers(1, 5)):
         out.append(Actor("tree", _u(rng, 4, 90), (1 if rng.random() < 0.6 else -1) * _u(rng, 5.5, 11), -ego, 0.0,
                          {"h": _u(rng, 3, 8), "r": _u(rng, 1.0, 2.6), "green": _colour(rng, (50, 95, 45), 25)}))  # fmt: skip
-    for _ in range(rng.integers(0, 4) if rng.random() < (0.7 if urban else 0.25) else 0):
+    for _ in range(rng.integers(0, 4) if rng.random() < (0.5 if urban else 0.2) else 0):
         out.append(Actor("parked", _u(rng, 5, 45), _u(rng, 3.0, 3.9), -ego, 0.0, _car_look(rng)))
     if rng.random() < oncoming:
         out.append(
@@ -269,10 +268,10 @@ def _sample_scenery(rng, ego: float, urban: bool, oncoming: float = 0.4) -> list
                 _car_look(rng),
             )
         )
-    if rng.random() < 0.3:
+    if rng.random() < 0.15:
         out.append(Actor("walker", _u(rng, 5, 30), _u(rng, 3.3, 4.8) * (1 if rng.random() < 0.7 else -1.4),
                          -ego, 0.0, _person_look(rng)))  # fmt: skip
-    if rng.random() < 0.15:
+    if rng.random() < 0.1:
         out.append(_traffic_light(rng, "green" if rng.random() < 0.7 else "amber"))
         out[-1].vd = -ego
     return out
@@ -302,7 +301,7 @@ def sample_scene(
     names = list(extras.class_mix)
     p = np.array([extras.class_mix[n] for n in names])
     kind = names[rng.choice(len(names), p=p / p.sum())]
-    ego = _u(rng, 5, 14) if kind in ("vehicle", "clear_road") else _u(rng, 2, 8)
+    ego = _u(rng, 5, 14) if kind in ("vehicle", "clear_road") else _u(rng, 2, 6)
     # At night, more headlights in the other lane dazzle the camera.
     oncoming = 0.4 + 0.4 * weather.get("glare", 0.0)
     actors = _sample_scenery(rng, ego, urban, oncoming) + _sample_main_actor(rng, kind, ego)

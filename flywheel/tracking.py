@@ -8,6 +8,7 @@ $FLYWHEEL_HOME; any tracking server works by URI. Models are registered from pla
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import tempfile
@@ -27,6 +28,8 @@ class Tracker:
 
     def __init__(self, tracking_uri: str, *, experiment: str, model_name: str, artifact_root: Path | None = None):
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        for name in ("mlflow.store.db.utils", "alembic"):  # schema-migration chatter on first use
+            logging.getLogger(name).setLevel(logging.WARNING)
         if tracking_uri.startswith("sqlite:///"):
             Path(tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         self.tracking_uri = tracking_uri

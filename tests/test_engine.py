@@ -259,22 +259,12 @@ def test_embed_and_predict_torch_and_onnx_with_an_embedding_output():
     images = np.random.default_rng(2).integers(0, 256, (5, 3, SIZE, SIZE), dtype=np.uint8)
     probs, emb = embed_and_predict(model, images)
     assert probs.shape == (5, 6) and emb.shape == (5, 16)
+    logits_only = io.BytesIO()  # a graph from elsewhere, without the embedding output
+    torch.onnx.export(model, (torch.zeros(2, 3, SIZE, SIZE, dtype=torch.uint8),), logits_only, dynamo=False,
+                      input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}})  # fmt: skip
     with pytest.raises(ValueError, match="no 'embedding'"):
-        embed_and_predict(onnx_session(model), images)
-
-    class Both(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, x):
-            z = self.m.embed(x)
-            return self.m.head(z), z
-
-    buf = io.BytesIO()
-    torch.onnx.export(Both(model), (torch.zeros(2, 3, SIZE, SIZE, dtype=torch.uint8),), buf, dynamo=False,
-                      input_names=["image"], output_names=["logits", "embedding"],
-                      dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}, "embedding": {0: "n"}})  # fmt: skip
+        embed_and_predict(deploy.session(logits_only.getvalue()), images)
+    buf = io.BytesIO(deploy.export_onnx(model, image_size=SIZE))  # the deployed graph has both outputs
     p2, e2 = embed_and_predict(deploy.session(buf.getvalue()), images)
     np.testing.assert_allclose(p2, probs, atol=1e-4)
     np.testing.assert_allclose(e2, emb, atol=1e-4)
@@ -285,7 +275,7 @@ def test_queue_batch_sends_only_unsure_frames_within_budget(tmp_path):
     frames = frames_table(16)
     model = tiny_model(head_scale=20.0)
     out = queue_batch(store, "b1", frames, classes=CLASSES, champion=model, image_size=SIZE,
-                      engine=EngineSettings(auto_threshold=1.01, label_budget=5), model_version="v1")  # fmt: skip
+                      engine=EngineSettings(auto_threshold=1.0, label_budget=5), model_version="v1")  # fmt: skip
     tasks = store.read_json(out["key"])
     assert out["queued"] == len(tasks) == 5 and all(t["predictions"][0]["model_version"] == "v1" for t in tasks)
     sure = queue_batch(store, "b2", frames, classes=CLASSES, champion=model, image_size=SIZE,

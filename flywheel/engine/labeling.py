@@ -8,14 +8,13 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
 import pyarrow as pa
 import torch
 
+from flywheel.config import EngineSettings
 from flywheel.engine.autolabel import (
     champion_autolabeler,
     decode_images,
@@ -26,23 +25,6 @@ from flywheel.engine.queue import write_queue
 from flywheel.engine.select import select_for_labeling
 from flywheel.labels import build_labels, load_label_studio_exports
 from flywheel.store import Store
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    """Data-engine knobs; defaults are the standard recipe (to move into config.Settings as `engine`)."""
-
-    enabled: bool = False
-    shadow_threshold: float = 0.6  # a clip with any frame below this confidence uploads as low_confidence
-    shadow_measure: Literal["max_softmax", "margin", "entropy"] = "max_softmax"
-    uploads_per_day: int | None = None  # cap on low_confidence uploads per simulated day
-    auto_threshold: float = 0.9  # champion confidence at or above which a frame is auto-labeled
-    label_budget: int = 64  # frames per fleet batch sent to humans
-    strategy: Literal["uncertainty", "diversity", "balanced", "hybrid", "random"] = "hybrid"
-    image_url_prefix: str | None = None  # see engine/queue.py; None: store URIs
-    annotator_error_rate: float = 0.0  # the demo's simulated annotator
-    annotator_delay_batches: int = 0
-    seed: int = 0
 
 
 def queue_batch(
