@@ -251,17 +251,25 @@ def ui(obj: Ctx, host: str, port: int):
         env["FLYWHEEL_CONFIG"] = str(Path(obj.config).resolve())
     cmd = [sys.executable, "-m", "dagster", "dev", "-m", "flywheel.definitions", "-h", host, "-p", str(port)]
     click.echo(f"Dagster UI on http://{host}:{port} (DAGSTER_HOME={env['DAGSTER_HOME']}); Ctrl-C stops it")
-    # dagster dev must see SIGINT even when this command was started in the background.
+    # dagster dev must see SIGINT even when this command was started in the background
+    # (where the shell makes children ignore SIGINT), so restore the default handler in it.
     proc = subprocess.Popen(cmd, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+    def stop(signum, _frame):  # Ctrl-C, kill -INT or kill -TERM: let dagster dev stop its webserver and daemon
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     try:
-        proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            proc.wait(timeout=10)
+        proc.wait(timeout=None)
+    finally:
+        if proc.poll() is None:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                proc.wait(timeout=10)
     raise SystemExit(0 if proc.returncode in (0, -signal.SIGINT, 130) else proc.returncode)
 
 
