@@ -178,10 +178,16 @@ def _car_look(rng) -> dict:
     }
 
 
+def _vivid_rgb(rng) -> tuple:
+    """A saturated colour of random hue (clothes stand out from grey asphalt and green verges)."""
+    hsv = np.array([[[rng.uniform(0, 180), rng.uniform(170, 255), rng.uniform(160, 250)]]], np.uint8)
+    return tuple(float(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0])
+
+
 def _person_look(rng) -> dict:
     return {
-        "h": _u(rng, 1.45, 1.95), "skin": _colour(rng, _SKIN[rng.integers(len(_SKIN))], 10),
-        "shirt": _random_rgb(rng), "legs": _random_rgb(rng, 15, 160), "phase": _u(rng, 0, 6.3),
+        "h": _u(rng, 1.6, 2.0), "skin": _colour(rng, _SKIN[rng.integers(len(_SKIN))], 10),
+        "shirt": _vivid_rgb(rng), "legs": _random_rgb(rng, 15, 120), "phase": _u(rng, 0, 6.3),
     }  # fmt: skip
 
 
@@ -211,14 +217,13 @@ def _sample_main_actor(rng, kind: str, ego: float) -> list[Actor]:
         return [lead]
     if kind == "pedestrian":
         look = _person_look(rng)
-        if rng.random() < 0.6:  # crossing
-            vx = _u(rng, 0.8, 1.9)
-            return [Actor("pedestrian", _u(rng, 5, 12) + closing, side * _u(rng, 0.3, 3.2), -ego,
-                          -side * vx, look)]  # fmt: skip
+        if rng.random() < 0.5:  # crossing
+            return [Actor("pedestrian", _u(rng, 5, 12) + closing, side * _u(rng, 0.3, 2.6), -ego,
+                          -side * _u(rng, 0.8, 1.9), look)]  # fmt: skip
         return [Actor("pedestrian", _u(rng, 5, 12) + closing, _u(rng, -1.2, 1.2), -ego,
                       _u(rng, -0.4, 0.4), look)]  # fmt: skip
     if kind == "cyclist":
-        look = _person_look(rng) | {"bike": _random_rgb(rng)}
+        look = _person_look(rng) | {"bike": _vivid_rgb(rng), "helmet": _vivid_rgb(rng)}
         if rng.random() < 0.6:  # crossing, seen from the side
             return [Actor("cyclist", _u(rng, 5, 12) + closing, side * _u(rng, 0.5, 4.0), -ego,
                           -side * _u(rng, 1.5, 3.5), look | {"side": True})]  # fmt: skip
@@ -241,11 +246,20 @@ def _sample_main_actor(rng, kind: str, ego: float) -> list[Actor]:
 
 
 def _traffic_light(rng, state: str, switch: float | None = None, *, near: bool = False) -> Actor:
+    """A light on a pole right of the road or on a gantry over it; `near`: 6-15 m ahead mid-clip.
+
+    Near overhead lights stay 11 m or farther: closer, the camera (about 16 degrees above the
+    horizon) would not see them.
+    """
     overhead = rng.random() < 0.5
+    if near:
+        d = _u(rng, 11, 15) if overhead else _u(rng, 6, 13)
+    else:
+        d = _u(rng, 9, 30)
     return Actor(
-        "red_light" if state == "red" else "light", _u(rng, 6, 12) if near else _u(rng, 9, 30),
+        "red_light" if state == "red" else "light", d,
         _u(rng, -0.5, 0.8) if overhead else _u(rng, 2.2, 2.8), 0.0, 0.0,
-        {"overhead": overhead, "state": state, "switch": switch, "pole": _u(rng, 2.8, 3.4)},
+        {"overhead": overhead, "state": state, "switch": switch, "pole": _u(rng, 2.7, 3.2)},
     )  # fmt: skip
 
 
@@ -281,14 +295,14 @@ def _sample_weather(rng, condition: str) -> dict:
     if condition == "day":
         return {"gain": _u(rng, 0.8, 1.15), "noise": _u(rng, 1.5, 4)}
     if condition == "night":
-        return {"ambient": _u(rng, 0.01, 0.05), "beam": _u(rng, 0.8, 1.3), "reach": _u(rng, 5, 11),
-                "noise": _u(rng, 9, 18), "lamps": rng.random() < 0.3, "glare": _u(rng, 0, 1)}  # fmt: skip
+        return {"ambient": _u(rng, 0.01, 0.05), "beam": _u(rng, 0.8, 1.3), "reach": _u(rng, 3.5, 7.5),
+                "noise": _u(rng, 12, 22), "lamps": rng.random() < 0.3, "glare": _u(rng, 0, 1)}  # fmt: skip
     if condition == "rain":
-        return {"gain": _u(rng, 0.6, 0.85), "contrast": _u(rng, 0.45, 0.75), "grey": _u(rng, 100, 150),
-                "streaks": int(rng.integers(15, 45)), "wind": _u(rng, -0.5, 0.5), "blur": _u(rng, 0.6, 1.3),
-                "drops": int(rng.integers(0, 5)), "noise": _u(rng, 3, 6)}  # fmt: skip
+        return {"gain": _u(rng, 0.6, 0.85), "contrast": _u(rng, 0.35, 0.6), "grey": _u(rng, 100, 150),
+                "streaks": int(rng.integers(15, 45)), "wind": _u(rng, -0.5, 0.5), "blur": _u(rng, 0.8, 1.5),
+                "drops": int(rng.integers(1, 6)), "noise": _u(rng, 4, 8)}  # fmt: skip
     if condition == "fog":
-        return {"gain": _u(rng, 0.85, 1.05), "beta": _u(rng, 0.09, 0.2), "air": _u(rng, 175, 225),
+        return {"gain": _u(rng, 0.85, 1.05), "beta": _u(rng, 0.1, 0.2), "air": _u(rng, 175, 225),
                 "blur": _u(rng, 0.5, 1.1), "noise": _u(rng, 3, 6)}  # fmt: skip
     raise ValueError(f"unknown condition {condition!r}; known: {CONDITIONS}")
 
@@ -486,17 +500,18 @@ def _draw_cyclist(pt: Painter, d, x, look, t):
     if look["side"]:  # crossing: wheels, frame and rider seen from the side
         pt.occlude(d, x - 0.9, x + 0.9, 0.0, 1.65)
         for s in (-0.55, 0.55):
-            pt.disc(d, x + s, 0.34, 0.34, _TYRE, thickness=0.07)
+            pt.disc(d, x + s, 0.34, 0.34, _TYRE, thickness=0.11)
         pt.box(d, x - 0.5, x + 0.5, 0.45, 0.55, bike)
         pt.box(d, x - 0.15, x + 0.05, 0.55, 0.95, bike)
         pt.box(d, x - 0.3, x + 0.05, 0.9, 1.45, look["shirt"])
-        pt.disc(d, x + 0.05, 1.55, 0.12, look["skin"])
+        pt.disc(d, x + 0.05, 1.56, 0.14, look["helmet"])
     else:  # riding ahead: a thin wheel under a rider
         pt.occlude(d, x - 0.22, x + 0.22, 0.0, 1.65)
-        pt.box(d, x - 0.04, x + 0.04, 0.0, 0.68, _TYRE)
+        pt.box(d, x - 0.07, x + 0.07, 0.0, 0.68, _TYRE)
         pt.box(d, x - 0.12, x + 0.12, 0.5, 0.95, look["legs"])
+        pt.box(d, x - 0.33, x + 0.33, 1.0, 1.07, bike)  # handlebar, wider than the rider
         pt.box(d, x - 0.22, x + 0.22, 0.9, 1.45, look["shirt"])
-        pt.disc(d, x, 1.55, 0.12, look["skin"])
+        pt.disc(d, x, 1.56, 0.14, look["helmet"])
         pt.box(
             d, x - 0.07, x + 0.07, 0.6, 0.7, (190.0, 25.0, 25.0), (200.0, 10.0, 10.0)
         )  # rear reflector
@@ -512,7 +527,7 @@ def _light_state(look, t) -> str:
 
 
 def _light_top(look) -> float:
-    return 5.2 if look["overhead"] else look["pole"]
+    return 4.6 if look["overhead"] else look["pole"]
 
 
 def _draw_light(pt: Painter, d, x, look, t):
@@ -531,7 +546,7 @@ def _draw_light(pt: Painter, d, x, look, t):
             d,
             x,
             y0 + 0.2 + 0.4 * i,
-            0.2,
+            0.22 if on else 0.18,
             _LAMP[name] if on else _LAMP_OFF[name],
             _LAMP[name] if on else None,
         )
@@ -613,8 +628,8 @@ def _ahead(a: Actor, t: float, cam: Camera, curve: float, extras: SimExtras) -> 
     if a.kind == "red_light":
         if _light_state(a.look, t) != "red":
             return None
-        top = _light_top(a.look)
-        return d if cam.sees(d, x - 0.28, x + 0.28, top - 1.2, top, curve) else None
+        top = _light_top(a.look)  # the lower half of the red lamp (centred 0.2 m below the top) in view
+        return d if cam.sees(d, x - 0.2, x + 0.2, top - 0.42, top - 0.2, curve) else None
     if abs(x) > extras.lane_half_width:
         return None
     return d if cam.sees(d, x - 0.3, x + 0.3, 0.0, 1.0, curve) else None
@@ -714,7 +729,7 @@ def _weather(
     elif cond == "day":
         img *= np.float32(w["gain"])
         if lamps is not None:
-            img += 0.35 * lamps
+            img += 0.6 * lamps + 0.5 * _blur(lamps, 0.8)  # lit lamps glow a little by day too
     elif cond == "rain":
         img *= np.float32(w["gain"] * w["contrast"])
         img += np.float32(w["grey"] * (1 - w["contrast"]))

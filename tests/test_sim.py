@@ -278,3 +278,33 @@ def test_cameras_see_the_same_scene_differently():
             clip_index=0,
             camera="rear",
         )
+
+
+def test_labelled_things_are_near_enough_to_see():
+    """Main actors are drawn near mid-clip: most day frames have something ahead, within ahead_range."""
+    settings = Settings.model_validate({"sim": {"fps": 5, "frames_per_clip": 8}})
+    rng = np.random.default_rng(5)
+    dist = []
+    for i in range(80):
+        scene = sim.sample_scene(rng, "day", urban=i % 2 == 0)
+        dist += sim.render_scene(rng, scene, settings).ahead_m
+    d = np.array(dist)
+    seen = d[np.isfinite(d)]
+    lo, hi = sim.EXTRAS.ahead_range
+    assert len(seen) > 0.6 * len(d)  # clear_road is the minority
+    assert seen.min() >= lo and seen.max() <= hi
+    assert np.median(seen) < 13  # a 64 px model sees a person there as > 8 px tall
+
+
+def test_red_lights_ahead_show_their_red_lamp():
+    settings = Settings.model_validate({"sim": {"fps": 5, "frames_per_clip": 8}})
+    cam = sim.camera_for(settings, "front")
+    rng = np.random.default_rng(6)
+    for _ in range(100):
+        (light,) = sim._sample_main_actor(rng, "red_light", ego=4.0)
+        for t in np.arange(8) / 5:
+            if sim._ahead(light, t, cam, 0.0, sim.EXTRAS) is not None:
+                d, x = light.at(t)
+                top = sim._light_top(light.look)
+                _, v = cam.project(d, x, top - 0.42, 0.0)  # the bottom of the red (top) lamp
+                assert v >= 0  # in the image, not above it
