@@ -180,7 +180,9 @@ def _car_look(rng) -> dict:
 
 def _vivid_rgb(rng) -> tuple:
     """A saturated colour of random hue (clothes stand out from grey asphalt and green verges)."""
-    hsv = np.array([[[rng.uniform(0, 180), rng.uniform(170, 255), rng.uniform(160, 250)]]], np.uint8)
+    hsv = np.array(
+        [[[rng.uniform(0, 180), rng.uniform(170, 255), rng.uniform(160, 250)]]], np.uint8
+    )
     return tuple(float(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0])
 
 
@@ -628,7 +630,8 @@ def _ahead(a: Actor, t: float, cam: Camera, curve: float, extras: SimExtras) -> 
     if a.kind == "red_light":
         if _light_state(a.look, t) != "red":
             return None
-        top = _light_top(a.look)  # the lower half of the red lamp (centred 0.2 m below the top) in view
+        # The lower half of the red lamp (the top one, centred 0.2 m below the top) must be in view.
+        top = _light_top(a.look)
         return d if cam.sees(d, x - 0.2, x + 0.2, top - 0.42, top - 0.2, curve) else None
     if abs(x) > extras.lane_half_width:
         return None
