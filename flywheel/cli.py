@@ -275,13 +275,15 @@ def ui(obj: Ctx, host: str, port: int):
 
 @main.command()
 @click.option("--iterations", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--clips", type=click.IntRange(min=1), default=60, show_default=True, help="Clips the fleet uploads per iteration.")
+@click.option("--clips", type=click.IntRange(min=1), default=150, show_default=True, help="Clips the fleet uploads per iteration.")
+@click.option("--label-budget", type=click.IntRange(min=0), default=400, show_default=True,
+              help="Frames per fleet batch the (simulated) annotators label, with the engine on.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--engine/--no-engine", default=True, show_default=True,
               help="Shadow-mode uploads, auto-labels and the human queue (answered by a simulated annotator); "
                    "--no-engine labels every frame from the clips' ground truth.")  # fmt: skip
 @click.pass_obj
-def demo(obj: Ctx, iterations: int, clips: int, seed: int, engine: bool):
+def demo(obj: Ctx, iterations: int, clips: int, label_budget: int, seed: int, engine: bool):
     """Turn the whole loop a few times while the fleet's conditions drift, and plot the result."""
     from flywheel import plots
     from flywheel.ingest import pending_clips
@@ -294,7 +296,8 @@ def demo(obj: Ctx, iterations: int, clips: int, seed: int, engine: bool):
     # Conditions drift from the start mix to the end mix over the demo's uploads.
     obj = obj.with_overrides(**{"sim.drift_clips": iterations * clips})
     if engine:
-        obj = obj.with_overrides(**{"engine.enabled": True, "engine.simulated_annotator": True})
+        obj = obj.with_overrides(**{"engine.enabled": True, "engine.simulated_annotator": True,
+                                    "engine.label_budget": label_budget})  # fmt: skip
     from flywheel.sim import simulate as run_sim
 
     click.echo(f"flywheel home: {home}")
