@@ -134,7 +134,7 @@ class GateSettings(_Section):
     margin: float = 0.0  # the challenger must beat the champion by more than this
     slice_tolerance: float = Field(0.05, ge=0)  # largest allowed drop on any slice
     floor: float = Field(0.4, ge=0, le=1)  # first model: reach this absolute score
-    min_slice_frames: int = Field(20, ge=1)  # smaller slices are reported, not gated
+    min_slice_frames: int = Field(50, ge=1)  # smaller slices are reported, not gated (too noisy)
     force: bool = False
     force_reason: str | None = None
 

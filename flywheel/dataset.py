@@ -167,7 +167,8 @@ def freeze_golden(store: Store, name: str, manifest: dict, size: int, seed: int,
                   refreeze: bool = False) -> dict:  # fmt: skip
     """The frozen golden set: the latest `golden/v<K>.json`, or a new one drawn from the test split.
 
-    Drawn once (originals of the test split, `size` frames by `seed`) and then kept for every
+    Drawn once (human- or ground-truth-labeled originals of the test split, `size` frames by
+    `seed`) and then kept for every
     later dataset version, so scores stay comparable; `refreeze=True` draws v<K+1>.
     """
     if size < 0:
@@ -178,10 +179,10 @@ def freeze_golden(store: Store, name: str, manifest: dict, size: int, seed: int,
     keys = shard_keys(manifest, "test")
     candidates: list[str] = []
     if keys:
-        t = store.read_parquet(keys, columns=["frame_id", "augmentation"])
-        candidates = sorted(
-            t.filter(pc.equal(t.column("augmentation"), "")).column("frame_id").to_pylist()
-        )
+        t = store.read_parquet(keys, columns=["frame_id", "augmentation", "label_source"])
+        originals = pc.equal(t.column("augmentation"), "")
+        by_people = pc.not_equal(t.column("label_source"), "auto")  # auto labels are a model's guesses
+        candidates = sorted(t.filter(pc.and_(originals, by_people)).column("frame_id").to_pylist())
     rng = np.random.default_rng(seed)
     picked = (
         sorted(rng.choice(candidates, size=min(size, len(candidates)), replace=False).tolist())

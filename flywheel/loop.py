@@ -256,7 +256,11 @@ def train_challenger(
 
 
 def evaluation_frames(store: Store, settings: Settings, manifest: dict) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray]:
-    """The test split plus the frozen golden set: images, labels, slice metadata, golden mask."""
+    """The test split plus the frozen golden set: images, labels, slice metadata, golden mask.
+
+    Auto labels are left out: they are the champion's own predictions, so scoring on them
+    would favour the champion by construction.
+    """
     size, name = settings.image_size, settings.dataset.name
     images, labels, meta = load_arrays(store, manifest, split="test", image_size=size)
     golden = set(dataset.load_golden(store, name)["frame_ids"]) if dataset.latest_golden_version(store, name) else set()
@@ -265,6 +269,9 @@ def evaluation_frames(store: Store, settings: Settings, manifest: dict) -> tuple
         gi, gl, gm = load_arrays(store, manifest, frame_ids=missing, image_size=size)
         images, labels = np.concatenate([images, gi]), np.concatenate([labels, gl])
         meta = {k: list(meta[k]) + list(gm[k]) for k in meta}
+    keep = np.array([s != "auto" for s in meta["label_source"]], dtype=bool)
+    images, labels = images[keep], labels[keep]
+    meta = {k: [v for v, ok in zip(vals, keep, strict=True) if ok] for k, vals in meta.items()}
     mask = np.array([f in golden for f in meta["frame_id"]], dtype=bool)
     return images, labels, meta, mask
 

@@ -28,7 +28,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from flywheel.augment import OnlineTransform, online_transform
 from flywheel.store import Store
 
-META = ("frame_id", "trigger", "condition", "camera", "clip_id")
+META = ("frame_id", "trigger", "condition", "camera", "clip_id", "label_source")
 COLUMNS = ["image", "label", "height", "width", *META]
 
 
@@ -143,6 +143,7 @@ class ShardReader(IterableDataset):
                 "condition": cols["condition"][row],
                 "camera": cols["camera"][row],
                 "clip_id": cols["clip_id"][row],
+                "label_source": cols["label_source"][row],
             }
 
     # -- resume --------------------------------------------------------------------------------
