@@ -275,7 +275,7 @@ def ui(obj: Ctx, host: str, port: int):
 
 
 @main.command()
-@click.option("--iterations", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--iterations", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--clips", type=click.IntRange(min=1), default=250, show_default=True, help="Clips the fleet uploads per iteration.")
 @click.option("--label-budget", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Frames per fleet batch the (simulated) annotators label, with the engine on.")
