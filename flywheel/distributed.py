@@ -30,7 +30,11 @@ from flywheel.tracking import Tracker
 def tracker_for(settings: Settings) -> Tracker:
     """The MLflow tracker; a tracking server decides its own artifact root (S3 behind the server)."""
     if settings.mlflow.tracking_uri:
-        return Tracker(settings.tracking_uri, experiment=settings.mlflow.experiment, model_name=settings.mlflow.model_name)
+        return Tracker(
+            settings.tracking_uri,
+            experiment=settings.mlflow.experiment,
+            model_name=settings.mlflow.model_name,
+        )
     return loop.tracker_for(settings)
 
 
@@ -56,17 +60,25 @@ def rank_from_env() -> tuple[int, int]:
 def train_rank(settings: Settings, *, device: str | None = None) -> dict:
     """This process's share of a DDP training run; rank 0's return value describes the model."""
     rank, world = rank_from_env()
-    store = open_store(settings.store_root, endpoint_url=settings.store.endpoint_url, region=settings.store.region)
-    return loop.train_challenger(store, settings, tracker_for(settings), device=device, rank=rank, world_size=world)
+    store = open_store(
+        settings.store_root, endpoint_url=settings.store.endpoint_url, region=settings.store.region
+    )
+    return loop.train_challenger(
+        store, settings, tracker_for(settings), device=device, rank=rank, world_size=world
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     quiet_telemetry()
-    parser = argparse.ArgumentParser(prog="python -m flywheel.distributed", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m flywheel.distributed", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--config", default=os.environ.get("FLYWHEEL_CONFIG"), help="flywheel.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda (default: train.device)")
-    parser.add_argument("--out", type=Path, default=None, help="rank 0 writes its result here as JSON")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="rank 0 writes its result here as JSON"
+    )
     args = parser.parse_args(argv)
     settings = load_settings(args.config, **parse_overrides(args.overrides))
     result = train_rank(settings, device=args.device)
@@ -119,12 +131,18 @@ def train_challenger_torchrun(
     run_env = {**os.environ, **(env or {})}
     run_env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     run_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    cmd = torchrun_command(nproc=nproc, out=out, config_path=config_path, overrides=overrides, device=device)
+    cmd = torchrun_command(
+        nproc=nproc, out=out, config_path=config_path, overrides=overrides, device=device
+    )
     proc = subprocess.run(cmd, env=run_env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"torchrun with {nproc} rank(s) exited with {proc.returncode}:\n{proc.stderr[-4000:]}")
+        raise RuntimeError(
+            f"torchrun with {nproc} rank(s) exited with {proc.returncode}:\n{proc.stderr[-4000:]}"
+        )
     if not out.exists():
-        raise RuntimeError(f"torchrun finished but rank 0 wrote no result to {out}:\n{proc.stderr[-2000:]}")
+        raise RuntimeError(
+            f"torchrun finished but rank 0 wrote no result to {out}:\n{proc.stderr[-2000:]}"
+        )
     return json.loads(out.read_text())
 
 

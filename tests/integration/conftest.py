@@ -35,7 +35,7 @@ SESSION = uuid.uuid4().hex[:8]
 TINY = {
     "sim.frames_per_clip": 4, "image_size": 32, "train.epochs": 1, "train.width": 8, "train.depth": 1,
     "train.batch_size": 32, "gate.floor": 0.0, "gate.min_slice_frames": 1000, "dataset.golden_size": 10,
-    "train.device": "cpu", "ingest.workers": 2,
+    "train.device": "cpu", "train.num_workers": 0, "ingest.workers": 2,
 }  # fmt: skip
 
 
@@ -137,7 +137,9 @@ class _Server:
         try:
             wait_for_port(self.port, timeout=timeout, proc=self.proc)
         except (RuntimeError, TimeoutError) as e:
-            raise RuntimeError(f"mlflow server did not start: {e}\n{self.log.read_text()[-3000:]}") from None
+            raise RuntimeError(
+                f"mlflow server did not start: {e}\n{self.log.read_text()[-3000:]}"
+            ) from None
         return self.uri
 
 
@@ -151,7 +153,9 @@ def _mlflow_server_started(postgres, s3_endpoint, tmp_path_factory):
     import boto3
 
     bucket = f"fw-mlflow-{SESSION}"
-    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(
+        Bucket=bucket
+    )
     port = free_port()
     log = tmp_path_factory.mktemp("mlflow") / "server.log"
     env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint, "MLFLOW_DISABLE_TELEMETRY": "true"}
@@ -161,7 +165,9 @@ def _mlflow_server_started(postgres, s3_endpoint, tmp_path_factory):
         "--workers", "1",
     ]  # fmt: skip
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         yield _Server(proc, port, log, bucket)
     finally:
@@ -247,7 +253,7 @@ def celery_workers(n: int, *, queue: str, env: dict, logdir: Path, timeout: floa
         for i, name in enumerate(names):
             cmd = [
                 str(VENV_BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app",
-                "-y", str(DEPLOY / "celery.yaml"), "-q", queue, "-n", name.split("@")[0], "-l", "WARNING",
+                "-y", str(DEPLOY / "celery.yaml"), "-q", queue, "-n", name.split("@")[0], "-l", "INFO",
                 "--", "--pool=solo", "--without-gossip", "--without-mingle", "--without-heartbeat",
             ]  # fmt: skip
             with open(logdir / f"worker{i}.log", "wb") as out:
@@ -260,7 +266,9 @@ def celery_workers(n: int, *, queue: str, env: dict, logdir: Path, timeout: floa
             dead = [i for i, p in enumerate(procs) if p.poll() is not None]
             if dead or time.monotonic() > deadline:
                 logs = "\n".join((logdir / f"worker{i}.log").read_text()[-2000:] for i in range(n))
-                raise RuntimeError(f"celery workers {names} not all up (answered: {sorted(answered)}):\n{logs}")
+                raise RuntimeError(
+                    f"celery workers {names} not all up (answered: {sorted(answered)}):\n{logs}"
+                )
             for reply in app.control.ping(destination=names, timeout=1.0):
                 answered |= set(reply)
         yield names

@@ -1,13 +1,12 @@
 """Ingest steps as Celery tasks: two fleet batches at once on two workers, Dagster on PostgreSQL."""
 
+import json
 import os
-import sys
-import threading
+import subprocess
 import uuid
 
 import dagster as dg
 import pytest
-from dagster._core.definitions.reconstruct import ReconstructableRepository
 
 from flywheel.config import load_settings
 from flywheel.ingest import commit_batch, frames_key, plan_batch
@@ -41,7 +40,7 @@ def _celery_workers_of(instance, run_id: str) -> dict[str, str]:
 
 
 def test_two_batches_ingest_at_once_on_two_celery_workers(
-    prod_config, dagster_home, pg_instance, broker_url, tmp_path, monkeypatch, request
+    prod_config, dagster_home, pg_instance, broker_url, tmp_path, monkeypatch
 ):
     config = prod_config()
     settings = load_settings(config)
@@ -53,27 +52,32 @@ def test_two_batches_ingest_at_once_on_two_celery_workers(
     monkeypatch.setenv("FLYWHEEL_EXECUTOR", "celery")
     monkeypatch.setenv("DAGSTER_CELERY_BROKER_URL", broker_url)
     monkeypatch.setenv("FLYWHEEL_CELERY_QUEUE", queue)
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
-    job = ReconstructableRepository.for_file(
-        str(DEPLOY / "definitions.py"), "defs", working_directory=str(REPO)
-    ).get_reconstructable_job("ingest_batch")
-    # Loaded here once: two threads importing the file at the same time would race in importlib.
-    job.get_definition()
-    request.addfinalizer(lambda: sys.modules.pop("definitions", None))
-
-    results: dict[str, dg.ExecutionResult] = {}
-
-    def ingest(batch_id: str):
-        with dg.execute_job(job, pg_instance, tags={"dagster/partition": batch_id}) as result:
-            results[batch_id] = (result.success, result.run_id)
-
+    env = {
+        **os.environ,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+    }
+    # Each run in its own process, as the run launcher starts them; its steps go to the workers.
+    cmd = [str(VENV_BIN / "dagster"), "job", "execute", "-f", str(DEPLOY / "definitions.py"), "-a", "defs",
+           "-d", str(REPO), "-j", "ingest_batch"]  # fmt: skip
     with celery_workers(2, queue=queue, env=env, logdir=tmp_path) as workers:
-        threads = [threading.Thread(target=ingest, args=(b,)) for b in batches]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=300)
-
+        runs = [
+            subprocess.Popen(
+                [*cmd, "--tags", json.dumps({"dagster/partition": b})],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )  # fmt: skip
+            for b in batches
+        ]
+        outputs = [p.communicate(timeout=300)[0] for p in runs]
+    assert all(p.returncode == 0 for p in runs), "\n".join(o[-3000:] for o in outputs)
+    results = {
+        r.tags["dagster/partition"]: (r.status == dg.DagsterRunStatus.SUCCESS, r.run_id)
+        for r in pg_instance.get_runs(dg.RunsFilter(job_name="ingest_batch"))
+    }
     assert set(results) == set(batches) and all(ok for ok, _ in results.values()), results
     used = {}
     for batch_id, (_, run_id) in results.items():
@@ -88,11 +92,16 @@ def test_two_batches_ingest_at_once_on_two_celery_workers(
     for batch_id in batches:
         for key in (frames_key(batch_id), labels_key(batch_id), augmented_key(batch_id)):
             assert store.exists(key), key
-        frames = store.read_parquet(frames_key(batch_id), columns=["clip_id"]).column("clip_id").to_pylist()
+        frames = (
+            store.read_parquet(frames_key(batch_id), columns=["clip_id"])
+            .column("clip_id")
+            .to_pylist()
+        )
         clips[batch_id] = set(frames)
         manifest = store.read_json(f"batches/{batch_id}.json")
-        assert clips[batch_id] == {c["key"].rsplit("/", 1)[-1].removesuffix(".mcap") for c in manifest["clips"]}
+        assert clips[batch_id] == {
+            c["key"].rsplit("/", 1)[-1].removesuffix(".mcap") for c in manifest["clips"]
+        }
     assert not clips[batches[0]] & clips[batches[1]]
     # the runs are recorded in the PostgreSQL instance, one per partition
-    runs = pg_instance.get_runs(dg.RunsFilter(job_name="ingest_batch"))
-    assert sorted(r.tags["dagster/partition"] for r in runs) == sorted(batches)
+    assert len(pg_instance.get_runs(dg.RunsFilter(job_name="ingest_batch"))) == 2
