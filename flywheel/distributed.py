@@ -24,18 +24,6 @@ import yaml
 from flywheel import loop
 from flywheel.config import Settings, load_settings, quiet_telemetry
 from flywheel.store import open_store
-from flywheel.tracking import Tracker
-
-
-def tracker_for(settings: Settings) -> Tracker:
-    """The MLflow tracker; a tracking server decides its own artifact root (S3 behind the server)."""
-    if settings.mlflow.tracking_uri:
-        return Tracker(
-            settings.tracking_uri,
-            experiment=settings.mlflow.experiment,
-            model_name=settings.mlflow.model_name,
-        )
-    return loop.tracker_for(settings)
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -64,7 +52,7 @@ def train_rank(settings: Settings, *, device: str | None = None) -> dict:
         settings.store_root, endpoint_url=settings.store.endpoint_url, region=settings.store.region
     )
     return loop.train_challenger(
-        store, settings, tracker_for(settings), device=device, rank=rank, world_size=world
+        store, settings, loop.tracker_for(settings), device=device, rank=rank, world_size=world
     )
 
 

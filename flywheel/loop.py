@@ -55,11 +55,12 @@ def evaluation_key(model_name: str, version: str) -> str:
 
 
 def tracker_for(settings: Settings) -> Tracker:
+    """The MLflow tracker of these settings; a tracking server decides its own artifact root."""
     return Tracker(
         settings.tracking_uri,
         experiment=settings.mlflow.experiment,
         model_name=settings.mlflow.model_name,
-        artifact_root=settings.home / "mlflow" / "artifacts",
+        artifact_root=None if settings.mlflow.tracking_uri else settings.home / "mlflow" / "artifacts",
     )
 
 
@@ -223,7 +224,20 @@ def train_challenger(
         raise ValueError(f"dataset {name} v{manifest['version']} has no train rows")
     champion = tracker.alias(CHAMPION)
     warm = tracker.weights(champion) if champion else None
-    ckpt = settings.home / "checkpoints" / f"{name}-v{manifest['version']}-{manifest_sha256(manifest)[:8]}"
+    # One checkpoint folder per dataset version, manifest and process count: a run never resumes another's.
+    ckpt = settings.home / "checkpoints" / f"{name}-v{manifest['version']}-{manifest_sha256(manifest)[:8]}-w{world_size}"
+
+    def fit(on_epoch_end=None):
+        return train(
+            train_loader=make_loader(reader, cfg=cfg, device=dev),
+            val_loader=make_loader(val, cfg=cfg, device=dev) if len(val) else None,
+            classes=settings.classes, cfg=cfg, checkpoint_dir=ckpt, warm_start=warm,
+            set_epoch=reader.set_epoch, progress=progress and rank == 0, on_epoch_end=on_epoch_end,
+        )  # fmt: skip
+
+    if rank != 0:  # under DDP only rank 0 talks to MLflow; the others train their share
+        fit()
+        return {"rank": rank}
     tags = {"dataset": name, "dataset_version": str(manifest["version"]), "stage": "train"}
     with tracker.run(f"train {name} v{manifest['version']}", tags=tags) as run_id:
         tracker.log_params(run_id, {
@@ -233,15 +247,7 @@ def train_challenger(
         })  # fmt: skip
         tracker.log_json(run_id, "config/settings.json", settings.model_dump())
         tracker.log_json(run_id, "dataset/manifest.json", manifest)
-        result = train(
-            train_loader=make_loader(reader, cfg=cfg, device=dev),
-            val_loader=make_loader(val, cfg=cfg, device=dev) if len(val) else None,
-            classes=settings.classes, cfg=cfg, checkpoint_dir=ckpt, warm_start=warm,
-            set_epoch=reader.set_epoch, progress=progress,
-            on_epoch_end=lambda epoch, m: tracker.log_metrics(run_id, m, step=epoch),
-        )  # fmt: skip
-        if result.weights is None:  # a DDP rank other than 0
-            return {"rank": rank}
+        result = fit(on_epoch_end=lambda epoch, m: tracker.log_metrics(run_id, m, step=epoch))
         tracker.log_bytes(run_id, "plots/learning_curves.png", plots.learning_curves_png(result.history))
         version = tracker.register(run_id, result.weights, tags={"dataset_version": str(manifest["version"])})
         tracker.set_tags(run_id, {"model_version": version, "device": result.device})

@@ -58,7 +58,7 @@ def test_flywheel_iterate_on_the_production_profile(
     }
 
     # MLflow server: the model is registered and aliased; its artifacts went to S3 through the server
-    tracker = distributed.tracker_for(settings)
+    tracker = loop.tracker_for(settings)
     assert tracker.alias(CHALLENGER) == tracker.alias(CHAMPION) == "1"
     assert tracker.client.get_experiment(tracker.experiment_id).artifact_location.startswith(
         "mlflow-artifacts:"
@@ -130,7 +130,7 @@ def test_torchrun_two_ranks_reach_the_quality_of_one(prod_config, mlflow_server,
     settings = load_settings(config)
     store = open_store(settings.store_root, endpoint_url=settings.store.endpoint_url)
     manifest = _separable_dataset(store, settings, per_split={"train": 384, "val": 64, "test": 128})
-    tracker = distributed.tracker_for(settings)
+    tracker = loop.tracker_for(settings)
 
     single = loop.train_challenger(store, settings, tracker, device="cpu")
     ddp = distributed.train_challenger_torchrun(
