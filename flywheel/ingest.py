@@ -124,7 +124,7 @@ def commit_batch(store: Store, plan: BatchPlan) -> dict:
         return store.read_json(key)
     manifest = {
         "batch_id": plan.batch_id,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),  # orders batches
         "clips": plan.clips,
         "duplicates": plan.duplicates,
     }

@@ -84,28 +84,29 @@ def test_forced_promotion_and_rollback(flywheel_home):
 
 def test_engine_labels_through_the_queue_only(flywheel_home):
     """Engine on: labels come from the Label Studio queue (simulated annotator) and the champion, never the clips."""
-    engine = {**TINY, "engine.enabled": True, "engine.simulated_annotator": True, "engine.label_budget": 10,
-              "engine.auto_threshold": 1.0}  # fmt: skip
+    # 40 of each batch's 48 frames go to humans; with 40 % of the clips in test, labeled test frames exist.
+    engine = {**TINY, "engine.enabled": True, "engine.simulated_annotator": True, "engine.label_budget": 40,
+              "engine.auto_threshold": 1.0, "dataset.split": {"train": 0.5, "val": 0.1, "test": 0.4}}  # fmt: skip
     settings = load_settings(**engine)
     store = open_store(settings.store_root)
     defs = build_definitions(settings, overrides=engine)
     with dg.instance_for_test() as instance:
         first = _ingest_new_batch(store, settings, instance, defs, seed=1)
         labels = store.read_parquet(loop.labels_key(first))
-        # no champion yet: only the 10 queued frames are labeled, by the (simulated) humans
-        assert labels.num_rows == 10 and set(labels.column("label_source").to_pylist()) == {"human"}
+        # no champion yet: only the 40 queued frames are labeled, by the (simulated) humans
+        assert labels.num_rows == 40 and set(labels.column("label_source").to_pylist()) == {"human"}
         assert store.exists(f"labeling/queue/{first}.json") and store.exists(f"labeling/done/{first}.json")
         assert defs.resolve_job_def("train_and_deploy").execute_in_process(instance=instance).success
         second = _ingest_new_batch(store, settings, instance, defs, seed=2)
         labels = store.read_parquet(loop.labels_key(second))
         sources = labels.column("label_source").to_pylist()
-        # the champion is never sure enough (threshold 1.0): 10 frames go to humans, the rest stay unlabeled,
+        # the champion is never sure enough (threshold 1.0): 40 frames go to humans, the rest stay unlabeled,
         # and the clips' ground truth does not fill the gap
-        assert sources == ["human"] * 10
+        assert sources == ["human"] * 40
         queue = store.read_json(f"labeling/queue/{second}.json")
         assert all(t["predictions"][0]["model_version"] == "v1" for t in queue)  # pre-filled by the champion
         check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
             [dg.AssetCheckKey(dg.AssetKey("labels"), "likely_label_errors")]
         )
         assert check  # the non-blocking label-error check ran
-    assert loop.human_labels_spent(store) == 20
+    assert loop.human_labels_spent(store) == 80
