@@ -1,6 +1,9 @@
+import io
+
 import cv2
 import numpy as np
 import pytest
+from mcap.writer import Writer
 
 from flywheel.clips import REASONS, ClipError, read_clip, write_clip
 from tests.conftest import CLASSES, jpeg, make_clip
@@ -65,44 +68,24 @@ BAD = {
     "no_camera": _no_camera,
     "bad_clip_id": lambda: make_clip("bad id with spaces"),
     "bad_clip_id-missing": lambda: make_clip(meta={"clip_id": None}),
-    "unsupported_schema": lambda: _other_schema(),
+    "unsupported_schema": lambda: _one_message_clip("foxglove.RawImage", "/camera/front", b"{}"),
     "undecodable_image": lambda: make_clip(image=jpeg()[:200]),
     "undecodable_image-garbage": lambda: make_clip(image=b"\xff\xd8 not really a jpeg"),
     "undecodable_image-format-lies": lambda: make_clip(image=jpeg(), fmt="png"),
     "image_too_large": lambda: make_clip(image=jpeg(h=64, w=64)),
     "unknown_label": lambda: make_clip(label="unicorn"),
-    "bad_ground_truth": lambda: _bad_truth(),
+    "bad_ground_truth": lambda: _one_message_clip("flywheel.GroundTruth", "/ground_truth", b"[1, 2]"),
 }
 
 
-def _other_schema() -> bytes:
-    import io
-
-    from mcap.writer import Writer
-
+def _one_message_clip(schema: str, topic: str, data: bytes) -> bytes:
+    """A clip with a single JSON message on `topic` (schema `schema`) and a valid clip record."""
     out = io.BytesIO()
     w = Writer(out)
     w.start()
-    sid = w.register_schema("foxglove.RawImage", "jsonschema", b"{}")
-    cid = w.register_channel("/camera/front", "json", sid)
-    w.add_message(cid, log_time=1, publish_time=1, data=b"{}")
-    w.add_metadata("clip", {"clip_id": "raw"})
-    w.finish()
-    return out.getvalue()
-
-
-def _bad_truth() -> bytes:
-    import io
-
-    from mcap.writer import Writer
-
-    out = io.BytesIO()
-    w = Writer(out)
-    w.start()
-    sid = w.register_schema("flywheel.GroundTruth", "jsonschema", b"{}")
-    cid = w.register_channel("/ground_truth", "json", sid)
-    w.add_message(cid, log_time=1, publish_time=1, data=b"[1, 2]")
-    w.add_metadata("clip", {"clip_id": "gt"})
+    cid = w.register_channel(topic, "json", w.register_schema(schema, "jsonschema", b"{}"))
+    w.add_message(cid, log_time=1, publish_time=1, data=data)
+    w.add_metadata("clip", {"clip_id": "one"})
     w.finish()
     return out.getvalue()
 
