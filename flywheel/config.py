@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 DEFAULT_CLASSES = ["clear_road", "vehicle", "pedestrian", "cyclist", "red_light", "obstacle"]
 CONDITIONS = ["day", "night", "rain", "fog"]
@@ -165,6 +165,7 @@ class Settings(_Section):
     train: TrainSettings = TrainSettings()
     gate: GateSettings = GateSettings()
     mlflow: MlflowSettings = MlflowSettings()
+    _home: Path = PrivateAttr(default_factory=lambda: flywheel_home())  # resolved once, when loaded
 
     @field_validator("classes")
     @classmethod
@@ -177,7 +178,8 @@ class Settings(_Section):
 
     @property
     def home(self) -> Path:
-        return flywheel_home()
+        """`$FLYWHEEL_HOME` as it was when these settings were loaded."""
+        return self._home
 
     @property
     def store_root(self) -> str:

@@ -247,6 +247,12 @@ class S3Store(Store):
         return self._fs, f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
 
 
+def store_for(settings) -> Store:
+    """The store of these settings (`flywheel.config.Settings`): the one way the flywheel opens its store."""
+    s = settings.store
+    return open_store(settings.store_root, endpoint_url=s.endpoint_url, region=s.region)
+
+
 def open_store(root: str, endpoint_url: str | None = None, region: str = "us-east-1") -> Store:
     """The store at `root`: `s3://bucket/prefix` or a local folder (created if missing)."""
     if root.startswith("s3://"):

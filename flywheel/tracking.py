@@ -110,6 +110,14 @@ class Tracker:
         return self.client.get_model_version(self.model_name, str(version)).run_id
 
 
+def tracker_for(settings) -> Tracker:
+    """The MLflow tracker of these settings (`flywheel.config.Settings`); a tracking server decides its
+    own artifact root, the embedded SQLite store keeps artifacts under $FLYWHEEL_HOME."""
+    m = settings.mlflow
+    return Tracker(settings.tracking_uri, experiment=m.experiment, model_name=m.model_name,
+                   artifact_root=None if m.tracking_uri else settings.home / "mlflow" / "artifacts")  # fmt: skip
+
+
 def code_version() -> str:
     """The git commit of the code (with `-dirty` if changed), else the package version."""
     root = Path(__file__).resolve().parent.parent
@@ -142,4 +150,4 @@ def _metric_key(k: str) -> str:
     return "".join(c if c.isalnum() or c in "_-. /:" else "_" for c in k)
 
 
-__all__ = ["Tracker", "CHALLENGER", "CHAMPION", "code_version", "mlflow"]
+__all__ = ["Tracker", "CHALLENGER", "CHAMPION", "code_version", "mlflow", "tracker_for"]

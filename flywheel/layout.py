@@ -1,0 +1,150 @@
+"""The store layout (DESIGN.md §2): every key the flywheel reads or writes is spelled here, and only here.
+
+    landing/<vehicle>/<date>/<clip>.mcap     clips as uploaded by the fleet
+    quarantine/<...>.mcap + .reason.json     rejected clips, each with its reason
+    batches/<id>.json, <id>.accepted.json    a fleet batch's clips; the clips its validation accepted
+    frames/batch=<id>/part-0.parquet         frames of one batch
+    labels/batch=<id>/part-0.parquet         labels of one batch
+    augmented/batch=<id>/part-0.parquet      labeled rows with their split + augmented copies
+    labeling/queue/<id>.json                 Label Studio import tasks for one batch
+    labeling/images/<id>/<frame>.<ext>       the images those tasks show
+    labeling/done/<name>.json                Label Studio exports dropped back by annotators
+    datasets/<name>/v<N>/manifest.json       a dataset version (written last) ...
+    datasets/<name>/v<N>/shards/batch=<id>/  ... and the shards it first wrote
+    datasets/<name>/golden/v<K>.json         golden test frames
+    evaluations/<model>/v<version>.json      challenger vs champion and the gate decision
+    deploy/<model>/<version>/model.onnx      a deployed model + manifest.json
+    deploy/<model>/current.json              the version the fleet runs
+    sim/state.json                           the fleet simulator's clock (demo and tests only)
+
+Names that become part of a key (dataset, model, version, batch ids) are checked here too.
+"""
+
+from __future__ import annotations
+
+import re
+
+LANDING = "landing/"
+QUARANTINE = "quarantine/"
+BATCHES = "batches/"
+LABELING_QUEUE = "labeling/queue/"
+LABELING_DONE = "labeling/done/"
+LABELING_IMAGES = "labeling/images/"
+SIM_STATE = "sim/state.json"
+REASON_SUFFIX = ".reason.json"
+
+NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def check_name(value: str, what: str) -> str:
+    """`value` if it can stand as one path segment of a key (dataset, model, version), else ValueError."""
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value) or value in (".", ".."):
+        raise ValueError(f"invalid {what} {value!r}: use 1-128 of [A-Za-z0-9._-], not '.' or '..'")
+    return value
+
+
+# ---------------------------------------------------------------- landing, quarantine, batches
+
+
+def landing_key(vehicle_id: str, day: str, clip_id: str) -> str:
+    return f"{LANDING}{vehicle_id}/{day}/{clip_id}.mcap"
+
+
+def quarantine_key(clip_key: str) -> str:
+    """Where a landing clip goes when it is rejected (same path below quarantine/)."""
+    return QUARANTINE + clip_key.removeprefix(LANDING)
+
+
+def reason_key(clip_key: str) -> str:
+    """The JSON reason beside a quarantined clip."""
+    return quarantine_key(clip_key) + REASON_SUFFIX
+
+
+def batch_key(batch_id: str) -> str:
+    return f"{BATCHES}{batch_id}.json"
+
+
+def accepted_key(batch_id: str) -> str:
+    return f"{BATCHES}{batch_id}.accepted.json"
+
+
+def is_batch_key(key: str) -> bool:
+    """`batches/<id>.json`, not the `.accepted.json` beside it."""
+    return key.startswith(BATCHES) and key.endswith(".json") and key.count(".") == 1
+
+
+# ---------------------------------------------------------------- per batch
+
+
+def frames_key(batch_id: str) -> str:
+    return f"frames/batch={batch_id}/part-0.parquet"
+
+
+def labels_key(batch_id: str) -> str:
+    return f"labels/batch={batch_id}/part-0.parquet"
+
+
+def augmented_key(batch_id: str) -> str:
+    return f"augmented/batch={batch_id}/part-0.parquet"
+
+
+# ---------------------------------------------------------------- the human queue
+
+
+def queue_key(batch_id: str) -> str:
+    return f"{LABELING_QUEUE}{batch_id}.json"
+
+
+def done_key(batch_id: str) -> str:
+    return f"{LABELING_DONE}{batch_id}.json"
+
+
+def labeling_image_key(batch_id: str, frame_id: str, extension: str) -> str:
+    return f"{LABELING_IMAGES}{batch_id}/{frame_id}.{extension}"
+
+
+# ---------------------------------------------------------------- datasets
+
+
+def versions_prefix(name: str) -> str:
+    """Prefix of every `datasets/<name>/v<N>/...` key."""
+    return f"datasets/{check_name(name, 'dataset name')}/v"
+
+
+def manifest_key(name: str, version: int) -> str:
+    return f"{versions_prefix(name)}{int(version)}/manifest.json"
+
+
+def shards_prefix(name: str, version: int, batch_id: str) -> str:
+    return f"{versions_prefix(name)}{int(version)}/shards/batch={batch_id}"
+
+
+def golden_prefix(name: str) -> str:
+    return f"datasets/{check_name(name, 'dataset name')}/golden/"
+
+
+def golden_key(name: str, version: int) -> str:
+    return f"{golden_prefix(name)}v{int(version)}.json"
+
+
+# ---------------------------------------------------------------- evaluation and deployment
+
+
+def evaluation_key(model_name: str, version: str) -> str:
+    return f"evaluations/{check_name(model_name, 'model name')}/v{check_name(str(version), 'version')}.json"
+
+
+def deploy_prefix(model_name: str, version: str) -> str:
+    return f"deploy/{check_name(model_name, 'model name')}/{check_name(str(version), 'version')}"
+
+
+def deploy_onnx_key(model_name: str, version: str) -> str:
+    return f"{deploy_prefix(model_name, version)}/model.onnx"
+
+
+def deploy_manifest_key(model_name: str, version: str) -> str:
+    return f"{deploy_prefix(model_name, version)}/manifest.json"
+
+
+def current_key(model_name: str) -> str:
+    return f"deploy/{check_name(model_name, 'model name')}/current.json"
