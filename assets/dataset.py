@@ -3,10 +3,10 @@
 import dagster as dg
 
 from assets.ingest import STORE_RETRY, frames
-from assets.partitions import fleet_batches
-from assets.resources import SettingsResource, StoreResource
 from assets.ui import counts_md, png_md, table_md
 from flywheel import loop
+from resources import SettingsResource, StoreResource
+from resources.partitions import fleet_batches
 
 LABEL_ERRORS = dg.AssetCheckSpec("likely_label_errors", asset="labels", blocking=False,
                                 description="Confident learning on the champion's out-of-sample probabilities")  # fmt: skip
@@ -16,9 +16,9 @@ LABEL_ERRORS = dg.AssetCheckSpec("likely_label_errors", asset="labels", blocking
           kinds={"parquet"}, check_specs=[LABEL_ERRORS])  # fmt: skip
 def labels(context: dg.AssetExecutionContext, settings: SettingsResource, store: StoreResource):
     """The label of each frame of a batch: human (Label Studio) > ground truth > auto, with confidence."""
-    s, st = settings.load(), store.open()
-    stats = loop.label_batch(st, s, context.partition_key)
-    found = loop.label_errors(st, s, context.partition_key)
+    st = store.open()
+    stats = loop.label_batch(st, settings.load(), context.partition_key)
+    found = stats["label_errors"]
     auto = stats.get("auto_accuracy") or {}
     yield dg.MaterializeResult(
         metadata={

@@ -5,10 +5,10 @@ from collections import Counter
 
 import dagster as dg
 
-from assets.partitions import fleet_batches
-from assets.resources import SettingsResource, StoreResource
 from assets.ui import counts_md, table_md
 from flywheel import ingest
+from resources import SettingsResource, StoreResource
+from resources.partitions import fleet_batches
 
 STORE_RETRY = dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL)
 

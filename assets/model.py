@@ -1,13 +1,12 @@
 """Model assets: train the challenger, evaluate it against the champion (gate), deploy the winner."""
 
 import dagster as dg
-import numpy as np
 
 from assets.dataset import training_dataset
-from assets.resources import ComputeResource, MlflowResource, SettingsResource, StoreResource
 from assets.ui import png_md, table_md
 from flywheel import loop, plots
 from flywheel.evaluate import compare, compare_markdown
+from resources import ComputeResource, MlflowResource, SettingsResource, StoreResource
 
 GATE = dg.AssetCheckSpec("gate", asset="evaluation", blocking=True,
                          description="Challenger beats the champion by the margin and regresses no slice")  # fmt: skip
@@ -38,10 +37,10 @@ def challenger(
 
 
 @dg.asset(group_name="model", deps=[challenger], check_specs=[GATE], kinds={"mlflow"})
-def evaluation(settings: SettingsResource, store: StoreResource, mlflow: MlflowResource):
+def evaluation(settings: SettingsResource, store: StoreResource, mlflow: MlflowResource, compute: ComputeResource):
     """Challenger and champion scored on the same frames (test split + golden set), and the gate."""
     s = settings.load()
-    out = loop.evaluate_challenger(store.open(), s, mlflow.tracker())
+    out = loop.evaluate_challenger(store.open(), s, mlflow.tracker(), device=compute.device)
     ch, gate = out["challenger"], out["gate"]
     slices = [{"slice": k, **{m: v.get(m) for m in ("n", "accuracy", "macro_f1")}} for k, v in ch["per_slice"].items()]
     yield dg.MaterializeResult(
@@ -54,7 +53,8 @@ def evaluation(settings: SettingsResource, store: StoreResource, mlflow: MlflowR
             "challenger_vs_champion": dg.MetadataValue.md(compare_markdown(compare(ch, out["champion"]))),
             "per_slice": table_md(slices),
             "robustness": table_md([{"corruption": k, **v} for k, v in ch.get("robustness", {}).items()]),
-            "confusion": png_md(plots.confusion_png(np.array(ch["confusion"]), s.classes), "confusion"),
+            "confusion": png_md(out["plots"]["confusion"], "confusion"),
+            "reliability": png_md(out["plots"]["reliability"], "reliability (calibration)"),
         }
     )
     yield dg.AssetCheckResult(

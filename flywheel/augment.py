@@ -29,24 +29,11 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
+from flywheel.model_input import resize_square  # noqa: E402
 from flywheel.schema import DATASET  # noqa: E402
 
 DEFAULT_PIPELINE = Path(__file__).with_name("augment_default.yaml")
 JPEG_QUALITY = 95  # augmented copies are re-encoded; 95 keeps artifacts below the noise we add
-
-
-def default_pipeline_compose() -> A.Compose:
-    """The built-in offline pipeline, as code (the source of `augment_default.yaml`)."""
-    return A.Compose([
-        A.HorizontalFlip(p=0.5),
-        A.Affine(scale=(0.9, 1.1), translate_percent=(-0.06, 0.06), rotate=(-8, 8),
-                 border_mode=cv2.BORDER_REFLECT, p=0.7),
-        A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.7),
-        A.HueSaturationValue(hue_shift_limit=8, sat_shift_limit=15, val_shift_limit=10, p=0.5),
-        A.GaussNoise(std_range=(0.02, 0.08), p=0.3),
-        A.GaussianBlur(blur_limit=(3, 5), p=0.2),
-        A.RandomRain(drop_length=8, blur_value=3, brightness_coefficient=0.9, p=0.1),
-    ])  # fmt: skip
 
 
 def load_pipeline(path: str | os.PathLike | None = None) -> A.Compose:
@@ -96,7 +83,6 @@ def oversample(
     max_copies: int = 4,
     seed: int = 0,
     pipeline: A.Compose | None = None,
-    name: str = "default",
 ) -> pa.Table:
     """Augmented copies (schema DATASET) of train originals of rare groups; other rows untouched.
 
@@ -132,7 +118,7 @@ def oversample(
         images.append(out[0])
         heights.append(out[1])
         widths.append(out[2])
-    tag = f"{name}@{seed}"
+    tag = f"{pipeline_id(pipeline)}@{seed}"  # which pipeline and seed made the copy
     columns = {n: src.column(n) for n in DATASET.names}
     columns["frame_id"] = pa.array([f"{f}#aug{k}" for f, k in zip(src.column("frame_id").to_pylist(), copy_k, strict=True)], pa.string())  # fmt: skip
     columns["image"] = pa.array(images, pa.binary())
@@ -226,17 +212,6 @@ def sample_grid_png(rows: pa.Table, n: int = 16, *, classes: Sequence[str] | Non
     if not ok:
         raise ValueError("the sample grid cannot be encoded as PNG")
     return png.tobytes()
-
-
-def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, 3) -> (size, size, 3), bilinear: the model's input geometry everywhere.
-
-    Bilinear, not INTER_AREA: 4x faster at non-integer ratios, and `reader.decode_image` first
-    lets libjpeg shrink by 2/4/8, so the remaining ratio is under 2 and aliasing stays small.
-    """
-    if rgb.shape[0] == size and rgb.shape[1] == size:
-        return rgb
-    return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
 @dataclass

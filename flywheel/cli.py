@@ -34,10 +34,9 @@ class Ctx:
         return Ctx(self.config, {**self.overrides, **more})
 
     def store(self):
-        from flywheel.store import open_store
+        from flywheel.store import store_for
 
-        s = self.settings.store
-        return open_store(self.settings.store_root, endpoint_url=s.endpoint_url, region=s.region)
+        return store_for(self.settings)
 
     def definitions(self):
         from flywheel.definitions import build_definitions
@@ -81,11 +80,11 @@ def main(ctx: click.Context, config: str | None):
 @click.pass_obj
 def simulate(obj: Ctx, clips: int, seed: int):
     """Simulate the fleet: write CLIPS MCAP clips to landing/."""
-    from flywheel.loop import fleet_upload_filter
+    from flywheel.engine.shadow import fleet_filter
     from flywheel.sim import simulate as run_sim
 
     store = obj.store()
-    shadow = fleet_upload_filter(store, obj.settings)
+    shadow = fleet_filter(store, obj.settings)
     keys = run_sim(store, obj.settings, clips=clips, seed=seed, upload_filter=shadow, progress=True)
     mode = "shadow mode: the deployed model picks low_confidence uploads" if shadow else "random uploads"
     click.echo(f"uploaded {len(keys)} clip(s) to {store.uri('landing/')} ({mode})")
@@ -112,7 +111,7 @@ def run_sensor_once(obj: Ctx) -> list[tuple[str, bool]]:
     """One tick of `fresh_fleet_data`, then each requested run executed in process."""
     import dagster as dg
 
-    from assets.partitions import fleet_batches
+    from resources.partitions import fleet_batches
 
     instance, defs = obj.instance(), obj.definitions()
     sensor = defs.resolve_sensor_def("fresh_fleet_data")
@@ -146,16 +145,22 @@ def iterate(obj: Ctx):
     click.echo(format_summary(summary))
 
 
-def run_iteration(obj: Ctx) -> dict:
-    """Ingest every pending clip, then run `train_and_deploy`; a failed gate is a normal outcome."""
+def run_iteration(obj: Ctx, *, annotate: bool = False) -> dict:
+    """Ingest every pending clip, then run `train_and_deploy`; a failed gate is a normal outcome.
+
+    `annotate`: the simulated labeling team answers the Label Studio queue before training (the demo).
+    """
     import dagster as dg
 
-    from flywheel import loop
+    from flywheel.report import iteration_summary
+    from flywheel.tracking import tracker_for
     from jobs import TRAINING_TAGS
 
     for batch_id, ok in run_sensor_once(obj.with_overrides(**{"sensor.min_clips": 1})):
         if not ok:
             raise click.ClickException(f"ingest of batch {batch_id} failed; see `flywheel ui` for its run")
+    if annotate:
+        answer_and_relabel(obj)
     instance, defs = obj.instance(), obj.definitions()
     busy = instance.get_run_ids(
         dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING], tags=TRAINING_TAGS)
@@ -175,8 +180,33 @@ def run_iteration(obj: Ctx) -> dict:
         if not (gate_failed and all("evaluation" in (e.step_key or "") for e in failed)):
             msg = "; ".join(f"{e.step_key}: {e.message}" for e in failed) or "see the run in the UI"
             raise click.ClickException(f"iteration run {result.run_id} failed: {msg}")
-    summary = loop.iteration_summary(obj.store(), obj.settings, loop.tracker_for(obj.settings))
+    summary = iteration_summary(obj.store(), obj.settings, tracker_for(obj.settings))
     return {**summary, "run_id": result.run_id}
+
+
+def answer_and_relabel(obj: Ctx) -> list[str]:
+    """The simulated labeling team answers the queue from outside, through labeling/ files, as people
+    would; each answered batch that no dataset version holds yet gets its `labels` and `augmented`
+    materialized again, so the answers count. Returns those batch ids."""
+    import dagster as dg
+
+    from flywheel.dataset import waiting_batches
+    from flywheel.sim.annotator import answer_queue
+
+    s, st = obj.settings, obj.store()
+    answered = answer_queue(st, classes=s.classes, error_rate=s.sim.annotator_error_rate,
+                            delay_batches=s.sim.annotator_delay_batches, seed=s.engine.seed)["answered_batches"]  # fmt: skip
+    _, waiting = waiting_batches(st, s.dataset.name)
+    relabel = [b for b in answered if b in waiting]
+    instance, job = obj.instance(), obj.definitions().resolve_job_def("ingest_batch")
+    for batch_id in relabel:
+        res = job.execute_in_process(
+            instance=instance, partition_key=batch_id, asset_selection=[dg.AssetKey("labels"), dg.AssetKey("augmented")],
+            tags={"flywheel/trigger": "labels-answered"}, run_config=QUIET_RUN, raise_on_error=False,
+        )  # fmt: skip
+        if not res.success:
+            raise click.ClickException(f"relabeling batch {batch_id} failed; see `flywheel ui` for run {res.run_id}")
+    return relabel
 
 
 def format_summary(s: dict) -> str:
@@ -196,11 +226,12 @@ def format_summary(s: dict) -> str:
 @click.pass_obj
 def rollback(obj: Ctx):
     """Move the champion (current.json and the MLflow alias) back to the previous one."""
-    from flywheel import loop
+    from flywheel import champion
     from flywheel.deploy import RollbackError
+    from flywheel.tracking import tracker_for
 
     try:
-        frm, to = loop.rollback_champion(obj.store(), obj.settings, loop.tracker_for(obj.settings))
+        frm, to = champion.rollback(obj.store(), obj.settings, tracker_for(obj.settings))
     except RollbackError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"rolled back: champion {frm} -> {to}")
@@ -211,17 +242,9 @@ def rollback(obj: Ctx):
 @click.pass_obj
 def status(obj: Ctx, as_json: bool):
     """Batches, frames, pending and quarantined clips (and the champion, once there is one)."""
-    from flywheel import dataset, loop
-    from flywheel.ingest import ingest_status
+    from flywheel.report import status as status_report
 
-    st = obj.store()
-    name = obj.settings.dataset.name
-    report = {
-        "store": obj.settings.store_root,
-        "champion": loop.champion_status(st, obj.settings),
-        "dataset_version": dataset.latest_version(st, name),
-        **ingest_status(st),
-    }
+    report = status_report(obj.store(), obj.settings)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -287,8 +310,8 @@ def ui(obj: Ctx, host: str, port: int):
 def demo(obj: Ctx, iterations: int, clips: int, label_budget: int, seed: int, engine: bool):
     """Turn the whole loop a few times while the fleet's conditions drift, and plot the result."""
     from flywheel import plots
+    from flywheel.engine.shadow import fleet_filter
     from flywheel.ingest import pending_clips
-    from flywheel.loop import fleet_upload_filter
 
     home = flywheel_home()
     if (home / "batches").exists() or pending_clips(obj.store()):
@@ -297,18 +320,17 @@ def demo(obj: Ctx, iterations: int, clips: int, label_budget: int, seed: int, en
     # Conditions drift from the start mix to the end mix over the demo's uploads.
     obj = obj.with_overrides(**{"sim.drift_clips": iterations * clips})
     if engine:
-        obj = obj.with_overrides(**{"engine.enabled": True, "engine.simulated_annotator": True,
-                                    "engine.label_budget": label_budget})  # fmt: skip
+        obj = obj.with_overrides(**{"engine.enabled": True, "engine.label_budget": label_budget})
     from flywheel.sim import simulate as run_sim
 
     click.echo(f"flywheel home: {home}")
     rows, spent = [], 0
     for i in range(1, iterations + 1):
-        shadow = fleet_upload_filter(obj.store(), obj.settings)
+        shadow = fleet_filter(obj.store(), obj.settings)
         how = "shadow mode picks low_confidence clips" if shadow else "random uploads"
         click.echo(f"\n== iteration {i}/{iterations}: the fleet records {clips} clips ({how})")
         keys = run_sim(obj.store(), obj.settings, clips=clips, seed=seed, upload_filter=shadow, progress=True)
-        summary = run_iteration(obj)
+        summary = run_iteration(obj, annotate=engine)
         summary["uploaded"], summary["labels_spent"] = len(keys), summary["human_labels"] - spent
         spent = summary["human_labels"]
         rows.append({"iteration": i, **summary})
@@ -327,111 +349,9 @@ def demo(obj: Ctx, iterations: int, clips: int, label_budget: int, seed: int, en
     click.echo(f"every run is in the Dagster UI: FLYWHEEL_HOME={home} flywheel ui  (then open http://127.0.0.1:3000)")
 
 
-@main.group()
-def bench():
-    """Benchmarks (figures and commands in BENCHMARKS.md)."""
+from benchmarks.cli import bench  # noqa: E402  (registered once main exists)
 
-
-@bench.command("ingest")
-@click.option("--clips", type=click.IntRange(min=1), default=200, show_default=True)
-@click.option("--workdir", type=click.Path(file_okay=False), default=None)
-@click.pass_obj
-def bench_ingest(obj: Ctx, clips: int, workdir: str | None):
-    """Frames/s and MB/s from landing MCAP to frames Parquet, beside the raw MCAP read rate."""
-    from flywheel.bench import bench_ingest as run
-
-    click.echo(json.dumps(run(obj.settings, clips=clips, workdir=workdir), indent=2))
-
-
-@bench.command("loader")
-@click.option("--frames", type=click.IntRange(min=64), default=2000, show_default=True)
-@click.option("--workdir", type=click.Path(file_okay=False), default=None)
-@click.pass_obj
-def bench_loader(obj: Ctx, frames: int, workdir: str | None):
-    """Images/s into uint8 tensors: shard reader vs ImageFolder-style files vs tar vs decode-only ceiling."""
-    import tempfile
-
-    from flywheel.bench_data import bench_loader as run
-
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        click.echo(json.dumps(run(tmp, frames=frames, image_size=obj.settings.image_size), indent=2))
-
-
-@bench.command("append")
-@click.option("--workdir", type=click.Path(file_okay=False), default=None)
-def bench_append(workdir: str | None):
-    """Time and bytes to add 10% new data as a dataset version, vs a full rebuild."""
-    import tempfile
-
-    from flywheel.bench_data import bench_append as run
-
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        click.echo(json.dumps(run(tmp), indent=2))
-
-
-@bench.command("engine")
-@click.option("--iterations", type=click.IntRange(min=1), default=5, show_default=True)
-@click.option("--clips", type=click.IntRange(min=1), default=24, show_default=True, help="Clips uploaded per iteration.")
-@click.option("--label-budget", type=click.IntRange(min=1), default=48, show_default=True)
-@click.option("--width", type=click.IntRange(min=4), default=8, show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--workdir", type=click.Path(file_okay=False), default=None)
-def bench_engine(iterations: int, clips: int, label_budget: int, width: int, epochs: int, seed: int, workdir: str | None):
-    """Engine (shadow mode + active selection + auto labels) vs random uploads and labels, same label budget."""
-    import tempfile
-
-    from flywheel.bench_engine import bench_engine as run
-
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        out = run(tmp, iterations=iterations, clips_per_iteration=clips, label_budget=label_budget, seed=seed,
-                  width=width, epochs=epochs)  # fmt: skip
-    click.echo(json.dumps(out, indent=2, default=str))
-
-
-@bench.command("cycle")
-@click.option("--clips", type=click.IntRange(min=1), default=60, show_default=True)
-@click.option("--iterations", type=click.IntRange(min=1), default=2, show_default=True)
-@click.pass_obj
-def bench_cycle(obj: Ctx, clips: int, iterations: int):
-    """Latency from landing to deployed, per stage, at demo size, in a fresh temporary FLYWHEEL_HOME."""
-    import tempfile
-    import time
-
-    from flywheel.sim import simulate as run_sim
-
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ["FLYWHEEL_HOME"] = tmp
-        os.environ.pop("DAGSTER_HOME", None)
-        fresh = Ctx(obj.config, {**obj.overrides, "store.root": tmp})
-        for i in range(iterations):
-            run_sim(fresh.store(), fresh.settings, clips=clips, seed=i)
-            t0 = time.perf_counter()
-            summary = run_iteration(fresh)
-            total = time.perf_counter() - t0
-            instance = fresh.instance()
-            ingest_runs = [r for r in instance.get_runs() if r.job_name == "ingest_batch"]
-            steps = {**_step_seconds(instance, ingest_runs[0].run_id), **_step_seconds(instance, summary["run_id"])}
-            train_s = steps.get("challenger", 0.0)
-            rows.append({"iteration": i + 1, "total_s": round(total, 2), "steps_s": steps,
-                         "outside_training_share": round(1 - train_s / total, 3),
-                         "gate_passed": summary["gate_passed"], "dataset_rows": summary["frames"]})  # fmt: skip
-    click.echo(json.dumps(rows, indent=2))
-
-
-def _step_seconds(instance, run_id: str) -> dict[str, float]:
-    """Wall seconds of each step of a run, from its STEP_START / STEP_SUCCESS|FAILURE events."""
-    start, out = {}, {}
-    for e in instance.all_logs(run_id):
-        ev = e.dagster_event
-        if ev is None or not ev.step_key:
-            continue
-        if ev.event_type_value == "STEP_START":
-            start[ev.step_key] = e.timestamp
-        elif ev.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE") and ev.step_key in start:
-            out[ev.step_key] = round(e.timestamp - start[ev.step_key], 2)
-    return out
+main.add_command(bench)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 import cv2
 import numpy as np
@@ -335,7 +335,3 @@ _FOXGLOVE_JSONSCHEMA = {
         "format": {"type": "string"},
     },
 }
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")

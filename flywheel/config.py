@@ -11,10 +11,19 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_CLASSES = ["clear_road", "vehicle", "pedestrian", "cyclist", "red_light", "obstacle"]
 CONDITIONS = ["day", "night", "rain", "fog"]
+IMAGE_SIZE = 64  # model input side, pixels
 
 
 class ConfigError(ValueError):
@@ -56,6 +65,9 @@ class SimSettings(_Section):
     conditions_end: dict[str, float] = {"day": 0.40, "night": 0.20, "rain": 0.20, "fog": 0.20}
     drift_clips: int = Field(600, ge=1)
     encodings: list[Literal["json", "protobuf", "cdr"]] = ["protobuf", "json", "cdr"]
+    # The simulated labeling team of the demo (flywheel/sim/annotator.py): wrong answers, lag in batches.
+    annotator_error_rate: float = Field(0.0, ge=0, le=1)
+    annotator_delay_batches: int = Field(0, ge=0)
 
     @field_validator("conditions_start", "conditions_end")
     @classmethod
@@ -103,14 +115,7 @@ class EngineSettings(_Section):
     label_budget: int = Field(64, ge=0)  # frames per fleet batch sent to humans
     strategy: Literal["uncertainty", "diversity", "balanced", "hybrid", "random"] = "hybrid"
     image_url_prefix: str | None = None  # how annotators reach queued images; None: store URIs
-    simulated_annotator: bool = False  # the demo's annotator answers the queue from ground truth
-    annotator_error_rate: float = Field(0.0, ge=0, le=1)
-    annotator_delay_batches: int = Field(0, ge=0)
     seed: int = 0
-
-
-class LabelSettings(_Section):
-    auto_threshold: float = Field(0.9, ge=0, le=1)  # auto labels at or above this confidence
 
 
 class TrainSettings(_Section):
@@ -154,13 +159,12 @@ class MlflowSettings(_Section):
 class Settings(_Section):
     store: StoreSettings = StoreSettings()
     classes: list[str] = DEFAULT_CLASSES
-    image_size: int = Field(64, ge=8, le=1024)
+    image_size: int = Field(IMAGE_SIZE, ge=8, le=1024)
     sensor: SensorSettings = SensorSettings()
     ingest: IngestSettings = IngestSettings()
     sim: SimSettings = SimSettings()
     dataset: DatasetSettings = DatasetSettings()
     augment: AugmentSettings = AugmentSettings()
-    labels: LabelSettings = LabelSettings()
     engine: EngineSettings = EngineSettings()
     train: TrainSettings = TrainSettings()
     gate: GateSettings = GateSettings()

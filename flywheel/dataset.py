@@ -1,9 +1,9 @@
 """Versioned, sharded Parquet datasets (DESIGN.md §3).
 
-Layout under the store:
+Layout under the store (keys in flywheel/layout.py):
     datasets/<name>/v<N>/manifest.json                       the version; written last
     datasets/<name>/v<N>/shards/batch=<id>/<split>-<k>.parquet   shards first written by v<N>
-    datasets/<name>/golden/v<K>.json                           frozen golden test frames
+The golden set beside the versions is flywheel/evalset.py's.
 
 A version is immutable. v<N+1> lists every shard of v<N> (same paths, bytes untouched) plus
 shards for the fleet batches it adds. Shards become part of a version only when its manifest
@@ -14,20 +14,22 @@ rewrites the orphan shards of v<N+1> from scratch.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from flywheel import layout
+from flywheel.ingest import list_batches
 from flywheel.schema import DATASET
-from flywheel.store import Store, check_key
+from flywheel.store import Store
 
 SPLITS = ("train", "val", "test")  # fixed order: the hash interval of each split
 FORMAT = 1  # manifest format version
@@ -74,10 +76,9 @@ def to_dataset_rows(frames: pa.Table, labels: pa.Table, classes: Sequence[str],
 
 def latest_version(store: Store, name: str) -> int | None:
     """The highest N with a committed `datasets/<name>/v<N>/manifest.json`, or None."""
-    pattern = re.compile(rf"^datasets/{re.escape(name)}/v(\d+)/manifest\.json$")
-    versions = [
-        int(m.group(1)) for o in store.list(f"datasets/{name}/v") if (m := pattern.match(o.key))
-    ]
+    prefix = layout.versions_prefix(name)
+    pattern = re.compile(rf"^{re.escape(prefix)}(\d+)/manifest\.json$")
+    versions = [int(m.group(1)) for o in store.list(prefix) if (m := pattern.match(o.key))]
     return max(versions, default=None)
 
 
@@ -86,10 +87,8 @@ def load_manifest(store: Store, name: str, version: int | None = None) -> dict:
     if version is None:
         version = latest_version(store, name)
         if version is None:
-            raise FileNotFoundError(
-                f"dataset {name!r} has no version in {store.uri(f'datasets/{name}')}"
-            )
-    return store.read_json(_manifest_key(name, version))
+            raise FileNotFoundError(f"dataset {name!r} has no version under {store.uri(layout.versions_prefix(name))}")
+    return store.read_json(layout.manifest_key(name, version))
 
 
 def append_version(
@@ -107,7 +106,7 @@ def append_version(
     Batches already in v<N> are skipped (a version is immutable). With nothing new, no version
     is written and v<N>'s manifest is returned.
     """
-    check_key(f"datasets/{name}/x")
+    layout.check_name(name, "dataset name")
     if shard_mb <= 0 or row_group_rows < 1:
         raise ValueError(
             f"shard_mb must be > 0 and row_group_rows >= 1, got {shard_mb}, {row_group_rows}"
@@ -131,7 +130,7 @@ def append_version(
     for batch_id in new:
         rows = _checked_rows(batches[batch_id], batch_id, len(classes))
         shards += _write_batch_shards(
-            store, rows, prefix=f"datasets/{name}/v{version}/shards/batch={batch_id}",
+            store, rows, prefix=layout.shards_prefix(name, version, batch_id),
             batch_id=batch_id, classes=classes, shard_bytes=int(shard_mb * MiB),
             row_group_rows=row_group_rows,
         )  # fmt: skip
@@ -150,7 +149,7 @@ def append_version(
         "new_batches": new,
         "new_bytes": sum(s["bytes"] for s in shards if s["batch"] in new),
     }
-    _write_manifest(store, _manifest_key(name, version), manifest)
+    store.write_json(layout.manifest_key(name, version), manifest)  # atomic, last: the version appears whole
     return manifest
 
 
@@ -159,71 +158,24 @@ def verify_shards(store: Store, manifest: dict) -> list[str]:
     return [s["path"] for s in manifest["shards"] if _sha256(store, s["path"]) != s["sha256"]]
 
 
+def manifest_sha256(manifest: dict) -> str:
+    """A stable hash of a manifest: what a model was trained on, in MLflow and the deploy manifest."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
+def waiting_batches(store: Store, name: str) -> tuple[int, list[str]]:
+    """(labeled original frames, batch ids), oldest first, of batches whose augmented rows are written
+    and that the latest version of dataset `name` does not include yet."""
+    included = set(load_manifest(store, name)["batches"]) if latest_version(store, name) else set()
+    ready = [m["batch_id"] for m in list_batches(store) if store.exists(layout.augmented_key(m["batch_id"]))]
+    waiting = [b for b in ready if b not in included]
+    frames = sum(store.parquet_file(layout.labels_key(b)).metadata.num_rows for b in waiting
+                 if store.exists(layout.labels_key(b)))  # fmt: skip
+    return frames, waiting
+
+
 def shard_keys(manifest: dict, split: str | None = None) -> list[str]:
     return [s["path"] for s in manifest["shards"] if split is None or s["split"] == split]
-
-
-def freeze_golden(store: Store, name: str, manifest: dict, size: int, seed: int, *,
-                  refreeze: bool = False) -> dict:  # fmt: skip
-    """The frozen golden set: the latest `golden/v<K>.json`, or a new one drawn from the test split.
-
-    Drawn once (human- or ground-truth-labeled originals of the test split, `size` frames by
-    `seed`) and then kept for every
-    later dataset version, so scores stay comparable; `refreeze=True` draws v<K+1>.
-    """
-    if size < 0:
-        raise ValueError(f"golden size must be >= 0, got {size}")
-    current = latest_golden_version(store, name)
-    if current is not None and not refreeze:
-        return load_golden(store, name, current)
-    keys = shard_keys(manifest, "test")
-    candidates: list[str] = []
-    if keys:
-        t = store.read_parquet(keys, columns=["frame_id", "augmentation", "label_source"])
-        originals = pc.equal(t.column("augmentation"), "")
-        by_people = pc.not_equal(t.column("label_source"), "auto")  # auto labels are a model's guesses
-        candidates = sorted(t.filter(pc.and_(originals, by_people)).column("frame_id").to_pylist())
-    rng = np.random.default_rng(seed)
-    picked = (
-        sorted(rng.choice(candidates, size=min(size, len(candidates)), replace=False).tolist())
-        if candidates
-        else []
-    )
-    golden = {
-        "version": (current or 0) + 1,
-        "dataset_version": manifest["version"],
-        "size": len(picked),
-        "seed": seed,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "frame_ids": picked,
-    }
-    store.write_json(f"datasets/{name}/golden/v{golden['version']}.json", golden)
-    return golden
-
-
-def latest_golden_version(store: Store, name: str) -> int | None:
-    pattern = re.compile(rf"^datasets/{re.escape(name)}/golden/v(\d+)\.json$")
-    versions = [
-        int(m.group(1))
-        for o in store.list(f"datasets/{name}/golden/")
-        if (m := pattern.match(o.key))
-    ]
-    return max(versions, default=None)
-
-
-def load_golden(store: Store, name: str, version: int | None = None) -> dict:
-    version = latest_golden_version(store, name) if version is None else version
-    if version is None:
-        raise FileNotFoundError(f"dataset {name!r} has no golden set yet")
-    return store.read_json(f"datasets/{name}/golden/v{version}.json")
-
-
-def _manifest_key(name: str, version: int) -> str:
-    return f"datasets/{name}/v{version}/manifest.json"
-
-
-def _write_manifest(store: Store, key: str, manifest: dict) -> None:
-    store.write_json(key, manifest)  # atomic: the version appears whole or not at all
 
 
 def _check_shares(shares: Mapping[str, float]) -> None:

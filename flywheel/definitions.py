@@ -15,8 +15,8 @@ def build_definitions(
     settings: Settings | None = None, *, config_path: str | None = None, overrides: dict | None = None
 ) -> dg.Definitions:
     from assets import dataset, ingest, model
-    from assets.resources import resources_for
     from jobs import ingest_batch, nightly_schedule, train_and_deploy
+    from resources import resources_for
     from sensors.fresh_data import fresh_fleet_data
     from sensors.training import report_failed_runs, train_after_ingest
 
@@ -27,7 +27,7 @@ def build_definitions(
         jobs=[ingest_batch, train_and_deploy],
         schedules=[nightly_schedule(settings.sensor.nightly_cron)],
         sensors=[fresh_fleet_data, train_after_ingest, report_failed_runs],
-        resources=resources_for(settings, config_path, overrides),
+        resources=resources_for(config_path, overrides),
     )
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import re
 import warnings
 from datetime import UTC, datetime
 
@@ -23,11 +22,10 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from flywheel import layout
+from flywheel.model_input import INPUT_NAME, input_spec
+from flywheel.predict import EMBEDDING_NAME, OUTPUT_NAME
 from flywheel.store import Store
-
-INPUT_NAME = "image"
-OUTPUT_NAME = "logits"
-NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 class ParityError(RuntimeError):
@@ -71,7 +69,7 @@ def export_onnx(model: torch.nn.Module, *, image_size: int, opset: int = 17) -> 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             embeds = hasattr(model, "embed") and hasattr(model, "head")
-            outputs = [OUTPUT_NAME, "embedding"] if embeds else [OUTPUT_NAME]
+            outputs = [OUTPUT_NAME, EMBEDDING_NAME] if embeds else [OUTPUT_NAME]
             torch.onnx.export(
                 _WithEmbedding(model) if embeds else model, (dummy,), buf, dynamo=False,
                 opset_version=opset, input_names=[INPUT_NAME], output_names=outputs,
@@ -128,7 +126,7 @@ def session(onnx_bytes: bytes) -> ort.InferenceSession:
     return ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
 
 
-def input_spec(onnx_bytes: bytes) -> tuple[dict, dict]:
+def graph_spec(onnx_bytes: bytes) -> tuple[dict, dict]:
     """The graph's input and output as `{name, dtype, shape}` (symbolic dims as strings)."""
     graph = onnx.load_from_string(onnx_bytes).graph
 
@@ -143,14 +141,6 @@ def input_spec(onnx_bytes: bytes) -> tuple[dict, dict]:
 
 # ---------------------------------------------------------------------------------------------
 # Publish, read back, roll back
-
-
-def version_prefix(model_name: str, version: str) -> str:
-    return f"deploy/{_name(model_name, 'model_name')}/{_name(version, 'version')}"
-
-
-def current_key(model_name: str) -> str:
-    return f"deploy/{_name(model_name, 'model_name')}/current.json"
 
 
 def deploy(
@@ -175,9 +165,8 @@ def deploy(
     bytes under an existing version are refused.
     """
     version = str(version)
-    prefix = version_prefix(model_name, version)
     sha = hashlib.sha256(onnx_bytes).hexdigest()
-    inp, out = _check_graph(onnx_bytes, classes=classes, image_size=image_size)
+    _, out = _check_graph(onnx_bytes, classes=classes, image_size=image_size)
     missing = {"name", "version", "manifest_sha256"} - set(dataset)
     if missing:
         raise ValueError(f"dataset is missing {sorted(missing)}; got keys {sorted(dataset)}")
@@ -185,11 +174,12 @@ def deploy(
         raise ValueError(f"forced_by needs 'who' and 'why', got keys {sorted(forced_by)}")
 
     cur = current(store, model_name)
-    if store.exists(f"{prefix}/manifest.json"):
-        manifest = store.read_json(f"{prefix}/manifest.json")
+    manifest_key = layout.deploy_manifest_key(model_name, version)
+    if store.exists(manifest_key):
+        manifest = store.read_json(manifest_key)
         if manifest["onnx"]["sha256"] != sha:
             raise ValueError(
-                f"{store.uri(prefix)} already holds a different model (sha256 "
+                f"{store.uri(layout.deploy_prefix(model_name, version))} already holds a different model (sha256 "
                 f"{manifest['onnx']['sha256'][:12]}); deployed versions are immutable"
             )
     else:
@@ -197,8 +187,8 @@ def deploy(
             "format": 1,
             "model_name": model_name,
             "version": version,
-            "onnx": {"key": f"{prefix}/model.onnx", "sha256": sha, "bytes": len(onnx_bytes)},
-            "input": {**inp, "layout": "NCHW", "color": "RGB", "range": [0, 255]},
+            "onnx": {"key": layout.deploy_onnx_key(model_name, version), "sha256": sha, "bytes": len(onnx_bytes)},
+            "input": input_spec(image_size),  # checked against the graph above
             "output": out,
             "classes": list(classes),
             "image_size": image_size,
@@ -210,8 +200,8 @@ def deploy(
             "deployed_at": _now(),
             "previous_version": cur["version"] if cur else None,
         }
-        store.write_bytes(f"{prefix}/model.onnx", onnx_bytes)
-        store.write_json(f"{prefix}/manifest.json", manifest)  # after the ONNX it vouches for
+        store.write_bytes(layout.deploy_onnx_key(model_name, version), onnx_bytes)
+        store.write_json(manifest_key, manifest)  # after the ONNX it vouches for
     if cur is None or cur["version"] != version:
         history = (cur["history"] + [cur["version"]]) if cur else []
         _write_current(store, model_name, version, sha, history=history, event="deploy")
@@ -220,7 +210,7 @@ def deploy(
 
 def current(store: Store, model_name: str) -> dict | None:
     """The content of `deploy/<model>/current.json`, or None if nothing was ever deployed."""
-    key = current_key(model_name)
+    key = layout.current_key(model_name)
     return store.read_json(key) if store.exists(key) else None
 
 
@@ -229,14 +219,14 @@ def rollback(store: Store, model_name: str) -> tuple[str, str]:
     cur = current(store, model_name)
     if cur is None:
         raise RollbackError(
-            f"nothing is deployed for model {model_name!r}: no {current_key(model_name)}"
+            f"nothing is deployed for model {model_name!r}: no {layout.current_key(model_name)}"
         )
     if not cur["history"]:
         raise RollbackError(
             f"model {model_name!r} version {cur['version']} has no previous champion to roll back to"
         )
     to = cur["history"][-1]
-    manifest_key = f"{version_prefix(model_name, to)}/manifest.json"
+    manifest_key = layout.deploy_manifest_key(model_name, to)
     if not store.exists(manifest_key):
         raise RollbackError(
             f"cannot roll back to version {to}: {store.uri(manifest_key)} is missing"
@@ -252,10 +242,9 @@ def load_deployed(store: Store, model_name: str) -> tuple[ort.InferenceSession, 
     cur = current(store, model_name)
     if cur is None:
         raise FileNotFoundError(
-            f"nothing is deployed for model {model_name!r}: no {current_key(model_name)}"
+            f"nothing is deployed for model {model_name!r}: no {layout.current_key(model_name)}"
         )
-    prefix = version_prefix(model_name, cur["version"])
-    manifest = store.read_json(f"{prefix}/manifest.json")
+    manifest = store.read_json(layout.deploy_manifest_key(model_name, cur["version"]))
     data = store.read_bytes(manifest["onnx"]["key"])
     if hashlib.sha256(data).hexdigest() != manifest["onnx"]["sha256"]:
         raise ValueError(
@@ -266,10 +255,10 @@ def load_deployed(store: Store, model_name: str) -> tuple[ort.InferenceSession, 
 
 def _write_current(store: Store, model_name: str, version: str, sha: str, *, history: list[str],
                    event: str, rolled_back_from: str | None = None) -> None:  # fmt: skip
-    store.write_json(current_key(model_name), {
+    store.write_json(layout.current_key(model_name), {
         "model_name": model_name,
         "version": version,
-        "manifest": f"{version_prefix(model_name, version)}/manifest.json",
+        "manifest": layout.deploy_manifest_key(model_name, version),
         "onnx_sha256": sha,
         "history": history,  # previous champions, oldest first
         "event": event,
@@ -279,7 +268,7 @@ def _write_current(store: Store, model_name: str, version: str, sha: str, *, his
 
 
 def _check_graph(onnx_bytes: bytes, *, classes: list[str], image_size: int) -> tuple[dict, dict]:
-    inp, out = input_spec(onnx_bytes)
+    inp, out = graph_spec(onnx_bytes)
     want_in = {"name": INPUT_NAME, "dtype": "uint8", "shape": [3, image_size, image_size]}
     got_in = {"name": inp["name"], "dtype": inp["dtype"], "shape": inp["shape"][1:]}
     if got_in != want_in:
@@ -289,14 +278,6 @@ def _check_graph(onnx_bytes: bytes, *, classes: list[str], image_size: int) -> t
             f"onnx_bytes output is {out}, expected {OUTPUT_NAME!r} with {len(classes)} classes"
         )
     return inp, out
-
-
-def _name(value: str, what: str) -> str:
-    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
-        raise ValueError(f"invalid {what} {value!r}: use 1-128 of [A-Za-z0-9._-]")
-    if value in (".", ".."):
-        raise ValueError(f"invalid {what} {value!r}")
-    return value
 
 
 def _now() -> str:

@@ -23,7 +23,8 @@ import yaml
 
 from flywheel import loop
 from flywheel.config import Settings, load_settings, quiet_telemetry
-from flywheel.store import open_store
+from flywheel.store import store_for
+from flywheel.tracking import tracker_for
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -48,11 +49,8 @@ def rank_from_env() -> tuple[int, int]:
 def train_rank(settings: Settings, *, device: str | None = None) -> dict:
     """This process's share of a DDP training run; rank 0's return value describes the model."""
     rank, world = rank_from_env()
-    store = open_store(
-        settings.store_root, endpoint_url=settings.store.endpoint_url, region=settings.store.region
-    )
     return loop.train_challenger(
-        store, settings, loop.tracker_for(settings), device=device, rank=rank, world_size=world
+        store_for(settings), settings, tracker_for(settings), device=device, rank=rank, world_size=world
     )
 
 

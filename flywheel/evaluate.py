@@ -24,44 +24,13 @@ import re
 import numpy as np
 import torch
 
+from flywheel.model_input import check_input
+from flywheel.predict import predict
+
 ECE_BINS = 15
 CORRUPTIONS = ("gauss_noise", "motion_blur", "fog", "rain")
 # Corruption -> most frames it is applied to: RandomFog costs ~6.5 ms per 64x64 frame, ~50x the others.
 SLOW_CORRUPTIONS = {"fog": 256}
-
-
-# ---------------------------------------------------------------------------------------------
-# Predictions
-
-
-def predict_probs(
-    model: torch.nn.Module, images: np.ndarray, *, batch_size: int = 256, device: str = "cpu"
-) -> np.ndarray:
-    """Softmax probabilities (N, C) float32 for uint8 images (N, 3, S, S), in eval mode."""
-    _check_images(images)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    was_training = model.training
-    model.eval().to(device)
-    out = []
-    try:
-        with torch.inference_mode():
-            for i in range(0, len(images), batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(device)
-                out.append(torch.softmax(model(x).float(), dim=1).cpu().numpy())  # (b, C)
-    finally:
-        model.train(was_training)
-    if not out:
-        raise ValueError("images is empty: nothing to predict")
-    return np.concatenate(out)
-
-
-def _check_images(images: np.ndarray) -> None:
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
-        raise ValueError(f"images must be a uint8 numpy array, got {type(images).__name__} "
-                         f"{getattr(images, 'dtype', '')}")  # fmt: skip
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must have shape (N, 3, S, S), got {images.shape}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,17 +224,17 @@ def robustness(
     """
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
-    _check_images(images)
+    check_input(images)
     labels = np.asarray(labels, dtype=np.int64)
     if clean_probs is None:
-        clean_probs = predict_probs(model, images, batch_size=batch_size, device=device)
+        clean_probs = predict(model, images, batch_size=batch_size, device=device).probs
     num_classes = clean_probs.shape[1]
     out = {}
     for k, name in enumerate(corruptions):
         caps = [c for c in (max_frames, SLOW_CORRUPTIONS.get(name)) if c is not None]
         idx = _subsample(len(images), min(caps, default=None), seed + k)
         noisy = corrupt(images[idx], name, seed=seed + k)
-        preds = predict_probs(model, noisy, batch_size=batch_size, device=device).argmax(axis=1)
+        preds = predict(model, noisy, batch_size=batch_size, device=device).probs.argmax(axis=1)
         cm = confusion_matrix(preds, labels[idx], num_classes)
         clean = confusion_matrix(clean_probs[idx].argmax(axis=1), labels[idx], num_classes)
         out[name] = {
@@ -313,7 +282,7 @@ def evaluate_model(
     Pass `probs` if they were already computed (e.g. for a reliability plot).
     """
     if probs is None:
-        probs = predict_probs(model, images, batch_size=batch_size, device=device)
+        probs = predict(model, images, batch_size=batch_size, device=device).probs
     if len(probs) != len(images):
         raise ValueError(f"probs has {len(probs)} rows for {len(images)} images")
     labels = np.asarray(labels)

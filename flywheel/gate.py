@@ -89,6 +89,13 @@ def decide(challenger: dict, champion: dict | None, settings: GateSettings) -> G
     return GateDecision(passed, False, reason, primary, regressions, details)
 
 
+def forced_by(settings: GateSettings) -> dict:
+    """Who forced a promotion and why, from `gate.force_reason` ("alice: hotfix ..." names alice)."""
+    reason = settings.force_reason or ""
+    who, sep, _ = reason.partition(":")
+    return {"who": who.strip() if sep else "config", "why": settings.force_reason}
+
+
 def slice_regressions(
     challenger: dict, champion: dict, settings: GateSettings
 ) -> tuple[tuple[SliceRegression, ...], list[str]]:

@@ -20,32 +20,16 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from flywheel import schema
+from flywheel import layout, schema
 from flywheel.clips import ClipError, read_clip
 from flywheel.config import Settings
 from flywheel.store import ObjectInfo, Store
-
-LANDING = "landing/"
-QUARANTINE = "quarantine/"
-BATCHES = "batches/"
-
-
-def frames_key(batch_id: str) -> str:
-    return f"frames/batch={batch_id}/part-0.parquet"
-
-
-def batch_key(batch_id: str) -> str:
-    return f"{BATCHES}{batch_id}.json"
-
-
-def accepted_key(batch_id: str) -> str:
-    return f"{BATCHES}{batch_id}.accepted.json"
 
 
 def is_clip_key(key: str) -> bool:
     """Only `*.mcap` names are clips; partial uploads and hidden files are not."""
     name = key.rsplit("/", 1)[-1]
-    return key.startswith(LANDING) and name.endswith(".mcap") and not any(
+    return key.startswith(layout.LANDING) and name.endswith(".mcap") and not any(
         part.startswith(".") for part in key.split("/")
     )
 
@@ -59,11 +43,7 @@ def sha256(data: bytes) -> str:
 
 def list_batches(store: Store) -> list[dict]:
     """Every committed batch manifest, oldest first."""
-    manifests = [
-        store.read_json(o.key)
-        for o in store.list(BATCHES)
-        if o.key.endswith(".json") and o.key.count(".") == 1
-    ]
+    manifests = [store.read_json(o.key) for o in store.list(layout.BATCHES) if layout.is_batch_key(o.key)]
     return sorted(manifests, key=lambda m: (m["created_at"], m["batch_id"]))
 
 
@@ -81,7 +61,7 @@ def pending_clips(store: Store, claimed_keys: set[str] | None = None) -> list[Ob
     """Clips in landing that no batch holds yet, oldest first."""
     if claimed_keys is None:
         claimed_keys, _ = claimed(store)
-    fresh = [o for o in store.list(LANDING) if is_clip_key(o.key) and o.key not in claimed_keys]
+    fresh = [o for o in store.list(layout.LANDING) if is_clip_key(o.key) and o.key not in claimed_keys]
     return sorted(fresh, key=lambda o: (o.mtime, o.key))
 
 
@@ -119,7 +99,7 @@ def plan_batch(store: Store, *, min_clips: int, max_clips: int) -> BatchPlan | N
 
 def commit_batch(store: Store, plan: BatchPlan) -> dict:
     """Write `batches/<id>.json` (idempotent: an existing manifest of the same id is kept)."""
-    key = batch_key(plan.batch_id)
+    key = layout.batch_key(plan.batch_id)
     if store.exists(key):
         return store.read_json(key)
     manifest = {
@@ -137,9 +117,9 @@ def commit_batch(store: Store, plan: BatchPlan) -> dict:
 
 def quarantine(store: Store, key: str, *, reason: str, detail: str, batch_id: str, digest: str) -> str:
     """Move a landing clip to quarantine/ with `<clip>.reason.json` beside it; returns its new key."""
-    target = QUARANTINE + key[len(LANDING) :] if key.startswith(LANDING) else QUARANTINE + key
+    target = layout.quarantine_key(key)
     store.write_json(
-        target + ".reason.json",
+        layout.reason_key(key),
         {
             "key": key, "quarantined_as": target, "reason": reason, "detail": detail,
             "batch_id": batch_id, "sha256": digest,
@@ -152,13 +132,12 @@ def quarantine(store: Store, key: str, *, reason: str, detail: str, batch_id: st
 
 def validate_batch(store: Store, batch_id: str, settings: Settings) -> dict:
     """Read and check every clip of a batch; quarantine the bad ones; commit the accepted list."""
-    manifest = store.read_json(batch_key(batch_id))
+    manifest = store.read_json(layout.batch_key(batch_id))
 
     def check(clip: dict):  # runs on a worker thread: reads and parses, no side effects
         key = clip["key"]
-        qkey = QUARANTINE + key[len(LANDING) :]
-        if not store.exists(key) and store.exists(qkey + ".reason.json"):
-            return "done", store.read_json(qkey + ".reason.json"), 0  # quarantined by an earlier attempt
+        if not store.exists(key) and store.exists(layout.reason_key(key)):
+            return "done", store.read_json(layout.reason_key(key)), 0  # quarantined by an earlier attempt
         data = store.read_bytes(key)
         try:
             parsed = read_clip(data, classes=settings.classes, max_pixels=settings.ingest.max_pixels)
@@ -194,7 +173,7 @@ def validate_batch(store: Store, batch_id: str, settings: Settings) -> dict:
         "bytes": nbytes,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    store.write_json(accepted_key(batch_id), report)
+    store.write_json(layout.accepted_key(batch_id), report)
     return report
 
 
@@ -211,7 +190,7 @@ def _map(fn, items: list, settings: Settings):
 
 def frames_table(store: Store, batch_id: str, settings: Settings) -> pa.Table:
     """The frames of a batch's accepted clips as one Arrow table (schema.FRAMES)."""
-    report = store.read_json(accepted_key(batch_id))
+    report = store.read_json(layout.accepted_key(batch_id))
     cols: dict[str, list] = {name: [] for name in schema.FRAMES.names}
 
     def parse(clip: dict):
@@ -249,7 +228,7 @@ def write_frames(store: Store, batch_id: str, settings: Settings) -> dict:
     started = time.perf_counter()
     table = frames_table(store, batch_id, settings)
     nbytes = store.write_parquet(
-        frames_key(batch_id),
+        layout.frames_key(batch_id),
         table,
         row_group_size=1024,
         compression="zstd",
@@ -258,7 +237,7 @@ def write_frames(store: Store, batch_id: str, settings: Settings) -> dict:
     )
     return summarize_frames(table) | {
         "batch_id": batch_id,
-        "key": frames_key(batch_id),
+        "key": layout.frames_key(batch_id),
         "bytes": nbytes,
         "seconds": round(time.perf_counter() - started, 3),
     }
@@ -276,30 +255,4 @@ def summarize_frames(table: pa.Table) -> dict:
         "per_condition": counts("condition"),
         "per_trigger": counts("trigger"),
         "per_vehicle": counts("vehicle_id"),
-    }
-
-
-# ---------------------------------------------------------------- reporting
-
-
-def quarantined(store: Store) -> list[dict]:
-    """Every quarantined clip with its reason."""
-    return [store.read_json(o.key) for o in store.list(QUARANTINE) if o.key.endswith(".reason.json")]
-
-
-def ingest_status(store: Store) -> dict:
-    batches = list_batches(store)
-    out = []
-    for m in batches:
-        row = {"batch_id": m["batch_id"], "clips": len(m["clips"]), "created_at": m["created_at"]}
-        if store.exists(frames_key(m["batch_id"])):
-            row["frames"] = store.parquet_file(frames_key(m["batch_id"])).metadata.num_rows
-        out.append(row)
-    q = quarantined(store)
-    return {
-        "batches": out,
-        "frames": sum(b.get("frames", 0) for b in out),
-        "pending_clips": len(pending_clips(store)),
-        "quarantined": len(q),
-        "quarantine": [{k: r.get(k) for k in ("key", "reason", "detail", "batch_id")} for r in q],
     }

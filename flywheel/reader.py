@@ -20,12 +20,12 @@ import hashlib
 import math
 from collections.abc import Iterator, Sequence
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from flywheel.augment import OnlineTransform, online_transform
+from flywheel.augment import online_transform
+from flywheel.model_input import decode_image
 from flywheel.store import Store
 
 META = ("frame_id", "trigger", "condition", "camera", "clip_id", "label_source")
@@ -168,25 +168,6 @@ class ShardReader(IterableDataset):
         self.epoch = int(state["epoch"])
         self._resume = (self.epoch, int(state["consumed"]))
         self._taken = 0
-
-
-def decode_image(data: bytes, size: int, *, transform: OnlineTransform | None = None,
-                 height: int = 0, width: int = 0, where: str = "image") -> np.ndarray:  # fmt: skip
-    """Encoded bytes -> RGB uint8 (3, size, size); JPEGs much larger than `size` decode reduced."""
-    flag = cv2.IMREAD_COLOR
-    shrink = min(height, width) // size if height and width else 1
-    if shrink >= 8:  # libjpeg scales by 1/2, 1/4, 1/8 during the IDCT: far less work
-        flag = cv2.IMREAD_REDUCED_COLOR_8
-    elif shrink >= 4:
-        flag = cv2.IMREAD_REDUCED_COLOR_4
-    elif shrink >= 2:
-        flag = cv2.IMREAD_REDUCED_COLOR_2
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
-    if bgr is None:
-        raise ValueError(f"{where}: image bytes cannot be decoded")
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    rgb = (transform or online_transform(size, train=False))(rgb)  # (S, S, 3)
-    return np.ascontiguousarray(rgb.transpose(2, 0, 1))  # (3, S, S)
 
 
 def load_arrays(store: Store, manifest: dict, *, split: str | None = None,

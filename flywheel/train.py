@@ -18,6 +18,9 @@ a TensorDataset or a list of pre-made batches all work. The recipe:
   `checkpoint_dir` resumes where a crashed run stopped.
 - DDP when launched by `torchrun` (gloo on CPU, NCCL on GPU): metrics are all-reduced, only
   rank 0 writes checkpoints and returns weights.
+
+One module over the usual size on purpose: the loop, its checkpoints and its DDP plumbing are one
+concern that a reader follows top to bottom; split, each part would be read only with the others.
 """
 
 from __future__ import annotations
@@ -30,65 +33,35 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from pydantic import Field
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from flywheel.config import IMAGE_SIZE, Settings, TrainSettings
 from flywheel.model import FrameClassifier, ModelConfig, build_model, load_weights, save_weights
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """The training recipe; defaults match `flywheel.config.TrainSettings`."""
+class TrainConfig(TrainSettings):
+    """The trainer's recipe: the `train:` settings (one set of defaults, flywheel/config.py) plus the
+    model's input side. Validated like the settings: a bad value raises a ValueError naming the field."""
 
-    epochs: int = 6
-    batch_size: int = 64  # per process
-    lr: float = 3e-3  # peak learning rate of the schedule
-    weight_decay: float = 5e-4  # AdamW decoupled decay, on weight matrices/kernels only
-    label_smoothing: float = 0.1
-    width: int = 32
-    depth: int = 2
-    image_size: int = 64
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    compile: bool = False  # torch.compile on CUDA (ignored on CPU: compile time outweighs the gain)
-    schedule: Literal["onecycle", "cosine"] = "onecycle"
-    warmup_pct: float = 0.25  # share of all steps spent warming up (one-cycle only)
-    num_workers: int = 0  # DataLoader workers, used by `make_loader`
+    image_size: int = Field(IMAGE_SIZE, ge=8, le=1024)
 
-    def __post_init__(self):
-        for name in ("epochs", "batch_size", "width", "depth", "image_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(
-                f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}"
-            )
-        if not 0 < self.warmup_pct < 1:
-            raise ValueError(f"TrainConfig.warmup_pct must be in (0, 1), got {self.warmup_pct}")
-        if self.schedule not in ("onecycle", "cosine"):
-            raise ValueError(
-                f"TrainConfig.schedule must be 'onecycle' or 'cosine', got {self.schedule!r}"
-            )
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(
-                f"TrainConfig.device must be 'auto', 'cpu' or 'cuda', got {self.device!r}"
-            )
-        if self.num_workers < 0:
-            raise ValueError(f"TrainConfig.num_workers must be >= 0, got {self.num_workers}")
+    @classmethod
+    def from_settings(cls, settings: Settings, *, device: str | None = None) -> TrainConfig:
+        """The recipe of these settings; `device` (e.g. the compute resource's) replaces `train.device`."""
+        values = {**settings.train.model_dump(), "image_size": settings.image_size}
+        return cls(**{**values, "device": device or values["device"]})
 
-    def model_config(self, num_classes: int) -> ModelConfig:
+    def architecture(self, num_classes: int) -> ModelConfig:
         return ModelConfig(
             num_classes=num_classes, image_size=self.image_size, width=self.width, depth=self.depth
         )
@@ -381,7 +354,7 @@ def _load_checkpoint(path: Path, *, cfg: TrainConfig, classes: list[str]) -> dic
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if ckpt["classes"] != list(classes):
         raise ValueError(f"checkpoint {path} is for classes {ckpt['classes']}, not {list(classes)}")
-    ours = {k: v for k, v in asdict(cfg).items() if k not in _RESUME_FREE_FIELDS}
+    ours = {k: v for k, v in cfg.model_dump().items() if k not in _RESUME_FREE_FIELDS}
     theirs = {k: v for k, v in ckpt["train_config"].items() if k not in _RESUME_FREE_FIELDS}
     if ours != theirs:
         diff = {k: (theirs.get(k), v) for k, v in ours.items() if theirs.get(k) != v}
@@ -418,28 +391,6 @@ def _evaluate(
         sums[1] += (logits.argmax(1) == y).sum()
         sums[2] += len(y)
     return _epoch_metrics(sums, ddp, "val")
-
-
-@torch.no_grad()
-def predict(
-    model: nn.Module, images, *, batch_size: int = 256, device: torch.device | str = "cpu"
-) -> np.ndarray:
-    """Class probabilities (N, C) float32 for uint8 images (N, 3, S, S), in fp32, batched.
-
-    Moves `model` to `device` and puts it in eval mode.
-    """
-    x = torch.as_tensor(images)
-    if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"images must be uint8 (N, 3, S, S), got {x.dtype} {tuple(x.shape)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = torch.device(device)
-    model = model.to(device).eval()
-    out = []
-    for i in range(0, max(len(x), 1), batch_size):  # an empty input still runs once: (0, C)
-        logits = model(x[i : i + batch_size].to(device))  # (b, C)
-        out.append(torch.softmax(logits.float(), dim=1).cpu())
-    return torch.cat(out).numpy()
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -512,7 +463,7 @@ def _train(
         torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in fp32
         torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest conv kernels
 
-    model_cfg = cfg.model_config(len(classes))
+    model_cfg = cfg.architecture(len(classes))
     model, warm_started, warm_note = _build_model(model_cfg, classes, warm_start)
     model = model.to(device).to(memory_format=_memory_format(device))
     steps = _agreed_steps(_steps_per_epoch(train_loader, steps_per_epoch), ddp, device)
@@ -599,7 +550,7 @@ def _train(
                     "rng": _rng_state(device),
                     "loader": loader_state.state_dict() if loader_state is not None else None,
                     "history": history,
-                    "train_config": asdict(cfg),
+                    "train_config": cfg.model_dump(),
                     "model_config": asdict(model_cfg),
                     "classes": classes,
                     "warm_started": warm_started,

@@ -29,7 +29,8 @@ sys.path.insert(
 )  # run from a checkout, installed or not
 
 from flywheel.model import load_weights  # noqa: E402
-from flywheel.train import TrainConfig, predict, train  # noqa: E402
+from flywheel.predict import predict  # noqa: E402
+from flywheel.train import TrainConfig, train  # noqa: E402
 
 CLASSES = ["c0", "c1", "c2", "c3", "c4", "c5"]
 
@@ -163,8 +164,8 @@ def run_training(
 def compare_cpu_gpu(weights: bytes, images: torch.Tensor) -> dict:
     """The trained model's fp32 probabilities on CPU and on the GPU (TF32 convs) should agree."""
     model, _ = load_weights(weights)
-    cpu = predict(model, images, batch_size=256, device="cpu")
-    gpu = predict(model, images, batch_size=256, device="cuda")
+    cpu = predict(model, images.numpy(), batch_size=256, device="cpu").probs
+    gpu = predict(model, images.numpy(), batch_size=256, device="cuda").probs
     return {
         "n": len(images),
         "argmax_agreement": float((cpu.argmax(1) == gpu.argmax(1)).mean()),

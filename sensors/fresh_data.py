@@ -5,10 +5,10 @@ import json
 
 import dagster as dg
 
-from assets.partitions import fleet_batches
-from assets.resources import SettingsResource, StoreResource
 from flywheel import ingest
 from jobs import ingest_batch
+from resources import SettingsResource, StoreResource
+from resources.partitions import fleet_batches
 
 
 @dg.sensor(

@@ -2,9 +2,9 @@
 
 import dagster as dg
 
-from assets.resources import SettingsResource, StoreResource
-from flywheel import loop
+from flywheel import dataset
 from jobs import TRAINING_TAGS, ingest_batch, train_and_deploy
+from resources import SettingsResource, StoreResource
 
 
 @dg.run_status_sensor(
@@ -16,7 +16,7 @@ from jobs import TRAINING_TAGS, ingest_batch, train_and_deploy
 )
 def train_after_ingest(context: dg.RunStatusSensorContext, settings: SettingsResource, store: StoreResource):
     s = settings.load()
-    waiting, batches = loop.new_labeled_frames(store.open(), s)
+    waiting, batches = dataset.waiting_batches(store.open(), s.dataset.name)
     if waiting < s.sensor.min_new_frames:
         return dg.SkipReason(f"{waiting} new labeled frame(s) wait; training needs {s.sensor.min_new_frames}")
     return dg.RunRequest(

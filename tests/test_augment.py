@@ -19,6 +19,7 @@ from flywheel.augment import (
     load_pipeline,
     online_transform,
     oversample,
+    pipeline_id,
     plan_copies,
     sample_grid_png,
     save_pipeline,
@@ -80,7 +81,7 @@ def test_oversample_touches_only_train_rows_and_keeps_clip():
         f"c1/front/{i}#aug{k}" for i in range(2) for k in range(4)
     )
     assert Counter(out.column("augmentation").to_pylist()) == {
-        f"default@3:{k}": 2 for k in range(4)
+        f"{pipeline_id(load_pipeline())}@3:{k}": 2 for k in range(4)
     }
     originals = {r["frame_id"]: r["image"] for r in rows.to_pylist()}
     for r in out.to_pylist():

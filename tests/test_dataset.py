@@ -1,4 +1,4 @@
-"""Versioned sharded Parquet datasets: stable splits, incremental versions, crash safety, golden set."""
+"""Versioned sharded Parquet datasets: stable splits, incremental versions, crash safety."""
 
 from __future__ import annotations
 
@@ -12,9 +12,7 @@ import pytest
 from flywheel import dataset
 from flywheel.dataset import (
     append_version,
-    freeze_golden,
     latest_version,
-    load_golden,
     load_manifest,
     split_for,
     to_dataset_rows,
@@ -174,7 +172,7 @@ def test_crash_before_manifest_leaves_previous_version(tmp_path, monkeypatch, cr
 
     with monkeypatch.context() as m:
         if crash_at == "manifest":
-            m.setattr(dataset, "_write_manifest", flaky_manifest)
+            m.setattr(store, "write_json", flaky_manifest)  # the manifest is the one JSON a version writes
         else:
             m.setattr(dataset, "_write_batch_shards", flaky_shards)
         with pytest.raises(OSError, match="disk vanished"):
@@ -207,23 +205,3 @@ def test_bad_inputs_are_named(tmp_path):
         )
     with pytest.raises(FileNotFoundError, match="nothing"):
         load_manifest(store, "nothing")
-
-
-def test_golden_set_is_frozen_once(tmp_path):
-    store = open_store(str(tmp_path))
-    v1 = append_version(
-        store, name="ds", batches={"b1": dataset_rows("b1", clips=20)}, classes=CLASSES
-    )
-    g1 = freeze_golden(store, "ds", v1, size=10, seed=0)
-    test_ids = set(
-        store.read_parquet(dataset.shard_keys(v1, "test"), columns=["frame_id"])
-        .column(0)
-        .to_pylist()
-    )
-    assert g1["version"] == 1 and len(g1["frame_ids"]) == 10 and set(g1["frame_ids"]) <= test_ids
-    v2 = append_version(
-        store, name="ds", batches={"b2": dataset_rows("b2", clips=20)}, classes=CLASSES
-    )
-    assert freeze_golden(store, "ds", v2, size=10, seed=1) == g1 == load_golden(store, "ds")
-    g2 = freeze_golden(store, "ds", v2, size=10, seed=1, refreeze=True)
-    assert g2["version"] == 2 and g2["dataset_version"] == 2 and load_golden(store, "ds", 1) == g1

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from flywheel import ingest
+from flywheel import ingest, layout
 from flywheel.definitions import build_definitions
 from flywheel.store import open_store
 from tests.conftest import jpeg, make_clip
@@ -26,7 +26,7 @@ def test_domain_library_never_imports_dagster():
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
-            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("dagster", "assets", "jobs", "sensors")]
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("dagster", "assets", "jobs", "resources", "sensors")]
     assert offenders == []
 
 
@@ -63,4 +63,4 @@ def test_materialize_ingest_assets_for_a_partition(flywheel_home):
         assert mats["frames"]["frames"].value == 8
         recorded = instance.get_latest_materialization_event(dg.AssetKey("frames"))
         assert recorded.dagster_event.partition == plan.batch_id
-    assert store.exists(ingest.frames_key(plan.batch_id))
+    assert store.exists(layout.frames_key(plan.batch_id))

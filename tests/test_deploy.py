@@ -49,7 +49,7 @@ def do_deploy(store, version, onnx_bytes, **kw):
 
 def test_export_has_the_fixed_io_and_a_dynamic_batch(exported):
     _, data = exported
-    inp, out = dp.input_spec(data)
+    inp, out = dp.graph_spec(data)
     assert inp == {"name": "image", "dtype": "uint8", "shape": ["batch", 3, SIZE, SIZE]}
     assert out == {"name": "logits", "dtype": "float32", "shape": ["batch", 3]}
     assert onnx.load_from_string(data).opset_import[0].version == 17
@@ -156,7 +156,7 @@ def test_load_deployed_refuses_a_tampered_onnx(tmp_path, exported):
     "kw, match",
     [
         ({"version": "../x"}, "invalid version"),
-        ({"model_name": "a/b"}, "invalid model_name"),
+        ({"model_name": "a/b"}, "invalid model name"),
         ({"classes": ["a", "b"]}, "2 classes"),
         ({"image_size": 32}, "expected"),
         ({"dataset": {"name": "perception"}}, "dataset is missing"),

@@ -12,30 +12,20 @@ import pyarrow as pa
 import pytest
 import torch
 
-from flywheel import deploy, sim
-from flywheel.config import Settings
-from flywheel.engine import (
-    DailyUploadBudget,
-    auto_label_accuracy,
-    champion_autolabeler,
-    confidence,
-    embed_and_predict,
-    find_label_errors,
-    fleet_filter,
-    hide_ground_truth,
-    label_config,
-    queued_ground_truth,
-    read_queue,
-    select_for_labeling,
-    shadow_filter,
-    simulate_annotator,
-    write_queue,
-)
-from flywheel.engine.labeling import EngineSettings, engine_labels, queue_batch
-from flywheel.engine.shadow import onnx_probs, to_model_input
-from flywheel.labels import human_labels, load_label_studio_exports
+from flywheel import deploy, layout, sim
+from flywheel.champion import Champion
+from flywheel.config import EngineSettings, Settings
+from flywheel.engine.quality import auto_label_accuracy, find_label_errors, label_errors
+from flywheel.engine.queue import queue_batch, read_exports, read_queue, write_queue
+from flywheel.engine.select import confidence, select_for_labeling
+from flywheel.engine.shadow import DailyUploadBudget, fleet_filter, shadow_filter
+from flywheel.labels import build_labels, hide_ground_truth
+from flywheel.labelstudio import human_labels, label_config
 from flywheel.model import ModelConfig, build_model
+from flywheel.model_input import decode_images, frames_to_input
+from flywheel.predict import predict
 from flywheel.schema import FRAMES
+from flywheel.sim.annotator import answer_queue
 from flywheel.store import LocalStore
 
 CLASSES = ["clear_road", "vehicle", "pedestrian", "cyclist", "red_light", "obstacle"]
@@ -92,7 +82,7 @@ def test_shadow_filter_flags_a_clip_when_any_frame_is_unsure():
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (24, 30, 40, 3), dtype=np.uint8)
     frames[:8] //= 4  # darker frames: a different confidence spread
-    conf = confidence(onnx_probs(session, to_model_input(frames, SIZE)), "max_softmax")
+    conf = confidence(predict(session, frames_to_input(frames, SIZE)).probs, "max_softmax")
     assert conf.max() - conf.min() > 0.05  # the stub model really is more and less sure
     threshold = float(np.median(conf))
     sure, unsure = frames[conf >= threshold], frames[conf < threshold]
@@ -124,20 +114,22 @@ def test_daily_budget_caps_flags_per_simulated_day():
 
 
 def test_simulator_uploads_flagged_clips_as_low_confidence(tmp_path):
-    settings = Settings.model_validate({"sim": {"width": 32, "height": 24, "frames_per_clip": 3, "vehicles": 2}})
+    settings = Settings.model_validate({"sim": {"width": 32, "height": 24, "frames_per_clip": 3, "vehicles": 2},
+                                        "engine": {"enabled": True, "shadow_threshold": 0.5}})  # fmt: skip
     store = LocalStore(tmp_path / "s")
-    assert fleet_filter(store, "perception", threshold=0.5) is None  # nothing deployed: random uploads only
+    assert fleet_filter(store, settings) is None  # nothing deployed: random uploads only
     data = deploy.export_onnx(tiny_model(bias=[0.0] * 6), image_size=SIZE)
     deploy.deploy(store, model_name="perception", version="v1", onnx_bytes=data, classes=CLASSES, image_size=SIZE,
                   metrics={}, dataset={"name": "d", "version": 1, "manifest_sha256": "0" * 64}, mlflow_version="1",
                   gate={"passed": True})  # fmt: skip
-    f = fleet_filter(store, "perception", threshold=0.5)
+    assert fleet_filter(store, settings.model_copy(update={"engine": EngineSettings()})) is None  # engine off
+    f = fleet_filter(store, settings)
     sim.simulate(store, settings, clips=6, seed=0, upload_filter=f)
     state = sim.read_state(store)
     assert state["recorded"] == 6  # every clip is unsure: nothing is skipped
     from flywheel.clips import read_clip
 
-    triggers = {read_clip(store.read_bytes(o.key), classes=CLASSES).meta.trigger for o in store.list("landing/")}
+    triggers = {read_clip(store.read_bytes(o.key), classes=CLASSES).meta.trigger for o in store.list(layout.LANDING)}
     assert triggers <= {"low_confidence", "hard_brake"} and "low_confidence" in triggers
 
 
@@ -176,33 +168,37 @@ def test_queue_rejects_frames_not_in_the_batch(tmp_path):
         write_queue(LocalStore(tmp_path), "b1", frames_table(4), ["nope/front/0"])
 
 
+def _batch_in_store(store, frames: pa.Table, batch_id: str = "b1") -> pa.Table:
+    store.write_parquet(layout.frames_key(batch_id), frames)  # where the annotator looks the truth up
+    return frames
+
+
 def test_annotator_round_trips_through_label_studio_files(tmp_path):
     store = LocalStore(tmp_path / "s")
     truth = [CLASSES[i % 6] for i in range(8)]
-    frames = frames_table(8, truth=truth)
+    frames = _batch_in_store(store, frames_table(8, truth=truth))
     write_queue(store, "b1", frames, ["c0/front/0", "c0/front/1", "c1/front/3"])
-    lookup = queued_ground_truth(store, frames)
-    assert sorted(lookup) == ["c0/front/0", "c0/front/1", "c1/front/3"]  # only what the queue sent
-    out = simulate_annotator(store, ground_truth=lookup, classes=CLASSES)
-    assert out["written"] == ["labeling/done/b1.json"] and out["answered"] == 3
-    got = human_labels(load_label_studio_exports(store), CLASSES)  # the labels stage's own parser
+    out = answer_queue(store, classes=CLASSES)
+    assert out["answered_batches"] == ["b1"] and out["answered"] == 3  # only what the queue sent
+    got = human_labels(read_exports(store), CLASSES)  # the labels stage's own parser
     assert got == {"c0/front/0": 0, "c0/front/1": 1, "c1/front/3": 7 % 6}
-    again = simulate_annotator(store, ground_truth=lookup, classes=CLASSES)
-    assert again["written"] == []  # a batch is answered once
+    again = answer_queue(store, classes=CLASSES)
+    assert again["answered_batches"] == []  # a batch is answered once
 
 
 def test_annotator_lags_and_errs_as_configured(tmp_path):
     store = LocalStore(tmp_path / "s")
     frames = frames_table(8)
-    write_queue(store, "b1", frames, frames.column("frame_id").to_pylist()[:4])
-    write_queue(store, "b2", frames, frames.column("frame_id").to_pylist()[4:])
-    truth = queued_ground_truth(store, frames)
-    out = simulate_annotator(store, ground_truth=truth, classes=CLASSES, error_rate=1.0, delay_batches=1)
-    assert out["written"] == ["labeling/done/b1.json"] and out["waiting"] == ["labeling/queue/b2.json"]
+    for batch, ids in (("b1", slice(0, 4)), ("b2", slice(4, 8))):
+        _batch_in_store(store, frames, batch)
+        write_queue(store, batch, frames, frames.column("frame_id").to_pylist()[ids])
+    out = answer_queue(store, classes=CLASSES, error_rate=1.0, delay_batches=1)
+    assert out["answered_batches"] == ["b1"] and out["waiting"] == ["b2"]
     assert out["flipped"] == 4
-    assert all(c != 0 for c in human_labels(load_label_studio_exports(store), CLASSES).values())  # all wrong
-    with pytest.raises(ValueError, match="has no entry in ground_truth"):
-        simulate_annotator(store, ground_truth={}, classes=CLASSES)
+    assert all(c != 0 for c in human_labels(read_exports(store), CLASSES).values())  # all wrong
+    _batch_in_store(store, frames_table(8, truth=[None] * 8), "b2")
+    with pytest.raises(ValueError, match="has no ground truth"):
+        answer_queue(store, classes=CLASSES)
 
 
 # ---------------------------------------------------------------- the ground-truth wall
@@ -212,15 +208,17 @@ def test_ground_truth_never_reaches_training_labels_when_the_engine_is_on(tmp_pa
     """Every clip says "clear_road"; the champion says "vehicle". Only queued frames may come out
     clear_road (from the annotator); auto-labels are the model's; the rest stays unlabeled."""
     store = LocalStore(tmp_path / "s")
-    frames = frames_table(12, truth="clear_road")
-    session = onnx_session(tiny_model(bias=[0, 9.0, 0, 0, 0, 0]))  # "vehicle" at ~0.99
+    frames = _batch_in_store(store, frames_table(12, truth="clear_road"))
+    champion = Champion(onnx_session(tiny_model(bias=[0, 9.0, 0, 0, 0, 0])), {"image_size": SIZE, "version": "v1"})
     queued = ["c0/front/0", "c2/front/3"]
     write_queue(store, "b1", frames, queued)
-    # The annotator gets a lookup that (wrongly) holds every frame: it still answers only the queue.
-    everything = dict(zip(frames.column("frame_id").to_pylist(), ["clear_road"] * 12, strict=True))
-    simulate_annotator(store, ground_truth=everything, classes=CLASSES)
-    labels, stats = engine_labels(store, frames, classes=CLASSES, session=session, manifest={"image_size": SIZE},
-                                  engine=EngineSettings(enabled=True, auto_threshold=0.9))  # fmt: skip
+    answer_queue(store, classes=CLASSES)
+
+    def engine_labels(champ):  # what the labels stage does with the engine on
+        return build_labels(hide_ground_truth(frames), classes=CLASSES, human_exports=read_exports(store),
+                            auto_probs=champ.score(frames).probs, auto_threshold=0.9)  # fmt: skip
+
+    labels, stats = engine_labels(champion)
     by_frame = {r["frame_id"]: r for r in labels.to_pylist()}
     assert stats["ground_truth"] == 0 and "ground_truth" not in {r["label_source"] for r in by_frame.values()}
     for fid, row in by_frame.items():
@@ -229,9 +227,7 @@ def test_ground_truth_never_reaches_training_labels_when_the_engine_is_on(tmp_pa
         else:
             assert (row["label_source"], row["label"]) == ("auto", 1)  # the model's guess, not the truth
     # Unsure champion: no auto-labels, and the unqueued frames stay unlabeled.
-    unsure = onnx_session(tiny_model(bias=[0.0] * 6))
-    labels, stats = engine_labels(store, frames, classes=CLASSES, session=unsure, manifest={"image_size": SIZE},
-                                  engine=EngineSettings(enabled=True))  # fmt: skip
+    labels, stats = engine_labels(Champion(onnx_session(tiny_model(bias=[0.0] * 6)), {"image_size": SIZE}))
     assert sorted(labels.column("frame_id").to_pylist()) == sorted(queued) and stats["unlabeled"] == 10
 
 
@@ -242,47 +238,48 @@ def test_hide_ground_truth_nulls_the_column_only():
     assert hidden.drop(["ground_truth"]).equals(frames.drop(["ground_truth"]))
 
 
-def test_champion_autolabeler_matches_the_graph():
+def test_champion_scores_match_the_torch_model():
     model = tiny_model(head_scale=20.0)
     frames = frames_table(6)
-    label = champion_autolabeler(onnx_session(model), {"image_size": SIZE})
-    cls, conf = label(frames.column("image").to_pylist(), frames.column("frame_id").to_pylist())
-    from flywheel.engine import decode_images
-
-    probs, _ = embed_and_predict(model, decode_images(frames.column("image").to_pylist(), SIZE))
-    np.testing.assert_array_equal(cls, probs.argmax(1))
-    np.testing.assert_allclose(conf, probs.max(1), atol=1e-4)
+    scores = Champion(onnx_session(model), {"image_size": SIZE}).score(frames)
+    torch_scores = predict(model, decode_images(frames.column("image").to_pylist(), SIZE), embeddings=True)
+    np.testing.assert_array_equal(scores.probs.argmax(1), torch_scores.probs.argmax(1))
+    np.testing.assert_allclose(scores.probs, torch_scores.probs, atol=1e-4)
+    np.testing.assert_allclose(scores.embeddings, torch_scores.embeddings, atol=1e-4)
 
 
-def test_embed_and_predict_torch_and_onnx_with_an_embedding_output():
+def test_predict_torch_and_onnx_with_an_embedding_output():
     model = tiny_model(head_scale=5.0)
     images = np.random.default_rng(2).integers(0, 256, (5, 3, SIZE, SIZE), dtype=np.uint8)
-    probs, emb = embed_and_predict(model, images)
-    assert probs.shape == (5, 6) and emb.shape == (5, 16)
+    out = predict(model, images, embeddings=True)
+    assert out.probs.shape == (5, 6) and out.embeddings.shape == (5, 16)
     logits_only = io.BytesIO()  # a graph from elsewhere, without the embedding output
     torch.onnx.export(model, (torch.zeros(2, 3, SIZE, SIZE, dtype=torch.uint8),), logits_only, dynamo=False,
                       input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}})  # fmt: skip
     with pytest.raises(ValueError, match="no 'embedding'"):
-        embed_and_predict(deploy.session(logits_only.getvalue()), images)
-    buf = io.BytesIO(deploy.export_onnx(model, image_size=SIZE))  # the deployed graph has both outputs
-    p2, e2 = embed_and_predict(deploy.session(buf.getvalue()), images)
-    np.testing.assert_allclose(p2, probs, atol=1e-4)
-    np.testing.assert_allclose(e2, emb, atol=1e-4)
+        predict(deploy.session(logits_only.getvalue()), images, embeddings=True)
+    np.testing.assert_allclose(predict(deploy.session(logits_only.getvalue()), images).probs, out.probs, atol=1e-4)
+    onnx_out = predict(deploy.session(deploy.export_onnx(model, image_size=SIZE)), images, embeddings=True)
+    np.testing.assert_allclose(onnx_out.probs, out.probs, atol=1e-4)
+    np.testing.assert_allclose(onnx_out.embeddings, out.embeddings, atol=1e-4)
+    assert predict(model, images, embeddings=False).embeddings is None
 
 
 def test_queue_batch_sends_only_unsure_frames_within_budget(tmp_path):
     store = LocalStore(tmp_path / "s")
     frames = frames_table(16)
-    model = tiny_model(head_scale=20.0)
-    out = queue_batch(store, "b1", frames, classes=CLASSES, champion=model, image_size=SIZE,
+    scores = predict(tiny_model(head_scale=20.0), decode_images(frames.column("image").to_pylist(), SIZE),
+                     embeddings=True)  # fmt: skip
+    out = queue_batch(store, "b1", frames, scores, classes=CLASSES,
                       engine=EngineSettings(auto_threshold=1.0, label_budget=5), model_version="v1")  # fmt: skip
     tasks = store.read_json(out["key"])
     assert out["queued"] == len(tasks) == 5 and all(t["predictions"][0]["model_version"] == "v1" for t in tasks)
-    sure = queue_batch(store, "b2", frames, classes=CLASSES, champion=model, image_size=SIZE,
+    again = queue_batch(store, "b1", frames, scores, classes=CLASSES, engine=EngineSettings(label_budget=9))
+    assert again["queued"] == 5 and store.read_json(out["key"]) == tasks  # a batch is queued once
+    sure = queue_batch(store, "b2", frames, scores, classes=CLASSES,
                        engine=EngineSettings(auto_threshold=0.0, label_budget=5))  # fmt: skip
     assert sure["queued"] == 0 and store.read_json(sure["key"]) == []
-    cold = queue_batch(store, "b3", frames, classes=CLASSES, champion=None, image_size=SIZE,
-                       engine=EngineSettings(label_budget=7))  # fmt: skip
+    cold = queue_batch(store, "b3", frames, None, classes=CLASSES, engine=EngineSettings(label_budget=7))
     assert cold["queued"] == 7 and [q["batch_id"] for q in read_queue(store)] == ["b1", "b2", "b3"]
 
 
@@ -379,3 +376,14 @@ def test_auto_label_accuracy_compares_only_where_a_reference_exists():
     assert out["compared"] == 2 and out["correct"] == 1 and out["accuracy"] == 0.5
     assert out["per_class"][1]["precision"] == 1.0 and out["per_class"][2]["precision"] == 0.0
     assert auto_label_accuracy(labels, {})["accuracy"] is None
+
+
+def test_label_errors_check_human_labels_only_and_name_the_classes():
+    probs = np.array([[0.95, 0.05], [0.9, 0.1], [0.1, 0.9], [0.05, 0.95], [0.97, 0.03]], np.float32)
+    fids = ["a", "b", "c", "d", "e"]
+    labels = pa.table({"frame_id": ["e", "a", "b", "c", "d"], "label": pa.array([1, 0, 0, 1, 0], pa.int32()),
+                       "label_source": ["auto", "human", "ground_truth", "human", "human"],
+                       "label_confidence": pa.array([0.97, 1, 1, 1, 1], pa.float32())})  # fmt: skip
+    out = label_errors(probs, fids, labels, ["road", "car"])
+    assert out["checked"] == 4  # the auto label of "e" is the champion's own guess: not checked
+    assert [(e["frame_id"], e["given"], e["suggested"]) for e in out["errors"]] == [("d", "road", "car")]

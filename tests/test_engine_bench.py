@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from flywheel.bench_engine import bench_engine
+from benchmarks.engine import bench_engine
 
 
 def test_bench_engine_tiny(tmp_path):
-    out = bench_engine(tmp_path, iterations=2, clips_per_iteration=3, label_budget=6, epochs=1,
+    # 8 clips of 8 frames, 32 labeled: with seed 0 both splits that evaluation and deploy need get frames
+    out = bench_engine(tmp_path, iterations=2, clips_per_iteration=8, label_budget=32, epochs=1,
                        test_per_condition=8, image_size=32)  # fmt: skip
     random, engine = out["arms"]["random"], out["arms"]["engine"]
     assert len(random) == len(engine) == 2
     for rows in (random, engine):
-        assert [r["human_labels_total"] for r in rows] == [6, 12]  # the same budget spent per iteration
+        assert [r["human_labels_total"] for r in rows] == [32, 64]  # the same budget spent per iteration
         assert all(0 <= r["accuracy"] <= 1 and 0 <= r["fog_accuracy"] <= 1 for r in rows)
     assert all(r["auto_labels"] == 0 for r in random)  # the random arm labels by hand only
     assert engine[0]["triggers"].keys() <= {"random", "hard_brake"}  # no champion yet: no shadow mode

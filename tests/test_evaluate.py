@@ -9,6 +9,7 @@ import torch
 
 from flywheel import evaluate as ev
 from flywheel.model import ModelConfig, build_model
+from flywheel.predict import predict
 
 CLASSES = ["a", "b", "c"]
 
@@ -114,23 +115,6 @@ def test_score_rejects_bad_input(probs, labels, slices, match):
 # --- predictions and robustness -------------------------------------------------------------
 
 
-def test_predict_probs_is_a_distribution_independent_of_batch_size(tiny):
-    model, images, _ = tiny
-    model.train()
-    p = ev.predict_probs(model, images, batch_size=5)
-    assert model.training  # mode restored
-    assert p.shape == (24, 3) and p.dtype == np.float32
-    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(p, ev.predict_probs(model, images, batch_size=256), atol=1e-6)
-    model.eval()
-
-
-def test_predict_probs_rejects_float_images(tiny):
-    model, images, _ = tiny
-    with pytest.raises(ValueError, match="uint8"):
-        ev.predict_probs(model, images.astype(np.float32))
-
-
 @pytest.mark.parametrize("name", ev.CORRUPTIONS)
 def test_corrupt_changes_images_and_is_seeded(tiny, name):
     _, images, _ = tiny
@@ -157,7 +141,7 @@ def test_robustness_runs_every_corruption_and_subsamples_fog(tiny, monkeypatch):
     capped = ev.robustness(model, images, labels, seed=1, max_frames=6)
     assert [s["n"] for s in capped.values()] == [6, 6, 6, 6]
     assert all(s["subsampled"] for s in capped.values())
-    clean = ev.score(ev.predict_probs(model, images), labels, classes=CLASSES)
+    clean = ev.score(predict(model, images).probs, labels, classes=CLASSES)
     assert r["gauss_noise"]["clean_accuracy"] == pytest.approx(clean["accuracy"])
     assert r == ev.robustness(model, images, labels, seed=1)
 
@@ -176,7 +160,7 @@ def test_evaluate_model_reports_overall_golden_and_test(tiny):
     assert r["per_slice"]["set=golden"]["accuracy"] == r["golden"]["accuracy"]
     assert r["test"]["per_slice"]["trigger=hard_brake"]["n"] == 4
     assert list(r["robustness"]) == ["gauss_noise"]
-    probs = ev.predict_probs(model, images)
+    probs = predict(model, images).probs
     again = ev.evaluate_model(model, images, labels, meta, classes=CLASSES, golden_mask=golden,
                               min_slice_frames=10, corruptions=("gauss_noise",), probs=probs)  # fmt: skip
     assert again == r

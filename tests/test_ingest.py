@@ -1,8 +1,9 @@
 import pyarrow.parquet as pq
 import pytest
 
-from flywheel import ingest
+from flywheel import ingest, layout
 from flywheel.config import load_settings
+from flywheel.report import status as status_report
 from tests.conftest import jpeg, make_clip
 
 
@@ -73,11 +74,11 @@ def test_bad_clips_are_quarantined_and_the_batch_goes_on(store):
 
     summary = ingest.write_frames(store, plan.batch_id, settings)
     assert summary["frames"] == 9 and summary["clips"] == 3
-    table = store.read_parquet(ingest.frames_key(plan.batch_id))
+    table = store.read_parquet(layout.frames_key(plan.batch_id))
     assert table.column("frame_id").to_pylist()[:3] == ["c000/front/0", "c000/front/1", "c000/front/2"]
     assert table.column("image")[0].as_py() == jpeg(0)  # stored as uploaded
     assert set(table.column("ground_truth").to_pylist()) == {"vehicle"}
-    status = ingest.ingest_status(store)
+    status = status_report(store, settings)
     assert status["frames"] == 9 and status["quarantined"] == 2 and status["pending_clips"] == 0
 
 
@@ -90,7 +91,7 @@ def test_frames_parquet_has_no_image_statistics(tmp_path):
     ingest.commit_batch(store, plan)
     ingest.validate_batch(store, plan.batch_id, load_settings())
     ingest.write_frames(store, plan.batch_id, load_settings())
-    meta = pq.ParquetFile(store.path / ingest.frames_key(plan.batch_id)).metadata
+    meta = pq.ParquetFile(store.path / layout.frames_key(plan.batch_id)).metadata
     names = [meta.schema.column(i).name for i in range(meta.num_columns)]
     rg = meta.row_group(0)
     assert rg.column(names.index("image")).statistics is None

@@ -9,7 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from flywheel.labels import build_labels, load_label_studio_exports, unlabeled_frame_ids
+from flywheel.engine.queue import read_exports
+from flywheel.labels import build_labels, unlabeled_frame_ids
 from flywheel.schema import FRAMES, LABELS
 from flywheel.store import open_store
 
@@ -86,7 +87,7 @@ def test_label_studio_export_file_overrides_ground_truth(tmp_path):
         (4, "other/front/9", [annotation(6, "vehicle", updated="2026-01-02T10:00:00Z")]),
     ]))  # fmt: skip
     store.write_bytes("labeling/done/notes.txt", b"not an export")
-    exports = load_label_studio_exports(store)
+    exports = read_exports(store)
     assert [e["source"] for e in exports] == ["labeling/done/export-1.json"]
 
     labels, stats = build_labels(make_frames(), classes=CLASSES, human_exports=exports)
@@ -108,46 +109,36 @@ def test_unknown_class_names_file_and_task(tmp_path):
         (41, "c1/front/0", [annotation(1, "unicorn", updated="2026-01-02T10:00:00Z")])
     ]))  # fmt: skip
     with pytest.raises(ValueError, match=r"labeling/done/bad.json task 41.*unicorn"):
-        build_labels(make_frames(), classes=CLASSES, human_exports=load_label_studio_exports(store))
+        build_labels(make_frames(), classes=CLASSES, human_exports=read_exports(store))
 
 
 def test_invalid_json_names_the_file(tmp_path):
     store = open_store(str(tmp_path))
     store.write_bytes("labeling/done/broken.json", b"[{not json")
     with pytest.raises(ValueError, match="broken.json"):
-        load_label_studio_exports(store)
+        read_exports(store)
     store.write_bytes("labeling/done/broken.json", b'{"tasks": 3}')
     with pytest.raises(ValueError, match="broken.json.*list of tasks"):
-        load_label_studio_exports(store)
+        read_exports(store)
 
 
-def test_auto_labeler_fills_only_unlabeled_frames_above_threshold():
-    seen = []
-
-    def fake_model(images, frame_ids):
-        seen.extend(frame_ids)
-        assert all(img[:2] == b"\xff\xd8" for img in images)  # JPEG bytes are passed through
-        conf = np.array([0.95 if f.endswith("/1") else 0.5 for f in frame_ids])
-        return np.full(len(frame_ids), 1), conf
-
-    labels, stats = build_labels(
-        make_frames(), classes=CLASSES, auto_labeler=fake_model, auto_threshold=0.9
-    )
-    assert seen == ["c1/front/1", "c1/front/3", "c1/front/4"]  # never frames with ground truth
+def test_auto_labels_fill_only_unlabeled_frames_above_threshold():
+    frames = make_frames()  # frames 0, 2, 5 carry ground truth
+    probs = np.full((6, 3), 0.25, np.float32)
+    probs[:, 1] = 0.5  # unsure: class 1 at 0.5
+    probs[1] = [0.02, 0.95, 0.03]  # sure of class 1
+    probs[0] = [0.0, 0.0, 1.0]  # sure, but the frame has ground truth: the model never overrides it
+    labels, stats = build_labels(frames, classes=CLASSES, auto_probs=probs, auto_threshold=0.9)
     row = [r for r in labels.to_pylist() if r["label_source"] == "auto"]
     assert row == [{"frame_id": "c1/front/1", "label": 1, "label_source": "auto",
                     "label_confidence": pytest.approx(0.95)}]  # fmt: skip
     assert stats["auto"] == 1 and stats["auto_below_threshold"] == 2 and stats["unlabeled"] == 2
+    assert labels.filter(pa.compute.equal(labels.column("frame_id"), "c1/front/0")).column("label")[0].as_py() == 1
 
 
-def test_auto_labeler_output_is_checked():
-    with pytest.raises(ValueError, match="shapes"):
-        build_labels(
-            make_frames(), classes=CLASSES, auto_labeler=lambda im, f: (np.zeros(1), np.ones(1))
-        )
-    with pytest.raises(ValueError, match="class indices"):
-        build_labels(make_frames(), classes=CLASSES,
-                     auto_labeler=lambda im, f: (np.full(len(f), 7), np.ones(len(f))))  # fmt: skip
+def test_auto_probs_shape_is_checked():
+    with pytest.raises(ValueError, match="auto_probs must have shape"):
+        build_labels(make_frames(), classes=CLASSES, auto_probs=np.ones((1, 3)))
 
 
 def test_unknown_ground_truth_class():

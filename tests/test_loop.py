@@ -3,13 +3,16 @@
 import dagster as dg
 import pytest
 
-from flywheel import deploy, loop
+from flywheel import champion, dataset, deploy, layout
 from flywheel.config import load_settings
 from flywheel.definitions import build_definitions
+from flywheel.engine.queue import human_labels_spent
 from flywheel.ingest import commit_batch, plan_batch
+from flywheel.report import champion_status, iteration_summary
 from flywheel.sim import simulate
+from flywheel.sim.annotator import answer_queue
 from flywheel.store import open_store
-from flywheel.tracking import CHALLENGER, CHAMPION
+from flywheel.tracking import CHALLENGER, CHAMPION, tracker_for
 
 TINY = {
     "sim.frames_per_clip": 4, "image_size": 32, "train.epochs": 1, "train.width": 8, "train.depth": 1,
@@ -17,13 +20,17 @@ TINY = {
 }  # fmt: skip
 
 
-def _ingest_new_batch(store, settings, instance, defs, seed):
+def _ingest_new_batch(store, settings, instance, defs, seed, *, annotate=False):
     simulate(store, settings, clips=12, seed=seed)
     plan = plan_batch(store, min_clips=1, max_clips=100)
     commit_batch(store, plan)
     instance.add_dynamic_partitions("fleet_batches", [plan.batch_id])
-    res = defs.resolve_job_def("ingest_batch").execute_in_process(instance=instance, partition_key=plan.batch_id)
-    assert res.success
+    job = defs.resolve_job_def("ingest_batch")
+    assert job.execute_in_process(instance=instance, partition_key=plan.batch_id).success
+    if annotate:  # the labeling team answers the queue from outside; the batch's labels are made again
+        assert answer_queue(store, classes=settings.classes)["answered_batches"] == [plan.batch_id]
+        again = [dg.AssetKey("labels"), dg.AssetKey("augmented")]
+        assert job.execute_in_process(instance=instance, partition_key=plan.batch_id, asset_selection=again).success
     return plan.batch_id
 
 
@@ -35,7 +42,7 @@ def test_two_iterations_materialize_the_whole_graph(flywheel_home):
         _ingest_new_batch(store, settings, instance, defs, seed=1)
         first = defs.resolve_job_def("train_and_deploy").execute_in_process(instance=instance)
         assert first.success
-        tracker = loop.tracker_for(settings)
+        tracker = tracker_for(settings)
         assert tracker.alias(CHALLENGER) == tracker.alias(CHAMPION) == "1"
         assert deploy.current(store, settings.mlflow.model_name)["version"] == "v1"
         checks = [e.event_specific_data for e in first.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
@@ -44,12 +51,12 @@ def test_two_iterations_materialize_the_whole_graph(flywheel_home):
         # a second batch makes v2 of the dataset, reusing v1's shards
         _ingest_new_batch(store, settings, instance, defs, seed=2)
         second = defs.resolve_job_def("train_and_deploy").execute_in_process(instance=instance, raise_on_error=False)
-        manifest = loop.dataset.load_manifest(store, settings.dataset.name)
+        manifest = dataset.load_manifest(store, settings.dataset.name)
         assert manifest["version"] == 2 and manifest["parent"] == 1
-        v1 = loop.dataset.load_manifest(store, settings.dataset.name, 1)
+        v1 = dataset.load_manifest(store, settings.dataset.name, 1)
         assert {s["path"] for s in v1["shards"]} < {s["path"] for s in manifest["shards"]}
         assert tracker.alias(CHALLENGER) == "2"
-        summary = loop.iteration_summary(store, settings, tracker)
+        summary = iteration_summary(store, settings, tracker)
         assert summary["dataset_version"] == 2 and summary["champion_version"] == "1"
         if second.success:  # gate passed: v2 deployed
             assert summary["gate_passed"] and tracker.alias(CHAMPION) == "2"
@@ -70,43 +77,43 @@ def test_forced_promotion_and_rollback(flywheel_home):
         for seed in (1, 2):
             _ingest_new_batch(store, settings, instance, defs, seed=seed)
             assert defs.resolve_job_def("train_and_deploy").execute_in_process(instance=instance).success
-    tracker = loop.tracker_for(settings)
+    tracker = tracker_for(settings)
     cur = deploy.current(store, settings.mlflow.model_name)
     manifest = store.read_json(cur["manifest"])
     assert cur["version"] == "v2" and manifest["forced_by"] == {"who": "alice", "why": forced["gate.force_reason"]}
     assert tracker.client.get_run(tracker.version_run("2")).data.tags["forced_by"] == "alice"
-    assert loop.rollback_champion(store, settings, tracker) == ("v2", "v1")
+    assert champion.rollback(store, settings, tracker) == ("v2", "v1")
     assert tracker.alias(CHAMPION) == "1"
-    assert loop.champion_status(store, settings)["version"] == "v1"
+    assert champion_status(store, settings)["version"] == "v1"
     with pytest.raises(deploy.RollbackError):
-        loop.rollback_champion(store, settings, tracker)
+        champion.rollback(store, settings, tracker)
 
 
 def test_engine_labels_through_the_queue_only(flywheel_home):
     """Engine on: labels come from the Label Studio queue (simulated annotator) and the champion, never the clips."""
     # 40 of each batch's 48 frames go to humans; with 40 % of the clips in test, labeled test frames exist.
-    engine = {**TINY, "engine.enabled": True, "engine.simulated_annotator": True, "engine.label_budget": 40,
+    engine = {**TINY, "engine.enabled": True, "engine.label_budget": 40,
               "engine.auto_threshold": 1.0, "dataset.split": {"train": 0.5, "val": 0.1, "test": 0.4}}  # fmt: skip
     settings = load_settings(**engine)
     store = open_store(settings.store_root)
     defs = build_definitions(settings, overrides=engine)
     with dg.instance_for_test() as instance:
-        first = _ingest_new_batch(store, settings, instance, defs, seed=1)
-        labels = store.read_parquet(loop.labels_key(first))
+        first = _ingest_new_batch(store, settings, instance, defs, seed=1, annotate=True)
+        labels = store.read_parquet(layout.labels_key(first))
         # no champion yet: only the 40 queued frames are labeled, by the (simulated) humans
         assert labels.num_rows == 40 and set(labels.column("label_source").to_pylist()) == {"human"}
-        assert store.exists(f"labeling/queue/{first}.json") and store.exists(f"labeling/done/{first}.json")
+        assert store.exists(layout.queue_key(first)) and store.exists(layout.done_key(first))
         assert defs.resolve_job_def("train_and_deploy").execute_in_process(instance=instance).success
-        second = _ingest_new_batch(store, settings, instance, defs, seed=2)
-        labels = store.read_parquet(loop.labels_key(second))
+        second = _ingest_new_batch(store, settings, instance, defs, seed=2, annotate=True)
+        labels = store.read_parquet(layout.labels_key(second))
         sources = labels.column("label_source").to_pylist()
         # the champion is never sure enough (threshold 1.0): 40 frames go to humans, the rest stay unlabeled,
         # and the clips' ground truth does not fill the gap
         assert sources == ["human"] * 40
-        queue = store.read_json(f"labeling/queue/{second}.json")
+        queue = store.read_json(layout.queue_key(second))
         assert all(t["predictions"][0]["model_version"] == "v1" for t in queue)  # pre-filled by the champion
         check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
             [dg.AssetCheckKey(dg.AssetKey("labels"), "likely_label_errors")]
         )
         assert check  # the non-blocking label-error check ran
-    assert loop.human_labels_spent(store) == 80
+    assert human_labels_spent(store) == 80

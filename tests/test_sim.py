@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from mcap.reader import make_reader
 
-from flywheel import sim
+from flywheel import layout, sim
 from flywheel.clips import read_clip
 from flywheel.config import CONDITIONS, DEFAULT_CLASSES, Settings
+from flywheel.sim.scene import _ahead, _light_top, _sample_main_actor
 from flywheel.store import open_store
 
 
@@ -161,7 +162,7 @@ def test_state_persists_across_calls(tmp_path):
     assert all(once.read_bytes(k) == twice.read_bytes(k) for k in keys)
     assert sim.read_state(twice) == {"recorded": 6, "uploaded": 6}
     assert not [
-        o.key for o in twice.list("sim/") if o.key != sim.STATE_KEY
+        o.key for o in twice.list("sim/") if o.key != layout.SIM_STATE
     ]  # no temporary files left
 
 
@@ -250,7 +251,7 @@ def test_hard_brakes_come_with_something_close_ahead(tmp_path):
 
 def test_bad_state_file_is_an_error(tmp_path):
     store = open_store(str(tmp_path))
-    store.write_json(sim.STATE_KEY, {"recorded": "many"})
+    store.write_json(layout.SIM_STATE, {"recorded": "many"})
     with pytest.raises(ValueError, match="state.json"):
         sim.simulate(store, small(), clips=1)
 
@@ -301,10 +302,10 @@ def test_red_lights_ahead_show_their_red_lamp():
     cam = sim.camera_for(settings, "front")
     rng = np.random.default_rng(6)
     for _ in range(100):
-        (light,) = sim._sample_main_actor(rng, "red_light", ego=4.0)
+        (light,) = _sample_main_actor(rng, "red_light", ego=4.0)
         for t in np.arange(8) / 5:
-            if sim._ahead(light, t, cam, 0.0, sim.EXTRAS) is not None:
+            if _ahead(light, t, cam, 0.0, sim.EXTRAS) is not None:
                 d, x = light.at(t)
-                top = sim._light_top(light.look)
+                top = _light_top(light.look)
                 _, v = cam.project(d, x, top - 0.42, 0.0)  # the bottom of the red (top) lamp
                 assert v >= 0  # in the image, not above it

@@ -1,31 +1,10 @@
-"""The data engine: shadow-mode upload triggers, auto-labels, the Label Studio queue, active selection, label quality.
+"""The data engine: shadow-mode upload triggers, the human queue, active selection, label quality.
 
     shadow     the deployed model flags clips the fleet should upload (`low_confidence`)
-    autolabel  champion auto-labels, embeddings for selection, the ground-truth wall
-    queue      Label Studio import tasks out, exports back; a simulated annotator
-    select     which frames a human labels within a budget
+    queue      which frames of a batch go to people; Label Studio tasks out, exports back
+    select     which frames a human labels within a budget; confidence measures
     quality    auto-label accuracy, label errors by confident learning
+
+Auto-labels themselves are `labels.build_labels(..., auto_probs=...)`: the champion's scores,
+computed once per batch by the labels stage (flywheel/loop.py).
 """
-
-from flywheel.engine.autolabel import (
-    champion_autolabeler,
-    decode_images,
-    embed_and_predict,
-    hide_ground_truth,
-)
-from flywheel.engine.quality import auto_label_accuracy, find_label_errors
-from flywheel.engine.queue import (
-    label_config,
-    queued_ground_truth,
-    read_queue,
-    simulate_annotator,
-    write_queue,
-)
-from flywheel.engine.select import select_for_labeling
-from flywheel.engine.shadow import DailyUploadBudget, confidence, fleet_filter, shadow_filter
-
-__all__ = [
-    "DailyUploadBudget", "auto_label_accuracy", "champion_autolabeler", "confidence", "decode_images",
-    "embed_and_predict", "find_label_errors", "fleet_filter", "hide_ground_truth", "label_config",
-    "queued_ground_truth", "read_queue", "select_for_labeling", "shadow_filter", "simulate_annotator", "write_queue",
-]  # fmt: skip

@@ -34,6 +34,37 @@ def auto_label_accuracy(labels: pa.Table, reference: Mapping[str, int], *, sourc
             "per_class": dict(sorted(per_class.items()))}  # fmt: skip
 
 
+def auto_accuracy_vs_truth(labels: pa.Table, frames: pa.Table, classes: Sequence[str]) -> dict:
+    """Auto-label accuracy against the clips' ground truth, where the frames carry one (a measurement
+    only: with the engine on, ground truth never becomes a training label)."""
+    index = {c: i for i, c in enumerate(classes)}
+    truth = {f: index[g] for f, g in zip(frames.column("frame_id").to_pylist(),
+                                         frames.column("ground_truth").to_pylist(), strict=True)
+             if g is not None}  # fmt: skip
+    return auto_label_accuracy(labels, truth)
+
+
+def label_errors(probs: np.ndarray, frame_ids: Sequence[str], labels: pa.Table, classes: Sequence[str], *,
+                 limit: int = 50) -> dict:  # fmt: skip
+    """Likely wrong human and ground-truth labels of a batch, by confident learning.
+
+    `probs` (N, C) are the champion's for `frame_ids`; it never trained on this batch, so they are
+    out of sample. Auto labels are left out (they are the champion's own guesses). Returns
+    `{"checked", "flagged", "errors": [{frame_id, given, suggested, score}] (worst `limit`)}`.
+    """
+    row_of = {f: i for i, f in enumerate(frame_ids)}
+    keep = [s != "auto" for s in labels.column("label_source").to_pylist()]
+    labels = labels.filter(pa.array(keep, pa.bool_()))
+    if labels.num_rows < 2:
+        return {"checked": labels.num_rows, "flagged": 0, "errors": [], "note": "too few human/ground-truth labels"}
+    fids = labels.column("frame_id").to_pylist()
+    given = np.asarray(labels.column("label").to_pylist())
+    errors = find_label_errors(np.asarray(probs)[[row_of[f] for f in fids]], given, frame_ids=fids)
+    named = [{"frame_id": f, "given": classes[g], "suggested": classes[s], "score": round(sc, 3)}
+             for f, g, s, sc in errors[:limit]]  # fmt: skip
+    return {"checked": len(fids), "flagged": len(errors), "errors": named}
+
+
 def class_thresholds(probs: np.ndarray, given: np.ndarray) -> np.ndarray:
     """(C,) per-class threshold: the mean self-confidence p[i, given[i]] over frames labeled with that class.
 

@@ -1,9 +1,8 @@
-"""The human queue in Label Studio's own formats, and a simulated annotator that works only through it.
+"""The human queue: which frames of a batch go to people, their Label Studio tasks out, the answers back.
 
     labeling/queue/<batch>.json          Label Studio *import* tasks (one file per fleet batch)
     labeling/images/<batch>/<frame>.jpg  the queued frames, as uploaded (.png/.webp keep their format)
-    labeling/done/<batch>.json           Label Studio JSON *export* dropped back by annotators
-                                         (what labels.load_label_studio_exports reads)
+    labeling/done/*.json                 Label Studio JSON *exports* dropped back by annotators
 
 Image references: each task's `data.image` is `image_url_prefix + <key>` when a prefix is given
 (e.g. `/data/local-files/?d=flywheel/` for Label Studio's local-files serving with
@@ -11,56 +10,71 @@ LOCAL_FILES_DOCUMENT_ROOT at the store's parent, or `https://cdn.example/` in fr
 bucket), else the store URI of the image (`s3://bucket/prefix/labeling/images/...`, which
 Label Studio resolves through a connected S3 source storage, or a local path). With
 `inline_images=True` the image is a `data:` URI in the task itself: no storage to connect,
-bigger task files.
-
-Label Studio project config for these tasks: `label_config(classes)`.
+bigger task files. The formats themselves are in flywheel/labelstudio.py.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
-from xml.sax.saxutils import quoteattr
+from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
 
+from flywheel import labelstudio, layout
+from flywheel.config import EngineSettings
+from flywheel.engine.select import select_for_labeling
+from flywheel.predict import Predictions
 from flywheel.store import Store
 
-QUEUE_PREFIX = "labeling/queue/"
-DONE_PREFIX = "labeling/done/"
-IMAGES_PREFIX = "labeling/images/"
-FROM_NAME, TO_NAME = "label", "image"  # the control and object tag names of label_config
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
-ANNOTATOR = "simulated-annotator"
-
-
-def queue_key(batch_id: str) -> str:
-    return f"{QUEUE_PREFIX}{batch_id}.json"
-
-
-def done_key(batch_id: str) -> str:
-    return f"{DONE_PREFIX}{batch_id}.json"
 
 
 def image_key(batch_id: str, frame_id: str, fmt: str = "jpeg") -> str:
     if fmt not in EXTENSIONS:
         raise ValueError(f"frame {frame_id}: unknown image format {fmt!r}; known: {sorted(EXTENSIONS)}")
-    return f"{IMAGES_PREFIX}{batch_id}/{frame_id}.{EXTENSIONS[fmt]}"
+    return layout.labeling_image_key(batch_id, frame_id, EXTENSIONS[fmt])
 
 
-def label_config(classes: Sequence[str]) -> str:
-    """The Label Studio labeling config (XML) whose names match the tasks and exports here."""
-    choices = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in classes)
-    return (f'<View>\n  <Image name="{TO_NAME}" value="$image"/>\n'
-            f'  <Choices name="{FROM_NAME}" toName="{TO_NAME}" choice="single" showInLine="true">\n'
-            f"{choices}\n  </Choices>\n</View>\n")  # fmt: skip
+def queue_batch(
+    store: Store,
+    batch_id: str,
+    frames: pa.Table,
+    scores: Predictions | None,
+    *,
+    classes: list[str],
+    engine: EngineSettings,
+    model_version: str | None = None,
+) -> dict:
+    """Pick at most `engine.label_budget` frames of a batch for humans and write their Label Studio queue.
 
-
-def choice_result(class_name: str) -> list[dict]:
-    """A Label Studio `result` holding one single-choice classification."""
-    return [{"from_name": FROM_NAME, "to_name": TO_NAME, "type": "choices", "value": {"choices": [class_name]}}]
+    `scores` are the champion's predictions (with embeddings) for every row of `frames`. With a
+    champion: only frames it is unsure of (< auto_threshold) are candidates, chosen by
+    `engine.strategy`, pre-annotated with its guess. Without one: a uniform random sample.
+    A batch is queued once: a retried or repeated labels run finds its queue file and keeps it.
+    """
+    fids = frames.column("frame_id").to_pylist()
+    if not fids:
+        raise ValueError(f"batch {batch_id} has no frames to queue")
+    key = layout.queue_key(batch_id)
+    if store.exists(key):
+        return {"key": key, "queued": len(store.read_json(key)), "strategy": "queued by an earlier run"}
+    if scores is None:
+        rng = np.random.default_rng([engine.seed, *batch_id.encode()])
+        chosen = rng.choice(len(fids), size=min(engine.label_budget, len(fids)), replace=False)
+        write_queue(store, batch_id, frames, [fids[i] for i in chosen], image_url_prefix=engine.image_url_prefix)
+        return {"key": key, "queued": len(chosen), "candidates": len(fids), "strategy": "random (no champion)"}
+    probs, emb = scores.probs, scores.embeddings
+    unsure = np.flatnonzero(probs.max(axis=1) < engine.auto_threshold)
+    meta = {"condition": [frames.column("condition")[int(i)].as_py() for i in unsure]}
+    picks = unsure[select_for_labeling(probs[unsure], emb[unsure], meta, budget=engine.label_budget,
+                                       strategy=engine.strategy, seed=engine.seed)]  # fmt: skip
+    predictions = [(classes[int(probs[i].argmax())], float(probs[i].max())) for i in picks]
+    write_queue(store, batch_id, frames, [fids[i] for i in picks], predictions, model_version=model_version,
+                image_url_prefix=engine.image_url_prefix)  # fmt: skip
+    return {"key": key, "queued": len(picks), "candidates": len(unsure), "strategy": engine.strategy,
+            "queued_by_condition": dict(Counter(meta["condition"][j] for j in np.searchsorted(unsure, picks)))}  # fmt: skip
 
 
 def write_queue(
@@ -97,101 +111,38 @@ def write_queue(
         else:
             store.write_bytes(key, r["image"])  # before the task that points at it
             ref = f"{image_url_prefix}{key}" if image_url_prefix is not None else store.uri(key)
-        task = {"data": {"image": ref, "frame_id": r["frame_id"], "batch_id": batch_id, "clip_id": r["clip_id"],
-                         "camera": r["camera"], "condition": r["condition"], "trigger": r["trigger"]}}  # fmt: skip
-        if predictions is not None:
-            name, score = predictions[i]
-            task["predictions"] = [{"model_version": str(model_version), "score": float(score),
-                                    "result": choice_result(str(name))}]  # fmt: skip
-        tasks.append(task)
-    store.write_json(queue_key(batch_id), tasks)
-    return queue_key(batch_id)
+        data = {"image": ref, "frame_id": r["frame_id"], "batch_id": batch_id, "clip_id": r["clip_id"],
+                "camera": r["camera"], "condition": r["condition"], "trigger": r["trigger"]}  # fmt: skip
+        prediction = predictions[i] if predictions is not None else None
+        tasks.append(labelstudio.import_task(data, prediction, model_version=model_version))
+    store.write_json(layout.queue_key(batch_id), tasks)
+    return layout.queue_key(batch_id)
 
 
 def read_queue(store: Store) -> list[dict]:
     """Every queue file, oldest first: `{"batch_id", "key", "tasks", "done"}` (done: an export exists)."""
     out = []
-    objs = [o for o in store.list(QUEUE_PREFIX) if o.key.endswith(".json")]
+    objs = [o for o in store.list(layout.LABELING_QUEUE) if o.key.endswith(".json")]
     for o in sorted(objs, key=lambda o: (o.mtime, o.key)):
-        batch_id = o.key[len(QUEUE_PREFIX) : -len(".json")]
+        batch_id = o.key[len(layout.LABELING_QUEUE) : -len(".json")]
         tasks = store.read_json(o.key)
         if not isinstance(tasks, list):
             raise ValueError(f"{store.uri(o.key)}: a queue file is a list of Label Studio tasks")
-        out.append({"batch_id": batch_id, "key": o.key, "tasks": tasks, "done": store.exists(done_key(batch_id))})
+        out.append({"batch_id": batch_id, "key": o.key, "tasks": tasks,
+                    "done": store.exists(layout.done_key(batch_id))})  # fmt: skip
     return out
 
 
-def queued_frame_ids(store: Store) -> set[str]:
-    """Every frame_id any queue file sent to a human."""
-    return {t["data"]["frame_id"] for q in read_queue(store) for t in q["tasks"]}
+def read_exports(store: Store) -> list[dict]:
+    """Every `*.json` Label Studio export in labeling/done/, as `{"source": key, "tasks": [...]}`, by key."""
+    exports = []
+    for obj in store.list(layout.LABELING_DONE):
+        if obj.key.endswith(".json"):  # read_json raises a ValueError naming the file if it is not JSON
+            exports.append({"source": obj.key, "tasks": labelstudio.export_tasks(store.read_json(obj.key),
+                                                                                 store.uri(obj.key))})  # fmt: skip
+    return exports
 
 
-def queued_ground_truth(store: Store, frames: pa.Table) -> dict[str, str]:
-    """frame_id -> ground-truth class name for the queued frames of `frames` only: the annotator's lookup."""
-    queued = queued_frame_ids(store)
-    out = {}
-    for fid, truth in zip(frames.column("frame_id").to_pylist(), frames.column("ground_truth").to_pylist(), strict=True):
-        if fid in queued and truth is not None:
-            out[fid] = truth
-    return out
-
-
-def simulate_annotator(
-    store: Store,
-    *,
-    ground_truth: Mapping[str, str],
-    classes: Sequence[str],
-    error_rate: float = 0.0,
-    delay_batches: int = 0,
-    seed: int = 0,
-) -> dict:
-    """Answer the queue like a labeling team: read labeling/queue/, write Label Studio exports to labeling/done/.
-
-    A queue file is answered once `delay_batches` newer queue files exist (the team lags that
-    many batches). Each answer is the frame's `ground_truth` class, flipped to another class
-    with probability `error_rate`. Only queued frames are ever answered; a queued frame
-    missing from `ground_truth` is an error (the caller's lookup is incomplete).
-    """
-    if not 0.0 <= error_rate <= 1.0:
-        raise ValueError(f"error_rate must be in [0, 1], got {error_rate}")
-    if delay_batches < 0:
-        raise ValueError(f"delay_batches must be >= 0, got {delay_batches}")
-    queue = read_queue(store)
-    ready = queue[: max(len(queue) - delay_batches, 0)]
-    written, answered, flipped = [], 0, 0
-    for q in ready:
-        if q["done"]:
-            continue
-        rng = np.random.default_rng([seed, *q["batch_id"].encode()])
-        export = []
-        for k, task in enumerate(q["tasks"]):
-            fid = task["data"]["frame_id"]
-            if fid not in ground_truth:
-                raise ValueError(f"{store.uri(q['key'])}: queued frame {fid} has no entry in ground_truth")
-            name = ground_truth[fid]
-            if name not in classes:
-                raise ValueError(f"ground truth of {fid} is {name!r}, not one of {list(classes)}")
-            if rng.random() < error_rate:
-                name = [c for c in classes if c != name][rng.integers(len(classes) - 1)]
-                flipped += 1
-            export.append(_exported_task(k + 1, task, name))
-        store.write_json(done_key(q["batch_id"]), export)
-        written.append(done_key(q["batch_id"]))
-        answered += len(export)
-    waiting = [q["key"] for q in queue[len(ready) :] if not q["done"]]
-    return {"written": written, "answered": answered, "flipped": flipped, "waiting": waiting}
-
-
-def _exported_task(task_id: int, task: dict, class_name: str) -> dict:
-    """One task as Label Studio's JSON export writes it: data, predictions, and the annotation."""
-    now = datetime.now(UTC).isoformat(timespec="seconds")
-    return {
-        "id": task_id,
-        "data": task["data"],
-        "predictions": task.get("predictions", []),
-        "annotations": [{
-            "id": task_id, "completed_by": ANNOTATOR, "was_cancelled": False, "ground_truth": False,
-            "created_at": now, "updated_at": now,
-            "result": [{"id": f"r{task_id}", "origin": "manual", **r} for r in choice_result(class_name)],
-        }],
-    }  # fmt: skip
+def human_labels_spent(store: Store) -> int:
+    """Annotations that came back from humans (Label Studio exports in labeling/done/)."""
+    return sum(len(e["tasks"]) for e in read_exports(store))

@@ -11,20 +11,34 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 STRATEGIES = ("uncertainty", "diversity", "balanced", "hybrid", "random")
+MEASURES = ("max_softmax", "margin", "entropy")  # confidence measures, all in [0, 1]
 HYBRID_POOL = 4  # hybrid draws from the budget x this most uncertain frames
+
+
+def confidence(probs: np.ndarray, measure: str = "max_softmax") -> np.ndarray:
+    """(N,) confidence in [0, 1] per row of probabilities (N, C), higher is surer.
+
+    max_softmax: the top probability; margin: top minus runner-up; entropy: 1 - H(p) / log(C).
+    """
+    if measure not in MEASURES:
+        raise ValueError(f"unknown confidence measure {measure!r}; known: {MEASURES}")
+    if probs.ndim != 2 or probs.shape[1] < 2:
+        raise ValueError(f"probs must be (N, C) with C >= 2, got shape {probs.shape}")
+    p = probs.astype(np.float64)
+    if measure == "max_softmax":
+        return p.max(axis=1)
+    if measure == "margin":
+        top2 = np.sort(p, axis=1)[:, -2:]
+        return top2[:, 1] - top2[:, 0]
+    entropy = -(p * np.log(np.clip(p, 1e-12, 1.0))).sum(axis=1)
+    return 1.0 - entropy / np.log(p.shape[1])
 
 
 def uncertainty(probs: np.ndarray, measure: str = "entropy") -> np.ndarray:
     """(N,) in [0, 1], higher is less sure: normalized entropy, or 1 - (top1 - top2) for `margin`."""
-    if probs.ndim != 2 or probs.shape[1] < 2:
-        raise ValueError(f"probs must be (N, C) with C >= 2, got shape {probs.shape}")
-    p = probs.astype(np.float64)
-    if measure == "entropy":
-        return -(p * np.log(np.clip(p, 1e-12, 1.0))).sum(axis=1) / np.log(p.shape[1])
-    if measure == "margin":
-        top2 = np.sort(p, axis=1)[:, -2:]
-        return 1.0 - (top2[:, 1] - top2[:, 0])
-    raise ValueError(f"unknown uncertainty measure {measure!r}; known: entropy, margin")
+    if measure not in ("entropy", "margin"):
+        raise ValueError(f"unknown uncertainty measure {measure!r}; known: entropy, margin")
+    return 1.0 - confidence(probs, measure)
 
 
 def k_center_greedy(embeddings: np.ndarray, budget: int, *, candidates: np.ndarray | None = None,

@@ -15,62 +15,16 @@ import numpy as np
 import onnxruntime as ort
 
 from flywheel import deploy
-from flywheel.augment import resize_square
+from flywheel.config import Settings
+from flywheel.engine.select import MEASURES, confidence
+from flywheel.model_input import frames_to_input
+from flywheel.predict import predict
 from flywheel.store import Store
 
-MEASURES = ("max_softmax", "margin", "entropy")
 LOW_CONFIDENCE = "low_confidence"
 
-# The simulator's hook: frames (N, H, W, 3) uint8 RGB and the clip metadata -> trigger or None.
+# The fleet's upload hook: frames (N, H, W, 3) uint8 RGB and the clip metadata -> trigger or None.
 UploadFilter = Callable[[np.ndarray, dict], "str | None"]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """(N, C) logits -> (N, C) float32 probabilities, numerically stable."""
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-def confidence(probs: np.ndarray, measure: str = "max_softmax") -> np.ndarray:
-    """(N,) confidence in [0, 1] per row of probabilities (N, C).
-
-    max_softmax: the top probability; margin: top minus runner-up; entropy: 1 - H(p) / log(C).
-    """
-    if measure not in MEASURES:
-        raise ValueError(f"unknown confidence measure {measure!r}; known: {MEASURES}")
-    if probs.ndim != 2 or probs.shape[1] < 2:
-        raise ValueError(f"probs must be (N, C) with C >= 2, got shape {probs.shape}")
-    p = probs.astype(np.float64)
-    if measure == "max_softmax":
-        return p.max(axis=1)
-    if measure == "margin":
-        top2 = np.sort(p, axis=1)[:, -2:]
-        return top2[:, 1] - top2[:, 0]
-    entropy = -(p * np.log(np.clip(p, 1e-12, 1.0))).sum(axis=1)
-    return 1.0 - entropy / np.log(p.shape[1])
-
-
-def to_model_input(frames: np.ndarray, size: int) -> np.ndarray:
-    """RGB frames (N, H, W, 3) uint8 -> model input (N, 3, size, size) uint8, resized as the reader does."""
-    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
-        raise ValueError(f"frames must be uint8 (N, H, W, 3) RGB, got {getattr(frames, 'dtype', type(frames))} "
-                         f"{getattr(frames, 'shape', '')}")  # fmt: skip
-    out = np.empty((len(frames), 3, size, size), np.uint8)
-    for i, f in enumerate(frames):
-        out[i] = resize_square(f, size).transpose(2, 0, 1)
-    return out
-
-
-def onnx_probs(session: ort.InferenceSession, images: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
-    """Softmax probabilities (N, C) from the deployed graph for model inputs (N, 3, S, S) uint8."""
-    out = []
-    for i in range(0, len(images), batch_size):
-        logits = session.run([deploy.OUTPUT_NAME], {deploy.INPUT_NAME: images[i : i + batch_size]})[0]
-        out.append(softmax(logits))
-    if not out:
-        raise ValueError("images is empty: nothing to predict")
-    return np.concatenate(out)
 
 
 class DailyUploadBudget:
@@ -119,7 +73,7 @@ def shadow_filter(
     size = int(manifest["image_size"])
 
     def upload_filter(frames: np.ndarray, meta: dict) -> str | None:
-        probs = onnx_probs(session, to_model_input(frames, size))  # (N, C)
+        probs = predict(session, frames_to_input(frames, size)).probs  # (N, C)
         if confidence(probs, measure).min() >= threshold:
             return None
         if budget is not None and not budget.take(meta):
@@ -129,13 +83,12 @@ def shadow_filter(
     return upload_filter
 
 
-def fleet_filter(
-    store: Store, model_name: str, *, threshold: float, measure: str = "max_softmax",
-    uploads_per_day: int | None = None,
-) -> UploadFilter | None:  # fmt: skip
-    """The shadow filter of the deployed champion, or None (random uploads only) when none is deployed."""
-    if deploy.current(store, model_name) is None:
+def fleet_filter(store: Store, settings: Settings) -> UploadFilter | None:
+    """The shadow filter of the deployed champion; None (random uploads only) when the engine is off
+    or nothing is deployed yet."""
+    e = settings.engine
+    if not e.enabled or deploy.current(store, settings.mlflow.model_name) is None:
         return None
-    session, manifest = deploy.load_deployed(store, model_name)
-    budget = DailyUploadBudget(uploads_per_day) if uploads_per_day is not None else None
-    return shadow_filter(session, manifest, threshold=threshold, measure=measure, budget=budget)
+    session, manifest = deploy.load_deployed(store, settings.mlflow.model_name)
+    budget = DailyUploadBudget(e.uploads_per_day) if e.uploads_per_day is not None else None
+    return shadow_filter(session, manifest, threshold=e.shadow_threshold, measure=e.shadow_measure, budget=budget)

@@ -25,7 +25,7 @@ import yaml
 from tests.conftest import free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]
-DEPLOY = REPO / "deploy"
+PRODUCTION = REPO / "production"
 VENV_BIN = Path(sys.executable).parent
 PG = os.environ.get("FLYWHEEL_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 RABBITMQ = os.environ.get("FLYWHEEL_TEST_RABBITMQ", "pyamqp://guest:guest@127.0.0.1:5672//")
@@ -98,10 +98,10 @@ def postgres():
 
 @pytest.fixture
 def dagster_home(postgres, tmp_path, monkeypatch):
-    """DAGSTER_HOME with deploy/dagster.yaml (the production instance) on a fresh PostgreSQL database."""
+    """DAGSTER_HOME with production/dagster.yaml (the production instance) on a fresh PostgreSQL database."""
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copyfile(DEPLOY / "dagster.yaml", home / "dagster.yaml")
+    shutil.copyfile(PRODUCTION / "dagster.yaml", home / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_PG_URL", postgres("dagster"))
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     return home
@@ -210,14 +210,14 @@ def _stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
 
 @pytest.fixture
 def prod_config(s3_root, s3_endpoint, tmp_path, monkeypatch):
-    """deploy/flywheel.yaml pointed at this session's services (tiny training), as FLYWHEEL_CONFIG.
+    """production/flywheel.yaml pointed at this session's services (tiny training), as FLYWHEEL_CONFIG.
 
     Returns a function: call it with the MLflow URI (or None to keep a local tracking store)
     and any more overrides; it writes the file, sets FLYWHEEL_CONFIG and returns the path.
     """
 
     def write(tracking_uri: str | None = None, **overrides) -> Path:
-        data = yaml.safe_load((DEPLOY / "flywheel.yaml").read_text())
+        data = yaml.safe_load((PRODUCTION / "flywheel.yaml").read_text())
         data["store"].update(root=s3_root, endpoint_url=s3_endpoint)
         data["mlflow"]["tracking_uri"] = tracking_uri
         for dotted, value in {**TINY, **overrides}.items():
@@ -253,7 +253,7 @@ def celery_workers(n: int, *, queue: str, env: dict, logdir: Path, timeout: floa
         for i, name in enumerate(names):
             cmd = [
                 str(VENV_BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app",
-                "-y", str(DEPLOY / "celery.yaml"), "-q", queue, "-n", name.split("@")[0], "-l", "INFO",
+                "-y", str(PRODUCTION / "celery.yaml"), "-q", queue, "-n", name.split("@")[0], "-l", "INFO",
                 "--", "--pool=solo", "--without-gossip", "--without-mingle", "--without-heartbeat",
             ]  # fmt: skip
             with open(logdir / f"worker{i}.log", "wb") as out:

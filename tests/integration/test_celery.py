@@ -9,11 +9,11 @@ import dagster as dg
 import pytest
 
 from flywheel.config import load_settings
-from flywheel.ingest import commit_batch, frames_key, plan_batch
-from flywheel.loop import augmented_key, labels_key
+from flywheel.ingest import commit_batch, plan_batch
+from flywheel.layout import augmented_key, frames_key, labels_key
 from flywheel.sim import simulate
 from flywheel.store import open_store
-from tests.integration.conftest import DEPLOY, REPO, VENV_BIN, celery_workers
+from tests.integration.conftest import PRODUCTION, REPO, VENV_BIN, celery_workers
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +58,7 @@ def test_two_batches_ingest_at_once_on_two_celery_workers(
         "OMP_NUM_THREADS": "1",
     }
     # Each run in its own process, as the run launcher starts them; its steps go to the workers.
-    cmd = [str(VENV_BIN / "dagster"), "job", "execute", "-f", str(DEPLOY / "definitions.py"), "-a", "defs",
+    cmd = [str(VENV_BIN / "dagster"), "job", "execute", "-f", str(PRODUCTION / "definitions.py"), "-a", "defs",
            "-d", str(REPO), "-j", "ingest_batch"]  # fmt: skip
     with celery_workers(2, queue=queue, env=env, logdir=tmp_path) as workers:
         runs = [

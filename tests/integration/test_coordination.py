@@ -16,18 +16,18 @@ from flywheel.definitions import build_definitions
 from flywheel.ingest import claimed, commit_batch, list_batches, plan_batch
 from flywheel.sim import simulate
 from flywheel.store import open_store
-from tests.integration.conftest import DEPLOY
+from tests.integration.conftest import PRODUCTION
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def queued_instance(dagster_home):
-    """The production instance (deploy/dagster.yaml on PostgreSQL) with a launcher that only records.
+    """The production instance (production/dagster.yaml on PostgreSQL) with a launcher that only records.
 
     Everything but the launcher is the profile's: the daemon's own dequeue logic decides.
     """
-    config = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
+    config = yaml.safe_load((PRODUCTION / "dagster.yaml").read_text())
     config["run_launcher"] = {"module": "dagster._core.test_utils", "class": "MockedRunLauncher"}
     (dagster_home / "dagster.yaml").write_text(yaml.safe_dump(config))
     with dg.DagsterInstance.get() as instance:
@@ -127,7 +127,7 @@ def test_concurrent_sensor_ticks_commit_one_batch(prod_config, pg_instance, flyw
 
 
 def test_production_instance_config_is_the_profile(dagster_home):
-    """deploy/dagster.yaml loads as a PostgreSQL instance with the queued coordinator and limits."""
+    """production/dagster.yaml loads as a PostgreSQL instance with the queued coordinator and limits."""
     with dg.DagsterInstance.get() as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"

@@ -15,12 +15,12 @@ from flywheel import dataset, deploy, distributed, loop
 from flywheel.cli import main
 from flywheel.config import load_settings
 from flywheel.model import load_weights
+from flywheel.predict import predict
 from flywheel.reader import load_arrays
 from flywheel.schema import DATASET
 from flywheel.sim import simulate
 from flywheel.store import open_store
-from flywheel.tracking import CHALLENGER, CHAMPION
-from flywheel.train import predict
+from flywheel.tracking import CHALLENGER, CHAMPION, tracker_for
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +58,7 @@ def test_flywheel_iterate_on_the_production_profile(
     }
 
     # MLflow server: the model is registered and aliased; its artifacts went to S3 through the server
-    tracker = loop.tracker_for(settings)
+    tracker = tracker_for(settings)
     assert tracker.alias(CHALLENGER) == tracker.alias(CHAMPION) == "1"
     assert tracker.client.get_experiment(tracker.experiment_id).artifact_location.startswith(
         "mlflow-artifacts:"
@@ -115,7 +115,7 @@ def _separable_dataset(store, settings, *, per_split: dict[str, int], seed: int 
 def _test_accuracy(store, settings, manifest, tracker, version: str) -> float:
     images, labels, _ = load_arrays(store, manifest, split="test", image_size=settings.image_size)
     model, _ = load_weights(tracker.weights(version))
-    return float((predict(model, images).argmax(1) == labels).mean())
+    return float((predict(model, images).probs.argmax(1) == labels).mean())
 
 
 def test_torchrun_two_ranks_reach_the_quality_of_one(prod_config, mlflow_server, tmp_path):
@@ -130,7 +130,7 @@ def test_torchrun_two_ranks_reach_the_quality_of_one(prod_config, mlflow_server,
     settings = load_settings(config)
     store = open_store(settings.store_root, endpoint_url=settings.store.endpoint_url)
     manifest = _separable_dataset(store, settings, per_split={"train": 384, "val": 64, "test": 128})
-    tracker = loop.tracker_for(settings)
+    tracker = tracker_for(settings)
 
     single = loop.train_challenger(store, settings, tracker, device="cpu")
     ddp = distributed.train_challenger_torchrun(

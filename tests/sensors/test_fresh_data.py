@@ -3,9 +3,9 @@ import json
 import dagster as dg
 import pytest
 
-from assets.resources import SettingsResource, StoreResource
 from flywheel import ingest
 from flywheel.store import open_store
+from resources import SettingsResource, StoreResource
 from sensors.fresh_data import fresh_fleet_data
 from tests.conftest import jpeg, make_clip
 
@@ -13,10 +13,8 @@ from tests.conftest import jpeg, make_clip
 @pytest.fixture
 def setup(tmp_path):
     root = str(tmp_path / "store")
-    resources = {
-        "settings": SettingsResource(overrides={"sensor.min_clips": "3"}),
-        "store": StoreResource(root=root),
-    }
+    settings = SettingsResource(overrides={"sensor.min_clips": "3", "store.root": json.dumps(root)})
+    resources = {"settings": settings, "store": StoreResource(settings=settings)}
     return open_store(root), resources
 
 

@@ -1,3 +1,5 @@
+"""Partitions: one dynamic partition per fleet batch."""
+
 import dagster as dg
 
 # One partition per fleet batch; the fresh-data sensor adds them.

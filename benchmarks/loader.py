@@ -1,5 +1,6 @@
 """Data benchmarks: the shard reader against common loading patterns, and append vs rebuild.
 
+Loader: images per CPU-second of this process (user + system time, best of 5 interleaved passes).
 Every loader path does the same per-image work (decode, BGR->RGB, resize to S x S, HWC->CHW,
 uint8 tensor, default_collate in batches of 64), in one process on one core, on the same JPEG
 bytes; only how the bytes reach the decoder differs. The ceiling decodes the bytes from memory.
@@ -21,8 +22,10 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from flywheel import layout
 from flywheel.dataset import append_version
-from flywheel.reader import ShardReader, decode_image
+from flywheel.model_input import decode_image
+from flywheel.reader import ShardReader
 from flywheel.schema import DATASET
 from flywheel.store import open_store
 
@@ -49,7 +52,8 @@ def synthetic_rows(n: int, *, batch_id: str = "b0", seed: int = 0, height: int =
             "frame_id": f"{clip}/front/{i % 16}", "clip_id": clip, "vehicle_id": "v1",
             "trigger": "random", "condition": "day", "camera": "front", "timestamp_ns": i,
             "image": enc.tobytes(), "height": height, "width": width, "label": i % len(CLASSES),
-            "label_source": "ground_truth", "label_confidence": 1.0, "split": split, "augmentation": "",
+            "label_source": "ground_truth", "label_confidence": 1.0, "split": split,
+            "augmentation": "",
         })  # fmt: skip
     return pa.Table.from_pylist(rows, schema=DATASET)
 
@@ -102,8 +106,8 @@ class _TarStream(IterableDataset):
 
 
 def bench_loader(workdir: str | os.PathLike, *, frames: int = 2000, image_size: int = 64) -> dict:
-    """Images per CPU-second (one process, one thread) into uint8 (B, 3, S, S) batches: shard reader vs file folder, tar,
-    and the in-memory decode ceiling, on the same JPEG bytes."""
+    """Images per CPU-second (one process, one thread) into uint8 (B, 3, S, S) batches: shard
+    reader vs file folder, tar, and the in-memory decode ceiling, on the same JPEG bytes."""
     work = Path(workdir)
     shutil.rmtree(work / "bench_loader", ignore_errors=True)
     root = work / "bench_loader"
@@ -129,13 +133,15 @@ def bench_loader(workdir: str | os.PathLike, *, frames: int = 2000, image_size: 
             "ceiling": lambda: _ceiling(images, labels, image_size),
             "shard_reader": lambda: _drain(reader(train_aug=False)),
             "shard_reader_train_aug": lambda: _drain(reader(train_aug=True)),
-            "image_folder": lambda: _drain(DataLoader(_ImageFolder(folder, image_size), batch_size=BATCH, shuffle=True)),
-            "tar_stream": lambda: _drain(DataLoader(_TarStream(tar_path, image_size), batch_size=BATCH)),
+            "image_folder": lambda: _drain(DataLoader(_ImageFolder(folder, image_size),
+                                                      batch_size=BATCH, shuffle=True)),
+            "tar_stream": lambda: _drain(DataLoader(_TarStream(tar_path, image_size),
+                                                    batch_size=BATCH)),
         }  # fmt: skip
         best = dict.fromkeys(paths, float("inf"))
         for _ in range(REPEATS):  # paths interleaved: load spikes on the machine hit all of them
             for name, run in paths.items():
-                best[name] = min(best[name], _timed(run, frames))
+                best[name] = min(best[name], _timed(name, run, frames))
         rates = {name: round(frames / s, 1) for name, s in best.items()}
     finally:
         torch.set_num_threads(threads[0])
@@ -161,7 +167,8 @@ def bench_loader(workdir: str | os.PathLike, *, frames: int = 2000, image_size: 
 def bench_append(
     workdir: str | os.PathLike, *, batches: int = 10, frames_per_batch: int = 400
 ) -> dict:
-    """Time and bytes written to add one batch (10% new data) to a dataset vs rebuilding it all."""
+    """Wall seconds (best of 5) and bytes written to add one batch (10% new data) to a dataset as
+    a new version, vs rebuilding the dataset with it from scratch."""
     work = Path(workdir)
     shutil.rmtree(work / "bench_append", ignore_errors=True)
     store = open_store(str(work / "bench_append"))
@@ -182,7 +189,7 @@ def bench_append(
         rebuild_s = min(rebuild_s, time.perf_counter() - t0)
 
     manifest_bytes = {
-        m["name"]: store.list(f"datasets/{m['name']}/v{m['version']}/manifest.json")[0].size
+        m["name"]: store.list(layout.manifest_key(m["name"], m["version"]))[0].size
         for m in (grown, rebuilt)
     }
     append_bytes = grown["new_bytes"] + manifest_bytes[grown["name"]]
@@ -202,6 +209,7 @@ def bench_append(
 
 
 def _write_folder(root: Path, images: list[bytes], labels: list[int]) -> Path:
+    """One JPEG file per image under `root/<class>/`, as ImageFolder expects."""
     for i, (data, label) in enumerate(zip(images, labels, strict=True)):
         d = root / CLASSES[label]
         d.mkdir(parents=True, exist_ok=True)
@@ -210,6 +218,7 @@ def _write_folder(root: Path, images: list[bytes], labels: list[int]) -> Path:
 
 
 def _write_tar(path: Path, images: list[bytes], labels: list[int]) -> Path:
+    """One tar of `<key>.jpg` + `<key>.cls` members per image, as WebDataset writes them."""
     with tarfile.open(path, "w") as tar:
         for i, (data, label) in enumerate(zip(images, labels, strict=True)):
             for ext, payload in (("jpg", data), ("cls", str(label).encode())):
@@ -219,18 +228,20 @@ def _write_tar(path: Path, images: list[bytes], labels: list[int]) -> Path:
     return path
 
 
-def _timed(run, frames: int) -> float:
-    # CPU seconds of this process (user + system, so file opens and reads count): a figure per
-    # core that other processes on a shared machine disturb far less than wall time does
+def _timed(name: str, run, frames: int) -> float:
+    """CPU seconds of this process (user + system, so file opens and reads count) for one pass of
+    loader path `name`: a figure per core that other processes on a shared machine disturb far
+    less than wall time does."""
     t0 = time.process_time()
     n = run()
     elapsed = time.process_time() - t0
     if n != frames:
-        raise RuntimeError(f"a benchmark path yielded {n} images, expected {frames}")
+        raise RuntimeError(f"loader path {name!r} yielded {n} images, expected {frames}")
     return elapsed
 
 
 def _drain(loader) -> int:
+    """Iterate a DataLoader to the end; returns the images it yielded."""
     n = 0
     for batch in loader:
         n += batch["image"].shape[0]  # (B, 3, S, S) uint8
@@ -238,6 +249,7 @@ def _drain(loader) -> int:
 
 
 def _decode_only(images: list[bytes]) -> int:
+    """Decode each JPEG from memory, nothing else."""
     for data in images:
         cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     return len(images)

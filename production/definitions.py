@@ -7,7 +7,7 @@
     DAGSTER_CELERY_BACKEND      result backend, default rpc:// (RabbitMQ) ; redis://... for Redis
     FLYWHEEL_CELERY_QUEUE       the queue the workers listen on, default `dagster`
 
-Loaded by deploy/workspace.yaml (webserver, daemon) and, through the run's code pointer, by
+Loaded by production/workspace.yaml (webserver, daemon) and, through the run's code pointer, by
 every Celery worker, so all of them must see the same file, settings and environment.
 """
 
@@ -23,7 +23,7 @@ EXECUTORS = ("multiprocess", "in_process", "celery", "k8s")
 
 
 def celery_config() -> dict:
-    """The celery executor's config; the worker's `-y deploy/celery.yaml` must name the same broker."""
+    """The celery executor's config; the workers' `production/celery.yaml` names the same broker."""
     return {
         "broker": {"env": "DAGSTER_CELERY_BROKER_URL"},
         "backend": os.environ.get("DAGSTER_CELERY_BACKEND", "rpc://"),

@@ -1,0 +1,123 @@
+"""`flywheel bench`: the benchmarks' command line; each prints its figures as JSON.
+
+A command imports its benchmark (and with it torch, dagster or mlflow) only when it runs, so that
+`flywheel --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    from flywheel.cli import Ctx
+
+WORKDIR = click.option("--workdir", type=click.Path(file_okay=False), default=None,
+                       help="Folder for the temporary files (default: the system's).")  # fmt: skip
+
+
+def _echo_json(result) -> None:
+    click.echo(json.dumps(result, indent=2, default=str))
+
+
+@click.group()
+def bench():
+    """Benchmarks (figures and commands in BENCHMARKS.md)."""
+
+
+@bench.command()
+@click.option("--clips", type=click.IntRange(min=1), default=200, show_default=True)
+@WORKDIR
+@click.pass_obj
+def ingest(obj: Ctx, clips: int, workdir: str | None):
+    """Frames/s and MB/s from landing MCAP to frames Parquet, beside the raw MCAP read rate."""
+    from benchmarks.ingest import bench_ingest
+
+    _echo_json(bench_ingest(obj.settings, clips=clips, workdir=workdir))
+
+
+@bench.command()
+@click.option("--frames", type=click.IntRange(min=64), default=2000, show_default=True)
+@WORKDIR
+@click.pass_obj
+def loader(obj: Ctx, frames: int, workdir: str | None):
+    """Images/s into uint8 tensors: shard reader vs ImageFolder-style files vs tar vs ceiling."""
+    from benchmarks.loader import bench_loader
+
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        _echo_json(bench_loader(tmp, frames=frames, image_size=obj.settings.image_size))
+
+
+@bench.command()
+@WORKDIR
+def append(workdir: str | None):
+    """Time and bytes to add 10% new data as a dataset version, vs a full rebuild."""
+    from benchmarks.loader import bench_append
+
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        _echo_json(bench_append(tmp))
+
+
+@bench.command()
+@click.option("--iterations", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--clips", type=click.IntRange(min=1), default=24, show_default=True,
+              help="Clips uploaded per iteration.")  # fmt: skip
+@click.option("--label-budget", type=click.IntRange(min=1), default=48, show_default=True)
+@click.option("--width", type=click.IntRange(min=4), default=8, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@WORKDIR
+def engine(iterations: int, clips: int, label_budget: int, width: int, epochs: int, seed: int,
+           workdir: str | None):  # fmt: skip
+    """Engine (shadow mode + active selection + auto labels) vs random uploads and labels, same
+    label budget."""
+    from benchmarks.engine import bench_engine
+
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        result = bench_engine(tmp, iterations=iterations, clips_per_iteration=clips, seed=seed,
+                              label_budget=label_budget, width=width, epochs=epochs)  # fmt: skip
+    _echo_json(result)
+
+
+@bench.command()
+@click.option("--clips", type=click.IntRange(min=1), default=60, show_default=True)
+@click.option("--iterations", type=click.IntRange(min=1), default=2, show_default=True)
+@click.pass_obj
+def cycle(obj: Ctx, clips: int, iterations: int):
+    """Latency from landing to deployed, per stage, in a fresh temporary FLYWHEEL_HOME."""
+    from benchmarks.cycle import bench_cycle
+
+    _echo_json(bench_cycle(obj, clips=clips, iterations=iterations))
+
+
+@bench.group()
+def scale():
+    """Production profile (production/): Celery workers and DDP ranks, 1 vs 2."""
+
+
+@scale.command("ingest")
+@click.option("--pg", default="postgresql+psycopg2://postgres@127.0.0.1:5432", show_default=True,
+              help="PostgreSQL server; each worker count gets a fresh database on it.")  # fmt: skip
+@click.option("--broker", default="pyamqp://guest:guest@127.0.0.1:5672//", show_default=True,
+              help="Celery broker (RabbitMQ or Redis).")  # fmt: skip
+@click.option("--batches", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--clips", type=click.IntRange(min=1), default=6, show_default=True,
+              help="Clips per batch.")  # fmt: skip
+def scale_ingest(pg: str, broker: str, batches: int, clips: int):
+    """Fleet batches ingested through Celery with 1 and 2 workers: step span, speed-up."""
+    from benchmarks.scale import bench_celery_ingest
+
+    _echo_json(bench_celery_ingest(pg=pg, broker=broker, batches=batches, clips=clips))
+
+
+@scale.command("ddp")
+@click.option("--clips", type=click.IntRange(min=1), default=96, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=4, show_default=True)
+def scale_ddp(clips: int, epochs: int):
+    """Training images/s with torchrun 1 and 2 ranks on CPU (gloo)."""
+    from benchmarks.scale import bench_ddp
+
+    _echo_json(bench_ddp(clips=clips, epochs=epochs))

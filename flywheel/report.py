@@ -1,0 +1,90 @@
+"""What a person asks of the flywheel: where things stand (`flywheel status`) and what one turn did."""
+
+from __future__ import annotations
+
+from flywheel import dataset, deploy, layout
+from flywheel.config import Settings
+from flywheel.engine.queue import human_labels_spent
+from flywheel.ingest import list_batches, pending_clips
+from flywheel.store import Store
+from flywheel.tracking import CHALLENGER, Tracker
+
+
+def status(store: Store, settings: Settings) -> dict:
+    """Champion, dataset version, batches and their frames, pending and quarantined clips."""
+    batches = []
+    for m in list_batches(store):
+        row = {"batch_id": m["batch_id"], "clips": len(m["clips"]), "created_at": m["created_at"]}
+        if store.exists(layout.frames_key(m["batch_id"])):
+            row["frames"] = store.parquet_file(layout.frames_key(m["batch_id"])).metadata.num_rows
+        batches.append(row)
+    q = quarantined(store)
+    return {
+        "store": settings.store_root,
+        "champion": champion_status(store, settings),
+        "dataset_version": dataset.latest_version(store, settings.dataset.name),
+        "batches": batches,
+        "frames": sum(b.get("frames", 0) for b in batches),
+        "pending_clips": len(pending_clips(store)),
+        "quarantined": len(q),
+        "quarantine": [{k: r.get(k) for k in ("key", "reason", "detail", "batch_id")} for r in q],
+    }
+
+
+def quarantined(store: Store) -> list[dict]:
+    """Every quarantined clip's reason record."""
+    return [store.read_json(o.key) for o in store.list(layout.QUARANTINE) if o.key.endswith(layout.REASON_SUFFIX)]
+
+
+def champion_status(store: Store, settings: Settings) -> dict | None:
+    """The deployed version, its dataset, when, its headline metrics and the champions before it."""
+    cur = deploy.current(store, settings.mlflow.model_name)
+    if cur is None:
+        return None
+    m = store.read_json(cur["manifest"])
+    keys = ("accuracy", "macro_f1", "ece")
+    return {
+        "version": cur["version"], "dataset": m.get("dataset"), "deployed_at": m.get("deployed_at"),
+        "metrics": {k: m["metrics"][k] for k in keys if k in m.get("metrics", {})},
+        "history": cur.get("history", []),
+    }  # fmt: skip
+
+
+def rare_condition(settings: Settings) -> str:
+    """The condition the fleet sees least at the start: the slice the demo watches."""
+    start = settings.sim.conditions_start
+    return min(start, key=start.get)
+
+
+def iteration_summary(store: Store, settings: Settings, tracker: Tracker) -> dict:
+    """What one iteration did: dataset, challenger vs champion (overall and rare slice), gate, deploy."""
+    version = tracker.alias(CHALLENGER)
+    ev = store.read_json(layout.evaluation_key(settings.mlflow.model_name, version))
+    metric, rare = settings.gate.metric, f"condition={rare_condition(settings)}"
+    manifest = dataset.load_manifest(store, settings.dataset.name, ev["dataset_version"])
+
+    def scores(report: dict | None) -> tuple[float | None, float | None]:
+        if not report:
+            return None, None
+        return report[metric], report["per_slice"].get(rare, {}).get(metric)
+
+    ch, ch_rare = scores(ev["challenger"])
+    champ, champ_rare = scores(ev["champion"])
+    cur = deploy.current(store, settings.mlflow.model_name)
+    return {
+        "human_labels": human_labels_spent(store),
+        "dataset_version": ev["dataset_version"],
+        "frames": manifest["counts"]["rows"],
+        "eval_frames": ev["frames"],
+        "metric": metric,
+        "rare_slice": rare,
+        "challenger_version": version,
+        "challenger": ch,
+        "challenger_rare": ch_rare,
+        "champion_version": ev["champion_version"],
+        "champion": champ,
+        "champion_rare": champ_rare,
+        "gate_passed": ev["gate"]["passed"],
+        "gate_reason": ev["gate"]["reason"],
+        "deployed": cur["version"] if cur else None,
+    }

@@ -1,0 +1,67 @@
+"""Resources: the flywheel settings, and the store, MLflow and compute device built from them.
+
+One config, one constructor: `SettingsResource` holds the only configuration; the store and the
+tracker come from `flywheel.store.store_for` and `flywheel.tracking.tracker_for`, as everywhere
+else in the flywheel.
+"""
+
+import json
+
+import dagster as dg
+
+from flywheel.config import Settings, load_settings
+from flywheel.store import Store, store_for
+from flywheel.tracking import Tracker, tracker_for
+
+
+class SettingsResource(dg.ConfigurableResource):
+    """The validated flywheel settings (`flywheel.yaml`), with dotted-key overrides."""
+
+    config_path: str | None = None
+    overrides: dict[str, str] = {}  # dotted key -> JSON value, e.g. {"train.epochs": "2"}
+
+    def load(self) -> Settings:
+        values = {k: json.loads(v) for k, v in self.overrides.items()}
+        return load_settings(self.config_path, **values)
+
+
+class StoreResource(dg.ConfigurableResource):
+    """The store of the settings: a local folder or s3://bucket/prefix (`store.root`)."""
+
+    settings: SettingsResource
+
+    def open(self) -> Store:
+        return store_for(self.settings.load())
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """The MLflow tracker of the settings (`mlflow.tracking_uri`, else SQLite in $FLYWHEEL_HOME)."""
+
+    settings: SettingsResource
+
+    def tracker(self) -> Tracker:
+        return tracker_for(self.settings.load())
+
+
+class ComputeResource(dg.ConfigurableResource):
+    """Where training runs (`train.device`): auto (CUDA when present), cpu or cuda."""
+
+    settings: SettingsResource
+
+    @property
+    def device(self) -> str:
+        return self.settings.load().train.device
+
+
+def resources_for(config_path: str | None, overrides: dict) -> dict:
+    """The Definitions' resources: one SettingsResource, shared by the others; each reads the settings
+    from `config_path` and `overrides` when a step or sensor runs, as a worker process does."""
+    conf = SettingsResource(
+        config_path=config_path, overrides={k: json.dumps(v) for k, v in overrides.items()}
+    )
+    return {
+        "settings": conf,
+        "store": StoreResource(settings=conf),
+        "mlflow": MlflowResource(settings=conf),
+        "compute": ComputeResource(settings=conf),
+    }
