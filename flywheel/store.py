@@ -48,6 +48,12 @@ class Store(ABC):
         """Write `data` atomically: readers see the old object or the new one, never a part."""
 
     @abstractmethod
+    def create(self, key: str, data: bytes) -> bool:
+        """Write `data` to `key` only if no object is there: True if this call created it, False if one
+        existed. Atomic (create-exclusive locally, a conditional PUT on S3): of two racing callers,
+        exactly one wins, and the loser sees the winner's whole object."""
+
+    @abstractmethod
     def exists(self, key: str) -> bool: ...
 
     @abstractmethod
@@ -134,6 +140,22 @@ class LocalStore(Store):
         finally:
             tmp.unlink(missing_ok=True)
 
+    def create(self, key: str, data: bytes) -> bool:
+        final = self._p(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, final)  # fails if `final` exists: the whole object appears, or nothing
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+
     def exists(self, key: str) -> bool:
         return self._p(key).is_file()
 
@@ -202,6 +224,17 @@ class S3Store(Store):
 
     def write_bytes(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data)
+
+    def create(self, key: str, data: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data, IfNoneMatch="*")
+            return True
+        except ClientError as e:
+            if e.response["Error"]["Code"] in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            raise
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError

@@ -66,3 +66,15 @@ def test_bad_roots_are_refused():
         open_store("gs://bucket/x")
     with pytest.raises(ValueError, match="invalid S3 root"):
         open_store("s3://")
+
+
+def test_create_is_exclusive_and_whole(store):
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert store.create("claims/c1", b"first") is True
+    assert store.create("claims/c1", b"second") is False
+    assert store.read_bytes("claims/c1") == b"first"
+    with ThreadPoolExecutor(8) as pool:  # racing creators: exactly one wins
+        won = list(pool.map(lambda i: store.create("claims/race", f"w{i}".encode()), range(8)))
+    assert won.count(True) == 1 and store.read_bytes("claims/race") == f"w{won.index(True)}".encode()
+    assert [o.key for o in store.list("claims/")] == ["claims/c1", "claims/race"]  # no temporaries left
