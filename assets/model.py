@@ -64,7 +64,9 @@ def evaluation(settings: SettingsResource, store: StoreResource, mlflow: MlflowR
         description=gate["reason"],
         metadata={
             "forced": bool(gate.get("forced")),
-            "slice_regressions": table_md(list(gate.get("slice_regressions", []))),
+            "slices (challenger - champion, paired interval)": table_md(
+                gate.get("slices", []), ["slice", "n", "challenger", "champion", "delta", "low", "high", "gated", "regressed"]
+            ),
         },
     )
 

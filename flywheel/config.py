@@ -137,9 +137,13 @@ class TrainSettings(_Section):
 class GateSettings(_Section):
     metric: Literal["accuracy", "macro_f1"] = "macro_f1"
     margin: float = 0.0  # the challenger must beat the champion by more than this
-    slice_tolerance: float = Field(0.05, ge=0)  # largest allowed drop on any slice
+    slice_tolerance: float = Field(0.05, ge=0)  # a slice regresses when its whole interval lies below -this
     floor: float = Field(0.4, ge=0, le=1)  # first model: reach this absolute score
-    min_slice_frames: int = Field(50, ge=1)  # smaller slices are reported, not gated (too noisy)
+    min_slice_frames: int = Field(30, ge=1)  # smaller slices are reported, not gated ...
+    critical_slices: list[str] = []  # ... except these (e.g. "condition=fog"): too few frames fails the gate
+    confidence: float = Field(0.95, gt=0, lt=1)  # of the paired bootstrap interval of each slice's difference
+    resamples: int = Field(1000, ge=100)  # bootstrap resamples
+    allow_new_classes: bool = False  # a challenger with another class list than the champion's may pass
     force: bool = False
     force_reason: str | None = None
 

@@ -1,6 +1,6 @@
-"""What a model is judged on: the frozen golden set and the evaluation frames of a dataset version.
+"""What a model is judged on: the golden set and the evaluation frames of a dataset version.
 
-    datasets/<name>/golden/v<K>.json   golden test frames (frame ids), drawn once, kept for every version
+    datasets/<name>/golden/v<K>.json   golden test frames (frame ids): append-only, growing to its size
 
 Evaluation scores challenger and champion on the same frames (DESIGN.md §4): the test split of
 the dataset version plus the golden set, without auto labels (they are the champion's own
@@ -21,35 +21,41 @@ from flywheel.reader import load_arrays
 from flywheel.store import Store
 
 
-def freeze_golden(store: Store, name: str, manifest: dict, size: int, seed: int, *,
-                  refreeze: bool = False) -> dict:  # fmt: skip
-    """The frozen golden set: the latest `golden/v<K>.json`, or a new one drawn from the test split.
+def grow_golden(store: Store, name: str, manifest: dict, size: int, seed: int) -> dict:
+    """The golden set after dataset version `manifest`: append-only, growing towards `size` frames.
 
-    Drawn once (human- or ground-truth-labeled originals of the test split, `size` frames by
-    `seed`) and then kept for every later dataset version, so scores stay comparable;
-    `refreeze=True` draws v<K+1>.
+    Every earlier golden frame stays (scores stay comparable across versions); while the set is
+    short of `size`, human- or ground-truth-labeled originals of this version's test split join it
+    (picked by `seed`), and a new `golden/v<K+1>.json` is written. Full, or nothing to add: the
+    latest golden set comes back unchanged (None before the first one exists and nothing to add).
     """
     if size < 0:
         raise ValueError(f"golden size must be >= 0, got {size}")
     current = latest_golden_version(store, name)
-    if current is not None and not refreeze:
-        return load_golden(store, name, current)
+    golden = load_golden(store, name, current) if current is not None else None
+    have = list(golden["frame_ids"]) if golden else []
     keys = shard_keys(manifest, "test")
     candidates: list[str] = []
-    if keys:
+    if keys and len(have) < size:
         t = store.read_parquet(keys, columns=["frame_id", "augmentation", "label_source"])
         originals = pc.equal(t.column("augmentation"), "")
         by_people = pc.not_equal(t.column("label_source"), "auto")  # auto labels are a model's guesses
-        candidates = sorted(t.filter(pc.and_(originals, by_people)).column("frame_id").to_pylist())
-    rng = np.random.default_rng(seed)
-    picked = sorted(rng.choice(candidates, size=min(size, len(candidates)), replace=False).tolist()) if candidates else []
+        taken = set(have)
+        candidates = sorted(f for f in t.filter(pc.and_(originals, by_people)).column("frame_id").to_pylist()
+                            if f not in taken)  # fmt: skip
+    room = min(size - len(have), len(candidates))
+    if room <= 0:
+        return golden
+    rng = np.random.default_rng([seed, manifest["version"]])
+    added = sorted(rng.choice(candidates, size=room, replace=False).tolist())
     golden = {
         "version": (current or 0) + 1,
         "dataset_version": manifest["version"],
-        "size": len(picked),
+        "size": len(have) + len(added),
         "seed": seed,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "frame_ids": picked,
+        "frame_ids": have + added,
+        "added": len(added),
     }
     store.write_json(layout.golden_key(name, golden["version"]), golden)
     return golden

@@ -22,7 +22,7 @@ from flywheel.config import Settings
 from flywheel.engine.quality import auto_accuracy_vs_truth, label_errors
 from flywheel.engine.queue import queue_batch, read_exports
 from flywheel.evaluate import evaluate_model, flat_metrics
-from flywheel.gate import decide, forced_by
+from flywheel.gate import PairedPredictions, decide, forced_by
 from flywheel.labels import build_labels, hide_ground_truth
 from flywheel.model import load_weights
 from flywheel.predict import predict
@@ -91,7 +91,7 @@ def augment_batch(store: Store, settings: Settings, batch_id: str) -> dict:
 
 
 def build_dataset_version(store: Store, settings: Settings) -> tuple[dict, bool]:
-    """Append every ready batch not yet included as a new version; freeze the golden set once.
+    """Append every ready batch not yet included as a new version; grow the golden set towards its size.
 
     Returns (manifest, created); with nothing new the latest manifest comes back unchanged.
     """
@@ -105,8 +105,7 @@ def build_dataset_version(store: Store, settings: Settings) -> tuple[dict, bool]
         store, name=name, batches={b: store.read_parquet(layout.augmented_key(b)) for b in waiting},
         classes=settings.classes, shard_mb=d.shard_mb, row_group_rows=d.row_group_rows,
     )  # fmt: skip
-    if evalset.latest_golden_version(store, name) is None and d.golden_size:
-        evalset.freeze_golden(store, name, manifest, d.golden_size, seed=0)
+    evalset.grow_golden(store, name, manifest, d.golden_size, seed=0)
     return manifest, True
 
 
@@ -169,6 +168,7 @@ def evaluate_challenger(store: Store, settings: Settings, tracker: Tracker, *, d
     challenger = tracker.alias(CHALLENGER)
     if challenger is None:
         raise ValueError(f"model {settings.mlflow.model_name!r} has no challenger: train one first")
+    repair = champion.reconcile(store, settings, tracker)  # judge against the model that is served
     champ = tracker.alias(CHAMPION)
     name = settings.dataset.name
     manifest = dataset.load_manifest(store, name)
@@ -179,10 +179,10 @@ def evaluate_challenger(store: Store, settings: Settings, tracker: Tracker, *, d
     dev = str(pick_device(device))
     probs: dict[str, np.ndarray] = {}
 
-    def report(version: str) -> dict:
+    def report(version: str) -> dict | None:
         model, classes = load_weights(tracker.weights(version))
         if classes != settings.classes:
-            return {}
+            return None  # another class list: its scores on these labels mean nothing
         probs[version] = predict(model, images, device=dev).probs
         return evaluate_model(
             model, images, labels, slices, classes=settings.classes, golden_mask=golden, probs=probs[version],
@@ -190,12 +190,22 @@ def evaluate_challenger(store: Store, settings: Settings, tracker: Tracker, *, d
         )  # fmt: skip
 
     ch = report(challenger)
-    champ_report = report(champ) if champ and champ != challenger else None
-    decision = decide(ch, champ_report or None, settings.gate)
+    if ch is None:
+        raise ValueError(f"challenger v{challenger} was trained on another class list than {settings.classes}")
+    has_champion = bool(champ) and champ != challenger
+    champ_report = report(champ) if has_champion else None
+    paired = None
+    if champ_report is not None:  # both on the same frames: the gate judges each slice on the pairs
+        sets = {"set": np.where(golden, "golden", "test").tolist()}
+        paired = PairedPredictions(labels, probs[challenger].argmax(1), probs[champ].argmax(1), {**slices, **sets},
+                                   num_classes=len(settings.classes))  # fmt: skip
+    decision = decide(ch, champ_report, settings.gate, paired=paired,
+                      classes_changed=has_champion and champ_report is None)  # fmt: skip
     result = {
         "challenger_version": challenger, "champion_version": champ,
         "dataset_version": manifest["version"], "frames": int(len(labels)), "golden_frames": int(golden.sum()),
         "challenger": ch, "champion": champ_report, "gate": decision.to_dict(), "device": dev,
+        "champion_repair": repair,
     }  # fmt: skip
     store.write_json(layout.evaluation_key(settings.mlflow.model_name, challenger), result)
     run_id = tracker.version_run(challenger)
@@ -225,14 +235,13 @@ def deploy_challenger(store: Store, settings: Settings, tracker: Tracker) -> dic
     images, _, _ = load_arrays(store, manifest, split="test", image_size=size)
     max_diff = deploy.check_parity(model, onnx_bytes, images[:64])
     forced = forced_by(settings.gate) if gate.get("forced") else None
-    deployed = deploy.deploy(
-        store, model_name=model_name, version=f"v{version}", onnx_bytes=onnx_bytes, classes=classes,
-        image_size=size, metrics=flat_metrics(evaluation["challenger"]),
+    deployed = champion.promote(  # current.json and the `champion` alias, under one lease
+        store, settings, tracker, version=version, onnx_bytes=onnx_bytes, classes=classes,
+        metrics=flat_metrics(evaluation["challenger"]),
         dataset={"name": settings.dataset.name, "version": evaluation["dataset_version"],
                  "manifest_sha256": dataset.manifest_sha256(manifest)},
-        mlflow_version=version, gate=gate, forced_by=forced,
+        gate=gate, forced_by=forced,
     )  # fmt: skip
-    tracker.set_alias(CHAMPION, version)
     run_id = tracker.version_run(version)
     tracker.set_tags(run_id, {"deployed": "true", "onnx_max_abs_diff": f"{max_diff:.2e}"})
     if forced:
