@@ -30,6 +30,8 @@ def labels(context: dg.AssetExecutionContext, settings: SettingsResource, store:
             "by_source": counts_md({k: stats[k] for k in ("human", "ground_truth", "auto")}),
             "auto_below_threshold (to the human queue)": stats["auto_below_threshold"],
             "per_class": counts_md(stats["per_class"]),
+            "skipped_exports": len(stats["skipped_exports"]),
+            "skipped_exports (file, task, why)": table_md(stats["skipped_exports"]),
             "uri": dg.MetadataValue.path(st.uri(stats["key"])),
         }
     )

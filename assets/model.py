@@ -1,10 +1,11 @@
-"""Model assets: train the challenger, evaluate it against the champion (gate), deploy the winner."""
+"""Model assets: tune the trainer's recipe, train the challenger, evaluate it against the champion
+(gate), deploy the winner."""
 
 import dagster as dg
 
 from assets.dataset import training_dataset
 from assets.ui import png_md, table_md
-from flywheel import loop, plots
+from flywheel import loop, plots, tune
 from flywheel.evaluate import compare, compare_markdown
 from resources import ComputeResource, MlflowResource, SettingsResource, StoreResource
 
@@ -12,7 +13,40 @@ GATE = dg.AssetCheckSpec("gate", asset="evaluation", blocking=True,
                          description="Challenger beats the champion by the margin and regresses no slice")  # fmt: skip
 
 
-@dg.asset(group_name="model", deps=[training_dataset], kinds={"pytorch", "mlflow"},
+class TuneConfig(dg.Config):
+    """A tune run's budget; unset: `tune.trials` and `tune.minutes` of flywheel.yaml."""
+
+    trials: int | None = None
+    minutes: float | None = None
+
+
+@dg.asset(group_name="model", deps=[training_dataset], kinds={"optuna", "mlflow"},
+          op_tags={"flywheel/kind": "training"})  # fmt: skip
+def trainer_config(
+    config: TuneConfig, settings: SettingsResource, store: StoreResource, mlflow: MlflowResource,
+    compute: ComputeResource,
+) -> dg.MaterializeResult:  # fmt: skip
+    """The trainer recipe an Optuna search found best on the latest dataset version; the challenger
+    trains with it where flywheel.yaml sets no value."""
+    out = tune.tune(store.open(), settings.load(), mlflow.tracker(), trials=config.trials,
+                    minutes=config.minutes, device=compute.device)  # fmt: skip
+    return dg.MaterializeResult(
+        metadata={
+            f"best_{out['metric']}": out["best_value"],
+            "best_params": table_md([{"param": k, "value": v} for k, v in out["params"].items()]),
+            "trials_run": out["trials"]["run"],
+            "trials_pruned": out["trials"]["pruned"],
+            "trials_in_study": out["trials"]["in_study"],
+            "study": out["study"],
+            "storage": out["storage"],
+            "dataset_version": out["dataset"]["version"],
+            "mlflow_run_id": out["mlflow_run_id"],
+            "optimization_history": png_md(out["history_png"], "optimization history"),
+        }
+    )
+
+
+@dg.asset(group_name="model", deps=[training_dataset, trainer_config], kinds={"pytorch", "mlflow"},
           op_tags={"flywheel/kind": "training"})  # fmt: skip
 def challenger(
     settings: SettingsResource, store: StoreResource, mlflow: MlflowResource, compute: ComputeResource
@@ -23,6 +57,7 @@ def challenger(
     return dg.MaterializeResult(
         metadata={
             "mlflow_version": out["version"],
+            "up_to_date (no new data: kept, not retrained)": out["up_to_date"],
             "mlflow_run_id": out["run_id"],
             "dataset_version": out["dataset_version"],
             "device": out["device"],
@@ -47,6 +82,7 @@ def evaluation(settings: SettingsResource, store: StoreResource, mlflow: MlflowR
         metadata={
             "challenger_version": out["challenger_version"],
             "champion_version": str(out["champion_version"]),
+            "champion_repair": table_md([out["champion_repair"]] if out["champion_repair"] else []),
             "frames": out["frames"],
             "golden_frames": out["golden_frames"],
             s.gate.metric: ch[s.gate.metric],

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -46,8 +47,12 @@ class Ctx:
     def instance(self):
         import dagster as dg
 
-        prepare_dagster_home()
-        return dg.DagsterInstance.get()
+        from flywheel.recovery import created_once
+
+        home = prepare_dagster_home()
+        # The first open creates the SQLite schemas; two commands on a fresh home must not both do it.
+        with created_once(home / "instance"):
+            return dg.DagsterInstance.get()
 
 
 def prepare_dagster_home() -> Path:
@@ -60,12 +65,66 @@ def prepare_dagster_home() -> Path:
     if PROJECT_DAGSTER_YAML.exists() and (
         not target.exists() or target.read_bytes() != PROJECT_DAGSTER_YAML.read_bytes()
     ):
-        shutil.copyfile(PROJECT_DAGSTER_YAML, target)
+        # Copied to a temporary name and renamed: another command may be reading it right now.
+        tmp = home / f".dagster.yaml.{os.getpid()}.tmp"
+        shutil.copyfile(PROJECT_DAGSTER_YAML, tmp)
+        os.replace(tmp, target)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 
 
-@click.group()
+def fail_orphaned_runs(instance) -> list[str]:
+    """Mark failed the runs that a command on this host executed in its own process and left
+    unfinished when it was killed: left as they are, they would block every later training run
+    (one at a time) and their batch's ingest retry. Returns their run ids."""
+    import dagster as dg
+
+    from flywheel.recovery import HOST_TAG, PID_TAG, process_gone
+
+    S = dg.DagsterRunStatus
+    here = dg.RunsFilter(
+        statuses=[S.NOT_STARTED, S.STARTING, S.STARTED], tags={HOST_TAG: socket.gethostname()}
+    )
+    gone = [run for run in instance.get_runs(here) if process_gone(run.tags)]
+    for run in gone:
+        why = f"its process (pid {run.tags[PID_TAG]} on this host) is gone: killed or crashed"
+        instance.report_run_failed(run, f"flywheel: {why}")
+        click.echo(f"note: run {run.run_id} of {run.job_name} was left {run.status.value}; {why}; "
+                   "marked it failed")  # fmt: skip
+    return [run.run_id for run in gone]
+
+
+class _Main(click.Group):
+    """The command group; an S3 endpoint that cannot be reached is one line, not a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except Exception as e:
+            endpoint = _unreachable_endpoint(e)
+            if endpoint is None:
+                raise
+            raise click.ClickException(
+                f"cannot reach the S3 endpoint {endpoint} (store.endpoint_url, else AWS_ENDPOINT_URL): "
+                "is the server up and the address right?"
+            ) from None
+
+
+def _unreachable_endpoint(error: BaseException) -> str | None:
+    """The scheme://host[:port] of an S3 endpoint that refused or timed out, found in `error`'s chain."""
+    from urllib.parse import urlsplit
+
+    from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError
+
+    while error is not None:
+        if isinstance(error, EndpointConnectionError | ConnectTimeoutError):
+            url = urlsplit(error.kwargs.get("endpoint_url", ""))
+            return f"{url.scheme}://{url.netloc}"
+        error = error.__cause__ or error.__context__
+    return None
+
+
+@click.group(cls=_Main)
 @click.option("--config", "config", envvar="FLYWHEEL_CONFIG", type=click.Path(dir_okay=False),
               help="flywheel.yaml to use (default: $FLYWHEEL_CONFIG, else ./flywheel.yaml if present).")  # fmt: skip
 @click.pass_context
@@ -99,21 +158,28 @@ def ingest(obj: Ctx, min_clips: int | None):
     if min_clips is not None:
         obj = obj.with_overrides(**{"sensor.min_clips": min_clips})
     results = run_sensor_once(obj)
-    if not results:
-        return
-    for batch_id, ok in results:
-        click.echo(f"batch {batch_id}: ingest {'succeeded' if ok else 'FAILED'}")
-    if not all(ok for _, ok in results):
+    for r in results:
+        attempt = f" ({r['run_key']})" if r["run_key"] != r["batch_id"] else ""
+        if r["ok"]:
+            click.echo(f"batch {r['batch_id']}: ingest succeeded{attempt}")
+        else:
+            click.echo(f"batch {r['batch_id']}: ingest FAILED{attempt} in {r['error']} "
+                       f"(run {r['run_id']}; retried later, with backoff)")  # fmt: skip
+    if not all(r["ok"] for r in results):
         raise SystemExit(1)
 
 
-def run_sensor_once(obj: Ctx) -> list[tuple[str, bool]]:
-    """One tick of `fresh_fleet_data`, then each requested run executed in process."""
+def run_sensor_once(obj: Ctx) -> list[dict]:
+    """One tick of `fresh_fleet_data`, then each requested run executed in process (first, the runs
+    that a killed command left unfinished are marked failed, so the sensor retries their batches).
+    Per run: `batch_id`, `run_key`, `run_id`, `ok` and, if it failed, `error` (step: first line)."""
     import dagster as dg
 
+    from flywheel.recovery import process_tags
     from resources.partitions import fleet_batches
 
     instance, defs = obj.instance(), obj.definitions()
+    fail_orphaned_runs(instance)
     sensor = defs.resolve_sensor_def("fresh_fleet_data")
     with dg.build_sensor_context(instance=instance, resources=defs.resources) as ctx:
         result = sensor(ctx)
@@ -129,12 +195,27 @@ def run_sensor_once(obj: Ctx) -> list[tuple[str, bool]]:
         res = job.execute_in_process(
             instance=instance,
             partition_key=rr.partition_key,
-            tags={"dagster/run_key": rr.run_key, "dagster/sensor_name": sensor.name},
+            tags={
+                "dagster/run_key": rr.run_key,
+                "dagster/sensor_name": sensor.name,
+                **process_tags(),
+            },
             run_config=QUIET_RUN,
             raise_on_error=False,
         )
-        out.append((rr.partition_key, res.success))
+        out.append({"batch_id": rr.partition_key, "run_key": rr.run_key, "run_id": res.run_id,
+                    "ok": res.success, "error": None if res.success else _failure(res)})  # fmt: skip
     return out
+
+
+def _failure(result) -> str:
+    """What failed an in-process run, in one line: its first failed step and that error's first line."""
+    from flywheel.recovery import failure_line
+
+    for e in result.all_events:
+        if e.event_type_value == "STEP_FAILURE":
+            return failure_line(e.step_key, e.event_specific_data.error)
+    return "the run (no step failed; see it in `flywheel ui`)"
 
 
 @main.command()
@@ -152,23 +233,32 @@ def run_iteration(obj: Ctx, *, annotate: bool = False) -> dict:
     """
     import dagster as dg
 
+    from flywheel.recovery import failure_line, process_tags
     from flywheel.report import iteration_summary
     from flywheel.tracking import tracker_for
     from jobs import TRAINING_TAGS
 
-    for batch_id, ok in run_sensor_once(obj.with_overrides(**{"sensor.min_clips": 1})):
-        if not ok:
-            raise click.ClickException(f"ingest of batch {batch_id} failed; see `flywheel ui` for its run")
+    for r in run_sensor_once(obj.with_overrides(**{"sensor.min_clips": 1})):
+        if not r["ok"]:
+            raise click.ClickException(
+                f"ingest of batch {r['batch_id']} failed in {r['error']} (run {r['run_id']})"
+            )
     if annotate:
         answer_and_relabel(obj)
     instance, defs = obj.instance(), obj.definitions()
+    fail_orphaned_runs(instance)
     busy = instance.get_run_ids(
         dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING], tags=TRAINING_TAGS)
     )
     if busy:
-        raise click.ClickException(f"a training run is in progress ({busy[0]}); one at a time")
+        raise click.ClickException(
+            f"a training run is in progress ({busy[0]}); one at a time (if its process died on another "
+            "machine, or was the daemon's, terminate the run in `flywheel ui` first)"
+        )
     result = defs.resolve_job_def("train_and_deploy").execute_in_process(
-        instance=instance, tags={**TRAINING_TAGS, "flywheel/trigger": "cli"}, run_config=QUIET_RUN,
+        instance=instance,
+        tags={**TRAINING_TAGS, "flywheel/trigger": "cli", **process_tags()},
+        run_config=QUIET_RUN,
         raise_on_error=False,
     )
     if not result.success:
@@ -178,7 +268,8 @@ def run_iteration(obj: Ctx, *, annotate: bool = False) -> dict:
             for e in result.all_events
         )
         if not (gate_failed and all("evaluation" in (e.step_key or "") for e in failed)):
-            msg = "; ".join(f"{e.step_key}: {e.message}" for e in failed) or "see the run in the UI"
+            msg = "; ".join(failure_line(e.step_key, e.event_specific_data.error) for e in failed)
+            msg = msg or "see the run in the UI"
             raise click.ClickException(f"iteration run {result.run_id} failed: {msg}")
     summary = iteration_summary(obj.store(), obj.settings, tracker_for(obj.settings))
     return {**summary, "run_id": result.run_id}
@@ -191,6 +282,7 @@ def answer_and_relabel(obj: Ctx) -> list[str]:
     import dagster as dg
 
     from flywheel.dataset import waiting_batches
+    from flywheel.recovery import process_tags
     from flywheel.sim.annotator import answer_queue
 
     s, st = obj.settings, obj.store()
@@ -202,7 +294,7 @@ def answer_and_relabel(obj: Ctx) -> list[str]:
     for batch_id in relabel:
         res = job.execute_in_process(
             instance=instance, partition_key=batch_id, asset_selection=[dg.AssetKey("labels"), dg.AssetKey("augmented")],
-            tags={"flywheel/trigger": "labels-answered"}, run_config=QUIET_RUN, raise_on_error=False,
+            tags={"flywheel/trigger": "labels-answered", **process_tags()}, run_config=QUIET_RUN, raise_on_error=False,
         )  # fmt: skip
         if not res.success:
             raise click.ClickException(f"relabeling batch {batch_id} failed; see `flywheel ui` for run {res.run_id}")
@@ -222,6 +314,50 @@ def format_summary(s: dict) -> str:
     )
 
 
+@main.command("tune")
+@click.option("--trials", type=click.IntRange(min=1), default=None,
+              help="Trials to run (default: tune.trials).")  # fmt: skip
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Start no trial after this many minutes (default: tune.minutes).")  # fmt: skip
+@click.pass_obj
+def tune_command(obj: Ctx, trials: int | None, minutes: float | None):
+    """Search the trainer's recipe with Optuna on the latest dataset version, through Dagster, in
+    process (the `tune` job); the next challenger trains with the best values for the `train:`
+    fields flywheel.yaml does not set.
+
+    \b
+    Example: flywheel tune --trials 10 --minutes 15
+    """
+    import dagster as dg
+
+    from flywheel import layout
+    from flywheel.recovery import process_tags
+    from jobs import TRAINING_TAGS
+
+    instance, defs = obj.instance(), obj.definitions()
+    fail_orphaned_runs(instance)  # a killed run must not block every later one
+    running = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING]
+    busy = instance.get_run_ids(dg.RunsFilter(statuses=running, tags=TRAINING_TAGS))
+    if busy:  # tuning trains too: one training run at a time, as for `iterate`
+        raise click.ClickException(f"a training run is in progress ({busy[0]}); one at a time")
+    budget = {k: v for k, v in {"trials": trials, "minutes": minutes}.items() if v is not None}
+    result = defs.resolve_job_def("tune").execute_in_process(
+        instance=instance, tags={**TRAINING_TAGS, "flywheel/trigger": "cli", **process_tags()}, raise_on_error=False,
+        run_config={**QUIET_RUN, "ops": {"trainer_config": {"config": budget}}},
+    )  # fmt: skip
+    if not result.success:
+        raise click.ClickException(f"tune run {result.run_id} failed in {_failure(result)}")
+    tuned = obj.store().read_json(layout.trainer_config_key(obj.settings.dataset.name))
+    t = tuned["trials"]
+    click.echo(f"study {tuned['study']} ({tuned['storage']}): {t['run']} trial(s) run, "
+               f"{t['pruned']} pruned, {t['in_study']} in the study")  # fmt: skip
+    click.echo(f"best {tuned['metric']} on val of dataset v{tuned['dataset']['version']}: "
+               f"{tuned['best_value']:.4f} (trial {tuned['best_trial']})")  # fmt: skip
+    for name, value in tuned["params"].items():
+        click.echo(f"  train.{name}: {value:.4g}" if isinstance(value, float) else f"  train.{name}: {value}")
+    click.echo("the next challenger trains with these values (a value set in flywheel.yaml wins)")
+
+
 @main.command()
 @click.pass_obj
 def rollback(obj: Ctx):
@@ -235,6 +371,27 @@ def rollback(obj: Ctx):
     except RollbackError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"rolled back: champion {frm} -> {to}")
+
+
+@main.command()
+@click.argument("key")
+@click.pass_obj
+def requeue(obj: Ctx, key: str):
+    """Send a quarantined clip (its landing or quarantine key) back to landing, for the next batch.
+
+    \b
+    Example: flywheel requeue landing/veh-1/2026-11-01/c042.mcap
+    """
+    from flywheel.ingest import requeue as requeue_clip
+
+    try:
+        done = requeue_clip(obj.store(), key)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    for src, dst in done["moved"]:
+        click.echo(f"moved {src} -> {dst}")
+    for removed in done["removed"]:
+        click.echo(f"removed {removed}")
 
 
 @main.command()
@@ -257,6 +414,9 @@ def status(obj: Ctx, as_json: bool):
         click.echo("champion    none deployed yet")
     click.echo(f"dataset     v{report['dataset_version']}" if report["dataset_version"] else "dataset     none yet")
     click.echo(f"batches     {len(report['batches'])}  frames {report['frames']}")
+    click.echo(f"parked      {len(report['parked'])} batch(es) whose ingest kept failing")
+    for p in report["parked"]:
+        click.echo(f"  {p['batch_id']}: {p['failures']} failed runs, the last in {p['error']}")
     click.echo(f"pending     {report['pending_clips']} clip(s) in landing")
     click.echo(f"quarantined {report['quarantined']} clip(s)")
     for q in report["quarantine"][:20]:
@@ -269,7 +429,7 @@ def status(obj: Ctx, as_json: bool):
 @click.pass_obj
 def ui(obj: Ctx, host: str, port: int):
     """Run the Dagster webserver and daemon (sensors, schedules, run queue) until Ctrl-C."""
-    prepare_dagster_home()
+    obj.instance().dispose()  # a fresh home's storage is created here, under the lock, not by dagster dev
     env = dict(os.environ)
     if obj.config:
         env["FLYWHEEL_CONFIG"] = str(Path(obj.config).resolve())

@@ -2,29 +2,34 @@
 
 A clip that breaks the contract raises `ClipError` with a short machine-readable `reason`
 (`truncated`, `not_mcap`, `no_camera`, ...) and a message for people; the caller
-quarantines it and the batch goes on.
+quarantines it and the batch goes on. Nothing in a clip decides how much memory reading it
+takes: a chunk's declared size is checked before it is decompressed, and decompression stops
+at that size.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import cv2
+import lz4.frame
 import numpy as np
+import zstandard
 from mcap.exceptions import McapError
-from mcap.records import Channel, Message, Metadata, Schema
-from mcap.stream_reader import StreamReader
+from mcap.records import Channel, Chunk, Message, Metadata, Schema
+from mcap.stream_reader import StreamReader, breakup_chunk
 from mcap.writer import CompressionType, Writer
 from PIL import Image
 
+from flywheel.layout import check_name
+
 MCAP_MAGIC = b"\x89MCAP0\r\n"
-CLIP_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 FOXGLOVE_IMAGE = "foxglove.CompressedImage"
 ROS2_IMAGE = "sensor_msgs/msg/CompressedImage"
 GROUND_TRUTH = "flywheel.GroundTruth"
@@ -35,7 +40,7 @@ ACCEPTED = {(FOXGLOVE_IMAGE, "json"), (FOXGLOVE_IMAGE, "protobuf"), (ROS2_IMAGE,
 
 # Quarantine reasons, each with a test.
 REASONS = (
-    "not_mcap", "truncated", "no_camera", "bad_clip_id", "unsupported_schema",
+    "not_mcap", "truncated", "chunk_too_large", "no_camera", "bad_clip_id", "unsupported_schema",
     "undecodable_image", "image_too_large", "unknown_label", "bad_ground_truth",
 )  # fmt: skip
 
@@ -98,11 +103,13 @@ def read_clip(
     *,
     classes: list[str],
     max_pixels: int = 4096 * 4096,
+    max_chunk_bytes: int = 256 * 2**20,
     resize: int | None = None,
     decode_check: bool = True,
 ) -> Clip:
     """Parse and validate one MCAP clip held in memory; raise ClipError if it is bad.
 
+    `max_chunk_bytes` bounds one decompressed chunk (`chunk_too_large` above it);
     `decode_check` decodes every image once to prove it is whole (a cheap reduced-size decode
     for JPEG); the header-level checks (format, size, pixel limit) always run.
     """
@@ -118,7 +125,7 @@ def read_clip(
     images: dict[str, list[tuple[int, str, bytes]]] = defaultdict(list)
     truth: dict[int, str] = {}
     try:
-        for record in StreamReader(io.BytesIO(data), validate_crcs=True).records:
+        for record in _records(data, max_chunk_bytes):
             if isinstance(record, Schema):
                 schemas[record.id] = record
             elif isinstance(record, Channel):
@@ -155,12 +162,59 @@ def read_clip(
     return Clip(meta, frames)
 
 
+def _records(data: bytes, max_chunk_bytes: int):
+    """The records of an MCAP file, each chunk's declared size checked before it is decompressed."""
+    for record in StreamReader(io.BytesIO(data), validate_crcs=True, emit_chunks=True).records:
+        if not isinstance(record, Chunk):
+            yield record
+            continue
+        if record.uncompressed_size > max_chunk_bytes:
+            raise ClipError(
+                "chunk_too_large",
+                f"a chunk declares {record.uncompressed_size} bytes uncompressed, over the limit "
+                f"of {max_chunk_bytes} bytes (ingest.max_chunk_bytes)",
+            )
+        raw = _decompress(record)
+        # mcap checks the CRC and splits the records of the chunk, now held uncompressed
+        plain = dataclasses.replace(record, compression="", data=raw)
+        yield from breakup_chunk(plain, validate_crc=True)
+
+
+def _decompress(chunk: Chunk) -> bytes:
+    """A chunk's data, decompressed to at most its declared size (mcap itself trusts the size in
+    the zstd frame, which a bomb sets as large as it likes)."""
+    limit = chunk.uncompressed_size
+    try:
+        if chunk.compression == "zstd":
+            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(chunk.data)) as reader:
+                parts, size = [], 0
+                while size <= limit and (part := reader.read(limit + 1 - size)):
+                    parts.append(part)
+                    size += len(part)
+                raw = b"".join(parts)
+        elif chunk.compression == "lz4":
+            raw = lz4.frame.LZ4FrameDecompressor().decompress(chunk.data, max_length=limit + 1)
+        elif chunk.compression == "":
+            raw = chunk.data
+        else:
+            raise ClipError("truncated", f"a chunk has unknown compression {chunk.compression!r}")
+    except (zstandard.ZstdError, RuntimeError) as e:  # lz4 reports a corrupt frame as RuntimeError
+        detail = f"a {chunk.compression} chunk cannot be decompressed: {e}"
+        raise ClipError("truncated", detail) from e
+    if len(raw) != limit:
+        held = "more" if len(raw) > limit else f"only {len(raw)}"
+        raise ClipError("truncated", f"a chunk declares {limit} bytes uncompressed, holds {held}")
+    return raw
+
+
 def _clip_meta(record: dict[str, str] | None) -> ClipMeta:
     if record is None:
         raise ClipError("bad_clip_id", "no metadata record named 'clip'")
     clip_id = record.pop("clip_id", "")
-    if not CLIP_ID_RE.match(clip_id):
-        raise ClipError("bad_clip_id", f"clip_id {clip_id!r} does not match [A-Za-z0-9._-]{{1,128}}")
+    try:  # it becomes a path segment of frame ids and store keys: '.' and '..' are refused too
+        check_name(clip_id, "clip_id")
+    except ValueError as e:
+        raise ClipError("bad_clip_id", str(e)) from None
     known = {k: record.pop(k) for k in ("vehicle_id", "trigger", "recorded_at") if record.get(k)}
     if "recorded_at" in known:
         try:

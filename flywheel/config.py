@@ -21,6 +21,8 @@ from pydantic import (
     model_validator,
 )
 
+from flywheel.layout import check_name
+
 DEFAULT_CLASSES = ["clear_road", "vehicle", "pedestrian", "cyclist", "red_light", "obstacle"]
 CONDITIONS = ["day", "night", "rain", "fog"]
 IMAGE_SIZE = 64  # model input side, pixels
@@ -39,16 +41,35 @@ class StoreSettings(_Section):
     endpoint_url: str | None = None  # any S3-compatible server
     region: str = "us-east-1"
 
+    @field_validator("root")
+    @classmethod
+    def _folder_or_s3(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if v.startswith("s3://"):
+            if not v[5:].partition("/")[0]:
+                raise ValueError(f"{v!r} names no bucket: use s3://bucket/prefix")
+        elif "://" in v:
+            raise ValueError(f"{v!r} is neither a folder nor s3://bucket/prefix")
+        return v
+
 
 class SensorSettings(_Section):
     min_clips: int = Field(20, ge=1)  # new clips in landing that make a fleet batch
     max_clips: int = Field(500, ge=1)  # at most this many clips in one batch
     min_new_frames: int = Field(200, ge=0)  # new labeled frames that trigger training
     nightly_cron: str = "0 2 * * *"  # a full iteration every night, even below the thresholds
+    # A failed ingest runs again after ingest_retry_s, then twice as long after each further failure,
+    # until max_ingest_attempts runs have failed: then the batch is parked (`flywheel status`).
+    max_ingest_attempts: int = Field(5, ge=1)
+    ingest_retry_s: float = Field(60.0, ge=0)
 
 
 class IngestSettings(_Section):
     max_pixels: int = Field(4096 * 4096, ge=1)  # larger images quarantine their clip
+    # Larger MCAP chunks (as declared, checked before decompressing) quarantine their clip: a few KB
+    # of zstd can declare GBs.
+    max_chunk_bytes: int = Field(256 * 2**20, ge=1)
     resize: int | None = Field(None, ge=8)  # longest side; None keeps images as uploaded
     workers: int = Field(4, ge=1)  # threads reading and parsing clips
 
@@ -86,6 +107,11 @@ class DatasetSettings(_Section):
     row_group_rows: int = Field(256, ge=1)
     split: dict[str, float] = {"train": 0.8, "val": 0.1, "test": 0.1}
     golden_size: int = Field(200, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v, "dataset name")  # part of every dataset key
 
     @field_validator("split")
     @classmethod
@@ -154,10 +180,32 @@ class GateSettings(_Section):
         return self
 
 
+class TuneSettings(_Section):
+    """Hyperparameter search over the `train:` fields flywheel.yaml leaves unset (flywheel/tune.py);
+    trials are scored on the val split by `gate.metric`."""
+
+    trials: int = Field(20, ge=1)  # trials per tune run
+    minutes: float = Field(30.0, gt=0)  # no trial starts after this; the one running finishes
+    storage: str | None = None  # Optuna's database URL; None: SQLite under $FLYWHEEL_HOME/tune/
+    cron: str = "0 3 * * 0"  # the weekly tune run: Sundays 03:00 UTC, after the nightly iteration
+
+    @field_validator("storage")
+    @classmethod
+    def _database_url(cls, v: str | None) -> str | None:
+        if v is not None and "://" not in v:
+            raise ValueError(f"{v!r} is not a database URL (postgresql+psycopg2://user@host/db, ...)")
+        return v
+
+
 class MlflowSettings(_Section):
     tracking_uri: str | None = None  # None: SQLite under $FLYWHEEL_HOME
     model_name: str = "perception"
     experiment: str = "flywheel"
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name(cls, v: str) -> str:
+        return check_name(v, "model name")  # part of the evaluation and deploy keys
 
 
 class Settings(_Section):
@@ -173,6 +221,7 @@ class Settings(_Section):
     train: TrainSettings = TrainSettings()
     gate: GateSettings = GateSettings()
     mlflow: MlflowSettings = MlflowSettings()
+    tune: TuneSettings = TuneSettings()
     _home: Path = PrivateAttr(default_factory=lambda: flywheel_home())  # resolved once, when loaded
 
     @field_validator("classes")
@@ -233,7 +282,8 @@ def load_settings(path: str | os.PathLike | None = None, **overrides) -> Setting
     except ValidationError as e:
         where = f"config file {source}" if source else "settings"
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg'].removeprefix('Value error, ')}"
+            for err in e.errors()
         )
         raise ConfigError(f"{where}: {problems}") from None
 

@@ -9,13 +9,19 @@ A version is immutable. v<N+1> lists every shard of v<N> (same paths, bytes unto
 shards for the fleet batches it adds. Shards become part of a version only when its manifest
 is written, so a crash before that leaves v<N> the latest, whole and readable; the retry
 rewrites the orphan shards of v<N+1> from scratch.
+
+Immutability is checked, not assumed: a shard is compared with the sha256 its manifest recorded
+when a new version reuses it and when the reader opens it (`check_shards`), so a shard rewritten
+behind a manifest's back fails the step instead of training a model.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -34,6 +40,13 @@ from flywheel.store import Store
 SPLITS = ("train", "val", "test")  # fixed order: the hash interval of each split
 FORMAT = 1  # manifest format version
 MiB = 1 << 20
+log = logging.getLogger(__name__)
+# (store root, shard path, sha256, size, mtime_ns) of the shards that matched their sha256 in this process
+_verified: set[tuple] = set()
+
+
+class ShardCorruptError(ValueError):
+    """A shard's bytes no longer match the sha256 its version's manifest recorded."""
 
 
 def split_for(clip_id: str, shares: Mapping[str, float]) -> str:
@@ -125,6 +138,8 @@ def append_version(
             raise ValueError(f"dataset {name!r} has no version yet and no batches were given")
         return parent
 
+    if parent is not None:  # v<N+1> must not inherit a shard rewritten since v<N> was committed
+        check_shards(store, parent)
     version = (parent_version or 0) + 1
     shards = list(parent["shards"]) if parent else []
     for batch_id in new:
@@ -151,6 +166,42 @@ def append_version(
     }
     store.write_json(layout.manifest_key(name, version), manifest)  # atomic, last: the version appears whole
     return manifest
+
+
+def check_shards(store: Store, manifest: dict, shards: Sequence[dict] | None = None) -> None:
+    """Raise ShardCorruptError, naming the shard, the dataset and the version, if one of `shards`
+    (default: all of the manifest's) is missing or no longer holds the bytes its manifest recorded.
+
+    The size is compared first (one stat), then the sha256, streamed in 8 MiB chunks. A shard that
+    passed is not hashed again in this process while its size and mtime stay the same, so an epoch
+    loop or a second reader costs one stat per shard, not a read.
+    """
+    fs, _ = store.arrow_fs()
+    hashed, nbytes, t0 = 0, 0, time.perf_counter()
+    for s in manifest["shards"] if shards is None else shards:
+        where = f"dataset {manifest['name']!r} v{manifest['version']}: shard {s['path']}"
+        info = fs.get_file_info(store.arrow_path(s["path"]))
+        if info.type != pafs.FileType.File:
+            raise ShardCorruptError(f"{where} is missing: no file at {store.uri(s['path'])}")
+        if info.size != s["bytes"]:
+            raise ShardCorruptError(
+                f"{where} has {info.size} bytes, its manifest recorded {s['bytes']}: "
+                "it changed after the version was committed"
+            )
+        seen = (store.root, s["path"], s["sha256"], info.size, info.mtime_ns)
+        if seen in _verified:
+            continue
+        sha = _sha256(store, s["path"])
+        hashed, nbytes = hashed + 1, nbytes + info.size
+        if sha != s["sha256"]:
+            raise ShardCorruptError(
+                f"{where} has sha256 {sha}, its manifest recorded {s['sha256']}: "
+                "it changed after the version was committed"
+            )
+        _verified.add(seen)
+    if hashed:
+        log.info("verified %d shard(s), %.1f MiB, of dataset %r v%s in %.2fs", hashed, nbytes / MiB,
+                 manifest["name"], manifest["version"], time.perf_counter() - t0)  # fmt: skip
 
 
 def verify_shards(store: Store, manifest: dict) -> list[str]:
@@ -254,14 +305,16 @@ def _shard_entry(store: Store, key: str, split: str, batch_id: str, rows: pa.Tab
                  row_groups: list[int], classes: Sequence[str]) -> dict:  # fmt: skip
     fs, _ = store.arrow_fs()
     labels = Counter(rows.column("label").to_pylist())
+    info, sha = fs.get_file_info(store.arrow_path(key)), _sha256(store, key)
+    _verified.add((store.root, key, sha, info.size, info.mtime_ns))  # hashed just now
     return {
         "path": key,
         "split": split,
         "batch": batch_id,
         "rows": rows.num_rows,
         "row_groups": row_groups,
-        "bytes": fs.get_file_info(store.arrow_path(key)).size,
-        "sha256": _sha256(store, key),
+        "bytes": info.size,
+        "sha256": sha,
         "counts": {
             "class": {classes[c]: n for c, n in sorted(labels.items())},
             "trigger": dict(sorted(Counter(rows.column("trigger").to_pylist()).items())),

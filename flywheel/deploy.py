@@ -4,7 +4,9 @@ Layout (DESIGN.md §2): `deploy/<model>/<version>/model.onnx` + `manifest.json`,
 `deploy/<model>/current.json` naming the deployed version. Writes are atomic and ordered
 ONNX -> manifest -> current.json, so a crash leaves at worst an unreferenced version folder.
 `current.json` keeps the previous champions (oldest first) in `history`, so rollback can
-walk back one version at a time.
+walk back one version at a time. The flywheel moves `current.json` through flywheel/champion.py
+(`promote`, `rollback`), which holds the deploy lease and moves MLflow's `champion` alias with it;
+`deploy` and `rollback` here read and write `current.json` without a lock.
 
 The graph takes raw uint8 pixels (N, 3, S, S), RGB, as the fleet has them: the model
 normalizes inside (flywheel/model.py). Output: logits (N, C).

@@ -1,21 +1,36 @@
 """From landing to frames: plan fleet batches, validate and quarantine clips, write frames Parquet.
 
 Three steps, each idempotent so a retried run does no harm:
-1. `plan_batch`: the clips in landing that no batch holds yet, deduplicated by content hash,
-   become one batch, committed as `batches/<id>.json` (the id is derived from its clips, so
-   two planners that see the same clips make the same batch).
+1. `plan_batch` + `commit_batch`: the clips in landing that no batch holds yet, deduplicated by
+   content hash, become one batch (the id is derived from its clips, so two planners that see the
+   same clips make the same batch). A commit writes the plan (`batches/<id>.plan.json`), claims
+   each clip with a create-once `claims/<clip>` naming the plan, writes `batches/<id>.json`
+   (create-once too) and deletes the plan. A clip another batch claimed first is dropped and the
+   id is derived again from the clips kept; a planner left with none commits nothing (None). So
+   two planners that saw different listings never share a clip. Killed anywhere in between, the
+   plan record is still there: the next `plan_batch` returns it before anything new, and
+   committing it again decides every claim as before (claims never change) and ends the job.
 2. `validate_batch`: read every clip of a batch; bad ones move to `quarantine/` with a JSON
-   reason beside them; the accepted list is committed as `batches/<id>.accepted.json`.
+   reason beside them, and their claim is released; the accepted list is committed as
+   `batches/<id>.accepted.json`.
 3. `write_frames`: the accepted clips become `frames/batch=<id>/part-0.parquet`.
+
+What may come back. A landing key is held while its claim exists: a clip of a batch (accepted or
+not validated yet) or a duplicate upload. Quarantine releases the claim, so a fixed upload under
+the same key is a new clip. Content is a duplicate when the same bytes were ingested under another
+key (accepted by a validation, or in a batch not validated yet; a duplicate records which key, in
+which batch): the bytes of a quarantined clip pass under a new key. `requeue` moves a quarantined
+clip back to landing (or releases a duplicate whose original was quarantined).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -23,7 +38,7 @@ import pyarrow as pa
 from flywheel import layout, schema
 from flywheel.clips import ClipError, read_clip
 from flywheel.config import Settings
-from flywheel.store import ObjectInfo, Store
+from flywheel.store import ObjectInfo, Store, check_key, is_valid_key
 
 
 def is_clip_key(key: str) -> bool:
@@ -47,21 +62,37 @@ def list_batches(store: Store) -> list[dict]:
     return sorted(manifests, key=lambda m: (m["created_at"], m["batch_id"]))
 
 
-def claimed(store: Store) -> tuple[set[str], set[str]]:
-    """Landing keys and content hashes that some batch already holds."""
-    keys, hashes = set(), set()
-    for m in list_batches(store):
-        for c in m["clips"] + m.get("duplicates", []):
-            keys.add(c["key"])
-            hashes.add(c["sha256"])
-    return keys, hashes
+def claimed(store: Store) -> tuple[set[str], dict[str, tuple[str, str]]]:
+    """Landing keys that some batch holds (a claim), and the content already ingested: sha256 ->
+    (key, batch id) of each clip a validation accepted, or a batch not validated yet holds."""
+    keys = {layout.clip_key_of_claim(o.key) for o in store.list(layout.CLAIMS)}
+    listed = {o.key for o in store.list(layout.BATCHES)}
+    ingested: dict[str, tuple[str, str]] = {}
+    for key in sorted(listed):  # oldest batch first: ids start with their time
+        if layout.is_batch_key(key):
+            batch_id = layout.batch_id_of(key)
+            report = layout.accepted_key(batch_id)  # once validated, what it accepted
+            if report in listed:
+                clips = store.read_json(report)["accepted"]
+            else:
+                clips = store.read_json(key)["clips"]
+            for c in clips:
+                ingested.setdefault(c["sha256"], (c["key"], batch_id))
+    return keys, ingested
 
 
 def pending_clips(store: Store, claimed_keys: set[str] | None = None) -> list[ObjectInfo]:
-    """Clips in landing that no batch holds yet, oldest first."""
+    """Clips in landing that no batch holds yet, oldest first. Names that cannot be store keys are
+    not among them: `plan_batch` quarantines those."""
     if claimed_keys is None:
-        claimed_keys, _ = claimed(store)
-    fresh = [o for o in store.list(layout.LANDING) if is_clip_key(o.key) and o.key not in claimed_keys]
+        claimed_keys = {layout.clip_key_of_claim(o.key) for o in store.list(layout.CLAIMS)}
+    return _fresh(store.list(layout.LANDING), claimed_keys)
+
+
+def _fresh(landing: list[ObjectInfo], claimed_keys: set[str]) -> list[ObjectInfo]:
+    fresh = [
+        o for o in landing if is_clip_key(o.key) and not o.bad_key and o.key not in claimed_keys
+    ]
     return sorted(fresh, key=lambda o: (o.mtime, o.key))
 
 
@@ -69,78 +100,169 @@ def pending_clips(store: Store, claimed_keys: set[str] | None = None) -> list[Ob
 class BatchPlan:
     batch_id: str
     clips: list[dict]  # {key, sha256, size}
-    duplicates: list[dict] = field(default_factory=list)  # {key, sha256, size, same_as}
+    # {key, sha256, size, same_as (the key ingested), same_as_batch (its batch; None: this one)}
+    duplicates: list[dict] = field(default_factory=list)
 
 
 def plan_batch(store: Store, *, min_clips: int, max_clips: int) -> BatchPlan | None:
-    """The next batch if at least `min_clips` new clips wait, else None. Does not commit it."""
-    claimed_keys, claimed_hashes = claimed(store)
-    fresh = pending_clips(store, claimed_keys)
+    """The next batch to commit, or None. Does not commit it.
+
+    A commit cut short (its plan record is still there) comes first, whatever its size: committing
+    it again finishes it. Else the new clips, if at least `min_clips` wait. A landing name that
+    cannot be a store key is quarantined here (`bad_key`): no batch could read it.
+    """
+    unfinished = _unfinished_plan(store)
+    if unfinished is not None:
+        return unfinished
+    landing = store.list(layout.LANDING)
+    for o in landing:
+        if o.bad_key and is_clip_key(o.key):
+            detail = f"{o.key!r} cannot be a store key: name uploads with [A-Za-z0-9._=-] and '/'"
+            quarantine(store, layout.sanitized_key(o.key), uploaded_as=o.key, reason="bad_key",
+                       detail=detail, batch_id=None, digest=None)  # fmt: skip
+    claimed_keys, ingested = claimed(store)
+    fresh = _fresh(landing, claimed_keys)
     if len(fresh) < min_clips:
         return None
-    clips, dups, seen = [], [], {h: "an earlier batch" for h in claimed_hashes}
+    clips, dups = [], []
+    seen: dict[str, tuple[str, str | None]] = dict(ingested)  # batch None: this one
     for o in fresh:
         if len(clips) >= max_clips:
             break
         digest = sha256(store.read_bytes(o.key))
         entry = {"key": o.key, "sha256": digest, "size": o.size}
-        if digest in seen:  # the same content uploaded again: ingest it once
-            dups.append({**entry, "same_as": seen[digest]})
+        if digest in seen:  # the same content uploaded again: ingest it once, and say where it is
+            dups.append({**entry, "same_as": seen[digest][0], "same_as_batch": seen[digest][1]})
         else:
-            seen[digest] = o.key
+            seen[digest] = (o.key, None)
             clips.append(entry)
     if len(clips) < min_clips and len(clips) < max_clips:
         return None
     newest = max(o.mtime for o in fresh[: len(clips) + len(dups)])
     stamp = datetime.fromtimestamp(newest, UTC).strftime("%Y%m%dT%H%M%S")
-    digest = sha256("\n".join(sorted(c["key"] for c in clips)).encode())[:8]
-    return BatchPlan(f"{stamp}-{digest}", clips, dups)
+    return BatchPlan(_batch_id(stamp, clips + dups), clips, dups)
 
 
-def commit_batch(store: Store, plan: BatchPlan) -> dict:
-    """Write `batches/<id>.json` (idempotent: an existing manifest of the same id is kept)."""
-    key = layout.batch_key(plan.batch_id)
-    if store.exists(key):
-        return store.read_json(key)
+def _batch_id(stamp: str, entries: list[dict]) -> str:
+    """`<newest upload>-<hash of the keys>`: the same clips make the same id."""
+    keys = "\n".join(sorted(e["key"] for e in entries))
+    return f"{stamp}-{sha256(keys.encode())[:8]}"
+
+
+def _unfinished_plan(store: Store) -> BatchPlan | None:
+    """The oldest plan whose commit was cut short; records of commits that got as far as their
+    manifest are deleted on the way."""
+    plans = [o.key for o in store.list(layout.BATCHES) if layout.is_plan_key(o.key)]
+    if not plans:
+        return None
+    committed = {m.get("plan_id") for m in list_batches(store)}
+    for key in plans:
+        plan = BatchPlan(**store.read_json(key))
+        if plan.batch_id not in committed:
+            return plan
+        store.delete(key)
+    return None
+
+
+def commit_batch(store: Store, plan: BatchPlan) -> dict | None:
+    """Claim the clips of `plan` and write `batches/<id>.json`; returns the manifest, or None when
+    other batches claimed every clip first. Committing a plan of the same id again gives the same
+    manifest (or None again)."""
+    record = layout.plan_key(plan.batch_id)
+    if not store.create(record, _json(asdict(plan))):
+        try:  # same id: the plan that a first committer recorded is the one every committer finishes
+            plan = BatchPlan(**store.read_json(record))
+        except FileNotFoundError:  # that commit just ended; its claims decide ours the same way
+            pass
+    holders = {c["key"]: _claim(store, c["key"], plan.batch_id) for c in plan.clips}
+    clips = [c for c in plan.clips if holders[c["key"]] == plan.batch_id]
+    if not clips:
+        store.delete(record)
+        return None
+    dups = []
+    for d in plan.duplicates:
+        if _claim(store, d["key"], plan.batch_id) == plan.batch_id:
+            taken = holders.get(d["same_as"], plan.batch_id) != plan.batch_id
+            # an original that another batch took: say which
+            dups.append({**d, "same_as_batch": holders[d["same_as"]]} if taken else d)
+    batch_id = _batch_id(plan.batch_id.partition("-")[0], clips + dups)
     manifest = {
-        "batch_id": plan.batch_id,
+        "batch_id": batch_id,
+        "plan_id": plan.batch_id,  # what its claims name
         "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),  # orders batches
-        "clips": plan.clips,
-        "duplicates": plan.duplicates,
+        "clips": clips,
+        "duplicates": dups,
     }
-    store.write_json(key, manifest)
+    if not store.create(layout.batch_key(batch_id), _json(manifest)):
+        manifest = store.read_json(layout.batch_key(batch_id))
+    store.delete(record)  # last: until here, the next plan_batch finishes this commit
     return manifest
+
+
+def _claim(store: Store, key: str, batch_id: str) -> str:
+    """Claim a landing clip for `batch_id`; returns the batch its claim names (ours, if this call or
+    an earlier commit of the same id created it)."""
+    if store.create(layout.claim_key(key), _json({"batch_id": batch_id})):
+        return batch_id
+    return store.read_json(layout.claim_key(key))["batch_id"]
+
+
+def _holder(store: Store, key: str) -> str | None:
+    """The batch that a landing clip's claim names, None if it has no claim."""
+    try:
+        return store.read_json(layout.claim_key(key))["batch_id"]
+    except FileNotFoundError:
+        return None
+
+
+def _json(obj) -> bytes:
+    return json.dumps(obj, indent=2, sort_keys=True).encode()
 
 
 # ---------------------------------------------------------------- 2. validation
 
 
-def quarantine(store: Store, key: str, *, reason: str, detail: str, batch_id: str, digest: str) -> str:
-    """Move a landing clip to quarantine/ with `<clip>.reason.json` beside it; returns its new key."""
+def quarantine(
+    store: Store, key: str, *, reason: str, detail: str, batch_id: str | None, digest: str | None,
+    uploaded_as: str | None = None,
+) -> str:  # fmt: skip
+    """Move a landing clip to quarantine/ with `<clip>.reason.json` beside it; returns its new key.
+
+    `uploaded_as`: the name the fleet gave it when that is no valid key (`key` is then its
+    `layout.sanitized_key`, and the reason records the name as uploaded).
+    """
     target = layout.quarantine_key(key)
     store.write_json(
         layout.reason_key(key),
         {
-            "key": key, "quarantined_as": target, "reason": reason, "detail": detail,
+            "key": uploaded_as or key, "quarantined_as": target, "reason": reason, "detail": detail,
             "batch_id": batch_id, "sha256": digest,
             "at": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     )  # fmt: skip
-    store.move(key, target)  # reason first: a clip in quarantine always has its reason
+    # reason first: a clip in quarantine always has its reason
+    if uploaded_as is None:
+        store.move(key, target)
+    else:
+        store.move_bad_key(uploaded_as, target)
     return target
 
 
 def validate_batch(store: Store, batch_id: str, settings: Settings) -> dict:
     """Read and check every clip of a batch; quarantine the bad ones; commit the accepted list."""
     manifest = store.read_json(layout.batch_key(batch_id))
+    ours = {batch_id, manifest.get("plan_id", batch_id)}  # the claims of its clips name its plan
 
     def check(clip: dict):  # runs on a worker thread: reads and parses, no side effects
         key = clip["key"]
-        if not store.exists(key) and store.exists(layout.reason_key(key)):
-            return "done", store.read_json(layout.reason_key(key)), 0  # quarantined by an earlier attempt
+        if _holder(store, key) not in ours or not store.exists(key):
+            return "done", _earlier_verdict(store, key, batch_id), 0
         data = store.read_bytes(key)
         try:
-            parsed = read_clip(data, classes=settings.classes, max_pixels=settings.ingest.max_pixels)
+            parsed = read_clip(
+                data, classes=settings.classes, max_pixels=settings.ingest.max_pixels,
+                max_chunk_bytes=settings.ingest.max_chunk_bytes,
+            )  # fmt: skip
         except ClipError as e:
             return "bad", e, len(data)
         return "ok", {**clip, "clip_id": parsed.meta.clip_id, "frames": len(parsed.frames)}, len(data)
@@ -151,12 +273,13 @@ def validate_batch(store: Store, batch_id: str, settings: Settings) -> dict:
         nbytes += size
         if verdict == "ok":
             accepted.append(value)
-        elif verdict == "done":
-            bad.append(value)
-        else:
+            continue
+        if verdict == "bad":
             quarantine(store, clip["key"], reason=value.reason, detail=value.detail, batch_id=batch_id,
                        digest=clip["sha256"])  # fmt: skip
-            bad.append({"key": clip["key"], "reason": value.reason, "detail": value.detail})
+            value = {"key": clip["key"], "reason": value.reason, "detail": value.detail}
+        bad.append(value)
+        _release(store, clip["key"], ours)  # a fixed upload under its key is a new clip
     ids = Counter(c["clip_id"] for c in accepted)
     # The same clip_id twice in one batch: keep the first, the clip contract makes ids unique.
     seen, unique = set(), []
@@ -177,12 +300,81 @@ def validate_batch(store: Store, batch_id: str, settings: Settings) -> dict:
     return report
 
 
+def _earlier_verdict(store: Store, key: str, batch_id: str) -> dict:
+    """Why a clip of this batch is no longer in landing under its claim: its quarantine reason from
+    an earlier attempt, or what happened since."""
+    reason = layout.reason_key(key)
+    if store.exists(reason) and (record := store.read_json(reason))["batch_id"] == batch_id:
+        return record
+    if store.exists(key):  # its claim was released: quarantined, then uploaded again or requeued
+        detail = "quarantined by this batch; back in landing since"
+        return {"key": key, "reason": "released", "detail": detail}
+    detail = "no longer in landing, and not quarantined by this batch"
+    return {"key": key, "reason": "missing", "detail": detail}
+
+
+def _release(store: Store, key: str, ours: set[str]) -> None:
+    """Delete a clip's claim if it names this batch (another batch's claim is not ours)."""
+    if _holder(store, key) in ours:
+        store.delete(layout.claim_key(key))
+
+
 def _map(fn, items: list, settings: Settings):
     """`map` on a few threads: reads, zstd and image decoding release the GIL."""
     if settings.ingest.workers <= 1 or len(items) < 2:
         return map(fn, items)
     with ThreadPoolExecutor(settings.ingest.workers) as pool:
         return list(pool.map(fn, items))
+
+
+# ---------------------------------------------------------------- re-admission
+
+
+def requeue(store: Store, key: str) -> dict:
+    """Bring a quarantined clip back: move it to landing, remove its reason and any claim still on
+    its key, so that the next batch takes it again. Also releases a duplicate upload whose claim
+    holds it (its original was quarantined, say). `key`: its landing key (as uploaded, even when
+    that was no valid key) or its quarantine key.
+    Returns {"moved": [(from, to)], "removed": [keys]}.
+    """
+    if key.startswith(layout.QUARANTINE):
+        landing = layout.landing_key_of(key.removesuffix(layout.REASON_SUFFIX))
+    elif key.startswith(layout.LANDING):
+        landing = key if is_valid_key(key) else layout.sanitized_key(key)
+    else:
+        raise ValueError(f"cannot requeue {key!r}: give a clip's key under landing/ or quarantine/")
+    source = layout.quarantine_key(check_key(landing))
+    reason, claim = layout.reason_key(landing), layout.claim_key(landing)
+    moved, removed = [], []
+    if store.exists(source):
+        if store.exists(landing):
+            raise ValueError(
+                f"cannot requeue {source!r}: {landing!r} holds a newer upload (ingested on its "
+                "own); delete one of the two first"
+            )
+        store.move(source, landing)
+        moved.append((source, landing))
+    if store.exists(reason):  # after the move: a clip in quarantine always has its reason
+        store.delete(reason)
+        removed.append(reason)
+    holder = _holder(store, landing)
+    if holder is not None and not (moved or removed):
+        batches = [m for m in list_batches(store) if holder in (m["batch_id"], m.get("plan_id"))]
+        if not batches:
+            raise ValueError(f"cannot requeue {landing!r}: batch {holder} is committing it now")
+        if landing not in {d["key"] for d in batches[0]["duplicates"]}:
+            raise ValueError(
+                f"cannot requeue {landing!r}: it is ingested in batch {batches[0]['batch_id']}, "
+                "not quarantined"
+            )
+    if holder is not None:
+        store.delete(claim)
+        removed.append(claim)
+    if not (moved or removed):
+        raise ValueError(
+            f"cannot requeue {key!r}: nothing to requeue (not in quarantine/, no batch holds it)"
+        )
+    return {"moved": moved, "removed": removed}
 
 
 # ---------------------------------------------------------------- 3. frames
@@ -198,6 +390,7 @@ def frames_table(store: Store, batch_id: str, settings: Settings) -> pa.Table:
             store.read_bytes(clip["key"]),
             classes=settings.classes,
             max_pixels=settings.ingest.max_pixels,
+            max_chunk_bytes=settings.ingest.max_chunk_bytes,
             resize=settings.ingest.resize,
             decode_check=False,  # validate_batch decoded every image already
         )

@@ -3,7 +3,9 @@
 Precedence is human > ground_truth > auto: a person who looked at the frame in Label Studio
 overrides the annotation that came with the clip, and both override the model. Frames that no
 source labels are left out (and counted), so they can be queued for a human. Human answers come
-in Label Studio's export format (flywheel/labelstudio.py).
+in Label Studio's export format (flywheel/labelstudio.py); an export file or task that cannot be
+read is skipped and listed in the stats (`skipped_exports`: file, task, why), so one bad export
+never fails a batch and the good answers still count.
 
 The ground-truth wall: when the data engine is on, the only labels that train a model are
 auto-labels (champion confidence >= threshold) and human answers; the labels stage calls
@@ -30,7 +32,7 @@ def build_labels(
     auto_probs: np.ndarray | None = None,
     auto_threshold: float = 0.9,
 ) -> tuple[pa.Table, dict[str, Any]]:
-    """One label per frame (schema LABELS) and stats: counts per source and unlabeled frames.
+    """One label per frame (schema LABELS) and stats: counts per source, unlabeled frames, skipped exports.
 
     `auto_probs` (N, C), one row per frame of `frames`: the champion's probabilities; a frame no
     other source labels takes its top class when that probability reaches `auto_threshold`.
@@ -47,7 +49,8 @@ def build_labels(
     has = truth >= 0
     label[has], source[has], confidence[has] = truth[has], "ground_truth", 1.0
 
-    humans = human_labels(human_exports, classes)
+    skipped: list[dict] = []
+    humans = human_labels(human_exports, classes, skipped=skipped)
     row_of = {fid: i for i, fid in enumerate(frame_ids)}
     for fid, c in humans.items():
         if fid in row_of:
@@ -85,6 +88,7 @@ def build_labels(
         "auto_below_threshold": auto_rejected,
         "human_labels_for_other_frames": sum(fid not in row_of for fid in humans),
         "per_class": {c: int((label[kept] == i).sum()) for i, c in enumerate(classes)},
+        "skipped_exports": skipped,
     }
     return table, stats
 

@@ -60,6 +60,15 @@ def exported_task(task_id: int, task: dict, class_name: str, *, annotator: str) 
     }  # fmt: skip
 
 
+def parse_export(data: bytes, where: str) -> list:
+    """The tasks of one export file's bytes; ValueError naming `where` if it is not JSON or not a task list."""
+    try:
+        obj = json.loads(data)
+    except ValueError as e:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
+        raise ValueError(f"{where} is not valid JSON: {e}") from e
+    return export_tasks(obj, where)
+
+
 def export_tasks(obj: Any, where: str) -> list:
     """The tasks of one parsed export file (a list of tasks, or one task on its own)."""
     if isinstance(obj, dict) and "data" in obj:
@@ -69,31 +78,57 @@ def export_tasks(obj: Any, where: str) -> list:
     return obj
 
 
-def human_labels(exports: Sequence[dict | list], classes: Sequence[str]) -> dict[str, int]:
+def human_labels(exports: Sequence[dict | list], classes: Sequence[str], *,
+                 skipped: list[dict] | None = None) -> dict[str, int]:  # fmt: skip
     """frame_id -> class index from parsed exports; the latest annotation wins (ties: later export).
 
-    An export is `{"source": name, "tasks": [...]}` (what the queue reads back) or a bare task list.
+    An export is `{"source": name, "tasks": [...]}` (what the queue reads back; its `error`, if
+    set, says why the file gave no tasks) or a bare task list. A bad file or task raises a
+    ValueError naming the file and task. With `skipped` (a list), it is left out and reported
+    there instead, as `{"source", "task" (None: the whole file), "error"}`, so one bad answer
+    does not stop the good ones.
     """
     index = {name: i for i, name in enumerate(classes)}
     chosen: dict[str, tuple[str, int]] = {}  # frame_id -> (annotation time, class index)
     for n, export in enumerate(exports):
-        source, tasks = _source_and_tasks(export, n)
+        source, tasks, error = _source_and_tasks(export, n)
+        if error is not None:
+            if skipped is None:
+                raise ValueError(error)
+            skipped.append({"source": source, "task": None, "error": error})
+            continue
         for t, task in enumerate(tasks):
-            where = f"{source} task {task.get('id', t) if isinstance(task, dict) else t}"
-            frame_id, name, when = _task_label(task, where)
+            task_id = task.get("id", t) if isinstance(task, dict) else t
+            where = f"{source} task {task_id}"
+            try:
+                frame_id, name, when = _task_label(task, where)
+                if name is not None and name not in index:
+                    raise ValueError(f"{where}: unknown class {name!r}; known: {list(classes)}")
+            except ValueError as e:
+                if skipped is None:
+                    raise
+                skipped.append({"source": source, "task": task_id, "error": str(e)})
+                continue
             if name is None:
                 continue
-            if name not in index:
-                raise ValueError(f"{where}: unknown class {name!r}; known: {list(classes)}")
             if frame_id not in chosen or when >= chosen[frame_id][0]:
                 chosen[frame_id] = (when, index[name])
     return {fid: c for fid, (_, c) in chosen.items()}
 
 
-def _source_and_tasks(export: dict | list, n: int) -> tuple[str, list]:
+def _source_and_tasks(export: dict | list, n: int) -> tuple[str, list, str | None]:
+    """(source, tasks, why the export gave no tasks or None)."""
     if isinstance(export, dict) and "tasks" in export:
-        return str(export.get("source", f"export #{n}")), list(export["tasks"])
-    return f"export #{n}", export_tasks(export, f"export #{n}")
+        source, tasks = str(export.get("source", f"export #{n}")), export["tasks"]
+        if export.get("error"):
+            return source, [], str(export["error"])
+        if not isinstance(tasks, list):
+            return source, [], f"{source}: 'tasks' is a {type(tasks).__name__}, not a list of tasks"
+        return source, tasks, None
+    try:
+        return f"export #{n}", export_tasks(export, f"export #{n}"), None
+    except ValueError as e:  # handed back, so human_labels raises or reports it like any bad file
+        return f"export #{n}", [], str(e)
 
 
 def _task_label(task: Any, where: str) -> tuple[str, str | None, str]:
@@ -103,8 +138,11 @@ def _task_label(task: Any, where: str) -> tuple[str, str | None, str]:
     frame_id = task["data"].get("frame_id")
     if not isinstance(frame_id, str) or not frame_id:
         raise ValueError(f"{where}: task data has no 'frame_id'")
+    annotations = task.get("annotations") or []
+    if not isinstance(annotations, list):
+        raise ValueError(f"{where}: 'annotations' is a {type(annotations).__name__}, not a list")
     best: tuple[str, int, str] | None = None  # (time, order, class name)
-    for k, ann in enumerate(task.get("annotations") or []):
+    for k, ann in enumerate(annotations):
         if not isinstance(ann, dict):
             raise ValueError(f"{where}: annotation {k} is not an object")
         if ann.get("was_cancelled"):
@@ -119,11 +157,18 @@ def _task_label(task: Any, where: str) -> tuple[str, str | None, str]:
 
 
 def _choice(result: list, where: str) -> str | None:
+    if not isinstance(result, list):
+        raise ValueError(f"{where}: 'result' is a {type(result).__name__}, not a list")
     for item in result:
         if not isinstance(item, dict) or item.get("type") != "choices":
             continue
-        choices = (item.get("value") or {}).get("choices") or []
-        if len(choices) != 1:
+        value = item.get("value") or {}
+        if not isinstance(value, dict):
+            raise ValueError(
+                f"{where}: 'value' is not an object holding 'choices': {json.dumps(value)}"
+            )
+        choices = value.get("choices") or []
+        if not isinstance(choices, list) or len(choices) != 1:
             raise ValueError(f"{where}: expected exactly one choice, got {json.dumps(choices)}")
         return str(choices[0])
     return None

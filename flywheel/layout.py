@@ -2,7 +2,10 @@
 
     landing/<vehicle>/<date>/<clip>.mcap     clips as uploaded by the fleet
     quarantine/<...>.mcap + .reason.json     rejected clips, each with its reason
+    claims/<vehicle>/<date>/<clip>.mcap      the batch that took that landing clip (created once)
+    batches/<id>.plan.json                   a commit under way: its plan, deleted when it ends
     batches/<id>.json, <id>.accepted.json    a fleet batch's clips; the clips its validation accepted
+    batches/<id>.parked.json                 a batch whose ingest failed too often: why, given up
     frames/batch=<id>/part-0.parquet         frames of one batch
     labels/batch=<id>/part-0.parquet         labels of one batch
     augmented/batch=<id>/part-0.parquet      labeled rows with their split + augmented copies
@@ -15,6 +18,8 @@
     evaluations/<model>/v<version>.json      challenger vs champion and the gate decision
     deploy/<model>/<version>/model.onnx      a deployed model + manifest.json
     deploy/<model>/current.json              the version the fleet runs
+    deploy/<model>/lease/<n>.json            the lock on current.json + the `champion` alias (generation n)
+    tuning/<dataset>/trainer_config.json     the best trainer recipe Optuna found for a dataset
     sim/state.json                           the fleet simulator's clock (demo and tests only)
 
 Names that become part of a key (dataset, model, version, batch ids) are checked here too.
@@ -22,14 +27,17 @@ Names that become part of a key (dataset, model, version, batch ids) are checked
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 LANDING = "landing/"
 QUARANTINE = "quarantine/"
+CLAIMS = "claims/"
 BATCHES = "batches/"
 LABELING_QUEUE = "labeling/queue/"
 LABELING_DONE = "labeling/done/"
 LABELING_IMAGES = "labeling/images/"
+TUNING = "tuning/"
 SIM_STATE = "sim/state.json"
 REASON_SUFFIX = ".reason.json"
 
@@ -60,6 +68,41 @@ def reason_key(clip_key: str) -> str:
     return quarantine_key(clip_key) + REASON_SUFFIX
 
 
+def landing_key_of(quarantine_key: str) -> str:
+    """Where a quarantined clip came from (and goes back to when it is requeued)."""
+    return LANDING + quarantine_key.removeprefix(QUARANTINE)
+
+
+def sanitized_key(name: str) -> str:
+    """A valid key for an upload whose name is not one: `landing/v1/d/my clip.mcap` ->
+    `landing/v1/d/my_clip-<hash of the name>.mcap`. Characters outside the key alphabet and '..'
+    segments become '_'; the hash keeps the result apart from any upload that was named that way."""
+    from flywheel.store import KEY_CHARS  # here: layout stays free of pyarrow, which store imports
+
+    segments = ["".join(c if c in KEY_CHARS else "_" for c in s) for s in name.split("/")]
+    path = "/".join("_" if s == ".." else s for s in segments)
+    stem, dot, ext = path.rpartition(".")
+    tag = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{stem}-{tag}.{ext}" if dot and "/" not in ext else f"{path}-{tag}"
+
+
+def claim_key(clip_key: str) -> str:
+    """The claim a batch creates on a landing clip: whoever creates it first holds the clip."""
+    return CLAIMS + clip_key.removeprefix(LANDING)
+
+
+def clip_key_of_claim(claim: str) -> str:
+    return LANDING + claim.removeprefix(CLAIMS)
+
+
+def plan_key(batch_id: str) -> str:
+    return f"{BATCHES}{batch_id}.plan.json"
+
+
+def is_plan_key(key: str) -> bool:
+    return key.startswith(BATCHES) and key.endswith(".plan.json")
+
+
 def batch_key(batch_id: str) -> str:
     return f"{BATCHES}{batch_id}.json"
 
@@ -68,9 +111,19 @@ def accepted_key(batch_id: str) -> str:
     return f"{BATCHES}{batch_id}.accepted.json"
 
 
+def parked_key(batch_id: str) -> str:
+    """A batch whose ingest failed `sensor.max_ingest_attempts` times: its last error (not retried)."""
+    return f"{BATCHES}{batch_id}.parked.json"
+
+
 def is_batch_key(key: str) -> bool:
     """`batches/<id>.json`, not the `.accepted.json` beside it."""
     return key.startswith(BATCHES) and key.endswith(".json") and key.count(".") == 1
+
+
+def batch_id_of(batch_key: str) -> str:
+    """The id in `batches/<id>.json`."""
+    return batch_key.removeprefix(BATCHES).removesuffix(".json")
 
 
 # ---------------------------------------------------------------- per batch
@@ -148,3 +201,20 @@ def deploy_manifest_key(model_name: str, version: str) -> str:
 
 def current_key(model_name: str) -> str:
     return f"deploy/{check_name(model_name, 'model name')}/current.json"
+
+
+def lease_prefix(model_name: str) -> str:
+    return f"deploy/{check_name(model_name, 'model name')}/lease/"
+
+
+def lease_key(model_name: str, generation: int) -> str:
+    """Generation `generation` of the deploy lease (zero-padded, so keys sort by generation)."""
+    return f"{lease_prefix(model_name)}{int(generation):08d}.json"
+
+
+# ---------------------------------------------------------------- tuning
+
+
+def trainer_config_key(dataset_name: str) -> str:
+    """The tuned trainer recipe of a dataset (`flywheel tune`), read by every challenger training."""
+    return f"{TUNING}{check_name(dataset_name, 'dataset name')}/trainer_config.json"

@@ -13,10 +13,13 @@ hand over through the store and MLflow (keys in flywheel/layout.py, versions), n
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import numpy as np
 import pyarrow as pa
 
-from flywheel import champion, dataset, deploy, evalset, layout, plots
+from flywheel import champion, dataset, deploy, evalset, layout, plots, tune
 from flywheel.augment import balance_report, load_pipeline, oversample, sample_grid_png
 from flywheel.config import Settings
 from flywheel.engine.quality import auto_accuracy_vs_truth, label_errors
@@ -30,7 +33,7 @@ from flywheel.reader import ShardReader, load_arrays
 from flywheel.schema import DATASET
 from flywheel.store import Store
 from flywheel.tracking import CHALLENGER, CHAMPION, Tracker
-from flywheel.train import TrainConfig, make_loader, pick_device, train
+from flywheel.train import make_loader, pick_device, train
 
 NO_IMAGE_STATS = [c for c in DATASET.names if c != "image"]  # image min/max would bloat footers
 
@@ -116,7 +119,7 @@ def train_challenger(
     """Train on the latest dataset version, log the run to MLflow, register it as `challenger`."""
     name = settings.dataset.name
     manifest = dataset.load_manifest(store, name)
-    cfg = TrainConfig.from_settings(settings, device=device)
+    cfg, recipe = tune.tuned_train_config(store, settings, device=device)
     dev = pick_device(cfg.device)
     reader = ShardReader(
         store, manifest, split="train", image_size=cfg.image_size, seed=cfg.seed,
@@ -126,11 +129,24 @@ def train_challenger(
                       batch_size=cfg.batch_size, rank=rank, world_size=world_size)  # fmt: skip
     if len(reader) == 0:
         raise ValueError(f"dataset {name} v{manifest['version']} has no train rows")
+    sha = dataset.manifest_sha256(manifest)
+    # Nothing new to learn from: the challenger trained on this very dataset with this very recipe is kept,
+    # so a rerun or an iteration without new data does not register a second, identical model.
+    recipe_fields = cfg.model_dump(exclude={"device", "compile", "num_workers"})  # what changes the model
+    inputs = hashlib.sha256(json.dumps([sha, recipe_fields, settings.classes], sort_keys=True).encode()).hexdigest()[:16]
+    current = tracker.alias(CHALLENGER)
+    if current is not None and tracker.run_tags(tracker.version_run(current)).get("inputs") == inputs:
+        run_id = tracker.version_run(current)
+        history = tracker.read_json(run_id, "history.json")
+        return {"version": current, "run_id": run_id, "dataset_version": manifest["version"], "device": "-",
+                "history": history, "warm_started": False, "warm_start_note": "", "resumed_from_epoch": None,
+                "train_rows": len(reader), "up_to_date": True}  # fmt: skip
     champ = tracker.alias(CHAMPION)
     warm = tracker.weights(champ) if champ else None
-    sha = dataset.manifest_sha256(manifest)
-    # One checkpoint folder per dataset version, manifest and process count: a run never resumes another's.
-    ckpt = settings.home / "checkpoints" / f"{name}-v{manifest['version']}-{sha[:8]}-w{world_size}"
+    # One checkpoint folder per dataset version, manifest, process count and tuned values: a run never
+    # resumes another's (a retune between two trainings on one version is another recipe).
+    folder = f"{name}-v{manifest['version']}-{sha[:8]}-w{world_size}-{tune.recipe_id(cfg)}"
+    ckpt = settings.home / "checkpoints" / folder
 
     def fit(on_epoch_end=None):
         return train(
@@ -143,7 +159,8 @@ def train_challenger(
     if rank != 0:  # under DDP only rank 0 talks to MLflow; the others train their share
         fit()
         return {"rank": rank}
-    tags = {"dataset": name, "dataset_version": str(manifest["version"]), "stage": "train"}
+    tags = {"dataset": name, "dataset_version": str(manifest["version"]), "stage": "train",
+            "trainer_config": recipe, "inputs": inputs}  # fmt: skip
     with tracker.run(f"train {name} v{manifest['version']}", tags=tags) as run_id:
         tracker.log_params(run_id, {
             "train": cfg.model_dump(), "classes": ",".join(settings.classes), "dataset.name": name,
@@ -154,12 +171,13 @@ def train_challenger(
         tracker.log_json(run_id, "dataset/manifest.json", manifest)
         result = fit(on_epoch_end=lambda epoch, m: tracker.log_metrics(run_id, m, step=epoch))
         tracker.log_bytes(run_id, "plots/learning_curves.png", plots.learning_curves_png(result.history))
+        tracker.log_json(run_id, "history.json", result.history)
         version = tracker.register(run_id, result.weights, tags={"dataset_version": str(manifest["version"])})
         tracker.set_tags(run_id, {"model_version": version, "device": result.device})
     return {
         "version": version, "run_id": run_id, "dataset_version": manifest["version"], "device": result.device,
         "history": result.history, "warm_started": result.warm_started, "warm_start_note": result.warm_start_note,
-        "resumed_from_epoch": result.resumed_from_epoch, "train_rows": len(reader),
+        "resumed_from_epoch": result.resumed_from_epoch, "train_rows": len(reader), "up_to_date": False,
     }  # fmt: skip
 
 

@@ -85,6 +85,34 @@ def metric_vs_iteration_png(rows: list[dict], metrics: list[str]) -> bytes:
     return _png(fig)
 
 
+def optimization_history_png(trials: list[dict], metric: str) -> bytes:
+    """A hyperparameter search by trial number: each finished trial's `metric` (dots), the best so
+    far (line), and pruned trials as crosses on the x axis.
+
+    `trials` is one dict per trial: `{"number": 3, "state": "COMPLETE", "value": 0.71}` (or state
+    "PRUNED", ...).
+    """
+    if not trials:
+        raise ValueError("trials is empty: no trials to plot")
+    done = [t for t in trials if t["state"] == "COMPLETE"]
+    pruned = [t["number"] for t in trials if t["state"] == "PRUNED"]
+    fig = Figure(figsize=(6, 3.2))
+    ax = fig.add_subplot()
+    x = [t["number"] for t in done]
+    ax.plot(x, [t["value"] for t in done], "o", markersize=4, label=f"{metric} of a trial")
+    best = np.maximum.accumulate([t["value"] for t in done])  # (finished,)
+    ax.step(x, best, where="post", color="tab:red", label="best so far")
+    if pruned:
+        ax.plot(pruned, [0] * len(pruned), "x", color="gray", label="pruned")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(f"{metric} (val)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"{len(done)} finished, {len(pruned)} pruned", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
 def reliability_png(probs: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -> bytes:
     """Reliability diagram: accuracy per confidence bin against the diagonal, ECE in the title."""
     probs, labels = np.asarray(probs), np.asarray(labels)

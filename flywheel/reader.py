@@ -12,6 +12,9 @@ The resulting sequence is dealt to DataLoader workers in whole batches of `batch
 (batch k to worker k % num_workers): the DataLoader collects each worker's batches round-robin,
 so set `batch_size` to the DataLoader's and its output is the same sequence for any num_workers.
 Resuming skips the first `consumed` samples of that sequence, so the rest comes in the same order.
+
+Opening a reader checks the shards it will read against their manifest's sha256
+(`dataset.check_shards`, hashed once per process), so a rewritten shard fails the step loudly.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from flywheel.augment import online_transform
+from flywheel.dataset import check_shards
 from flywheel.model_input import decode_image
 from flywheel.store import Store
 
@@ -65,10 +69,14 @@ class ShardReader(IterableDataset):
         self.transform = online_transform(image_size, train=train_aug)
         if frame_ids is None:
             self.shards = [s for s in manifest["shards"] if s["split"] == split]
+            check_shards(store, manifest, self.shards)
             self.blocks, self.locations = _blocks(self.shards)
         else:
             self.shards = list(manifest["shards"])
             self.blocks, self.locations = _locate(store, self.shards, frame_ids)
+            # only the shards that hold the frames: a few golden frames must not hash the whole dataset
+            used = sorted(set(self.locations[:, 0].tolist()))
+            check_shards(store, manifest, [self.shards[i] for i in used])
             self.shuffle = False  # an explicit list is read in its own order
         self.epoch = 0
         self._resume: tuple[int, int] | None = None  # (epoch, samples to skip)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flywheel import dataset, deploy, layout
+from flywheel import dataset, deploy, layout, recovery
 from flywheel.config import Settings
 from flywheel.engine.queue import human_labels_spent
 from flywheel.ingest import list_batches, pending_clips
@@ -11,9 +11,11 @@ from flywheel.tracking import CHALLENGER, Tracker
 
 
 def status(store: Store, settings: Settings) -> dict:
-    """Champion, dataset version, batches and their frames, pending and quarantined clips."""
+    """Champion, dataset version, batches and their frames, parked batches with their last error,
+    pending and quarantined clips."""
     batches = []
-    for m in list_batches(store):
+    manifests = list_batches(store)
+    for m in manifests:
         row = {"batch_id": m["batch_id"], "clips": len(m["clips"]), "created_at": m["created_at"]}
         if store.exists(layout.frames_key(m["batch_id"])):
             row["frames"] = store.parquet_file(layout.frames_key(m["batch_id"])).metadata.num_rows
@@ -25,6 +27,7 @@ def status(store: Store, settings: Settings) -> dict:
         "dataset_version": dataset.latest_version(store, settings.dataset.name),
         "batches": batches,
         "frames": sum(b.get("frames", 0) for b in batches),
+        "parked": list(recovery.parked_batches(store, [m["batch_id"] for m in manifests]).values()),
         "pending_clips": len(pending_clips(store)),
         "quarantined": len(q),
         "quarantine": [{k: r.get(k) for k in ("key", "reason", "detail", "batch_id")} for r in q],

@@ -3,12 +3,16 @@
 Keys are `/`-separated paths under the root (`landing/v1/2026-01-01/c1.mcap`). Every write
 that readers trust is atomic: a local write goes to a temporary name and is renamed; an S3
 PUT (or a completed multipart upload) only becomes visible whole.
+
+What the fleet uploads is not ours to name: `list` reports an object whose name is no valid key
+(a space, say) with `bad_key` set, and `move_bad_key` is the one thing done with it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -27,12 +31,31 @@ class ObjectInfo:
     size: int
     mtime: float  # seconds since the epoch
 
+    @property
+    def bad_key(self) -> bool:
+        """The name is no valid key (an upload named `my clip.mcap`): it cannot be read, only moved
+        to a valid key with `Store.move_bad_key`."""
+        return not is_valid_key(self.key)
+
+
+def is_valid_key(key: str) -> bool:
+    if not key or key.startswith("/") or ".." in key.split("/"):
+        return False
+    return not set(key) - KEY_CHARS
+
 
 def check_key(key: str) -> str:
     """Return `key` if it is a safe relative key, else raise ValueError naming it."""
-    if not key or key.startswith("/") or ".." in key.split("/") or set(key) - KEY_CHARS:
+    if not is_valid_key(key):
         raise ValueError(f"invalid store key {key!r}: use letters, digits, '._-=/' and no '..'")
     return key
+
+
+def _check_listed_name(name: str) -> str:
+    """`name` if `list` can have reported it: any characters, but relative and without '..'."""
+    if not name or name.startswith("/") or ".." in name.split("/") or "\0" in name:
+        raise ValueError(f"invalid object name {name!r}: not a relative name below the store root")
+    return name
 
 
 class Store(ABC):
@@ -58,7 +81,8 @@ class Store(ABC):
 
     @abstractmethod
     def list(self, prefix: str = "") -> list[ObjectInfo]:
-        """Every object whose key starts with `prefix`, sorted by key."""
+        """Every object whose key starts with `prefix`, sorted by key; names that are no valid key
+        are listed too, with `bad_key` set."""
 
     @abstractmethod
     def delete(self, key: str) -> None: ...
@@ -66,6 +90,10 @@ class Store(ABC):
     @abstractmethod
     def move(self, src: str, dst: str) -> None:
         """Move one object; `dst` is complete before `src` disappears."""
+
+    @abstractmethod
+    def move_bad_key(self, name: str, dst: str) -> None:
+        """Move an object `list` reported with `bad_key` to the valid key `dst`, as `move` does."""
 
     @abstractmethod
     def arrow_fs(self) -> tuple[pafs.FileSystem, str]:
@@ -160,26 +188,51 @@ class LocalStore(Store):
         return self._p(key).is_file()
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
+        """Every regular file under the root whose key starts with `prefix`, sorted by key.
+
+        Whatever else lies in the folder is not an object, so that nothing listed can block or crash
+        a reader: FIFOs, sockets and devices are skipped, and so are symlinks that dangle or lead
+        out of the root. Symlinked folders are not walked into (`os.walk` without `followlinks`);
+        a symlinked file is listed when it resolves to a regular file inside the root.
+        """
         base = self.path / prefix.rsplit("/", 1)[0] if "/" in prefix else self.path
-        if not base.is_dir():
+        if not base.is_dir() or not base.resolve().is_relative_to(self.path):
             return []
         out = []
         for dirpath, _, files in os.walk(base):
             for name in files:
                 full = Path(dirpath) / name
                 key = full.relative_to(self.path).as_posix()
-                if key.startswith(prefix):
-                    st = full.stat()
+                if key.startswith(prefix) and (st := self._regular_file(full)):
                     out.append(ObjectInfo(key, st.st_size, st.st_mtime))
         return sorted(out, key=lambda o: o.key)
+
+    def _regular_file(self, path: Path) -> os.stat_result | None:
+        """The stat of the regular file at `path`, also through a symlink that stays inside the
+        root; else None."""
+        try:
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                if not path.resolve().is_relative_to(self.path):
+                    return None
+                st = path.stat()
+        except OSError:  # a dangling link, a symlink loop, or removed since the walk saw it
+            return None
+        return st if stat.S_ISREG(st.st_mode) else None
 
     def delete(self, key: str) -> None:
         self._p(key).unlink(missing_ok=True)
 
     def move(self, src: str, dst: str) -> None:
+        self._move(self._p(src), dst)
+
+    def move_bad_key(self, name: str, dst: str) -> None:
+        self._move(self.path / _check_listed_name(name), dst)
+
+    def _move(self, src: Path, dst: str) -> None:
         target = self._p(dst)
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self._p(src), target)
+        os.replace(src, target)
 
     def arrow_fs(self) -> tuple[pafs.FileSystem, str]:
         return pafs.LocalFileSystem(), self.root
@@ -215,6 +268,11 @@ class S3Store(Store):
     def _k(self, key: str) -> str:
         check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _name(self, name: str) -> str:
+        """The S3 key of a name `list` reported, valid key or not (S3 keys are any UTF-8)."""
+        _check_listed_name(name)
+        return f"{self.prefix}/{name}" if self.prefix else name
 
     def read_bytes(self, key: str) -> bytes:
         try:
@@ -262,10 +320,15 @@ class S3Store(Store):
         self.client.delete_object(Bucket=self.bucket, Key=self._k(key))
 
     def move(self, src: str, dst: str) -> None:
-        self.client.copy_object(
-            Bucket=self.bucket, Key=self._k(dst), CopySource={"Bucket": self.bucket, "Key": self._k(src)}
-        )
-        self.delete(src)
+        self._move(self._k(src), dst)
+
+    def move_bad_key(self, name: str, dst: str) -> None:
+        self._move(self._name(name), dst)
+
+    def _move(self, src: str, dst: str) -> None:
+        source = {"Bucket": self.bucket, "Key": src}
+        self.client.copy_object(Bucket=self.bucket, Key=self._k(dst), CopySource=source)
+        self.client.delete_object(Bucket=self.bucket, Key=src)
 
     def arrow_fs(self) -> tuple[pafs.FileSystem, str]:
         if self._fs is None:

@@ -12,12 +12,14 @@ import logging
 import os
 import subprocess
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from flywheel.recovery import created_once
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 WEIGHTS = "model/weights.pt"
@@ -30,17 +32,26 @@ class Tracker:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         for name in ("mlflow.store.db.utils", "alembic"):  # schema-migration chatter on first use
             logging.getLogger(name).setLevel(logging.WARNING)
-        if tracking_uri.startswith("sqlite:///"):
-            Path(tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         self.tracking_uri = tracking_uri
         self.model_name = model_name
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            location = artifact_root.resolve().as_uri() if artifact_root else None
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
-        else:
-            self.experiment_id = exp.experiment_id
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        # The first client migrates the SQLite schema; two processes doing it at once break it.
+        with created_once(db) if tracking_uri.startswith("sqlite:///") else nullcontext():
+            self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            self.experiment_id = self._experiment(experiment, artifact_root)
+
+    def _experiment(self, name: str, artifact_root: Path | None) -> str:
+        """The experiment's id, created if missing (by another process too, at the same moment)."""
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        location = artifact_root.resolve().as_uri() if artifact_root else None
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException as e:
+            if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
+                raise
+            return self.client.get_experiment_by_name(name).experiment_id
 
     @contextmanager
     def run(self, name: str, tags: dict[str, str] | None = None):
@@ -105,6 +116,14 @@ class Tracker:
         with tempfile.TemporaryDirectory() as tmp:
             path = self.client.download_artifacts(mv.run_id, WEIGHTS, tmp)
             return Path(path).read_bytes()
+
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        return dict(self.client.get_run(run_id).data.tags)
+
+    def read_json(self, run_id: str, path: str):
+        """A JSON artifact of a run (what `log_json` wrote)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            return json.loads(Path(self.client.download_artifacts(run_id, path, tmp)).read_text())
 
     def version_run(self, version: str) -> str:
         return self.client.get_model_version(self.model_name, str(version)).run_id

@@ -218,8 +218,10 @@ def _make_optimizer(
 
 
 def _make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
-    """Stepped once per batch; `total_steps` = epochs * steps per epoch."""
-    if cfg.schedule == "onecycle":
+    """Stepped once per batch; `total_steps` = epochs * steps per epoch. A one-cycle run too short
+    for a warmup of two steps anneals from `lr` instead: OneCycleLR divides by its warmup length
+    in steps minus one (ZeroDivisionError at exactly one step), and one step is no warmup anyway."""
+    if cfg.schedule == "onecycle" and cfg.warmup_pct * total_steps >= 2:
         return torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=cfg.warmup_pct
         )

@@ -3,9 +3,18 @@
 - `jobs.ingest`: `ingest_batch`, one fleet batch (partition) from raw clips to augmented rows.
 - `jobs.iteration`: `train_and_deploy`, its `TRAINING_TAGS` (one such run at a time) and
   `nightly_schedule`.
+- `jobs.tune`: `tune_job` (the `tune` job: the `trainer_config` asset) and `tune_schedule`.
 """
 
 from jobs.ingest import ingest_batch
 from jobs.iteration import TRAINING_TAGS, nightly_schedule, train_and_deploy
+from jobs.tune import tune_job, tune_schedule
 
-__all__ = ["TRAINING_TAGS", "ingest_batch", "nightly_schedule", "train_and_deploy"]
+__all__ = [
+    "TRAINING_TAGS",
+    "ingest_batch",
+    "nightly_schedule",
+    "train_and_deploy",
+    "tune_job",
+    "tune_schedule",
+]

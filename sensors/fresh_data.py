@@ -1,11 +1,13 @@
-"""The fresh-data sensor: new clips in landing become a fleet batch and its ingest run."""
-
+"""The fresh-data sensor: new clips in landing become a fleet batch and its ingest run; a failed
+ingest runs again with backoff until it succeeds or is parked (`flywheel.recovery`)."""
 
 import json
+import time
 
 import dagster as dg
 
-from flywheel import ingest
+from assets.dataset import augmented
+from flywheel import ingest, recovery
 from jobs import ingest_batch
 from resources import SettingsResource, StoreResource
 from resources.partitions import fleet_batches
@@ -15,7 +17,8 @@ from resources.partitions import fleet_batches
     job=ingest_batch,
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Counts new clips in landing; at the threshold, commits a fleet batch and requests its ingest.",
+    description="Counts new clips in landing; at the threshold, commits a fleet batch and requests its ingest. "
+    "Requests a failed ingest again, with backoff, until it succeeds or is parked.",
 )
 def fresh_fleet_data(
     context: dg.SensorEvaluationContext, settings: SettingsResource, store: StoreResource
@@ -26,13 +29,68 @@ def fresh_fleet_data(
     known = set(context.instance.get_dynamic_partitions(fleet_batches.name))
     orphans = [m["batch_id"] for m in ingest.list_batches(st) if m["batch_id"] not in known]
     plan = ingest.plan_batch(st, min_clips=s.sensor.min_clips, max_clips=s.sensor.max_clips)
-    new = orphans + ([ingest.commit_batch(st, plan)["batch_id"]] if plan else [])
-    if not new:
+    # None: other batches claimed every clip of the plan first
+    committed = ingest.commit_batch(st, plan) if plan else None
+    new = orphans + ([committed["batch_id"]] if committed else [])
+    retries, waiting, parked = _retries(context, st, s.sensor, known)
+    if not new and not retries:
         pending = len(ingest.pending_clips(st))
         context.update_cursor(json.dumps({**cursor, "pending": pending}))
-        return dg.SkipReason(f"{pending} new clip(s) in landing; a batch needs {s.sensor.min_clips}")
+        why = f"{pending} new clip(s) in landing; a batch needs {s.sensor.min_clips}"
+        if waiting:
+            why += f"; {len(waiting)} batch(es) wait to retry (next in {min(waiting) - time.time():.0f} s)"
+        return dg.SkipReason(why + (f"; {parked} parked (flywheel status)" if parked else ""))
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=b, partition_key=b) for b in new],
-        dynamic_partitions_requests=[fleet_batches.build_add_request(new)],
-        cursor=json.dumps({"batches": cursor["batches"] + len(new), "pending": 0, "last_batch": new[-1]}),
+        run_requests=[dg.RunRequest(run_key=b, partition_key=b) for b in new] + retries,
+        dynamic_partitions_requests=[fleet_batches.build_add_request(new)] if new else [],
+        cursor=json.dumps(
+            {"batches": cursor["batches"] + len(new), "pending": 0, "last_batch": new[-1]}
+            if new
+            else cursor
+        ),
     )
+
+
+def _retries(context, st, sensor, known: set[str]) -> tuple[list[dg.RunRequest], list[float], int]:
+    """Run requests for the batches whose ingest needs another run, the times the waiting ones may
+    retry, and how many batches are parked. Batches whose last asset is materialized are done."""
+    done = context.instance.get_materialized_partitions(augmented.key)
+    parked = recovery.parked_batches(st, sorted(known))
+    for b in parked.keys() & done:  # an operator's run succeeded
+        recovery.unpark(st, b)
+    requests, waiting, now = [], [], time.time()
+    for b in sorted(known - done - parked.keys()):
+        records = context.instance.get_run_records(
+            dg.RunsFilter(job_name=ingest_batch.name, tags={"dagster/partition": b})
+        )
+        runs = [
+            recovery.IngestRun(
+                run_id=r.dagster_run.run_id,
+                status=r.dagster_run.status.value,
+                updated_at=r.end_time or r.update_timestamp.timestamp(),
+                will_retry=r.dagster_run.tags.get("dagster/will_retry") == "true",
+            )
+            for r in records
+        ]
+        limits = {"max_attempts": sensor.max_ingest_attempts, "backoff_s": sensor.ingest_retry_s}
+        d = recovery.next_ingest(b, runs, now=now, **limits)
+        if d.action == "run":
+            requests.append(dg.RunRequest(run_key=d.run_key, partition_key=b))
+        elif d.action == "wait" and d.retry_at is not None:
+            waiting.append(d.retry_at)
+        elif d.action == "park":
+            last = max(runs, key=lambda r: r.updated_at).run_id
+            error = _error(context.instance, last)
+            parked[b] = recovery.park(st, b, failures=d.failures, run_id=last, error=error)
+            context.log.warning(f"batch {b} parked after {d.failures} failed ingest runs: {error}")
+    return requests, waiting, len(parked.keys() - done)
+
+
+def _error(instance: dg.DagsterInstance, run_id: str) -> str:
+    """The first line of what failed a run: its first failed step's error, else the run's failure."""
+    steps = instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+    if steps:
+        event = steps[0].dagster_event
+        return recovery.failure_line(event.step_key, event.event_specific_data.error)
+    runs = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+    return runs[0].dagster_event.message if runs else "no failure recorded (cancelled?)"

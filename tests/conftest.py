@@ -113,3 +113,35 @@ def make_clip(
     m.update(meta or {})
     m = {k: v for k, v in m.items() if v is not None}
     return write_clip(m, frames, truth, encoding=encoding)
+
+
+def chunk_clip(
+    data: bytes, *, uncompressed_size: int, crc: int = 1, compression: str = "zstd"
+) -> bytes:
+    """A clip whose first record is one chunk: `data`, declaring `uncompressed_size` bytes.
+
+    Nothing checks the declaration before a reader opens the chunk: it is how a decompression bomb
+    (a few KB that declare GBs) or a chunk that lies about its size reaches the reader.
+    """
+    from mcap.data_stream import RecordBuilder
+    from mcap.records import Chunk, DataEnd, Footer, Header, Metadata
+
+    out = RecordBuilder()
+    out.write(b"\x89MCAP0\r\n")
+    Header(profile="", library="test").write(out)
+    Chunk(compression=compression, data=data, message_start_time=0, message_end_time=0,
+          uncompressed_crc=crc, uncompressed_size=uncompressed_size).write(out)  # fmt: skip
+    Metadata(name="clip", metadata={"clip_id": "bomb"}).write(out)
+    DataEnd(data_section_crc=0).write(out)
+    Footer(summary_start=0, summary_offset_start=0, summary_crc=0).write(out)
+    out.write(b"\x89MCAP0\r\n")
+    return out.end()
+
+
+def put_raw(store, name: str, data: bytes) -> None:
+    """Upload under a name that is no valid store key, as a fleet client can (S3 takes any name)."""
+    if hasattr(store, "path"):
+        (store.path / name).parent.mkdir(parents=True, exist_ok=True)
+        (store.path / name).write_bytes(data)
+    else:
+        store.client.put_object(Bucket=store.bucket, Key=f"{store.prefix}/{name}", Body=data)

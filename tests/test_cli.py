@@ -2,10 +2,21 @@
 
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 
+import click
 import dagster as dg
+import pytest
+
+from flywheel import recovery
+from flywheel.cli import Ctx, run_iteration
+from flywheel.config import load_settings
+from flywheel.tracking import tracker_for
+from jobs import TRAINING_TAGS
+from tests.conftest import free_port
 
 SMALL = """
 sim: {frames_per_clip: 4}
@@ -69,3 +80,85 @@ def test_demo_end_to_end_then_rollback(tmp_path, flywheel_home):
     assert json.loads(flywheel("status", "--json", home=flywheel_home, config=cfg).stdout)["champion"]["version"] == "v1"
     again = flywheel("rollback", home=flywheel_home, config=cfg, check=False)
     assert again.returncode != 0 and "Error" in again.stderr
+
+
+def test_a_failed_ingest_says_where_and_is_retried(tmp_path, flywheel_home, monkeypatch):
+    cfg = tmp_path / "flywheel.yaml"
+    cfg.write_text(SMALL + GATE + "sensor: {ingest_retry_s: 0}\n")
+    flywheel("simulate", "--clips", "3", home=flywheel_home, config=cfg)
+    (flywheel_home / "frames").write_text("a file where the folder goes")  # the frames step fails
+    failed = flywheel("ingest", "--min-clips", "3", home=flywheel_home, config=cfg, check=False)
+    assert failed.returncode == 1 and "Traceback" not in failed.stdout + failed.stderr
+    [line] = [x for x in failed.stdout.splitlines() if "ingest FAILED" in x]
+    assert " in frames: " in line and "Error" in line, line  # the step and its error's first line
+    (flywheel_home / "frames").unlink()
+    retried = flywheel("ingest", home=flywheel_home, config=cfg)
+    assert re.search(r"batch (\S+): ingest succeeded \(\1:retry-1\)", retried.stdout), retried
+    monkeypatch.setenv("DAGSTER_HOME", str(flywheel_home / "dagster"))
+    with dg.DagsterInstance.get() as instance:
+        statuses = [r.status for r in reversed(instance.get_runs())]
+    assert statuses == [dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.SUCCESS]
+
+
+def _started_training_run(instance, process: dict) -> dg.DagsterRun:
+    """A training run left STARTED by the process that `process` tags name."""
+    return instance.add_run(dg.DagsterRun(job_name="train_and_deploy", status=dg.DagsterRunStatus.STARTED,
+                                          tags={**TRAINING_TAGS, **process}))  # fmt: skip
+
+
+def test_a_killed_iterate_does_not_block_the_next_but_a_live_one_does(flywheel_home, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(flywheel_home / "dagster"))
+    (flywheel_home / "dagster").mkdir()
+    obj = Ctx(None, {})
+    instance = obj.instance()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    gone = {recovery.HOST_TAG: socket.gethostname(), recovery.PID_TAG: str(dead.pid)}
+    orphan = _started_training_run(instance, gone)
+    with pytest.raises(click.ClickException) as went_on:
+        run_iteration(obj)  # it trains: on an empty store, that fails, but not for the orphan
+    assert "in progress" not in went_on.value.message and "iteration run" in went_on.value.message
+    assert instance.get_run_by_id(orphan.run_id).status == dg.DagsterRunStatus.FAILURE
+    live = _started_training_run(instance, recovery.process_tags())
+    with pytest.raises(click.ClickException, match=f"in progress \\({live.run_id}\\)"):
+        run_iteration(obj)
+    assert instance.get_run_by_id(live.run_id).status == dg.DagsterRunStatus.STARTED
+
+
+OPEN_BOTH = """
+from flywheel.cli import Ctx
+from flywheel.tracking import tracker_for
+obj = Ctx(None, {})
+obj.instance().get_runs()
+tracker_for(obj.settings)
+"""
+
+
+def test_first_commands_on_a_fresh_home_do_not_race(flywheel_home, monkeypatch):
+    env = {**os.environ, "FLYWHEEL_HOME": str(flywheel_home)}
+    env.pop("DAGSTER_HOME", None)
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_BOTH], env=env, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]  # fmt: skip
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(errors)
+    # Both stores work after: a run is recorded, a tracking run is created.
+    monkeypatch.setenv("DAGSTER_HOME", str(flywheel_home / "dagster"))
+    with dg.DagsterInstance.get() as instance:
+        assert dg.materialize([dg.asset(name="probe")(lambda: 1)], instance=instance).success
+        assert len(instance.get_runs()) == 1
+    tracker = tracker_for(load_settings())
+    with tracker.run("probe") as run_id:
+        assert tracker.client.get_run(run_id).info.experiment_id == tracker.experiment_id
+
+
+@pytest.mark.parametrize("command", ["status", "ingest"])
+def test_an_unreachable_s3_endpoint_is_one_line(tmp_path, flywheel_home, command):
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    cfg = tmp_path / "flywheel.yaml"
+    cfg.write_text(f"store: {{root: 's3://fleet/flywheel', endpoint_url: '{endpoint}'}}\n")
+    out = flywheel(command, home=flywheel_home, config=cfg, check=False)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        f"Error: cannot reach the S3 endpoint {endpoint} (store.endpoint_url, else AWS_ENDPOINT_URL): "
+        "is the server up and the address right?"
+    ]

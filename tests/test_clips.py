@@ -6,7 +6,7 @@ import pytest
 from mcap.writer import Writer
 
 from flywheel.clips import REASONS, ClipError, read_clip, write_clip
-from tests.conftest import CLASSES, jpeg, make_clip
+from tests.conftest import CLASSES, chunk_clip, jpeg, make_clip
 
 
 @pytest.mark.parametrize("encoding", ["json", "protobuf", "cdr"])
@@ -55,6 +55,15 @@ def _truncated() -> bytes:
     return data[: len(data) // 2]
 
 
+def _zstd(data: bytes, *, content_size: bool = True) -> bytes:
+    import zstandard
+
+    if content_size:
+        return zstandard.ZstdCompressor().compress(data)
+    z = zstandard.ZstdCompressor().compressobj()  # a streamed frame: no content size in its header
+    return z.compress(data) + z.flush()
+
+
 def _corrupt_middle() -> bytes:
     data = bytearray(make_clip(n=6))
     data[60:200] = b"\xff" * 140  # inside the records, footer intact
@@ -68,6 +77,18 @@ BAD = {
     "no_camera": _no_camera,
     "bad_clip_id": lambda: make_clip("bad id with spaces"),
     "bad_clip_id-missing": lambda: make_clip(meta={"clip_id": None}),
+    "bad_clip_id-dot": lambda: make_clip("."),
+    "bad_clip_id-dotdot": lambda: make_clip(".."),
+    "bad_clip_id-newline": lambda: make_clip("c1\n"),
+    # 100 bytes that declare a TiB: refused before anything is decompressed
+    "chunk_too_large": lambda: chunk_clip(_zstd(bytes(100)), uncompressed_size=2**40),
+    # declares 1000 bytes, holds 1 MiB: decompression stops at the declared size
+    "truncated-chunk-lies": lambda: chunk_clip(
+        _zstd(bytes(2**20), content_size=False), uncompressed_size=1000
+    ),
+    "truncated-lz4-chunk-lies": lambda: chunk_clip(
+        _lz4(bytes(2**20)), uncompressed_size=1000, compression="lz4"
+    ),
     "unsupported_schema": lambda: _one_message_clip("foxglove.RawImage", "/camera/front", b"{}"),
     "undecodable_image": lambda: make_clip(image=jpeg()[:200]),
     "undecodable_image-garbage": lambda: make_clip(image=b"\xff\xd8 not really a jpeg"),
@@ -76,6 +97,12 @@ BAD = {
     "unknown_label": lambda: make_clip(label="unicorn"),
     "bad_ground_truth": lambda: _one_message_clip("flywheel.GroundTruth", "/ground_truth", b"[1, 2]"),
 }
+
+
+def _lz4(data: bytes) -> bytes:
+    import lz4.frame
+
+    return lz4.frame.compress(data)
 
 
 def _one_message_clip(schema: str, topic: str, data: bytes) -> bytes:
@@ -100,3 +127,11 @@ def test_every_quarantine_reason(case):
 
 def test_every_reason_has_a_case():
     assert {c.split("-")[0] for c in BAD} == set(REASONS)
+
+
+def test_the_chunk_limit_is_a_setting():
+    data = make_clip(n=4)
+    assert len(read_clip(data, classes=CLASSES, max_chunk_bytes=2**20).frames) == 4
+    with pytest.raises(ClipError, match="over the limit of 100 bytes") as err:
+        read_clip(data, classes=CLASSES, max_chunk_bytes=100)
+    assert err.value.reason == "chunk_too_large"

@@ -11,6 +11,7 @@ import pytest
 
 from flywheel import dataset
 from flywheel.dataset import (
+    ShardCorruptError,
     append_version,
     latest_version,
     load_manifest,
@@ -53,6 +54,19 @@ def dataset_rows(batch_id, **kw):
 
 def file_hashes(store, prefix="datasets/"):
     return {o.key: hashlib.sha256(store.read_bytes(o.key)).hexdigest() for o in store.list(prefix)}
+
+
+def rewrite_shard(store, key, how):
+    """Change a committed shard behind its manifest's back, as a stray job would."""
+    if how == "labels_zeroed":  # a valid Parquet file whose labels all say class 0
+        table = store.read_parquet(key)
+        i = table.schema.get_field_index("label")
+        zeros = pa.array([0] * table.num_rows, pa.int32())
+        store.write_parquet(key, table.set_column(i, table.field(i), zeros))
+    else:  # one flipped byte: same size, other sha256
+        data = bytearray(store.read_bytes(key))
+        data[len(data) // 2] ^= 0xFF
+        store.write_bytes(key, bytes(data))
 
 
 def test_split_is_stable_and_follows_shares():
@@ -205,3 +219,15 @@ def test_bad_inputs_are_named(tmp_path):
         )
     with pytest.raises(FileNotFoundError, match="nothing"):
         load_manifest(store, "nothing")
+
+
+@pytest.mark.parametrize("how", ["labels_zeroed", "byte_flipped"])
+def test_a_rewritten_shard_is_not_reused_by_the_next_version(tmp_path, how):
+    store = open_store(str(tmp_path))
+    v1 = append_version(store, name="ds", batches={"b1": dataset_rows("b1")}, classes=CLASSES)
+    train = next(s["path"] for s in v1["shards"] if s["split"] == "train")
+    rewrite_shard(store, train, how)
+    with pytest.raises(ShardCorruptError, match=rf"dataset 'ds' v1: shard {train} .*manifest"):
+        append_version(store, name="ds", batches={"b2": dataset_rows("b2")}, classes=CLASSES)
+    assert latest_version(store, "ds") == 1  # no v2 built on the rewritten shard
+    assert verify_shards(store, v1) == [train]

@@ -1,10 +1,20 @@
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
 import pyarrow.parquet as pq
 import pytest
 
 from flywheel import ingest, layout
 from flywheel.config import load_settings
 from flywheel.report import status as status_report
-from tests.conftest import jpeg, make_clip
+from flywheel.store import open_store
+from tests.conftest import chunk_clip, jpeg, make_clip, put_raw
+
+DAY = "landing/veh-1/2026-11-01/"
 
 
 def _land(store, n, start=0, **kw):
@@ -50,7 +60,11 @@ def test_duplicate_uploads_are_ingested_once(store):
     later = ingest.plan_batch(store, min_clips=1, max_clips=10)
     assert [c["key"] for c in later.clips] == ["landing/veh-1/2026-11-01/c005.mcap"]
     assert [d["key"] for d in later.duplicates] == ["landing/veh-3/2026-11-03/again.mcap"]
-    assert later.duplicates[0]["same_as"] == "an earlier batch"
+    # a rejected duplicate says why: which earlier upload, in which batch
+    assert later.duplicates[0]["same_as"] == "landing/veh-1/2026-11-01/c001.mcap"
+    assert later.duplicates[0]["same_as_batch"] == plan.batch_id
+    assert plan.duplicates[0]["same_as"] == "landing/veh-1/2026-11-01/c000.mcap"
+    assert plan.duplicates[0]["same_as_batch"] is None  # an upload of this same batch
 
 
 def test_bad_clips_are_quarantined_and_the_batch_goes_on(store):
@@ -101,3 +115,264 @@ def test_frames_parquet_has_no_image_statistics(tmp_path):
 def test_missing_batch_names_it(store):
     with pytest.raises(FileNotFoundError, match="batches/nope.json"):
         ingest.validate_batch(store, "nope", load_settings())
+
+
+
+# ---------------------------------------------------------------- landing hygiene
+
+
+@pytest.mark.timeout(60)  # a FIFO named *.mcap used to hang the read forever
+def test_landing_junk_neither_crashes_nor_hangs_ingest(tmp_path):
+    store = open_store(str(tmp_path / "store"))
+    keys = _land(store, 2)
+    day = store.path / DAY
+    (tmp_path / "outside.mcap").write_bytes(make_clip("outside"))
+    (day / "dead.mcap").symlink_to(tmp_path / "nowhere.mcap")
+    (day / "out.mcap").symlink_to(tmp_path / "outside.mcap")
+    os.mkfifo(day / "pipe.mcap")
+    (day / "my clip.mcap").write_bytes(make_clip("spaced"))
+    assert [o.key for o in ingest.pending_clips(store)] == keys
+    plan = ingest.plan_batch(store, min_clips=2, max_clips=10)
+    assert [c["key"] for c in plan.clips] == keys
+    ingest.commit_batch(store, plan)
+    status = status_report(store, load_settings())
+    assert status["pending_clips"] == 0
+    quarantined = [(q["key"], q["reason"]) for q in status["quarantine"]]
+    assert quarantined == [(DAY + "my clip.mcap", "bad_key")]
+
+
+def test_a_name_that_cannot_be_a_key_is_quarantined_and_can_come_back(store):
+    keys = _land(store, 1)
+    raw = DAY + "my clip.mcap"
+    put_raw(store, raw, make_clip("spaced"))
+    plan = ingest.plan_batch(store, min_clips=1, max_clips=10)
+    assert [c["key"] for c in plan.clips] == keys
+    ingest.commit_batch(store, plan)
+    [reason] = [o.key for o in store.list(layout.QUARANTINE) if o.key.endswith(".reason.json")]
+    record = store.read_json(reason)
+    assert record["reason"] == "bad_key" and record["key"] == raw
+    assert "my clip.mcap" in record["detail"] and store.exists(record["quarantined_as"])
+    assert not any(o.bad_key for o in store.list(layout.LANDING))
+    # re-admitted under a name that is a key (asked for by the name the fleet gave it)
+    done = ingest.requeue(store, raw)
+    [(_, back)] = done["moved"]
+    assert back.startswith(DAY + "my_clip") and back.endswith(".mcap")
+    assert [o.key for o in ingest.pending_clips(store)] == [back]
+    assert store.list(layout.QUARANTINE) == []
+
+
+# ---------------------------------------------------------------- decompression bombs
+
+
+def test_a_decompression_bomb_is_quarantined_in_bounded_memory(tmp_path):
+    import zstandard
+
+    size = 3 * 2**29  # 1.5 GiB of zeros in 48 KB: what pushed ingest to 3.7 GB RSS
+    out = io.BytesIO()
+    with zstandard.ZstdCompressor(level=1).stream_writer(out, size=size, closefd=False) as w:
+        block = bytes(2**24)
+        for _ in range(size // len(block)):
+            w.write(block)
+    store = open_store(str(tmp_path / "store"))
+    _land(store, 1)
+    store.write_bytes(DAY + "bomb.mcap", chunk_clip(out.getvalue(), uncompressed_size=size))
+    assert store.list(DAY + "bomb")[0].size < 64 * 1024
+    child = textwrap.dedent("""
+        import json, resource, sys
+        from flywheel import ingest
+        from flywheel.config import load_settings
+        from flywheel.store import open_store
+
+        store = open_store(sys.argv[1])
+        plan = ingest.plan_batch(store, min_clips=2, max_clips=10)
+        ingest.commit_batch(store, plan)
+        report = ingest.validate_batch(store, plan.batch_id, load_settings())
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+        accepted = len(report["accepted"])
+        print(json.dumps({"quarantined": report["quarantined"], "accepted": accepted, "rss": rss}))
+    """)
+    run = subprocess.run(
+        [sys.executable, "-c", child, str(store.path)], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.splitlines()[-1])
+    assert result["rss"] < 2**30, f"peak RSS {result['rss'] / 2**20:.0f} MiB quarantining a bomb"
+    assert result["accepted"] == 1
+    assert [(q["key"], q["reason"]) for q in result["quarantined"]] == [
+        (DAY + "bomb.mcap", "chunk_too_large")
+    ]
+
+
+# ---------------------------------------------------------------- batches never overlap
+
+
+@pytest.mark.parametrize("first", ["a", "b"])
+def test_two_planners_over_different_listings_never_share_a_clip(store, first):
+    _land(store, 6)
+    a = ingest.plan_batch(store, min_clips=1, max_clips=100)  # c000-c005
+    _land(store, 6, start=6)
+    b = ingest.plan_batch(store, min_clips=1, max_clips=8)  # saw more: c000-c007
+    assert len(a.clips) == 6 and len(b.clips) == 8
+    plans = {"a": a, "b": b}
+    order = [first, "b" if first == "a" else "a"]
+    committed = {name: ingest.commit_batch(store, plans[name]) for name in order}
+    if first == "b":
+        assert committed["a"] is None  # every clip of a is taken: a loses cleanly
+    else:
+        smaller = committed["b"]  # b keeps the two clips a did not take
+        got = [c["key"] for c in smaller["clips"]]
+        assert got == [DAY + "c006.mcap", DAY + "c007.mcap"]
+        assert smaller["batch_id"] != b.batch_id
+        assert smaller["batch_id"].endswith(ingest.sha256("\n".join(sorted(got)).encode())[:8])
+    # committing the same plan again is the same batch (or the same None)
+    assert {n: ingest.commit_batch(store, plans[n]) for n in order} == committed
+    held = [c["key"] for m in ingest.list_batches(store) for c in m["clips"] + m["duplicates"]]
+    assert len(held) == len(set(held)) == 8
+    pending = [o.key for o in ingest.pending_clips(store)]
+    assert pending == [DAY + f"c{i:03d}.mcap" for i in range(8, 12)]
+
+
+class Crash(Exception):
+    pass
+
+
+KILL_POINTS = {  # (store method, which keys, the nth such call raises)
+    "plan written, no claim": ("create", lambda k: k.startswith(layout.CLAIMS), 1),
+    "some claims": ("create", lambda k: k.startswith(layout.CLAIMS), 3),
+    "claims, no manifest": ("create", layout.is_batch_key, 1),
+    "manifest, plan left": ("delete", lambda k: k.startswith(layout.BATCHES), 1),
+}
+
+
+@pytest.mark.parametrize("kill", sorted(KILL_POINTS))
+def test_a_commit_killed_midway_is_finished_by_the_next_planner(tmp_path, monkeypatch, kill):
+    store = open_store(str(tmp_path / "store"))
+    keys = _land(store, 6)
+    method, which, nth = KILL_POINTS[kill]
+    real, calls = getattr(store, method), []
+
+    def dies(key, *args):
+        if which(key):
+            calls.append(key)
+            if len(calls) == nth:
+                raise Crash(key)
+        return real(key, *args)
+
+    plan = ingest.plan_batch(store, min_clips=1, max_clips=100)
+    monkeypatch.setattr(store, method, dies)
+    with pytest.raises(Crash):
+        ingest.commit_batch(store, plan)
+    monkeypatch.undo()
+    _land(store, 2, start=6)  # more uploads meanwhile
+    again = ingest.plan_batch(store, min_clips=1, max_clips=100)
+    if kill != "manifest, plan left":  # (that one only had its plan record left to delete)
+        assert again == plan  # the unfinished commit comes first ...
+        assert ingest.commit_batch(store, again)["batch_id"] == plan.batch_id  # ... and is finished
+        again = ingest.plan_batch(store, min_clips=1, max_clips=100)
+    batches = ingest.list_batches(store)
+    assert [m["batch_id"] for m in batches] == [plan.batch_id]
+    assert [c["key"] for c in batches[0]["clips"]] == keys
+    assert [c["key"] for c in again.clips] == [DAY + "c006.mcap", DAY + "c007.mcap"]
+    assert [o.key for o in store.list(layout.BATCHES)] == [layout.batch_key(plan.batch_id)]
+
+
+# ---------------------------------------------------------------- re-admission
+
+
+def test_a_fixed_upload_under_the_same_key_passes(store):
+    settings = load_settings()
+    _land(store, 2)
+    store.write_bytes(DAY + "c009.mcap", make_clip("c009")[:300])
+    store.write_bytes(DAY + "dots.mcap", make_clip(".."))  # used to fail the whole batch's labels
+    plan = ingest.plan_batch(store, min_clips=1, max_clips=10)
+    ingest.commit_batch(store, plan)
+    report = ingest.validate_batch(store, plan.batch_id, settings)
+    assert {q["key"]: q["reason"] for q in report["quarantined"]} == {
+        DAY + "c009.mcap": "truncated", DAY + "dots.mcap": "bad_clip_id",
+    }  # fmt: skip
+    store.write_bytes(DAY + "c009.mcap", make_clip("c009", image=jpeg(9)))  # uploaded again, whole
+    assert [o.key for o in ingest.pending_clips(store)] == [DAY + "c009.mcap"]
+    fixed = ingest.plan_batch(store, min_clips=1, max_clips=10)
+    ingest.commit_batch(store, fixed)
+    report = ingest.validate_batch(store, fixed.batch_id, settings)
+    assert [c["key"] for c in report["accepted"]] == [DAY + "c009.mcap"]
+    # a retry of the first batch does not take the new upload back
+    again = ingest.validate_batch(store, plan.batch_id, settings)
+    assert len(again["accepted"]) == 2 and len(again["quarantined"]) == 2
+
+
+def _quarantine_too_large(store, *keys, same_bytes=False):
+    """A batch of two good clips and `keys` (a big image each), validated under a small limit."""
+    _land(store, 2)
+    for i, key in enumerate(keys):
+        store.write_bytes(key, make_clip(f"big{0 if same_bytes else i}", image=jpeg(h=80, w=80)))
+    plan = ingest.plan_batch(store, min_clips=1, max_clips=10)
+    ingest.commit_batch(store, plan)
+    small = load_settings(**{"ingest.max_pixels": 48 * 48})
+    report = ingest.validate_batch(store, plan.batch_id, small)
+    return plan, report
+
+
+def test_the_bytes_of_a_quarantined_clip_pass_under_a_new_key(store):
+    plan, report = _quarantine_too_large(store, DAY + "big.mcap")
+    assert [q["reason"] for q in report["quarantined"]] == ["image_too_large"]
+    same = store.read_bytes("quarantine/veh-1/2026-11-01/big.mcap")
+    store.write_bytes("landing/veh-1/2026-11-02/big.mcap", same)
+    later = ingest.plan_batch(store, min_clips=1, max_clips=10)
+    assert [c["key"] for c in later.clips] == ["landing/veh-1/2026-11-02/big.mcap"]
+    assert later.duplicates == []
+
+
+def test_requeue_moves_a_quarantined_clip_back_to_landing(store):
+    big, other = DAY + "big.mcap", DAY + "other.mcap"
+    plan, _ = _quarantine_too_large(store, big, other)
+    done = ingest.requeue(store, big)
+    assert done["moved"] == [(layout.quarantine_key(big), big)]
+    assert layout.reason_key(big) in done["removed"]
+    assert store.exists(big) and not store.exists(layout.reason_key(big))
+    # ... asked for by its quarantine key as well
+    done = ingest.requeue(store, layout.quarantine_key(other))
+    assert done["moved"] == [(layout.quarantine_key(other), other)]
+    assert status_report(store, load_settings())["quarantined"] == 0
+    # the limit was raised: both pass now
+    again = ingest.plan_batch(store, min_clips=1, max_clips=10)
+    assert sorted(c["key"] for c in again.clips) == [big, other]
+    ingest.commit_batch(store, again)
+    assert len(ingest.validate_batch(store, again.batch_id, load_settings())["accepted"]) == 2
+
+
+def test_requeue_releases_a_duplicate_whose_original_was_quarantined(store):
+    copy = "landing/veh-2/2026-11-02/copy.mcap"
+    plan, _ = _quarantine_too_large(store, DAY + "big.mcap", copy, same_bytes=True)
+    assert [d["key"] for d in plan.duplicates] == [copy]
+    # held as a duplicate of a clip that was then quarantined
+    assert ingest.pending_clips(store) == []
+    assert ingest.requeue(store, copy) == {"moved": [], "removed": [layout.claim_key(copy)]}
+    later = ingest.plan_batch(store, min_clips=1, max_clips=10)
+    assert [c["key"] for c in later.clips] == [copy]
+
+
+def test_requeue_refuses_what_is_not_quarantined(store):
+    plan, _ = _quarantine_too_large(store)
+    with pytest.raises(ValueError, match=rf"{DAY}c000.mcap.*ingested in batch {plan.batch_id}"):
+        ingest.requeue(store, DAY + "c000.mcap")
+    with pytest.raises(ValueError, match=rf"{DAY}nope.mcap.*nothing to requeue"):
+        ingest.requeue(store, DAY + "nope.mcap")
+    with pytest.raises(ValueError, match="frames/x.parquet.*landing/ or quarantine/"):
+        ingest.requeue(store, "frames/x.parquet")
+
+
+def test_requeue_command(flywheel_home):
+    from click.testing import CliRunner
+
+    from flywheel.cli import main
+
+    store = open_store(str(flywheel_home))
+    _quarantine_too_large(store, DAY + "big.mcap")
+    out = CliRunner().invoke(main, ["requeue", DAY + "big.mcap"])
+    assert out.exit_code == 0, out.output
+    assert f"moved quarantine/veh-1/2026-11-01/big.mcap -> {DAY}big.mcap" in out.output
+    assert store.exists(DAY + "big.mcap")
+    out = CliRunner().invoke(main, ["requeue", DAY + "big.mcap"])
+    assert out.exit_code != 0 and "nothing to requeue" in out.output
+    assert "flywheel requeue landing/" in CliRunner().invoke(main, ["requeue", "--help"]).output

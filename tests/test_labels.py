@@ -9,8 +9,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from flywheel import layout, loop
+from flywheel.config import load_settings
 from flywheel.engine.queue import read_exports
 from flywheel.labels import build_labels, unlabeled_frame_ids
+from flywheel.labelstudio import human_labels
 from flywheel.schema import FRAMES, LABELS
 from flywheel.store import open_store
 
@@ -103,23 +106,65 @@ def test_label_studio_export_file_overrides_ground_truth(tmp_path):
     assert unlabeled_frame_ids(make_frames(), labels) == ["c1/front/3", "c1/front/4"]
 
 
-def test_unknown_class_names_file_and_task(tmp_path):
+def test_a_bad_task_is_skipped_and_named_the_good_ones_count(tmp_path):
     store = open_store(str(tmp_path))
     store.write_bytes("labeling/done/bad.json", export_file([
-        (41, "c1/front/0", [annotation(1, "unicorn", updated="2026-01-02T10:00:00Z")])
+        (41, "c1/front/0", [annotation(1, "unicorn", updated="2026-01-02T10:00:00Z")]),
+        (42, "c1/front/1", [annotation(2, "vehicle", updated="2026-01-02T10:00:00Z")]),
     ]))  # fmt: skip
+    labels, stats = build_labels(make_frames(), classes=CLASSES, human_exports=read_exports(store))
+    assert stats["human"] == 1 and labels.column("label_source").to_pylist()[1] == "human"
+    [skipped] = stats["skipped_exports"]
+    assert (skipped["source"], skipped["task"]) == ("labeling/done/bad.json", 41)
+    assert "unknown class 'unicorn'" in skipped["error"]
+    # the strict parser, where strictness is wanted
     with pytest.raises(ValueError, match=r"labeling/done/bad.json task 41.*unicorn"):
-        build_labels(make_frames(), classes=CLASSES, human_exports=read_exports(store))
+        human_labels(read_exports(store), CLASSES)
 
 
-def test_invalid_json_names_the_file(tmp_path):
+def test_a_bad_export_file_is_skipped_and_named(tmp_path):
     store = open_store(str(tmp_path))
     store.write_bytes("labeling/done/broken.json", b"[{not json")
-    with pytest.raises(ValueError, match="broken.json"):
-        read_exports(store)
-    store.write_bytes("labeling/done/broken.json", b'{"tasks": 3}')
-    with pytest.raises(ValueError, match="broken.json.*list of tasks"):
-        read_exports(store)
+    store.write_bytes("labeling/done/dict.json", b'{"tasks": 3}')
+    store.write_bytes("labeling/done/latin1.json", '["caf\xe9"]'.encode("latin-1"))
+    exports = read_exports(store)
+    assert [(e["source"], e["tasks"]) for e in exports] == [
+        ("labeling/done/broken.json", []), ("labeling/done/dict.json", []), ("labeling/done/latin1.json", []),
+    ]  # fmt: skip
+    assert "broken.json is not valid JSON" in exports[0]["error"]
+    assert "dict.json: a Label Studio JSON export is a list of tasks" in exports[1]["error"]
+    assert "latin1.json is not valid JSON" in exports[2]["error"]
+    _, stats = build_labels(make_frames(), classes=CLASSES, human_exports=exports)
+    got = [(x["source"], x["task"]) for x in stats["skipped_exports"]]
+    assert got == [(e["source"], None) for e in exports]
+    with pytest.raises(ValueError, match="broken.json is not valid JSON"):
+        human_labels(exports, CLASSES)
+
+
+def test_label_batch_reports_skipped_exports_and_keeps_the_good_answers(tmp_path):
+    settings = load_settings(classes=CLASSES, **{"store.root": str(tmp_path / "s")})
+    store = open_store(settings.store_root)
+    store.write_parquet(layout.frames_key("b1"), make_frames())
+    good = [annotation(1, "pedestrian", updated="2026-01-02T10:00:00Z")]
+    store.write_bytes("labeling/done/a-good.json", export_file([(1, "c1/front/1", good)]))
+    store.write_bytes("labeling/done/b-not-json.json", b"<html>")
+    store.write_bytes("labeling/done/c-not-a-list.json", b"7")
+    bad_tasks = json.loads(export_file([(1, "c1/front/3", good), (2, "c1/front/4", good)]))
+    del bad_tasks[0]["data"]["frame_id"]
+    bad_tasks[1]["annotations"][0]["result"][0]["value"] = "pedestrian"  # not {"choices": [...]}
+    bad_tasks.append({"id": 3, "data": {"frame_id": "c1/front/4"},
+                      "annotations": [annotation(2, "unicorn", updated="2026-01-02T10:00:00Z")]})  # fmt: skip
+    store.write_bytes("labeling/done/d-bad-tasks.json", json.dumps(bad_tasks).encode())
+
+    stats = loop.label_batch(store, settings, "b1")
+    assert stats["human"] == 1  # a-good.json still counts
+    got = [(x["source"], x["task"]) for x in stats["skipped_exports"]]
+    assert got == [("labeling/done/b-not-json.json", None), ("labeling/done/c-not-a-list.json", None),
+                   ("labeling/done/d-bad-tasks.json", 1), ("labeling/done/d-bad-tasks.json", 2),
+                   ("labeling/done/d-bad-tasks.json", 3)]  # fmt: skip
+    errors = [x["error"] for x in stats["skipped_exports"]]
+    assert "no 'frame_id'" in errors[2] and "choices" in errors[3] and "unicorn" in errors[4]
+    assert all(x["source"] in e for x, e in zip(stats["skipped_exports"], errors, strict=True))
 
 
 def test_auto_labels_fill_only_unlabeled_frames_above_threshold():

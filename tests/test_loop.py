@@ -117,3 +117,21 @@ def test_engine_labels_through_the_queue_only(flywheel_home):
         )
         assert check  # the non-blocking label-error check ran
     assert human_labels_spent(store) == 80
+
+
+def test_no_new_data_keeps_the_challenger_instead_of_training_a_copy(flywheel_home):
+    settings = load_settings(**TINY)
+    store = open_store(settings.store_root)
+    defs = build_definitions(settings, overrides=TINY)
+    with dg.instance_for_test() as instance:
+        _ingest_new_batch(store, settings, instance, defs, seed=1)
+        job = defs.resolve_job_def("train_and_deploy")
+        assert job.execute_in_process(instance=instance).success
+        tracker = tracker_for(settings)
+        versions = len(tracker.client.search_model_versions(f"name='{settings.mlflow.model_name}'"))
+        again = job.execute_in_process(instance=instance)
+        assert again.success
+        assert len(tracker.client.search_model_versions(f"name='{settings.mlflow.model_name}'")) == versions
+        mat = instance.get_latest_materialization_event(dg.AssetKey("challenger")).asset_materialization
+        assert mat.metadata["up_to_date (no new data: kept, not retrained)"].value is True
+        assert deploy.current(store, settings.mlflow.model_name)["version"] == "v1"

@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from flywheel.dataset import append_version
+from flywheel import dataset
+from flywheel.dataset import ShardCorruptError, append_version
 from flywheel.reader import ShardReader, load_arrays
 from flywheel.schema import DATASET
 from flywheel.store import open_store
@@ -172,3 +173,40 @@ def test_load_arrays_for_split_and_frame_ids(ds):
     assert np.array_equal(g_images[1], images[i])
     with pytest.raises(ValueError, match="nope"):
         load_arrays(store, manifest, frame_ids=["nope"], image_size=S)
+
+
+def test_a_rewritten_shard_fails_the_reader_loudly(tmp_path):
+    store = open_store(str(tmp_path))
+    batches = {"b1": make_rows("b1", 16, 8, 0)}
+    manifest = append_version(store, name="ds", batches=batches, classes=CLASSES)
+    val = next(s["path"] for s in manifest["shards"] if s["split"] == "val")
+    data = bytearray(store.read_bytes(val))
+    data[len(data) // 2] ^= 0xFF  # same size, other bytes
+    store.write_bytes(val, bytes(data))
+    assert len(ShardReader(store, manifest, image_size=S)) == 16  # the train shards are intact
+    with pytest.raises(ShardCorruptError, match=rf"dataset 'ds' v1: shard {val} .*sha256"):
+        ShardReader(store, manifest, split="val", image_size=S)
+    with pytest.raises(ShardCorruptError, match=val):
+        load_arrays(store, manifest, split="val", image_size=S)
+    frames = ["b1-train/front/000", "b1-val/front/020"]
+    with pytest.raises(ShardCorruptError, match=val):  # a frame list: the shards holding its frames
+        load_arrays(store, manifest, frame_ids=frames, image_size=S)
+    _, labels, _ = load_arrays(store, manifest, frame_ids=["b1-train/front/001"], image_size=S)
+    assert labels.tolist() == [1]
+
+
+def test_shards_are_hashed_once_per_process(tmp_path, monkeypatch):
+    store = open_store(str(tmp_path))
+    batches = {"b1": make_rows("b1", 16, 8, 0)}
+    manifest = append_version(store, name="ds", batches=batches, classes=CLASSES)
+    hashed = []
+    real = dataset._sha256
+    monkeypatch.setattr(dataset, "_sha256", lambda st, key: hashed.append(key) or real(st, key))
+    monkeypatch.setattr(dataset, "_verified", set())  # as in a fresh process
+    train = [s["path"] for s in manifest["shards"] if s["split"] == "train"]
+    reader = ShardReader(store, manifest, image_size=S)
+    for epoch in range(3):
+        reader.set_epoch(epoch)
+        assert len(list(reader)) == 16
+    ShardReader(store, manifest, image_size=S)
+    assert hashed == train  # once each, streamed, however many epochs and readers

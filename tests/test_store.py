@@ -2,6 +2,7 @@ import pyarrow as pa
 import pytest
 
 from flywheel.store import check_key, open_store
+from tests.conftest import put_raw
 
 
 def test_bytes_round_trip_and_listing(store):
@@ -78,3 +79,43 @@ def test_create_is_exclusive_and_whole(store):
         won = list(pool.map(lambda i: store.create("claims/race", f"w{i}".encode()), range(8)))
     assert won.count(True) == 1 and store.read_bytes("claims/race") == f"w{won.index(True)}".encode()
     assert [o.key for o in store.list("claims/")] == ["claims/c1", "claims/race"]  # no temporaries left
+
+
+def test_listing_is_regular_files_inside_the_root(tmp_path):
+    """Dangling links, FIFOs and links that lead out of the root are not objects: not listed."""
+    import os
+
+    store = open_store(str(tmp_path / "store"))
+    outside = tmp_path / "outside"
+    (outside / "dir").mkdir(parents=True)
+    (outside / "secret.mcap").write_bytes(b"not yours")
+    (outside / "dir" / "x.mcap").write_bytes(b"not yours")
+    store.write_bytes("landing/v/d/a.mcap", b"a")
+    store.write_bytes("other/b.mcap", b"b")
+    day = store.path / "landing/v/d"
+    (day / "dead.mcap").symlink_to(tmp_path / "nowhere.mcap")
+    os.mkfifo(day / "pipe.mcap")
+    (day / "out.mcap").symlink_to(outside / "secret.mcap")
+    (day / "in.mcap").symlink_to(store.path / "other/b.mcap")
+    (store.path / "landing/linked").symlink_to(outside / "dir", target_is_directory=True)
+    assert [o.key for o in store.list("landing/")] == ["landing/v/d/a.mcap", "landing/v/d/in.mcap"]
+    assert store.read_bytes("landing/v/d/in.mcap") == b"b"
+    (store.path / "elsewhere").symlink_to(outside, target_is_directory=True)
+    assert store.list("elsewhere/") == []
+
+
+def test_bad_key_names_are_listed_flagged_and_can_be_moved(store):
+    store.write_bytes("landing/v/d/good.mcap", b"good")
+    put_raw(store, "landing/v/d/my clip.mcap", b"spaced")
+    listing = store.list("landing/")
+    assert [(o.key, o.bad_key) for o in listing] == [
+        ("landing/v/d/good.mcap", False),
+        ("landing/v/d/my clip.mcap", True),
+    ]
+    store.move_bad_key("landing/v/d/my clip.mcap", "quarantine/v/d/my_clip.mcap")
+    assert [o.key for o in store.list("landing/")] == ["landing/v/d/good.mcap"]
+    assert store.read_bytes("quarantine/v/d/my_clip.mcap") == b"spaced"
+    with pytest.raises(ValueError, match="invalid store key"):
+        store.move_bad_key("landing/v/d/good.mcap", "quarantine/a b.mcap")
+    with pytest.raises(ValueError, match="'landing/../x.mcap'"):
+        store.move_bad_key("landing/../x.mcap", "quarantine/x.mcap")

@@ -112,6 +112,23 @@ def test_learns_separable_frames(schedule):
     assert h[-1]["lr"] < 0.1 * max(m["lr"] for m in h)
 
 
+@pytest.mark.parametrize(
+    "epochs, steps, warmup_pct", [(1, 1, 0.25), (1, 4, 0.25), (2, 2, 0.25), (1, 2, 0.5)]
+)
+def test_a_run_of_a_few_steps_gets_a_schedule(epochs, steps, warmup_pct):
+    """Fewer steps than a warmup needs: OneCycleLR divides by zero when its warmup is one step."""
+    images, labels = frames(8 * steps, seed=0)
+    batches = [
+        {"image": images[i : i + 8], "label": labels[i : i + 8]} for i in range(0, 8 * steps, 8)
+    ]
+    cfg = tiny_cfg(epochs=epochs, warmup_pct=warmup_pct, schedule="onecycle")
+    result = train(
+        train_loader=batches, val_loader=batches, classes=CLASSES, cfg=cfg, checkpoint_dir=None
+    )
+    assert [m["epoch"] for m in result.history] == list(range(epochs))
+    assert all(0 < m["lr"] <= cfg.lr for m in result.history)
+
+
 def test_weights_and_checkpoint_load_with_weights_only(tmp_path):
     train_loader, _ = loaders(64)
     result = train(

@@ -134,12 +134,22 @@ def read_queue(store: Store) -> list[dict]:
 
 
 def read_exports(store: Store) -> list[dict]:
-    """Every `*.json` Label Studio export in labeling/done/, as `{"source": key, "tasks": [...]}`, by key."""
+    """Every `*.json` Label Studio export in labeling/done/, by key, as `{"source": key, "tasks": [...], "error"}`.
+
+    A file that is not JSON, or not a list of tasks, comes back with no tasks and `error` naming
+    it, so one bad file does not hide the answers in the others: `labelstudio.human_labels` raises
+    that error, or reports it when asked to skip bad exports.
+    """
     exports = []
     for obj in store.list(layout.LABELING_DONE):
-        if obj.key.endswith(".json"):  # read_json raises a ValueError naming the file if it is not JSON
-            exports.append({"source": obj.key, "tasks": labelstudio.export_tasks(store.read_json(obj.key),
-                                                                                 store.uri(obj.key))})  # fmt: skip
+        if not obj.key.endswith(".json"):
+            continue
+        tasks, error = [], None
+        try:
+            tasks = labelstudio.parse_export(store.read_bytes(obj.key), store.uri(obj.key))
+        except ValueError as e:  # the message names the file and what is wrong with it
+            error = str(e)
+        exports.append({"source": obj.key, "tasks": tasks, "error": error})
     return exports
 
 

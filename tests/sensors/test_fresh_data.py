@@ -1,21 +1,81 @@
 import json
+import time
+from types import SimpleNamespace
 
 import dagster as dg
 import pytest
 
-from flywheel import ingest
+from flywheel import ingest, layout, report
 from flywheel.store import open_store
 from resources import SettingsResource, StoreResource
+from resources.partitions import fleet_batches
+from sensors import fresh_data
 from sensors.fresh_data import fresh_fleet_data
 from tests.conftest import jpeg, make_clip
+
+# Retries: a minute after the first failure, two after the second; the third failed run parks the batch.
+RETRIES = {"sensor.ingest_retry_s": "60", "sensor.max_ingest_attempts": "3"}
+
+
+def _resources(root: str, **overrides: str) -> dict:
+    settings = SettingsResource(
+        overrides={"sensor.min_clips": "3", "store.root": json.dumps(root), **overrides}
+    )
+    return {"settings": settings, "store": StoreResource(settings=settings)}
 
 
 @pytest.fixture
 def setup(tmp_path):
     root = str(tmp_path / "store")
-    settings = SettingsResource(overrides={"sensor.min_clips": "3", "store.root": json.dumps(root)})
-    resources = {"settings": settings, "store": StoreResource(settings=settings)}
-    return open_store(root), resources
+    return open_store(root), _resources(root)
+
+
+@pytest.fixture
+def retrying(tmp_path, monkeypatch):
+    """A store, resources with RETRIES, and `clock(s)`: from then on the sensor's time is `s` seconds
+    after the moment of the call."""
+    root = str(tmp_path / "store")
+
+    def clock(seconds: float) -> None:
+        then = time.time() + seconds
+        monkeypatch.setattr(fresh_data, "time", SimpleNamespace(time=lambda: then))
+
+    return open_store(root), _resources(root, **RETRIES), clock
+
+
+@dg.op
+def raw_clips():
+    raise ConnectionError("the link to the store was cut\nsecond line of the error")
+
+
+@dg.job(name="ingest_batch", partitions_def=fleet_batches)
+def failing_ingest():
+    """An ingest run of the batch that fails in its first step, as a cut link would make it."""
+    raw_clips()
+
+
+def _fail(instance, batch_id: str, run_key: str) -> None:
+    result = failing_ingest.execute_in_process(
+        instance=instance,
+        partition_key=batch_id,
+        tags={"dagster/run_key": run_key},
+        raise_on_error=False,
+    )
+    assert not result.success
+
+
+def _record_run(instance, batch_id: str) -> None:
+    """What the daemon does with a run request: a run of the batch, about to start."""
+    instance.add_run(dg.DagsterRun(job_name="ingest_batch", status=dg.DagsterRunStatus.NOT_STARTED,
+                                   tags={"dagster/partition": batch_id, "dagster/run_key": batch_id}))  # fmt: skip
+
+
+def _first_batch(instance, resources) -> str:
+    """Tick once at the threshold and apply what the daemon would: the partition."""
+    result, _ = _tick(instance, resources)
+    [req] = result.run_requests
+    instance.add_dynamic_partitions("fleet_batches", [req.partition_key])
+    return req.partition_key
 
 
 def _land(store, n, start=0):
@@ -53,6 +113,7 @@ def test_threshold_adds_one_partition_and_one_run_then_nothing(setup):
         assert store.read_json(f"batches/{batch_id}.json")["clips"][0]["key"].endswith("c0.mcap")
         # what the daemon does with the request (a direct call does not apply it)
         instance.add_dynamic_partitions("fleet_batches", list(req.partition_keys))
+        _record_run(instance, batch_id)
         second, _ = _tick(instance, resources, cursor=result.cursor)
         assert isinstance(second, dg.SkipReason)
         assert json.loads(result.cursor)["batches"] == 1
@@ -68,3 +129,61 @@ def test_a_lost_tick_is_recovered(setup):
         assert isinstance(again, dg.SensorResult)
         assert [r.run_key for r in again.run_requests] == [r.run_key for r in first.run_requests]
     assert len(ingest.list_batches(store)) == 1
+
+
+def test_a_failed_ingest_is_retried_after_its_backoff_not_before(retrying):
+    store, resources, clock = retrying
+    _land(store, 3)
+    with dg.instance_for_test() as instance:
+        batch_id = _first_batch(instance, resources)
+        _fail(instance, batch_id, run_key=batch_id)
+        clock(30)  # within the first minute
+        early, _ = _tick(instance, resources)
+        assert (
+            isinstance(early, dg.SkipReason) and "1 batch(es) wait to retry" in early.skip_message
+        )
+        clock(61)
+        retry, _ = _tick(instance, resources)
+        assert isinstance(retry, dg.SensorResult)
+        assert [(r.run_key, r.partition_key) for r in retry.run_requests] == [
+            (f"{batch_id}:retry-1", batch_id)
+        ]
+        assert not retry.dynamic_partitions_requests  # the partition is there already
+        _fail(instance, batch_id, run_key=f"{batch_id}:retry-1")
+        clock(100)  # the second wait is two minutes
+        assert isinstance(_tick(instance, resources)[0], dg.SkipReason)
+        clock(130)
+        again, _ = _tick(instance, resources)
+        assert [r.run_key for r in again.run_requests] == [f"{batch_id}:retry-2"]
+
+
+def test_a_batch_that_keeps_failing_is_parked_with_its_error(retrying):
+    store, resources, clock = retrying
+    _land(store, 3)
+    with dg.instance_for_test() as instance:
+        batch_id = _first_batch(instance, resources)
+        for key in (batch_id, f"{batch_id}:retry-1", f"{batch_id}:retry-2"):
+            _fail(instance, batch_id, run_key=key)
+        clock(3600)
+        parked, _ = _tick(instance, resources)
+        assert isinstance(parked, dg.SkipReason) and "1 parked" in parked.skip_message
+        record = store.read_json(layout.parked_key(batch_id))
+        assert record["failures"] == 3
+        assert record["error"] == "raw_clips: ConnectionError: the link to the store was cut"
+        clock(10 * 3600)
+        assert isinstance(_tick(instance, resources)[0], dg.SkipReason)  # never requested again
+        assert len(instance.get_runs()) == 3
+    status = report.status(store, resources["settings"].load())
+    assert status["parked"] == [{"batch_id": batch_id, "failures": 3, "error": record["error"],
+                                 "last_run_id": record["last_run_id"], "parked_at": record["parked_at"]}]  # fmt: skip
+
+
+def test_a_batch_whose_run_never_started_is_requested_again(setup):
+    """A command killed after it added the partition, before it started the run."""
+    store, resources = setup
+    _land(store, 3)
+    with dg.instance_for_test() as instance:
+        batch_id = _first_batch(instance, resources)
+        again, _ = _tick(instance, resources)
+        assert isinstance(again, dg.SensorResult)
+        assert [r.run_key for r in again.run_requests] == [batch_id]

@@ -1,0 +1,27 @@
+"""The sensor that retunes the trainer's recipe when what it was tuned for changed."""
+
+import dagster as dg
+
+from flywheel import tune
+from jobs import TRAINING_TAGS, tune_job
+from resources import SettingsResource, StoreResource
+
+
+@dg.sensor(
+    job=tune_job,
+    minimum_interval_seconds=300,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Requests a tune run when the class list or image size changed since the last "
+    "tuned config (a tuned config applies only to the class list and image size it was tuned for).",
+)
+def retune_on_new_inputs(
+    context: dg.SensorEvaluationContext, settings: SettingsResource, store: StoreResource
+) -> dg.RunRequest | dg.SkipReason:
+    change, why = tune.retune_check(store.open(), settings.load())
+    if change is None:
+        return dg.SkipReason(why)
+    context.log.info(f"requesting a tune run: {why}")
+    # One run per change: every tick until a tune run replaces the config names the same change.
+    return dg.RunRequest(
+        run_key=change, tags={**TRAINING_TAGS, "flywheel/trigger": "inputs-changed"}
+    )

@@ -1,0 +1,43 @@
+"""Settings: values that would become bad store keys or URLs fail at load, naming the field and value."""
+
+import pytest
+
+from flywheel.config import ConfigError, load_settings
+
+
+@pytest.mark.parametrize(
+    "key, value, problem",
+    [
+        (
+            "store.root",
+            "http://minio:9000/fleet",
+            "'http://minio:9000/fleet' is neither a folder nor s3://",
+        ),
+        ("store.root", "s3:///prefix", "names no bucket"),
+        ("mlflow.model_name", "../x", "invalid model name '../x'"),
+        ("dataset.name", "../../etc", "invalid dataset name '../../etc'"),
+        ("dataset.name", "a/b", "invalid dataset name 'a/b'"),
+        ("sensor.max_ingest_attempts", 0, "greater than or equal to 1"),
+    ],
+)
+def test_bad_values_name_the_field_and_the_value(key, value, problem):
+    with pytest.raises(ConfigError) as e:
+        load_settings(**{key: value})
+    assert f"{key}: " in str(e.value) and problem in str(e.value)
+    assert "Value error," not in str(e.value)  # pydantic's prefix says nothing to a reader
+
+
+@pytest.mark.parametrize(
+    "root", ["s3://fleet", "s3://fleet/flywheel", "/data/flywheel", "relative/dir"]
+)
+def test_a_folder_or_s3_is_a_store_root(root):
+    assert load_settings(**{"store.root": root}).store_root == root
+
+
+def test_the_config_file_is_named(tmp_path):
+    cfg = tmp_path / "flywheel.yaml"
+    cfg.write_text("mlflow: {model_name: ../x}\n")
+    with pytest.raises(
+        ConfigError, match=f"config file {cfg}: mlflow.model_name: invalid model name"
+    ):
+        load_settings(cfg)
