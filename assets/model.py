@@ -89,8 +89,8 @@ def evaluation(settings: SettingsResource, store: StoreResource, mlflow: MlflowR
             "challenger_vs_champion": dg.MetadataValue.md(compare_markdown(compare(ch, out["champion"]))),
             "per_slice": table_md(slices),
             "robustness": table_md([{"corruption": k, **v} for k, v in ch.get("robustness", {}).items()]),
-            "confusion": png_md(out["plots"]["confusion"], "confusion"),
-            "reliability": png_md(out["plots"]["reliability"], "reliability (calibration)"),
+            "up_to_date (the challenger is the served model: kept)": bool(out.get("up_to_date")),
+            **{plot: png_md(png, plot) for plot, png in out["plots"].items()},  # confusion, reliability
         }
     )
     yield dg.AssetCheckResult(
@@ -117,8 +117,9 @@ def deployed(settings: SettingsResource, store: StoreResource, mlflow: MlflowRes
             "version": out["version"],
             "previous": str(out.get("previous_version")),
             "onnx_sha256": out["onnx"]["sha256"],
-            "onnx_bytes": dg.MetadataValue.int(out["onnx_bytes"]),
-            "onnx_max_abs_diff": out["onnx_max_abs_diff"],
+            "onnx_bytes": dg.MetadataValue.int(out["onnx"]["bytes"]),
+            "onnx_max_abs_diff": out.get("onnx_max_abs_diff"),  # None: already deployed, nothing exported
+            "already_deployed": bool(out.get("already_deployed")),
             "forced": bool(out.get("forced_by")),
         }
     )

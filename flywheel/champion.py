@@ -36,6 +36,7 @@ from flywheel import deploy, layout
 from flywheel.config import Settings
 from flywheel.model_input import decode_images
 from flywheel.predict import EMBEDDING_NAME, Predictions, predict
+from flywheel.recovery import process_gone, process_tags
 from flywheel.store import Store
 from flywheel.tracking import CHAMPION, Tracker
 
@@ -108,8 +109,11 @@ def reconcile(store: Store, settings: Settings, tracker: Tracker) -> dict | None
     With nothing deployed there is no served model to follow, and the alias is left as it is.
     """
     model_name = settings.mlflow.model_name
+    cur = deploy.current(store, model_name)
+    if cur is None or _mlflow_version(store, cur) == tracker.alias(CHAMPION):
+        return None  # in step (the usual case): no lease taken, nothing written
     with lease(store, model_name, purpose="reconcile"):
-        cur = deploy.current(store, model_name)
+        cur = deploy.current(store, model_name)  # again, under the lease: a deploy may have just ended
         if cur is None:
             return None
         served, alias = _mlflow_version(store, cur), tracker.alias(CHAMPION)
@@ -128,7 +132,8 @@ def lease(store: Store, model_name: str, *, purpose: str, ttl_s: float = LEASE_T
           timeout_s: float = LEASE_WAIT_S, poll_s: float = 0.1) -> Iterator[dict]:  # fmt: skip
     """Hold the deploy lease of `model_name` for the block: the one lock on current.json and the alias.
 
-    Waits while another holder's lease is live; breaks it once past its expiry; raises
+    Waits while another holder's lease is live; breaks it once past its expiry, or at once when its
+    holder was a process on this host that is gone (killed); raises
     LeaseTimeoutError naming the holder after `timeout_s`. Released (marked) when the block ends.
     """
     owner = f"{socket.gethostname()}:{os.getpid()}:{threading.get_native_id()}"
@@ -136,10 +141,13 @@ def lease(store: Store, model_name: str, *, purpose: str, ttl_s: float = LEASE_T
     while True:
         n, held = _latest_lease(store, model_name)
         live = held is not None and not held.get("released_at")
-        if not live or datetime.fromisoformat(held["expires_at"]) <= datetime.now(UTC):
+        # A holder killed on this host need not be waited out: its process is gone (pid and start time).
+        dead = live and process_gone(held.get("process") or {})
+        if not live or dead or datetime.fromisoformat(held["expires_at"]) <= datetime.now(UTC):
             now = datetime.now(UTC)
             mine = {"owner": owner, "purpose": purpose, "acquired_at": now.isoformat(timespec="milliseconds"),
-                    "expires_at": (now + timedelta(seconds=ttl_s)).isoformat(timespec="milliseconds")}  # fmt: skip
+                    "expires_at": (now + timedelta(seconds=ttl_s)).isoformat(timespec="milliseconds"),
+                    "process": process_tags()}  # fmt: skip
             if live:  # its holder died or overran: recorded, so the break can be traced
                 mine["broke"] = {k: held[k] for k in ("owner", "purpose", "expires_at")}
             key = layout.lease_key(model_name, n + 1)

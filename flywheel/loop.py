@@ -188,6 +188,11 @@ def evaluate_challenger(store: Store, settings: Settings, tracker: Tracker, *, d
         raise ValueError(f"model {settings.mlflow.model_name!r} has no challenger: train one first")
     repair = champion.reconcile(store, settings, tracker)  # judge against the model that is served
     champ = tracker.alias(CHAMPION)
+    key = layout.evaluation_key(settings.mlflow.model_name, challenger)
+    if champ == challenger and store.exists(key):  # the challenger is the served model: nothing to judge again
+        kept = store.read_json(key)
+        cm = plots.confusion_png(np.array(kept["challenger"]["confusion"]), settings.classes)
+        return {**kept, "champion_repair": repair, "plots": {"confusion": cm}, "up_to_date": True}
     name = settings.dataset.name
     manifest = dataset.load_manifest(store, name)
     images, labels, meta, golden = evalset.evaluation_frames(store, name, manifest, image_size=settings.image_size)
@@ -247,6 +252,9 @@ def deploy_challenger(store: Store, settings: Settings, tracker: Tracker) -> dic
     gate = evaluation["gate"]
     if not gate["passed"]:
         raise ValueError(f"challenger v{version} did not pass the gate: {gate['reason']}")
+    cur = deploy.current(store, model_name)
+    if cur is not None and cur["version"] == f"v{version}" and tracker.alias(CHAMPION) == version:
+        return {**store.read_json(cur["manifest"]), "already_deployed": True}  # a rerun: nothing to move
     model, classes = load_weights(tracker.weights(version))
     onnx_bytes = deploy.export_onnx(model, image_size=size)
     manifest = dataset.load_manifest(store, settings.dataset.name, evaluation["dataset_version"])

@@ -62,9 +62,9 @@ def test_promote_and_rollback_move_current_and_alias_together(tmp_path, settings
     assert deploy.current(store, MODEL)["version"] == "v2" and tracker.alias(CHAMPION) == "2"
     assert champion.rollback(store, settings, tracker) == ("v2", "v1")
     assert deploy.current(store, MODEL)["version"] == "v1" and tracker.alias(CHAMPION) == "1"
-    assert champion.reconcile(store, settings, tracker) is None  # they agree: nothing to repair
+    assert champion.reconcile(store, settings, tracker) is None  # they agree: nothing to repair, no lease taken
     purposes = [x["purpose"] for x in leases(store)]
-    assert purposes == ["promote v1", "promote v2", "rollback", "reconcile"]
+    assert purposes == ["promote v1", "promote v2", "rollback"]
     assert all(x["released_at"] for x in leases(store))
 
 
@@ -154,6 +154,25 @@ def test_a_stale_lease_is_broken(tmp_path, settings, onnx_bytes):
     mine = store.read_json(layout.lease_key(MODEL, 2))
     assert mine["broke"] == {k: ghost[k] for k in ("owner", "purpose", "expires_at")}
     assert mine["released_at"]
+
+
+def test_a_lease_whose_holder_was_killed_on_this_host_is_broken_at_once(tmp_path, settings, onnx_bytes):
+    import subprocess
+    import sys
+
+    from flywheel.recovery import process_tags
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    tags = {**process_tags(), "flywheel/pid": str(child.pid)}
+    child.kill()
+    child.wait()
+    store, tracker = open_store(str(tmp_path / "s")), Aliases()
+    held = {"owner": f"here:{child.pid}:1", "purpose": "promote v9", "acquired_at": "2999-01-01T00:00:00+00:00",
+            "expires_at": "2999-01-01T00:02:00+00:00", "process": tags}  # fmt: skip
+    assert store.create(layout.lease_key(MODEL, 1), json.dumps(held).encode())  # live for centuries ...
+    t0 = time.monotonic()
+    promote(store, settings, tracker, "1", onnx_bytes)  # ... but its process is gone
+    assert time.monotonic() - t0 < 5 and store.read_json(layout.lease_key(MODEL, 2))["broke"]["owner"] == held["owner"]
 
 
 def test_waiting_for_a_held_lease_times_out_naming_the_holder(tmp_path):
