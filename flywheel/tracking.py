@@ -104,11 +104,18 @@ class Tracker:
         self.client.set_registered_model_alias(self.model_name, alias, str(version))
 
     def alias(self, alias: str) -> str | None:
-        """The version an alias points to, or None."""
+        """The version an alias points to; None only when MLflow says there is no such model or alias.
+
+        Any other error (an unreachable tracking server, a broken database) raises: read as "no
+        champion", it would let the gate judge a challenger against the floor alone (fail open).
+        """
         try:
             return str(self.client.get_model_version_by_alias(self.model_name, alias).version)
-        except MlflowException:
-            return None
+        except MlflowException as e:
+            if _not_found(e, alias):
+                return None
+            raise MlflowError(f"MLflow at {self.tracking_uri} could not say which version {alias!r} of model "
+                              f"{self.model_name!r} is: {str(e).splitlines()[0]}") from e
 
     def weights(self, version: str) -> bytes:
         """The weights of a registered model version."""
@@ -127,6 +134,17 @@ class Tracker:
 
     def version_run(self, version: str) -> str:
         return self.client.get_model_version(self.model_name, str(version)).run_id
+
+
+class MlflowError(RuntimeError):
+    """MLflow failed to answer (unreachable, broken): a stage that needs the answer fails closed."""
+
+
+def _not_found(e: MlflowException, alias: str) -> bool:
+    """MLflow's answer "no such registered model" or "no such alias", as opposed to a failure."""
+    if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    return e.error_code == "INVALID_PARAMETER_VALUE" and f"alias {alias} not found" in str(e)
 
 
 def tracker_for(settings) -> Tracker:
