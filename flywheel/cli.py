@@ -1,4 +1,8 @@
-"""The `flywheel` command line. It drives Dagster: every run it starts is recorded in the instance."""
+"""The `flywheel` command line. It drives Dagster: every run it starts is recorded in the instance.
+
+One module for all commands (each a thin function over flywheel/ and Dagster): a reader looks up a
+command here; the benchmarks' commands live in benchmarks/cli.py.
+"""
 
 from __future__ import annotations
 

@@ -21,6 +21,9 @@ the same key is a new clip. Content is a duplicate when the same bytes were inge
 key (accepted by a validation, or in a batch not validated yet; a duplicate records which key, in
 which batch): the bytes of a quarantined clip pass under a new key. `requeue` moves a quarantined
 clip back to landing (or releases a duplicate whose original was quarantined).
+
+One module over the usual size on purpose: planning, validation and requeue share the claim and
+quarantine rules above; split apart, each would have to be read with the others.
 """
 
 from __future__ import annotations
