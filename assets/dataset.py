@@ -53,6 +53,7 @@ def augmented(context: dg.AssetExecutionContext, settings: SettingsResource, sto
     metadata = {
         "originals": out["originals"],
         "augmented": out["augmented"],
+        "reserved_for_test (clips, frames)": f"{out['reserved_for_test']['clips']}, {out['reserved_for_test']['frames']}",
         "bytes": dg.MetadataValue.int(out["bytes"]),
         "min_group_share_before": balance["min_share_before"],
         "min_group_share_after": balance["min_share_after"],

@@ -101,6 +101,13 @@ class SimSettings(_Section):
         return v
 
 
+class EvalSettings(_Section):
+    """The evaluation set: test frames reserved per slice so the slices that matter have enough to judge."""
+
+    per_slice_frames: int = Field(100, ge=0)  # reserve test clips while a slice has fewer labeled frames
+    max_reserved_share: float = Field(0.25, ge=0, le=1)  # of a batch's train clips, at most, moved to test
+
+
 class DatasetSettings(_Section):
     name: str = "perception"
     shard_mb: float = Field(64.0, gt=0)
@@ -216,6 +223,7 @@ class Settings(_Section):
     ingest: IngestSettings = IngestSettings()
     sim: SimSettings = SimSettings()
     dataset: DatasetSettings = DatasetSettings()
+    eval: EvalSettings = EvalSettings()
     augment: AugmentSettings = AugmentSettings()
     engine: EngineSettings = EngineSettings()
     train: TrainSettings = TrainSettings()

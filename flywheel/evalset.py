@@ -1,6 +1,12 @@
-"""What a model is judged on: the golden set and the evaluation frames of a dataset version.
+"""What a model is judged on: the golden set, the reserved test clips, and the evaluation frames.
 
     datasets/<name>/golden/v<K>.json   golden test frames (frame ids): append-only, growing to its size
+
+The test split of a batch is its clips' hash split plus reserved clips: while a slice (condition
+x class, trigger) has fewer than `eval.per_slice_frames` human- or ground-truth-labeled test
+frames, train clips of a new batch that hold such frames move to test (at most
+`eval.max_reserved_share` of the batch's train clips), decided once when the batch is augmented,
+so the evaluation set grows with the fleet, never shrinks, and a clip's split never changes.
 
 Evaluation scores challenger and champion on the same frames (DESIGN.md §4): the test split of
 the dataset version plus the golden set, without auto labels (they are the champion's own
@@ -10,13 +16,17 @@ guesses, so scoring on them would favour the champion by construction).
 from __future__ import annotations
 
 import re
+from collections import Counter
 from datetime import UTC, datetime
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from flywheel import layout
-from flywheel.dataset import shard_keys
+from flywheel.config import EvalSettings
+from flywheel.dataset import latest_version, load_manifest, shard_keys
+from flywheel.ingest import list_batches
 from flywheel.reader import load_arrays
 from flywheel.store import Store
 
@@ -90,3 +100,64 @@ def evaluation_frames(store: Store, name: str, manifest: dict, *, image_size: in
     meta = {k: [v for v, ok in zip(vals, keep, strict=True) if ok] for k, vals in meta.items()}
     mask = np.array([f in golden for f in meta["frame_id"]], dtype=bool)
     return images, labels, meta, mask
+
+
+SLICE_COLUMNS = ["clip_id", "condition", "label", "trigger", "label_source", "augmentation", "split"]
+
+
+def _slices(condition: str, label: int, trigger: str) -> tuple[str, str]:
+    return f"condition={condition},class={label}", f"trigger={trigger}"
+
+
+def test_counts(store: Store, name: str, batch_id: str) -> Counter:
+    """Labeled original test frames per slice before `batch_id`: in the latest version of dataset
+    `name` and in older batches augmented but not in it yet (so a retried batch counts the same)."""
+    tables = []
+    included: set[str] = set()
+    if latest_version(store, name):
+        manifest = load_manifest(store, name)
+        included = set(manifest["batches"])
+        if keys := shard_keys(manifest, "test"):
+            tables.append(store.read_parquet(keys, columns=SLICE_COLUMNS))
+    for m in list_batches(store):
+        b = m["batch_id"]
+        if b == batch_id:
+            break  # batches are listed oldest first: only those before this one count
+        if b not in included and store.exists(layout.augmented_key(b)):
+            tables.append(store.read_parquet(layout.augmented_key(b), columns=SLICE_COLUMNS))
+    counts: Counter = Counter()
+    for t in tables:
+        for r in t.to_pylist():
+            if r["split"] == "test" and r["augmentation"] == "" and r["label_source"] != "auto":
+                counts.update(_slices(r["condition"], r["label"], r["trigger"]))
+    return counts
+
+
+def reserve_test_clips(rows: pa.Table, counts: Counter, settings: EvalSettings) -> tuple[pa.Table, dict]:
+    """Move whole train clips of a batch's dataset rows to test while a slice they hold is short of
+    `per_slice_frames` (given `counts` before this batch); returns the rows and what was reserved."""
+    clip_ids = rows.column("clip_id").to_pylist()
+    split = rows.column("split").to_pylist()
+    train_clips = sorted({c for c, s in zip(clip_ids, split, strict=True) if s == "train"})
+    budget = int(settings.max_reserved_share * len(train_clips))
+    if not settings.per_slice_frames or not budget:
+        return rows, {"clips": 0, "frames": 0}
+    by_clip: dict[str, list[tuple[str, str]]] = {}
+    for r in rows.select(["clip_id", "condition", "label", "trigger", "label_source", "split"]).to_pylist():
+        if r["split"] == "train" and r["label_source"] != "auto":
+            by_clip.setdefault(r["clip_id"], []).append(_slices(r["condition"], r["label"], r["trigger"]))
+    have, moved = Counter(counts), set()
+    # rarest slices first: a clip is reserved for the shortest slice it can fill
+    for clip in sorted(by_clip, key=lambda c: (min(have[s] for f in by_clip[c] for s in f), c)):
+        if len(moved) >= budget:
+            break
+        if any(have[s] < settings.per_slice_frames for f in by_clip[clip] for s in f):
+            moved.add(clip)
+            for f in by_clip[clip]:
+                have.update(f)
+    if not moved:
+        return rows, {"clips": 0, "frames": 0}
+    new_split = ["test" if c in moved else s for c, s in zip(clip_ids, split, strict=True)]
+    i = rows.column_names.index("split")
+    out = rows.set_column(i, rows.field(i), pa.array(new_split, pa.string()))
+    return out, {"clips": len(moved), "frames": sum(c in moved for c in clip_ids)}

@@ -75,6 +75,8 @@ def augment_batch(store: Store, settings: Settings, batch_id: str) -> dict:
     frames = store.read_parquet(layout.frames_key(batch_id))
     labels = store.read_parquet(layout.labels_key(batch_id))
     rows = dataset.to_dataset_rows(frames, labels, settings.classes, settings.dataset.split)
+    counts = evalset.test_counts(store, settings.dataset.name, batch_id)
+    rows, reserved = evalset.reserve_test_clips(rows, counts, settings.eval)  # before any train copies
     a = settings.augment
     extra = oversample(
         rows, target_share=a.target_share, max_copies=a.max_copies, seed=a.seed, pipeline=load_pipeline(a.pipeline)
@@ -86,6 +88,7 @@ def augment_batch(store: Store, settings: Settings, batch_id: str) -> dict:
         "batch_id": batch_id,
         "key": key,
         "originals": rows.num_rows,
+        "reserved_for_test": reserved,
         "augmented": extra.num_rows,
         "bytes": nbytes,
         "balance": balance_report(rows, out),

@@ -32,3 +32,36 @@ def test_no_golden_set_when_there_is_nothing_to_add(tmp_path):
     store = open_store(str(tmp_path))
     v1 = append_version(store, name="ds", batches={"b1": dataset_rows("b1", clips=20)}, classes=CLASSES)
     assert grow_golden(store, "ds", v1, size=0, seed=0) is None and latest_golden_version(store, "ds") is None
+
+
+def test_test_clips_are_reserved_while_a_slice_is_short_and_never_beyond_the_share():
+    from collections import Counter
+
+    from flywheel.config import EvalSettings
+    from flywheel.evalset import reserve_test_clips
+
+    rows = dataset_rows("b1", clips=40)
+    before = Counter(rows.column("split").to_pylist())
+    out, reserved = reserve_test_clips(rows, Counter(), EvalSettings(per_slice_frames=1000, max_reserved_share=0.25))
+    after = Counter(out.column("split").to_pylist())
+    train_clips = {c for c, s in zip(rows.column("clip_id").to_pylist(), rows.column("split").to_pylist()) if s == "train"}
+    assert reserved["clips"] == int(0.25 * len(train_clips)) > 0  # every slice is short: the share caps it
+    assert after["test"] == before["test"] + reserved["frames"] and after["val"] == before["val"]  # val untouched
+    per_clip = {}
+    for c, s in zip(out.column("clip_id").to_pylist(), out.column("split").to_pylist()):
+        per_clip.setdefault(c, set()).add(s)
+    assert all(len(s) == 1 for s in per_clip.values())  # whole clips move: no clip in two splits
+    full = Counter({k: 10**6 for k in ("condition=day,class=0", "condition=day,class=1", "condition=day,class=2",
+                                       "trigger=random", "trigger=hard_brake")})  # fmt: skip
+    same, none = reserve_test_clips(rows, full, EvalSettings(per_slice_frames=1000))
+    assert none == {"clips": 0, "frames": 0} and same.equals(rows)  # every slice has enough: the hash split stands
+
+
+def test_test_counts_include_the_latest_version_and_older_waiting_batches(tmp_path):
+    from flywheel.evalset import test_counts
+
+    store = open_store(str(tmp_path))
+    v1 = append_version(store, name="ds", batches={"b1": dataset_rows("b1", clips=20)}, classes=CLASSES)
+    counts = test_counts(store, "ds", "b9")
+    test_frames = store.read_parquet(dataset.shard_keys(v1, "test"), columns=["trigger"]).column(0).to_pylist()
+    assert sum(n for k, n in counts.items() if k.startswith("trigger=")) == len(test_frames) > 0
