@@ -93,6 +93,89 @@ def cycle(obj: Ctx, clips: int, iterations: int):
     _echo_json(bench_cycle(obj, clips=clips, iterations=iterations))
 
 
+def _csv(kind):
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return tuple(kind(v.strip()) for v in value.split(",") if v.strip())
+        except ValueError as e:
+            raise click.BadParameter(f"{value!r}: {e}") from None
+
+    return parse
+
+
+def _row_done(row: dict) -> None:
+    arms = ", ".join(f"{a} {row[a]['accuracy']:.3f}" for a in ("recipe", "recipe_warm", "baseline")
+                     if a in row)  # fmt: skip
+    click.echo(f"{row['dataset']} {row['pool_frames']} frames: {arms}", err=True)
+
+
+def _overrides(ctx, param, values) -> dict:
+    """`--set train.epochs=12` (repeatable) -> {"train.epochs": 12}; values are read as YAML."""
+    import yaml
+
+    out = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r}: use KEY=VALUE, a dotted key: train.epochs=12")
+        out[key.strip()] = yaml.safe_load(raw)
+    return out
+
+
+@bench.command()
+@click.option("--datasets", callback=_csv(str), default="sim,sim96,geometry,digits",
+              show_default=True, help="Comma-separated: sim, sim96, geometry, digits.")  # fmt: skip
+@click.option("--sizes", callback=_csv(int), default="1000,3000", show_default=True,
+              help="Training pool sizes in frames (each a prefix of the next).")  # fmt: skip
+@click.option("--heldout", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Held-out frames per dataset (clips apart from the training pool).")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--set", "overrides", multiple=True, callback=_overrides, metavar="KEY=VALUE",
+              help="Settings override of the recipe, a dotted key (repeatable): "
+                   "--set train.epochs=12.")  # fmt: skip
+@click.option("--warm/--no-warm", default=True, show_default=True,
+              help="Also train each later size warm-started from the previous one's model "
+                   "(as the flywheel does).")  # fmt: skip
+@click.option("--baseline-epochs", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Epochs of the plain baseline; 0 leaves it out (it ignores --set).")  # fmt: skip
+@click.option("--online-aug/--no-online-aug", default=True, show_default=True,
+              help="The reader's online augmentation (flip, brightness) in the recipe arms; "
+                   "no setting turns it off.")  # fmt: skip
+@click.option("--quick", is_flag=True, help="Smoke run: tiny sizes, 1 epoch.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="torch threads (default: one per core; 1 is faster on a busy machine).",
+)
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the Markdown tables to this file.")  # fmt: skip
+@WORKDIR
+@click.pass_obj
+def recipe(obj: Ctx, datasets: tuple[str, ...], sizes: tuple[int, ...], heldout: int, seed: int,
+           overrides: dict, warm: bool, baseline_epochs: int, online_aug: bool, quick: bool,
+           threads: int | None,
+           markdown_path: str | None, workdir: str | None):  # fmt: skip
+    """The default training recipe vs a plain CNN, same frames, same held-out clips, per dataset
+    and size; JSON on stdout, the Markdown tables on stderr."""
+    from benchmarks.recipe import bench_recipe
+
+    try:
+        result = bench_recipe(workdir, datasets=datasets, sizes=sizes, heldout=heldout, seed=seed,
+                              config=obj.config, overrides=overrides, quick=quick, warm=warm,
+                              baseline_epochs=baseline_epochs, online_aug=online_aug,
+                              threads=threads, on_row=_row_done)  # fmt: skip
+    except ValueError as e:  # an unknown dataset, a bad override: say which
+        raise click.ClickException(str(e)) from None
+    _echo_json(result)
+    click.echo(result["markdown"], err=True)
+    if markdown_path:
+        with open(markdown_path, "w") as f:
+            f.write(result["markdown"] + "\n")
+
+
 @bench.group()
 def scale():
     """Production profile (production/): Celery workers and DDP ranks, 1 vs 2."""
