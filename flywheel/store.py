@@ -156,31 +156,26 @@ class LocalStore(Store):
             raise FileNotFoundError(f"no object {self.uri(key)}") from None
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        final = self._p(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
+        self._commit(key, data, os.replace)
 
     def create(self, key: str, data: bytes) -> bool:
-        final = self._p(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.link(tmp, final)  # fails if `final` exists: the whole object appears, or nothing
+            self._commit(key, data, os.link)  # link fails if the key exists: the whole object appears, or nothing
             return True
         except FileExistsError:
             return False
+
+    def _commit(self, key: str, data: bytes, publish) -> None:
+        """Write `data` to a temporary name beside `key`, fsync it, then `publish(tmp, final)`."""
+        final = self._p(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            publish(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
 
