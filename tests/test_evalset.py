@@ -44,11 +44,11 @@ def test_test_clips_are_reserved_while_a_slice_is_short_and_never_beyond_the_sha
     before = Counter(rows.column("split").to_pylist())
     out, reserved = reserve_test_clips(rows, Counter(), EvalSettings(per_slice_frames=1000, max_reserved_share=0.25))
     after = Counter(out.column("split").to_pylist())
-    train_clips = {c for c, s in zip(rows.column("clip_id").to_pylist(), rows.column("split").to_pylist()) if s == "train"}
+    train_clips = {c for c, s in zip(rows.column("clip_id").to_pylist(), rows.column("split").to_pylist(), strict=True) if s == "train"}
     assert reserved["clips"] == int(0.25 * len(train_clips)) > 0  # every slice is short: the share caps it
     assert after["test"] == before["test"] + reserved["frames"] and after["val"] == before["val"]  # val untouched
     per_clip = {}
-    for c, s in zip(out.column("clip_id").to_pylist(), out.column("split").to_pylist()):
+    for c, s in zip(out.column("clip_id").to_pylist(), out.column("split").to_pylist(), strict=True):
         per_clip.setdefault(c, set()).add(s)
     assert all(len(s) == 1 for s in per_clip.values())  # whole clips move: no clip in two splits
     full = Counter({k: 10**6 for k in ("condition=day,class=0", "condition=day,class=1", "condition=day,class=2",
