@@ -230,7 +230,7 @@ def bench_dataset(name: str, workdir: Path, *, sizes: tuple[int, ...], heldout: 
         new = pool.take(size).skip(done)
         if len(new) == 0:
             continue
-        manifest, augmented = add_batch(store, settings, new, f"b{k + 1:04d}")
+        manifest, _ = add_batch(store, settings, new, f"b{k + 1:04d}")
         done += len(new)
         t0 = time.perf_counter()
         fresh = train_recipe(store, settings, manifest, online_aug=online_aug)
