@@ -65,10 +65,20 @@ def challenger(
             "warm_started": out["warm_started"],
             "resumed_from_epoch": str(out["resumed_from_epoch"]),
             "final_epoch": table_md([{k: v for k, v in last.items()}]),
+            "vs_plain_baseline (val)": table_md([_vs_baseline(out["baseline_check"])]),
             "learning_curves": png_md(plots.learning_curves_png(out["history"]), "learning curves"),
         },
         data_version=dg.DataVersion(out["version"]),
     )
+
+
+def _vs_baseline(check: dict | None) -> dict:
+    """One row: the challenger and the plain baseline on val, and what follows from it."""
+    if check is None:
+        return {"check": "not checked (no val rows, or tune.baseline_epochs is 0)"}
+    verdict = "short: the retune sensor asks for a tune run" if check["short"] else "ahead"
+    return {"metric": check["metric"], "challenger": check["challenger"], "baseline": check["baseline"],
+            "verdict": verdict, "baseline_seconds": check["baseline_seconds"]}  # fmt: skip
 
 
 @dg.asset(group_name="model", deps=[challenger], check_specs=[GATE], kinds={"mlflow"})

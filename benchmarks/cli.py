@@ -25,7 +25,11 @@ def _echo_json(result) -> None:
 
 @click.group()
 def bench():
-    """Benchmarks (figures and commands in BENCHMARKS.md)."""
+    """Benchmarks (figures and commands in BENCHMARKS.md).
+
+    \b
+    Example: flywheel bench recipe --quick
+    """
 
 
 @bench.command()
@@ -33,7 +37,11 @@ def bench():
 @WORKDIR
 @click.pass_obj
 def ingest(obj: Ctx, clips: int, workdir: str | None):
-    """Frames/s and MB/s from landing MCAP to frames Parquet, beside the raw MCAP read rate."""
+    """Frames/s and MB/s from landing MCAP to frames Parquet, beside the raw MCAP read rate.
+
+    \b
+    Example: flywheel bench ingest --clips 40
+    """
     from benchmarks.ingest import bench_ingest
 
     _echo_json(bench_ingest(obj.settings, clips=clips, workdir=workdir))
@@ -44,7 +52,11 @@ def ingest(obj: Ctx, clips: int, workdir: str | None):
 @WORKDIR
 @click.pass_obj
 def loader(obj: Ctx, frames: int, workdir: str | None):
-    """Images/s into uint8 tensors: shard reader vs ImageFolder-style files vs tar vs ceiling."""
+    """Images/s into uint8 tensors: shard reader vs ImageFolder-style files vs tar vs ceiling.
+
+    \b
+    Example: flywheel bench loader --frames 2000
+    """
     from benchmarks.loader import bench_loader
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
@@ -54,7 +66,11 @@ def loader(obj: Ctx, frames: int, workdir: str | None):
 @bench.command()
 @WORKDIR
 def append(workdir: str | None):
-    """Time and bytes to add 10% new data as a dataset version, vs a full rebuild."""
+    """Time and bytes to add 10% new data as a dataset version, vs a full rebuild.
+
+    \b
+    Example: flywheel bench append
+    """
     from benchmarks.loader import bench_append
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
@@ -73,7 +89,11 @@ def append(workdir: str | None):
 def engine(iterations: int, clips: int, label_budget: int, width: int, epochs: int, seed: int,
            workdir: str | None):  # fmt: skip
     """Engine (shadow mode + active selection + auto labels) vs random uploads and labels, same
-    label budget."""
+    label budget.
+
+    \b
+    Example: flywheel bench engine --iterations 3 --clips 24
+    """
     from benchmarks.engine import bench_engine
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
@@ -87,7 +107,11 @@ def engine(iterations: int, clips: int, label_budget: int, width: int, epochs: i
 @click.option("--iterations", type=click.IntRange(min=1), default=2, show_default=True)
 @click.pass_obj
 def cycle(obj: Ctx, clips: int, iterations: int):
-    """Latency from landing to deployed, per stage, in a fresh temporary FLYWHEEL_HOME."""
+    """Latency from landing to deployed, per stage, in a fresh temporary FLYWHEEL_HOME.
+
+    \b
+    Example: flywheel bench cycle --iterations 2
+    """
     from benchmarks.cycle import bench_cycle
 
     _echo_json(bench_cycle(obj, clips=clips, iterations=iterations))
@@ -138,11 +162,8 @@ def _overrides(ctx, param, values) -> dict:
 @click.option("--warm/--no-warm", default=True, show_default=True,
               help="Also train each later size warm-started from the previous one's model "
                    "(as the flywheel does).")  # fmt: skip
-@click.option("--baseline-epochs", type=click.IntRange(min=0), default=5, show_default=True,
+@click.option("--baseline-epochs", type=click.IntRange(min=0), default=20, show_default=True,
               help="Epochs of the plain baseline; 0 leaves it out (it ignores --set).")  # fmt: skip
-@click.option("--online-aug/--no-online-aug", default=True, show_default=True,
-              help="The reader's online augmentation (flip, brightness) in the recipe arms; "
-                   "no setting turns it off.")  # fmt: skip
 @click.option("--quick", is_flag=True, help="Smoke run: tiny sizes, 1 epoch.")
 @click.option(
     "--threads",
@@ -155,17 +176,21 @@ def _overrides(ctx, param, values) -> dict:
 @WORKDIR
 @click.pass_obj
 def recipe(obj: Ctx, datasets: tuple[str, ...], sizes: tuple[int, ...], heldout: int, seed: int,
-           overrides: dict, warm: bool, baseline_epochs: int, online_aug: bool, quick: bool,
+           overrides: dict, warm: bool, baseline_epochs: int, quick: bool,
            threads: int | None,
            markdown_path: str | None, workdir: str | None):  # fmt: skip
     """The default training recipe vs a plain CNN, same frames, same held-out clips, per dataset
-    and size; JSON on stdout, the Markdown tables on stderr."""
+    and size; JSON on stdout, the Markdown tables on stderr.
+
+    \b
+    Example: flywheel bench recipe --threads 1 --datasets geometry --set augment.geometric=true
+    """
     from benchmarks.recipe import bench_recipe
 
     try:
         result = bench_recipe(workdir, datasets=datasets, sizes=sizes, heldout=heldout, seed=seed,
                               config=obj.config, overrides=overrides, quick=quick, warm=warm,
-                              baseline_epochs=baseline_epochs, online_aug=online_aug,
+                              baseline_epochs=baseline_epochs,
                               threads=threads, on_row=_row_done)  # fmt: skip
     except ValueError as e:  # an unknown dataset, a bad override: say which
         raise click.ClickException(str(e)) from None
@@ -178,7 +203,11 @@ def recipe(obj: Ctx, datasets: tuple[str, ...], sizes: tuple[int, ...], heldout:
 
 @bench.group()
 def scale():
-    """Production profile (production/): Celery workers and DDP ranks, 1 vs 2."""
+    """Production profile (production/): Celery workers and DDP ranks, 1 vs 2.
+
+    \b
+    Example: flywheel bench scale ddp --clips 48
+    """
 
 
 @scale.command("ingest")
@@ -190,7 +219,11 @@ def scale():
 @click.option("--clips", type=click.IntRange(min=1), default=6, show_default=True,
               help="Clips per batch.")  # fmt: skip
 def scale_ingest(pg: str, broker: str, batches: int, clips: int):
-    """Fleet batches ingested through Celery with 1 and 2 workers: step span, speed-up."""
+    """Fleet batches ingested through Celery with 1 and 2 workers: step span, speed-up.
+
+    \b
+    Example: flywheel bench scale ingest --batches 4
+    """
     from benchmarks.scale import bench_celery_ingest
 
     _echo_json(bench_celery_ingest(pg=pg, broker=broker, batches=batches, clips=clips))
@@ -200,7 +233,11 @@ def scale_ingest(pg: str, broker: str, batches: int, clips: int):
 @click.option("--clips", type=click.IntRange(min=1), default=96, show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=4, show_default=True)
 def scale_ddp(clips: int, epochs: int):
-    """Training images/s with torchrun 1 and 2 ranks on CPU (gloo)."""
+    """Training images/s with torchrun 1 and 2 ranks on CPU (gloo).
+
+    \b
+    Example: flywheel bench scale ddp --epochs 2
+    """
     from benchmarks.scale import bench_ddp
 
     _echo_json(bench_ddp(clips=clips, epochs=epochs))

@@ -11,10 +11,10 @@ a prefix of the larger, so the sizes are the flywheel's growing dataset):
                trained from scratch on the version
   recipe_warm  the same, warm-started from the previous size's recipe_warm model (the first
                size's fresh model starts the chain), as `loop.train_challenger` warm-starts from
-               the champion
-  baseline     a plain CNN written here (3 x conv-BN-ReLU-maxpool, 32/64/128 channels, global
-               pool, linear), Adam lr 1e-3, 5 epochs, batch 64, no augmentation, on the version's
-               train originals: the same frames the recipe trains on, without its copies
+               the champion with `train.warm_start: true`
+  baseline     `flywheel.baseline`: a plain CNN (3 x conv-BN-ReLU-maxpool, 32/64/128 channels,
+               global pool, linear), Adam lr 1e-3, 20 epochs, batch 64, no augmentation, on the
+               version's train originals: the same frames the recipe trains on, without its copies
 
 All three are scored with `flywheel.predict.predict` on the same held-out frames (clips drawn
 apart from the training stream), decoded once through the one model-input path. Settings are the
@@ -37,17 +37,15 @@ import numpy as np
 import pyarrow as pa
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.datasets import DATASETS, Frames, make_frames
-from flywheel import dataset, layout, loop
+from flywheel import baseline, dataset, layout, loop
 from flywheel.config import Settings, load_settings
 from flywheel.evaluate import accuracy, confusion_matrix, macro_f1, per_class_scores
 from flywheel.model import load_weights
 from flywheel.model_input import decode_images
 from flywheel.predict import predict
-from flywheel.reader import ShardReader, load_arrays
+from flywheel.reader import ShardReader
 from flywheel.schema import FRAMES
 from flywheel.store import Store, store_for
 from flywheel.train import TrainConfig, TrainResult, make_loader, pick_device, train
@@ -57,50 +55,6 @@ QUICK_SIZES = (96, 192)
 HELDOUT = 1000
 QUICK_HELDOUT = 48
 ARMS = ("recipe", "recipe_warm", "baseline")
-
-
-# ----------------------------------------------------------------------------- the baseline
-
-
-class PlainCNN(nn.Module):
-    """3 x (conv3x3-BN-ReLU-maxpool2) with width, 2 width, 4 width channels; global pool; linear.
-
-    Takes uint8 (B, 3, S, S) like the flywheel's model, so `predict` scores both the same way.
-    """
-
-    def __init__(self, num_classes: int, width: int = 32, blocks: int = 3):
-        super().__init__()
-        layers, c = [], 3
-        for i in range(blocks):
-            c_out = width * 2**i
-            layers += [nn.Conv2d(c, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
-                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]  # fmt: skip
-            c = c_out
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(c, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.float() / 255.0 - 0.45) / 0.25  # (B, 3, S, S), the flywheel model's normalization
-        return self.head(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
-
-
-def train_baseline(images: np.ndarray, labels: np.ndarray, *, num_classes: int, epochs: int = 5,
-                   batch_size: int = 64, lr: float = 1e-3, seed: int = 0) -> PlainCNN:  # fmt: skip
-    """The plain recipe: Adam, cross-entropy, shuffled batches of the originals, no augmentation."""
-    torch.manual_seed(seed)
-    model = PlainCNN(num_classes)
-    data = TensorDataset(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)))
-    loader = DataLoader(data, batch_size=batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(seed))  # fmt: skip
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(epochs):
-        for x, y in loader:  # x (B, 3, S, S) uint8, y (B,)
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    return model.eval()
 
 
 # ----------------------------------------------------------------------------- the recipe
@@ -149,19 +103,14 @@ def add_batch(store: Store, settings: Settings, frames: Frames, batch_id: str) -
 
 
 def train_recipe(
-    store: Store,
-    settings: Settings,
-    manifest: dict,
-    *,
-    warm_start: bytes | None = None,
-    online_aug: bool = True,
+    store: Store, settings: Settings, manifest: dict, *, warm_start: bytes | None = None
 ) -> TrainResult:
-    """`loop.train_challenger`'s training, without MLflow or checkpoints. `online_aug=False` turns
-    the reader's online augmentation off (no setting does; the pipeline always has it on)."""
+    """`loop.train_challenger`'s training, without MLflow or checkpoints."""
     cfg = TrainConfig.from_settings(settings)
     dev = pick_device(cfg.device)
     reader = ShardReader(store, manifest, split="train", image_size=cfg.image_size, seed=cfg.seed,
-                         batch_size=cfg.batch_size, train_aug=online_aug)  # fmt: skip
+                         batch_size=cfg.batch_size,
+                         geometric=settings.geometric_aug)  # fmt: skip
     val = ShardReader(store, manifest, split="val", image_size=cfg.image_size, shuffle=False,
                       train_aug=False, batch_size=cfg.batch_size)  # fmt: skip
     if len(reader) == 0:
@@ -171,13 +120,6 @@ def train_recipe(
         val_loader=make_loader(val, cfg=cfg, device=dev) if len(val) else None,
         classes=settings.classes, cfg=cfg, warm_start=warm_start, set_epoch=reader.set_epoch,
     )  # fmt: skip
-
-
-def train_originals(store: Store, manifest: dict, image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The version's train rows without the offline copies, decoded as the reader decodes them."""
-    images, labels, meta = load_arrays(store, manifest, split="train", image_size=image_size)
-    keep = np.array(["#aug" not in f for f in meta["frame_id"]], bool)
-    return images[keep], labels[keep]
 
 
 # ----------------------------------------------------------------------------- scores
@@ -210,7 +152,7 @@ def _recipe_arm(result: TrainResult, images, labels, classes, seconds: float) ->
 
 def bench_dataset(name: str, workdir: Path, *, sizes: tuple[int, ...], heldout: int, seed: int = 0,
                   config: str | None = None, overrides: dict | None = None,
-                  baseline_epochs: int = 5, warm: bool = True, online_aug: bool = True,
+                  baseline_epochs: int = baseline.EPOCHS, warm: bool = True,
                   on_row: Callable[[dict], None] | None = None) -> list[dict]:  # fmt: skip
     """One row per size: recipe, recipe_warm (from the second size) and baseline on one dataset.
 
@@ -233,23 +175,22 @@ def bench_dataset(name: str, workdir: Path, *, sizes: tuple[int, ...], heldout: 
         manifest, _ = add_batch(store, settings, new, f"b{k + 1:04d}")
         done += len(new)
         t0 = time.perf_counter()
-        fresh = train_recipe(store, settings, manifest, online_aug=online_aug)
+        fresh = train_recipe(store, settings, manifest)
         seconds = time.perf_counter() - t0
         row = {"dataset": name, "size": size, "pool_frames": done,
                "recipe": _recipe_arm(fresh, test_x, test_y, classes, seconds)}  # fmt: skip
         if warm and warm_weights is not None:
             t0 = time.perf_counter()
-            warmed = train_recipe(store, settings, manifest, warm_start=warm_weights,
-                                  online_aug=online_aug)  # fmt: skip
+            warmed = train_recipe(store, settings, manifest, warm_start=warm_weights)
             seconds = time.perf_counter() - t0
             row["recipe_warm"] = _recipe_arm(warmed, test_x, test_y, classes, seconds)
             warm_weights = warmed.weights
         else:
             warm_weights = fresh.weights
         if baseline_epochs:
-            x, y = train_originals(store, manifest, size_px)
+            x, y = baseline.train_originals(store, manifest, size_px)
             t0 = time.perf_counter()
-            base = train_baseline(x, y, num_classes=len(classes), epochs=baseline_epochs, seed=seed)
+            base = baseline.train_baseline(x, y, num_classes=len(classes), epochs=baseline_epochs, seed=seed)
             seconds = time.perf_counter() - t0
             row["baseline"] = {**score(base, test_x, test_y, classes), "seconds": round(seconds, 1)}
         train_rows, copies = manifest["counts"]["split"]["train"], manifest["counts"]["augmented"]
@@ -270,7 +211,7 @@ def bench_dataset(name: str, workdir: Path, *, sizes: tuple[int, ...], heldout: 
 def bench_recipe(workdir: str | Path | None = None, *, datasets: tuple[str, ...] = tuple(DATASETS),
                  sizes: tuple[int, ...] = SIZES, heldout: int = HELDOUT, seed: int = 0,
                  config: str | None = None, overrides: dict | None = None, quick: bool = False,
-                 warm: bool = True, baseline_epochs: int = 5, online_aug: bool = True,
+                 warm: bool = True, baseline_epochs: int = baseline.EPOCHS,
                  threads: int | None = None,
                  on_row: Callable[[dict], None] | None = None) -> dict:  # fmt: skip
     """Recipe vs baseline on each dataset and size; `quick`: tiny sizes, 1 epoch, for a smoke run.
@@ -296,7 +237,7 @@ def bench_recipe(workdir: str | Path | None = None, *, datasets: tuple[str, ...]
                 rows += bench_dataset(name, Path(tmp), sizes=tuple(sizes), heldout=heldout,
                                       seed=seed, config=config, overrides=overrides,
                                       baseline_epochs=baseline_epochs, warm=warm,
-                                      online_aug=online_aug, on_row=on_row)  # fmt: skip
+                                      on_row=on_row)  # fmt: skip
         info = machine()
     finally:
         torch.set_num_threads(before)
@@ -305,7 +246,7 @@ def bench_recipe(workdir: str | Path | None = None, *, datasets: tuple[str, ...]
         "config": {
             "sizes": list(sizes), "heldout": heldout, "seed": seed, "overrides": overrides,
             "train": probe.train.model_dump(), "augment": probe.augment.model_dump(),
-            "dataset_split": probe.dataset.split, "online_aug": online_aug,
+            "dataset_split": probe.dataset.split,
             "baseline_epochs": baseline_epochs,
             "machine": info,
         },

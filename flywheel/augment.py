@@ -2,8 +2,12 @@
 
 The offline pipeline is an albumentations `Compose` kept in albumentations' own serialized
 form (`A.save(..., data_format="yaml")` / `A.load`), so a person can edit the YAML without
-touching code. The built-in default is `augment_default.yaml` beside this file. It leaves out
-`RandomFog`: about 100x slower than the other transforms at these image sizes.
+touching code. The built-in default is `augment_default.yaml` beside this file: photometric
+transforms only, which keep any label. Where the task's labels survive them
+(`augment.geometric`), `augment_geometric.yaml`'s flip, rotation, scaling and shifts come first,
+and the reader's online pipeline flips too; off by default, because on a task where side,
+position, size or a shape's handedness is the label they teach the model the wrong answer. It
+leaves out `RandomFog`: about 100x slower than the other transforms at these image sizes.
 
 Only train rows are ever augmented: val/test measure the real distribution. An augmented row
 keeps its original's clip_id (so the split-by-clip holds) and gets frame_id `<orig>#aug<k>`
@@ -33,12 +37,19 @@ from flywheel.model_input import resize_square  # noqa: E402
 from flywheel.schema import DATASET  # noqa: E402
 
 DEFAULT_PIPELINE = Path(__file__).with_name("augment_default.yaml")
+GEOMETRIC_PIPELINE = Path(__file__).with_name("augment_geometric.yaml")
 JPEG_QUALITY = 95  # augmented copies are re-encoded; 95 keeps artifacts below the noise we add
 
 
-def load_pipeline(path: str | os.PathLike | None = None) -> A.Compose:
-    """An albumentations pipeline from its YAML (`A.save` form); None: the built-in default."""
-    source = Path(path) if path is not None else DEFAULT_PIPELINE
+def load_pipeline(path: str | os.PathLike | None = None, *, geometric: bool = False) -> A.Compose:
+    """An albumentations pipeline from its YAML (`A.save` form); None: the built-in default, led by
+    the built-in geometric transforms when `geometric`."""
+    if path is None and geometric:
+        return A.Compose([*_load(GEOMETRIC_PIPELINE).transforms, *_load(DEFAULT_PIPELINE).transforms])
+    return _load(Path(path) if path is not None else DEFAULT_PIPELINE)
+
+
+def _load(source: Path) -> A.Compose:
     if not source.exists():
         raise ValueError(f"augmentation pipeline {source} does not exist")
     try:
@@ -239,16 +250,17 @@ class OnlineTransform:
             t.random_generator, t.py_random = rng, py
 
 
-def online_transform(image_size: int, train: bool) -> OnlineTransform:
-    """Resize to image_size x image_size; when `train`, also flip and jitter brightness lightly."""
+def online_transform(image_size: int, train: bool, *, geometric: bool = False) -> OnlineTransform:
+    """Resize to image_size x image_size; when `train`, also jitter brightness lightly, and flip
+    when the labels survive it (`geometric`)."""
     if image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}")
     compose = None
     if train:
-        compose = A.Compose([
-            A.HorizontalFlip(p=0.5),
-            A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.3),
-        ])  # fmt: skip
+        flip = [A.HorizontalFlip(p=0.5)] if geometric else []
+        compose = A.Compose(
+            [*flip, A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.3)]
+        )
     return OnlineTransform(image_size, train, compose)
 
 

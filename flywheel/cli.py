@@ -128,12 +128,27 @@ def _unreachable_endpoint(error: BaseException) -> str | None:
     return None
 
 
+# The demo's training budget: a few minutes on a laptop's CPU. The defaults (BENCHMARKS.md) train longer.
+DEMO_BUDGET = {"train.steps": 300, "tune.baseline_epochs": 0}
+
+
+def command(rest: str) -> str:
+    """A flywheel command as the user types it where they stand: `./dev ui` when they started through
+    ./dev (no `flywheel` on their PATH), with FLYWHEEL_HOME when they set one."""
+    home = f"FLYWHEEL_HOME={os.environ['FLYWHEEL_HOME']} " if os.environ.get("FLYWHEEL_HOME") else ""
+    return f"{home}{os.environ.get('FLYWHEEL_CLI', 'flywheel')} {rest}"
+
+
 @click.group(cls=_Main)
 @click.option("--config", "config", envvar="FLYWHEEL_CONFIG", type=click.Path(dir_okay=False),
               help="flywheel.yaml to use (default: $FLYWHEEL_CONFIG, else ./flywheel.yaml if present).")  # fmt: skip
 @click.pass_context
 def main(ctx: click.Context, config: str | None):
-    """flywheel: a data flywheel for perception models, on Dagster."""
+    """flywheel: a data flywheel for perception models, on Dagster.
+
+    \b
+    Example: flywheel demo
+    """
     ctx.obj = Ctx(config, {})
 
 
@@ -142,7 +157,11 @@ def main(ctx: click.Context, config: str | None):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.pass_obj
 def simulate(obj: Ctx, clips: int, seed: int):
-    """Simulate the fleet: write CLIPS MCAP clips to landing/."""
+    """Simulate the fleet: write CLIPS MCAP clips to landing/.
+
+    \b
+    Example: flywheel simulate --clips 40
+    """
     from flywheel.engine.shadow import fleet_filter
     from flywheel.sim import simulate as run_sim
 
@@ -158,7 +177,11 @@ def simulate(obj: Ctx, clips: int, seed: int):
               help="Threshold of new clips for a batch (default: sensor.min_clips).")  # fmt: skip
 @click.pass_obj
 def ingest(obj: Ctx, min_clips: int | None):
-    """Evaluate the fresh-data sensor once and run the ingest it requests, in process."""
+    """Evaluate the fresh-data sensor once and run the ingest it requests, in process.
+
+    \b
+    Example: flywheel ingest --min-clips 1
+    """
     if min_clips is not None:
         obj = obj.with_overrides(**{"sensor.min_clips": min_clips})
     results = run_sensor_once(obj)
@@ -219,13 +242,17 @@ def _failure(result) -> str:
     for e in result.all_events:
         if e.event_type_value == "STEP_FAILURE":
             return failure_line(e.step_key, e.event_specific_data.error)
-    return "the run (no step failed; see it in `flywheel ui`)"
+    return f"the run (no step failed; see it in `{command('ui')}`)"
 
 
 @main.command()
 @click.pass_obj
 def iterate(obj: Ctx):
-    """One full iteration through Dagster, in process: ingest what waits, train, gate, deploy."""
+    """One full iteration through Dagster, in process: ingest what waits, train, gate, deploy.
+
+    \b
+    Example: flywheel iterate
+    """
     summary = run_iteration(obj)
     click.echo(format_summary(summary))
 
@@ -257,7 +284,7 @@ def run_iteration(obj: Ctx, *, annotate: bool = False) -> dict:
     if busy:
         raise click.ClickException(
             f"a training run is in progress ({busy[0]}); one at a time (if its process died on another "
-            "machine, or was the daemon's, terminate the run in `flywheel ui` first)"
+            f"machine, or was the daemon's, terminate the run in `{command('ui')}` first)"
         )
     result = defs.resolve_job_def("train_and_deploy").execute_in_process(
         instance=instance,
@@ -301,7 +328,7 @@ def answer_and_relabel(obj: Ctx) -> list[str]:
             tags={"flywheel/trigger": "labels-answered", **process_tags()}, run_config=QUIET_RUN, raise_on_error=False,
         )  # fmt: skip
         if not res.success:
-            raise click.ClickException(f"relabeling batch {batch_id} failed; see `flywheel ui` for run {res.run_id}")
+            raise click.ClickException(f"relabeling batch {batch_id} failed; see `{command('ui')}` for run {res.run_id}")
     return relabel
 
 
@@ -365,7 +392,11 @@ def tune_command(obj: Ctx, trials: int | None, minutes: float | None):
 @main.command()
 @click.pass_obj
 def rollback(obj: Ctx):
-    """Move the champion (current.json and the MLflow alias) back to the previous one."""
+    """Move the champion (current.json and the MLflow alias) back to the previous one.
+
+    \b
+    Example: flywheel rollback
+    """
     from flywheel import champion
     from flywheel.deploy import RollbackError
     from flywheel.tracking import tracker_for
@@ -402,7 +433,11 @@ def requeue(obj: Ctx, key: str):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def status(obj: Ctx, as_json: bool):
-    """Batches, frames, pending and quarantined clips (and the champion, once there is one)."""
+    """Batches, frames, pending and quarantined clips (and the champion, once there is one).
+
+    \b
+    Example: flywheel status --json
+    """
     from flywheel.report import status as status_report
 
     report = status_report(obj.store(), obj.settings)
@@ -432,7 +467,11 @@ def status(obj: Ctx, as_json: bool):
 @click.option("--port", type=int, default=3000, show_default=True)
 @click.pass_obj
 def ui(obj: Ctx, host: str, port: int):
-    """Run the Dagster webserver and daemon (sensors, schedules, run queue) until Ctrl-C."""
+    """Run the Dagster webserver and daemon (sensors, schedules, run queue) until Ctrl-C.
+
+    \b
+    Example: flywheel ui --port 3000
+    """
     obj.instance().dispose()  # a fresh home's storage is created here, under the lock, not by dagster dev
     env = dict(os.environ)
     if obj.config:
@@ -470,9 +509,16 @@ def ui(obj: Ctx, host: str, port: int):
 @click.option("--engine/--no-engine", default=True, show_default=True,
               help="Shadow-mode uploads, auto-labels and the human queue (answered by a simulated annotator); "
                    "--no-engine labels every frame from the clips' ground truth.")  # fmt: skip
+@click.option("--full-recipe", is_flag=True,
+              help=f"Train with the recipe's defaults (train.steps, the plain-baseline check) instead of the demo's "
+                   f"lighter budget ({DEMO_BUDGET}), for a demo of a few minutes on a laptop's CPU.")  # fmt: skip
 @click.pass_obj
-def demo(obj: Ctx, iterations: int, clips: int, label_budget: int, seed: int, engine: bool):
-    """Turn the whole loop a few times while the fleet's conditions drift, and plot the result."""
+def demo(obj: Ctx, iterations: int, clips: int, label_budget: int, seed: int, engine: bool, full_recipe: bool):
+    """Turn the whole loop a few times while the fleet's conditions drift, and plot the result.
+
+    \b
+    Example: FLYWHEEL_HOME=/tmp/fw flywheel demo --iterations 2 --clips 100
+    """
     from flywheel import plots
     from flywheel.engine.shadow import fleet_filter
     from flywheel.ingest import pending_clips
@@ -483,11 +529,17 @@ def demo(obj: Ctx, iterations: int, clips: int, label_budget: int, seed: int, en
                    "(set FLYWHEEL_HOME to an empty folder for a fresh start)")  # fmt: skip
     # Conditions drift from the start mix to the end mix over the demo's uploads.
     obj = obj.with_overrides(**{"sim.drift_clips": iterations * clips})
+    if not full_recipe:
+        obj = obj.with_overrides(**DEMO_BUDGET)
     if engine:
         obj = obj.with_overrides(**{"engine.enabled": True, "engine.label_budget": label_budget})
     from flywheel.sim import simulate as run_sim
 
     click.echo(f"flywheel home: {home}")
+    t = obj.settings.train
+    budget = f"{t.epochs} epochs" if t.epochs else f"{t.steps} steps"
+    check = f"plain-baseline check {obj.settings.tune.baseline_epochs} epochs" if obj.settings.tune.baseline_epochs else "no plain-baseline check"
+    click.echo(f"training: {budget} per challenger, {check}" + ("" if full_recipe else " (the demo's budget; --full-recipe for the defaults)"))
     rows, spent = [], 0
     for i in range(1, iterations + 1):
         shadow = fleet_filter(obj.store(), obj.settings)
@@ -500,17 +552,16 @@ def demo(obj: Ctx, iterations: int, clips: int, label_budget: int, seed: int, en
         rows.append({"iteration": i, **summary})
         click.echo(f"uploaded {len(keys)} clips; human labels spent {summary['labels_spent']}")
         click.echo(format_summary(summary))
-    metric, rare = rows[-1]["metric"], rows[-1]["rare_slice"]
-    plot_rows = [{"iteration": r["iteration"], f"challenger {metric}": r["challenger"],
-                  f"challenger {rare}": r["challenger_rare"],
-                  f"deployed {metric}": r["champion"] if not r["gate_passed"] else r["challenger"]} for r in rows]  # fmt: skip
+    metric = rows[-1]["metric"]
     png = home / "demo.png"
-    png.write_bytes(plots.metric_vs_iteration_png(plot_rows, [k for k in plot_rows[0] if k != "iteration"]))
+    png.write_bytes(plots.demo_png(rows))
     (home / "demo.json").write_text(json.dumps(rows, indent=2, default=str))
     deployed = sum(r["gate_passed"] for r in rows)
     click.echo(f"\n{iterations} iterations, {deployed} deployed; champion now {rows[-1]['deployed'] or 'none'}")
     click.echo(f"plot of {metric} per iteration: {png}")
-    click.echo(f"every run is in the Dagster UI: FLYWHEEL_HOME={home} flywheel ui  (then open http://127.0.0.1:3000)")
+    click.echo("next:")
+    click.echo(f"  {command('ui')}        every run, asset and gate decision in the Dagster UI: http://127.0.0.1:3000")
+    click.echo(f"  {command('status')}    the champion, dataset versions, batches and quarantined clips")
 
 
 from benchmarks.cli import bench  # noqa: E402  (registered once main exists)

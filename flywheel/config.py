@@ -132,6 +132,11 @@ class DatasetSettings(_Section):
 
 class AugmentSettings(_Section):
     pipeline: str | None = None  # path to an albumentations YAML (to_dict form); None: built-in
+    # The task's labels survive a horizontal flip, a small rotation, scaling and shifts (a road scene's
+    # classes do; left/right, near/far or a digit's shape do not): the reader then flips, and the
+    # built-in offline pipeline adds augment_geometric.yaml (a `pipeline` of your own is used as written).
+    # None: true for the built-in class list only (Settings.geometric_aug); say so for your own classes.
+    geometric: bool | None = None
     target_share: float = Field(0.5, ge=0, le=1)  # oversample rare groups towards this share of the largest
     max_copies: int = Field(4, ge=0)  # augmented copies per original at most
     seed: int = 0
@@ -152,7 +157,14 @@ class EngineSettings(_Section):
 
 
 class TrainSettings(_Section):
-    epochs: int = Field(6, ge=1)
+    # None: scaled to the data, as many passes as take `steps` optimizer steps (3 to 100:
+    # TrainConfig.epochs_for);
+    # a number: exactly that many passes, whatever the data size.
+    epochs: int | None = Field(None, ge=1)
+    steps: int = Field(800, ge=1)  # the step budget of a run whose epochs are None
+    # Start from the champion's weights (same classes and architecture) instead of from scratch. Off: at
+    # the step budget, fresh runs scored higher on held-out frames than warm-started ones (BENCHMARKS.md).
+    warm_start: bool = False
     batch_size: int = Field(64, ge=1)
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
@@ -195,6 +207,9 @@ class TuneSettings(_Section):
     minutes: float = Field(30.0, gt=0)  # no trial starts after this; the one running finishes
     storage: str | None = None  # Optuna's database URL; None: SQLite under $FLYWHEEL_HOME/tune/
     cron: str = "0 3 * * 0"  # the weekly tune run: Sundays 03:00 UTC, after the nightly iteration
+    # After each training the plain baseline (flywheel/baseline.py) trains this many epochs on the same
+    # frames; a challenger below it on val asks the retune sensor for a tune run. 0: no check.
+    baseline_epochs: int = Field(20, ge=0)
 
     @field_validator("storage")
     @classmethod
@@ -245,6 +260,14 @@ class Settings(_Section):
     def home(self) -> Path:
         """`$FLYWHEEL_HOME` as it was when these settings were loaded."""
         return self._home
+
+    @property
+    def geometric_aug(self) -> bool:
+        """Whether augmentation may flip, rotate, scale and shift: `augment.geometric`, or when unset,
+        whether the classes are the built-in road-scene classes (a mirrored road scene keeps them)."""
+        if self.augment.geometric is not None:
+            return self.augment.geometric
+        return self.classes == DEFAULT_CLASSES
 
     @property
     def store_root(self) -> str:

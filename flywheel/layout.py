@@ -218,3 +218,8 @@ def lease_key(model_name: str, generation: int) -> str:
 def trainer_config_key(dataset_name: str) -> str:
     """The tuned trainer recipe of a dataset (`flywheel tune`), read by every challenger training."""
     return f"{TUNING}{check_name(dataset_name, 'dataset name')}/trainer_config.json"
+
+
+def baseline_check_key(dataset_name: str) -> str:
+    """The newest challenger of a dataset against the plain baseline on val, read by the retune sensor."""
+    return f"{TUNING}{check_name(dataset_name, 'dataset name')}/baseline_check.json"

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
 
-from flywheel import champion, dataset, deploy, evalset, layout, plots, tune
+from flywheel import baseline, champion, dataset, deploy, evalset, layout, plots, tune
 from flywheel.augment import balance_report, load_pipeline, oversample, sample_grid_png
 from flywheel.config import Settings
 from flywheel.engine.quality import auto_accuracy_vs_truth, label_errors
@@ -33,7 +34,7 @@ from flywheel.reader import ShardReader, load_arrays
 from flywheel.schema import DATASET
 from flywheel.store import Store
 from flywheel.tracking import CHALLENGER, CHAMPION, Tracker
-from flywheel.train import make_loader, pick_device, train
+from flywheel.train import TrainConfig, make_loader, pick_device, train
 
 NO_IMAGE_STATS = [c for c in DATASET.names if c != "image"]  # image min/max would bloat footers
 
@@ -78,9 +79,8 @@ def augment_batch(store: Store, settings: Settings, batch_id: str) -> dict:
     counts = evalset.test_counts(store, settings.dataset.name, batch_id)
     rows, reserved = evalset.reserve_test_clips(rows, counts, settings.eval)  # before any train copies
     a = settings.augment
-    extra = oversample(
-        rows, target_share=a.target_share, max_copies=a.max_copies, seed=a.seed, pipeline=load_pipeline(a.pipeline)
-    )
+    pipeline = load_pipeline(a.pipeline, geometric=settings.geometric_aug)
+    extra = oversample(rows, target_share=a.target_share, max_copies=a.max_copies, seed=a.seed, pipeline=pipeline)
     out = pa.concat_tables([rows, extra.cast(rows.schema)]) if extra.num_rows else rows
     key = layout.augmented_key(batch_id)
     nbytes = store.write_parquet(key, out, compression="zstd", write_statistics=NO_IMAGE_STATS)
@@ -126,7 +126,7 @@ def train_challenger(
     dev = pick_device(cfg.device)
     reader = ShardReader(
         store, manifest, split="train", image_size=cfg.image_size, seed=cfg.seed,
-        batch_size=cfg.batch_size, rank=rank, world_size=world_size,
+        batch_size=cfg.batch_size, rank=rank, world_size=world_size, geometric=settings.geometric_aug,
     )  # fmt: skip
     val = ShardReader(store, manifest, split="val", image_size=cfg.image_size, shuffle=False, train_aug=False,
                       batch_size=cfg.batch_size, rank=rank, world_size=world_size)  # fmt: skip
@@ -141,11 +141,14 @@ def train_challenger(
     if current is not None and tracker.run_tags(tracker.version_run(current)).get("inputs") == inputs:
         run_id = tracker.version_run(current)
         history = tracker.read_json(run_id, "history.json")
+        check_key = layout.baseline_check_key(name)
+        check = store.read_json(check_key) if store.exists(check_key) else None
         return {"version": current, "run_id": run_id, "dataset_version": manifest["version"], "device": "-",
                 "history": history, "warm_started": False, "warm_start_note": "", "resumed_from_epoch": None,
-                "train_rows": len(reader), "up_to_date": True}  # fmt: skip
+                "train_rows": len(reader), "up_to_date": True,
+                "baseline_check": check if check and check["model_version"] == current else None}  # fmt: skip
     champ = tracker.alias(CHAMPION)
-    warm = tracker.weights(champ) if champ else None
+    warm = tracker.weights(champ) if champ and cfg.warm_start else None
     # One checkpoint folder per dataset version, manifest, process count and tuned values: a run never
     # resumes another's (a retune between two trainings on one version is another recipe).
     folder = f"{name}-v{manifest['version']}-{sha[:8]}-w{world_size}-{tune.recipe_id(cfg)}"
@@ -175,13 +178,32 @@ def train_challenger(
         result = fit(on_epoch_end=lambda epoch, m: tracker.log_metrics(run_id, m, step=epoch))
         tracker.log_bytes(run_id, "plots/learning_curves.png", plots.learning_curves_png(result.history))
         tracker.log_json(run_id, "history.json", result.history)
+        check = _against_baseline(store, settings, tracker, run_id, manifest, result.weights, cfg, device=str(dev))
         version = tracker.register(run_id, result.weights, tags={"dataset_version": str(manifest["version"])})
         tracker.set_tags(run_id, {"model_version": version, "device": result.device})
+    if check is not None:  # after the registration: the retune sensor asks for a tune run once per short version
+        check = {**check, "model_version": version, "run_id": run_id, "checked_at": datetime.now(UTC).isoformat()}
+        store.write_json(layout.baseline_check_key(name), check)
     return {
         "version": version, "run_id": run_id, "dataset_version": manifest["version"], "device": result.device,
         "history": result.history, "warm_started": result.warm_started, "warm_start_note": result.warm_start_note,
         "resumed_from_epoch": result.resumed_from_epoch, "train_rows": len(reader), "up_to_date": False,
+        "baseline_check": check,
     }  # fmt: skip
+
+
+def _against_baseline(store: Store, settings: Settings, tracker: Tracker, run_id: str, manifest: dict,
+                      weights: bytes, cfg: TrainConfig, *, device: str) -> dict | None:  # fmt: skip
+    """The challenger and the plain baseline on val (flywheel/baseline.py), logged to the training run;
+    None when `tune.baseline_epochs` is 0 or the version has no val rows."""
+    epochs, metric = settings.tune.baseline_epochs, settings.gate.metric
+    if not epochs or not manifest["counts"]["split"].get("val"):
+        return None
+    check = baseline.check_challenger(store, manifest, weights, image_size=cfg.image_size, metric=metric,
+                                      epochs=epochs, seed=cfg.seed, device=device)  # fmt: skip
+    tracker.log_metrics(run_id, {f"val_{metric}": check["challenger"], f"baseline_val_{metric}": check["baseline"]})
+    tracker.set_tags(run_id, {"short_of_baseline": str(check["short"]).lower()})
+    return check
 
 
 def evaluate_challenger(store: Store, settings: Settings, tracker: Tracker, *, device: str = "auto") -> dict:

@@ -67,22 +67,56 @@ def learning_curves_png(history: list[dict]) -> bytes:
     return _png(fig)
 
 
-def metric_vs_iteration_png(rows: list[dict], metrics: list[str]) -> bytes:
-    """Metrics across flywheel iterations; x is `iteration` (else `version`, else the row index)."""
+def demo_png(rows: list[dict]) -> bytes:
+    return _png(demo_figure(rows))
+
+
+def demo_figure(rows: list[dict]) -> Figure:
+    """The demo's iterations (`report.iteration_summary` rows with `iteration`): on top the metric of
+    challenger, champion and the deployed model, with the challenger on the rare slice (each point
+    labelled with its frames; hollow where too few to judge); below, challenger - champion on the
+    rare slice with the gate's paired interval, against the gate's tolerance."""
     if not rows:
         raise ValueError("rows is empty: no iterations to plot")
-    if not metrics:
-        raise ValueError("metrics is empty: name at least one metric to plot")
-    xkey = next((k for k in ("iteration", "version") if all(k in r for r in rows)), None)
-    x = [float(r[xkey]) for r in rows] if xkey else list(range(1, len(rows) + 1))
-    fig = Figure(figsize=(6, 3.2))
-    ax = fig.add_subplot()
-    for m in metrics:
-        ax.plot(x, _column(rows, m), marker="o", markersize=3, label=m)
-    ax.set_xlabel(xkey or "iteration")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return _png(fig)
+    metric, rare = rows[0]["metric"], rows[0]["rare_slice"]
+    x = [int(r["iteration"]) for r in rows]
+    fig = Figure(figsize=(6.4, 5.2))
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 2))
+    deployed = [r["challenger"] if r["gate_passed"] else r["champion"] for r in rows]
+    top.plot(x, _column(rows, "challenger"), "o-", markersize=4, label=f"challenger {metric}")
+    top.plot(x, _column(rows, "champion"), "s--", markersize=4, label=f"champion {metric}")
+    top.step(x, [math.nan if v is None else v for v in deployed], where="mid", color="black", alpha=0.5,
+             linewidth=2, label=f"deployed {metric}")  # fmt: skip
+    small = [r["rare_frames"] < r["min_slice_frames"] for r in rows]
+    for hollow in (False, True):  # filled: enough frames to judge; hollow: too few
+        xs = [i for i, r, s in zip(x, rows, small, strict=True) if s == hollow and r["challenger_rare"] is not None]
+        ys = [r["challenger_rare"] for r, s in zip(rows, small, strict=True) if s == hollow and r["challenger_rare"] is not None]
+        top.plot(xs, ys, "^", markersize=6, color="tab:purple",
+                 markerfacecolor="none" if hollow else "tab:purple",
+                 label=f"challenger on {rare}" + (f" (< {rows[0]['min_slice_frames']} frames: too few to judge)" if hollow else ""))  # fmt: skip
+    for i, r in zip(x, rows, strict=True):
+        if r["challenger_rare"] is not None:
+            top.annotate(f"n={r['rare_frames']}", (i, r["challenger_rare"]), textcoords="offset points",
+                         xytext=(4, -10), fontsize=6, color="tab:purple")  # fmt: skip
+    top.set_ylim(0, 1.05)
+    top.set_ylabel(metric)
+    top.grid(alpha=0.3)
+    top.legend(fontsize=6, loc="lower right")
+    judged = [(i, r) for i, r in zip(x, rows, strict=True) if r["rare_delta"]]
+    for i, r in judged:
+        d, lo, hi = r["rare_delta"]
+        bottom.errorbar([i], [d], yerr=[[d - lo], [hi - d]], fmt="o", capsize=3, color="tab:purple",
+                        markerfacecolor="tab:purple" if r["rare_gated"] else "none")  # fmt: skip
+    bottom.axhline(0, color="gray", linewidth=0.8)
+    bottom.axhline(-rows[0]["slice_tolerance"], color="tab:red", linestyle=":", linewidth=1,
+                   label="-tolerance: a slice regresses when its whole interval lies below")  # fmt: skip
+    bottom.set_ylabel(f"{rare}\nchallenger - champion", fontsize=8)
+    bottom.set_title("the gate's paired interval (hollow: not gated, too few frames)", fontsize=8)
+    bottom.legend(fontsize=6, loc="lower right")
+    bottom.grid(alpha=0.3)
+    bottom.set_xlabel("iteration")
+    bottom.set_xticks(x)  # whole iterations only
+    return fig
 
 
 def optimization_history_png(trials: list[dict], metric: str) -> bytes:

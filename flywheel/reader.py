@@ -52,6 +52,7 @@ class ShardReader(IterableDataset):
         shuffle: bool = True,
         buffer_size: int = 1024,
         train_aug: bool = True,
+        geometric: bool = False,
         frame_ids: Sequence[str] | None = None,
         batch_size: int = 1,
         drop_remainder: bool | None = None,
@@ -66,7 +67,7 @@ class ShardReader(IterableDataset):
         self.image_size, self.rank, self.world_size, self.seed = image_size, rank, world_size, seed
         self.shuffle, self.buffer_size, self.batch_size = shuffle, buffer_size, batch_size
         self.drop_remainder = shuffle if drop_remainder is None else drop_remainder
-        self.transform = online_transform(image_size, train=train_aug)
+        self.transform = online_transform(image_size, train=train_aug, geometric=geometric)
         if frame_ids is None:
             self.shards = [s for s in manifest["shards"] if s["split"] == split]
             check_shards(store, manifest, self.shards)

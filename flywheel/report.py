@@ -74,6 +74,8 @@ def iteration_summary(store: Store, settings: Settings, tracker: Tracker) -> dic
     ch, ch_rare = scores(ev["challenger"])
     champ, champ_rare = scores(ev["champion"])
     cur = deploy.current(store, settings.mlflow.model_name)
+    # the rare slice as the gate judged it: its frames, and challenger - champion's paired interval
+    judged = next((x for x in ev["gate"].get("slices", []) if x["slice"] == rare), None)
     return {
         "human_labels": human_labels_spent(store),
         "dataset_version": ev["dataset_version"],
@@ -87,6 +89,11 @@ def iteration_summary(store: Store, settings: Settings, tracker: Tracker) -> dic
         "champion_version": ev["champion_version"],
         "champion": champ,
         "champion_rare": champ_rare,
+        "rare_frames": ev["challenger"]["per_slice"].get(rare, {}).get("n", 0),
+        "rare_delta": judged and [judged["delta"], judged["low"], judged["high"]],
+        "rare_gated": judged["gated"] if judged else None,
+        "min_slice_frames": settings.gate.min_slice_frames,
+        "slice_tolerance": settings.gate.slice_tolerance,
         "gate_passed": ev["gate"]["passed"],
         "gate_reason": ev["gate"]["reason"],
         "deployed": cur["version"] if cur else None,

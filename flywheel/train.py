@@ -47,6 +47,7 @@ from flywheel.config import IMAGE_SIZE, Settings, TrainSettings
 from flywheel.model import FrameClassifier, ModelConfig, build_model, load_weights, save_weights
 
 CHECKPOINT_NAME = "checkpoint.pt"
+AUTO_EPOCHS = (3, 100)  # the passes a run with `epochs: null` takes at least and at most
 
 
 class TrainConfig(TrainSettings):
@@ -60,6 +61,17 @@ class TrainConfig(TrainSettings):
         """The recipe of these settings; `device` (e.g. the compute resource's) replaces `train.device`."""
         values = {**settings.train.model_dump(), "image_size": settings.image_size}
         return cls(**{**values, "device": device or values["device"]})
+
+    def epochs_for(self, steps_per_epoch: int) -> int:
+        """The passes over the data this run takes: `epochs` if set, else enough to take `steps`
+        optimizer steps, within AUTO_EPOCHS (a few hundred frames get many passes, a large
+        dataset a few)."""
+        if self.epochs is not None:
+            return self.epochs
+        if steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+        low, high = AUTO_EPOCHS
+        return min(max(math.ceil(self.steps / steps_per_epoch), low), high)
 
     def architecture(self, num_classes: int) -> ModelConfig:
         return ModelConfig(
@@ -218,7 +230,7 @@ def _make_optimizer(
 
 
 def _make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
-    """Stepped once per batch; `total_steps` = epochs * steps per epoch. A one-cycle run too short
+    """Stepped once per batch; `total_steps` = passes * steps per epoch. A one-cycle run too short
     for a warmup of two steps anneals from `lr` instead: OneCycleLR divides by its warmup length
     in steps minus one (ZeroDivisionError at exactly one step), and one step is no warmup anyway."""
     if cfg.schedule == "onecycle" and cfg.warmup_pct * total_steps >= 2:
@@ -469,8 +481,9 @@ def _train(
     model, warm_started, warm_note = _build_model(model_cfg, classes, warm_start)
     model = model.to(device).to(memory_format=_memory_format(device))
     steps = _agreed_steps(_steps_per_epoch(train_loader, steps_per_epoch), ddp, device)
+    epochs = cfg.epochs_for(steps)
     optimizer = _make_optimizer(model, cfg, device)
-    scheduler = _make_scheduler(optimizer, cfg, total_steps=cfg.epochs * steps)
+    scheduler = _make_scheduler(optimizer, cfg, total_steps=epochs * steps)
 
     # Resume: the checkpoint holds everything the next epoch depends on.
     ckpt_path = checkpoint_dir / CHECKPOINT_NAME if checkpoint_dir is not None else None
@@ -496,7 +509,7 @@ def _train(
     if cfg.compile and device.type == "cuda":
         model = torch.compile(model)
 
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(start_epoch, epochs):
         if set_epoch is not None:
             set_epoch(epoch)
         model.train()

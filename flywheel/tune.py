@@ -7,9 +7,10 @@ The search space is small on purpose, every trial being a whole training:
     weight_decay     log-uniform 1e-5 .. 1e-2
     label_smoothing  uniform     0 .. 0.2
     width            8, 16 or 32                 channels of the model's first stage
-    epochs           integer 3 .. 12             half to twice the default train.epochs (6)
+    steps            log-int  400 .. 1600        half to twice the default step budget train.steps (800)
 
-A field that flywheel.yaml sets under `train:` is not searched: every trial trains with the
+A field that flywheel.yaml sets under `train:` is not searched (nor `steps` when it sets
+`epochs`: a fixed number of passes leaves no step budget to search): every trial trains with the
 user's value, as the challenger will. Trials start from the settings' recipe (`TrainConfig`),
 train from scratch (a warm start would favour the champion's width), all with the same seed, on
 the latest dataset version's train split, and are scored by `gate.metric` on its val split. The
@@ -51,7 +52,7 @@ from flywheel.store import Store
 from flywheel.tracking import Tracker
 from flywheel.train import TrainConfig, make_loader, pick_device, train
 
-SEARCHED = ("lr", "weight_decay", "label_smoothing", "width", "epochs")
+SEARCHED = ("lr", "weight_decay", "label_smoothing", "width", "steps")
 WIDTHS = (8, 16, 32)
 JUDGING_POINTS = 4  # a trial may be pruned at each quarter of its schedule ...
 PRUNER = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)  # ... from the half on
@@ -76,8 +77,10 @@ def storage_url(settings: Settings) -> str:
 
 
 def searched_fields(settings: Settings) -> list[str]:
-    """The fields of SEARCHED that flywheel.yaml leaves unset under `train:`."""
-    return [f for f in SEARCHED if f not in settings.train.model_fields_set]
+    """The fields of SEARCHED that flywheel.yaml leaves unset under `train:` (`steps` only while
+    `epochs` is unset too)."""
+    fixed = settings.train.model_fields_set | ({"steps"} if settings.train.epochs is not None else set())
+    return [f for f in SEARCHED if f not in fixed]
 
 
 def tune(
@@ -178,31 +181,33 @@ class _Search:
         trial.set_user_attr("dataset_version", self.manifest["version"])
         device, metric = pick_device(cfg.device), self.settings.gate.metric
         reader = ShardReader(self.store, self.manifest, split="train", image_size=cfg.image_size,
-                             seed=cfg.seed, batch_size=cfg.batch_size)  # fmt: skip
+                             seed=cfg.seed, batch_size=cfg.batch_size,
+                             geometric=self.settings.geometric_aug)  # fmt: skip
         tags = {"mlflow.parentRunId": self.parent_run, "stage": "tune-trial",
                 "optuna.study": trial.study.study_name,
                 "optuna.trial": str(trial.number)}  # fmt: skip
+        loader = make_loader(reader, cfg=cfg, device=device)
+        epochs = cfg.epochs_for(len(loader))  # what the trainer will take
         stopped = None
         with self.tracker.run(f"trial {trial.number}", tags=tags) as run_id:
             self.tracker.log_params(run_id, {"train": cfg.model_dump(), "trial": trial.number})
 
             def judge(epoch: int, metrics: dict[str, float]) -> None:
                 self.tracker.log_metrics(run_id, metrics, step=epoch)
-                point = _judging_point(epoch, cfg.epochs)
+                point = _judging_point(epoch, epochs)
                 if point is None:
                     return
                 trial.report(metrics["val_acc"], point)
-                if epoch + 1 < cfg.epochs and trial.should_prune():  # a finished trial is kept
+                if epoch + 1 < epochs and trial.should_prune():  # a finished trial is kept
                     raise optuna.TrialPruned(
                         f"pruned at val_acc {metrics['val_acc']:.3f} after epoch {epoch + 1} of "
-                        f"{cfg.epochs}"
+                        f"{epochs}"
                     )
 
             # No checkpoint folder: a pruned or crashed trial leaves nothing to resume from.
             try:
                 result = train(
-                    train_loader=make_loader(reader, cfg=cfg, device=device),
-                    val_loader=_batches(self.images, self.labels), classes=self.settings.classes,
+                    train_loader=loader, val_loader=_batches(self.images, self.labels), classes=self.settings.classes,
                     cfg=cfg, set_epoch=reader.set_epoch, on_epoch_end=judge,
                 )  # fmt: skip
             except optuna.TrialPruned as e:
@@ -256,12 +261,20 @@ def recipe_id(cfg: TrainConfig) -> str:
 
 
 def retune_check(store: Store, settings: Settings) -> tuple[str | None, str]:
-    """Whether the class list or image size changed since the newest tuned config in the store.
+    """Whether a tune run is due: the newest challenger scored below the plain baseline on val
+    (`loop.train_challenger`'s check) and no tune run came after it, or the class list or image
+    size changed since the newest tuned config in the store.
 
-    Returns (a string naming this change, the same for every check until a tune run replaces that
-    config, or None when no tuning is due; why).
+    Returns (a string naming this reason, the same for every check until a tune run or a new
+    challenger answers it, or None when no tuning is due; why).
     """
     last = _newest_tuned(store)
+    key = layout.baseline_check_key(settings.dataset.name)
+    check = store.read_json(key) if store.exists(key) else None
+    if check is not None and check["short"] and (last is None or _when(last["tuned_at"]) < _when(check["checked_at"])):
+        why = (f"challenger v{check['model_version']} scored {check['metric']} {check['challenger']:.3f} "
+               f"on val, short of the plain baseline's {check['baseline']:.3f}")  # fmt: skip
+        return f"{study_name(settings)}:short-of-baseline:{check['model_version']}", why
     if last is None:
         return None, "no tuned config yet: the schedule or `flywheel tune` makes the first"
     was, now = (last["classes"], last["image_size"]), (settings.classes, settings.image_size)
@@ -277,6 +290,10 @@ def retune_check(store: Store, settings: Settings) -> tuple[str | None, str]:
     return f"{study_name(settings)}:after:{last['mlflow_run_id']}", changed
 
 
+def _when(iso: str) -> datetime:
+    return datetime.fromisoformat(iso)
+
+
 def _newest_tuned(store: Store) -> dict | None:
     """The most recently written tuned config of any dataset, or None."""
     names = {o.key.removeprefix(layout.TUNING).partition("/")[0] for o in store.list(layout.TUNING)}
@@ -287,13 +304,13 @@ def _newest_tuned(store: Store) -> dict | None:
 
 def _suggest(trial: optuna.Trial, searched: list[str], settings: Settings) -> dict:
     """The trial's values of the searched fields (see the module docstring)."""
-    epochs = settings.train.epochs
+    steps = settings.train.steps
     space = {
         "lr": lambda: trial.suggest_float("lr", 3e-4, 3e-2, log=True),
         "weight_decay": lambda: trial.suggest_float("weight_decay", 1e-5, 1e-2, log=True),
         "label_smoothing": lambda: trial.suggest_float("label_smoothing", 0.0, 0.2),
         "width": lambda: trial.suggest_categorical("width", WIDTHS),
-        "epochs": lambda: trial.suggest_int("epochs", max(1, epochs // 2), 2 * epochs),
+        "steps": lambda: trial.suggest_int("steps", max(1, steps // 2), 2 * steps, log=True),
     }
     return {f: space[f]() for f in searched}
 

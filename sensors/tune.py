@@ -1,4 +1,5 @@
-"""The sensor that retunes the trainer's recipe when what it was tuned for changed."""
+"""The sensor that retunes the trainer's recipe when it falls short of the plain baseline or what it
+was tuned for changed."""
 
 import dagster as dg
 
@@ -11,8 +12,9 @@ from resources import SettingsResource, StoreResource
     job=tune_job,
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Requests a tune run when the class list or image size changed since the last "
-    "tuned config (a tuned config applies only to the class list and image size it was tuned for).",
+    description="Requests a tune run when the newest challenger scored below the plain baseline on "
+    "val, or when the class list or image size changed since the last tuned config (a tuned config "
+    "applies only to the class list and image size it was tuned for).",
 )
 def retune_on_new_inputs(
     context: dg.SensorEvaluationContext, settings: SettingsResource, store: StoreResource
@@ -22,6 +24,5 @@ def retune_on_new_inputs(
         return dg.SkipReason(why)
     context.log.info(f"requesting a tune run: {why}")
     # One run per change: every tick until a tune run replaces the config names the same change.
-    return dg.RunRequest(
-        run_key=change, tags={**TRAINING_TAGS, "flywheel/trigger": "inputs-changed"}
-    )
+    trigger = "short-of-baseline" if ":short-of-baseline:" in change else "inputs-changed"
+    return dg.RunRequest(run_key=change, tags={**TRAINING_TAGS, "flywheel/trigger": trigger})

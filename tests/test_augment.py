@@ -52,10 +52,19 @@ def parquet_bytes(table):
     return buf.getvalue()
 
 
+def _names(pipeline) -> list[str]:
+    return [t["__class_fullname__"] for t in A.to_dict(pipeline)["transform"]["transforms"]]
+
+
 def test_default_pipeline_is_albumentations_yaml_without_fog(tmp_path):
     pipeline = load_pipeline()
-    names = [t["__class_fullname__"] for t in A.to_dict(pipeline)["transform"]["transforms"]]
-    assert "RandomFog" not in names and "HorizontalFlip" in names and "RandomRain" in names
+    names = _names(pipeline)
+    assert "RandomFog" not in names and "RandomRain" in names
+    # label-preserving by default: nothing that moves, mirrors or scales the scene
+    assert not {"HorizontalFlip", "Affine"} & set(names)
+    geometric = _names(load_pipeline(geometric=True))
+    assert geometric == ["HorizontalFlip", "Affine", *names]
+    assert pipeline_id(load_pipeline(geometric=True)) != pipeline_id(pipeline)
     assert "__class_fullname__: Compose" in DEFAULT_PIPELINE.read_text()
     save_pipeline(pipeline, tmp_path / "copy.yaml")
     assert A.to_dict(load_pipeline(tmp_path / "copy.yaml")) == A.to_dict(pipeline)
@@ -130,3 +139,16 @@ def test_online_transform_shapes_and_eval_determinism():
     a = tr(img)
     tr.set_random_seed(1)
     assert a.shape == (16, 16, 3) and np.array_equal(a, tr(img))
+
+
+@pytest.mark.parametrize("geometric", [False, True])
+def test_online_transform_flips_only_where_the_labels_survive_it(geometric):
+    img = np.zeros((16, 16, 3), np.uint8)
+    img[:, :8] = 200  # bright on the left
+    tr = online_transform(16, train=True, geometric=geometric)
+    flipped = 0
+    for seed in range(40):
+        tr.set_random_seed(seed)
+        out = tr(img).astype(int)
+        flipped += out[:, 8:].mean() > out[:, :8].mean()
+    assert (flipped > 0) == geometric  # p=0.5 over 40 seeds: never 0 when on

@@ -30,6 +30,7 @@ GATE = "gate: {floor: 0.0, min_slice_frames: 1000}\n"
 def flywheel(*args, home, config=None, check=True):
     env = {**os.environ, "FLYWHEEL_HOME": str(home)}
     env.pop("DAGSTER_HOME", None)
+    env.pop("FLYWHEEL_CLI", None)  # as a user who installed flywheel, not through ./dev
     if config:
         env["FLYWHEEL_CONFIG"] = str(config)
     out = subprocess.run([sys.executable, "-m", "flywheel.cli", *args], env=env, capture_output=True, text=True, timeout=600)
@@ -71,6 +72,9 @@ def test_demo_end_to_end_then_rollback(tmp_path, flywheel_home):
     cfg.write_text(SMALL + "gate: {floor: 0.0, min_slice_frames: 1000, force: true, force_reason: 'ci: demo smoke'}\n")
     out = flywheel("demo", "--iterations", "2", "--clips", "8", home=flywheel_home, config=cfg)
     assert "iteration 2/2" in out.stdout and "2 deployed" in out.stdout
+    assert "training: 1 epochs per challenger, no plain-baseline check (the demo's budget" in out.stdout
+    # the closing lines name commands that work where the user stands
+    assert f"  FLYWHEEL_HOME={flywheel_home} flywheel ui " in out.stdout
     rows = json.loads((flywheel_home / "demo.json").read_text())
     assert [r["dataset_version"] for r in rows] == [1, 2]
     assert (flywheel_home / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -162,3 +166,14 @@ def test_an_unreachable_s3_endpoint_is_one_line(tmp_path, flywheel_home, command
         f"Error: cannot reach the S3 endpoint {endpoint} (store.endpoint_url, else AWS_ENDPOINT_URL): "
         "is the server up and the address right?"
     ]
+
+
+def test_printed_commands_are_spelled_as_the_user_started(monkeypatch):
+    from flywheel.cli import command
+
+    monkeypatch.delenv("FLYWHEEL_HOME", raising=False)
+    monkeypatch.setenv("FLYWHEEL_CLI", "./dev")  # what ./dev exports
+    assert command("ui") == "./dev ui"
+    monkeypatch.delenv("FLYWHEEL_CLI")
+    monkeypatch.setenv("FLYWHEEL_HOME", "/data/fw")
+    assert command("status") == "FLYWHEEL_HOME=/data/fw flywheel status"

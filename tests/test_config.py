@@ -41,3 +41,11 @@ def test_the_config_file_is_named(tmp_path):
         ConfigError, match=f"config file {cfg}: mlflow.model_name: invalid model name"
     ):
         load_settings(cfg)
+
+
+def test_geometric_augmentation_is_opt_in_except_for_the_built_in_road_classes():
+    assert load_settings().geometric_aug  # a mirrored road scene keeps its classes
+    own = ["left", "right"]
+    assert not load_settings(classes=own).geometric_aug  # another task: only when it says so
+    assert load_settings(classes=own, **{"augment.geometric": True}).geometric_aug
+    assert not load_settings(**{"augment.geometric": False}).geometric_aug

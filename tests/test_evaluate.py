@@ -225,7 +225,6 @@ def test_plots_are_decodable_pngs():
     for png in (
         plots.confusion_png(r["confusion"], CLASSES),
         plots.learning_curves_png(history),
-        plots.metric_vs_iteration_png(rows, ["macro_f1", "accuracy"]),
         plots.reliability_png(probs, labels),
     ):
         decode_png(png)
@@ -238,7 +237,7 @@ def test_plots_are_decodable_pngs():
     [
         (lambda p: p.confusion_png([[1, 0], [0, 1]], CLASSES), r"expected \(3, 3\)"),
         (lambda p: p.learning_curves_png([]), "history is empty"),
-        (lambda p: p.metric_vs_iteration_png([{"iteration": 1}], []), "metrics is empty"),
+        (lambda p: p.demo_png([]), "rows is empty"),
         (lambda p: p.reliability_png(np.zeros((2, 3)), np.zeros(3, int)), "labels"),
     ],
 )
@@ -247,3 +246,32 @@ def test_plots_reject_bad_input(call, match):
 
     with pytest.raises(ValueError, match=match):
         call(plots)
+
+
+def _iteration(i, *, champion, rare_frames, delta=None, gated=None, passed=True):
+    """One `report.iteration_summary` row of the demo."""
+    return {"iteration": i, "metric": "macro_f1", "rare_slice": "condition=fog", "challenger": 0.5 + 0.1 * i,
+            "champion": champion, "gate_passed": passed, "challenger_rare": 0.4, "rare_frames": rare_frames,
+            "rare_delta": delta, "rare_gated": gated, "min_slice_frames": 30, "slice_tolerance": 0.05}  # fmt: skip
+
+
+def test_demo_plot_has_whole_iterations_sample_sizes_and_the_gates_intervals():
+    from flywheel import plots
+
+    rows = [_iteration(1, champion=None, rare_frames=4),
+            _iteration(2, champion=0.6, rare_frames=12, delta=[0.1, -0.3, 0.5], gated=False),
+            _iteration(3, champion=0.7, rare_frames=80, delta=[-0.02, -0.08, 0.04], gated=True, passed=False)]  # fmt: skip
+    fig = plots.demo_figure(rows)
+    top, bottom = fig.axes
+    assert list(bottom.get_xticks()) == [1, 2, 3]  # no 1.5, 2.5
+    labels = [t.get_text() for t in top.texts]
+    assert labels == ["n=4", "n=12", "n=80"]  # each slice point with its frames
+    lines = {ln.get_label(): ln for ln in top.get_lines()}
+    assert {"challenger macro_f1", "champion macro_f1", "deployed macro_f1"} <= set(lines)
+    hollow = lines["challenger on condition=fog (< 30 frames: too few to judge)"]
+    assert list(hollow.get_xdata()) == [1, 2] and hollow.get_markerfacecolor() == "none"
+    # the deployed model: the challenger where the gate passed, else the champion kept
+    assert list(lines["deployed macro_f1"].get_ydata()) == pytest.approx([0.6, 0.7, 0.7])
+    # below: one interval per judged iteration (none for the first model)
+    assert len(bottom.containers) == 2
+    decode_png(plots.demo_png(rows))

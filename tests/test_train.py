@@ -129,6 +129,23 @@ def test_a_run_of_a_few_steps_gets_a_schedule(epochs, steps, warmup_pct):
     assert all(0 < m["lr"] <= cfg.lr for m in result.history)
 
 
+def test_epochs_unset_take_the_step_budget_within_bounds():
+    auto = tiny_cfg(epochs=None, steps=800)
+    assert [auto.epochs_for(n) for n in (14, 37, 400, 5000, 1)] == [58, 22, 3, 3, 100]
+    assert tiny_cfg(epochs=4).epochs_for(14) == 4  # a number is a number, whatever the data
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        auto.epochs_for(0)
+
+
+def test_a_run_with_epochs_unset_takes_its_step_budget():
+    images, labels = frames(32, seed=0)
+    batches = [{"image": images[i : i + 8], "label": labels[i : i + 8]} for i in range(0, 32, 8)]
+    result = train(train_loader=batches, classes=CLASSES, cfg=tiny_cfg(epochs=None, steps=20))
+    assert len(result.history) == 5  # 4 steps per pass, 20 steps
+    lrs = [m["lr"] for m in result.history]
+    assert lrs[-1] < 0.1 * max(lrs)  # one schedule over all five passes
+
+
 def test_weights_and_checkpoint_load_with_weights_only(tmp_path):
     train_loader, _ = loaders(64)
     result = train(

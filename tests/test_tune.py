@@ -20,8 +20,8 @@ from flywheel.train import TrainConfig
 from resources import SettingsResource, StoreResource
 from sensors.tune import retune_on_new_inputs
 
-# train.epochs and train.width are set, so not searched: the trials tune lr, weight_decay and
-# label_smoothing.
+# train.epochs and train.width are set, so not searched (nor train.steps, the step budget of runs
+# whose epochs are unset): the trials tune lr, weight_decay and label_smoothing.
 TINY = """
 sim: {frames_per_clip: 4}
 image_size: 32
@@ -90,6 +90,13 @@ def test_flywheel_tune_then_the_challenger_trains_with_the_best_values(tiny, mon
     for field in ("lr", "weight_decay", "label_smoothing"):
         assert float(trained.params[f"train.{field}"]) == pytest.approx(tuned["params"][field])
     assert (trained.params["train.width"], trained.params["train.epochs"]) == ("8", "2")
+    # ... and is scored against the plain baseline on val, for the retune sensor
+    check = out["baseline_check"]
+    assert check == store.read_json(layout.baseline_check_key("perception"))
+    assert check["model_version"] == out["version"] and check["baseline_epochs"] == 20
+    assert trained.metrics["val_macro_f1"] == check["challenger"]
+    assert trained.metrics["baseline_val_macro_f1"] == check["baseline"]
+    assert trained.tags["short_of_baseline"] == str(check["challenger"] < check["baseline"]).lower()
 
 
 def test_a_pruned_trial_ends_its_run_and_leaves_nothing_behind(tiny, flywheel_home, monkeypatch):
@@ -116,11 +123,19 @@ def test_a_pruned_trial_ends_its_run_and_leaves_nothing_behind(tiny, flywheel_ho
 
 def _write_tuned(store, settings, **changes) -> None:
     """A tuned config as `tune` writes it (the fields that matter here), for these settings."""
-    tuned = {"params": {"lr": 0.01, "width": 32, "epochs": 9}, "classes": settings.classes,
+    tuned = {"params": {"lr": 0.01, "width": 32, "steps": 1200}, "classes": settings.classes,
              "image_size": settings.image_size, "mlflow_run_id": "run-1",
              "dataset": {"name": settings.dataset.name, "version": 3},
              "tuned_at": "2026-11-01T03:00:00+00:00", **changes}  # fmt: skip
     store.write_json(layout.trainer_config_key(settings.dataset.name), tuned)
+
+
+def test_searched_fields_leave_out_what_flywheel_yaml_sets():
+    assert tune.searched_fields(load_settings()) == list(tune.SEARCHED)
+    assert tune.searched_fields(load_settings(**{"train.width": 8})) == [
+        "lr", "weight_decay", "label_smoothing", "steps"]  # fmt: skip
+    # a fixed number of passes leaves no step budget to search
+    assert "steps" not in tune.searched_fields(load_settings(**{"train.epochs": 4}))
 
 
 def test_tuned_values_apply_only_where_flywheel_yaml_sets_none():
@@ -129,7 +144,7 @@ def test_tuned_values_apply_only_where_flywheel_yaml_sets_none():
     assert tune.tuned_train_config(store, settings)[1] == "defaults"  # nothing tuned yet
     _write_tuned(store, settings)
     cfg, recipe = tune.tuned_train_config(store, settings)
-    assert recipe == "tuned v3" and (cfg.lr, cfg.epochs, cfg.width) == (0.01, 9, 8)
+    assert recipe == "tuned v3" and (cfg.lr, cfg.steps, cfg.width) == (0.01, 1200, 8)
     other_size = load_settings(**{"train.width": 8, "image_size": 48})
     defaults = (TrainConfig.from_settings(other_size), "defaults")
     assert tune.tuned_train_config(store, other_size) == defaults
@@ -168,3 +183,28 @@ def test_sensor_requests_a_tune_run_when_classes_or_image_size_changed(tmp_path,
     assert isinstance(first, dg.RunRequest) and first.tags["flywheel/kind"] == "training"
     # one run per change: the same run key until a tune run replaces the config
     assert first.run_key == again.run_key == f"{tune.study_name(settings)}:after:run-1"
+
+
+def _write_check(store, settings, *, short: bool, at: str, version: str = "4") -> None:
+    """A challenger-vs-baseline check as `loop.train_challenger` writes it."""
+    check = {"metric": "macro_f1", "challenger": 0.41 if short else 0.9, "baseline": 0.62,
+             "short": short, "model_version": version, "checked_at": at}  # fmt: skip
+    store.write_json(layout.baseline_check_key(settings.dataset.name), check)
+
+
+def test_sensor_requests_a_tune_run_when_the_challenger_is_short_of_the_baseline(tmp_path):
+    root = str(tmp_path / "store")
+    store, overrides = open_store(root), {"store.root": root}
+    settings = load_settings(**overrides)
+    with dg.instance_for_test() as instance:
+        _write_check(store, settings, short=False, at="2026-11-02T03:00:00+00:00")
+        assert "no tuned config yet" in _tick(instance, overrides).skip_message
+        _write_check(store, settings, short=True, at="2026-11-02T03:00:00+00:00")
+        first = _tick(instance, overrides)  # short, and nothing tuned yet
+        assert first.tags["flywheel/trigger"] == "short-of-baseline"
+        assert first.run_key == f"{tune.study_name(settings)}:short-of-baseline:4"
+        _write_tuned(store, settings, tuned_at="2026-11-02T04:00:00.5+00:00")  # a tune run came after
+        assert "has the settings' class list and image size" in _tick(instance, overrides).skip_message
+        _write_check(store, settings, short=True, at="2026-11-02T05:00:00+00:00", version="5")
+        second = _tick(instance, overrides)  # the next challenger, still short: one more tune run
+    assert second.run_key.endswith(":short-of-baseline:5") and second.run_key != first.run_key
