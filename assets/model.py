@@ -9,8 +9,11 @@ from flywheel import loop, plots, tune
 from flywheel.evaluate import compare, compare_markdown
 from resources import ComputeResource, MlflowResource, SettingsResource, StoreResource
 
-GATE = dg.AssetCheckSpec("gate", asset="evaluation", blocking=True,
+# Not blocking: a challenger that does not beat the champion is an outcome, not a crash. The run succeeds,
+# `deployed` reads the decision and is not materialized, and the run is tagged flywheel/gate=kept.
+GATE = dg.AssetCheckSpec("gate", asset="evaluation",
                          description="Challenger beats the champion by the margin and regresses no slice")  # fmt: skip
+GATE_TAG = "flywheel/gate"  # promoted | kept | forced, on the run that judged the challenger
 
 
 class TuneConfig(dg.Config):
@@ -82,11 +85,16 @@ def _vs_baseline(check: dict | None) -> dict:
 
 
 @dg.asset(group_name="model", deps=[challenger], check_specs=[GATE], kinds={"mlflow"})
-def evaluation(settings: SettingsResource, store: StoreResource, mlflow: MlflowResource, compute: ComputeResource):
+def evaluation(context: dg.AssetExecutionContext, settings: SettingsResource, store: StoreResource,
+               mlflow: MlflowResource, compute: ComputeResource):  # fmt: skip
     """Challenger and champion scored on the same frames (test split + golden set), and the gate."""
     s = settings.load()
     out = loop.evaluate_challenger(store.open(), s, mlflow.tracker(), device=compute.device)
     ch, gate = out["challenger"], out["gate"]
+    outcome = "forced" if gate.get("forced") else "promoted" if gate["passed"] else "kept"
+    context.instance.add_run_tags(context.run_id, {GATE_TAG: outcome})
+    context.log.info(f"gate: challenger v{out['challenger_version']} "
+                     f"{'is promoted' if gate['passed'] else 'is not promoted, the champion is kept'}: {gate['reason']}")  # fmt: skip
     slices = [{"slice": k, **{m: v.get(m) for m in ("n", "accuracy", "macro_f1")}} for k, v in ch["per_slice"].items()]
     yield dg.MaterializeResult(
         metadata={
@@ -106,7 +114,7 @@ def evaluation(settings: SettingsResource, store: StoreResource, mlflow: MlflowR
     yield dg.AssetCheckResult(
         check_name="gate",
         passed=bool(gate["passed"]),
-        severity=dg.AssetCheckSeverity.ERROR,
+        severity=dg.AssetCheckSeverity.WARN,  # the champion is kept: nothing is broken
         description=gate["reason"],
         metadata={
             "forced": bool(gate.get("forced")),
@@ -117,12 +125,18 @@ def evaluation(settings: SettingsResource, store: StoreResource, mlflow: MlflowR
     )
 
 
-@dg.asset(group_name="model", deps=[evaluation], kinds={"onnx"})
-def deployed(settings: SettingsResource, store: StoreResource, mlflow: MlflowResource) -> dg.MaterializeResult:
-    """The champion as ONNX in deploy/<model>/<version>/ with its manifest; MLflow alias `champion`."""
-    st = store.open()
-    out = loop.deploy_challenger(st, settings.load(), mlflow.tracker())
-    return dg.MaterializeResult(
+@dg.asset(group_name="model", deps=[evaluation], kinds={"onnx"}, output_required=False)
+def deployed(context: dg.AssetExecutionContext, settings: SettingsResource, store: StoreResource,
+             mlflow: MlflowResource):  # fmt: skip
+    """The champion as ONNX in deploy/<model>/<version>/ with its manifest; MLflow alias `champion`.
+    Not materialized when the gate kept the champion."""
+    st, s, tracker = store.open(), settings.load(), mlflow.tracker()
+    gate = loop.gate_decision(st, s, tracker)
+    if not gate["passed"]:
+        context.log.info(f"not deployed: the gate kept the champion ({gate['reason']})")
+        return
+    out = loop.deploy_challenger(st, s, tracker)
+    yield dg.MaterializeResult(
         metadata={
             "version": out["version"],
             "previous": str(out.get("previous_version")),

@@ -269,6 +269,14 @@ def evaluate_challenger(store: Store, settings: Settings, tracker: Tracker, *, d
     return {**result, "plots": pngs}
 
 
+def gate_decision(store: Store, settings: Settings, tracker: Tracker) -> dict:
+    """The gate's decision on the current challenger, as `evaluate_challenger` recorded it."""
+    version = tracker.alias(CHALLENGER)
+    if version is None:
+        raise ValueError(f"model {settings.mlflow.model_name!r} has no challenger: train one first")
+    return store.read_json(layout.evaluation_key(settings.mlflow.model_name, version))["gate"]
+
+
 def deploy_challenger(store: Store, settings: Settings, tracker: Tracker) -> dict:
     """Export the gated challenger to ONNX, check parity, write deploy/, move `champion`."""
     version = tracker.alias(CHALLENGER)

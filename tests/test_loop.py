@@ -48,22 +48,25 @@ def test_two_iterations_materialize_the_whole_graph(flywheel_home):
         checks = [e.event_specific_data for e in first.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
         assert [c.passed for c in checks] == [True]
 
-        # a second batch makes v2 of the dataset, reusing v1's shards
+        assert instance.get_run_by_id(first.run_id).tags["flywheel/gate"] == "promoted"
+
+        # a second batch makes v2 of the dataset, reusing v1's shards; a challenger that cannot beat the
+        # champion by the margin is kept out: a successful run with that outcome, not a failure
         _ingest_new_batch(store, settings, instance, defs, seed=2)
-        second = defs.resolve_job_def("train_and_deploy").execute_in_process(instance=instance, raise_on_error=False)
+        strict = build_definitions(settings, overrides={**TINY, "gate.margin": 1.0})
+        second = strict.resolve_job_def("train_and_deploy").execute_in_process(instance=instance)
+        assert second.success and instance.get_run_by_id(second.run_id).tags["flywheel/gate"] == "kept"
         manifest = dataset.load_manifest(store, settings.dataset.name)
         assert manifest["version"] == 2 and manifest["parent"] == 1
         v1 = dataset.load_manifest(store, settings.dataset.name, 1)
         assert {s["path"] for s in v1["shards"]} < {s["path"] for s in manifest["shards"]}
-        assert tracker.alias(CHALLENGER) == "2"
+        assert tracker.alias(CHALLENGER) == "2" and tracker.alias(CHAMPION) == "1"
         summary = iteration_summary(store, settings, tracker)
-        assert summary["dataset_version"] == 2 and summary["champion_version"] == "1"
-        if second.success:  # gate passed: v2 deployed
-            assert summary["gate_passed"] and tracker.alias(CHAMPION) == "2"
-        else:  # a failed gate is a normal outcome: only the gate step failed, the champion stays
-            failed = {e.step_key for e in second.all_events if e.event_type_value == "STEP_FAILURE"}
-            assert failed == {"evaluation"} and not summary["gate_passed"]
-            assert tracker.alias(CHAMPION) == "1"
+        assert summary["dataset_version"] == 2 and summary["champion_version"] == "1" and not summary["gate_passed"]
+        materialized = {e.asset_key.path[-1] for e in second.get_asset_materialization_events()}
+        assert "evaluation" in materialized and "deployed" not in materialized
+        logs = [e.message for e in instance.all_logs(second.run_id)]
+        assert any("the champion is kept" in m and "does not beat the champion" in m for m in logs)
         mats = instance.get_latest_materialization_event(dg.AssetKey("training_dataset"))
         assert mats.asset_materialization.metadata["version"].value == 2
 
