@@ -26,12 +26,12 @@ class TuneConfig(dg.Config):
 @dg.asset(group_name="model", deps=[training_dataset], kinds={"optuna", "mlflow"},
           op_tags={"flywheel/kind": "training"})  # fmt: skip
 def trainer_config(
-    config: TuneConfig, settings: SettingsResource, store: StoreResource, mlflow: MlflowResource,
-    compute: ComputeResource,
+    context: dg.AssetExecutionContext, config: TuneConfig, settings: SettingsResource, store: StoreResource,
+    mlflow: MlflowResource, compute: ComputeResource,
 ) -> dg.MaterializeResult:  # fmt: skip
     """The trainer recipe an Optuna search found best on the latest dataset version; the challenger
     trains with it where flywheel.yaml sets no value."""
-    out = tune.tune(store.open(), settings.load(), mlflow.tracker(), trials=config.trials,
+    out = tune.tune(store.open(), settings.load(), mlflow.tracker(context), trials=config.trials,
                     minutes=config.minutes, device=compute.device)  # fmt: skip
     return dg.MaterializeResult(
         metadata={
@@ -52,10 +52,11 @@ def trainer_config(
 @dg.asset(group_name="model", deps=[training_dataset, trainer_config], kinds={"pytorch", "mlflow"},
           op_tags={"flywheel/kind": "training"})  # fmt: skip
 def challenger(
-    settings: SettingsResource, store: StoreResource, mlflow: MlflowResource, compute: ComputeResource
-) -> dg.MaterializeResult:
+    context: dg.AssetExecutionContext, settings: SettingsResource, store: StoreResource, mlflow: MlflowResource,
+    compute: ComputeResource,
+) -> dg.MaterializeResult:  # fmt: skip
     """The newest model, trained on the latest dataset version; MLflow alias `challenger`."""
-    out = loop.train_challenger(store.open(), settings.load(), mlflow.tracker(), device=compute.device)
+    out = loop.train_challenger(store.open(), settings.load(), mlflow.tracker(context), device=compute.device)
     last = out["history"][-1]
     return dg.MaterializeResult(
         metadata={
@@ -89,7 +90,7 @@ def evaluation(context: dg.AssetExecutionContext, settings: SettingsResource, st
                mlflow: MlflowResource, compute: ComputeResource):  # fmt: skip
     """Challenger and champion scored on the same frames (test split + golden set), and the gate."""
     s = settings.load()
-    out = loop.evaluate_challenger(store.open(), s, mlflow.tracker(), device=compute.device)
+    out = loop.evaluate_challenger(store.open(), s, mlflow.tracker(context), device=compute.device)
     ch, gate = out["challenger"], out["gate"]
     outcome = "forced" if gate.get("forced") else "promoted" if gate["passed"] else "kept"
     context.instance.add_run_tags(context.run_id, {GATE_TAG: outcome})

@@ -180,7 +180,8 @@ def train_challenger(
         tracker.log_json(run_id, "history.json", result.history)
         check = _against_baseline(store, settings, tracker, run_id, manifest, result.weights, cfg, device=str(dev))
         version = tracker.register(run_id, result.weights, tags={"dataset_version": str(manifest["version"])})
-        tracker.set_tags(run_id, {"model_version": version, "device": result.device})
+        run_name = f"{settings.mlflow.model_name} v{version} on {name} v{manifest['version']}"
+        tracker.set_tags(run_id, {"model_version": version, "device": result.device, "mlflow.runName": run_name})
     if check is not None:  # after the registration: the retune sensor asks for a tune run once per short version
         check = {**check, "model_version": version, "run_id": run_id, "checked_at": datetime.now(UTC).isoformat()}
         store.write_json(layout.baseline_check_key(name), check)

@@ -23,13 +23,18 @@ from flywheel.recovery import created_once
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 WEIGHTS = "model/weights.pt"
+# MLflow 3's UI opens an experiment without this tag in its GenAI view; ours trains models.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 class Tracker:
     """A thin layer over MlflowClient with the flywheel's verbs."""
 
-    def __init__(self, tracking_uri: str, *, experiment: str, model_name: str, artifact_root: Path | None = None):
+    def __init__(self, tracking_uri: str, *, experiment: str, model_name: str, artifact_root: Path | None = None,
+                 run_tags: dict[str, str] | None = None):  # fmt: skip
+        """`run_tags` go on every run this tracker starts (e.g. the orchestrator's run id)."""
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        self.default_tags = dict(run_tags or {})
         for name in ("mlflow.store.db.utils", "alembic"):  # schema-migration chatter on first use
             logging.getLogger(name).setLevel(logging.WARNING)
         self.tracking_uri = tracking_uri
@@ -44,10 +49,13 @@ class Tracker:
         """The experiment's id, created if missing (by another process too, at the same moment)."""
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
+            if any(exp.tags.get(k) != v for k, v in EXPERIMENT_KIND.items()):  # made by an older flywheel
+                for k, v in EXPERIMENT_KIND.items():
+                    self.client.set_experiment_tag(exp.experiment_id, k, v)
             return exp.experiment_id
         location = artifact_root.resolve().as_uri() if artifact_root else None
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
         except MlflowException as e:
             if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
                 raise
@@ -56,7 +64,8 @@ class Tracker:
     @contextmanager
     def run(self, name: str, tags: dict[str, str] | None = None):
         """A run that is FINISHED on success and FAILED if the block raises."""
-        run = self.client.create_run(self.experiment_id, run_name=name, tags={"code_version": code_version(), **(tags or {})})
+        tags = {"code_version": code_version(), **self.default_tags, **(tags or {})}
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         try:
             yield run.info.run_id
         except BaseException:
@@ -147,12 +156,14 @@ def _not_found(e: MlflowException, alias: str) -> bool:
     return e.error_code == "INVALID_PARAMETER_VALUE" and f"alias {alias} not found" in str(e)
 
 
-def tracker_for(settings) -> Tracker:
+def tracker_for(settings, *, run_tags: dict[str, str] | None = None) -> Tracker:
     """The MLflow tracker of these settings (`flywheel.config.Settings`); a tracking server decides its
-    own artifact root, the embedded SQLite store keeps artifacts under $FLYWHEEL_HOME."""
+    own artifact root, the embedded SQLite store keeps artifacts under $FLYWHEEL_HOME. `run_tags`: on
+    every run it starts."""
     m = settings.mlflow
     return Tracker(settings.tracking_uri, experiment=m.experiment, model_name=m.model_name,
-                   artifact_root=None if m.tracking_uri else settings.home / "mlflow" / "artifacts")  # fmt: skip
+                   artifact_root=None if m.tracking_uri else settings.home / "mlflow" / "artifacts",
+                   run_tags=run_tags)  # fmt: skip
 
 
 def code_version() -> str:

@@ -39,8 +39,10 @@ class MlflowResource(dg.ConfigurableResource):
 
     settings: SettingsResource
 
-    def tracker(self) -> Tracker:
-        return tracker_for(self.settings.load())
+    def tracker(self, context: dg.AssetExecutionContext | None = None) -> Tracker:
+        """With the asset's `context`, every MLflow run it starts is tagged with the Dagster run and job."""
+        tags = {"dagster.run_id": context.run_id, "dagster.job": context.job_name} if context else None
+        return tracker_for(self.settings.load(), run_tags=tags)
 
 
 class ComputeResource(dg.ConfigurableResource):

@@ -49,6 +49,12 @@ def test_two_iterations_materialize_the_whole_graph(flywheel_home):
         assert [c.passed for c in checks] == [True]
 
         assert instance.get_run_by_id(first.run_id).tags["flywheel/gate"] == "promoted"
+        # MLflow and Dagster link: the training run names the Dagster run, and its name the versions
+        trained = tracker.client.get_run(tracker.version_run("1"))
+        assert trained.data.tags["dagster.run_id"] == first.run_id
+        assert trained.info.run_name == f"{settings.mlflow.model_name} v1 on {settings.dataset.name} v1"
+        experiment = tracker.client.get_experiment(tracker.experiment_id)
+        assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not the GenAI view
 
         # a second batch makes v2 of the dataset, reusing v1's shards; a challenger that cannot beat the
         # champion by the margin is kept out: a successful run with that outcome, not a failure
