@@ -5,6 +5,9 @@ import dagster as dg
 from assets.ingest import STORE_RETRY, frames
 from assets.ui import counts_md, png_md, table_md
 from flywheel import loop
+from flywheel.diff import diff_versions
+from flywheel.diff import markdown as diff_markdown
+from flywheel.plots import diff_png
 from resources import SettingsResource, StoreResource
 from resources.partitions import fleet_batches
 
@@ -70,10 +73,17 @@ def augmented(context: dg.AssetExecutionContext, settings: SettingsResource, sto
 @dg.asset(group_name="dataset", deps=[augmented], retry_policy=STORE_RETRY, kinds={"parquet"})
 def training_dataset(settings: SettingsResource, store: StoreResource) -> dg.MaterializeResult:
     """The versioned, sharded training dataset: v<N+1> = v<N>'s shards + shards of new batches."""
-    manifest, created = loop.build_dataset_version(store.open(), settings.load())
+    st, s = store.open(), settings.load()
+    manifest, created = loop.build_dataset_version(st, s)
     counts = manifest.get("counts", {})
+    changes = {}
+    if manifest.get("parent"):  # what this version adds to its parent
+        d = diff_versions(st, s.dataset.name, manifest["parent"], manifest["version"])
+        changes = {"vs_parent": dg.MetadataValue.md(diff_markdown(d)), "labels_changed": d["labels_changed"],
+                   "clips_added": d["clips_added"], "added (rows per class and condition)": png_md(diff_png(d), "added rows")}  # fmt: skip
     return dg.MaterializeResult(
         metadata={
+            **changes,
             "version": manifest["version"],
             "new_version": created,
             "parent": str(manifest.get("parent")),

@@ -424,6 +424,33 @@ def requeue(obj: Ctx, key: str):
 
 
 @main.command()
+@click.argument("before")
+@click.argument("after")
+@click.option("--dataset", "name", default=None, help="Dataset name (default: dataset.name).")
+@click.option("--json", "as_json", is_flag=True, help="The diff as JSON instead of Markdown tables.")
+@click.pass_obj
+def diff(obj: Ctx, before: str, after: str, name: str | None, as_json: bool):
+    """What changed between two dataset versions (BEFORE, AFTER: numbers, or v1, v2): batches, clips and
+    frames added, counts per split, class, condition and trigger, labels that changed.
+
+    \b
+    Example: flywheel diff v3 v5 --json
+    """
+    from flywheel.diff import diff_versions, markdown
+
+    versions = []
+    for v in (before, after):
+        if not v.removeprefix("v").isdigit():
+            raise click.BadParameter(f"{v!r} is not a dataset version: use a number or v<number>")
+        versions.append(int(v.removeprefix("v")))
+    try:
+        out = diff_versions(obj.store(), name or obj.settings.dataset.name, *versions)
+    except (ValueError, FileNotFoundError) as e:  # a version that does not exist, other class lists
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps(out, indent=2) if as_json else markdown(out))
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def status(obj: Ctx, as_json: bool):

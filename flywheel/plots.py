@@ -119,6 +119,23 @@ def demo_figure(rows: list[dict]) -> Figure:
     return fig
 
 
+def diff_png(diff: dict) -> bytes:
+    """Rows a dataset version adds to another (`flywheel.diff.diff_versions`), per class and per
+    condition, as horizontal bars (negative: rows it no longer has)."""
+    fig = Figure(figsize=(6.4, 3.2))
+    panels = fig.subplots(1, 2)
+    for ax, dim in zip(panels, ("class", "condition"), strict=True):
+        values = diff["counts"][dim]
+        names = list(values)
+        ax.barh(names, [values[k]["delta"] for k in names], color="tab:blue")
+        ax.set_title(f"rows added per {dim}", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3, axis="x")
+    fig.suptitle(f"{diff['dataset']} v{diff['before']} → v{diff['after']}", fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def optimization_history_png(trials: list[dict], metric: str) -> bytes:
     """A hyperparameter search by trial number: each finished trial's `metric` (dots), the best so
     far (line), and pruned trials as crosses on the x axis.

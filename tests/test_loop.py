@@ -74,7 +74,11 @@ def test_two_iterations_materialize_the_whole_graph(flywheel_home):
         logs = [e.message for e in instance.all_logs(second.run_id)]
         assert any("the champion is kept" in m and "does not beat the champion" in m for m in logs)
         mats = instance.get_latest_materialization_event(dg.AssetKey("training_dataset"))
-        assert mats.asset_materialization.metadata["version"].value == 2
+        meta = mats.asset_materialization.metadata
+        assert meta["version"].value == 2
+        # what v2 adds to v1, in the UI: the second batch's 12 clips, no label changed
+        assert (meta["clips_added"].value, meta["labels_changed"].value) == (12, 0)
+        assert "**perception v1 → v2**" in meta["vs_parent"].value
 
 
 def test_forced_promotion_and_rollback(flywheel_home):
