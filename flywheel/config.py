@@ -171,6 +171,9 @@ class TrainSettings(_Section):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     width: int = Field(16, ge=4)  # channels of the first stage: 16 trains at ~700 img/s on 2 CPU cores
     depth: int = Field(2, ge=1)
+    # 2 halves the input at once (4x fewer FLOPs); 1 keeps a small input's detail. None: 1 for inputs of
+    # 32 px or less (a stride-2 stem leaves their last stage 4x4), else 2 (TrainConfig.architecture).
+    stem_stride: Literal[1, 2] | None = None
     num_workers: int = Field(0, ge=0)
     compile: bool = False
     seed: int = 0

@@ -48,6 +48,7 @@ from flywheel.model import FrameClassifier, ModelConfig, build_model, load_weigh
 
 CHECKPOINT_NAME = "checkpoint.pt"
 AUTO_EPOCHS = (3, 100)  # the passes a run with `epochs: null` takes at least and at most
+SMALL_INPUT = 32  # px: inputs this small keep their full resolution in the stem (`stem_stride: null`)
 
 
 class TrainConfig(TrainSettings):
@@ -75,7 +76,8 @@ class TrainConfig(TrainSettings):
 
     def architecture(self, num_classes: int) -> ModelConfig:
         return ModelConfig(
-            num_classes=num_classes, image_size=self.image_size, width=self.width, depth=self.depth
+            num_classes=num_classes, image_size=self.image_size, width=self.width, depth=self.depth,
+            stem_stride=self.stem_stride or (1 if self.image_size <= SMALL_INPUT else 2),
         )
 
 

@@ -386,3 +386,9 @@ def test_two_process_ddp_on_cpu(tmp_path):
     assert r0["has_weights"] and not r1["has_weights"]
     assert (tmp_path / "ckpt" / CHECKPOINT_NAME).exists()
     assert accuracy((tmp_path / "weights.pt").read_bytes()) > 0.8
+
+
+def test_small_inputs_keep_their_resolution_in_the_stem():
+    assert tiny_cfg(image_size=32).architecture(3).stem_stride == 1
+    assert tiny_cfg(image_size=64).architecture(3).stem_stride == 2
+    assert tiny_cfg(image_size=32, stem_stride=2).architecture(3).stem_stride == 2  # a set value wins
