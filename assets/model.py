@@ -146,5 +146,11 @@ def deployed(context: dg.AssetExecutionContext, settings: SettingsResource, stor
             "onnx_max_abs_diff": out.get("onnx_max_abs_diff"),  # None: already deployed, nothing exported
             "already_deployed": bool(out.get("already_deployed")),
             "forced": bool(out.get("forced_by")),
+            "serve (the graph the fleet runs)": out.get("serve", "fp32"),
+            "int8_check": out["int8"]["check"]["reason"] if out.get("int8")
+            else "no int8 graph (deploy.int8: false, or no frames to calibrate on)",
+            "latency_ms (onnxruntime, CPU, 1 thread)": table_md(
+                [{"graph": g, **ms} for g, ms in (out.get("latency_ms") or {}).items()]
+            ),
         }
     )

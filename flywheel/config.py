@@ -222,6 +222,15 @@ class TuneSettings(_Section):
         return v
 
 
+class DeploySettings(_Section):
+    """What the cars run: the fp32 ONNX graph, or an int8 one built beside it and checked against it."""
+
+    int8: bool = True  # build the int8 model (static QDQ quantization, per channel) at each deploy
+    int8_max_drop: float = Field(0.005, ge=0, le=1)  # accuracy it may lose against fp32 on the test frames
+    serve: Literal["int8", "fp32"] = "int8"  # int8 only when its check passed; else fp32, and the manifest says why
+    calibration_frames: int = Field(256, ge=1)  # train frames that calibrate the int8 ranges
+
+
 class MlflowSettings(_Section):
     tracking_uri: str | None = None  # None: SQLite under $FLYWHEEL_HOME
     model_name: str = "perception"
@@ -246,6 +255,7 @@ class Settings(_Section):
     engine: EngineSettings = EngineSettings()
     train: TrainSettings = TrainSettings()
     gate: GateSettings = GateSettings()
+    deploy: DeploySettings = DeploySettings()
     mlflow: MlflowSettings = MlflowSettings()
     tune: TuneSettings = TuneSettings()
     _home: Path = PrivateAttr(default_factory=lambda: flywheel_home())  # resolved once, when loaded

@@ -158,11 +158,15 @@ def deploy(
     mlflow_version: str | None,
     gate: dict,
     forced_by: dict | None = None,
+    int8: dict | None = None,
+    serve: str = "fp32",
 ) -> dict:
     """Publish `onnx_bytes` as `version` and make it current; returns the manifest.
 
     `dataset` is `{name, version, manifest_sha256}`; `gate` the gate decision (`to_dict()`);
-    `forced_by` `{who, why}` for a forced promotion. Deploying the version that is already
+    `forced_by` `{who, why}` for a forced promotion; `int8` the int8 graph built beside it
+    (`{bytes, check, latency_ms}`, flywheel/quantize.py) and `serve` which of the two the fleet
+    runs ("int8" only with an int8 graph whose check passed). Deploying the version that is already
     deployed with the same ONNX is a no-op (a retried run); a version is immutable, so other
     bytes under an existing version are refused.
     """
@@ -174,6 +178,8 @@ def deploy(
         raise ValueError(f"dataset is missing {sorted(missing)}; got keys {sorted(dataset)}")
     if forced_by is not None and not {"who", "why"} <= set(forced_by):
         raise ValueError(f"forced_by needs 'who' and 'why', got keys {sorted(forced_by)}")
+    if serve not in ("fp32", "int8") or (serve == "int8" and not (int8 and int8["check"]["passed"])):
+        raise ValueError(f"serve must be 'fp32', or 'int8' with an int8 graph that passed its check; got {serve!r}")
 
     cur = current(store, model_name)
     manifest_key = layout.deploy_manifest_key(model_name, version)
@@ -199,9 +205,18 @@ def deploy(
             "mlflow_version": mlflow_version,
             "gate": gate,
             "forced_by": forced_by,
+            "int8": None,
+            "latency_ms": int8 and int8["latency_ms"],  # {"fp32": {"b1": ms, "b32": ms}, "int8": {...}}
+            "serve": serve,  # the graph the fleet runs: "onnx" (fp32) or "int8"
             "deployed_at": _now(),
             "previous_version": cur["version"] if cur else None,
         }
+        if int8 is not None:
+            key = layout.deploy_int8_key(model_name, version)
+            _check_graph(int8["bytes"], classes=classes, image_size=image_size)
+            manifest["int8"] = {"key": key, "sha256": hashlib.sha256(int8["bytes"]).hexdigest(),
+                                "bytes": len(int8["bytes"]), "check": int8["check"]}  # fmt: skip
+            store.write_bytes(key, int8["bytes"])
         store.write_bytes(layout.deploy_onnx_key(model_name, version), onnx_bytes)
         store.write_json(manifest_key, manifest)  # after the ONNX it vouches for
     if cur is None or cur["version"] != version:
@@ -240,18 +255,18 @@ def rollback(store: Store, model_name: str) -> tuple[str, str]:
 
 
 def load_deployed(store: Store, model_name: str) -> tuple[ort.InferenceSession, dict]:
-    """The current model as an onnxruntime session and its manifest (sha256 verified)."""
+    """The current model as the fleet runs it (the manifest's `serve`: fp32 or int8) as an onnxruntime
+    session, and its manifest (sha256 verified)."""
     cur = current(store, model_name)
     if cur is None:
         raise FileNotFoundError(
             f"nothing is deployed for model {model_name!r}: no {layout.current_key(model_name)}"
         )
     manifest = store.read_json(layout.deploy_manifest_key(model_name, cur["version"]))
-    data = store.read_bytes(manifest["onnx"]["key"])
-    if hashlib.sha256(data).hexdigest() != manifest["onnx"]["sha256"]:
-        raise ValueError(
-            f"{store.uri(manifest['onnx']['key'])} does not match its manifest's sha256"
-        )
+    graph = manifest["int8"] if manifest.get("serve") == "int8" else manifest["onnx"]
+    data = store.read_bytes(graph["key"])
+    if hashlib.sha256(data).hexdigest() != graph["sha256"]:
+        raise ValueError(f"{store.uri(graph['key'])} does not match its manifest's sha256")
     return session(data), manifest
 
 

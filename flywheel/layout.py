@@ -195,6 +195,11 @@ def deploy_onnx_key(model_name: str, version: str) -> str:
     return f"{deploy_prefix(model_name, version)}/model.onnx"
 
 
+def deploy_int8_key(model_name: str, version: str) -> str:
+    """The int8 graph built beside a version's fp32 `model.onnx` (deploy.serve)."""
+    return f"{deploy_prefix(model_name, version)}/model.int8.onnx"
+
+
 def deploy_manifest_key(model_name: str, version: str) -> str:
     return f"{deploy_prefix(model_name, version)}/manifest.json"
 

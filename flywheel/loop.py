@@ -14,13 +14,14 @@ hand over through the store and MLflow (keys in flywheel/layout.py, versions), n
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
 
-from flywheel import baseline, champion, dataset, deploy, evalset, layout, plots, tune
+from flywheel import baseline, champion, dataset, deploy, evalset, layout, plots, quantize, tune
 from flywheel.augment import balance_report, load_pipeline, oversample, sample_grid_png
 from flywheel.config import Settings
 from flywheel.engine.quality import auto_accuracy_vs_truth, label_errors
@@ -292,18 +293,39 @@ def deploy_challenger(store: Store, settings: Settings, tracker: Tracker) -> dic
     model, classes = load_weights(tracker.weights(version))
     onnx_bytes = deploy.export_onnx(model, image_size=size)
     manifest = dataset.load_manifest(store, settings.dataset.name, evaluation["dataset_version"])
-    images, _, _ = load_arrays(store, manifest, split="test", image_size=size)
+    images, labels, meta = load_arrays(store, manifest, split="test", image_size=size)
     max_diff = deploy.check_parity(model, onnx_bytes, images[:64])
+    int8 = _int8(store, settings, manifest, onnx_bytes, images, labels, meta) if settings.deploy.int8 else None
+    serve = "int8" if settings.deploy.serve == "int8" and int8 and int8["check"]["passed"] else "fp32"
     forced = forced_by(settings.gate) if gate.get("forced") else None
     deployed = champion.promote(  # current.json and the `champion` alias, under one lease
         store, settings, tracker, version=version, onnx_bytes=onnx_bytes, classes=classes,
         metrics=flat_metrics(evaluation["challenger"]),
         dataset={"name": settings.dataset.name, "version": evaluation["dataset_version"],
                  "manifest_sha256": dataset.manifest_sha256(manifest)},
-        gate=gate, forced_by=forced,
+        gate=gate, forced_by=forced, int8=int8, serve=serve,
     )  # fmt: skip
     run_id = tracker.version_run(version)
     tracker.set_tags(run_id, {"deployed": "true", "onnx_max_abs_diff": f"{max_diff:.2e}"})
     if forced:
         tracker.set_tags(run_id, {"forced_by": forced["who"], "forced_why": forced["why"]})
     return {**deployed, "onnx_max_abs_diff": max_diff, "onnx_bytes": len(onnx_bytes)}
+
+
+def _int8(store: Store, settings: Settings, manifest: dict, onnx_bytes: bytes, images: np.ndarray,
+          labels: np.ndarray, meta: dict) -> dict | None:  # fmt: skip
+    """The int8 graph of `onnx_bytes` (flywheel/quantize.py), checked against it on the test frames
+    (`images`, `labels`, `meta`) and timed; None when the version has no train frames to calibrate on."""
+    d, size = settings.deploy, settings.image_size
+    reader = ShardReader(store, manifest, split="train", image_size=size, train_aug=False)
+    calibration = [s["image"].numpy() for s in itertools.islice(reader, d.calibration_frames)]
+    if not calibration or not len(labels):
+        return None
+    int8_bytes = quantize.quantize_int8(onnx_bytes, np.stack(calibration))
+    graphs = {"fp32": onnx_bytes, "int8": int8_bytes}
+    preds = {k: predict(deploy.session(g), images).probs.argmax(1) for k, g in graphs.items()}  # (N,) each
+    check = quantize.check_int8(preds["fp32"], preds["int8"], labels, {k: meta[k] for k in ("trigger", "condition", "camera")},
+                                max_drop=d.int8_max_drop, slice_tolerance=settings.gate.slice_tolerance,
+                                min_slice_frames=settings.gate.min_slice_frames)  # fmt: skip
+    return {"bytes": int8_bytes, "check": check,
+            "latency_ms": {k: quantize.latency_ms(g, size) for k, g in graphs.items()}}  # fmt: skip
