@@ -201,6 +201,36 @@ def recipe(obj: Ctx, datasets: tuple[str, ...], sizes: tuple[int, ...], heldout:
             f.write(result["markdown"] + "\n")
 
 
+@bench.command()
+@click.option("--frames", type=click.IntRange(min=64), default=2000, show_default=True,
+              help="Simulator frames the model trains on.")  # fmt: skip
+@click.option("--widths", callback=_csv(int), default="16,32", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch threads while training (default: one per core).")  # fmt: skip
+@click.option("--set", "overrides", multiple=True, callback=_overrides, metavar="KEY=VALUE",
+              help="Settings override (repeatable): --set train.steps=300.")  # fmt: skip
+@WORKDIR
+def int8(frames: int, widths: tuple[int, ...], threads: int | None, overrides: dict, workdir: str | None):
+    """The deployed model in fp32 and int8: size, latency at batch 1 and 32, accuracy and per-condition
+    drop on held-out frames; JSON on stdout, a Markdown table on stderr.
+
+    \b
+    Example: flywheel bench int8 --frames 2000 --widths 16,32 --threads 1
+    """
+    import torch
+
+    from benchmarks.int8 import bench_int8
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        result = bench_int8(workdir, frames=frames, widths=widths, overrides=overrides)
+    finally:
+        torch.set_num_threads(before)
+    _echo_json(result)
+    click.echo(result["markdown"], err=True)
+
+
 @bench.group()
 def scale():
     """Production profile (production/): Celery workers and DDP ranks, 1 vs 2.

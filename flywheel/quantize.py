@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from flywheel.model_input import INPUT_NAME
 from flywheel.predict import OUTPUT_NAME
@@ -43,8 +44,9 @@ def quantize_int8(onnx_bytes: bytes, calibration: np.ndarray) -> bytes:
     if calibration.ndim != 4 or calibration.dtype != np.uint8 or len(calibration) == 0:
         raise ValueError(f"calibration must be uint8 (N>0, 3, S, S), got {calibration.dtype} {calibration.shape}")
     with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        src.write_bytes(onnx_bytes)
+        raw, src, dst = (Path(tmp) / f for f in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
+        raw.write_bytes(onnx_bytes)
+        quant_pre_process(str(raw), str(src))  # shape inference and graph optimization, as quantization wants
         quantize_static(str(src), str(dst), _Frames(calibration), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
         return dst.read_bytes()
