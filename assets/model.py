@@ -109,7 +109,7 @@ def evaluation(context: dg.AssetExecutionContext, settings: SettingsResource, st
             "per_slice": table_md(slices),
             "robustness": table_md([{"corruption": k, **v} for k, v in ch.get("robustness", {}).items()]),
             "up_to_date (the challenger is the served model: kept)": bool(out.get("up_to_date")),
-            **{plot: png_md(png, plot) for plot, png in out["plots"].items()},  # confusion, reliability
+            **{plot: png_md(png, plot) for plot, png in out["plots"].items()},  # confusion, reliability, saliency
         }
     )
     yield dg.AssetCheckResult(

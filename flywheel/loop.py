@@ -21,7 +21,18 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 
-from flywheel import baseline, champion, dataset, deploy, evalset, layout, plots, quantize, tune
+from flywheel import (
+    baseline,
+    champion,
+    dataset,
+    deploy,
+    evalset,
+    layout,
+    plots,
+    quantize,
+    saliency,
+    tune,
+)
 from flywheel.augment import balance_report, load_pipeline, oversample, sample_grid_png
 from flywheel.config import Settings
 from flywheel.engine.quality import auto_accuracy_vs_truth, label_errors
@@ -29,7 +40,7 @@ from flywheel.engine.queue import queue_batch, read_exports
 from flywheel.evaluate import evaluate_model, flat_metrics
 from flywheel.gate import PairedPredictions, decide, forced_by
 from flywheel.labels import build_labels, hide_ground_truth
-from flywheel.model import load_weights
+from flywheel.model import FrameClassifier, load_weights
 from flywheel.predict import predict
 from flywheel.reader import ShardReader, load_arrays
 from flywheel.schema import DATASET
@@ -228,12 +239,13 @@ def evaluate_challenger(store: Store, settings: Settings, tracker: Tracker, *, d
     slices = {k: meta[k] for k in ("trigger", "condition", "camera")}
     dev = str(pick_device(device))
     probs: dict[str, np.ndarray] = {}
+    models: dict = {}
 
     def report(version: str) -> dict | None:
         model, classes = load_weights(tracker.weights(version))
         if classes != settings.classes:
             return None  # another class list: its scores on these labels mean nothing
-        probs[version] = predict(model, images, device=dev).probs
+        models[version], probs[version] = model, predict(model, images, device=dev).probs
         return evaluate_model(
             model, images, labels, slices, classes=settings.classes, golden_mask=golden, probs=probs[version],
             min_slice_frames=settings.gate.min_slice_frames, robustness_max_frames=512, device=dev,
@@ -263,12 +275,25 @@ def evaluate_challenger(store: Store, settings: Settings, tracker: Tracker, *, d
     if champ_report:
         tracker.log_metrics(run_id, {f"champion/{k}": v for k, v in flat_metrics(champ_report).items()})
     pngs = {"confusion": plots.confusion_png(np.array(ch["confusion"]), settings.classes),
-            "reliability": plots.reliability_png(probs[challenger], labels)}  # fmt: skip
+            "reliability": plots.reliability_png(probs[challenger], labels),
+            "saliency": _saliency(models[challenger], images, labels, probs[challenger], slices, settings, dev)}  # fmt: skip
     for plot, png in pngs.items():
         tracker.log_bytes(run_id, f"plots/{plot}.png", png)
     tracker.log_json(run_id, "evaluation.json", result)
     tracker.set_tags(run_id, {"gate": "passed" if decision.passed else "failed", "gate_reason": decision.reason[:500]})
     return {**result, "plots": pngs}
+
+
+def _saliency(model: FrameClassifier, images: np.ndarray, labels: np.ndarray, probs: np.ndarray, slices: dict, settings: Settings,
+              device: str) -> bytes:  # fmt: skip
+    """Grad-CAM of the frames a reviewer should see (flywheel/saliency.py) as one PNG grid."""
+    picked = saliency.pick_frames(probs, labels, slices, min_slice_frames=settings.gate.min_slice_frames)
+    idx = np.array([i for i, _ in picked]) if picked else np.arange(min(len(labels), 8))
+    preds, names = probs.argmax(1), settings.classes
+    maps = saliency.gradcam(model, images[idx], preds[idx], device=device)
+    why = dict(picked)
+    captions = [f"{names[labels[i]]}->{names[preds[i]]} {probs[i, preds[i]]:.2f}\n{why.get(int(i), '')}" for i in idx]
+    return saliency.saliency_png(images[idx], maps, captions)
 
 
 def gate_decision(store: Store, settings: Settings, tracker: Tracker) -> dict:

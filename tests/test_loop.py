@@ -59,6 +59,11 @@ def test_two_iterations_materialize_the_whole_graph(flywheel_home):
         trained = tracker.client.get_run(tracker.version_run("1"))
         assert trained.data.tags["dagster.run_id"] == first.run_id
         assert trained.info.run_name == f"{settings.mlflow.model_name} v1 on {settings.dataset.name} v1"
+        # what the model looks at, in the UI and beside the run
+        evaluated = instance.get_latest_materialization_event(dg.AssetKey("evaluation")).asset_materialization
+        assert evaluated.metadata["saliency"].value.startswith("![saliency](data:image/png;base64,")
+        artifacts = {a.path for a in tracker.client.list_artifacts(trained.info.run_id, "plots")}
+        assert "plots/saliency.png" in artifacts
         experiment = tracker.client.get_experiment(tracker.experiment_id)
         assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not the GenAI view
 
