@@ -56,7 +56,8 @@ def challenger(
     compute: ComputeResource,
 ) -> dg.MaterializeResult:  # fmt: skip
     """The newest model, trained on the latest dataset version; MLflow alias `challenger`."""
-    out = loop.train_challenger(store.open(), settings.load(), mlflow.tracker(context), device=compute.device)
+    out = loop.train_challenger(store.open(), settings.load(), mlflow.tracker(context), device=compute.device,
+                                log=context.log.info)  # fmt: skip
     last = out["history"][-1]
     return dg.MaterializeResult(
         metadata={

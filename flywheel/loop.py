@@ -16,6 +16,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import numpy as np
@@ -129,9 +132,10 @@ def build_dataset_version(store: Store, settings: Settings) -> tuple[dict, bool]
 
 def train_challenger(
     store: Store, settings: Settings, tracker: Tracker, *, device: str | None = None, progress: bool = False,
-    rank: int = 0, world_size: int = 1,
+    rank: int = 0, world_size: int = 1, log: Callable[[str], None] | None = None,
 ) -> dict:  # fmt: skip
-    """Train on the latest dataset version, log the run to MLflow, register it as `challenger`."""
+    """Train on the latest dataset version, log the run to MLflow, register it as `challenger`.
+    `log` gets one line per epoch (the orchestrator's run log)."""
     name = settings.dataset.name
     manifest = dataset.load_manifest(store, name)
     cfg, recipe = tune.tuned_train_config(store, settings, device=device)
@@ -187,11 +191,23 @@ def train_challenger(
         })  # fmt: skip
         tracker.log_json(run_id, "config/settings.json", settings.model_dump())
         tracker.log_json(run_id, "dataset/manifest.json", manifest)
-        result = fit(on_epoch_end=lambda epoch, m: tracker.log_metrics(run_id, m, step=epoch))
+        epochs, started = cfg.epochs_for(math.ceil(len(reader) / cfg.batch_size)), time.monotonic()
+
+        def on_epoch_end(epoch: int, m: dict) -> None:
+            tracker.log_metrics(run_id, m, step=epoch)
+            if log is not None:
+                left = (time.monotonic() - started) / (epoch + 1) * (epochs - epoch - 1)
+                val = f", val_loss {m['val_loss']:.3f}, val_acc {m['val_acc']:.3f}" if "val_acc" in m else ""
+                log(f"epoch {epoch + 1}/{epochs}: train_loss {m['train_loss']:.3f}, train_acc {m['train_acc']:.3f}"
+                    f"{val}, {m['images_per_s']:.0f} images/s, about {left:.0f} s left")  # fmt: skip
+
+        result = fit(on_epoch_end=on_epoch_end)
         tracker.log_bytes(run_id, "plots/learning_curves.png", plots.learning_curves_png(result.history))
         tracker.log_json(run_id, "history.json", result.history)
         check = _against_baseline(store, settings, tracker, run_id, manifest, result.weights, cfg, device=str(dev))
-        version = tracker.register(run_id, result.weights, tags={"dataset_version": str(manifest["version"])})
+        about = f"Trained on {name} v{manifest['version']} ({len(reader)} train rows), recipe: {recipe}."
+        version = tracker.register(run_id, result.weights, tags={"dataset_version": str(manifest["version"])},
+                                   description=about)  # fmt: skip
         run_name = f"{settings.mlflow.model_name} v{version} on {name} v{manifest['version']}"
         tracker.set_tags(run_id, {"model_version": version, "device": result.device, "mlflow.runName": run_name})
     if check is not None:  # after the registration: the retune sensor asks for a tune run once per short version
@@ -281,6 +297,8 @@ def evaluate_challenger(store: Store, settings: Settings, tracker: Tracker, *, d
         tracker.log_bytes(run_id, f"plots/{plot}.png", png)
     tracker.log_json(run_id, "evaluation.json", result)
     tracker.set_tags(run_id, {"gate": "passed" if decision.passed else "failed", "gate_reason": decision.reason[:500]})
+    tracker.describe(challenger, f"Gate {'passed' if decision.passed else 'kept the champion'} "
+                                 f"(v{manifest['version']} test + golden, {len(labels)} frames): {decision.reason}")  # fmt: skip
     return {**result, "plots": pngs}
 
 

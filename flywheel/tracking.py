@@ -96,7 +96,8 @@ class Tracker:
         for k, v in tags.items():
             self.client.set_tag(run_id, k, str(v))
 
-    def register(self, run_id: str, weights: bytes, *, tags: dict[str, str] | None = None) -> str:
+    def register(self, run_id: str, weights: bytes, *, tags: dict[str, str] | None = None,
+                 description: str = "") -> str:  # fmt: skip
         """Log the weights, register them as a new model version and move `challenger` to it."""
         self.log_bytes(run_id, WEIGHTS, weights)
         try:
@@ -105,9 +106,15 @@ class Tracker:
             if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
                 raise
         source = f"{self.client.get_run(run_id).info.artifact_uri}/model"
-        mv = self.client.create_model_version(self.model_name, source, run_id=run_id, tags=tags or {})
+        mv = self.client.create_model_version(self.model_name, source, run_id=run_id, tags=tags or {},
+                                              description=description)  # fmt: skip
         self.set_alias(CHALLENGER, mv.version)
         return str(mv.version)
+
+    def describe(self, version: str, line: str) -> None:
+        """Add a line to a model version's description (what it was trained on, what the gate said)."""
+        before = self.client.get_model_version(self.model_name, str(version)).description or ""
+        self.client.update_model_version(self.model_name, str(version), description=f"{before}\n{line}".strip())
 
     def set_alias(self, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(self.model_name, alias, str(version))

@@ -59,6 +59,10 @@ def test_two_iterations_materialize_the_whole_graph(flywheel_home):
         trained = tracker.client.get_run(tracker.version_run("1"))
         assert trained.data.tags["dagster.run_id"] == first.run_id
         assert trained.info.run_name == f"{settings.mlflow.model_name} v1 on {settings.dataset.name} v1"
+        described = tracker.client.get_model_version(settings.mlflow.model_name, "1").description
+        assert described.startswith(f"Trained on {settings.dataset.name} v1") and "Gate passed" in described
+        logs = [e.message for e in instance.all_logs(first.run_id)]
+        assert any(m.startswith("epoch 1/1: train_loss ") and "images/s" in m for m in logs)  # per-epoch lines
         # what the model looks at, in the UI and beside the run
         evaluated = instance.get_latest_materialization_event(dg.AssetKey("evaluation")).asset_materialization
         assert evaluated.metadata["saliency"].value.startswith("![saliency](data:image/png;base64,")
