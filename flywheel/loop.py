@@ -349,6 +349,7 @@ def deploy_challenger(store: Store, settings: Settings, tracker: Tracker) -> dic
         gate=gate, forced_by=forced, int8=int8, serve=serve,
     )  # fmt: skip
     run_id = tracker.version_run(version)
+    tracker.log_bytes(run_id, "model/model.onnx", onnx_bytes)  # beside the MLflow model it was exported from
     tracker.set_tags(run_id, {"deployed": "true", "onnx_max_abs_diff": f"{max_diff:.2e}"})
     if forced:
         tracker.set_tags(run_id, {"forced_by": forced["who"], "forced_why": forced["why"]})

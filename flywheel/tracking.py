@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import tempfile
+import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -98,8 +99,13 @@ class Tracker:
 
     def register(self, run_id: str, weights: bytes, *, tags: dict[str, str] | None = None,
                  description: str = "") -> str:  # fmt: skip
-        """Log the weights, register them as a new model version and move `challenger` to it."""
-        self.log_bytes(run_id, WEIGHTS, weights)
+        """Log the model (an MLflow pytorch model that `mlflow.pyfunc.load_model` serves, and the plain
+        weights beside it), register it as a new model version and move `challenger` to it."""
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "model"
+            save_mlflow_model(weights, folder)
+            (folder / Path(WEIGHTS).name).write_bytes(weights)
+            self.client.log_artifacts(run_id, str(folder), artifact_path=str(Path(WEIGHTS).parent))
         try:
             self.client.create_registered_model(self.model_name)
         except MlflowException as e:
@@ -161,6 +167,28 @@ def _not_found(e: MlflowException, alias: str) -> bool:
     if e.error_code == "RESOURCE_DOES_NOT_EXIST":
         return True
     return e.error_code == "INVALID_PARAMETER_VALUE" and f"alias {alias} not found" in str(e)
+
+
+def save_mlflow_model(weights: bytes, path: Path) -> None:
+    """The model of `weights` (`flywheel.model.save_weights`) as an MLflow pytorch model at `path`: a
+    torch.export program (no pickle), uint8 frames (N, 3, S, S) in, logits out, with its signature
+    and an input example; `mlflow.pyfunc.load_model` serves it without flywheel installed."""
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    from flywheel.model import load_weights
+
+    model, _ = load_weights(weights)
+    size = model.cfg.image_size
+    example = np.zeros((2, 3, size, size), np.uint8)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(example)).numpy()
+    with warnings.catch_warnings():  # export's notes on dynamic shapes: the batch stays dynamic
+        warnings.simplefilter("ignore")
+        mlflow.pytorch.save_model(model, str(path), serialization_format="pt2", pip_requirements=["torch"],
+                                  signature=infer_signature(example, logits), input_example=example)  # fmt: skip
 
 
 def tracker_for(settings, *, run_tags: dict[str, str] | None = None) -> Tracker:

@@ -1,13 +1,17 @@
 """The whole graph, materialized in a temporary instance, and the loop's stage functions."""
 
 import dagster as dg
+import mlflow
+import numpy as np
 import pytest
+import torch
 
 from flywheel import champion, dataset, deploy, layout
 from flywheel.config import load_settings
 from flywheel.definitions import build_definitions
 from flywheel.engine.queue import human_labels_spent
 from flywheel.ingest import commit_batch, plan_batch
+from flywheel.model import load_weights
 from flywheel.report import champion_status, iteration_summary
 from flywheel.sim import simulate
 from flywheel.sim.annotator import answer_queue
@@ -34,7 +38,7 @@ def _ingest_new_batch(store, settings, instance, defs, seed, *, annotate=False):
     return plan.batch_id
 
 
-def test_two_iterations_materialize_the_whole_graph(flywheel_home):
+def test_two_iterations_materialize_the_whole_graph(flywheel_home, monkeypatch):
     settings = load_settings(**TINY)
     store = open_store(settings.store_root)
     defs = build_definitions(settings, overrides=TINY)
@@ -59,6 +63,15 @@ def test_two_iterations_materialize_the_whole_graph(flywheel_home):
         trained = tracker.client.get_run(tracker.version_run("1"))
         assert trained.data.tags["dagster.run_id"] == first.run_id
         assert trained.info.run_name == f"{settings.mlflow.model_name} v1 on {settings.dataset.name} v1"
+        # the registered model serves as MLflow users expect, the ONNX beside it
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", tracker.tracking_uri)  # as a user points MLflow at it
+        served = mlflow.pyfunc.load_model(f"models:/{settings.mlflow.model_name}@champion")
+        frames = np.random.default_rng(0).integers(0, 256, (5, 3, 32, 32), np.uint8)
+        model, _ = load_weights(tracker.weights("1"))
+        with torch.no_grad():
+            assert np.allclose(served.predict(frames), model(torch.from_numpy(frames)).numpy(), atol=1e-4)
+        model_files = {a.path for a in tracker.client.list_artifacts(tracker.version_run("1"), "model")}
+        assert {"model/MLmodel", "model/weights.pt", "model/model.onnx"} <= model_files
         described = tracker.client.get_model_version(settings.mlflow.model_name, "1").description
         assert described.startswith(f"Trained on {settings.dataset.name} v1") and "Gate passed" in described
         logs = [e.message for e in instance.all_logs(first.run_id)]
