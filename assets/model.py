@@ -7,6 +7,7 @@ from assets.dataset import training_dataset
 from assets.ui import png_md, table_md
 from flywheel import loop, plots, tune
 from flywheel.evaluate import compare, compare_markdown
+from flywheel.tracking import CHALLENGER
 from resources import ComputeResource, MlflowResource, SettingsResource, StoreResource
 
 # Not blocking: a challenger that does not beat the champion is an outcome, not a crash. The run succeeds,
@@ -127,15 +128,33 @@ def evaluation(context: dg.AssetExecutionContext, settings: SettingsResource, st
     )
 
 
+class ApprovalConfig(dg.Config):
+    """Launched from the UI with these set: approve the challenger (gate.require_approval), then deploy it."""
+
+    approve_version: str | None = None  # the challenger's version, e.g. "7"
+    approved_by: str | None = None
+    reason: str | None = None
+
+
 @dg.asset(group_name="model", deps=[evaluation], kinds={"onnx"}, output_required=False)
-def deployed(context: dg.AssetExecutionContext, settings: SettingsResource, store: StoreResource,
-             mlflow: MlflowResource):  # fmt: skip
+def deployed(context: dg.AssetExecutionContext, config: ApprovalConfig, settings: SettingsResource,
+             store: StoreResource, mlflow: MlflowResource):  # fmt: skip
     """The champion as ONNX in deploy/<model>/<version>/ with its manifest; MLflow alias `champion`.
-    Not materialized when the gate kept the champion."""
+    Not materialized when the gate kept the champion, or while a required approval is missing."""
     st, s, tracker = store.open(), settings.load(), mlflow.tracker()
     gate = loop.gate_decision(st, s, tracker)
     if not gate["passed"]:
         context.log.info(f"not deployed: the gate kept the champion ({gate['reason']})")
+        return
+    if config.approve_version:
+        record = loop.approve(st, s, tracker, config.approve_version, by=config.approved_by or "",
+                              reason=config.reason or "")  # fmt: skip
+        context.log.info(f"approved by {record['by']} at {record['at']}: {record['reason']}")
+    version = tracker.alias(CHALLENGER)
+    if s.gate.require_approval and not gate.get("forced") and loop.approval(st, s, version) is None:
+        context.instance.add_run_tags(context.run_id, {GATE_TAG: "awaiting-approval"})
+        context.log.info(f"not deployed yet: challenger v{version} passed the gate and waits for approval "
+                         f"(gate.require_approval): flywheel approve v{version} --by NAME --reason WHY")  # fmt: skip
         return
     out = loop.deploy_challenger(st, s, tracker)
     yield dg.MaterializeResult(
@@ -147,6 +166,7 @@ def deployed(context: dg.AssetExecutionContext, settings: SettingsResource, stor
             "onnx_max_abs_diff": out.get("onnx_max_abs_diff"),  # None: already deployed, nothing exported
             "already_deployed": bool(out.get("already_deployed")),
             "forced": bool(out.get("forced_by")),
+            "approved_by": (out.get("approval") or {}).get("by", "-"),
             "serve (the graph the fleet runs)": out.get("serve", "fp32"),
             "int8_check": out["int8"]["check"]["reason"] if out.get("int8")
             else "no int8 graph (deploy.int8: false, or no frames to calibrate on)",

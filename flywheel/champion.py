@@ -78,7 +78,8 @@ def deployed(store: Store, settings: Settings) -> Champion | None:
 
 def promote(store: Store, settings: Settings, tracker: Tracker, *, version: str, onnx_bytes: bytes,
             classes: list[str], metrics: dict, dataset: dict, gate: dict,
-            forced_by: dict | None = None, int8: dict | None = None, serve: str = "fp32") -> dict:  # fmt: skip
+            forced_by: dict | None = None, int8: dict | None = None, serve: str = "fp32",
+            approval: dict | None = None) -> dict:  # fmt: skip
     """Deploy MLflow model version `version` as `v<version>` and move the `champion` alias to it, under the
     lease; returns the deploy manifest (arguments as `deploy.deploy`'s)."""
     model_name = settings.mlflow.model_name
@@ -86,7 +87,7 @@ def promote(store: Store, settings: Settings, tracker: Tracker, *, version: str,
         manifest = deploy.deploy(
             store, model_name=model_name, version=f"v{version}", onnx_bytes=onnx_bytes, classes=classes,
             image_size=settings.image_size, metrics=metrics, dataset=dataset, mlflow_version=version,
-            gate=gate, forced_by=forced_by, int8=int8, serve=serve,
+            gate=gate, forced_by=forced_by, int8=int8, serve=serve, approval=approval,
         )  # fmt: skip
         tracker.set_alias(CHAMPION, version)
     return manifest

@@ -424,6 +424,35 @@ def requeue(obj: Ctx, key: str):
 
 
 @main.command()
+@click.argument("version")
+@click.option("--by", "by", required=True, help="Who approves (recorded with the deploy).")
+@click.option("--reason", required=True, help="Why (recorded with the deploy).")
+@click.pass_obj
+def approve(obj: Ctx, version: str, by: str, reason: str):
+    """Approve the challenger VERSION that passed the gate (gate.require_approval) and deploy it, through
+    Dagster in process (the `deployed` asset, with the approval as its config).
+
+    \b
+    Example: flywheel approve v7 --by alice --reason "checked the fog frames"
+    """
+    import dagster as dg
+
+    from flywheel.recovery import failure_line, process_tags
+
+    config = {"approve_version": version.removeprefix("v"), "approved_by": by, "reason": reason}
+    result = obj.definitions().resolve_job_def("train_and_deploy").execute_in_process(
+        instance=obj.instance(), asset_selection=[dg.AssetKey("deployed")], raise_on_error=False,
+        run_config={**QUIET_RUN, "ops": {"deployed": {"config": config}}},
+        tags={"flywheel/trigger": "approve", **process_tags()},
+    )  # fmt: skip
+    if not result.success:
+        failed = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        msg = "; ".join(failure_line(e.step_key, e.event_specific_data.error) for e in failed)
+        raise click.ClickException(f"approving v{config['approve_version']} failed: {msg or 'see the run in the UI'}")
+    click.echo(f"v{config['approve_version']} approved by {by} and deployed (run {result.run_id})")
+
+
+@main.command()
 @click.argument("before")
 @click.argument("after")
 @click.option("--dataset", "name", default=None, help="Dataset name (default: dataset.name).")

@@ -192,6 +192,7 @@ class GateSettings(_Section):
     confidence: float = Field(0.95, gt=0, lt=1)  # of the paired bootstrap interval of each slice's difference
     resamples: int = Field(1000, ge=100)  # bootstrap resamples
     allow_new_classes: bool = False  # a challenger with another class list than the champion's may pass
+    require_approval: bool = False  # a passed challenger deploys only once a person approved it (flywheel approve)
     force: bool = False
     force_reason: str | None = None
 

@@ -160,13 +160,15 @@ def deploy(
     forced_by: dict | None = None,
     int8: dict | None = None,
     serve: str = "fp32",
+    approval: dict | None = None,
 ) -> dict:
     """Publish `onnx_bytes` as `version` and make it current; returns the manifest.
 
     `dataset` is `{name, version, manifest_sha256}`; `gate` the gate decision (`to_dict()`);
     `forced_by` `{who, why}` for a forced promotion; `int8` the int8 graph built beside it
     (`{bytes, check, latency_ms}`, flywheel/quantize.py) and `serve` which of the two the fleet
-    runs ("int8" only with an int8 graph whose check passed). Deploying the version that is already
+    runs ("int8" only with an int8 graph whose check passed); `approval` who approved it
+    (`gate.require_approval`). Deploying the version that is already
     deployed with the same ONNX is a no-op (a retried run); a version is immutable, so other
     bytes under an existing version are refused.
     """
@@ -205,6 +207,7 @@ def deploy(
             "mlflow_version": mlflow_version,
             "gate": gate,
             "forced_by": forced_by,
+            "approval": approval,
             "int8": None,
             "latency_ms": int8 and int8["latency_ms"],  # {"fp32": {"b1": ms, "b32": ms}, "int8": {...}}
             "serve": serve,  # the graph the fleet runs: "onnx" (fp32) or "int8"

@@ -183,6 +183,11 @@ def golden_key(name: str, version: int) -> str:
 # ---------------------------------------------------------------- evaluation and deployment
 
 
+def approval_key(model_name: str, version: str) -> str:
+    """Who approved the promotion of a model version, when and why (`gate.require_approval`)."""
+    return f"approvals/{check_name(model_name, 'model name')}/v{check_name(str(version), 'version')}.json"
+
+
 def evaluation_key(model_name: str, version: str) -> str:
     return f"evaluations/{check_name(model_name, 'model name')}/v{check_name(str(version), 'version')}.json"
 

@@ -322,6 +322,31 @@ def gate_decision(store: Store, settings: Settings, tracker: Tracker) -> dict:
     return store.read_json(layout.evaluation_key(settings.mlflow.model_name, version))["gate"]
 
 
+def approve(store: Store, settings: Settings, tracker: Tracker, version: str, *, by: str, reason: str) -> dict:
+    """Record that `by` approves promoting challenger `version` (`gate.require_approval`), and why; the
+    first approval of a version stands. Only the current challenger, once it passed the gate."""
+    version = str(version).removeprefix("v")
+    if not by.strip() or not reason.strip():
+        raise ValueError("an approval needs who approves (--by) and why (--reason)")
+    current = tracker.alias(CHALLENGER)
+    if version != current:
+        raise ValueError(f"v{version} is not the current challenger (v{current}): only the challenger can be approved")
+    gate = gate_decision(store, settings, tracker)
+    if not gate["passed"]:
+        raise ValueError(f"challenger v{version} did not pass the gate, so there is nothing to approve: {gate['reason']}")
+    record = {"version": version, "by": by.strip(), "reason": reason.strip(), "at": datetime.now(UTC).isoformat()}
+    key = layout.approval_key(settings.mlflow.model_name, version)
+    store.create(key, json.dumps(record, indent=2).encode())  # create-exclusive: a second approval does not rewrite the first
+    tracker.set_tags(tracker.version_run(version), {"approved_by": record["by"]})
+    return store.read_json(key)
+
+
+def approval(store: Store, settings: Settings, version: str) -> dict | None:
+    """The approval record of a model version, or None."""
+    key = layout.approval_key(settings.mlflow.model_name, str(version).removeprefix("v"))
+    return store.read_json(key) if store.exists(key) else None
+
+
 def deploy_challenger(store: Store, settings: Settings, tracker: Tracker) -> dict:
     """Export the gated challenger to ONNX, check parity, write deploy/, move `champion`."""
     version = tracker.alias(CHALLENGER)
@@ -341,12 +366,15 @@ def deploy_challenger(store: Store, settings: Settings, tracker: Tracker) -> dic
     int8 = _int8(store, settings, manifest, onnx_bytes, images, labels, meta) if settings.deploy.int8 else None
     serve = "int8" if settings.deploy.serve == "int8" and int8 and int8["check"]["passed"] else "fp32"
     forced = forced_by(settings.gate) if gate.get("forced") else None
+    approved = approval(store, settings, version)
+    if settings.gate.require_approval and approved is None and not forced:
+        raise ValueError(f"challenger v{version} waits for approval (gate.require_approval): flywheel approve v{version}")
     deployed = champion.promote(  # current.json and the `champion` alias, under one lease
         store, settings, tracker, version=version, onnx_bytes=onnx_bytes, classes=classes,
         metrics=flat_metrics(evaluation["challenger"]),
         dataset={"name": settings.dataset.name, "version": evaluation["dataset_version"],
                  "manifest_sha256": dataset.manifest_sha256(manifest)},
-        gate=gate, forced_by=forced, int8=int8, serve=serve,
+        gate=gate, forced_by=forced, int8=int8, serve=serve, approval=approved,
     )  # fmt: skip
     run_id = tracker.version_run(version)
     tracker.log_bytes(run_id, "model/model.onnx", onnx_bytes)  # beside the MLflow model it was exported from

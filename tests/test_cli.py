@@ -177,3 +177,10 @@ def test_printed_commands_are_spelled_as_the_user_started(monkeypatch):
     monkeypatch.delenv("FLYWHEEL_CLI")
     monkeypatch.setenv("FLYWHEEL_HOME", "/data/fw")
     assert command("status") == "FLYWHEEL_HOME=/data/fw flywheel status"
+
+
+def test_approve_without_a_challenger_says_so(tmp_path, flywheel_home):
+    cfg = tmp_path / "flywheel.yaml"
+    cfg.write_text(SMALL + "gate: {require_approval: true}\n")
+    out = flywheel("approve", "v3", "--by", "alice", "--reason", "checked", home=flywheel_home, config=cfg, check=False)
+    assert out.returncode == 1 and "approving v3 failed" in out.stderr and "has no challenger" in out.stderr

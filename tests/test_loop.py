@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from flywheel import champion, dataset, deploy, layout
+from flywheel import champion, dataset, deploy, layout, loop
 from flywheel.config import load_settings
 from flywheel.definitions import build_definitions
 from flywheel.engine.queue import human_labels_spent
@@ -182,3 +182,29 @@ def test_no_new_data_keeps_the_challenger_instead_of_training_a_copy(flywheel_ho
         assert store.exists(int8["key"]) and int8["check"]["frames"] > 0
         assert published["serve"] == ("int8" if int8["check"]["passed"] else "fp32")
         assert set(published["latency_ms"]) == {"fp32", "int8"}
+
+
+def test_a_required_approval_holds_the_deploy_until_a_person_approves(flywheel_home):
+    needs = {**TINY, "gate.require_approval": True}
+    settings = load_settings(**needs)
+    store = open_store(settings.store_root)
+    defs = build_definitions(settings, overrides=needs)
+    job = defs.resolve_job_def("train_and_deploy")
+    with dg.instance_for_test() as instance:
+        _ingest_new_batch(store, settings, instance, defs, seed=1)
+        waiting = job.execute_in_process(instance=instance)
+        assert waiting.success and instance.get_run_by_id(waiting.run_id).tags["flywheel/gate"] == "awaiting-approval"
+        tracker = tracker_for(settings)
+        assert tracker.alias(CHAMPION) is None and deploy.current(store, settings.mlflow.model_name) is None
+        assert "deployed" not in {e.asset_key.path[-1] for e in waiting.get_asset_materialization_events()}
+        logs = [e.message for e in instance.all_logs(waiting.run_id)]
+        assert any("waits for approval" in m and "flywheel approve v1" in m for m in logs)
+        with pytest.raises(ValueError, match="v2 is not the current challenger"):
+            loop.approve(store, settings, tracker, "v2", by="alice", reason="looks fine")
+        # approved from the UI (or `flywheel approve`): the deployed asset with the approval as config
+        config = {"ops": {"deployed": {"config": {"approve_version": "1", "approved_by": "alice",
+                                                  "reason": "checked the fog frames"}}}}  # fmt: skip
+        approved = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("deployed")], run_config=config)
+        assert approved.success and tracker.alias(CHAMPION) == "1"
+    manifest = store.read_json(layout.deploy_manifest_key(settings.mlflow.model_name, "v1"))
+    assert manifest["approval"]["by"] == "alice" and manifest["approval"]["reason"] == "checked the fog frames"
