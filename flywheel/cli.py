@@ -24,6 +24,17 @@ PROJECT_DAGSTER_YAML = Path(__file__).resolve().parent.parent / "dagster.yaml"
 # In-process runs log every event to the instance (the UI shows them); the terminal stays quiet and
 # the CLI reports failures itself (a gate that keeps the champion is a normal outcome, not an error).
 QUIET_RUN = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+# The UI lists a job's runs by job name and this tag (repository @ code location; `flywheel ui` loads the
+# module flywheel.definitions, so that is the location's name): runs executed here carry it too, so
+# they show under their job like runs launched from the UI.
+UI_ORIGIN_TAG = {".dagster/repository": "__repository__@flywheel.definitions"}
+
+
+def cli_run_tags() -> dict[str, str]:
+    """Tags of a run this command executes in process: its process (recovery) and its place in the UI."""
+    from flywheel.recovery import process_tags
+
+    return {**process_tags(), **UI_ORIGIN_TAG}
 
 
 class Ctx:
@@ -202,7 +213,6 @@ def run_sensor_once(obj: Ctx) -> list[dict]:
     Per run: `batch_id`, `run_key`, `run_id`, `ok` and, if it failed, `error` (step: first line)."""
     import dagster as dg
 
-    from flywheel.recovery import process_tags
     from resources.partitions import fleet_batches
 
     instance, defs = obj.instance(), obj.definitions()
@@ -225,7 +235,7 @@ def run_sensor_once(obj: Ctx) -> list[dict]:
             tags={
                 "dagster/run_key": rr.run_key,
                 "dagster/sensor_name": sensor.name,
-                **process_tags(),
+                **cli_run_tags(),
             },
             run_config=QUIET_RUN,
             raise_on_error=False,
@@ -264,7 +274,7 @@ def run_iteration(obj: Ctx, *, annotate: bool = False) -> dict:
     """
     import dagster as dg
 
-    from flywheel.recovery import failure_line, process_tags
+    from flywheel.recovery import failure_line
     from flywheel.report import iteration_summary
     from flywheel.tracking import tracker_for
     from jobs import TRAINING_TAGS
@@ -288,7 +298,7 @@ def run_iteration(obj: Ctx, *, annotate: bool = False) -> dict:
         )
     result = defs.resolve_job_def("train_and_deploy").execute_in_process(
         instance=instance,
-        tags={**TRAINING_TAGS, "flywheel/trigger": "cli", **process_tags()},
+        tags={**TRAINING_TAGS, "flywheel/trigger": "cli", **cli_run_tags()},
         run_config=QUIET_RUN,
         raise_on_error=False,
     )
@@ -307,7 +317,6 @@ def answer_and_relabel(obj: Ctx) -> list[str]:
     import dagster as dg
 
     from flywheel.dataset import waiting_batches
-    from flywheel.recovery import process_tags
     from flywheel.sim.annotator import answer_queue
 
     s, st = obj.settings, obj.store()
@@ -319,7 +328,7 @@ def answer_and_relabel(obj: Ctx) -> list[str]:
     for batch_id in relabel:
         res = job.execute_in_process(
             instance=instance, partition_key=batch_id, asset_selection=[dg.AssetKey("labels"), dg.AssetKey("augmented")],
-            tags={"flywheel/trigger": "labels-answered", **process_tags()}, run_config=QUIET_RUN, raise_on_error=False,
+            tags={"flywheel/trigger": "labels-answered", **cli_run_tags()}, run_config=QUIET_RUN, raise_on_error=False,
         )  # fmt: skip
         if not res.success:
             raise click.ClickException(f"relabeling batch {batch_id} failed; see `{command('ui')}` for run {res.run_id}")
@@ -356,7 +365,6 @@ def tune_command(obj: Ctx, trials: int | None, minutes: float | None):
     import dagster as dg
 
     from flywheel import layout
-    from flywheel.recovery import process_tags
     from jobs import TRAINING_TAGS
 
     instance, defs = obj.instance(), obj.definitions()
@@ -367,7 +375,7 @@ def tune_command(obj: Ctx, trials: int | None, minutes: float | None):
         raise click.ClickException(f"a training run is in progress ({busy[0]}); one at a time")
     budget = {k: v for k, v in {"trials": trials, "minutes": minutes}.items() if v is not None}
     result = defs.resolve_job_def("tune").execute_in_process(
-        instance=instance, tags={**TRAINING_TAGS, "flywheel/trigger": "cli", **process_tags()}, raise_on_error=False,
+        instance=instance, tags={**TRAINING_TAGS, "flywheel/trigger": "cli", **cli_run_tags()}, raise_on_error=False,
         run_config={**QUIET_RUN, "ops": {"trainer_config": {"config": budget}}},
     )  # fmt: skip
     if not result.success:
@@ -437,13 +445,13 @@ def approve(obj: Ctx, version: str, by: str, reason: str):
     """
     import dagster as dg
 
-    from flywheel.recovery import failure_line, process_tags
+    from flywheel.recovery import failure_line
 
     config = {"approve_version": version.removeprefix("v"), "approved_by": by, "reason": reason}
     result = obj.definitions().resolve_job_def("train_and_deploy").execute_in_process(
         instance=obj.instance(), asset_selection=[dg.AssetKey("deployed")], raise_on_error=False,
         run_config={**QUIET_RUN, "ops": {"deployed": {"config": config}}},
-        tags={"flywheel/trigger": "approve", **process_tags()},
+        tags={"flywheel/trigger": "approve", **cli_run_tags()},
     )  # fmt: skip
     if not result.success:
         failed = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
