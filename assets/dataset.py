@@ -51,8 +51,11 @@ def labels(context: dg.AssetExecutionContext, settings: SettingsResource, store:
           kinds={"parquet", "albumentations"})  # fmt: skip
 def augmented(context: dg.AssetExecutionContext, settings: SettingsResource, store: StoreResource) -> dg.MaterializeResult:
     """Labeled rows of a batch with its split, plus augmented copies of rare train groups."""
-    out = loop.augment_batch(store.open(), settings.load(), context.partition_key)
+    s = settings.load()
+    out = loop.augment_batch(store.open(), s, context.partition_key)
     balance = out["balance"]
+    named = [{**g["group"], "label": s.classes[g["group"]["label"]]} if "label" in g["group"] else g["group"]
+             for g in balance["groups"]]  # class names, not indices
     metadata = {
         "originals": out["originals"],
         "augmented": out["augmented"],
@@ -61,8 +64,8 @@ def augmented(context: dg.AssetExecutionContext, settings: SettingsResource, sto
         "min_group_share_before": balance["min_share_before"],
         "min_group_share_after": balance["min_share_after"],
         "balance (train rows per label, condition)": table_md(
-            [{**g["group"], **{k: g[k] for k in ("before", "after", "share_before", "share_after")}}
-             for g in balance["groups"]]
+            [{**group, **{k: g[k] for k in ("before", "after", "share_before", "share_after")}}
+             for group, g in zip(named, balance["groups"], strict=True)]
         ),
     }
     if out["grid_png"]:
@@ -72,7 +75,7 @@ def augmented(context: dg.AssetExecutionContext, settings: SettingsResource, sto
 
 @dg.asset(group_name="dataset", deps=[augmented], retry_policy=STORE_RETRY, kinds={"parquet"})
 def training_dataset(settings: SettingsResource, store: StoreResource) -> dg.MaterializeResult:
-    """The versioned, sharded training dataset: v<N+1> = v<N>'s shards + shards of new batches."""
+    """The versioned, sharded training dataset: version N+1 = version N's shards + shards of new batches."""
     st, s = store.open(), settings.load()
     manifest, created = loop.build_dataset_version(st, s)
     counts = manifest.get("counts", {})

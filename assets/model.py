@@ -139,7 +139,7 @@ class ApprovalConfig(dg.Config):
 @dg.asset(group_name="model", deps=[evaluation], kinds={"onnx"}, output_required=False)
 def deployed(context: dg.AssetExecutionContext, config: ApprovalConfig, settings: SettingsResource,
              store: StoreResource, mlflow: MlflowResource):  # fmt: skip
-    """The champion as ONNX in deploy/<model>/<version>/ with its manifest; MLflow alias `champion`.
+    """The champion as ONNX under deploy/ (one folder per model and version) with its manifest; MLflow alias `champion`.
     Not materialized when the gate kept the champion, or while a required approval is missing."""
     st, s, tracker = store.open(), settings.load(), mlflow.tracker()
     gate = loop.gate_decision(st, s, tracker)

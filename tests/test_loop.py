@@ -101,6 +101,9 @@ def test_two_iterations_materialize_the_whole_graph(flywheel_home, monkeypatch):
         assert "evaluation" in materialized and "deployed" not in materialized
         logs = [e.message for e in instance.all_logs(second.run_id)]
         assert any("the champion is kept" in m and "does not beat the champion" in m for m in logs)
+        balance = instance.get_latest_materialization_event(dg.AssetKey("augmented")).asset_materialization
+        table = balance.metadata["balance (train rows per label, condition)"].value
+        assert any(f"| {c} | " in table for c in settings.classes)  # class names, not indices
         mats = instance.get_latest_materialization_event(dg.AssetKey("training_dataset"))
         meta = mats.asset_materialization.metadata
         assert meta["version"].value == 2
