@@ -214,7 +214,9 @@ def deploy(
             "deployed_at": _now(),
             "previous_version": cur["version"] if cur else None,
         }
-        if int8 is not None:
+        if int8 is not None and not int8["check"]["passed"]:  # fp32 alone; the check says why
+            manifest["int8"] = {"key": None, "sha256": None, "bytes": None, "check": int8["check"]}
+        elif int8 is not None:
             key = layout.deploy_int8_key(model_name, version)
             _check_graph(int8["bytes"], classes=classes, image_size=image_size)
             manifest["int8"] = {"key": key, "sha256": hashlib.sha256(int8["bytes"]).hexdigest(),

@@ -84,6 +84,9 @@ def test_the_fleet_runs_the_graph_the_manifest_serves(tmp_path, graphs):
     session, _ = dp.load_deployed(store, "perception")
     served = predict(session, x).probs
     assert np.allclose(served, predict(dp.session(int8), x).probs)  # the int8 graph, not fp32
+    failed = {"bytes": int8, "check": {"passed": False, "reason": "accuracy drops 0.02 > 0.005"}, "latency_ms": timed}
     with pytest.raises(ValueError, match="serve must be"):  # int8 that failed its check is never served
-        do_deploy(store, "v2", fp32, int8={"bytes": int8, "check": {"passed": False}, "latency_ms": timed},
-                  serve="int8")  # fmt: skip
+        do_deploy(store, "v2", fp32, int8=failed, serve="int8")
+    alone = do_deploy(store, "v2", fp32, int8=failed, serve="fp32")  # fp32 alone, and why
+    assert alone["serve"] == "fp32" and alone["int8"]["key"] is None and "drops" in alone["int8"]["check"]["reason"]
+    assert not store.exists("deploy/perception/v2/model.int8.onnx")
