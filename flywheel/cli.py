@@ -279,7 +279,8 @@ def run_iteration(obj: Ctx, *, annotate: bool = False) -> dict:
     from flywheel.tracking import tracker_for
     from jobs import TRAINING_TAGS
 
-    for r in run_sensor_once(obj.with_overrides(**{"sensor.min_clips": 1})):
+    ingested = run_sensor_once(obj.with_overrides(**{"sensor.min_clips": 1}))
+    for r in ingested:
         if not r["ok"]:
             raise click.ClickException(
                 f"ingest of batch {r['batch_id']} failed in {r['error']} (run {r['run_id']})"
@@ -307,7 +308,8 @@ def run_iteration(obj: Ctx, *, annotate: bool = False) -> dict:
         msg = "; ".join(failure_line(e.step_key, e.event_specific_data.error) for e in failed)
         raise click.ClickException(f"iteration run {result.run_id} failed: {msg or 'see the run in the UI'}")
     summary = iteration_summary(obj.store(), obj.settings, tracker_for(obj.settings))
-    return {**summary, "run_id": result.run_id}
+    auto = auto_label_accuracy(obj.store(), obj.settings, [r["batch_id"] for r in ingested])
+    return {**summary, "run_id": result.run_id, "auto_labels": auto}
 
 
 def answer_and_relabel(obj: Ctx) -> list[str]:
@@ -335,13 +337,29 @@ def answer_and_relabel(obj: Ctx) -> list[str]:
     return relabel
 
 
+def auto_label_accuracy(store, settings, batch_ids: list[str]) -> dict:
+    """The champion's auto labels of these batches against the clips' hidden ground truth (the
+    simulator's): {"compared", "correct", "accuracy"}; accuracy None when nothing compares."""
+    from flywheel import layout
+    from flywheel.engine.quality import auto_accuracy_vs_truth
+
+    compared = correct = 0
+    for b in batch_ids:
+        out = auto_accuracy_vs_truth(store.read_parquet(layout.labels_key(b)), store.read_parquet(layout.frames_key(b)),
+                                     settings.classes)  # fmt: skip
+        compared, correct = compared + out["compared"], correct + out["correct"]
+    return {"compared": compared, "correct": correct, "accuracy": correct / compared if compared else None}
+
+
 def format_summary(s: dict) -> str:
     def f(v):
         return "-" if v is None else f"{v:.3f}"
 
     gate = "PASSED" if s["gate_passed"] else f"kept the champion ({s['gate_reason']})"
+    auto = s.get("auto_labels") or {}
+    autos = f"auto-labels {auto['compared']} at {auto['accuracy']:.1%} correct | " if auto.get("compared") else ""
     return (
-        f"dataset v{s['dataset_version']} ({s['frames']} rows, {s['eval_frames']} eval frames) | "
+        f"{autos}dataset v{s['dataset_version']} ({s['frames']} rows, {s['eval_frames']} eval frames) | "
         f"{s['metric']}: challenger v{s['challenger_version']} {f(s['challenger'])} vs champion "
         f"{f(s['champion'])} | {s['rare_slice']}: {f(s['challenger_rare'])} vs {f(s['champion_rare'])} | "
         f"gate {gate} | deployed {s['deployed'] or '-'}"

@@ -77,6 +77,10 @@ def test_demo_end_to_end_then_rollback(tmp_path, flywheel_home):
     assert f"  FLYWHEEL_HOME={flywheel_home} flywheel ui " in out.stdout
     rows = json.loads((flywheel_home / "demo.json").read_text())
     assert [r["dataset_version"] for r in rows] == [1, 2]
+    # the champion's auto labels against the clips' hidden ground truth (none before a champion exists)
+    assert rows[0]["auto_labels"] == {"compared": 0, "correct": 0, "accuracy": None}
+    second = rows[1]["auto_labels"]
+    assert 0 <= second["correct"] <= second["compared"] and (second["accuracy"] is None) == (second["compared"] == 0)
     assert (flywheel_home / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     status = json.loads(flywheel("status", "--json", home=flywheel_home, config=cfg).stdout)
     assert status["champion"]["version"] == "v2" and status["dataset_version"] == 2
