@@ -23,7 +23,8 @@ quiet_telemetry()
 PROJECT_DAGSTER_YAML = Path(__file__).resolve().parent.parent / "dagster.yaml"
 # In-process runs log every event to the instance (the UI shows them); the terminal stays quiet and
 # the CLI reports failures itself (a gate that keeps the champion is a normal outcome, not an error).
-QUIET_RUN = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+# The runs' own lines (epochs, the gate's decision) reach the terminal; Dagster's event chatter (DEBUG) does not.
+RUN_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 # The UI lists a job's runs by job name and this tag (repository @ code location; `flywheel ui` loads the
 # module flywheel.definitions, so that is the location's name): runs executed here carry it too, so
 # they show under their job like runs launched from the UI.
@@ -237,7 +238,7 @@ def run_sensor_once(obj: Ctx) -> list[dict]:
                 "dagster/sensor_name": sensor.name,
                 **cli_run_tags(),
             },
-            run_config=QUIET_RUN,
+            run_config=RUN_LOGS,
             raise_on_error=False,
         )
         out.append({"batch_id": rr.partition_key, "run_key": rr.run_key, "run_id": res.run_id,
@@ -300,7 +301,7 @@ def run_iteration(obj: Ctx, *, annotate: bool = False) -> dict:
     result = defs.resolve_job_def("train_and_deploy").execute_in_process(
         instance=instance,
         tags={**TRAINING_TAGS, "flywheel/trigger": "cli", **cli_run_tags()},
-        run_config=QUIET_RUN,
+        run_config=RUN_LOGS,
         raise_on_error=False,
     )
     if not result.success:  # a crash; a kept champion is a successful run (tagged flywheel/gate=kept)
@@ -330,7 +331,7 @@ def answer_and_relabel(obj: Ctx) -> list[str]:
     for batch_id in relabel:
         res = job.execute_in_process(
             instance=instance, partition_key=batch_id, asset_selection=[dg.AssetKey("labels"), dg.AssetKey("augmented")],
-            tags={"flywheel/trigger": "labels-answered", **cli_run_tags()}, run_config=QUIET_RUN, raise_on_error=False,
+            tags={"flywheel/trigger": "labels-answered", **cli_run_tags()}, run_config=RUN_LOGS, raise_on_error=False,
         )  # fmt: skip
         if not res.success:
             raise click.ClickException(f"relabeling batch {batch_id} failed; see `{command('ui')}` for run {res.run_id}")
@@ -394,7 +395,7 @@ def tune_command(obj: Ctx, trials: int | None, minutes: float | None):
     budget = {k: v for k, v in {"trials": trials, "minutes": minutes}.items() if v is not None}
     result = defs.resolve_job_def("tune").execute_in_process(
         instance=instance, tags={**TRAINING_TAGS, "flywheel/trigger": "cli", **cli_run_tags()}, raise_on_error=False,
-        run_config={**QUIET_RUN, "ops": {"trainer_config": {"config": budget}}},
+        run_config={**RUN_LOGS, "ops": {"trainer_config": {"config": budget}}},
     )  # fmt: skip
     if not result.success:
         raise click.ClickException(f"tune run {result.run_id} failed in {_failure(result)}")
@@ -468,7 +469,7 @@ def approve(obj: Ctx, version: str, by: str, reason: str):
     config = {"approve_version": version.removeprefix("v"), "approved_by": by, "reason": reason}
     result = obj.definitions().resolve_job_def("train_and_deploy").execute_in_process(
         instance=obj.instance(), asset_selection=[dg.AssetKey("deployed")], raise_on_error=False,
-        run_config={**QUIET_RUN, "ops": {"deployed": {"config": config}}},
+        run_config={**RUN_LOGS, "ops": {"deployed": {"config": config}}},
         tags={"flywheel/trigger": "approve", **cli_run_tags()},
     )  # fmt: skip
     if not result.success:
