@@ -4,7 +4,7 @@
 import dagster as dg
 
 from assets.dataset import training_dataset
-from assets.ui import png_md, table_md
+from assets.ui import png_md, say, table_md
 from flywheel import loop, plots, tune
 from flywheel.evaluate import compare, compare_markdown
 from flywheel.tracking import CHALLENGER
@@ -58,7 +58,7 @@ def challenger(
 ) -> dg.MaterializeResult:  # fmt: skip
     """The newest model, trained on the latest dataset version; MLflow alias `challenger`."""
     out = loop.train_challenger(store.open(), settings.load(), mlflow.tracker(context), device=compute.device,
-                                log=context.log.info)  # fmt: skip
+                                log=lambda line: say(context, line))  # fmt: skip
     last = out["history"][-1]
     return dg.MaterializeResult(
         metadata={
@@ -96,7 +96,7 @@ def evaluation(context: dg.AssetExecutionContext, settings: SettingsResource, st
     ch, gate = out["challenger"], out["gate"]
     outcome = "forced" if gate.get("forced") else "promoted" if gate["passed"] else "kept"
     context.instance.add_run_tags(context.run_id, {GATE_TAG: outcome})
-    context.log.info(f"gate: challenger v{out['challenger_version']} "
+    say(context, f"gate: challenger v{out['challenger_version']} "
                      f"{'is promoted' if gate['passed'] else 'is not promoted, the champion is kept'}: {gate['reason']}")  # fmt: skip
     slices = [{"slice": k, **{m: v.get(m) for m in ("n", "accuracy", "macro_f1")}} for k, v in ch["per_slice"].items()]
     yield dg.MaterializeResult(
@@ -144,16 +144,16 @@ def deployed(context: dg.AssetExecutionContext, config: ApprovalConfig, settings
     st, s, tracker = store.open(), settings.load(), mlflow.tracker()
     gate = loop.gate_decision(st, s, tracker)
     if not gate["passed"]:
-        context.log.info(f"not deployed: the gate kept the champion ({gate['reason']})")
+        say(context, f"not deployed: the gate kept the champion ({gate['reason']})")
         return
     if config.approve_version:
         record = loop.approve(st, s, tracker, config.approve_version, by=config.approved_by or "",
                               reason=config.reason or "")  # fmt: skip
-        context.log.info(f"approved by {record['by']} at {record['at']}: {record['reason']}")
+        say(context, f"approved by {record['by']} at {record['at']}: {record['reason']}")
     version = tracker.alias(CHALLENGER)
     if s.gate.require_approval and not gate.get("forced") and loop.approval(st, s, version) is None:
         context.instance.add_run_tags(context.run_id, {GATE_TAG: "awaiting-approval"})
-        context.log.info(f"not deployed yet: challenger v{version} passed the gate and waits for approval "
+        say(context, f"not deployed yet: challenger v{version} passed the gate and waits for approval "
                          f"(gate.require_approval): flywheel approve v{version} --by NAME --reason WHY")  # fmt: skip
         return
     out = loop.deploy_challenger(st, s, tracker)

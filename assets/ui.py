@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import base64
+import sys
 
 import dagster as dg
+
+
+def say(context: dg.AssetExecutionContext, line: str) -> None:
+    """A line for the run log and for whoever watches the step: the terminal of a run the command line
+    executes in process, the step's captured output (compute logs) under the daemon."""
+    context.log.info(line)
+    print(f"  {context.asset_key.to_user_string()}: {line}", file=sys.stderr, flush=True)
 
 
 def table_md(rows: list[dict], columns: list[str] | None = None, limit: int = 50) -> dg.MetadataValue:

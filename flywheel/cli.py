@@ -23,8 +23,9 @@ quiet_telemetry()
 PROJECT_DAGSTER_YAML = Path(__file__).resolve().parent.parent / "dagster.yaml"
 # In-process runs log every event to the instance (the UI shows them); the terminal stays quiet and
 # the CLI reports failures itself (a gate that keeps the champion is a normal outcome, not an error).
-# The runs' own lines (epochs, the gate's decision) reach the terminal; Dagster's event chatter (DEBUG) does not.
-RUN_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+# Dagster's console logger stays quiet (its failure events carry whole stack traces; the command says what
+# failed in one line); the runs' own lines reach the terminal through assets/ui.py's `say`.
+RUN_LOGS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 # The UI lists a job's runs by job name and this tag (repository @ code location; `flywheel ui` loads the
 # module flywheel.definitions, so that is the location's name): runs executed here carry it too, so
 # they show under their job like runs launched from the UI.
