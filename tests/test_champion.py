@@ -9,7 +9,7 @@ import torch
 
 from flywheel import champion, deploy, layout
 from flywheel.config import load_settings
-from flywheel.model import ModelConfig, build_model
+from flywheel.model import ModelConfig, build_model, save_weights
 from flywheel.store import open_store
 from flywheel.tracking import CHAMPION, tracker_for
 
@@ -71,9 +71,11 @@ def test_promote_and_rollback_move_current_and_alias_together(tmp_path, settings
 def test_reconcile_repairs_the_alias_after_a_kill_between_current_and_alias(tmp_path, settings, onnx_bytes,
                                                                              monkeypatch):  # fmt: skip
     store, tracker = open_store(str(tmp_path / "s")), tracker_for(settings)
+    cfg = ModelConfig(num_classes=3, image_size=SIZE, width=4, depth=1)
+    weights = save_weights(build_model(cfg), cfg, CLASSES)
     for _ in range(3):
         with tracker.run("train") as run_id:
-            tracker.register(run_id, b"weights")
+            tracker.register(run_id, weights)
     promote(store, settings, tracker, "1", onnx_bytes)
 
     def killed(alias, version):
