@@ -217,6 +217,7 @@ def _celery_ingest_once(k: int, *, pg: str, broker: str, batches: int, clips: in
         env = {**os.environ, "DAGSTER_HOME": str(home), "DAGSTER_PG_URL": db,
                "FLYWHEEL_CONFIG": str(config), "FLYWHEEL_EXECUTOR": "celery",
                "DAGSTER_CELERY_BROKER_URL": broker, "FLYWHEEL_CELERY_QUEUE": queue,
+               "DAGSTER_CELERY_BACKEND": broker if broker.startswith("redis://") else "rpc://",
                "OMP_NUM_THREADS": "1",
                "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
         with _dagster_instance(home, db) as instance:

@@ -29,6 +29,7 @@ PRODUCTION = REPO / "production"
 VENV_BIN = Path(sys.executable).parent
 PG = os.environ.get("FLYWHEEL_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 RABBITMQ = os.environ.get("FLYWHEEL_TEST_RABBITMQ", "pyamqp://guest:guest@127.0.0.1:5672//")
+REDIS = os.environ.get("FLYWHEEL_TEST_REDIS", "redis://127.0.0.1:6379/0")
 SESSION = uuid.uuid4().hex[:8]
 
 # Small enough for two CPU cores, big enough to learn something (tests/test_loop.py's TINY).
@@ -57,6 +58,7 @@ _HOW_TO_START = {
     "PostgreSQL": "start one (docker run -d -p 5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust postgres:16) "
     "or point FLYWHEEL_TEST_PG at one (postgresql+psycopg2://user:pass@host:port)",
     "RabbitMQ": "start one (docker run -d -p 5672:5672 rabbitmq:3) or point FLYWHEEL_TEST_RABBITMQ at one",
+    "Redis": "start one (docker run -d -p 6379:6379 redis:7) or point FLYWHEEL_TEST_REDIS at one",
 }
 
 
@@ -118,11 +120,18 @@ def pg_instance(dagster_home):
 # ---------------------------------------------------------------- brokers
 
 
-@pytest.fixture(scope="session")
-def broker_url():
-    """The Celery broker: RabbitMQ (with the rpc:// result backend)."""
-    _require(RABBITMQ, 5672, "RabbitMQ")
-    return RABBITMQ
+@pytest.fixture(scope="session", params=["RabbitMQ", "Redis"])
+def broker_url(request):
+    """The Celery broker, each of the two production supports: RabbitMQ (with the rpc:// result
+    backend) and Redis (results in Redis too; DAGSTER_CELERY_BACKEND names it)."""
+    url, port = {"RabbitMQ": (RABBITMQ, 5672), "Redis": (REDIS, 6379)}[request.param]
+    _require(url, port, request.param)
+    return url
+
+
+def celery_backend(broker_url: str) -> str:
+    """The result backend that goes with a broker: Redis keeps results itself, RabbitMQ answers over rpc://."""
+    return broker_url if broker_url.startswith("redis://") else "rpc://"
 
 
 # ---------------------------------------------------------------- MLflow server

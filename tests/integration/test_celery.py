@@ -13,7 +13,7 @@ from flywheel.ingest import commit_batch, plan_batch
 from flywheel.layout import augmented_key, frames_key, labels_key
 from flywheel.sim import simulate
 from flywheel.store import open_store
-from tests.integration.conftest import PRODUCTION, REPO, VENV_BIN, celery_workers
+from tests.integration.conftest import PRODUCTION, REPO, VENV_BIN, celery_backend, celery_workers
 
 pytestmark = pytest.mark.integration
 
@@ -51,6 +51,7 @@ def test_two_batches_ingest_at_once_on_two_celery_workers(
     queue = f"fw-{uuid.uuid4().hex[:8]}"  # our own queue: other sessions on the broker never take our tasks
     monkeypatch.setenv("FLYWHEEL_EXECUTOR", "celery")
     monkeypatch.setenv("DAGSTER_CELERY_BROKER_URL", broker_url)
+    monkeypatch.setenv("DAGSTER_CELERY_BACKEND", celery_backend(broker_url))
     monkeypatch.setenv("FLYWHEEL_CELERY_QUEUE", queue)
     env = {
         **os.environ,
