@@ -231,6 +231,32 @@ def int8(frames: int, widths: tuple[int, ...], threads: int | None, overrides: d
     click.echo(result["markdown"], err=True)
 
 
+@bench.command("label-errors")
+@click.option("--batches", type=click.IntRange(min=2), default=3, show_default=True,
+              help="Fleet batches; the first trains the champion, the others are checked.")  # fmt: skip
+@click.option("--clips", type=click.IntRange(min=1), default=250, show_default=True, help="Clips per batch.")
+@click.option("--label-budget", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--error-rate", type=click.FloatRange(0, 1), default=0.1, show_default=True,
+              help="Share of the labeling team's answers that are wrong.")  # fmt: skip
+@click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True,
+              help="train.steps of each champion (300: the demo's budget).")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True)
+@WORKDIR
+def label_errors(batches: int, clips: int, label_budget: int, error_rate: float, steps: int, seed: int,
+                 workdir: str | None):  # fmt: skip
+    """Precision and recall of the label-error check against errors the simulated labeling team makes at
+    a known rate, per minimum score.
+
+    \b
+    Example: flywheel bench label-errors --batches 3 --error-rate 0.1
+    """
+    from benchmarks.label_errors import bench_label_errors
+
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        _echo_json(bench_label_errors(tmp, batches=batches, clips=clips, label_budget=label_budget,
+                                      error_rate=error_rate, steps=steps, seed=seed))  # fmt: skip
+
+
 @bench.group()
 def scale():
     """Production profile (production/): Celery workers and DDP ranks, 1 vs 2.

@@ -81,7 +81,8 @@ def label_batch(store: Store, settings: Settings, batch_id: str) -> dict:
     if scores is None:
         errors = {"checked": 0, "flagged": 0, "errors": [], "note": "no champion deployed yet"}
     else:
-        errors = label_errors(scores.probs, frames.column("frame_id").to_pylist(), labels, classes)
+        errors = label_errors(scores.probs, frames.column("frame_id").to_pylist(), labels, classes,
+                              min_score=e.label_error_min_score)  # fmt: skip
     return {**stats, "batch_id": batch_id, "key": layout.labels_key(batch_id), "labeled": labels.num_rows,
             "queued": queued.get("queued", 0), "queue": queued, "label_errors": errors}  # fmt: skip
 

@@ -387,3 +387,7 @@ def test_label_errors_check_human_labels_only_and_name_the_classes():
     out = label_errors(probs, fids, labels, ["road", "car"])
     assert out["checked"] == 4  # the auto label of "e" is the champion's own guess: not checked
     assert [(e["frame_id"], e["given"], e["suggested"]) for e in out["errors"]] == [("d", "road", "car")]
+    assert out["errors"][0]["score"] == pytest.approx(0.9)
+    # a flag counts only when the champion prefers the other class by at least min_score
+    assert label_errors(probs, fids, labels, ["road", "car"], min_score=0.95)["flagged"] == 0
+    assert label_errors(probs, fids, labels, ["road", "car"], min_score=0.85)["flagged"] == 1

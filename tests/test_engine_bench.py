@@ -19,3 +19,18 @@ def test_bench_engine_tiny(tmp_path):
     assert engine[1]["triggers"].keys() <= {"random", "hard_brake", "low_confidence"}
     assert "low_confidence" not in random[1]["triggers"]
     assert out["target_fog_accuracy"] == random[-1]["fog_accuracy"]
+
+
+def test_bench_label_errors_tiny(tmp_path):
+    """Errors injected at a known rate are counted, and flags are scored against them."""
+    from benchmarks.label_errors import THRESHOLDS, bench_label_errors
+
+    out = bench_label_errors(tmp_path, batches=2, clips=20, label_budget=60, error_rate=0.5, steps=10)
+    assert out["human_labels_checked"] == 60  # the second batch's answers (the first trains the champion)
+    assert 15 <= out["injected_errors"] <= 45  # half of 60, give or take the draw
+    rows = out["rows"]
+    assert [r["min_score"] for r in rows] == list(THRESHOLDS)
+    assert [r["flagged"] for r in rows] == sorted((r["flagged"] for r in rows), reverse=True)  # stricter: fewer
+    for r in rows:
+        assert 0 <= r["true_errors_flagged"] <= min(r["flagged"], out["injected_errors"])
+        assert r["recall"] == round(r["true_errors_flagged"] / out["injected_errors"], 3)

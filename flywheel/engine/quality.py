@@ -45,11 +45,13 @@ def auto_accuracy_vs_truth(labels: pa.Table, frames: pa.Table, classes: Sequence
 
 
 def label_errors(probs: np.ndarray, frame_ids: Sequence[str], labels: pa.Table, classes: Sequence[str], *,
-                 limit: int = 50) -> dict:  # fmt: skip
+                 min_score: float = 0.0, limit: int = 50) -> dict:  # fmt: skip
     """Likely wrong human and ground-truth labels of a batch, by confident learning.
 
     `probs` (N, C) are the champion's for `frame_ids`; it never trained on this batch, so they are
-    out of sample. Auto labels are left out (they are the champion's own guesses). Returns
+    out of sample. Auto labels are left out (they are the champion's own guesses). Only flags whose
+    score (p[suggested] - p[given]) reaches `min_score` count: below it, a fair champion's doubts
+    outnumber real errors (`flywheel bench label-errors`). Returns
     `{"checked", "flagged", "errors": [{frame_id, given, suggested, score}] (worst `limit`)}`.
     """
     row_of = {f: i for i, f in enumerate(frame_ids)}
@@ -60,6 +62,7 @@ def label_errors(probs: np.ndarray, frame_ids: Sequence[str], labels: pa.Table, 
     fids = labels.column("frame_id").to_pylist()
     given = np.asarray(labels.column("label").to_pylist())
     errors = find_label_errors(np.asarray(probs)[[row_of[f] for f in fids]], given, frame_ids=fids)
+    errors = [e for e in errors if e[3] >= min_score]
     named = [{"frame_id": f, "given": classes[g], "suggested": classes[s], "score": round(sc, 3)}
              for f, g, s, sc in errors[:limit]]  # fmt: skip
     return {"checked": len(fids), "flagged": len(errors), "errors": named}
