@@ -7,7 +7,7 @@ from assets.dataset import training_dataset
 from assets.ui import png_md, say, table_md
 from flywheel import loop, plots, tune
 from flywheel.evaluate import compare, compare_markdown
-from flywheel.tracking import CHALLENGER
+from flywheel.tracking import CHALLENGER, ui_urls
 from resources import ComputeResource, MlflowResource, SettingsResource, StoreResource
 
 # Not blocking: a challenger that does not beat the champion is an outcome, not a crash. The run succeeds,
@@ -57,9 +57,12 @@ def challenger(
     compute: ComputeResource,
 ) -> dg.MaterializeResult:  # fmt: skip
     """The newest model, trained on the latest dataset version; MLflow alias `challenger`."""
-    out = loop.train_challenger(store.open(), settings.load(), mlflow.tracker(context), device=compute.device,
+    tracker = mlflow.tracker(context)
+    out = loop.train_challenger(store.open(), settings.load(), tracker, device=compute.device,
                                 log=lambda line: say(context, line))  # fmt: skip
     last = out["history"][-1]
+    links = ui_urls(tracker.tracking_uri, experiment_id=tracker.experiment_id, run_id=out["run_id"],
+                    model_name=tracker.model_name, version=out["version"])  # fmt: skip
     return dg.MaterializeResult(
         metadata={
             "mlflow_version": out["version"],
@@ -73,6 +76,7 @@ def challenger(
             "final_epoch": table_md([{k: v for k, v in last.items()}]),
             "vs_plain_baseline (val)": table_md([_vs_baseline(out["baseline_check"])]),
             "learning_curves": png_md(plots.learning_curves_png(out["history"]), "learning curves"),
+            **{k: dg.MetadataValue.url(v) for k, v in links.items()},  # with a tracking server
         },
         data_version=dg.DataVersion(out["version"]),
     )

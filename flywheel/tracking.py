@@ -169,6 +169,15 @@ def _not_found(e: MlflowException, alias: str) -> bool:
     return e.error_code == "INVALID_PARAMETER_VALUE" and f"alias {alias} not found" in str(e)
 
 
+def ui_urls(tracking_uri: str, *, experiment_id: str, run_id: str, model_name: str, version: str) -> dict[str, str]:
+    """Links into the MLflow UI for a run and its model version; none for a store without a UI (SQLite)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return {}
+    base = tracking_uri.rstrip("/")
+    return {"mlflow_run": f"{base}/#/experiments/{experiment_id}/runs/{run_id}",
+            "mlflow_model_version": f"{base}/#/models/{model_name}/versions/{version}"}  # fmt: skip
+
+
 def save_mlflow_model(weights: bytes, path: Path) -> None:
     """The model of `weights` (`flywheel.model.save_weights`) as an MLflow pytorch model at `path`: a
     torch.export program (no pickle), uint8 frames (N, 3, S, S) in, logits out, with its signature

@@ -30,3 +30,14 @@ def test_an_mlflow_failure_is_an_error_and_the_evaluation_fails_closed(flywheel_
         tracker.alias(CHALLENGER)
     with pytest.raises(MlflowError):  # not "no champion, judge against the floor"
         loop.evaluate_challenger(store_for(settings), settings, tracker, device="cpu")
+
+
+def test_mlflow_ui_links_only_with_a_tracking_server():
+    from flywheel.tracking import ui_urls
+
+    args = dict(experiment_id="3", run_id="abc", model_name="perception", version="7")
+    assert ui_urls("sqlite:///home/mlflow.db", **args) == {}  # no UI to link to
+    assert ui_urls("http://mlflow:5000/", **args) == {
+        "mlflow_run": "http://mlflow:5000/#/experiments/3/runs/abc",
+        "mlflow_model_version": "http://mlflow:5000/#/models/perception/versions/7",
+    }

@@ -52,6 +52,10 @@ def test_flywheel_iterate_on_the_production_profile(
     with dg.DagsterInstance.get() as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         runs = {r.job_name: r.status for r in instance.get_runs()}
+        # with a tracking server, the challenger links to its MLflow run and model version
+        trained = instance.get_latest_materialization_event(dg.AssetKey("challenger")).asset_materialization
+        assert trained.metadata["mlflow_model_version"].value == f"{mlflow_server.uri}/#/models/iterate/versions/1"
+        assert trained.metadata["mlflow_run"].value.startswith(f"{mlflow_server.uri}/#/experiments/")
     assert runs == {
         "ingest_batch": dg.DagsterRunStatus.SUCCESS,
         "train_and_deploy": dg.DagsterRunStatus.SUCCESS,
