@@ -7,7 +7,7 @@ from assets.dataset import training_dataset
 from assets.ui import png_md, say, table_md
 from flywheel import loop, plots, tune
 from flywheel.evaluate import compare, compare_markdown
-from flywheel.tracking import CHALLENGER, ui_urls
+from flywheel.tracking import ui_urls
 from resources import ComputeResource, MlflowResource, SettingsResource, StoreResource
 
 # Not blocking: a challenger that does not beat the champion is an outcome, not a crash. The run succeeds,
@@ -146,19 +146,16 @@ def deployed(context: dg.AssetExecutionContext, config: ApprovalConfig, settings
     """The champion as ONNX under deploy/ (one folder per model and version) with its manifest; MLflow alias `champion`.
     Not materialized when the gate kept the champion, or while a required approval is missing."""
     st, s, tracker = store.open(), settings.load(), mlflow.tracker()
-    gate = loop.gate_decision(st, s, tracker)
-    if not gate["passed"]:
-        say(context, f"not deployed: the gate kept the champion ({gate['reason']})")
-        return
     if config.approve_version:
         record = loop.approve(st, s, tracker, config.approve_version, by=config.approved_by or "",
                               reason=config.reason or "")  # fmt: skip
         say(context, f"approved by {record['by']} at {record['at']}: {record['reason']}")
-    version = tracker.alias(CHALLENGER)
-    if s.gate.require_approval and not gate.get("forced") and loop.approval(st, s, version) is None:
-        context.instance.add_run_tags(context.run_id, {GATE_TAG: "awaiting-approval"})
-        say(context, f"not deployed yet: challenger v{version} passed the gate and waits for approval "
-                         f"(gate.require_approval): flywheel approve v{version} --by NAME --reason WHY")  # fmt: skip
+    held = loop.held_back(st, s, tracker)
+    if held is not None:
+        outcome, why = held
+        if outcome == "awaiting-approval":  # the evaluation step tagged the gate's own outcome
+            context.instance.add_run_tags(context.run_id, {GATE_TAG: outcome})
+        say(context, f"not deployed: {why}")
         return
     out = loop.deploy_challenger(st, s, tracker)
     yield dg.MaterializeResult(

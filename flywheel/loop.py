@@ -329,10 +329,10 @@ def approve(store: Store, settings: Settings, tracker: Tracker, version: str, *,
     version = str(version).removeprefix("v")
     if not by.strip() or not reason.strip():
         raise ValueError("an approval needs who approves (--by) and why (--reason)")
+    gate = gate_decision(store, settings, tracker)  # raises when there is no challenger yet
     current = tracker.alias(CHALLENGER)
     if version != current:
         raise ValueError(f"v{version} is not the current challenger (v{current}): only the challenger can be approved")
-    gate = gate_decision(store, settings, tracker)
     if not gate["passed"]:
         raise ValueError(f"challenger v{version} did not pass the gate, so there is nothing to approve: {gate['reason']}")
     record = {"version": version, "by": by.strip(), "reason": reason.strip(), "at": datetime.now(UTC).isoformat()}
@@ -346,6 +346,19 @@ def approval(store: Store, settings: Settings, version: str) -> dict | None:
     """The approval record of a model version, or None."""
     key = layout.approval_key(settings.mlflow.model_name, str(version).removeprefix("v"))
     return store.read_json(key) if store.exists(key) else None
+
+
+def held_back(store: Store, settings: Settings, tracker: Tracker) -> tuple[str, str] | None:
+    """Why the current challenger is not to be deployed now: ("kept", the gate's reason) or
+    ("awaiting-approval", what to do); None when it may be deployed."""
+    gate = gate_decision(store, settings, tracker)
+    if not gate["passed"]:
+        return "kept", f"the gate kept the champion ({gate['reason']})"
+    version = tracker.alias(CHALLENGER)
+    if settings.gate.require_approval and not gate.get("forced") and approval(store, settings, version) is None:
+        return "awaiting-approval", (f"challenger v{version} passed the gate and waits for approval "
+                                     f"(gate.require_approval): flywheel approve v{version} --by NAME --reason WHY")  # fmt: skip
+    return None
 
 
 def deploy_challenger(store: Store, settings: Settings, tracker: Tracker) -> dict:
