@@ -246,6 +246,18 @@ class MlflowSettings(_Section):
         return check_name(v, "model name")  # part of the evaluation and deploy keys
 
 
+class LabelStudioSettings(_Section):
+    """A Label Studio server for the human queue (flywheel/labelstudio_sync.py); without one, the
+    queue is the file exchange under labeling/ alone."""
+
+    url: str | None = None  # None: $LABEL_STUDIO_URL, else no server
+    api_key_env: str = "LABEL_STUDIO_API_KEY"  # the variable holding its access token (never the token itself)
+    project: str | None = None  # the project's title; None: "flywheel <dataset name>"
+    settle_s: float = Field(120.0, ge=0)  # a half-answered batch is exported once untouched this long
+    # the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, for a local store; None: the store's folder
+    document_root: str | None = None
+
+
 class Settings(_Section):
     store: StoreSettings = StoreSettings()
     classes: list[str] = DEFAULT_CLASSES
@@ -261,6 +273,7 @@ class Settings(_Section):
     gate: GateSettings = GateSettings()
     deploy: DeploySettings = DeploySettings()
     mlflow: MlflowSettings = MlflowSettings()
+    labelstudio: LabelStudioSettings = LabelStudioSettings()
     tune: TuneSettings = TuneSettings()
     _home: Path = PrivateAttr(default_factory=lambda: flywheel_home())  # resolved once, when loaded
 

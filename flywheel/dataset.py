@@ -6,7 +6,10 @@ Layout under the store (keys in flywheel/layout.py):
 The golden set beside the versions is flywheel/evalset.py's.
 
 A version is immutable. v<N+1> lists every shard of v<N> (same paths, bytes untouched) plus
-shards for the fleet batches it adds. Shards become part of a version only when its manifest
+shards for the fleet batches it adds. A batch relabeled after it entered a version (human answers
+that came late) is *revised*: v<N+1> swaps its shards for new ones written under v<N+1>, and v<N>
+keeps the old. Each version records the labels each batch was built from (`sources`: the sha256
+that the augment stage writes into the batch's Parquet footer), which is how a revision is seen. Shards become part of a version only when its manifest
 is written, so a crash before that leaves v<N> the latest, whole and readable; the retry
 rewrites the orphan shards of v<N+1> from scratch.
 
@@ -40,6 +43,7 @@ from flywheel.store import Store
 SPLITS = ("train", "val", "test")  # fixed order: the hash interval of each split
 FORMAT = 1  # manifest format version
 MiB = 1 << 20
+SOURCE_KEY = b"flywheel.labels_sha256"  # Parquet footer metadata of a batch's augmented rows
 log = logging.getLogger(__name__)
 # (store root, shard path, sha256, size, mtime_ns) of the shards that matched their sha256 in this process
 _verified: set[tuple] = set()
@@ -113,11 +117,14 @@ def append_version(
     shard_mb: float = 64.0,
     row_group_rows: int = 256,
     created_at: str | None = None,
+    sources: Mapping[str, str | None] | None = None,
 ) -> dict:
     """Write v<N+1> = v<N>'s shards + shards for the batches not yet included; return its manifest.
 
-    Batches already in v<N> are skipped (a version is immutable). With nothing new, no version
-    is written and v<N>'s manifest is returned.
+    `sources` names the labels each batch's rows were built from (`labels_source`). A batch v<N>
+    holds is skipped, unless both versions know its source and it changed: then it is revised
+    (its shards replaced in v<N+1>; v<N> untouched). With nothing new, no version is written and
+    v<N>'s manifest is returned.
     """
     layout.check_name(name, "dataset name")
     if shard_mb <= 0 or row_group_rows < 1:
@@ -132,8 +139,11 @@ def append_version(
             "class indices would change meaning; use a new dataset name"
         )
     included = set(parent["batches"]) if parent else set()
+    known = dict(parent.get("sources", {})) if parent else {}
+    sources = {b: v for b, v in (sources or {}).items() if v is not None}
+    revised = sorted(b for b in batches if b in included and b in known and b in sources and sources[b] != known[b])
     new = sorted(b for b in batches if b not in included)
-    if not new:
+    if not new and not revised:
         if parent is None:
             raise ValueError(f"dataset {name!r} has no version yet and no batches were given")
         return parent
@@ -141,8 +151,8 @@ def append_version(
     if parent is not None:  # v<N+1> must not inherit a shard rewritten since v<N> was committed
         check_shards(store, parent)
     version = (parent_version or 0) + 1
-    shards = list(parent["shards"]) if parent else []
-    for batch_id in new:
+    shards = [sh for sh in parent["shards"] if sh["batch"] not in revised] if parent else []
+    for batch_id in sorted(new + revised):
         rows = _checked_rows(batches[batch_id], batch_id, len(classes))
         shards += _write_batch_shards(
             store, rows, prefix=layout.shards_prefix(name, version, batch_id),
@@ -162,7 +172,9 @@ def append_version(
         "counts": _totals(shards),
         "batches": sorted(included | set(new)),
         "new_batches": new,
-        "new_bytes": sum(s["bytes"] for s in shards if s["batch"] in new),
+        "revised_batches": revised,
+        "new_bytes": sum(s["bytes"] for s in shards if s["batch"] in new or s["batch"] in revised),
+        "sources": {**known, **{b: sources[b] for b in new + revised if b in sources}},
     }
     store.write_json(layout.manifest_key(name, version), manifest)  # atomic, last: the version appears whole
     return manifest
@@ -214,12 +226,21 @@ def manifest_sha256(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
 
+def labels_source(store: Store, batch_id: str) -> str | None:
+    """The sha256 of the labels a batch's augmented rows were built from (None: written before it was kept)."""
+    meta = store.parquet_file(layout.augmented_key(batch_id)).schema_arrow.metadata or {}
+    return meta[SOURCE_KEY].decode() if SOURCE_KEY in meta else None
+
+
 def waiting_batches(store: Store, name: str) -> tuple[int, list[str]]:
     """(labeled original frames, batch ids), oldest first, of batches whose augmented rows are written
-    and that the latest version of dataset `name` does not include yet."""
-    included = set(load_manifest(store, name)["batches"]) if latest_version(store, name) else set()
+    and that the latest version of dataset `name` does not include yet, or includes with labels
+    that changed since (late human answers: the batch is revised in the next version)."""
+    manifest = load_manifest(store, name) if latest_version(store, name) else {"batches": [], "sources": {}}
+    included, known = set(manifest["batches"]), manifest.get("sources", {})
     ready = [m["batch_id"] for m in list_batches(store) if store.exists(layout.augmented_key(m["batch_id"]))]
-    waiting = [b for b in ready if b not in included]
+    waiting = [b for b in ready if b not in included
+               or (b in known and labels_source(store, b) not in (None, known[b]))]  # fmt: skip
     frames = sum(store.parquet_file(layout.labels_key(b)).metadata.num_rows for b in waiting
                  if store.exists(layout.labels_key(b)))  # fmt: skip
     return frames, waiting

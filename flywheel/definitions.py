@@ -15,9 +15,17 @@ def build_definitions(
     settings: Settings | None = None, *, config_path: str | None = None, overrides: dict | None = None
 ) -> dg.Definitions:
     from assets import dataset, ingest, model
-    from jobs import ingest_batch, nightly_schedule, train_and_deploy, tune_job, tune_schedule
+    from jobs import (
+        ingest_batch,
+        nightly_schedule,
+        relabel_batch,
+        train_and_deploy,
+        tune_job,
+        tune_schedule,
+    )
     from resources import resources_for
     from sensors.fresh_data import fresh_fleet_data
+    from sensors.labeling import label_studio_answers
     from sensors.training import report_failed_runs, train_after_ingest
     from sensors.tune import retune_on_new_inputs
 
@@ -25,9 +33,10 @@ def build_definitions(
     settings = settings or load_settings(config_path, **overrides)
     return dg.Definitions(
         assets=dg.load_assets_from_modules([ingest, dataset, model]),
-        jobs=[ingest_batch, train_and_deploy, tune_job],
+        jobs=[ingest_batch, relabel_batch, train_and_deploy, tune_job],
         schedules=[nightly_schedule(settings.sensor.nightly_cron), tune_schedule(settings.tune.cron)],
-        sensors=[fresh_fleet_data, train_after_ingest, report_failed_runs, retune_on_new_inputs],
+        sensors=[fresh_fleet_data, train_after_ingest, report_failed_runs, retune_on_new_inputs,
+                 label_studio_answers],
         resources=resources_for(config_path, overrides),
     )
 

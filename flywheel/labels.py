@@ -14,6 +14,8 @@ auto-labels (champion confidence >= threshold) and human answers; the labels sta
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -135,3 +137,10 @@ def hide_ground_truth(frames: pa.Table) -> pa.Table:
         return frames
     i = frames.column_names.index("ground_truth")
     return frames.set_column(i, frames.field(i), pa.nulls(frames.num_rows, frames.field(i).type))
+
+
+def fingerprint(labels: pa.Table) -> str:
+    """The sha256 of a batch's labels (frame, label, source), whatever order or encoding they were written in."""
+    t = labels.select(["frame_id", "label", "label_source"]).sort_by("frame_id")
+    rows = list(zip(*(t.column(c).to_pylist() for c in t.column_names), strict=True))
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()

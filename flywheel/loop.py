@@ -42,7 +42,7 @@ from flywheel.engine.quality import auto_accuracy_vs_truth, label_errors
 from flywheel.engine.queue import queue_batch, read_exports
 from flywheel.evaluate import evaluate_model, flat_metrics
 from flywheel.gate import PairedPredictions, decide, forced_by
-from flywheel.labels import build_labels, hide_ground_truth
+from flywheel.labels import build_labels, fingerprint, hide_ground_truth
 from flywheel.model import FrameClassifier, load_weights
 from flywheel.predict import predict
 from flywheel.reader import ShardReader, load_arrays
@@ -98,6 +98,8 @@ def augment_batch(store: Store, settings: Settings, batch_id: str) -> dict:
     pipeline = load_pipeline(a.pipeline, geometric=settings.geometric_aug)
     extra = oversample(rows, target_share=a.target_share, max_copies=a.max_copies, seed=a.seed, pipeline=pipeline)
     out = pa.concat_tables([rows, extra.cast(rows.schema)]) if extra.num_rows else rows
+    # which labels these rows carry: a relabeled batch (late human answers) is revised in the next version
+    out = out.replace_schema_metadata({**(out.schema.metadata or {}), dataset.SOURCE_KEY: fingerprint(labels).encode()})
     key = layout.augmented_key(batch_id)
     nbytes = store.write_parquet(key, out, compression="zstd", write_statistics=NO_IMAGE_STATS)
     return {
@@ -126,6 +128,7 @@ def build_dataset_version(store: Store, settings: Settings) -> tuple[dict, bool]
     manifest = dataset.append_version(
         store, name=name, batches={b: store.read_parquet(layout.augmented_key(b)) for b in waiting},
         classes=settings.classes, shard_mb=d.shard_mb, row_group_rows=d.row_group_rows,
+        sources={b: dataset.labels_source(store, b) for b in waiting},
     )  # fmt: skip
     evalset.grow_golden(store, name, manifest, d.golden_size, seed=0)
     return manifest, True

@@ -1,12 +1,13 @@
 """Jobs and schedules.
 
-- `jobs.ingest`: `ingest_batch`, one fleet batch (partition) from raw clips to augmented rows.
+- `jobs.ingest`: `ingest_batch`, one fleet batch (partition) from raw clips to augmented rows;
+  `relabel_batch`, its labels and augmented rows again with late human answers.
 - `jobs.iteration`: `train_and_deploy`, its `TRAINING_TAGS` (one such run at a time) and
   `nightly_schedule`.
 - `jobs.tune`: `tune_job` (the `tune` job: the `trainer_config` asset) and `tune_schedule`.
 """
 
-from jobs.ingest import ingest_batch
+from jobs.ingest import ingest_batch, relabel_batch
 from jobs.iteration import TRAINING_TAGS, nightly_schedule, train_and_deploy
 from jobs.tune import tune_job, tune_schedule
 
@@ -14,6 +15,7 @@ __all__ = [
     "TRAINING_TAGS",
     "ingest_batch",
     "nightly_schedule",
+    "relabel_batch",
     "train_and_deploy",
     "tune_job",
     "tune_schedule",

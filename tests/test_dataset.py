@@ -19,6 +19,7 @@ from flywheel.dataset import (
     to_dataset_rows,
     verify_shards,
 )  # fmt: skip
+from flywheel.diff import diff_versions
 from flywheel.labels import build_labels
 from flywheel.schema import DATASET, FRAMES
 from flywheel.store import open_store
@@ -231,3 +232,31 @@ def test_a_rewritten_shard_is_not_reused_by_the_next_version(tmp_path, how):
         append_version(store, name="ds", batches={"b2": dataset_rows("b2")}, classes=CLASSES)
     assert latest_version(store, "ds") == 1  # no v2 built on the rewritten shard
     assert verify_shards(store, v1) == [train]
+
+
+def test_a_relabeled_batch_is_revised_in_the_next_version_and_the_old_one_stays(tmp_path):
+    store = open_store(str(tmp_path))
+    rows = dataset_rows("b1")
+    v1 = append_version(store, name="ds", batches={"b1": rows}, classes=CLASSES, sources={"b1": "labels-a"})
+    before = file_hashes(store)
+    # the same labels again: nothing to revise, no version
+    assert append_version(store, name="ds", batches={"b1": rows}, classes=CLASSES, sources={"b1": "labels-a"}) == v1
+    # a person corrected the first three frames after v1 was made
+    label = rows.column("label").to_pylist()
+    fixed = [(c + 1) % len(CLASSES) if i < 3 else c for i, c in enumerate(label)]
+    relabeled = rows.set_column(rows.schema.get_field_index("label"), "label", pa.array(fixed, pa.int32()))
+    v2 = append_version(store, name="ds", batches={"b1": relabeled, "b2": dataset_rows("b2")}, classes=CLASSES,
+                        sources={"b1": "labels-b", "b2": "labels-c"})  # fmt: skip
+    assert (v2["new_batches"], v2["revised_batches"]) == (["b2"], ["b1"])
+    assert v2["sources"] == {"b1": "labels-b", "b2": "labels-c"}
+    assert all(s["path"].startswith("datasets/ds/v2/") for s in v2["shards"])  # b1's v1 shards swapped out
+    assert v2["counts"]["rows"] == 2 * rows.num_rows
+    after = file_hashes(store)
+    assert {k: after[k] for k in before} == before  # v1 untouched, still whole
+    assert verify_shards(store, v1) == [] and verify_shards(store, v2) == []
+    read = store.read_parquet([s["path"] for s in v2["shards"] if s["batch"] == "b1"]).sort_by("frame_id")
+    want = relabeled.sort_by("frame_id")
+    assert read.column("label").to_pylist() == want.column("label").to_pylist()
+    old = store.read_parquet([s["path"] for s in v1["shards"]]).sort_by("frame_id")
+    assert old.column("label").to_pylist() == rows.sort_by("frame_id").column("label").to_pylist()
+    assert diff_versions(store, "ds", 1, 2)["labels_changed"] == 3

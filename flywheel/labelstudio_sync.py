@@ -1,0 +1,236 @@
+"""The human queue on a real Label Studio server: queued tasks in, finished annotations back out.
+
+The queue files (`labeling/queue/<batch>.json`, flywheel/engine/queue.py) stay the source of
+truth; this module mirrors them into one Label Studio project and mirrors its answers back as
+exports under `labeling/done/<batch>.json`, the same files the no-server exchange uses, so the
+labels stage reads both the same way.
+
+    push   every queued task not yet in the project is imported, with the champion's guess as a
+           pre-annotation; images come from the store (local-files serving for a local store,
+           presigned URLs for S3)
+    pull   a batch's annotations are written as its export once they settle (all its tasks
+           answered, or no change for `settle_s`); the export changes only when an answer did,
+           so its sha256 names the answers a relabel run folds in
+
+Sync is idempotent: tasks are matched by `data.frame_id`, exports are compared before they are
+written. The SDK is `label-studio-sdk`; the server is started by flywheel/labelstudio_server.py
+or is any Label Studio a team runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from flywheel import labelstudio, layout
+from flywheel.engine.queue import read_queue
+from flywheel.store import LocalStore, S3Store, Store
+
+PRESIGN_S = 7 * 24 * 3600  # the longest an S3 presigned URL may live
+PAGE = 100
+
+
+@dataclass(frozen=True)
+class Answered:
+    """A batch whose export changed: the relabel run key names the answers it folds in."""
+
+    batch_id: str
+    key: str
+    tasks: int
+    sha256: str
+
+
+class LabelStudioSync:
+    """One Label Studio project mirrored against the store's queue and done files.
+
+    `url` and `api_key` reach the server (a personal access token or, where the organization
+    allows it, a legacy token: the SDK takes either). `title` names the project; it is created
+    with the flywheel's classes on first use and reused after, provided its choices still match.
+    """
+
+    def __init__(self, url: str, api_key: str, *, title: str, classes: Sequence[str],
+                 settle_s: float = 120.0, document_root: Path | None = None, timeout_s: float = 60.0) -> None:  # fmt: skip
+        if not api_key:
+            raise ValueError(f"Label Studio at {url}: no access token (set labelstudio.api_key_env's variable)")
+        from label_studio_sdk import LabelStudio
+
+        self.url, self.title, self.classes, self.settle_s = url.rstrip("/"), title, list(classes), settle_s
+        self.document_root = document_root  # the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT; None: the store
+        self.client = LabelStudio(base_url=self.url, api_key=api_key, timeout=timeout_s)
+        self._project: int | None = None
+
+    # -- the project ------------------------------------------------------------------------
+
+    def project_id(self) -> int:
+        """The project's id: found by title, else created with `labelstudio.label_config(classes)`."""
+        if self._project is not None:
+            return self._project
+        for p in self.client.projects.list(title=self.title):
+            if p.title == self.title:
+                found = self.client.projects.get(id=p.id)
+                choices = _choices(found.label_config or "")
+                if choices != self.classes:
+                    raise ValueError(
+                        f"Label Studio project {self.title!r} (id {p.id}) at {self.url} has choices {choices}, "
+                        f"the flywheel's classes are {self.classes}: rename labelstudio.project or fix its config"
+                    )
+                self._project = p.id
+                return p.id
+        created = self.client.projects.create(
+            title=self.title, label_config=labelstudio.label_config(self.classes),
+            description="Frames the flywheel's champion was unsure of. One class per frame.",
+            show_collab_predictions=True,
+        )  # fmt: skip
+        self._project = created.id
+        return created.id
+
+    def connect_local_files(self, store: LocalStore) -> None:
+        """Let the project serve the store's queued images (Label Studio's local-files storage).
+
+        The server must run with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and
+        LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT at `document_root` (None: the store's folder) or above.
+        """
+        document_root = self.document_root or store.path
+        images = store.path / layout.LABELING_IMAGES
+        images.mkdir(parents=True, exist_ok=True)
+        pid = self.project_id()
+        if any(Path(s.path) == images for s in self.client.import_storage.local.list(project=pid)):
+            return
+        if not images.is_relative_to(document_root):
+            raise ValueError(f"the store's images {images} are not under Label Studio's document root {document_root}")
+        self.client.import_storage.local.create(
+            project=pid, path=str(images), title="flywheel queued frames", use_blob_urls=True,
+            regex_filter=r".*\.(jpg|png|webp)$",
+        )  # fmt: skip
+
+    # -- push -------------------------------------------------------------------------------
+
+    def push(self, store: Store) -> dict[str, int]:
+        """Import every queued task that is not in the project yet; {batch_id: tasks imported}."""
+        pid = self.project_id()
+        if isinstance(store, LocalStore):
+            self.connect_local_files(store)
+        present = {t["data"].get("frame_id") for t in self._tasks(pid)}
+        imported: dict[str, int] = {}
+        for q in read_queue(store):
+            todo = [t for t in q["tasks"] if t["data"]["frame_id"] not in present]
+            if not todo:
+                continue
+            tasks = [{**t, "data": {**t["data"], "image": self.image_ref(store, t)}} for t in todo]
+            self.client.projects.import_tasks(id=pid, request=tasks, commit_to_project=True)
+            imported[q["batch_id"]] = len(tasks)
+            present |= {t["data"]["frame_id"] for t in todo}
+        return imported
+
+    def image_ref(self, store: Store, task: dict) -> str:
+        """How the server reaches a queued task's image: local-files URL, presigned URL, or as queued."""
+        ref = str(task["data"].get("image", ""))
+        at = ref.find(layout.LABELING_IMAGES)
+        if at < 0:
+            return ref  # an inline data: URI or a team's own URL
+        key = ref[at:]
+        if isinstance(store, LocalStore):
+            rel = (store.path / key).relative_to(self.document_root or store.path)
+            return f"/data/local-files/?d={rel.as_posix()}"
+        if isinstance(store, S3Store):
+            return store.client.generate_presigned_url(
+                "get_object", Params={"Bucket": store.bucket, "Key": store._k(key)}, ExpiresIn=PRESIGN_S
+            )
+        return ref
+
+    # -- pull -------------------------------------------------------------------------------
+
+    def pull(self, store: Store, *, now: float | None = None) -> list[Answered]:
+        """Write the export of each batch whose answers settled and changed; the batches written."""
+        pid, now = self.project_id(), time.time() if now is None else now
+        by_batch: dict[str, list[dict]] = defaultdict(list)
+        queued = {q["batch_id"]: len(q["tasks"]) for q in read_queue(store)}
+        for task in self._tasks(pid):
+            if task.get("annotations"):
+                by_batch[str(task["data"].get("batch_id"))].append(task)
+        written = []
+        for batch_id, tasks in sorted(by_batch.items()):
+            if batch_id not in queued:
+                continue  # a task someone added by hand: not the flywheel's
+            newest = max(_when(a) for t in tasks for a in t["annotations"])
+            if len(tasks) < queued[batch_id] and now - newest < self.settle_s:
+                continue  # a person is still on this batch
+            export = [_export_task(t) for t in sorted(tasks, key=lambda t: t["id"])]
+            key = layout.done_key(batch_id)
+            if store.exists(key) and store.read_json(key) == export:
+                continue
+            store.write_json(key, export)
+            sha = hashlib.sha256(json.dumps(export, sort_keys=True).encode()).hexdigest()
+            written.append(Answered(batch_id=batch_id, key=key, tasks=len(export), sha256=sha))
+        return written
+
+    def _tasks(self, pid: int) -> list[dict]:
+        """Every task of the project with its annotations, as plain dicts."""
+        return [t.model_dump(mode="json") if hasattr(t, "model_dump") else dict(t)
+                for t in self.client.tasks.list(project=pid, fields="all", page_size=PAGE)]  # fmt: skip
+
+
+def unfolded(store: Store, classes: Sequence[str]) -> list[Answered]:
+    """Queued batches whose export holds an answer their labels do not (yet) carry as a human label.
+
+    A batch without labels yet is left out: its first labels run reads the answers anyway.
+    """
+    out = []
+    for q in read_queue(store):
+        key, labels_key = layout.done_key(q["batch_id"]), layout.labels_key(q["batch_id"])
+        if not q["done"] or not store.exists(labels_key):
+            continue
+        export = store.read_json(key)
+        answers = labelstudio.human_labels([{"source": key, "tasks": labelstudio.export_tasks(export, key)}],
+                                           classes, skipped=[])  # fmt: skip
+        t = store.read_parquet(labels_key, columns=["frame_id", "label", "label_source"])
+        held = {f: (c, src) for f, c, src in zip(*(t.column(n).to_pylist() for n in t.column_names), strict=True)}
+        if any(held.get(f) != (c, "human") for f, c in answers.items()):
+            sha = hashlib.sha256(json.dumps(export, sort_keys=True).encode()).hexdigest()
+            out.append(Answered(batch_id=q["batch_id"], key=key, tasks=len(answers), sha256=sha))
+    return out
+
+
+def from_settings(settings) -> LabelStudioSync | None:
+    """The sync the settings ask for, or None when no Label Studio is configured (the file exchange)."""
+    ls = settings.labelstudio
+    url = ls.url or os.environ.get("LABEL_STUDIO_URL")
+    if not url:
+        return None
+    title = ls.project or f"flywheel {settings.dataset.name}"
+    root = Path(ls.document_root).expanduser().resolve() if ls.document_root else None
+    return LabelStudioSync(url, os.environ.get(ls.api_key_env, ""), title=title, classes=settings.classes,
+                           settle_s=ls.settle_s, document_root=root)  # fmt: skip
+
+
+def _export_task(task: dict) -> dict:
+    """A task as Label Studio's JSON export writes it (what labelstudio.human_labels reads)."""
+    keep = ("id", "result", "was_cancelled", "ground_truth", "created_at", "updated_at", "completed_by")
+    return {
+        "id": task["id"],
+        "data": task["data"],
+        "annotations": [{k: a.get(k) for k in keep} for a in task["annotations"]],
+    }
+
+
+def _when(annotation: dict) -> float:
+    stamp = annotation.get("updated_at") or annotation.get("created_at")
+    return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp() if stamp else 0.0
+
+
+def _choices(label_config: str) -> list[str]:
+    """The Choice values of a labeling config, in order."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(label_config)
+    except ET.ParseError as e:
+        raise ValueError(f"the project's labeling config is not XML: {e}") from e
+    return [c.get("value", "") for c in root.iter("Choice")]

@@ -1,0 +1,42 @@
+"""The Label Studio sensor: queued frames go to the project, settled answers come back and relabel
+their batch (flywheel/labelstudio_sync.py). Without a configured server it skips: the queue is then
+the file exchange under labeling/."""
+
+import dagster as dg
+
+from flywheel import labelstudio_sync
+from jobs import relabel_batch
+from resources import SettingsResource, StoreResource
+from resources.partitions import fleet_batches
+
+
+@dg.sensor(
+    job=relabel_batch,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Imports queued frames into Label Studio; when a batch's answers settle, writes them to "
+    "labeling/done/ and relabels that batch (its next dataset version holds them).",
+)
+def label_studio_answers(
+    context: dg.SensorEvaluationContext, settings: SettingsResource, store: StoreResource
+) -> dg.SensorResult | dg.SkipReason:
+    s = settings.load()
+    sync = labelstudio_sync.from_settings(s)
+    if sync is None:
+        return dg.SkipReason("no Label Studio set (labelstudio.url or LABEL_STUDIO_URL): the queue is the files "
+                             "under labeling/")  # fmt: skip
+    st = store.open()
+    pushed, written = sync.push(st), sync.pull(st)
+    known = set(context.instance.get_dynamic_partitions(fleet_batches.name))
+    # every batch whose answers its labels do not hold yet, written by this tick or by one whose result was lost
+    todo = [r for r in labelstudio_sync.unfolded(st, s.classes) if r.batch_id in known]
+    said = f"{sum(pushed.values())} task(s) imported, {len(written)} batch export(s) written"
+    if not todo:
+        return dg.SkipReason(f"{said}; every answer is in its batch's labels")
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(run_key=f"{r.batch_id}:answers:{r.sha256[:16]}", partition_key=r.batch_id,
+                          tags={"flywheel/trigger": "label-studio-answers", "flywheel/answers": str(r.tasks)})
+            for r in todo
+        ],  # fmt: skip
+    )

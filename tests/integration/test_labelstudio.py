@@ -1,0 +1,111 @@
+"""The human queue on a real Label Studio server (label-studio from PyPI, in its own environment,
+started on 127.0.0.1 by this module): queue → a person annotates through the API → the sensor →
+the batch's labels → the next dataset version; a late correction revises the batch in the version
+after, and the older version keeps its labels."""
+
+from __future__ import annotations
+
+import uuid
+
+import dagster as dg
+import pytest
+import requests
+
+from flywheel import dataset, labelstudio, labelstudio_server, labelstudio_sync, layout, loop
+from flywheel.config import load_settings
+from flywheel.definitions import build_definitions
+from flywheel.diff import diff_versions
+from flywheel.ingest import commit_batch, plan_batch
+from flywheel.sim import simulate
+from flywheel.store import open_store
+from resources import resources_for
+from sensors.labeling import label_studio_answers
+from tests.conftest import free_port
+from tests.integration.conftest import TINY
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def label_studio(tmp_path_factory):
+    """One server for the module, its data folder kept between tests; every store lies under its
+    local-files document root (pytest's base temp folder)."""
+    exe = labelstudio_server.ensure_installed()
+    server = labelstudio_server.start(data_dir=tmp_path_factory.mktemp("label-studio"), port=free_port(),
+                                      document_root=tmp_path_factory.getbasetemp(), exe=exe)  # fmt: skip
+    yield server
+    server.stop()
+
+
+def _tick(instance, overrides):
+    resources = resources_for(None, overrides)
+    with dg.build_sensor_context(instance=instance, resources={k: resources[k] for k in ("settings", "store")}) as context:
+        return label_studio_answers(context)
+
+
+def _relabel(defs, instance, request) -> None:
+    result = defs.resolve_job_def("relabel_batch").execute_in_process(
+        instance=instance, partition_key=request.partition_key, tags=request.tags
+    )
+    assert result.success
+
+
+def test_answers_in_label_studio_reach_the_next_dataset_version(label_studio, tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
+    overrides = {**TINY, "engine.enabled": True, "engine.label_budget": 6, "labelstudio.url": label_studio.url,
+                 "labelstudio.project": f"flywheel test {uuid.uuid4().hex[:6]}", "labelstudio.settle_s": 0,
+                 "labelstudio.document_root": str(tmp_path_factory.getbasetemp())}  # fmt: skip
+    settings = load_settings(**overrides)
+    store = open_store(settings.store_root)
+    defs = build_definitions(settings, overrides=overrides)
+    with dg.instance_for_test() as instance:
+        simulate(store, settings, clips=4, seed=0)
+        plan = plan_batch(store, min_clips=1, max_clips=100)
+        commit_batch(store, plan)
+        batch = plan.batch_id
+        instance.add_dynamic_partitions("fleet_batches", [batch])
+        assert defs.resolve_job_def("ingest_batch").execute_in_process(instance=instance, partition_key=batch).success
+        queued = store.read_json(layout.queue_key(batch))
+        assert len(queued) == 6
+
+        # the sensor imports the queue; nothing is answered yet
+        skip = _tick(instance, overrides)
+        assert isinstance(skip, dg.SkipReason) and "6 task(s) imported" in skip.skip_message
+        sync = labelstudio_sync.from_settings(settings)
+        tasks = sync._tasks(sync.project_id())
+        assert sorted(t["data"]["frame_id"] for t in tasks) == sorted(t["data"]["frame_id"] for t in queued)
+        image = requests.get(label_studio.url + tasks[0]["data"]["image"],
+                             headers={"Authorization": f"Token {label_studio.token}"}, timeout=30)  # fmt: skip
+        assert image.status_code == 200 and image.content[:2] == b"\xff\xd8"  # the JPEG, served from the store
+
+        # a person answers every task with what the frame shows
+        frames = store.read_parquet(layout.frames_key(batch), columns=["frame_id", "ground_truth"])
+        truth = dict(zip(frames.column("frame_id").to_pylist(), frames.column("ground_truth").to_pylist(), strict=True))
+        for t in tasks:
+            sync.client.annotations.create(id=t["id"], result=labelstudio.choice_result(truth[t["data"]["frame_id"]]))
+        result = _tick(instance, overrides)
+        [request] = result.run_requests
+        assert request.partition_key == batch and request.tags["flywheel/answers"] == "6"
+        _relabel(defs, instance, request)
+        labels = store.read_parquet(layout.labels_key(batch))
+        human = {f: c for f, c, s in zip(*(labels.column(n).to_pylist() for n in ("frame_id", "label", "label_source")),
+                                         strict=True) if s == "human"}  # fmt: skip
+        assert human == {fid: settings.classes.index(truth[fid]) for fid in human} and len(human) == 6
+        v1, created = loop.build_dataset_version(store, settings)
+        assert created and v1["counts"]["rows"] >= 6
+        assert isinstance(_tick(instance, overrides), dg.SkipReason)  # every answer is in the labels now
+
+        # days later the person corrects one answer: the batch is revised in v2, v1 keeps the old label
+        fid = tasks[0]["data"]["frame_id"]
+        wrong = next(c for c in settings.classes if c != truth[fid])
+        [annotation] = sync._tasks(sync.project_id())[0]["annotations"]
+        sync.client.annotations.update(id=annotation["id"], result=labelstudio.choice_result(wrong))
+        [request] = _tick(instance, overrides).run_requests
+        _relabel(defs, instance, request)
+        assert dataset.waiting_batches(store, settings.dataset.name)[1] == [batch]
+        v2, created = loop.build_dataset_version(store, settings)
+        assert created and v2["revised_batches"] == [batch] and v2["new_batches"] == []
+        changed = diff_versions(store, settings.dataset.name, 1, 2)
+        assert changed["labels_changed"] == 1 and changed["changed"][0]["frame_id"] == fid
+        assert changed["changed"][0]["after"] == wrong
+        assert dataset.verify_shards(store, v1) == []  # the older version is whole and unchanged
