@@ -195,9 +195,12 @@ def ingest(obj: Ctx, min_clips: int | None):
     \b
     Example: flywheel ingest --min-clips 1
     """
+    from flywheel.progress import shown
+
     if min_clips is not None:
         obj = obj.with_overrides(**{"sensor.min_clips": min_clips})
-    results = run_sensor_once(obj)
+    with shown():  # the clips read, as bars on this terminal: the runs execute in this process
+        results = run_sensor_once(obj)
     for r in results:
         attempt = f" ({r['run_key']})" if r["run_key"] != r["batch_id"] else ""
         if r["ok"]:
@@ -265,7 +268,10 @@ def iterate(obj: Ctx):
     \b
     Example: flywheel iterate
     """
-    summary = run_iteration(obj)
+    from flywheel.progress import shown
+
+    with shown():  # clips read and evaluation passes, as bars on this terminal (runs in process)
+        summary = run_iteration(obj)
     click.echo(format_summary(summary))
 
 
@@ -543,17 +549,49 @@ def status(obj: Ctx, as_json: bool):
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=3000, show_default=True)
+@click.option("--label-studio", "label_studio", is_flag=True,
+              help="Also start Label Studio on 127.0.0.1 for the human queue (installed into its own "
+                   "environment on first use); the label_studio_answers sensor syncs with it.")  # fmt: skip
+@click.option("--label-studio-port", type=int, default=8080, show_default=True)
 @click.pass_obj
-def ui(obj: Ctx, host: str, port: int):
+def ui(obj: Ctx, host: str, port: int, label_studio: bool, label_studio_port: int):
     """Run the Dagster webserver and daemon (sensors, schedules, run queue) until Ctrl-C.
 
     \b
     Example: flywheel ui --port 3000
+    Example: flywheel --config flywheel.yaml ui --label-studio
     """
     obj.instance().dispose()  # a fresh home's storage is created here, under the lock, not by dagster dev
     env = dict(os.environ)
     if obj.config:
         env["FLYWHEEL_CONFIG"] = str(Path(obj.config).resolve())
+    studio = _start_label_studio(obj, env, label_studio_port) if label_studio else None
+    try:
+        _run_dagster_dev(env, host, port)
+    finally:
+        if studio is not None:
+            studio.stop()
+
+
+def _start_label_studio(obj: Ctx, env: dict, port: int):
+    """Start Label Studio beside Dagster and point the sensor at it (LABEL_STUDIO_URL and its token)."""
+    from flywheel import labelstudio_server
+    from flywheel.store import LocalStore
+
+    st, s = obj.store(), obj.settings
+    root = Path(s.labelstudio.document_root) if s.labelstudio.document_root else (
+        st.path if isinstance(st, LocalStore) else flywheel_home())  # fmt: skip
+    data = flywheel_home() / "labelstudio"
+    click.echo(f"starting Label Studio (data in {data}; the first start sets up its database, about a minute)")
+    server = labelstudio_server.start(data_dir=data, port=port, document_root=root,
+                                      exe=labelstudio_server.ensure_installed(echo=click.echo))  # fmt: skip
+    env.update(LABEL_STUDIO_URL=server.url, **{s.labelstudio.api_key_env: server.token})
+    click.echo(f"Label Studio on {server.url}: log in as {labelstudio_server.USER}, password "
+               f"{labelstudio_server.password_for(server.token)}")  # fmt: skip
+    return server
+
+
+def _run_dagster_dev(env: dict, host: str, port: int) -> None:
     cmd = [sys.executable, "-m", "dagster", "dev", "-m", "flywheel.definitions", "-h", host, "-p", str(port)]
     click.echo(f"Dagster UI on http://{host}:{port} (DAGSTER_HOME={env['DAGSTER_HOME']}); Ctrl-C stops it")
     # dagster dev must see SIGINT even when this command was started in the background
@@ -601,6 +639,7 @@ def demo(obj: Ctx, iterations: int, clips: int, label_budget: int, seed: int, en
     from flywheel import plots
     from flywheel.engine.shadow import fleet_filter
     from flywheel.ingest import pending_clips
+    from flywheel.progress import shown
 
     home = flywheel_home()
     if (home / "batches").exists() or pending_clips(obj.store()):
@@ -625,7 +664,8 @@ def demo(obj: Ctx, iterations: int, clips: int, label_budget: int, seed: int, en
         how = "shadow mode picks low_confidence clips" if shadow else "random uploads"
         click.echo(f"\n== iteration {i}/{iterations}: the fleet records {clips} clips ({how})")
         keys = run_sim(obj.store(), obj.settings, clips=clips, seed=seed, upload_filter=shadow, progress=True)
-        summary = run_iteration(obj, annotate=engine)
+        with shown():  # clips read and evaluation passes, as bars on this terminal
+            summary = run_iteration(obj, annotate=engine)
         summary["uploaded"], summary["labels_spent"] = len(keys), summary["human_labels"] - spent
         spent = summary["human_labels"]
         rows.append({"iteration": i, **summary})

@@ -79,6 +79,11 @@ def token_for(data_dir: Path) -> str:
     return token
 
 
+def password_for(token: str) -> str:
+    """The first user's password, made from the token (the token is the secret either way)."""
+    return token[:16]
+
+
 def start(*, data_dir: Path, port: int, document_root: Path, exe: Path | None = None,
           timeout_s: float = 600.0) -> Server:  # fmt: skip
     """Start Label Studio on 127.0.0.1:`port` and wait until it answers with the token."""
@@ -92,7 +97,7 @@ def start(*, data_dir: Path, port: int, document_root: Path, exe: Path | None = 
         "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
         "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
     }
-    password = token[:16]  # the first user's password; the token is the secret either way
+    password = password_for(token)
     cmd = [str(exe), "start", "--no-browser", "--data-dir", str(data_dir), "--internal-host", "127.0.0.1",
            "-p", str(port), "--host", url, "--username", USER, "--password", password,
            "--user-token", token, "--enable-legacy-api-token"]  # fmt: skip

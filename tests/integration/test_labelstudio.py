@@ -5,6 +5,12 @@ after, and the older version keeps its labels."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 import uuid
 
 import dagster as dg
@@ -20,7 +26,7 @@ from flywheel.sim import simulate
 from flywheel.store import open_store
 from resources import resources_for
 from sensors.labeling import label_studio_answers
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_for_port
 from tests.integration.conftest import TINY
 
 pytestmark = pytest.mark.integration
@@ -109,3 +115,37 @@ def test_answers_in_label_studio_reach_the_next_dataset_version(label_studio, tm
         assert changed["labels_changed"] == 1 and changed["changed"][0]["frame_id"] == fid
         assert changed["changed"][0]["after"] == wrong
         assert dataset.verify_shards(store, v1) == []  # the older version is whole and unchanged
+
+
+def test_ui_starts_label_studio_beside_dagster_and_stops_both(flywheel_home, label_studio):
+    """`flywheel ui --label-studio`: Label Studio answers its token, Dagster lists the answers sensor;
+    Ctrl-C stops both. (`label_studio` only makes sure the environment is built.)"""
+    ls_port, ui_port = free_port(), free_port()
+    env = {**os.environ, "FLYWHEEL_HOME": str(flywheel_home)}
+    env.pop("DAGSTER_HOME", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flywheel.cli", "ui", "--port", str(ui_port), "--label-studio",
+         "--label-studio-port", str(ls_port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        wait_for_port(ui_port, timeout=300, proc=proc)  # Label Studio first: its port is up before Dagster's
+        token = (flywheel_home / "labelstudio" / "flywheel-token").read_text().strip()
+        projects = requests.get(f"http://127.0.0.1:{ls_port}/api/projects",
+                                headers={"Authorization": f"Token {token}"}, timeout=30)  # fmt: skip
+        assert projects.status_code == 200
+        query = "{ sensorsOrError(repositorySelector: {repositoryName: \"__repository__\", " \
+                "repositoryLocationName: \"flywheel.definitions\"}) { ... on Sensors { results { name } } } }"
+        deadline, names = time.monotonic() + 120, []
+        while not names and time.monotonic() < deadline:  # the code location may still be loading
+            body = requests.post(f"http://127.0.0.1:{ui_port}/graphql", json={"query": query}, timeout=30).json()
+            names = [r["name"] for r in ((body.get("data") or {}).get("sensorsOrError") or {}).get("results", [])]
+            time.sleep(1)
+        assert "label_studio_answers" in names
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert f"Label Studio on http://127.0.0.1:{ls_port}" in out
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", ls_port)) != 0  # stopped with the UI
