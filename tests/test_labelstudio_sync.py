@@ -1,0 +1,70 @@
+"""The Label Studio sync's parts that need no server: image references per store, which batches'
+answers are not in their labels yet, and the labeling config read back. The round trip
+through a real server is tests/integration/test_labelstudio.py."""
+
+import pyarrow as pa
+import pytest
+import requests
+
+from flywheel import labelstudio, layout
+from flywheel.engine.queue import write_queue
+from flywheel.labelstudio_sync import LabelStudioSync, _choices, unfolded
+from flywheel.schema import LABELS
+from flywheel.store import open_store
+from tests.conftest import jpeg
+
+CLASSES = ["car", "truck"]
+
+
+def _frames(n=3):
+    return pa.table({
+        "frame_id": [f"c1/front/{i}" for i in range(n)], "clip_id": ["c1"] * n, "camera": ["front"] * n,
+        "condition": ["day"] * n, "trigger": ["random"] * n, "image": [jpeg(i) for i in range(n)],
+        "format": ["jpeg"] * n,
+    })  # fmt: skip
+
+
+def _sync(**kw):
+    return LabelStudioSync("http://127.0.0.1:9", "token", title="t", classes=CLASSES, **kw)  # never contacted here
+
+
+def test_images_are_local_files_urls_for_a_local_store_and_presigned_urls_for_s3(tmp_path, s3_root, s3_endpoint):
+    local = open_store(str(tmp_path / "store"))
+    write_queue(local, "b1", _frames(), ["c1/front/0"])
+    [task] = local.read_json(layout.queue_key("b1"))
+    assert _sync().image_ref(local, task) == "/data/local-files/?d=labeling/images/b1/c1/front/0.jpg"
+    assert _sync(document_root=tmp_path).image_ref(local, task) == "/data/local-files/?d=store/labeling/images/b1/c1/front/0.jpg"
+
+    s3 = open_store(s3_root, endpoint_url=s3_endpoint)
+    write_queue(s3, "b1", _frames(), ["c1/front/1"])
+    [task] = s3.read_json(layout.queue_key("b1"))
+    url = _sync().image_ref(s3, task)
+    assert url.startswith(s3_endpoint) and "Signature" in url
+    assert requests.get(url, timeout=30).content == jpeg(1)  # what the annotator's browser fetches
+
+
+def test_unfolded_lists_batches_whose_labels_lack_an_answer(tmp_path):
+    store = open_store(str(tmp_path))
+    write_queue(store, "b1", _frames(), ["c1/front/0", "c1/front/1"])
+    tasks = store.read_json(layout.queue_key("b1"))
+
+    def labels(source_of_0: str, label_of_0: int):
+        t = pa.table({"frame_id": ["c1/front/0", "c1/front/2"], "label": [label_of_0, 0],
+                      "label_source": [source_of_0, "ground_truth"], "label_confidence": [1.0, 1.0]}, schema=LABELS)  # fmt: skip
+        store.write_parquet(layout.labels_key("b1"), t)
+
+    labels("ground_truth", 0)
+    assert unfolded(store, CLASSES) == []  # no answers yet
+    store.write_json(layout.done_key("b1"), [labelstudio.exported_task(1, tasks[0], "truck", annotator="a")])
+    [late] = unfolded(store, CLASSES)
+    assert (late.batch_id, late.tasks) == ("b1", 1)
+    labels("human", 0)  # a human label, but not the one given: still to fold in
+    assert [a.batch_id for a in unfolded(store, CLASSES)] == ["b1"]
+    labels("human", 1)
+    assert unfolded(store, CLASSES) == []
+
+
+def test_the_labeling_config_reads_back_as_its_choices():
+    assert _choices(labelstudio.label_config(CLASSES)) == CLASSES
+    with pytest.raises(ValueError, match="not XML"):
+        _choices("<View>")
