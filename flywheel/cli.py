@@ -163,6 +163,8 @@ def main(ctx: click.Context, config: str | None):
     Example: flywheel demo
     """
     ctx.obj = Ctx(config, {})
+    # kill (SIGTERM) stops a command as Ctrl-C does: the run in process is recorded as interrupted
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 @main.command()
@@ -251,13 +253,32 @@ def run_sensor_once(obj: Ctx) -> list[dict]:
 
 
 def _failure(result) -> str:
-    """What failed an in-process run, in one line: its first failed step and that error's first line."""
+    """What failed an in-process run, in one line: its failed steps and their errors' first lines."""
     from flywheel.recovery import failure_line
 
-    for e in result.all_events:
-        if e.event_type_value == "STEP_FAILURE":
-            return failure_line(e.step_key, e.event_specific_data.error)
-    return f"the run (no step failed; see it in `{command('ui')}`)"
+    failed = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    if not failed:
+        return f"the run (no step failed; see it in `{command('ui')}`)"
+    return "; ".join(failure_line(e.step_key, e.event_specific_data.error) for e in failed)
+
+
+class Interrupted(click.ClickException):
+    """A run stopped by Ctrl-C or a stop signal: exit status 130, as a shell expects."""
+
+    exit_code = 130
+
+
+def _check_run(result, what: str) -> None:
+    """Nothing for a successful run; else one line on what failed (a crash: 1; an interruption: 130)."""
+    from flywheel.recovery import INTERRUPTED
+
+    if result.success:
+        return
+    why = _failure(result)
+    if INTERRUPTED in why:
+        raise Interrupted(f"{what} (run {result.run_id}) was interrupted ({why}); run it again to go on "
+                          "(training resumes from its last checkpoint)")  # fmt: skip
+    raise click.ClickException(f"{what} (run {result.run_id}) failed in {why}")
 
 
 @main.command()
@@ -282,7 +303,6 @@ def run_iteration(obj: Ctx, *, annotate: bool = False) -> dict:
     """
     import dagster as dg
 
-    from flywheel.recovery import failure_line
     from flywheel.report import iteration_summary
     from flywheel.tracking import tracker_for
     from jobs import TRAINING_TAGS
@@ -311,10 +331,7 @@ def run_iteration(obj: Ctx, *, annotate: bool = False) -> dict:
         run_config=RUN_LOGS,
         raise_on_error=False,
     )
-    if not result.success:  # a crash; a kept champion is a successful run (tagged flywheel/gate=kept)
-        failed = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-        msg = "; ".join(failure_line(e.step_key, e.event_specific_data.error) for e in failed)
-        raise click.ClickException(f"iteration run {result.run_id} failed: {msg or 'see the run in the UI'}")
+    _check_run(result, "the iteration")  # a crash; a kept champion is a successful run (flywheel/gate=kept)
     summary = iteration_summary(obj.store(), obj.settings, tracker_for(obj.settings))
     auto = auto_label_accuracy(obj.store(), obj.settings, [r["batch_id"] for r in ingested])
     return {**summary, "run_id": result.run_id, "auto_labels": auto}
@@ -404,8 +421,7 @@ def tune_command(obj: Ctx, trials: int | None, minutes: float | None):
         instance=instance, tags={**TRAINING_TAGS, "flywheel/trigger": "cli", **cli_run_tags()}, raise_on_error=False,
         run_config={**RUN_LOGS, "ops": {"trainer_config": {"config": budget}}},
     )  # fmt: skip
-    if not result.success:
-        raise click.ClickException(f"tune run {result.run_id} failed in {_failure(result)}")
+    _check_run(result, "tuning")
     tuned = obj.store().read_json(layout.trainer_config_key(obj.settings.dataset.name))
     t = tuned["trials"]
     click.echo(f"study {tuned['study']} ({tuned['storage']}): {t['run']} trial(s) run, "
@@ -471,7 +487,6 @@ def approve(obj: Ctx, version: str, by: str, reason: str):
     """
     import dagster as dg
 
-    from flywheel.recovery import failure_line
 
     config = {"approve_version": version.removeprefix("v"), "approved_by": by, "reason": reason}
     result = obj.definitions().resolve_job_def("train_and_deploy").execute_in_process(
@@ -479,10 +494,7 @@ def approve(obj: Ctx, version: str, by: str, reason: str):
         run_config={**RUN_LOGS, "ops": {"deployed": {"config": config}}},
         tags={"flywheel/trigger": "approve", **cli_run_tags()},
     )  # fmt: skip
-    if not result.success:
-        failed = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-        msg = "; ".join(failure_line(e.step_key, e.event_specific_data.error) for e in failed)
-        raise click.ClickException(f"approving v{config['approve_version']} failed: {msg or 'see the run in the UI'}")
+    _check_run(result, f"approving v{config['approve_version']}")
     click.echo(f"v{config['approve_version']} approved by {by} and deployed (run {result.run_id})")
 
 

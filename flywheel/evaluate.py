@@ -24,6 +24,7 @@ import re
 import numpy as np
 import torch
 
+from flywheel import progress as bars
 from flywheel.model_input import check_input
 from flywheel.predict import predict
 
@@ -215,36 +216,45 @@ def robustness(
     clean_probs: np.ndarray | None = None,
     batch_size: int = 256,
     device: str = "cpu",
+    progress: bool | None = None,
 ) -> dict[str, dict]:
     """Accuracy and macro-F1 under each corruption, beside the clean scores on the same frames.
 
     Each corruption runs on a seeded subsample of at most `max_frames` frames (None: all),
     and slow ones (fog) on at most `SLOW_CORRUPTIONS[name]`; `n` and `subsampled` in each
     entry say which. On CPU every corruption costs one forward pass over its frames.
+    `progress`: bars of the corruptions and their passes (None: as `flywheel.progress` says).
     """
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
     check_input(images)
     labels = np.asarray(labels, dtype=np.int64)
+
+    def probs_of(x: np.ndarray) -> np.ndarray:
+        return predict(model, x, batch_size=batch_size, device=device, progress=progress).probs
+
     if clean_probs is None:
-        clean_probs = predict(model, images, batch_size=batch_size, device=device).probs
+        clean_probs = probs_of(images)
     num_classes = clean_probs.shape[1]
     out = {}
-    for k, name in enumerate(corruptions):
-        caps = [c for c in (max_frames, SLOW_CORRUPTIONS.get(name)) if c is not None]
-        idx = _subsample(len(images), min(caps, default=None), seed + k)
-        noisy = corrupt(images[idx], name, seed=seed + k)
-        preds = predict(model, noisy, batch_size=batch_size, device=device).probs.argmax(axis=1)
-        cm = confusion_matrix(preds, labels[idx], num_classes)
-        clean = confusion_matrix(clean_probs[idx].argmax(axis=1), labels[idx], num_classes)
-        out[name] = {
-            "accuracy": accuracy(cm),
-            "macro_f1": macro_f1(cm),
-            "clean_accuracy": accuracy(clean),
-            "clean_macro_f1": macro_f1(clean),
-            "n": int(len(idx)),
-            "subsampled": bool(len(idx) < len(images)),
-        }
+    with bars.bar(total=len(corruptions), desc="robustness", unit="corruption",
+                  progress=progress) as bar:  # fmt: skip
+        for k, name in enumerate(corruptions):
+            bar.set_postfix_str(name, refresh=False)
+            caps = [c for c in (max_frames, SLOW_CORRUPTIONS.get(name)) if c is not None]
+            idx = _subsample(len(images), min(caps, default=None), seed + k)
+            noisy = corrupt(images[idx], name, seed=seed + k)
+            cm = confusion_matrix(probs_of(noisy).argmax(axis=1), labels[idx], num_classes)
+            clean = confusion_matrix(clean_probs[idx].argmax(axis=1), labels[idx], num_classes)
+            out[name] = {
+                "accuracy": accuracy(cm),
+                "macro_f1": macro_f1(cm),
+                "clean_accuracy": accuracy(clean),
+                "clean_macro_f1": macro_f1(clean),
+                "n": int(len(idx)),
+                "subsampled": bool(len(idx) < len(images)),
+            }
+            bar.update()
     return out
 
 
@@ -273,16 +283,19 @@ def evaluate_model(
     probs: np.ndarray | None = None,
     batch_size: int = 256,
     device: str = "cpu",
+    progress: bool | None = None,
 ) -> dict:
     """The full report on the evaluation frames (test split + golden set).
 
     Top level: the overall score (see `score`); `golden` and `test`: the same on each part
     (None when the part is empty); `robustness`: see `robustness`. With a golden mask the
     slice column `set` (`golden` / `test`) is added, so the gate also guards the golden set.
-    Pass `probs` if they were already computed (e.g. for a reliability plot).
+    Pass `probs` if they were already computed (e.g. for a reliability plot). `progress`: bars of
+    the forward passes on stderr (None: when the command line shows bars, `flywheel.progress`).
     """
     if probs is None:
-        probs = predict(model, images, batch_size=batch_size, device=device).probs
+        probs = predict(model, images, batch_size=batch_size, device=device,
+                        progress=progress).probs  # fmt: skip
     if len(probs) != len(images):
         raise ValueError(f"probs has {len(probs)} rows for {len(images)} images")
     labels = np.asarray(labels)
@@ -306,6 +319,7 @@ def evaluate_model(
     report["robustness"] = robustness(
         model, images, labels, corruptions=corruptions, seed=robustness_seed,
         max_frames=robustness_max_frames, clean_probs=probs, batch_size=batch_size, device=device,
+        progress=progress,
     )  # fmt: skip
     report["min_slice_frames"] = min_slice_frames
     return report

@@ -32,6 +32,7 @@ import hashlib
 import json
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -39,6 +40,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 
 from flywheel import layout, schema
+from flywheel import progress as bars
 from flywheel.clips import ClipError, read_clip
 from flywheel.config import Settings
 from flywheel.store import ObjectInfo, Store, check_key, is_valid_key
@@ -251,8 +253,11 @@ def quarantine(
     return target
 
 
-def validate_batch(store: Store, batch_id: str, settings: Settings) -> dict:
-    """Read and check every clip of a batch; quarantine the bad ones; commit the accepted list."""
+def validate_batch(
+    store: Store, batch_id: str, settings: Settings, *, progress: bool | None = None
+) -> dict:
+    """Read and check every clip of a batch; quarantine the bad ones; commit the accepted list.
+    `progress`: a bar of the clips read, on stderr (None: as `flywheel.progress` says)."""
     manifest = store.read_json(layout.batch_key(batch_id))
     ours = {batch_id, manifest.get("plan_id", batch_id)}  # the claims of its clips name its plan
 
@@ -272,7 +277,8 @@ def validate_batch(store: Store, batch_id: str, settings: Settings) -> dict:
 
     accepted, bad, nbytes = [], [], 0
     started = time.perf_counter()
-    for clip, (verdict, value, size) in zip(manifest["clips"], _map(check, manifest["clips"], settings), strict=True):
+    checked = _map(check, manifest["clips"], settings, desc="validate", progress=progress)
+    for clip, (verdict, value, size) in zip(manifest["clips"], checked, strict=True):
         nbytes += size
         if verdict == "ok":
             accepted.append(value)
@@ -322,12 +328,23 @@ def _release(store: Store, key: str, ours: set[str]) -> None:
         store.delete(layout.claim_key(key))
 
 
-def _map(fn, items: list, settings: Settings):
-    """`map` on a few threads: reads, zstd and image decoding release the GIL."""
+def _map(
+    fn: Callable, items: list, settings: Settings, *, desc: str, progress: bool | None
+) -> Iterable:
+    """`map` on a few threads (reads, zstd and image decoding release the GIL), with a bar of the
+    clips done (`desc`, shown as `progress` says)."""
     if settings.ingest.workers <= 1 or len(items) < 2:
-        return map(fn, items)
+        return _ticking(map(fn, items), len(items), desc, progress)  # lazy: one clip at a time
     with ThreadPoolExecutor(settings.ingest.workers) as pool:
-        return list(pool.map(fn, items))
+        return list(_ticking(pool.map(fn, items), len(items), desc, progress))
+
+
+def _ticking(results: Iterable, total: int, desc: str, progress: bool | None) -> Iterator:
+    """`results` as they come, each ticking the bar (closed once they are all taken)."""
+    with bars.bar(total=total, desc=desc, unit="clip", progress=progress) as bar:
+        for r in results:
+            bar.update()
+            yield r
 
 
 # ---------------------------------------------------------------- re-admission
@@ -383,8 +400,11 @@ def requeue(store: Store, key: str) -> dict:
 # ---------------------------------------------------------------- 3. frames
 
 
-def frames_table(store: Store, batch_id: str, settings: Settings) -> pa.Table:
-    """The frames of a batch's accepted clips as one Arrow table (schema.FRAMES)."""
+def frames_table(
+    store: Store, batch_id: str, settings: Settings, *, progress: bool | None = None
+) -> pa.Table:
+    """The frames of a batch's accepted clips as one Arrow table (schema.FRAMES); `progress`: a
+    bar of the clips read, on stderr (None: as `flywheel.progress` says)."""
     report = store.read_json(layout.accepted_key(batch_id))
     cols: dict[str, list] = {name: [] for name in schema.FRAMES.names}
 
@@ -398,7 +418,8 @@ def frames_table(store: Store, batch_id: str, settings: Settings) -> pa.Table:
             decode_check=False,  # validate_batch decoded every image already
         )
 
-    for clip, parsed in zip(report["accepted"], _map(parse, report["accepted"], settings), strict=True):
+    parsed_clips = _map(parse, report["accepted"], settings, desc="frames", progress=progress)
+    for clip, parsed in zip(report["accepted"], parsed_clips, strict=True):
         m = parsed.meta
         for f in parsed.frames:
             cols["frame_id"].append(f"{m.clip_id}/{f.camera}/{f.index}")
@@ -419,10 +440,13 @@ def frames_table(store: Store, batch_id: str, settings: Settings) -> pa.Table:
     return pa.table(cols, schema=schema.FRAMES)
 
 
-def write_frames(store: Store, batch_id: str, settings: Settings) -> dict:
-    """Write `frames/batch=<id>/part-0.parquet` for a validated batch; returns its summary."""
+def write_frames(
+    store: Store, batch_id: str, settings: Settings, *, progress: bool | None = None
+) -> dict:
+    """Write `frames/batch=<id>/part-0.parquet` for a validated batch; returns its summary.
+    `progress`: a bar of the clips read, on stderr (None: as `flywheel.progress` says)."""
     started = time.perf_counter()
-    table = frames_table(store, batch_id, settings)
+    table = frames_table(store, batch_id, settings, progress=progress)
     nbytes = store.write_parquet(
         layout.frames_key(batch_id),
         table,

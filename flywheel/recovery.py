@@ -117,11 +117,16 @@ _WRAPPERS = (
 )
 
 
+INTERRUPTED = "interrupted by Ctrl-C or a stop signal"
+
+
 def failure_line(step_key: str | None, error) -> str:
     """`<step>: <error's first line>` from a step failure's error (Dagster's SerializableErrorInfo:
     `cls_name`, `message`, `cause`), naming what the step raised rather than Dagster's wrapper."""
     while error.cause is not None and error.cls_name in _WRAPPERS:
         error = error.cause
+    if error.cls_name in ("DagsterExecutionInterruptedError", "KeyboardInterrupt"):
+        return f"{step_key}: {INTERRUPTED}" if step_key else INTERRUPTED
     first = error.message.strip().splitlines()[0] if error.message.strip() else error.cls_name
     return f"{step_key}: {first}" if step_key else first
 

@@ -24,18 +24,21 @@ def fresh_fleet_data(
     context: dg.SensorEvaluationContext, settings: SettingsResource, store: StoreResource
 ) -> dg.SensorResult | dg.SkipReason:
     s, st = settings.load(), store.open()
-    cursor = json.loads(context.cursor) if context.cursor else {"batches": 0, "pending": 0}
     # A batch committed by a tick whose result was lost still gets its partition and run.
     known = set(context.instance.get_dynamic_partitions(fleet_batches.name))
-    orphans = [m["batch_id"] for m in ingest.list_batches(st) if m["batch_id"] not in known]
+    batches = [m["batch_id"] for m in ingest.list_batches(st)]  # oldest first, whoever made them
+    orphans = [b for b in batches if b not in known]
     plan = ingest.plan_batch(st, min_clips=s.sensor.min_clips, max_clips=s.sensor.max_clips)
     # None: other batches claimed every clip of the plan first
     committed = ingest.commit_batch(st, plan) if plan else None
+    if committed and committed["batch_id"] not in batches:
+        batches.append(committed["batch_id"])
     new = orphans + ([committed["batch_id"]] if committed else [])
     retries, waiting, parked = _retries(context, st, s.sensor, known)
+    pending = len(ingest.pending_clips(st))
+    cursor = _cursor(batches, pending)
     if not new and not retries:
-        pending = len(ingest.pending_clips(st))
-        context.update_cursor(json.dumps({**cursor, "pending": pending}))
+        context.update_cursor(cursor)
         why = f"{pending} new clip(s) in landing; a batch needs {s.sensor.min_clips}"
         if waiting:
             why += f"; {len(waiting)} batch(es) wait to retry (next in {min(waiting) - time.time():.0f} s)"
@@ -43,12 +46,16 @@ def fresh_fleet_data(
     return dg.SensorResult(
         run_requests=[dg.RunRequest(run_key=b, partition_key=b) for b in new] + retries,
         dynamic_partitions_requests=[fleet_batches.build_add_request(new)] if new else [],
-        cursor=json.dumps(
-            {"batches": cursor["batches"] + len(new), "pending": 0, "last_batch": new[-1]}
-            if new
-            else cursor
-        ),
+        cursor=cursor,
     )
+
+
+def _cursor(batches: list[str], pending: int) -> str:
+    """What the store holds, for the UI: the committed batches (this sensor's and those that
+    `flywheel ingest` or another process committed), the newest one, and the clips waiting in
+    landing. Counted from the store at each tick, not kept as a tally, so it cannot drift."""
+    return json.dumps({"batches": len(batches), "last_batch": batches[-1] if batches else None,
+                       "pending": pending})  # fmt: skip
 
 
 def _retries(context, st, sensor, known: set[str]) -> tuple[list[dg.RunRequest], list[float], int]:

@@ -55,6 +55,7 @@ def test_simulate_ingest_status(tmp_path, flywheel_home, monkeypatch):
     assert "sensor skipped" in below.stdout and "5 new clip(s)" in below.stdout
     fired = flywheel("ingest", "--min-clips", "5", home=flywheel_home, config=cfg)
     assert "ingest succeeded" in fired.stdout
+    assert "validate:" in fired.stderr and "frames:" in fired.stderr  # bars of the clips read
     status = json.loads(flywheel("status", "--json", home=flywheel_home, config=cfg).stdout)
     assert len(status["batches"]) == 1 and status["frames"] == 20 and status["pending_clips"] == 0
     assert status["champion"] is None
@@ -125,7 +126,7 @@ def test_a_killed_iterate_does_not_block_the_next_but_a_live_one_does(flywheel_h
     orphan = _started_training_run(instance, gone)
     with pytest.raises(click.ClickException) as went_on:
         run_iteration(obj)  # it trains: on an empty store, that fails, but not for the orphan
-    assert "in progress" not in went_on.value.message and "iteration run" in went_on.value.message
+    assert "in progress" not in went_on.value.message and "the iteration (run" in went_on.value.message
     assert instance.get_run_by_id(orphan.run_id).status == dg.DagsterRunStatus.FAILURE
     live = _started_training_run(instance, recovery.process_tags())
     with pytest.raises(click.ClickException, match=f"in progress \\({live.run_id}\\)"):
@@ -187,4 +188,4 @@ def test_approve_without_a_challenger_says_so(tmp_path, flywheel_home):
     cfg = tmp_path / "flywheel.yaml"
     cfg.write_text(SMALL + "gate: {require_approval: true}\n")
     out = flywheel("approve", "v3", "--by", "alice", "--reason", "checked", home=flywheel_home, config=cfg, check=False)
-    assert out.returncode == 1 and "approving v3 failed" in out.stderr and "has no challenger" in out.stderr
+    assert out.returncode == 1 and "approving v3 (run " in out.stderr and "has no challenger" in out.stderr

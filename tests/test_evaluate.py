@@ -166,6 +166,17 @@ def test_evaluate_model_reports_overall_golden_and_test(tiny):
     assert again == r
 
 
+def test_an_evaluation_with_progress_bars_gives_the_same_report(tiny, capsys):
+    model, images, labels = tiny
+    meta = {"camera": ["front"] * 24}
+    kw = {"classes": CLASSES, "min_slice_frames": 10, "corruptions": ("gauss_noise", "rain")}
+    quiet = ev.evaluate_model(model, images, labels, meta, **kw)
+    assert capsys.readouterr().err == ""  # off unless asked: the Dagster assets stay quiet
+    assert ev.evaluate_model(model, images, labels, meta, **kw, progress=True) == quiet
+    err = capsys.readouterr().err
+    assert "predict" in err and "robustness" in err
+
+
 def test_evaluate_model_rejects_a_bad_golden_mask(tiny):
     model, images, labels = tiny
     with pytest.raises(ValueError, match="golden_mask"):

@@ -1,6 +1,7 @@
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -94,6 +95,31 @@ def test_bad_clips_are_quarantined_and_the_batch_goes_on(store):
     assert set(table.column("ground_truth").to_pylist()) == {"vehicle"}
     status = status_report(store, settings)
     assert status["frames"] == 9 and status["quarantined"] == 2 and status["pending_clips"] == 0
+
+
+@pytest.mark.parametrize("workers", [1, 4])  # clips read lazily on one thread, or on several
+def test_ingest_with_progress_bars_gives_the_same_batch(tmp_path, capsys, workers):
+    """Bars of the clips read (validate, frames) go to stderr when asked, and nothing else changes."""
+    settings = load_settings(**{"ingest.workers": workers})
+    quiet = open_store(str(tmp_path / "quiet"))
+    _land(quiet, 3)
+    quiet.write_bytes(DAY + "broken.mcap", make_clip("broken")[:300])
+    plan = ingest.plan_batch(quiet, min_clips=4, max_clips=10)
+    ingest.commit_batch(quiet, plan)
+    shutil.copytree(tmp_path / "quiet", tmp_path / "bars")  # the same committed batch, twice
+    runs = {}
+    for progress, store in ((None, quiet), (True, open_store(str(tmp_path / "bars")))):
+        report = ingest.validate_batch(store, plan.batch_id, settings, progress=progress)
+        summary = ingest.write_frames(store, plan.batch_id, settings, progress=progress)
+        table = store.read_parquet(layout.frames_key(plan.batch_id))
+        runs[progress] = (report, summary, table, capsys.readouterr().err)
+    (report, summary, table, err), (report2, summary2, table2, err2) = runs[None], runs[True]
+    assert err == ""  # off unless asked: the Dagster assets stay quiet
+    assert "validate" in err2 and "frames" in err2
+    assert len(report["accepted"]) == 3 and [q["reason"] for q in report["quarantined"]] == ["truncated"]
+    assert {**report, "seconds": 0} == {**report2, "seconds": 0}
+    assert {**summary, "seconds": 0} == {**summary2, "seconds": 0}
+    assert table.equals(table2)
 
 
 def test_frames_parquet_has_no_image_statistics(tmp_path):

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from flywheel import deploy
 from flywheel.model import ModelConfig, build_model, load_weights, save_weights
 from flywheel.predict import predict, softmax
+from flywheel.progress import shown
 
 CLASSES = ["a", "b", "c"]
 SIZE = 16
@@ -45,3 +47,26 @@ def test_bad_input_is_named():
 def test_softmax_is_stable_for_large_logits():
     p = softmax(np.array([[1000.0, 0.0], [0.0, 0.0]]))
     np.testing.assert_allclose(p, [[1.0, 0.0], [0.5, 0.5]], atol=1e-6)
+
+
+@pytest.mark.parametrize("graph", ["torch", "onnx"])
+def test_progress_bars_change_no_answer_and_show_only_when_asked(graph, capsys):
+    """A bar on stderr when asked, or inside `shown()` (the command line's runs); else quiet, as the
+    Dagster assets must be. The probabilities and embeddings are the same either way."""
+    model, images = _model_and_images()
+    if graph == "onnx":
+        model = deploy.session(deploy.export_onnx(model, image_size=SIZE))
+    quiet = predict(model, images, batch_size=4, embeddings=True)
+    assert capsys.readouterr().err == ""
+    shown_bar = predict(model, images, batch_size=4, embeddings=True, progress=True)
+    assert "predict" in capsys.readouterr().err
+    with shown():
+        inside = predict(model, images, batch_size=4, embeddings=True)
+        assert "predict" in capsys.readouterr().err
+        predict(model, images, progress=False)  # an explicit False wins
+        assert capsys.readouterr().err == ""
+    predict(model, images)  # off again after the block
+    assert capsys.readouterr().err == ""
+    for p in (shown_bar, inside):
+        np.testing.assert_array_equal(p.probs, quiet.probs)
+        np.testing.assert_array_equal(p.embeddings, quiet.embeddings)

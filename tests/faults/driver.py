@@ -1,4 +1,4 @@
-"""Runs one `flywheel` command in this process and kills it with SIGKILL at a named point.
+"""Runs one `flywheel` command in this process and kills it with SIGKILL (or FLYWHEEL_FAULT_SIGNAL) at a named point.
 
     python -m tests.faults.driver <point> <command> [args ...]
 
@@ -39,7 +39,8 @@ POINTS: dict[str, tuple[str, str, int]] = {
 def _die() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
+    # FLYWHEEL_FAULT_SIGNAL=TERM: a polite stop (kill without -9) instead, which the command may handle
+    os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get("FLYWHEEL_FAULT_SIGNAL", "KILL")))
 
 
 def install(point: str) -> None:

@@ -43,9 +43,10 @@ TRAIN_POINTS = ["dataset_shard_written", "dataset_manifest_written", "golden_wri
 SECOND_ITERATION = {"dataset_shard_written", "dataset_manifest_written", "current_moved", "champion_alias_moved"}
 
 
-def killed_at(point: str, *args: str, home: Path, config: Path, timeout: float = 600):
-    """`flywheel <args>` in a child process that dies by SIGKILL right after `point`."""
-    env = {**os.environ, "FLYWHEEL_HOME": str(home), "FLYWHEEL_CONFIG": str(config), "PYTHONPATH": str(REPO)}
+def killed_at(point: str, *args: str, home: Path, config: Path, timeout: float = 600, sig: str = "KILL"):
+    """`flywheel <args>` in a child process that gets signal `sig` (default: SIGKILL) right after `point`."""
+    env = {**os.environ, "FLYWHEEL_HOME": str(home), "FLYWHEEL_CONFIG": str(config), "PYTHONPATH": str(REPO),
+           "FLYWHEEL_FAULT_SIGNAL": sig}  # fmt: skip
     env.pop("DAGSTER_HOME", None)
     return subprocess.run([sys.executable, "-m", "tests.faults.driver", point, *args], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)  # fmt: skip
@@ -182,6 +183,16 @@ def test_kill_during_training_and_deploy_then_rerun(point, flywheel_home, templa
         uploaded = {str(p.relative_to(home)) for p in (home / "landing").rglob("*.mcap")}
     killed = killed_at(point, "iterate", home=home, config=config)
     assert killed.returncode == -signal.SIGKILL, f"{point} was not reached: {killed.stdout}{killed.stderr}"
+    _rerun_twice(settings, uploaded, "iterate")
+
+
+def test_a_stopped_iterate_says_it_was_interrupted_and_a_rerun_finishes(flywheel_home, template_home, monkeypatch):
+    """kill (SIGTERM) while the evaluation is written: exit status 130 and one line naming the step."""
+    home, config, settings, uploaded = _setup(flywheel_home, template_home, monkeypatch, FORCED)
+    stopped = killed_at("evaluation_written", "iterate", home=home, config=config, sig="TERM")
+    assert stopped.returncode == 130, stopped.stdout + stopped.stderr
+    assert "was interrupted (evaluation: interrupted by Ctrl-C or a stop signal)" in stopped.stderr
+    assert "Traceback" not in stopped.stderr
     _rerun_twice(settings, uploaded, "iterate")
 
 

@@ -187,3 +187,30 @@ def test_a_batch_whose_run_never_started_is_requested_again(setup):
         again, _ = _tick(instance, resources)
         assert isinstance(again, dg.SensorResult)
         assert [r.run_key for r in again.run_requests] == [batch_id]
+
+
+def test_the_cursor_counts_the_batches_in_the_store_whoever_committed_them(setup):
+    """`flywheel ingest` commits batches without the daemon's sensor: its next tick's cursor says what
+    the store holds, not what its own ticks did (it said 0 batches after five from the command line)."""
+    store, resources = setup
+    made = []
+    for start in (0, 3):  # two batches committed outside the sensor
+        _land(store, 3, start)
+        plan = ingest.plan_batch(store, min_clips=3, max_clips=10)
+        made.append(ingest.commit_batch(store, plan)["batch_id"])
+    _land(store, 1, 6)
+    stale = json.dumps({"batches": 0, "pending": 0})  # what the daemon's last tick left
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("fleet_batches", made)
+        for b in made:  # their ingest ran from the command line
+            instance.add_run(dg.DagsterRun(job_name="ingest_batch", status=dg.DagsterRunStatus.SUCCESS,
+                                           tags={"dagster/partition": b, "dagster/run_key": b}))  # fmt: skip
+        skipped, cursor = _tick(instance, resources, cursor=stale)
+        assert isinstance(skipped, dg.SkipReason), skipped
+        assert json.loads(cursor) == {"batches": 2, "last_batch": made[-1], "pending": 1}
+        _land(store, 2, 7)  # the threshold: this tick commits the third batch
+        fired, _ = _tick(instance, resources, cursor=cursor)
+        assert isinstance(fired, dg.SensorResult)
+        [req] = fired.run_requests
+        assert json.loads(fired.cursor) == {"batches": 3, "last_batch": req.partition_key, "pending": 0}
+    assert [m["batch_id"] for m in ingest.list_batches(store)] == [*made, req.partition_key]
