@@ -4,6 +4,7 @@
 import dagster as dg
 
 from assets.dataset import training_dataset
+from assets.training import train_through_pipes
 from assets.ui import png_md, say, table_md
 from flywheel import loop, plots, tune
 from flywheel.evaluate import compare, compare_markdown
@@ -51,15 +52,15 @@ def trainer_config(
 
 
 @dg.asset(group_name="model", deps=[training_dataset, trainer_config], kinds={"pytorch", "mlflow"},
-          op_tags={"flywheel/kind": "training"})  # fmt: skip
+          op_tags={"flywheel/kind": "training"},
+          retry_policy=dg.RetryPolicy(max_retries=1, delay=5))  # a retry resumes from the last epoch's checkpoint  # fmt: skip
 def challenger(
-    context: dg.AssetExecutionContext, settings: SettingsResource, store: StoreResource, mlflow: MlflowResource,
-    compute: ComputeResource,
+    context: dg.AssetExecutionContext, settings: SettingsResource, mlflow: MlflowResource, compute: ComputeResource,
 ) -> dg.MaterializeResult:  # fmt: skip
-    """The newest model, trained on the latest dataset version; MLflow alias `challenger`."""
+    """The newest model, trained on the latest dataset version by torchrun (`compute.nproc_per_node`
+    ranks) launched through Dagster Pipes; MLflow alias `challenger`."""
     tracker = mlflow.tracker(context)
-    out = loop.train_challenger(store.open(), settings.load(), tracker, device=compute.device,
-                                log=lambda line: say(context, line))  # fmt: skip
+    out = train_through_pipes(context, settings.load(), device=compute.device)
     last = out["history"][-1]
     links = ui_urls(tracker.tracking_uri, experiment_id=tracker.experiment_id, run_id=out["run_id"],
                     model_name=tracker.model_name, version=out["version"])  # fmt: skip
@@ -70,6 +71,7 @@ def challenger(
             "mlflow_run_id": out["run_id"],
             "dataset_version": out["dataset_version"],
             "device": out["device"],
+            "ranks (torchrun)": out["ranks"],
             "train_rows": out["train_rows"],
             "warm_started": out["warm_started"],
             "resumed_from_epoch": str(out["resumed_from_epoch"]),
@@ -105,6 +107,7 @@ def evaluation(context: dg.AssetExecutionContext, settings: SettingsResource, st
     slices = [{"slice": k, **{m: v.get(m) for m in ("n", "accuracy", "macro_f1")}} for k, v in ch["per_slice"].items()]
     yield dg.MaterializeResult(
         metadata={
+            "gate": f"{outcome}: {gate['reason']}",  # the decision, on the asset as well as on its check
             "challenger_version": out["challenger_version"],
             "champion_version": str(out["champion_version"]),
             "champion_repair": table_md([out["champion_repair"]] if out["champion_repair"] else []),

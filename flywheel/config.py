@@ -246,6 +246,25 @@ class MlflowSettings(_Section):
         return check_name(v, "model name")  # part of the evaluation and deploy keys
 
 
+class ComputeSettings(_Section):
+    """Where the challenger trains: a torchrun subprocess beside the Dagster step (`subprocess`), or a
+    Kubernetes pod (`k8s`); both through Dagster Pipes (DESIGN.md §5, README "Scaling out")."""
+
+    launcher: Literal["subprocess", "k8s"] = "subprocess"
+    nproc_per_node: int = Field(1, ge=1)  # torchrun ranks: one per GPU on a GPU node, 1-2 on a CPU
+    k8s_image: str | None = None  # an image with flywheel installed (required with launcher k8s)
+    k8s_namespace: str | None = None  # None: the namespace Dagster runs in
+    # the training container's resource limits (and requests), e.g. {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "8"}
+    k8s_resources: dict[str, str] = {}
+    k8s_service_account: str | None = None
+
+    @model_validator(mode="after")
+    def _k8s_needs_an_image(self) -> ComputeSettings:
+        if self.launcher == "k8s" and not self.k8s_image:
+            raise ValueError("compute.launcher k8s needs compute.k8s_image (an image with flywheel installed)")
+        return self
+
+
 class LabelStudioSettings(_Section):
     """A Label Studio server for the human queue (flywheel/labelstudio_sync.py); without one, the
     queue is the file exchange under labeling/ alone."""
@@ -274,6 +293,7 @@ class Settings(_Section):
     deploy: DeploySettings = DeploySettings()
     mlflow: MlflowSettings = MlflowSettings()
     labelstudio: LabelStudioSettings = LabelStudioSettings()
+    compute: ComputeSettings = ComputeSettings()
     tune: TuneSettings = TuneSettings()
     _home: Path = PrivateAttr(default_factory=lambda: flywheel_home())  # resolved once, when loaded
 

@@ -7,6 +7,12 @@ Every rank reads the same settings and the same dataset version; the shard reade
 rank its own slice and `flywheel.train` all-reduces the gradients. Rank 0 registers the model
 in MLflow (alias `challenger`) and writes the result (what `loop.train_challenger` returns) to
 `--out`. `train_challenger_torchrun` starts such a run from Python and returns that result.
+
+Launched by Dagster Pipes (the `challenger` asset), rank 0 also reports through the Pipes channel:
+one log line per epoch and the result as a custom message; the MLflow run is tagged with the
+Dagster run. A rank that fails writes its error to `$FLYWHEEL_RANK_ERRORS/rank-<r>.json`, so the
+step can say which rank failed and why. This module uses `dagster_pipes` (the protocol's small
+client library), never Dagster itself.
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ import os
 import socket
 import subprocess
 import sys
+import time
+import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -25,6 +34,8 @@ from flywheel import loop
 from flywheel.config import Settings, load_settings, quiet_telemetry
 from flywheel.store import store_for
 from flywheel.tracking import tracker_for
+
+RANK_ERRORS_ENV = "FLYWHEEL_RANK_ERRORS"  # a folder where a failing rank records its error
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -46,12 +57,43 @@ def rank_from_env() -> tuple[int, int]:
     return rank, world
 
 
-def train_rank(settings: Settings, *, device: str | None = None) -> dict:
+def train_rank(settings: Settings, *, device: str | None = None, log=None, run_tags: dict | None = None) -> dict:
     """This process's share of a DDP training run; rank 0's return value describes the model."""
     rank, world = rank_from_env()
     return loop.train_challenger(
-        store_for(settings), settings, tracker_for(settings), device=device, rank=rank, world_size=world
-    )
+        store_for(settings), settings, tracker_for(settings, run_tags=run_tags), device=device, rank=rank,
+        world_size=world, log=log,
+    )  # fmt: skip
+
+
+@contextmanager
+def _pipes_channel(rank: int):
+    """Rank 0's Dagster Pipes context when a Pipes client launched this process; else None."""
+    from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, open_dagster_pipes
+
+    if rank != 0 or DAGSTER_PIPES_CONTEXT_ENV_VAR not in os.environ:
+        yield None
+        return
+    with open_dagster_pipes() as pipes:
+        yield pipes
+
+
+def _record_rank_error(rank: int, error: BaseException) -> None:
+    folder = os.environ.get(RANK_ERRORS_ENV)
+    if not folder:
+        return
+    path = Path(folder) / f"rank-{rank}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    path.write_text(json.dumps({"rank": rank, "error": f"{type(error).__name__}: {line}", "at": time.time(),
+                                "traceback": traceback.format_exc()[-8000:]}))  # fmt: skip
+
+
+def read_rank_errors(folder: Path) -> list[dict]:
+    """What the failed ranks of a run recorded (`rank`, `error`, `at`, `traceback`), first failure first:
+    the others usually failed because a peer went away."""
+    errors = (json.loads(p.read_text()) for p in Path(folder).glob("rank-*.json"))
+    return sorted(errors, key=lambda e: (e["at"], e["rank"]))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,14 +102,34 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m flywheel.distributed", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--config", default=os.environ.get("FLYWHEEL_CONFIG"), help="flywheel.yaml")
+    parser.add_argument("--settings-json", default=None,
+                        help="the whole settings as JSON (what the launching step loaded); instead of --config")  # fmt: skip
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda (default: train.device)")
     parser.add_argument(
         "--out", type=Path, default=None, help="rank 0 writes its result here as JSON"
     )
     args = parser.parse_args(argv)
-    settings = load_settings(args.config, **parse_overrides(args.overrides))
-    result = train_rank(settings, device=args.device)
+    if args.settings_json:
+        settings = Settings.model_validate(json.loads(args.settings_json))
+    else:
+        settings = load_settings(args.config, **parse_overrides(args.overrides))
+    rank, _ = rank_from_env()
+    try:
+        with _pipes_channel(rank) as pipes:
+            log, tags = None, None
+            if pipes is not None:  # epoch lines to the Dagster run log (and this terminal); the MLflow run knows its Dagster run
+                def log(line: str) -> None:
+                    pipes.log.info(line)
+                    print(f"  training: {line}", file=sys.stderr, flush=True)
+
+                tags = {"dagster.run_id": pipes.run_id, "dagster.job": pipes.job_name or ""}
+            result = train_rank(settings, device=args.device, log=log, run_tags=tags)
+            if pipes is not None:
+                pipes.report_custom_message(json.loads(json.dumps(result, default=str)))
+    except BaseException as e:
+        _record_rank_error(rank, e)
+        raise
     if "version" in result and args.out is not None:  # rank 0
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, default=str))
@@ -83,17 +145,25 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def torchrun_command(
-    *, nproc: int, out: Path, config_path: str | None = None, overrides: dict | None = None,
+    *, nproc: int, out: Path | None = None, config_path: str | None = None, overrides: dict | None = None,
     device: str | None = None, master_port: int | None = None, master_addr: str = "127.0.0.1",
+    settings: Settings | None = None, python: str = sys.executable, standalone: bool = False,
 ) -> list[str]:  # fmt: skip
-    """The torchrun command line of one single-node training run with `nproc` ranks."""
+    """The torchrun command line of one single-node training run with `nproc` ranks.
+
+    `settings`: passed whole (`--settings-json`), so every rank trains with exactly what the caller
+    loaded; else `config_path` and `overrides`. `standalone`: torchrun picks its own rendezvous (in a
+    pod); else 127.0.0.1 and a free port here. `python`: the interpreter (in an image, `python`).
+    """
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-        "--master_addr", master_addr, "--master_port", str(master_port or free_port(master_addr)),
-        "-m", "flywheel.distributed", "--out", str(out),
-    ]  # fmt: skip
+    where = ["--standalone"] if standalone else [
+        "--master_addr", master_addr, "--master_port", str(master_port or free_port(master_addr))]  # fmt: skip
+    cmd = [python, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *where, "-m", "flywheel.distributed"]
+    if out is not None:
+        cmd += ["--out", str(out)]
+    if settings is not None:
+        cmd += ["--settings-json", settings.model_dump_json()]
     if config_path:
         cmd += ["--config", str(config_path)]
     for key, value in (overrides or {}).items():
@@ -101,6 +171,13 @@ def torchrun_command(
     if device:
         cmd += ["--device", device]
     return cmd
+
+
+def rank_env(nproc: int) -> dict[str, str]:
+    """Environment for `nproc` ranks on this machine: cores/nproc threads each, gloo over loopback
+    (each unless the environment already says otherwise)."""
+    return {"GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo"),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}  # fmt: skip
 
 
 def train_challenger_torchrun(
@@ -114,9 +191,7 @@ def train_challenger_torchrun(
     """
     out = Path(workdir) / "distributed-result.json"
     out.unlink(missing_ok=True)
-    run_env = {**os.environ, **(env or {})}
-    run_env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    run_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    run_env = {**os.environ, **rank_env(nproc), **(env or {})}
     cmd = torchrun_command(
         nproc=nproc, out=out, config_path=config_path, overrides=overrides, device=device
     )
@@ -134,3 +209,17 @@ def train_challenger_torchrun(
 
 if __name__ == "__main__":
     main()
+
+
+def k8s_pod_spec(compute) -> dict:
+    """The training pod's spec (Kubernetes camelCase) for `compute` (config.ComputeSettings): the
+    container's resource limits and requests, shared memory for DataLoader workers, never restarted
+    by Kubernetes (Dagster's RetryPolicy decides), and the service account if set."""
+    container = {"volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}]}
+    if compute.k8s_resources:
+        container["resources"] = {"limits": dict(compute.k8s_resources), "requests": dict(compute.k8s_resources)}
+    spec = {"containers": [container], "restartPolicy": "Never",
+            "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]}  # fmt: skip
+    if compute.k8s_service_account:
+        spec["serviceAccountName"] = compute.k8s_service_account
+    return spec

@@ -161,6 +161,8 @@ def test_an_iteration_from_the_command_line_shows_in_the_browser(flywheel_home, 
 
         _, text = browser.page(f"{base}/assets/evaluation?view=checks", reason)
         assert "gate" in text and reason in text, text  # the gate check's latest result: the reason
+        _, text = browser.page(f"{base}/assets/evaluation", reason)
+        assert reason in text, text  # and on the asset's own page, in its latest materialization
 
         _, text = browser.page(f"{base}/runs/{run_id}", "epoch 1/")
         assert "epoch 1/" in text and "challenger" in text, text  # the training step's say() lines

@@ -4,23 +4,21 @@ the store on S3, and training under torchrun. These run last in the session (con
 import json
 
 import boto3
-import cv2
 import dagster as dg
 import numpy as np
-import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
-from flywheel import dataset, deploy, distributed, loop
+from flywheel import deploy, distributed, loop
 from flywheel.cli import main
 from flywheel.config import load_settings
 from flywheel.model import load_weights
 from flywheel.predict import predict
 from flywheel.reader import load_arrays
-from flywheel.schema import DATASET
 from flywheel.sim import simulate
 from flywheel.store import open_store
 from flywheel.tracking import CHALLENGER, CHAMPION, tracker_for
+from tests.synthetic import separable_dataset
 
 pytestmark = pytest.mark.integration
 
@@ -80,42 +78,6 @@ def test_flywheel_iterate_on_the_production_profile(
 
 
 # One colour per class (RGB); a frame is noise with a square of its class's colour somewhere.
-COLOURS = np.array(
-    [[220, 30, 30], [30, 200, 40], [40, 50, 230], [230, 220, 40], [200, 40, 220], [40, 220, 220]]
-)
-
-
-def _separable_dataset(store, settings, *, per_split: dict[str, int], seed: int = 0) -> dict:
-    """A dataset version of synthetic frames that a small model learns in a few epochs.
-
-    The simulator's scenes need 64 px and many epochs to separate; this test is about DDP
-    matching one process, so it uses data where either reaches a clear accuracy quickly.
-    """
-    rng = np.random.default_rng(seed)
-    size, rows = settings.image_size, []
-    for split, n in per_split.items():
-        for i in range(n):
-            label = int(rng.integers(len(settings.classes)))
-            img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-            r, c = rng.integers(0, size - size // 4 + 1, 2)
-            img[r : r + size // 4, c : c + size // 4] = COLOURS[label % len(COLOURS)]
-            clip = f"{split}-{i // 8}"  # 8 frames per clip, each clip in one split
-            rows.append({
-                "frame_id": f"{clip}/front/{i % 8}", "clip_id": clip, "vehicle_id": "veh-1", "trigger": "random",
-                "condition": "day", "camera": "front", "timestamp_ns": i, "height": size, "width": size,
-                "image": cv2.imencode(".png", img[:, :, ::-1])[1].tobytes(), "label": label,
-                "label_source": "ground_truth", "label_confidence": 1.0, "split": split, "augmentation": "",
-            })  # fmt: skip
-    table = pa.Table.from_pylist(rows, schema=DATASET)
-    return dataset.append_version(
-        store,
-        name=settings.dataset.name,
-        batches={"synthetic": table},
-        classes=settings.classes,
-        row_group_rows=32,
-    )
-
-
 def _test_accuracy(store, settings, manifest, tracker, version: str) -> float:
     images, labels, _ = load_arrays(store, manifest, split="test", image_size=settings.image_size)
     model, _ = load_weights(tracker.weights(version))
@@ -133,7 +95,7 @@ def test_torchrun_two_ranks_reach_the_quality_of_one(prod_config, mlflow_server,
     config = prod_config(mlflow_server.uri, **sizes)
     settings = load_settings(config)
     store = open_store(settings.store_root, endpoint_url=settings.store.endpoint_url)
-    manifest = _separable_dataset(store, settings, per_split={"train": 384, "val": 64, "test": 128})
+    manifest = separable_dataset(store, settings, per_split={"train": 384, "val": 64, "test": 128})
     tracker = tracker_for(settings)
 
     single = loop.train_challenger(store, settings, tracker, device="cpu")
