@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import io
 import json
 from collections import defaultdict
@@ -234,6 +235,15 @@ def _image_decoder(channel: Channel, schema: Schema | None):
             f"camera channel {channel.topic} has schema {name!r} with encoding "
             f"{channel.message_encoding!r}; accepted: {sorted(ACCEPTED)}",
         )
+    # Building a protobuf or CDR decoder parses the schema: once per schema, not once per clip.
+    return _decoder_for(name, channel.message_encoding, schema.encoding if schema else "",
+                        bytes(schema.data) if schema else b"")  # fmt: skip
+
+
+@functools.lru_cache(maxsize=64)
+def _decoder_for(name: str, message_encoding: str, schema_encoding: str, schema_data: bytes):
+    schema = Schema(id=0, name=name, encoding=schema_encoding, data=schema_data)
+    key = (name, message_encoding)
     if key == (FOXGLOVE_IMAGE, "json"):
 
         def decode(raw: bytes):

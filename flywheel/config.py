@@ -71,7 +71,7 @@ class IngestSettings(_Section):
     # of zstd can declare GBs.
     max_chunk_bytes: int = Field(256 * 2**20, ge=1)
     resize: int | None = Field(None, ge=8)  # longest side; None keeps images as uploaded
-    workers: int = Field(4, ge=1)  # threads reading and parsing clips
+    workers: int | None = Field(None, ge=1)  # processes reading and parsing clips; None: the number of cores
 
 
 class SimSettings(_Section):

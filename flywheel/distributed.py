@@ -157,9 +157,12 @@ def torchrun_command(
     """
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
-    where = ["--standalone"] if standalone else [
-        "--master_addr", master_addr, "--master_port", str(master_port or free_port(master_addr))]  # fmt: skip
-    cmd = [python, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *where, "-m", "flywheel.distributed"]
+    if nproc == 1 and not standalone:  # one rank needs no torchrun agent (and its ~2 s start): the process itself
+        cmd = [python, "-m", "flywheel.distributed"]
+    else:
+        where = ["--standalone"] if standalone else [
+            "--master_addr", master_addr, "--master_port", str(master_port or free_port(master_addr))]  # fmt: skip
+        cmd = [python, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *where, "-m", "flywheel.distributed"]
     if out is not None:
         cmd += ["--out", str(out)]
     if settings is not None:

@@ -10,10 +10,10 @@ Three steps, each idempotent so a retried run does no harm:
    two planners that saw different listings never share a clip. Killed anywhere in between, the
    plan record is still there: the next `plan_batch` returns it before anything new, and
    committing it again decides every claim as before (claims never change) and ends the job.
-2. `validate_batch`: read every clip of a batch; bad ones move to `quarantine/` with a JSON
-   reason beside them, and their claim is released; the accepted list is committed as
-   `batches/<id>.accepted.json`.
-3. `write_frames`: the accepted clips become `frames/batch=<id>/part-0.parquet`.
+2. `validate_batch`: read every clip of a batch once (worker processes); bad ones move to
+   `quarantine/` with a JSON reason beside them, and their claim is released; the frames of the
+   accepted clips are staged and the accepted list is committed as `batches/<id>.accepted.json`.
+3. `write_frames`: the staged frames become `frames/batch=<id>/part-0.parquet`.
 
 What may come back. A landing key is held while its claim exists: a clip of a batch (accepted or
 not validated yet) or a duplicate upload. Quarantine releases the claim, so a fixed upload under
@@ -30,12 +30,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 
 import pyarrow as pa
 
@@ -44,6 +47,13 @@ from flywheel import progress as bars
 from flywheel.clips import ClipError, read_clip
 from flywheel.config import Settings
 from flywheel.store import ObjectInfo, Store, check_key, is_valid_key
+
+MIN_CLIPS_PER_WORKER = 16  # below this many clips per worker process, one process reads them all
+FRAMES_PARQUET = {
+    "row_group_size": 1024, "compression": "zstd",
+    "write_statistics": [c for c in schema.FRAMES.names if c != "image"],  # image stats bloat the footer
+    "use_dictionary": [c for c in schema.FRAMES.names if c not in ("image", "frame_id", "timestamp_ns")],
+}  # fmt: skip
 
 
 def is_clip_key(key: str) -> bool:
@@ -257,45 +267,40 @@ def validate_batch(
     store: Store, batch_id: str, settings: Settings, *, progress: bool | None = None
 ) -> dict:
     """Read and check every clip of a batch; quarantine the bad ones; commit the accepted list.
+
+    One pass: each clip is read once, each message decoded once and each image decode-checked once,
+    and the frames of the accepted clips are staged (`staging/frames/<id>.parquet`) for the frames
+    step to commit, so nothing is parsed twice. Clips are read by `ingest.workers` processes.
     `progress`: a bar of the clips read, on stderr (None: as `flywheel.progress` says)."""
     manifest = store.read_json(layout.batch_key(batch_id))
-    ours = {batch_id, manifest.get("plan_id", batch_id)}  # the claims of its clips name its plan
-
-    def check(clip: dict):  # runs on a worker thread: reads and parses, no side effects
-        key = clip["key"]
-        if _holder(store, key) not in ours or not store.exists(key):
-            return "done", _earlier_verdict(store, key, batch_id), 0
-        data = store.read_bytes(key)
-        try:
-            parsed = read_clip(
-                data, classes=settings.classes, max_pixels=settings.ingest.max_pixels,
-                max_chunk_bytes=settings.ingest.max_chunk_bytes,
-            )  # fmt: skip
-        except ClipError as e:
-            return "bad", e, len(data)
-        return "ok", {**clip, "clip_id": parsed.meta.clip_id, "frames": len(parsed.frames)}, len(data)
-
-    accepted, bad, nbytes = [], [], 0
+    ours = sorted({batch_id, manifest.get("plan_id", batch_id)})  # the claims of its clips name its plan
+    check = partial(_check_clip, store, settings, ours, batch_id)
+    accepted, bad, nbytes, clip_frames = [], [], 0, []
     started = time.perf_counter()
     checked = _map(check, manifest["clips"], settings, desc="validate", progress=progress)
-    for clip, (verdict, value, size) in zip(manifest["clips"], checked, strict=True):
+    for clip, (verdict, value, size, frames) in zip(manifest["clips"], checked, strict=True):
         nbytes += size
         if verdict == "ok":
             accepted.append(value)
+            clip_frames.append(frames)
             continue
         if verdict == "bad":
-            quarantine(store, clip["key"], reason=value.reason, detail=value.detail, batch_id=batch_id,
+            reason, detail = value
+            quarantine(store, clip["key"], reason=reason, detail=detail, batch_id=batch_id,
                        digest=clip["sha256"])  # fmt: skip
-            value = {"key": clip["key"], "reason": value.reason, "detail": value.detail}
+            value = {"key": clip["key"], "reason": reason, "detail": detail}
         bad.append(value)
-        _release(store, clip["key"], ours)  # a fixed upload under its key is a new clip
+        _release(store, clip["key"], set(ours))  # a fixed upload under its key is a new clip
     ids = Counter(c["clip_id"] for c in accepted)
     # The same clip_id twice in one batch: keep the first, the clip contract makes ids unique.
-    seen, unique = set(), []
-    for c in accepted:
+    seen, unique, staged = set(), [], []
+    for c, frames in zip(accepted, clip_frames, strict=True):
         if c["clip_id"] not in seen:
             seen.add(c["clip_id"])
             unique.append(c)
+            staged.append(frames)
+    table = _frames_of(staged, unique, batch_id)
+    store.write_parquet(layout.staged_frames_key(batch_id), table, **FRAMES_PARQUET)  # as the frames file will be
     report = {
         "batch_id": batch_id,
         "accepted": unique,
@@ -303,10 +308,28 @@ def validate_batch(
         "duplicate_clip_ids": sorted(i for i, n in ids.items() if n > 1),
         "duplicate_uploads": manifest.get("duplicates", []),
         "bytes": nbytes,
+        "staged_frames": table.num_rows,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    store.write_json(layout.accepted_key(batch_id), report)
+    store.write_json(layout.accepted_key(batch_id), report)  # last: the validation's commit
     return report
+
+
+def _check_clip(store: Store, settings: Settings, ours: list[str], batch_id: str, clip: dict):
+    """(verdict, value, bytes read, frames) of one clip; runs in a worker process, no side effects.
+    ok: (the clip's entry, its parsed frames); bad: ((reason, detail), None); done: an earlier verdict."""
+    key = clip["key"]
+    if _holder(store, key) not in ours or not store.exists(key):
+        return "done", _earlier_verdict(store, key, batch_id), 0, None
+    data = store.read_bytes(key)
+    try:
+        parsed = read_clip(
+            data, classes=settings.classes, max_pixels=settings.ingest.max_pixels,
+            max_chunk_bytes=settings.ingest.max_chunk_bytes, resize=settings.ingest.resize,
+        )  # fmt: skip
+    except ClipError as e:
+        return "bad", (e.reason, e.detail), len(data), None
+    return "ok", {**clip, "clip_id": parsed.meta.clip_id, "frames": len(parsed.frames)}, len(data), parsed
 
 
 def _earlier_verdict(store: Store, key: str, batch_id: str) -> dict:
@@ -331,12 +354,23 @@ def _release(store: Store, key: str, ours: set[str]) -> None:
 def _map(
     fn: Callable, items: list, settings: Settings, *, desc: str, progress: bool | None
 ) -> Iterable:
-    """`map` on a few threads (reads, zstd and image decoding release the GIL), with a bar of the
-    clips done (`desc`, shown as `progress` says)."""
-    if settings.ingest.workers <= 1 or len(items) < 2:
-        return _ticking(map(fn, items), len(items), desc, progress)  # lazy: one clip at a time
-    with ThreadPoolExecutor(settings.ingest.workers) as pool:
-        return list(_ticking(pool.map(fn, items), len(items), desc, progress))
+    """`map` over clips on `ingest.workers` processes (parsing and decoding hold the GIL), with a bar of
+    the clips done (`desc`, shown as `progress` says). One worker, or too few clips to pay for a
+    pool: here, lazily, one clip at a time."""
+    workers = min(settings.ingest.workers or os.cpu_count() or 1, len(items))
+    if workers <= 1 or len(items) < MIN_CLIPS_PER_WORKER * 2:
+        return _ticking(map(fn, items), len(items), desc, progress)
+    with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
+        chunk = max(1, len(items) // (workers * 4))
+        return list(_ticking(pool.map(fn, items, chunksize=chunk), len(items), desc, progress))
+
+
+def _pool_context():
+    """forkserver: workers fork from a clean server that has imported this module once (a fork of a
+    step process with threads could deadlock; spawn would import everything per worker)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["flywheel.ingest"])
+    return ctx
 
 
 def _ticking(results: Iterable, total: int, desc: str, progress: bool | None) -> Iterator:
@@ -403,23 +437,26 @@ def requeue(store: Store, key: str) -> dict:
 def frames_table(
     store: Store, batch_id: str, settings: Settings, *, progress: bool | None = None
 ) -> pa.Table:
-    """The frames of a batch's accepted clips as one Arrow table (schema.FRAMES); `progress`: a
-    bar of the clips read, on stderr (None: as `flywheel.progress` says)."""
+    """The frames of a batch's accepted clips as one Arrow table (schema.FRAMES), parsed again from
+    the clips: for a batch whose validation staged no frames. `progress`: a bar of the clips read."""
     report = store.read_json(layout.accepted_key(batch_id))
+    parse = partial(_parse_accepted, store, settings)
+    parsed = _map(parse, report["accepted"], settings, desc="frames", progress=progress)
+    return _frames_of(list(parsed), report["accepted"], batch_id)
+
+
+def _parse_accepted(store: Store, settings: Settings, clip: dict):
+    return read_clip(
+        store.read_bytes(clip["key"]), classes=settings.classes, max_pixels=settings.ingest.max_pixels,
+        max_chunk_bytes=settings.ingest.max_chunk_bytes, resize=settings.ingest.resize,
+        decode_check=False,  # validate_batch decoded every image already
+    )  # fmt: skip
+
+
+def _frames_of(parsed_clips: list, clips: list[dict], batch_id: str) -> pa.Table:
+    """One row per frame of the parsed clips (schema.FRAMES); `clips` are their accepted entries."""
     cols: dict[str, list] = {name: [] for name in schema.FRAMES.names}
-
-    def parse(clip: dict):
-        return read_clip(
-            store.read_bytes(clip["key"]),
-            classes=settings.classes,
-            max_pixels=settings.ingest.max_pixels,
-            max_chunk_bytes=settings.ingest.max_chunk_bytes,
-            resize=settings.ingest.resize,
-            decode_check=False,  # validate_batch decoded every image already
-        )
-
-    parsed_clips = _map(parse, report["accepted"], settings, desc="frames", progress=progress)
-    for clip, parsed in zip(report["accepted"], parsed_clips, strict=True):
+    for clip, parsed in zip(clips, parsed_clips, strict=True):
         m = parsed.meta
         for f in parsed.frames:
             cols["frame_id"].append(f"{m.clip_id}/{f.camera}/{f.index}")
@@ -444,21 +481,25 @@ def write_frames(
     store: Store, batch_id: str, settings: Settings, *, progress: bool | None = None
 ) -> dict:
     """Write `frames/batch=<id>/part-0.parquet` for a validated batch; returns its summary.
-    `progress`: a bar of the clips read, on stderr (None: as `flywheel.progress` says)."""
+
+    The frames its validation staged are committed as they are; a batch validated without staging
+    (or whose staged file is gone) is parsed again. `progress`: a bar of the clips read."""
     started = time.perf_counter()
-    table = frames_table(store, batch_id, settings, progress=progress)
-    nbytes = store.write_parquet(
-        layout.frames_key(batch_id),
-        table,
-        row_group_size=1024,
-        compression="zstd",
-        write_statistics=[c for c in schema.FRAMES.names if c != "image"],  # image stats bloat the footer
-        use_dictionary=[c for c in schema.FRAMES.names if c not in ("image", "frame_id", "timestamp_ns")],
-    )
+    report = store.read_json(layout.accepted_key(batch_id))
+    staged, key = layout.staged_frames_key(batch_id), layout.frames_key(batch_id)
+    if store.exists(staged) and store.parquet_file(staged).metadata.num_rows == report.get("staged_frames"):
+        store.move(staged, key)  # a rename on a disk, a server-side copy on S3: no parse, no rewrite
+        source = "staged by the validation (one pass)"
+    else:
+        store.write_parquet(key, frames_table(store, batch_id, settings, progress=progress), **FRAMES_PARQUET)
+        source = "parsed again"
+    table = store.read_parquet(key, columns=[c for c in schema.FRAMES.names if c != "image"])
+    nbytes = next(o.size for o in store.list(key) if o.key == key)
     return summarize_frames(table) | {
         "batch_id": batch_id,
         "key": layout.frames_key(batch_id),
         "bytes": nbytes,
+        "source": source,
         "seconds": round(time.perf_counter() - started, 3),
     }
 

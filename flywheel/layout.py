@@ -7,6 +7,7 @@
     batches/<id>.json, <id>.accepted.json    a fleet batch's clips; the clips its validation accepted
     batches/<id>.parked.json                 a batch whose ingest failed too often: why, given up
     frames/batch=<id>/part-0.parquet         frames of one batch
+    staging/frames/<id>.parquet              frames its validation parsed, until the frames step commits them
     labels/batch=<id>/part-0.parquet         labels of one batch
     augmented/batch=<id>/part-0.parquet      labeled rows with their split + augmented copies
     labeling/queue/<id>.json                 Label Studio import tasks for one batch
@@ -131,6 +132,10 @@ def batch_id_of(batch_key: str) -> str:
 
 def frames_key(batch_id: str) -> str:
     return f"frames/batch={batch_id}/part-0.parquet"
+
+
+def staged_frames_key(batch_id: str) -> str:
+    return f"staging/frames/{batch_id}.parquet"
 
 
 def labels_key(batch_id: str) -> str:

@@ -84,6 +84,17 @@ class Store(ABC):
         """Every object whose key starts with `prefix`, sorted by key; names that are no valid key
         are listed too, with `bad_key` set."""
 
+    def list_after(
+        self, prefix: str, start_after: str = "", limit: int = 1000
+    ) -> tuple[list[ObjectInfo], bool]:
+        """A page of `list(prefix)`: the objects whose key sorts after `start_after` (no object need be
+        there), in key order, and whether more follow. For listing a big prefix a page at a time,
+        resuming where the last page ended. A backend that pages (S3) gives at most `limit` per call;
+        this default lists the prefix once and gives them all (a folder walk costs the same either way)."""
+        if limit < 1:
+            raise ValueError(f"list_after needs limit >= 1, got {limit}")
+        return [o for o in self.list(prefix) if o.key > start_after], False
+
     @abstractmethod
     def delete(self, key: str) -> None: ...
 
@@ -260,6 +271,10 @@ class S3Store(Store):
         )
         self._fs: pafs.S3FileSystem | None = None
 
+    def __reduce__(self):
+        """Pickled as what opens it again (a boto3 client does not pickle): for worker processes."""
+        return (S3Store, (self.root, self.endpoint_url, self.region))
+
     def _k(self, key: str) -> str:
         check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -310,6 +325,23 @@ class S3Store(Store):
             for o in page.get("Contents", []):
                 out.append(ObjectInfo(o["Key"][strip:], o["Size"], o["LastModified"].timestamp()))
         return sorted(out, key=lambda o: o.key)
+
+    def list_after(
+        self, prefix: str, start_after: str = "", limit: int = 1000
+    ) -> tuple[list[ObjectInfo], bool]:
+        """One ListObjectsV2 request: at most `limit` objects (S3 gives 1000 at most) after `start_after`.
+        S3 orders keys by their UTF-8 bytes, which is the order of Python's `str` comparison."""
+        if not 1 <= limit <= 1000:
+            raise ValueError(f"list_after on S3 needs 1 <= limit <= 1000, got {limit}")
+        full = self._k(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        strip = len(f"{self.prefix}/") if self.prefix else 0
+        args = {"Bucket": self.bucket, "Prefix": full, "MaxKeys": limit}
+        if start_after:  # a position, not an object to read: any name `list` gave will do
+            args["StartAfter"] = f"{self.prefix}/{start_after}" if self.prefix else start_after
+        page = self.client.list_objects_v2(**args)
+        objs = [ObjectInfo(o["Key"][strip:], o["Size"], o["LastModified"].timestamp())
+                for o in page.get("Contents", [])]  # fmt: skip
+        return objs, bool(page.get("IsTruncated"))
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._k(key))

@@ -97,9 +97,9 @@ def test_bad_clips_are_quarantined_and_the_batch_goes_on(store):
     assert status["frames"] == 9 and status["quarantined"] == 2 and status["pending_clips"] == 0
 
 
-@pytest.mark.parametrize("workers", [1, 4])  # clips read lazily on one thread, or on several
+@pytest.mark.parametrize("workers", [1, 4])  # too few clips for a pool: read here either way
 def test_ingest_with_progress_bars_gives_the_same_batch(tmp_path, capsys, workers):
-    """Bars of the clips read (validate, frames) go to stderr when asked, and nothing else changes."""
+    """A bar of the clips read goes to stderr when asked, and nothing else changes."""
     settings = load_settings(**{"ingest.workers": workers})
     quiet = open_store(str(tmp_path / "quiet"))
     _land(quiet, 3)
@@ -115,7 +115,8 @@ def test_ingest_with_progress_bars_gives_the_same_batch(tmp_path, capsys, worker
         runs[progress] = (report, summary, table, capsys.readouterr().err)
     (report, summary, table, err), (report2, summary2, table2, err2) = runs[None], runs[True]
     assert err == ""  # off unless asked: the Dagster assets stay quiet
-    assert "validate" in err2 and "frames" in err2
+    assert "validate" in err2  # the frames step parses nothing: validation staged the frames
+    assert summary["source"] == "staged by the validation (one pass)"
     assert len(report["accepted"]) == 3 and [q["reason"] for q in report["quarantined"]] == ["truncated"]
     assert {**report, "seconds": 0} == {**report2, "seconds": 0}
     assert {**summary, "seconds": 0} == {**summary2, "seconds": 0}
@@ -404,3 +405,25 @@ def test_requeue_command(flywheel_home):
     out = CliRunner().invoke(main, ["requeue", DAY + "big.mcap"])
     assert out.exit_code != 0 and "nothing to requeue" in out.output
     assert "flywheel requeue landing/" in CliRunner().invoke(main, ["requeue", "--help"]).output
+
+
+def test_one_pass_on_worker_processes_gives_the_frames_of_a_second_parse(store):
+    """40 clips and a broken one on 2 worker processes (the S3 store is pickled to them): validation
+    stages the frames; they equal what parsing the accepted clips again gives; the staged file is
+    gone once the frames are committed."""
+    settings = load_settings(**{"ingest.workers": 2})
+    _land(store, 40)
+    store.write_bytes(DAY + "broken.mcap", make_clip("broken")[:300])
+    plan = ingest.plan_batch(store, min_clips=41, max_clips=100)
+    ingest.commit_batch(store, plan)
+    report = ingest.validate_batch(store, plan.batch_id, settings)
+    assert len(report["accepted"]) == 40 and [q["reason"] for q in report["quarantined"]] == ["truncated"]
+    assert report["staged_frames"] == sum(c["frames"] for c in report["accepted"])
+    again = ingest.frames_table(store, plan.batch_id, load_settings(**{"ingest.workers": 1}))
+    summary = ingest.write_frames(store, plan.batch_id, settings)
+    assert summary["source"] == "staged by the validation (one pass)"
+    assert store.read_parquet(layout.frames_key(plan.batch_id)).equals(again)
+    assert not store.exists(layout.staged_frames_key(plan.batch_id))
+    # a retry of the frames step, the staged file gone: it parses the clips again, same frames
+    retry = ingest.write_frames(store, plan.batch_id, settings)
+    assert retry["source"] == "parsed again" and store.read_parquet(layout.frames_key(plan.batch_id)).equals(again)
