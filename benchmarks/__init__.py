@@ -2,6 +2,7 @@
 
 cli      `flywheel bench`: one subcommand per benchmark
 ingest   landing MCAP -> frames Parquet, beside the raw MCAP read rate
+sensor   fresh-data sensor ticks with 10k and 100k clips waiting on S3 (moto): landing scan vs full listing
 loader   the shard reader vs file folder, tar and decode-only loading; append vs rebuild a version
 cycle    latency of whole iterations, landing to deployed, per Dagster step
 engine   data engine vs random uploads and labels at the same human-label budget

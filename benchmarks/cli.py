@@ -257,6 +257,45 @@ def label_errors(batches: int, clips: int, label_budget: int, error_rate: float,
                                       error_rate=error_rate, steps=steps, seed=seed))  # fmt: skip
 
 
+@bench.command()
+@click.option("--sizes", callback=_csv(int), default="10000,100000", show_default=True,
+              help="Clips waiting in landing, comma-separated; a fresh bucket each.")  # fmt: skip
+@click.option("--max-clips", type=click.IntRange(min=1), default=500, show_default=True,
+              help="sensor.max_clips: clips a batch takes.")  # fmt: skip
+@click.option("--ticks", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Steady ticks after the first (each commits a batch).")  # fmt: skip
+@click.option("--threads", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Parallel uploads filling landing.")  # fmt: skip
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="JSON result file (default: benchmarks/results/sensor_tick.json).")  # fmt: skip
+def sensor(sizes: tuple[int, ...], max_clips: int, ticks: int, threads: int, out: str | None):
+    """Seconds and S3 requests of a fresh-data sensor tick with many clips waiting, on moto's S3
+    server: the landing scan (first and steady ticks) vs listing all of landing; JSON on stdout and
+    in the result file, a Markdown table on stderr.
+
+    \b
+    Example: flywheel bench sensor --sizes 10000,100000
+    """
+    from pathlib import Path
+
+    from benchmarks.sensor import RESULTS, bench_sensor
+
+    def row_done(row: dict) -> None:
+        click.echo(f"{row['clips']} clips, {row['tick']}: {row['seconds']:.2f} s", err=True)
+
+    try:
+        result = bench_sensor(sizes=sizes, max_clips=max_clips, steady_ticks=ticks, threads=threads,
+                              on_row=row_done)  # fmt: skip
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    path = Path(out) if out else RESULTS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    _echo_json(result)
+    click.echo(result["markdown"], err=True)
+    click.echo(f"written to {path}", err=True)
+
+
 @bench.group()
 def scale():
     """Production profile (production/): Celery workers and DDP ranks, 1 vs 2.

@@ -570,8 +570,7 @@ def ui(obj: Ctx, host: str, port: int, label_studio: bool, label_studio_port: in
     """Run the Dagster webserver and daemon (sensors, schedules, run queue) until Ctrl-C.
 
     \b
-    Example: flywheel ui --port 3000
-    Example: flywheel --config flywheel.yaml ui --label-studio
+    Example: flywheel ui --port 3000 --label-studio
     """
     obj.instance().dispose()  # a fresh home's storage is created here, under the lock, not by dagster dev
     env = dict(os.environ)

@@ -80,31 +80,19 @@ def list_batches(store: Store) -> list[dict]:
 def claimed(store: Store) -> tuple[set[str], dict[str, tuple[str, str]]]:
     """Landing keys that some batch holds (a claim), and the content already ingested: sha256 ->
     (key, batch id) of each clip a validation accepted, or a batch not validated yet holds."""
-    keys = {layout.clip_key_of_claim(o.key) for o in store.list(layout.CLAIMS)}
-    listed = {o.key for o in store.list(layout.BATCHES)}
-    ingested: dict[str, tuple[str, str]] = {}
-    for key in sorted(listed):  # oldest batch first: ids start with their time
-        if layout.is_batch_key(key):
-            batch_id = layout.batch_id_of(key)
-            report = layout.accepted_key(batch_id)  # once validated, what it accepted
-            if report in listed:
-                clips = store.read_json(report)["accepted"]
-            else:
-                clips = store.read_json(key)["clips"]
-            for c in clips:
-                ingested.setdefault(c["sha256"], (c["key"], batch_id))
-    return keys, ingested
+    return _claimed_keys(store), _ingested(store)
 
 
 def pending_clips(store: Store, claimed_keys: set[str] | None = None) -> list[ObjectInfo]:
     """Clips in landing that no batch holds yet, oldest first. Names that cannot be store keys are
     not among them: `plan_batch` quarantines those."""
     if claimed_keys is None:
-        claimed_keys = {layout.clip_key_of_claim(o.key) for o in store.list(layout.CLAIMS)}
+        claimed_keys = _claimed_keys(store)
     return _fresh(store.list(layout.LANDING), claimed_keys)
 
 
 def _fresh(landing: list[ObjectInfo], claimed_keys: set[str]) -> list[ObjectInfo]:
+    """The clips of a landing listing that no claim holds, oldest first."""
     fresh = [
         o for o in landing if is_clip_key(o.key) and not o.bad_key and o.key not in claimed_keys
     ]
@@ -119,43 +107,29 @@ class BatchPlan:
     duplicates: list[dict] = field(default_factory=list)
 
 
-def plan_batch(store: Store, *, min_clips: int, max_clips: int) -> BatchPlan | None:
+def plan_batch(
+    store: Store, *, min_clips: int, max_clips: int, scan: LandingScan | None = None
+) -> BatchPlan | None:
     """The next batch to commit, or None. Does not commit it.
 
     A commit cut short (its plan record is still there) comes first, whatever its size: committing
     it again finishes it. Else the new clips, if at least `min_clips` wait. A landing name that
     cannot be a store key is quarantined here (`bad_key`): no batch could read it.
+
+    Which clips: without `scan`, all of landing is listed and the oldest go first. With one (the
+    sensor's), landing is read through it a page at a time, in its order, only as far as this batch
+    needs; it records how many clips the plan took and where the next scan goes on.
     """
     unfinished = _unfinished_plan(store)
     if unfinished is not None:
         return unfinished
-    landing = store.list(layout.LANDING)
-    for o in landing:
-        if o.bad_key and is_clip_key(o.key):
-            detail = f"{o.key!r} cannot be a store key: name uploads with [A-Za-z0-9._=-] and '/'"
-            quarantine(store, layout.sanitized_key(o.key), uploaded_as=o.key, reason="bad_key",
-                       detail=detail, batch_id=None, digest=None)  # fmt: skip
-    claimed_keys, ingested = claimed(store)
-    fresh = _fresh(landing, claimed_keys)
-    if len(fresh) < min_clips:
-        return None
-    clips, dups = [], []
-    seen: dict[str, tuple[str, str | None]] = dict(ingested)  # batch None: this one
-    for o in fresh:
-        if len(clips) >= max_clips:
-            break
-        digest = sha256(store.read_bytes(o.key))
-        entry = {"key": o.key, "sha256": digest, "size": o.size}
-        if digest in seen:  # the same content uploaded again: ingest it once, and say where it is
-            dups.append({**entry, "same_as": seen[digest][0], "same_as_batch": seen[digest][1]})
-        else:
-            seen[digest] = (o.key, None)
-            clips.append(entry)
-    if len(clips) < min_clips and len(clips) < max_clips:
-        return None
-    newest = max(o.mtime for o in fresh[: len(clips) + len(dups)])
-    stamp = datetime.fromtimestamp(newest, UTC).strftime("%Y%m%dT%H%M%S")
-    return BatchPlan(_batch_id(stamp, clips + dups), clips, dups)
+    if scan is None:
+        landing = store.list(layout.LANDING)
+        _quarantine_bad_names(store, landing)
+        return _plan(store, iter(_fresh(landing, _claimed_keys(store))), min_clips, max_clips)[0]
+    plan, scan.taken = _plan(store, iter(scan), min_clips, max_clips)
+    _quarantine_bad_names(store, scan.bad)
+    return plan
 
 
 def _batch_id(stamp: str, entries: list[dict]) -> str:
@@ -517,3 +491,144 @@ def summarize_frames(table: pa.Table) -> dict:
         "per_trigger": counts("trigger"),
         "per_vehicle": counts("vehicle_id"),
     }
+
+
+# ---------------------------------------------------------------- planning: helpers, landing a page at a time
+
+LIST_PAGE = 1000  # keys per listing request of a `LandingScan` (the most S3 gives)
+
+
+class LandingScan:
+    """One round over landing from a position, a page at a time: the clips no claim holds, from just
+    after the key `after` to the end of landing, then from its start up to `after`, in key order.
+    A page is listed only when the taker reaches it, beside the claims of its key range
+    (`claims/<x>` mirrors `landing/<x>`, so both lists run in step): taking a batch of 500 with 100k
+    clips waiting lists about 500 keys of each, not 100k.
+
+    A round, not "the keys after the last one seen": vehicles name their uploads, so a new clip may
+    sort before the position. A round lists every key once, so such a clip is taken when the round
+    comes to it, at the latest once the clips ahead of it are batched; and since claims are created
+    once, two batches never share a clip, whatever each planner listed.
+
+    After `plan_batch`: `taken`, `after` (where the next round starts) and `waiting` (exact when
+    `complete`, else a lower bound).
+    """
+
+    def __init__(self, store: Store, after: str = "", *, page: int | None = None) -> None:
+        if after and not after.startswith(layout.LANDING):
+            raise ValueError(f"a landing scan starts after a key under {layout.LANDING!r}, got {after!r}")
+        self.store, self.start, self.page = store, after, page or LIST_PAGE
+        self.fresh = 0  # unclaimed clips on the pages listed so far
+        self.taken = 0  # the first `taken` clips given out went into the plan (set by plan_batch)
+        self.complete = False  # every landing key was listed: `fresh` counts all the clips waiting
+        self.bad: list[ObjectInfo] = []  # unclaimed uploads whose name is no key, for quarantine
+        self._given: list[str] = []
+
+    @property
+    def after(self) -> str:
+        """Where the next round starts: after the last clip the plan took, else where this one did."""
+        return self._given[self.taken - 1] if self.taken else self.start
+
+    @property
+    def waiting(self) -> int:
+        """Clips seen that the plan did not take: all that wait if `complete`, else at least that many."""
+        return self.fresh - self.taken
+
+    def __iter__(self) -> Iterator[ObjectInfo]:
+        parts = [(self.start, None), ("", self.start)] if self.start else [("", None)]
+        for i, (lo, hi) in enumerate(parts):
+            for o in self._clips(lo, hi, last=i == len(parts) - 1):
+                self._given.append(o.key)
+                yield o
+
+    def _clips(self, lo: str, hi: str | None, *, last: bool) -> Iterator[ObjectInfo]:
+        """The unclaimed clips with `lo < key <= hi` (None: no upper bound), a page at a time."""
+        claims = self._claimed(lo)
+        claim: str | None = ""  # the next claimed key at or after the clip at hand; "": none read yet
+        after, more = lo, True
+        while more:
+            objs, more = self.store.list_after(layout.LANDING, after, self.page)
+            after = objs[-1].key if objs else after
+            if hi is not None and objs and objs[-1].key >= hi:
+                objs, more = [o for o in objs if o.key <= hi], False
+            fresh = []
+            for o in objs:
+                if not is_clip_key(o.key):
+                    continue
+                while claim is not None and claim < o.key:
+                    claim = next(claims, None)
+                if claim != o.key:
+                    (self.bad if o.bad_key else fresh).append(o)
+            self.fresh += len(fresh)
+            self.complete = last and not more
+            yield from fresh
+
+    def _claimed(self, lo: str) -> Iterator[str]:
+        """The landing keys after `lo` that a claim holds, in key order, a page of claims at a time."""
+        after, more = layout.claim_key(lo) if lo else "", True
+        while more:
+            objs, more = self.store.list_after(layout.CLAIMS, after, self.page)
+            after = objs[-1].key if objs else after
+            yield from (layout.clip_key_of_claim(o.key) for o in objs)
+
+
+def _plan(
+    store: Store, candidates: Iterator[ObjectInfo], min_clips: int, max_clips: int
+) -> tuple[BatchPlan | None, int]:
+    """The batch of the first `candidates` and how many of them it took, or (None, 0) below
+    `min_clips`. Each clip is read once for its hash; content seen before is a duplicate, kept
+    beside the clips and not counted in `max_clips`."""
+    from itertools import chain, islice
+
+    first = list(islice(candidates, max(min_clips, max_clips)))
+    if len(first) < min_clips:
+        return None, 0
+    clips, dups, took = [], [], []
+    seen: dict[str, tuple[str, str | None]] = dict(_ingested(store))  # batch None: this one
+    for o in chain(first, candidates):
+        if len(clips) >= max_clips:
+            break
+        took.append(o)
+        digest = sha256(store.read_bytes(o.key))
+        entry = {"key": o.key, "sha256": digest, "size": o.size}
+        if digest in seen:  # the same content uploaded again: ingest it once, and say where it is
+            dups.append({**entry, "same_as": seen[digest][0], "same_as_batch": seen[digest][1]})
+        else:
+            seen[digest] = (o.key, None)
+            clips.append(entry)
+    if len(clips) < min_clips and len(clips) < max_clips:
+        return None, 0
+    stamp = datetime.fromtimestamp(max(o.mtime for o in took), UTC).strftime("%Y%m%dT%H%M%S")
+    return BatchPlan(_batch_id(stamp, clips + dups), clips, dups), len(took)
+
+
+def _quarantine_bad_names(store: Store, listed: Iterable[ObjectInfo]) -> None:
+    """Quarantine the uploads of a landing listing whose name cannot be a store key."""
+    for o in listed:
+        if o.bad_key and is_clip_key(o.key):
+            detail = f"{o.key!r} cannot be a store key: name uploads with [A-Za-z0-9._=-] and '/'"
+            quarantine(store, layout.sanitized_key(o.key), uploaded_as=o.key, reason="bad_key",
+                       detail=detail, batch_id=None, digest=None)  # fmt: skip
+
+
+def _claimed_keys(store: Store) -> set[str]:
+    """Every landing key that a claim holds (lists all of claims/)."""
+    return {layout.clip_key_of_claim(o.key) for o in store.list(layout.CLAIMS)}
+
+
+def _ingested(store: Store) -> dict[str, tuple[str, str]]:
+    """sha256 -> (key, batch id) of each clip a validation accepted, or a batch not validated yet
+    holds; the oldest batch first."""
+    listed = {o.key for o in store.list(layout.BATCHES)}
+    ingested: dict[str, tuple[str, str]] = {}
+    for key in sorted(listed):  # oldest batch first: ids start with their time
+        if layout.is_batch_key(key):
+            batch_id = layout.batch_id_of(key)
+            report = layout.accepted_key(batch_id)  # once validated, what it accepted
+            if report in listed:
+                clips = store.read_json(report)["accepted"]
+            else:
+                clips = store.read_json(key)["clips"]
+            for c in clips:
+                ingested.setdefault(c["sha256"], (c["key"], batch_id))
+    return ingested

@@ -12,6 +12,7 @@ The queued images are served by Label Studio's local-files storage from `documen
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import subprocess
@@ -19,8 +20,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import requests
 
 VERSION = "1.23.2"
 USER = "flywheel@localhost"
@@ -52,17 +51,26 @@ def default_venv() -> Path:
 
 
 def ensure_installed(venv: Path | None = None, *, echo=print) -> Path:
-    """The `label-studio` executable, installing label-studio==VERSION into `venv` on first use."""
+    """The `label-studio` executable, installing label-studio==VERSION into `venv` on first use.
+
+    Under a lock beside the folder: a second caller waits for the first one's install (CI starts
+    it in the background while the tests run); a finished install is marked, a half one redone."""
     venv = venv or default_venv()
-    exe = venv / "bin" / "label-studio"
-    if exe.exists():
+    exe, done_mark = venv / "bin" / "label-studio", venv / ".flywheel-installed"
+    if done_mark.exists():
         return exe
-    echo(f"first use: installing label-studio {VERSION} into {venv} (its own environment; about 3 minutes)")
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    done = subprocess.run([*pip, f"label-studio=={VERSION}"], capture_output=True, text=True)
-    if done.returncode != 0 or not exe.exists():
-        raise RuntimeError(f"installing label-studio {VERSION} into {venv} failed:\n{done.stderr[-2000:]}")
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with open(venv.parent / f".{venv.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done_mark.exists():  # another process installed it while this one waited
+            return exe
+        echo(f"first use: installing label-studio {VERSION} into {venv} (its own environment; about 3 minutes)")
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+        done = subprocess.run([*pip, f"label-studio=={VERSION}"], capture_output=True, text=True)
+        if done.returncode != 0 or not exe.exists():
+            raise RuntimeError(f"installing label-studio {VERSION} into {venv} failed:\n{done.stderr[-2000:]}")
+        done_mark.write_text(VERSION)
     return exe
 
 
@@ -115,6 +123,8 @@ def start(*, data_dir: Path, port: int, document_root: Path, exe: Path | None = 
 
 def wait_ready(server: Server, *, timeout_s: float) -> None:
     """Until the API answers the token (migrations run on a first start), or RuntimeError with the log."""
+    import requests
+
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
@@ -129,3 +139,7 @@ def wait_ready(server: Server, *, timeout_s: float) -> None:
             pass
         time.sleep(2)
     raise RuntimeError(f"Label Studio at {server.url} did not answer within {timeout_s:.0f} s; its log: {server.log}")
+
+
+if __name__ == "__main__":  # python -m flywheel.labelstudio_server: build the environment now (needs only Python)
+    print(ensure_installed())

@@ -7,7 +7,7 @@ import time
 import dagster as dg
 
 from assets.dataset import augmented
-from flywheel import ingest, recovery
+from flywheel import ingest, layout, recovery
 from jobs import ingest_batch
 from resources import SettingsResource, StoreResource
 from resources.partitions import fleet_batches
@@ -17,8 +17,9 @@ from resources.partitions import fleet_batches
     job=ingest_batch,
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Counts new clips in landing; at the threshold, commits a fleet batch and requests its ingest. "
-    "Requests a failed ingest again, with backoff, until it succeeds or is parked.",
+    description="Reads landing a page at a time, from where its last tick stopped; at the threshold, commits "
+    "a fleet batch and requests its ingest. Requests a failed ingest again, with backoff, until it "
+    "succeeds or is parked.",
 )
 def fresh_fleet_data(
     context: dg.SensorEvaluationContext, settings: SettingsResource, store: StoreResource
@@ -28,18 +29,21 @@ def fresh_fleet_data(
     known = set(context.instance.get_dynamic_partitions(fleet_batches.name))
     batches = [m["batch_id"] for m in ingest.list_batches(st)]  # oldest first, whoever made them
     orphans = [b for b in batches if b not in known]
-    plan = ingest.plan_batch(st, min_clips=s.sensor.min_clips, max_clips=s.sensor.max_clips)
+    # Landing a page at a time from where the last tick's batch ended, only as far as one batch needs:
+    # with 100k clips waiting a tick lists about max_clips keys, and a round comes to every key.
+    scan = ingest.LandingScan(st, after=_landing_after(context))
+    plan = ingest.plan_batch(st, min_clips=s.sensor.min_clips, max_clips=s.sensor.max_clips, scan=scan)
     # None: other batches claimed every clip of the plan first
     committed = ingest.commit_batch(st, plan) if plan else None
     if committed and committed["batch_id"] not in batches:
         batches.append(committed["batch_id"])
     new = orphans + ([committed["batch_id"]] if committed else [])
     retries, waiting, parked = _retries(context, st, s.sensor, known)
-    pending = len(ingest.pending_clips(st))
-    cursor = _cursor(batches, pending)
+    cursor = _cursor(batches, scan)
     if not new and not retries:
         context.update_cursor(cursor)
-        why = f"{pending} new clip(s) in landing; a batch needs {s.sensor.min_clips}"
+        counted = "" if scan.complete else "at least "  # not every page was listed this tick
+        why = f"{counted}{scan.waiting} new clip(s) in landing; a batch needs {s.sensor.min_clips}"
         if waiting:
             why += f"; {len(waiting)} batch(es) wait to retry (next in {min(waiting) - time.time():.0f} s)"
         return dg.SkipReason(why + (f"; {parked} parked (flywheel status)" if parked else ""))
@@ -50,12 +54,30 @@ def fresh_fleet_data(
     )
 
 
-def _cursor(batches: list[str], pending: int) -> str:
+def _cursor(batches: list[str], scan: ingest.LandingScan) -> str:
     """What the store holds, for the UI: the committed batches (this sensor's and those that
     `flywheel ingest` or another process committed), the newest one, and the clips waiting in
-    landing. Counted from the store at each tick, not kept as a tally, so it cannot drift."""
+    landing. Counted from the store at each tick, not kept as a tally, so it cannot drift; but a
+    tick that stopped listing once it had a batch saw only some of landing: then `pending` is a
+    lower bound and `pending_exact` false. `landing_after`: where the next tick's listing resumes."""
     return json.dumps({"batches": len(batches), "last_batch": batches[-1] if batches else None,
-                       "pending": pending})  # fmt: skip
+                       "pending": scan.waiting, "pending_exact": scan.complete,
+                       "landing_after": scan.after})  # fmt: skip
+
+
+def _landing_after(context: dg.SensorEvaluationContext) -> str:
+    """The landing key the last tick's listing stopped after ("" without one). A cursor that cannot
+    be read starts from the beginning: any position is safe (a round lists every key), only slower."""
+    if not context.cursor:
+        return ""
+    try:
+        after = json.loads(context.cursor).get("landing_after") or ""  # none before this field
+    except (ValueError, AttributeError):  # not JSON, or not an object
+        after = None
+    if isinstance(after, str) and (not after or after.startswith(layout.LANDING)):
+        return after
+    context.log.warning(f"cursor {context.cursor!r}: no landing key to resume after; listing from the start")
+    return ""
 
 
 def _retries(context, st, sensor, known: set[str]) -> tuple[list[dg.RunRequest], list[float], int]:

@@ -55,7 +55,7 @@ def test_simulate_ingest_status(tmp_path, flywheel_home, monkeypatch):
     assert "sensor skipped" in below.stdout and "5 new clip(s)" in below.stdout
     fired = flywheel("ingest", "--min-clips", "5", home=flywheel_home, config=cfg)
     assert "ingest succeeded" in fired.stdout
-    assert "validate:" in fired.stderr and "frames:" in fired.stderr  # bars of the clips read
+    assert "validate:" in fired.stderr  # a bar of the clips read (once: the frames step parses nothing again)
     status = json.loads(flywheel("status", "--json", home=flywheel_home, config=cfg).stdout)
     assert len(status["batches"]) == 1 and status["frames"] == 20 and status["pending_clips"] == 0
     assert status["champion"] is None

@@ -21,6 +21,7 @@ POINTS: dict[str, tuple[str, str, int]] = {
     "clip_claimed": ("create", r"^claims/", 2),
     "quarantine_reason_written": ("write", r"^quarantine/.*\.reason\.json$", 1),
     "accepted_written": ("write", r"^batches/.*\.accepted\.json$", 1),
+    "frames_staged": ("parquet", r"^staging/frames/", 1),
     "frames_written": ("parquet", r"^frames/", 1),
     "queue_written": ("write", r"^labeling/queue/", 1),
     "labels_written": ("parquet", r"^labels/", 1),
@@ -71,6 +72,14 @@ def install(point: str) -> None:
     for cls in (store_mod.LocalStore, store_mod.S3Store):
         wrap(cls, "write_bytes", "write")
         wrap(cls, "create", "create")
+        real_move = cls.move
+
+        def move(self, src, dst, _real=real_move):  # an object that appears by a move (staged frames)
+            _real(self, src, dst)
+            if kind == "parquet":
+                hit(dst)
+
+        cls.move = move
     wrap(store_mod.Store, "write_parquet", "parquet")
     from flywheel import dataset
 

@@ -36,7 +36,7 @@ GATE = "gate: {floor: 0.0}\n"
 FORCED = "gate: {floor: 0.0, force: true, force_reason: 'faults: every model deploys'}\n"
 ENGINE = "engine: {enabled: true, label_budget: 8}\n"
 
-INGEST_POINTS = ["batch_committed", "clip_claimed", "quarantine_reason_written", "accepted_written", "frames_written",
+INGEST_POINTS = ["batch_committed", "clip_claimed", "quarantine_reason_written", "frames_staged", "accepted_written", "frames_written",
                  "labels_written", "augmented_written"]  # fmt: skip
 TRAIN_POINTS = ["dataset_shard_written", "dataset_manifest_written", "golden_written", "evaluation_written",
                 "onnx_written", "deploy_manifest_written", "current_moved", "champion_alias_moved"]  # fmt: skip

@@ -207,10 +207,93 @@ def test_the_cursor_counts_the_batches_in_the_store_whoever_committed_them(setup
                                            tags={"dagster/partition": b, "dagster/run_key": b}))  # fmt: skip
         skipped, cursor = _tick(instance, resources, cursor=stale)
         assert isinstance(skipped, dg.SkipReason), skipped
-        assert json.loads(cursor) == {"batches": 2, "last_batch": made[-1], "pending": 1}
+        assert json.loads(cursor) == {"batches": 2, "last_batch": made[-1], "pending": 1,
+                                      "pending_exact": True, "landing_after": ""}  # fmt: skip
         _land(store, 2, 7)  # the threshold: this tick commits the third batch
         fired, _ = _tick(instance, resources, cursor=cursor)
         assert isinstance(fired, dg.SensorResult)
         [req] = fired.run_requests
-        assert json.loads(fired.cursor) == {"batches": 3, "last_batch": req.partition_key, "pending": 0}
+        assert json.loads(fired.cursor) == {"batches": 3, "last_batch": req.partition_key, "pending": 0,
+                                            "pending_exact": True,
+                                            "landing_after": "landing/v/2026-11-01/c8.mcap"}  # fmt: skip
     assert [m["batch_id"] for m in ingest.list_batches(store)] == [*made, req.partition_key]
+
+
+# ---------------------------------------------------------------- landing a page at a time (S3)
+
+
+@pytest.fixture
+def s3(s3_endpoint, s3_root, monkeypatch):
+    """A store on the S3 test server, the sensor's resources on it (a batch takes 1 to 3 clips),
+    pages of 4 keys, and the (prefix, StartAfter) of every ListObjectsV2 request from now on."""
+    import boto3
+
+    monkeypatch.setattr(ingest, "LIST_PAGE", 4)
+    if boto3.DEFAULT_SESSION is None:
+        boto3.setup_default_session()
+    requests: list[tuple[str, str]] = []
+
+    def record(params, **_):
+        requests.append((params["Prefix"].removeprefix("flywheel/"), params.get("StartAfter", "")))
+
+    events = boto3.DEFAULT_SESSION.events  # clients made later copy the session's handlers
+    events.register("before-parameter-build.s3.ListObjectsV2", record, unique_id="count-lists")
+    store = open_store(s3_root, endpoint_url=s3_endpoint)
+    resources = _resources(s3_root, **{"store.endpoint_url": json.dumps(s3_endpoint),
+                                       "sensor.min_clips": "1", "sensor.max_clips": "3"})  # fmt: skip
+    yield store, resources, requests
+    events.unregister("before-parameter-build.s3.ListObjectsV2", unique_id="count-lists")
+
+
+def _upload(store, keys):
+    for k in keys:
+        store.write_bytes(k, make_clip(k))  # the key in the clip: each one's bytes differ
+
+
+def _batch_tick(instance, store, resources, cursor):
+    """A tick that commits a batch, and the daemon's part (its partition, its run); the batch's clips
+    and the tick's cursor."""
+    result, _ = _tick(instance, resources, cursor)
+    assert isinstance(result, dg.SensorResult), result
+    [req] = result.run_requests
+    instance.add_dynamic_partitions("fleet_batches", [req.partition_key])
+    _record_run(instance, req.partition_key)
+    return [c["key"] for c in store.read_json(layout.batch_key(req.partition_key))["clips"]], result.cursor
+
+
+def test_an_upload_that_sorts_before_the_cursor_is_taken_when_the_round_comes_to_it(s3):
+    store, resources, _ = s3
+    later = [f"landing/v2/2026-11-01/c{i}.mcap" for i in range(6)]
+    _upload(store, later)
+    early = "landing/v1/2026-11-02/early.mcap"  # a vehicle whose name sorts first uploads late
+    with dg.instance_for_test() as instance:
+        first, cursor = _batch_tick(instance, store, resources, None)
+        assert first == later[:3] and json.loads(cursor)["landing_after"] == later[2]
+        _upload(store, [early])
+        second, cursor = _batch_tick(instance, store, resources, cursor)
+        assert second == later[3:]  # on from the position first, so nothing waits for ever ...
+        third, cursor = _batch_tick(instance, store, resources, cursor)
+        assert third == [early]  # ... then round to the start: the early key is not lost
+        assert json.loads(cursor)["pending"] == 0 and json.loads(cursor)["pending_exact"]
+        idle, _ = _tick(instance, resources, cursor)
+        assert isinstance(idle, dg.SkipReason) and idle.skip_message.startswith("0 new clip(s)")
+    held = [c["key"] for m in ingest.list_batches(store) for c in m["clips"] + m["duplicates"]]
+    assert sorted(held) == sorted([*later, early])  # each clip in exactly one batch
+
+
+def test_a_tick_lists_one_page_of_landing_from_its_cursor_not_all_of_it(s3):
+    store, resources, requests = s3
+    keys = [f"landing/v{i % 3}/2026-11-01/c{i:02d}.mcap" for i in range(24)]  # six pages of 4
+    _upload(store, keys)
+    cursor = None
+    with dg.instance_for_test() as instance:
+        for _ in range(3):
+            after = json.loads(cursor)["landing_after"] if cursor else ""
+            requests.clear()
+            _, cursor = _batch_tick(instance, store, resources, cursor)
+            landing = [start for prefix, start in requests if prefix == "landing/"]
+            claims = [start for prefix, start in requests if prefix == "claims/"]
+            assert landing == [f"flywheel/{after}" if after else ""]  # one page, from the cursor on
+            assert len(claims) == 1  # the claims beside that page, not all of claims/
+            state = json.loads(cursor)
+            assert state["pending"] >= 1 and not state["pending_exact"]  # "at least": not all listed
