@@ -57,12 +57,13 @@ def rank_from_env() -> tuple[int, int]:
     return rank, world
 
 
-def train_rank(settings: Settings, *, device: str | None = None, log=None, run_tags: dict | None = None) -> dict:
+def train_rank(settings: Settings, *, device: str | None = None, log=None, run_tags: dict | None = None,
+               progress: bool = False) -> dict:  # fmt: skip
     """This process's share of a DDP training run; rank 0's return value describes the model."""
     rank, world = rank_from_env()
     return loop.train_challenger(
         store_for(settings), settings, tracker_for(settings, run_tags=run_tags), device=device, rank=rank,
-        world_size=world, log=log,
+        world_size=world, log=log, progress=progress,
     )  # fmt: skip
 
 
@@ -124,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"  training: {line}", file=sys.stderr, flush=True)
 
                 tags = {"dagster.run_id": pipes.run_id, "dagster.job": pipes.job_name or ""}
-            result = train_rank(settings, device=args.device, log=log, run_tags=tags)
+            # a bar of the batches on a terminal (a `flywheel iterate` someone watches), none under a daemon
+            result = train_rank(settings, device=args.device, log=log, run_tags=tags, progress=sys.stderr.isatty())
             if pipes is not None:
                 pipes.report_custom_message(json.loads(json.dumps(result, default=str)))
     except BaseException as e:
