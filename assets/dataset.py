@@ -29,6 +29,7 @@ def labels(context: dg.AssetExecutionContext, settings: SettingsResource, store:
             "auto_label_accuracy": auto.get("accuracy"),
             "auto_labels_compared": auto.get("compared", 0),
             "labeled": stats["labeled"],
+            "champion scored on": stats["scored_on"] or "no champion deployed",
             "unlabeled (kept out of training)": stats["unlabeled"],
             "by_source": counts_md({k: stats[k] for k in ("human", "ground_truth", "auto")}),
             "auto_below_threshold (to the human queue)": stats["auto_below_threshold"],

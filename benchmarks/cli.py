@@ -23,6 +23,18 @@ def _echo_json(result) -> None:
     click.echo(json.dumps(result, indent=2, default=str))
 
 
+def _csv(kind):
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return tuple(kind(v.strip()) for v in value.split(",") if v.strip())
+        except ValueError as e:
+            raise click.BadParameter(f"{value!r}: {e}") from None
+
+    return parse
+
+
 @click.group()
 def bench():
     """Benchmarks (figures and commands in BENCHMARKS.md).
@@ -78,28 +90,56 @@ def append(workdir: str | None):
 
 
 @bench.command()
+@click.option("--seeds", callback=_csv(int), default="0,1,2", show_default=True, help="Comma-separated seeds.")
 @click.option("--iterations", type=click.IntRange(min=1), default=5, show_default=True)
-@click.option("--clips", type=click.IntRange(min=1), default=24, show_default=True,
+@click.option("--clips", type=click.IntRange(min=1), default=48, show_default=True,
               help="Clips uploaded per iteration.")  # fmt: skip
-@click.option("--label-budget", type=click.IntRange(min=1), default=48, show_default=True)
-@click.option("--width", type=click.IntRange(min=4), default=8, show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--label-budget", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Frames people label per iteration, in every arm.")  # fmt: skip
+@click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True,
+              help="Training steps per challenger (train.steps; the demo's budget).")  # fmt: skip
+@click.option("--arms", callback=_csv(str), default="random,engine", show_default=True,
+              help="Comma-separated arms: random, engine, shadow_only, selection_only, auto_labels_only.")
+@click.option("--ablation", is_flag=True,
+              help="All five arms: also one part of the engine each (shadow only, selection only, auto labels only).")
+@click.option("--quick", is_flag=True, help="Smoke run: one seed, 2 tiny iterations (the models do not learn).")
+@click.option("--out", type=click.Path(file_okay=False), default="benchmarks/results", show_default=True,
+              help="Folder for engine_ab.json and engine_ab.png.")  # fmt: skip
 @WORKDIR
-def engine(iterations: int, clips: int, label_budget: int, width: int, epochs: int, seed: int,
-           workdir: str | None):  # fmt: skip
-    """Engine (shadow mode + active selection + auto labels) vs random uploads and labels, same
-    label budget.
+def engine(seeds: tuple[int, ...], iterations: int, clips: int, label_budget: int, steps: int, arms: tuple[str, ...],
+           ablation: bool, quick: bool, out: str, workdir: str | None):  # fmt: skip
+    """The data engine (shadow mode + active selection + auto labels) vs random uploads and random
+    labels, same human-label budget per iteration, over seeds: label-efficiency curves (PNG), the
+    label ratio against its goal (JSON on stdout, a Markdown table on stderr).
 
     \b
-    Example: flywheel bench engine --iterations 3 --clips 24
+    Example: flywheel bench engine --quick
     """
-    from benchmarks.engine import bench_engine
+    from pathlib import Path
 
+    from benchmarks.engine import ABLATION_ARMS, MAIN_ARMS, QUICK, bench_engine, markdown
+    from flywheel import plots
+
+    sizes = dict(seeds=seeds, iterations=iterations, clips_per_iteration=clips, label_budget=label_budget, steps=steps)
+    if quick:
+        sizes = dict(QUICK)
+    if ablation:
+        arms = MAIN_ARMS + ABLATION_ARMS
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        result = bench_engine(tmp, iterations=iterations, clips_per_iteration=clips, seed=seed,
-                              label_budget=label_budget, width=width, epochs=epochs)  # fmt: skip
+        try:
+            result = bench_engine(tmp, arms=arms, progress=lambda line: click.echo(line, err=True), **sizes)
+        except ValueError as e:  # an unknown arm: say which
+            raise click.BadParameter(str(e), param_hint="--arms") from None
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = "engine_ab_quick" if quick else "engine_ab"
+    (folder / f"{name}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    png = plots.label_efficiency_png(result["curves"], rare=result["config"]["rare"], chance=result["chance"],
+                                     ratios=result["label_ratio"])  # fmt: skip
+    (folder / f"{name}.png").write_bytes(png)
     _echo_json(result)
+    click.echo(markdown(result), err=True)
+    click.echo(f"written to {folder / name}.json and .png", err=True)
 
 
 @bench.command()
@@ -115,18 +155,6 @@ def cycle(obj: Ctx, clips: int, iterations: int):
     from benchmarks.cycle import bench_cycle
 
     _echo_json(bench_cycle(obj, clips=clips, iterations=iterations))
-
-
-def _csv(kind):
-    def parse(ctx, param, value):
-        if value is None:
-            return None
-        try:
-            return tuple(kind(v.strip()) for v in value.split(",") if v.strip())
-        except ValueError as e:
-            raise click.BadParameter(f"{value!r}: {e}") from None
-
-    return parse
 
 
 def _row_done(row: dict) -> None:

@@ -1,21 +1,21 @@
 """Benchmark: does the data engine buy the rare slice with fewer human labels than random sampling?
 
-Two flywheels from the same seed, each in its own home (store + MLflow), with the same
-human-label budget per iteration and the same uploads per iteration, both driven through the
-production stage functions (flywheel/ingest.py, flywheel/loop.py) and the simulated labeling
-team (flywheel/sim/annotator.py), so the benchmark measures the pipeline a user runs:
-  engine: shadow-mode uploads (low_confidence) + active selection (hybrid) + champion auto-labels;
-          every trained model is deployed (a forced gate), so it picks the next uploads and labels
-  random: random uploads, uniformly random frames to label, no auto-labels (nothing is deployed;
-          the newest model is only the warm start of the next)
-Each iteration: simulate -> ingest -> labels (queue) -> annotator answers -> labels again ->
-augmented -> dataset version -> train (warm start) -> score on one fixed test set shared by both
-arms (equal frames per condition, rendered apart from either fleet).
+Flywheels from the same seeds, each in its own home (store + MLflow), with the same human-label
+budget and the same uploads per iteration, all driven through the production stage functions
+(flywheel/ingest.py, flywheel/loop.py) and the simulated labeling team (flywheel/sim/annotator.py),
+so the benchmark measures the pipeline a user runs. An arm is a set of the engine's parts:
+  shadow: the deployed model picks the fleet's uploads (low_confidence triggers)
+  select: active selection (hybrid) of the frames people label; without it, uniformly random frames
+  auto:   the deployed model labels the frames it is sure of; without it, people label everything
+`engine` has all three, `random` none (random uploads, random frames, nothing deployed); the
+ablation arms have one each. An arm with any part deploys every model it trains (a forced gate),
+so that model drives the next iteration. Each iteration: simulate -> ingest -> labels (queue) ->
+annotator answers -> labels again -> augmented -> dataset version -> train -> score on one fixed
+test set shared by every arm and seed (equal frames per condition, rendered apart from any fleet).
 
-CPU-cheap on purpose: 64x48 renders, 48 px model input, width 8, depth 1. The condition mix is
-held fixed (no drift) with fog rare, so both arms see the same world however many clips the
-engine's fleet records to fill its uploads. At this scale both arms stay near chance (see
-BENCHMARKS.md): the label-efficiency goal needs models that learn the task.
+The scale is the demo's (96x72 renders, 64 px, the default model, the demo's 300-step training
+budget) with fewer human labels per iteration, so that the random arm learns the task and the
+comparison means something; the condition mix is held fixed (no drift) with fog rare.
 """
 
 from __future__ import annotations
@@ -38,10 +38,26 @@ from flywheel.model_input import frames_to_input
 from flywheel.predict import predict
 from flywheel.sim.annotator import answer_queue
 from flywheel.store import store_for
-from flywheel.tracking import CHALLENGER, CHAMPION, tracker_for
+from flywheel.tracking import CHALLENGER, tracker_for
 
 RARE = "fog"
 MIX = {"day": 0.70, "night": 0.13, "rain": 0.12, "fog": 0.05}
+PARTS = ("shadow", "select", "auto")
+ARMS: dict[str, tuple[str, ...]] = {
+    "random": (),
+    "engine": PARTS,
+    "shadow_only": ("shadow",),
+    "selection_only": ("select",),
+    "auto_labels_only": ("auto",),
+}
+MAIN_ARMS = ("random", "engine")
+ABLATION_ARMS = ("shadow_only", "selection_only", "auto_labels_only")
+GOAL = 0.5  # the engine should reach the random arm's final rare-slice accuracy with at most half its labels
+# --quick: a smoke test of the whole path in about a minute (the models do not learn at this size)
+# (40 % of its few clips in the test split, which evaluation and deploy need)
+QUICK = dict(seeds=(0,), iterations=2, clips_per_iteration=8, label_budget=32, steps=10, image_size=32,
+             test_per_condition=8, render=(48, 36), split={"train": 0.5, "val": 0.1, "test": 0.4})  # fmt: skip
+SPLIT = {"train": 0.8, "val": 0.1, "test": 0.1}
 
 
 @contextmanager
@@ -55,30 +71,36 @@ def _home(root: Path):
         os.environ.pop("FLYWHEEL_HOME") if old is None else os.environ.__setitem__("FLYWHEEL_HOME", old)
 
 
-def bench_settings(root: Path, *, arm: str = "engine", image_size: int, width: int, epochs: int, label_budget: int = 48,
-                   seed: int = 0, shadow_threshold: float = 0.6, auto_threshold: float = 0.9) -> Settings:  # fmt: skip
+def bench_settings(root: Path, *, parts: tuple[str, ...] = PARTS, image_size: int = 64, steps: int = 300,
+                   label_budget: int = 100, seed: int = 0, render: tuple[int, int] = (96, 72),
+                   split: dict[str, float] = SPLIT) -> Settings:  # fmt: skip
     """One arm's settings, its home at `root`; every model passes the gate (the comparison is about data)."""
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown engine part(s) {sorted(unknown)}; known: {PARTS}")
     with _home(root):
         return Settings.model_validate({
             "image_size": image_size,
-            "sim": {"width": 64, "height": 48, "frames_per_clip": 8, "vehicles": 4,
+            "sim": {"width": render[0], "height": render[1], "frames_per_clip": 8, "vehicles": 4,
                     "conditions_start": MIX, "conditions_end": MIX, "drift_clips": 1},
-            "train": {"epochs": epochs, "batch_size": 32, "width": width, "depth": 1, "device": "cpu", "seed": seed},
-            "ingest": {"workers": 2},
-            "engine": {"enabled": True, "shadow_threshold": shadow_threshold, "auto_threshold": auto_threshold,
-                       "label_budget": label_budget, "strategy": "hybrid" if arm == "engine" else "random",
-                       "seed": seed},
+            "train": {"steps": steps, "device": "cpu", "seed": seed},
+            "tune": {"baseline_epochs": 0},
+            "ingest": {"workers": 1},
+            "engine": {"enabled": True, "label_budget": label_budget, "seed": seed,
+                       "strategy": "hybrid" if "select" in parts else "random", "auto_labels": "auto" in parts},
             "gate": {"force": True, "force_reason": "benchmark: every model is promoted"},
-            # the gate and the parity check of each deploy need test frames even from a few clips
-            "dataset": {"golden_size": 0, "split": {"train": 0.7, "val": 0.1, "test": 0.2}},
+            "deploy": {"int8": False},
+            # scored on the benchmark's own test set: no clips moved from train to the evaluation split
+            "eval": {"per_slice_frames": 0},
+            "dataset": {"golden_size": 0, "split": split},
         })  # fmt: skip
 
 
-def test_set(settings: Settings, *, per_condition: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Equal frames per condition, rendered apart from either fleet: images (N, 3, S, S), labels, conditions."""
+def test_set(settings: Settings, *, per_condition: int, seed: int = 7919) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Equal frames per condition, rendered apart from any fleet: images (N, 3, S, S), labels, conditions."""
     images, labels, conds = [], [], []
     for k, cond in enumerate(CONDITIONS):
-        rng = np.random.default_rng([seed, 7919, k])
+        rng = np.random.default_rng([seed, k])
         f, names = sim.render_frames(rng, per_condition, cond, settings, per_clip=settings.sim.frames_per_clip,
                                      jpeg_quality=sim.EXTRAS.jpeg_quality)  # fmt: skip
         images.append(frames_to_input(f, settings.image_size))
@@ -97,20 +119,19 @@ def _ingest(store, settings: Settings) -> str:
     return plan.batch_id
 
 
-def run_arm(arm: str, workdir: Path, *, iterations: int, clips_per_iteration: int, label_budget: int, seed: int,
-            test: tuple, image_size: int, width: int, epochs: int, shadow_threshold: float,
-            auto_threshold: float) -> list[dict]:  # fmt: skip
+def run_arm(arm: str, workdir: Path, *, iterations: int, clips_per_iteration: int, seed: int, test: tuple,
+            **settings_kw) -> list[dict]:  # fmt: skip
     """One flywheel; per iteration: uploads, labels spent, train frames, accuracy overall and on fog."""
-    settings = bench_settings(workdir / arm, arm=arm, image_size=image_size, width=width, epochs=epochs,
-                              label_budget=label_budget, seed=seed, shadow_threshold=shadow_threshold,
-                              auto_threshold=auto_threshold)  # fmt: skip
+    parts = ARMS[arm]
+    settings = bench_settings(workdir / f"{arm}-{seed}", parts=parts, seed=seed, **settings_kw)
     store, tracker = store_for(settings), tracker_for(settings)
     test_x, test_y, test_c = test
     rows, spent = [], 0
-    for it in range(iterations):
+    for it in range(1, iterations + 1):
         t0 = time.perf_counter()
         recorded0 = sim.read_state(store)["recorded"]
-        sim.simulate(store, settings, clips=clips_per_iteration, seed=seed, upload_filter=fleet_filter(store, settings))
+        shadow = fleet_filter(store, settings) if "shadow" in parts else None
+        sim.simulate(store, settings, clips=clips_per_iteration, seed=seed, upload_filter=shadow)
         batch_id = _ingest(store, settings)
         queued = loop.label_batch(store, settings, batch_id)["queued"]
         answered = answer_queue(store, classes=settings.classes, seed=seed)["answered"]
@@ -118,11 +139,9 @@ def run_arm(arm: str, workdir: Path, *, iterations: int, clips_per_iteration: in
         loop.augment_batch(store, settings, batch_id)
         manifest, _ = loop.build_dataset_version(store, settings)
         loop.train_challenger(store, settings, tracker, device="cpu")
-        if arm == "engine":  # the new model decides the next uploads and labels
+        if parts:  # the new model decides the next uploads, labels or auto labels
             loop.evaluate_challenger(store, settings, tracker, device="cpu")
             loop.deploy_challenger(store, settings, tracker)
-        else:  # only the next warm start
-            tracker.set_alias(CHAMPION, tracker.alias(CHALLENGER))
         model, _ = load_weights(tracker.weights(tracker.alias(CHALLENGER)))
         pred = predict(model, test_x).probs.argmax(axis=1)
         rare = test_c == RARE
@@ -132,58 +151,100 @@ def run_arm(arm: str, workdir: Path, *, iterations: int, clips_per_iteration: in
         labels = store.read_parquet(layout.labels_key(batch_id))
         per_clip = settings.sim.frames_per_clip
         train = [s for s in manifest["shards"] if s["split"] == "train"]
-        fog_rows = sum(s["counts"]["condition"].get(RARE, 0) for s in train)  # originals and augmented copies
         rows.append({
-            "iteration": it, "recorded": sim.read_state(store)["recorded"] - recorded0,
+            "arm": arm, "seed": seed, "iteration": it, "recorded": sim.read_state(store)["recorded"] - recorded0,
             "uploaded": clips_per_iteration, "triggers": dict(Counter(frames.column("trigger").to_pylist()[::per_clip])),
             "uploaded_fog_clips": frames.column("condition").to_pylist().count(RARE) // per_clip,
             "queued": queued, "human_labels": answered, "human_labels_total": spent,
             "auto_labels": stats["auto"], "auto_label_accuracy": auto_accuracy_vs_truth(labels, frames, settings.classes)["accuracy"],
-            "train_frames": sum(s["rows"] for s in train), "train_fog_frames": fog_rows,
+            "train_frames": sum(s["rows"] for s in train),
+            "train_fog_frames": sum(s["counts"]["condition"].get(RARE, 0) for s in train),  # with augmented copies
             "accuracy": float((pred == test_y).mean()), "fog_accuracy": float((pred[rare] == test_y[rare]).mean()),
             "seconds": round(time.perf_counter() - t0, 1),
         })  # fmt: skip
     return rows
 
 
-def labels_to_reach(rows: list[dict], target: float) -> int | None:
-    """Human labels the arm had spent when its fog accuracy first reached `target` (None: never)."""
-    for r in rows:
-        if r["fog_accuracy"] >= target:
-            return r["human_labels_total"]
+def curve(runs: list[list[dict]], key: str) -> dict:
+    """Mean, min and max of `key` over seeds at each iteration, against the human labels spent (their mean)."""
+    values = np.array([[r[key] for r in rows] for rows in runs], dtype=np.float64)  # (seeds, iterations)
+    labels = np.array([[r["human_labels_total"] for r in rows] for rows in runs], dtype=np.float64)
+    return {"labels": labels.mean(axis=0).round(1).tolist(), "mean": values.mean(axis=0).round(4).tolist(),
+            "min": values.min(axis=0).round(4).tolist(), "max": values.max(axis=0).round(4).tolist()}  # fmt: skip
+
+
+def labels_to_reach(labels: list[float], values: list[float], target: float) -> float | None:
+    """Human labels spent when the curve first reaches `target` (None: never), read at the iterations
+    themselves (no interpolation between them: a conservative figure)."""
+    for n, v in zip(labels, values, strict=True):
+        if v >= target - 1e-9:
+            return n
     return None
 
 
-def bench_engine(workdir: str | Path, *, iterations: int = 5, clips_per_iteration: int = 24, label_budget: int = 48,
-                 seed: int = 0, image_size: int = 48, width: int = 8, epochs: int = 8, test_per_condition: int = 160,
-                 shadow_threshold: float = 0.6, auto_threshold: float = 0.9) -> dict:  # fmt: skip
-    """Engine arm vs random arm, same seed and per-iteration human-label budget; returns per-iteration rows and the verdict."""
+def label_ratio(engine: dict, random: dict) -> dict:
+    """Labels the engine needs to reach the random arm's final rare-slice accuracy ÷ the random arm's labels."""
+    target, budget = random["mean"][-1], random["labels"][-1]
+    needed = labels_to_reach(engine["labels"], engine["mean"], target)
+    return {"target": target, "random_labels": budget, "engine_labels": needed,
+            "ratio": round(needed / budget, 3) if needed is not None and budget else None}  # fmt: skip
+
+
+def bench_engine(workdir: str | Path, *, arms: tuple[str, ...] = MAIN_ARMS, seeds: tuple[int, ...] = (0, 1, 2),
+                 iterations: int = 5, clips_per_iteration: int = 48, label_budget: int = 100, steps: int = 300,
+                 image_size: int = 64, test_per_condition: int = 150, render: tuple[int, int] = (96, 72),
+                 split: dict[str, float] = SPLIT, progress=None) -> dict:  # fmt: skip
+    """The arms over the seeds; per-iteration rows, mean curves, and the label ratio against the goal."""
+    unknown = set(arms) - set(ARMS)
+    if unknown or "random" not in arms:
+        raise ValueError(f"arms must include 'random' and come from {list(ARMS)}; got {list(arms)}")
+    arms = ("random", *(a for a in dict.fromkeys(arms) if a != "random"))  # the baseline first
     workdir = Path(workdir)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    probe = bench_settings(workdir / "test", image_size=image_size, width=width, epochs=epochs)  # renders only
-    test = test_set(probe, per_condition=test_per_condition, seed=seed)
-    common = dict(iterations=iterations, clips_per_iteration=clips_per_iteration, label_budget=label_budget, seed=seed,
-                  test=test, image_size=image_size, width=width, epochs=epochs, shadow_threshold=shadow_threshold,
-                  auto_threshold=auto_threshold)  # fmt: skip
-    arms = {arm: run_arm(arm, workdir, **common) for arm in ("random", "engine")}
-    target = arms["random"][-1]["fog_accuracy"]
-    random_labels = arms["random"][-1]["human_labels_total"]
-    engine_labels_needed = labels_to_reach(arms["engine"], target)
+    t0 = time.perf_counter()
+    settings_kw = dict(image_size=image_size, steps=steps, label_budget=label_budget, render=render, split=split)
+    test = test_set(bench_settings(workdir / "test", **settings_kw), per_condition=test_per_condition)
+    runs: dict[str, list[list[dict]]] = {arm: [] for arm in arms}
+    for seed in seeds:
+        for arm in arms:
+            rows = run_arm(arm, workdir, iterations=iterations, clips_per_iteration=clips_per_iteration, seed=seed,
+                           test=test, **settings_kw)  # fmt: skip
+            runs[arm].append(rows)
+            if progress:
+                last = rows[-1]
+                progress(f"seed {seed} {arm}: accuracy {last['accuracy']:.3f}, {RARE} {last['fog_accuracy']:.3f} "
+                         f"after {last['human_labels_total']} human labels ({sum(r['seconds'] for r in rows):.0f} s)")  # fmt: skip
+    curves = {arm: {"accuracy": curve(runs[arm], "accuracy"), "fog_accuracy": curve(runs[arm], "fog_accuracy")}
+              for arm in arms}  # fmt: skip
+    ratios = {arm: label_ratio(curves[arm]["fog_accuracy"], curves["random"]["fog_accuracy"])
+              for arm in arms if arm != "random"}  # fmt: skip
+    per_seed = {arm: [label_ratio(curve([runs[arm][i]], "fog_accuracy"), curve([runs["random"][i]], "fog_accuracy"))["ratio"]
+                      for i in range(len(seeds))] for arm in arms if arm != "random"}  # fmt: skip
     return {
-        "config": {k: v for k, v in common.items() if k != "test"} | {"test_per_condition": test_per_condition,
-                                                                      "mix": MIX, "torch_threads": torch.get_num_threads()},
-        "arms": arms,
-        "target_fog_accuracy": target,
-        "random_labels": random_labels,
-        "engine_labels_to_target": engine_labels_needed,
-        "label_ratio": engine_labels_needed / random_labels if engine_labels_needed is not None and random_labels else None,
+        "config": {"arms": list(arms), "seeds": list(seeds), "iterations": iterations,
+                   "clips_per_iteration": clips_per_iteration, "label_budget": label_budget, "steps": steps,
+                   "image_size": image_size, "render": list(render), "split": split, "test_per_condition": test_per_condition,
+                   "mix": MIX, "rare": RARE, "torch_threads": torch.get_num_threads()},
+        "runs": runs, "curves": curves, "label_ratio": ratios, "label_ratio_per_seed": per_seed, "goal": GOAL,
+        "chance": 1 / len(bench_settings(workdir / "test", **settings_kw).classes),
+        "seconds": round(time.perf_counter() - t0, 1),
     }  # fmt: skip
 
 
-if __name__ == "__main__":
-    import json
-    import sys
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as d:
-        print(json.dumps(bench_engine(d, **{k: int(v) for k, v in (a.split("=") for a in sys.argv[1:])}), indent=1))
+def markdown(result: dict) -> str:
+    """The curves as a table (mean over seeds, min to max in brackets) and the label ratio per arm."""
+    rare = result["config"]["rare"]
+    curves = result["curves"]
+    lines = ["| arm | " + " | ".join(f"after {n:g} labels" for n in curves["random"]["accuracy"]["labels"]) + " |",
+             "| --- |" + " --- |" * len(curves["random"]["accuracy"]["labels"])]  # fmt: skip
+    for key, title in ((f"{rare}_accuracy", f"{rare} accuracy"), ("accuracy", "accuracy")):
+        for arm, c in curves.items():
+            cells = [f"{m:.3f} ({lo:.2f}–{hi:.2f})" for m, lo, hi in zip(c[key]["mean"], c[key]["min"], c[key]["max"], strict=True)]
+            lines.append(f"| {arm}, {title} | " + " | ".join(cells) + " |")
+    lines += ["", f"| arm | labels to reach the random arm's final {rare} accuracy | ÷ random arm's labels | per seed | goal |",
+              "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    for arm, r in result["label_ratio"].items():
+        per_seed = ", ".join("never" if x is None else f"{x:.2f}" for x in result["label_ratio_per_seed"][arm])
+        ratio = "never reached" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        lines.append(f"| {arm} | {r['engine_labels'] if r['engine_labels'] is not None else '–'} of {r['random_labels']:g} "
+                     f"(target {r['target']:.3f}) | {ratio} | {per_seed} | ≤ {result['goal']} |")  # fmt: skip
+    return "\n".join(lines)

@@ -109,10 +109,10 @@ def train_recipe(
     cfg = TrainConfig.from_settings(settings)
     dev = pick_device(cfg.device)
     reader = ShardReader(store, manifest, split="train", image_size=cfg.image_size, seed=cfg.seed,
-                         batch_size=cfg.batch_size,
-                         geometric=settings.geometric_aug)  # fmt: skip
+                         batch_size=cfg.batch_size, geometric=settings.geometric_aug,
+                         batched=True, meta=False)  # fmt: skip
     val = ShardReader(store, manifest, split="val", image_size=cfg.image_size, shuffle=False,
-                      train_aug=False, batch_size=cfg.batch_size)  # fmt: skip
+                      train_aug=False, batch_size=cfg.batch_size, batched=True, meta=False)  # fmt: skip
     if len(reader) == 0:
         raise ValueError(f"dataset version v{manifest['version']} has no train rows")
     return train(

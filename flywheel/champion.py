@@ -57,6 +57,11 @@ class Champion:
     manifest: dict
 
     @property
+    def scored_on(self) -> str:
+        """Where its scores are computed: onnxruntime's first provider (CPUExecutionProvider, CUDAExecutionProvider)."""
+        return self.session.get_providers()[0]
+
+    @property
     def version(self) -> str:
         return str(self.manifest["version"])
 
@@ -70,10 +75,11 @@ class Champion:
 
 
 def deployed(store: Store, settings: Settings) -> Champion | None:
-    """The deployed champion, or None before the first deploy."""
+    """The deployed champion on the compute device (`train.device`, where onnxruntime can), or None
+    before the first deploy."""
     if deploy.current(store, settings.mlflow.model_name) is None:
         return None
-    return Champion(*deploy.load_deployed(store, settings.mlflow.model_name))
+    return Champion(*deploy.load_deployed(store, settings.mlflow.model_name, settings.train.device))
 
 
 def promote(store: Store, settings: Settings, tracker: Tracker, *, version: str, onnx_bytes: bytes,

@@ -123,9 +123,23 @@ def check_parity(
     return worst
 
 
-def session(onnx_bytes: bytes) -> ort.InferenceSession:
-    """A CPU onnxruntime session for an ONNX graph."""
-    return ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+CUDA_PROVIDER = "CUDAExecutionProvider"
+
+
+def providers(device: str = "cpu") -> list[str]:
+    """onnxruntime execution providers for a compute device (`train.device`): CUDA first for 'cuda' and
+    'auto' when this onnxruntime has it (the onnxruntime-gpu build), else the CPU alone. A 'cuda'
+    device with a CPU-only onnxruntime scores on the CPU; the session's providers say so."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if device != "cpu" and CUDA_PROVIDER in ort.get_available_providers():
+        return [CUDA_PROVIDER, "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def session(onnx_bytes: bytes, device: str = "cpu") -> ort.InferenceSession:
+    """An onnxruntime session for an ONNX graph, on the compute device where onnxruntime can (`providers`)."""
+    return ort.InferenceSession(onnx_bytes, providers=providers(device))
 
 
 def graph_spec(onnx_bytes: bytes) -> tuple[dict, dict]:
@@ -259,9 +273,9 @@ def rollback(store: Store, model_name: str) -> tuple[str, str]:
     return cur["version"], to
 
 
-def load_deployed(store: Store, model_name: str) -> tuple[ort.InferenceSession, dict]:
+def load_deployed(store: Store, model_name: str, device: str = "cpu") -> tuple[ort.InferenceSession, dict]:
     """The current model as the fleet runs it (the manifest's `serve`: fp32 or int8) as an onnxruntime
-    session, and its manifest (sha256 verified)."""
+    session on `device` (`providers`), and its manifest (sha256 verified)."""
     cur = current(store, model_name)
     if cur is None:
         raise FileNotFoundError(
@@ -272,7 +286,7 @@ def load_deployed(store: Store, model_name: str) -> tuple[ort.InferenceSession, 
     data = store.read_bytes(graph["key"])
     if hashlib.sha256(data).hexdigest() != graph["sha256"]:
         raise ValueError(f"{store.uri(graph['key'])} does not match its manifest's sha256")
-    return session(data), manifest
+    return session(data, device), manifest
 
 
 def _write_current(store: Store, model_name: str, version: str, sha: str, *, history: list[str],

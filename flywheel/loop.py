@@ -72,7 +72,7 @@ def label_batch(store: Store, settings: Settings, batch_id: str) -> dict:
                              model_version=champ and champ.version)  # fmt: skip
         labels, stats = build_labels(
             hide_ground_truth(frames), classes=classes, human_exports=read_exports(store),
-            auto_probs=scores.probs if scores else None, auto_threshold=e.auto_threshold,
+            auto_probs=scores.probs if scores and e.auto_labels else None, auto_threshold=e.auto_threshold,
         )  # fmt: skip
         stats["auto_accuracy"] = auto_accuracy_vs_truth(labels, frames, classes)
     else:
@@ -84,6 +84,7 @@ def label_batch(store: Store, settings: Settings, batch_id: str) -> dict:
         errors = label_errors(scores.probs, frames.column("frame_id").to_pylist(), labels, classes,
                               min_score=e.label_error_min_score)  # fmt: skip
     return {**stats, "batch_id": batch_id, "key": layout.labels_key(batch_id), "labeled": labels.num_rows,
+            "scored_on": champ.scored_on if scores is not None else None,
             "queued": queued.get("queued", 0), "queue": queued, "label_errors": errors}  # fmt: skip
 
 
@@ -147,10 +148,11 @@ def train_challenger(
     reader = ShardReader(
         store, manifest, split="train", image_size=cfg.image_size, seed=cfg.seed,
         batch_size=cfg.batch_size, rank=rank, world_size=world_size, geometric=settings.geometric_aug,
+        batched=True, meta=False,
     )  # fmt: skip
     val = ShardReader(store, manifest, split="val", image_size=cfg.image_size, shuffle=False, train_aug=False,
-                      batch_size=cfg.batch_size, rank=rank, world_size=world_size)  # fmt: skip
-    if len(reader) == 0:
+                      batch_size=cfg.batch_size, rank=rank, world_size=world_size, batched=True, meta=False)  # fmt: skip
+    if reader.num_samples() == 0:
         raise ValueError(f"dataset {name} v{manifest['version']} has no train rows")
     sha = dataset.manifest_sha256(manifest)
     # Nothing new to learn from: the challenger trained on this very dataset with this very recipe is kept,
@@ -165,7 +167,7 @@ def train_challenger(
         check = store.read_json(check_key) if store.exists(check_key) else None
         return {"version": current, "run_id": run_id, "dataset_version": manifest["version"], "device": "-",
                 "history": history, "warm_started": False, "warm_start_note": "", "resumed_from_epoch": None,
-                "train_rows": len(reader), "up_to_date": True,
+                "train_rows": reader.num_samples(), "up_to_date": True,
                 "baseline_check": check if check and check["model_version"] == current else None}  # fmt: skip
     champ = tracker.alias(CHAMPION)
     warm = tracker.weights(champ) if champ and cfg.warm_start else None
@@ -191,11 +193,11 @@ def train_challenger(
         tracker.log_params(run_id, {
             "train": cfg.model_dump(), "classes": ",".join(settings.classes), "dataset.name": name,
             "dataset.version": manifest["version"], "dataset.manifest_sha256": sha,
-            "dataset.train_rows": len(reader), "warm_start_from": champ or "",
+            "dataset.train_rows": reader.num_samples(), "warm_start_from": champ or "",
         })  # fmt: skip
         tracker.log_json(run_id, "config/settings.json", settings.model_dump())
         tracker.log_json(run_id, "dataset/manifest.json", manifest)
-        epochs, started = cfg.epochs_for(math.ceil(len(reader) / cfg.batch_size)), time.monotonic()
+        epochs, started = cfg.epochs_for(math.ceil(reader.num_samples() / cfg.batch_size)), time.monotonic()
 
         def on_epoch_end(epoch: int, m: dict) -> None:
             tracker.log_metrics(run_id, m, step=epoch)
@@ -209,7 +211,7 @@ def train_challenger(
         tracker.log_bytes(run_id, "plots/learning_curves.png", plots.learning_curves_png(result.history))
         tracker.log_json(run_id, "history.json", result.history)
         check = _against_baseline(store, settings, tracker, run_id, manifest, result.weights, cfg, device=str(dev))
-        about = f"Trained on {name} v{manifest['version']} ({len(reader)} train rows), recipe: {recipe}."
+        about = f"Trained on {name} v{manifest['version']} ({reader.num_samples()} train rows), recipe: {recipe}."
         version = tracker.register(run_id, result.weights, tags={"dataset_version": str(manifest["version"])},
                                    description=about)  # fmt: skip
         run_name = f"{settings.mlflow.model_name} v{version} on {name} v{manifest['version']}"
@@ -220,7 +222,7 @@ def train_challenger(
     return {
         "version": version, "run_id": run_id, "dataset_version": manifest["version"], "device": result.device,
         "history": result.history, "warm_started": result.warm_started, "warm_start_note": result.warm_start_note,
-        "resumed_from_epoch": result.resumed_from_epoch, "train_rows": len(reader), "up_to_date": False,
+        "resumed_from_epoch": result.resumed_from_epoch, "train_rows": reader.num_samples(), "up_to_date": False,
         "baseline_check": check,
     }  # fmt: skip
 

@@ -136,6 +136,35 @@ def diff_png(diff: dict) -> bytes:
     return _png(fig)
 
 
+def label_efficiency_png(curves: dict, *, rare: str, chance: float, ratios: dict | None = None) -> bytes:
+    """Accuracy against human labels spent, per arm: `curves[arm][key]` = {labels, mean, min, max} over
+    seeds for key `<rare>_accuracy` (left) and `accuracy` (right); the band is the seeds' min to max.
+    `ratios[arm]` (`target`, `engine_labels`, `ratio`) marks where an arm reaches the first arm's final
+    rare-slice accuracy."""
+    fig = Figure(figsize=(9, 3.6))
+    panels = fig.subplots(1, 2, sharey=True)
+    for ax, key, title in zip(panels, (f"{rare}_accuracy", "accuracy"), (f"{rare} (rare slice)", "all conditions"), strict=True):
+        for arm, c in curves.items():
+            line = ax.plot(c[key]["labels"], c[key]["mean"], "o-", markersize=4, label=arm)[0]
+            ax.fill_between(c[key]["labels"], c[key]["min"], c[key]["max"], color=line.get_color(), alpha=0.15)
+        ax.axhline(chance, color="gray", linestyle="--", linewidth=0.8, label="chance")
+        ax.set_title(f"accuracy, {title}", fontsize=10)
+        ax.set_xlabel("human labels spent")
+        ax.grid(alpha=0.3)
+    target = next(iter((ratios or {}).values()), None)
+    if target is not None:
+        panels[0].axhline(target["target"], color="black", linestyle=":", linewidth=1,
+                          label=f"{next(iter(curves))} arm's final {rare} accuracy")  # fmt: skip
+        for arm, r in (ratios or {}).items():
+            if r["engine_labels"] is not None:
+                panels[0].annotate(f"{arm}: {r['ratio']:.2f} of the labels", (r["engine_labels"], r["target"]),
+                                   textcoords="offset points", xytext=(4, 6), fontsize=7)  # fmt: skip
+    panels[0].set_ylabel("accuracy (mean over seeds; band: min to max)")
+    panels[0].set_ylim(0, 1.02)
+    panels[0].legend(fontsize=7, loc="lower right")
+    return _png(fig)
+
+
 def optimization_history_png(trials: list[dict], metric: str) -> bytes:
     """A hyperparameter search by trial number: each finished trial's `metric` (dots), the best so
     far (line), and pruned trials as crosses on the x axis.

@@ -11,6 +11,9 @@ Order of one epoch, for one rank:
 The resulting sequence is dealt to DataLoader workers in whole batches of `batch_size`
 (batch k to worker k % num_workers): the DataLoader collects each worker's batches round-robin,
 so set `batch_size` to the DataLoader's and its output is the same sequence for any num_workers.
+With `batched=True` the reader yields those batches itself, as (B, 3, S, S) uint8 and (B,) int64
+tensors decoded straight into one array, for a DataLoader with `batch_size=None` (training's
+`make_loader` does this): no per-sample dicts to collate, and `meta=False` leaves out the strings.
 Resuming skips the first `consumed` samples of that sequence, so the rest comes in the same order.
 
 Opening a reader checks the shards it will read against their manifest's sha256
@@ -56,6 +59,8 @@ class ShardReader(IterableDataset):
         frame_ids: Sequence[str] | None = None,
         batch_size: int = 1,
         drop_remainder: bool | None = None,
+        batched: bool = False,
+        meta: bool = True,
     ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
@@ -66,6 +71,7 @@ class ShardReader(IterableDataset):
         self.store, self.manifest = store, manifest
         self.image_size, self.rank, self.world_size, self.seed = image_size, rank, world_size, seed
         self.shuffle, self.buffer_size, self.batch_size = shuffle, buffer_size, batch_size
+        self.batched, self.meta = batched, meta
         self.drop_remainder = shuffle if drop_remainder is None else drop_remainder
         self.transform = online_transform(image_size, train=train_aug, geometric=geometric)
         if frame_ids is None:
@@ -85,6 +91,11 @@ class ShardReader(IterableDataset):
 
     # -- order ---------------------------------------------------------------------------------
     def __len__(self) -> int:
+        """Samples per rank per epoch; batches when the reader yields batches (what a DataLoader counts)."""
+        n = self.num_samples()
+        return math.ceil(n / self.batch_size) if self.batched else n
+
+    def num_samples(self) -> int:
         """Samples per rank per epoch."""
         n = len(self.locations)
         return n // self.world_size if self.drop_remainder else math.ceil(n / self.world_size)
@@ -103,7 +114,7 @@ class ShardReader(IterableDataset):
             )
         else:
             seq = np.concatenate(self.blocks or [np.zeros(0, np.int64)])
-        per = len(self)
+        per = self.num_samples()
         if not self.drop_remainder and len(seq):
             seq = np.resize(seq, per * self.world_size)  # pad by repeating from the start
         mine = seq[self.rank * per : (self.rank + 1) * per]
@@ -125,6 +136,31 @@ class ShardReader(IterableDataset):
 
     # -- samples -------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict]:
+        return self._batches() if self.batched else self._samples()
+
+    def _batches(self) -> Iterator[dict]:
+        """The worker's samples in consecutive batches of `batch_size` (the last may be short)."""
+        size, b, fields = self.image_size, self.batch_size, META if self.meta else ()
+        samples = self._samples(with_meta=self.meta)
+        while True:
+            images = np.empty((b, 3, size, size), np.uint8)
+            labels = np.empty(b, np.int64)
+            meta: dict[str, list[str]] = {m: [] for m in fields}
+            n = 0
+            for n, sample in enumerate(samples, start=1):
+                images[n - 1], labels[n - 1] = sample["image"], sample["label"]
+                for m in fields:
+                    meta[m].append(sample[m])
+                if n == b:
+                    break
+            else:
+                if n == 0:
+                    return
+            yield {"image": torch.from_numpy(images[:n]), "label": torch.from_numpy(labels[:n]), **meta}
+            if n < b:
+                return
+
+    def _samples(self, with_meta: bool = True) -> Iterator[dict]:
         self._taken = 0
         group_rows = max(1, int(self.manifest.get("row_group_rows", 256)))
         # the buffer spans ~buffer_size/group_rows row groups; keep twice that (plus slack) open
@@ -144,16 +180,13 @@ class ShardReader(IterableDataset):
                                  height=cols["height"][row], width=cols["width"][row],
                                  where=cols["frame_id"][row])  # fmt: skip
             self._taken += 1
-            yield {
-                "image": torch.from_numpy(image),  # (3, S, S) uint8
-                "label": cols["label"][row],  # 0-d int64 view
-                "frame_id": cols["frame_id"][row],
-                "trigger": cols["trigger"][row],
-                "condition": cols["condition"][row],
-                "camera": cols["camera"][row],
-                "clip_id": cols["clip_id"][row],
-                "label_source": cols["label_source"][row],
-            }
+            if self.batched:  # numpy in, one array out: no tensor per sample
+                sample = {"image": image, "label": cols["label_np"][row]}
+            else:
+                sample = {"image": torch.from_numpy(image), "label": cols["label"][row]}  # (3, S, S) uint8, 0-d int64
+            if with_meta:
+                sample.update({m: cols[m][row] for m in META})
+            yield sample
 
     # -- resume --------------------------------------------------------------------------------
     def state_dict(self, samples: int | None = None) -> dict:
@@ -164,12 +197,12 @@ class ShardReader(IterableDataset):
         )
         taken = self._taken if samples is None else samples
         return {"epoch": self.epoch, "consumed": skipped + taken, "seed": self.seed,
-                "rank": self.rank, "world_size": self.world_size, "samples": len(self)}  # fmt: skip
+                "rank": self.rank, "world_size": self.world_size, "samples": self.num_samples()}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
         """Continue `state`'s epoch after its consumed samples, in the same order."""
         for key in ("seed", "world_size", "samples"):
-            mine = {"seed": self.seed, "world_size": self.world_size, "samples": len(self)}[key]
+            mine = {"seed": self.seed, "world_size": self.world_size, "samples": self.num_samples()}[key]
             if state[key] != mine:
                 raise ValueError(
                     f"reader state has {key}={state[key]}, this reader {mine}: the order would differ"
@@ -188,7 +221,7 @@ def load_arrays(store: Store, manifest: dict, *, split: str | None = None,
         raise ValueError("load_arrays needs exactly one of split and frame_ids")
     reader = ShardReader(store, manifest, split=split or "test", frame_ids=frame_ids, image_size=image_size,
                          shuffle=False, train_aug=False, drop_remainder=False)  # fmt: skip
-    n = len(reader)
+    n = reader.num_samples()
     images = np.empty((n, 3, image_size, image_size), np.uint8)
     labels = np.empty(n, np.int64)
     meta: dict[str, list[str]] = {m: [] for m in META}
@@ -216,10 +249,9 @@ class _RowGroupCache:
             self.files[shard] = self.store.parquet_file(self.shards[shard]["path"])
         table = self.files[shard].read_row_group(group, columns=COLUMNS)
         cols = {c: table.column(c).to_pylist() for c in COLUMNS if c != "label"}
+        labels = table.column("label").to_numpy().astype(np.int64)
         # 0-d int64 tensors viewing one buffer: one allocation per group instead of per sample
-        cols["label"] = torch.from_numpy(table.column("label").to_numpy().astype(np.int64)).unbind(
-            0
-        )
+        cols["label"], cols["label_np"] = torch.from_numpy(labels).unbind(0), labels
         self.groups[(shard, group)] = cols
         if len(self.groups) > self.capacity:
             del self.groups[next(iter(self.groups))]

@@ -120,14 +120,18 @@ def make_loader(
     """A DataLoader with the trainer's batch size and workers, pinned memory on CUDA.
 
     `shuffle` is for map-style datasets only; an IterableDataset (the shard reader) shuffles itself.
+    A reader with `batched=True` hands over whole batches (no automatic batching).
     """
     if shuffle and isinstance(dataset, IterableDataset):
         raise ValueError(
             "shuffle=True needs a map-style dataset; an IterableDataset shuffles itself"
         )
+    batched = getattr(dataset, "batched", False)  # a shard reader that yields whole batches itself
+    if batched and dataset.batch_size != cfg.batch_size:
+        raise ValueError(f"the reader yields batches of {dataset.batch_size}, the trainer wants {cfg.batch_size}")
     return DataLoader(
         dataset,
-        batch_size=cfg.batch_size,
+        batch_size=None if batched else cfg.batch_size,
         shuffle=shuffle,
         num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda",

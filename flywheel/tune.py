@@ -182,7 +182,7 @@ class _Search:
         device, metric = pick_device(cfg.device), self.settings.gate.metric
         reader = ShardReader(self.store, self.manifest, split="train", image_size=cfg.image_size,
                              seed=cfg.seed, batch_size=cfg.batch_size,
-                             geometric=self.settings.geometric_aug)  # fmt: skip
+                             geometric=self.settings.geometric_aug, batched=True, meta=False)  # fmt: skip
         tags = {"mlflow.parentRunId": self.parent_run, "stage": "tune-trial",
                 "optuna.study": trial.study.study_name,
                 "optuna.trial": str(trial.number)}  # fmt: skip

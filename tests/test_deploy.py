@@ -143,6 +143,26 @@ def test_load_deployed_serves_the_current_model(tmp_path, exported, images):
     np.testing.assert_allclose(logits, model(torch.from_numpy(images)).detach().numpy(), atol=1e-4)
 
 
+def test_sessions_run_on_the_compute_device_where_onnxruntime_can(tmp_path, exported, monkeypatch):
+    _, data = exported
+    store = LocalStore(tmp_path)
+    do_deploy(store, "1", data)
+    # this onnxruntime: whatever it offers decides; CPU is always there and always last
+    assert dp.providers("cpu") == ["CPUExecutionProvider"]
+    assert dp.providers("auto")[-1] == "CPUExecutionProvider"
+    sess, _ = dp.load_deployed(store, "perception", "auto")
+    assert sess.get_providers()[-1] == "CPUExecutionProvider"
+    # with a GPU build of onnxruntime, 'auto' and 'cuda' put CUDA first, 'cpu' stays on the CPU
+    monkeypatch.setattr(dp.ort, "get_available_providers", lambda: [dp.CUDA_PROVIDER, "CPUExecutionProvider"])
+    assert dp.providers("auto") == dp.providers("cuda") == [dp.CUDA_PROVIDER, "CPUExecutionProvider"]
+    assert dp.providers("cpu") == ["CPUExecutionProvider"]
+    # without it, a 'cuda' device scores on the CPU instead of failing the batch
+    monkeypatch.setattr(dp.ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert dp.providers("cuda") == ["CPUExecutionProvider"]
+    with pytest.raises(ValueError, match="device must be"):
+        dp.providers("tpu")
+
+
 def test_load_deployed_refuses_a_tampered_onnx(tmp_path, exported):
     _, data = exported
     store = LocalStore(tmp_path)

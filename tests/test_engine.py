@@ -279,8 +279,12 @@ def test_queue_batch_sends_only_unsure_frames_within_budget(tmp_path):
     sure = queue_batch(store, "b2", frames, scores, classes=CLASSES,
                        engine=EngineSettings(auto_threshold=0.0, label_budget=5))  # fmt: skip
     assert sure["queued"] == 0 and store.read_json(sure["key"]) == []
+    # auto labels off: the champion labels nothing, so every frame is a candidate for people
+    manual = queue_batch(store, "b4", frames, scores, classes=CLASSES,
+                         engine=EngineSettings(auto_threshold=0.0, auto_labels=False, label_budget=5))  # fmt: skip
+    assert manual["queued"] == 5 and manual["candidates"] == 16
     cold = queue_batch(store, "b3", frames, None, classes=CLASSES, engine=EngineSettings(label_budget=7))
-    assert cold["queued"] == 7 and [q["batch_id"] for q in read_queue(store)] == ["b1", "b2", "b3"]
+    assert cold["queued"] == 7 and [q["batch_id"] for q in read_queue(store)] == ["b1", "b2", "b4", "b3"]
 
 
 # ---------------------------------------------------------------- selection

@@ -1,24 +1,51 @@
-"""The engine benchmark runs both arms end to end on a tiny scale and reports comparable figures."""
+"""The engine benchmark runs its arms end to end on a tiny scale and reports comparable figures."""
 
 from __future__ import annotations
 
-from benchmarks.engine import bench_engine
+import json
+
+from click.testing import CliRunner
+
+from benchmarks.engine import curve, label_ratio, markdown
+from flywheel.cli import main
 
 
-def test_bench_engine_tiny(tmp_path):
-    # 8 clips of 8 frames, 32 labeled: with seed 0 both splits that evaluation and deploy need get frames
-    out = bench_engine(tmp_path, iterations=2, clips_per_iteration=8, label_budget=32, epochs=1,
-                       test_per_condition=8, image_size=32)  # fmt: skip
-    random, engine = out["arms"]["random"], out["arms"]["engine"]
-    assert len(random) == len(engine) == 2
-    for rows in (random, engine):
+def test_bench_engine_quick_runs_the_arms_through_the_pipeline_and_writes_curves_and_plot(tmp_path):
+    result = CliRunner().invoke(main, ["bench", "engine", "--quick", "--arms", "engine,auto_labels_only,random",
+                                       "--out", str(tmp_path / "out"), "--workdir", str(tmp_path)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = json.loads((tmp_path / "out" / "engine_ab_quick.json").read_text())
+    assert (tmp_path / "out" / "engine_ab_quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert out["config"]["seeds"] == [0] and list(out["curves"]) == ["random", "engine", "auto_labels_only"]
+    runs = out["runs"]
+    random, engine, auto_only = runs["random"][0], runs["engine"][0], runs["auto_labels_only"][0]
+    for rows in (random, engine, auto_only):
         assert [r["human_labels_total"] for r in rows] == [32, 64]  # the same budget spent per iteration
         assert all(0 <= r["accuracy"] <= 1 and 0 <= r["fog_accuracy"] <= 1 for r in rows)
     assert all(r["auto_labels"] == 0 for r in random)  # the random arm labels by hand only
     assert engine[0]["triggers"].keys() <= {"random", "hard_brake"}  # no champion yet: no shadow mode
     assert engine[1]["triggers"].keys() <= {"random", "hard_brake", "low_confidence"}
-    assert "low_confidence" not in random[1]["triggers"]
-    assert out["target_fog_accuracy"] == random[-1]["fog_accuracy"]
+    # only the arms with shadow mode let the deployed model pick uploads
+    assert "low_confidence" not in random[1]["triggers"] and "low_confidence" not in auto_only[1]["triggers"]
+    c = out["curves"]["random"]["fog_accuracy"]
+    assert c["labels"] == [32, 64] and c["mean"] == c["min"] == c["max"] == [r["fog_accuracy"] for r in random]
+    assert out["label_ratio"]["engine"]["target"] == random[-1]["fog_accuracy"]
+    assert set(out["label_ratio"]) == {"engine", "auto_labels_only"}
+    assert "| engine |" in markdown(out)
+    wrong = CliRunner().invoke(main, ["bench", "engine", "--quick", "--arms", "engine,bogus", "--workdir", str(tmp_path)])
+    assert wrong.exit_code == 2 and "bogus" in wrong.output
+
+
+def test_label_ratio_reads_the_mean_curves_at_the_iterations():
+    def rows(values):
+        return [{"human_labels_total": 100 * (i + 1), "fog_accuracy": v} for i, v in enumerate(values)]
+
+    random = curve([rows([0.1, 0.3, 0.5]), rows([0.1, 0.3, 0.7])], "fog_accuracy")  # final mean 0.6
+    assert random["mean"] == [0.1, 0.3, 0.6] and random["min"] == [0.1, 0.3, 0.5]
+    fast = curve([rows([0.2, 0.6, 0.8])], "fog_accuracy")
+    assert label_ratio(fast, random) == {"target": 0.6, "random_labels": 300.0, "engine_labels": 200.0, "ratio": 0.667}
+    slow = curve([rows([0.2, 0.3, 0.59])], "fog_accuracy")
+    assert label_ratio(slow, random)["ratio"] is None  # never reached: no ratio, not a made-up one
 
 
 def test_bench_label_errors_tiny(tmp_path):

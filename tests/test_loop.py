@@ -156,6 +156,10 @@ def test_engine_labels_through_the_queue_only(flywheel_home):
         assert sources == ["human"] * 40
         queue = store.read_json(layout.queue_key(second))
         assert all(t["predictions"][0]["model_version"] == "v1" for t in queue)  # pre-filled by the champion
+        # the champion scored the batch on the compute device, as far as this onnxruntime reaches
+        mat = instance.get_latest_materialization_event(dg.AssetKey("labels")).asset_materialization
+        assert mat.partition == second
+        assert mat.metadata["champion scored on"].value == deploy.providers(settings.train.device)[0]
         check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
             [dg.AssetCheckKey(dg.AssetKey("labels"), "likely_label_errors")]
         )

@@ -159,6 +159,25 @@ def test_samples_are_decoded_rows(ds):
         )
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_batched_reader_yields_the_same_batches_as_collated_samples(ds, num_workers):
+    """batched=True: the same images (train augmentation included), labels and order as the per-sample reader
+    through a collating DataLoader, as many batches as the DataLoader counts, and no strings when meta=False."""
+    store, manifest = ds
+    kw = dict(image_size=S, batch_size=10, seed=3)  # 96 train rows: 9 full batches and one of 6
+    samples = DataLoader(ShardReader(store, manifest, **kw), batch_size=10, num_workers=num_workers)
+    batches = DataLoader(ShardReader(store, manifest, batched=True, **kw), batch_size=None, num_workers=num_workers)
+    plain = list(samples)
+    whole = list(batches)
+    assert len(batches) == len(samples) == len(plain) == len(whole) == 10
+    for a, b in zip(plain, whole, strict=True):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+        assert a["frame_id"] == b["frame_id"]
+    assert [len(b["label"]) for b in whole] == [10] * 9 + [6]
+    bare = next(iter(ShardReader(store, manifest, batched=True, meta=False, **kw)))
+    assert set(bare) == {"image", "label"} and bare["image"].dtype == torch.uint8 and bare["label"].dtype == torch.int64
+
+
 def test_load_arrays_for_split_and_frame_ids(ds):
     store, manifest = ds
     images, labels, meta = load_arrays(store, manifest, split="val", image_size=S)

@@ -50,7 +50,7 @@ def queue_batch(
     """Pick at most `engine.label_budget` frames of a batch for humans and write their Label Studio queue.
 
     `scores` are the champion's predictions (with embeddings) for every row of `frames`. With a
-    champion: only frames it is unsure of (< auto_threshold) are candidates, chosen by
+    champion: only frames it is unsure of (< auto_threshold; all, with auto labels off) are candidates, chosen by
     `engine.strategy`, pre-annotated with its guess. Without one: a uniform random sample.
     A batch is queued once: a retried or repeated labels run finds its queue file and keeps it.
     """
@@ -66,7 +66,8 @@ def queue_batch(
         write_queue(store, batch_id, frames, [fids[i] for i in chosen], image_url_prefix=engine.image_url_prefix)
         return {"key": key, "queued": len(chosen), "candidates": len(fids), "strategy": "random (no champion)"}
     probs, emb = scores.probs, scores.embeddings
-    unsure = np.flatnonzero(probs.max(axis=1) < engine.auto_threshold)
+    # what the champion will auto-label needs no person; without auto labels every frame is a candidate
+    unsure = np.flatnonzero(probs.max(axis=1) < engine.auto_threshold if engine.auto_labels else np.ones(len(fids), bool))
     meta = {"condition": [frames.column("condition")[int(i)].as_py() for i in unsure]}
     picks = unsure[select_for_labeling(probs[unsure], emb[unsure], meta, budget=engine.label_budget,
                                        strategy=engine.strategy, seed=engine.seed)]  # fmt: skip

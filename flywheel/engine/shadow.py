@@ -85,10 +85,11 @@ def shadow_filter(
 
 def fleet_filter(store: Store, settings: Settings) -> UploadFilter | None:
     """The shadow filter of the deployed champion; None (random uploads only) when the engine is off
-    or nothing is deployed yet."""
+    or nothing is deployed yet. The champion scores on the compute device (`train.device`) where
+    onnxruntime can (`deploy.providers`)."""
     e = settings.engine
     if not e.enabled or deploy.current(store, settings.mlflow.model_name) is None:
         return None
-    session, manifest = deploy.load_deployed(store, settings.mlflow.model_name)
+    session, manifest = deploy.load_deployed(store, settings.mlflow.model_name, settings.train.device)
     budget = DailyUploadBudget(e.uploads_per_day) if e.uploads_per_day is not None else None
     return shadow_filter(session, manifest, threshold=e.shadow_threshold, measure=e.shadow_measure, budget=budget)
