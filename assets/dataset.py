@@ -12,7 +12,7 @@ from resources import SettingsResource, StoreResource
 from resources.partitions import fleet_batches
 
 LABEL_ERRORS = dg.AssetCheckSpec("likely_label_errors", asset="labels", blocking=False,
-                                description="Confident learning on the champion's out-of-sample probabilities")  # fmt: skip
+                                description="Confident learning: the champion's probabilities blended with a cross-validated model of the batch's own labels")  # fmt: skip
 
 
 @dg.asset(partitions_def=fleet_batches, group_name="dataset", deps=[frames], retry_policy=STORE_RETRY,

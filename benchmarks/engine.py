@@ -120,7 +120,7 @@ def _ingest(store, settings: Settings) -> str:
 
 
 def run_arm(arm: str, workdir: Path, *, iterations: int, clips_per_iteration: int, seed: int, test: tuple,
-            **settings_kw) -> list[dict]:  # fmt: skip
+            progress=None, **settings_kw) -> list[dict]:  # fmt: skip
     """One flywheel; per iteration: uploads, labels spent, train frames, accuracy overall and on fog."""
     parts = ARMS[arm]
     settings = bench_settings(workdir / f"{arm}-{seed}", parts=parts, seed=seed, **settings_kw)
@@ -162,6 +162,11 @@ def run_arm(arm: str, workdir: Path, *, iterations: int, clips_per_iteration: in
             "accuracy": float((pred == test_y).mean()), "fog_accuracy": float((pred[rare] == test_y[rare]).mean()),
             "seconds": round(time.perf_counter() - t0, 1),
         })  # fmt: skip
+        if progress:
+            r = rows[-1]
+            progress(f"seed {seed} {arm} iteration {it}: accuracy {r['accuracy']:.3f}, {RARE} {r['fog_accuracy']:.3f} "
+                     f"after {spent} human labels, {r['auto_labels']} auto; {r['train_frames']} train rows "
+                     f"({r['train_fog_frames']} {RARE}); {r['seconds']:.0f} s")  # fmt: skip
     return rows
 
 
@@ -206,13 +211,8 @@ def bench_engine(workdir: str | Path, *, arms: tuple[str, ...] = MAIN_ARMS, seed
     runs: dict[str, list[list[dict]]] = {arm: [] for arm in arms}
     for seed in seeds:
         for arm in arms:
-            rows = run_arm(arm, workdir, iterations=iterations, clips_per_iteration=clips_per_iteration, seed=seed,
-                           test=test, **settings_kw)  # fmt: skip
-            runs[arm].append(rows)
-            if progress:
-                last = rows[-1]
-                progress(f"seed {seed} {arm}: accuracy {last['accuracy']:.3f}, {RARE} {last['fog_accuracy']:.3f} "
-                         f"after {last['human_labels_total']} human labels ({sum(r['seconds'] for r in rows):.0f} s)")  # fmt: skip
+            runs[arm].append(run_arm(arm, workdir, iterations=iterations, clips_per_iteration=clips_per_iteration,
+                                     seed=seed, test=test, progress=progress, **settings_kw))  # fmt: skip
     curves = {arm: {"accuracy": curve(runs[arm], "accuracy"), "fog_accuracy": curve(runs[arm], "fog_accuracy")}
               for arm in arms}  # fmt: skip
     ratios = {arm: label_ratio(curves[arm]["fog_accuracy"], curves["random"]["fog_accuracy"])

@@ -124,15 +124,18 @@ def bench_loader(workdir: str | os.PathLike, *, frames: int = 2000, image_size: 
     cv2.setNumThreads(1)  # one core: figures are per core
     try:
 
-        def reader(train_aug: bool):
-            return DataLoader(ShardReader(store, manifest, image_size=image_size, batch_size=BATCH,
-                                          train_aug=train_aug), batch_size=BATCH)  # fmt: skip
+        def reader(train_aug: bool, batched: bool = False, workers: int = 0):
+            shard_reader = ShardReader(store, manifest, image_size=image_size, batch_size=BATCH, train_aug=train_aug,
+                                       batched=batched, meta=not batched)  # fmt: skip
+            return DataLoader(shard_reader, batch_size=None if batched else BATCH, num_workers=workers)
 
         paths = {
             "decode_only": lambda: _decode_only(images),
             "ceiling": lambda: _ceiling(images, labels, image_size),
             "shard_reader": lambda: _drain(reader(train_aug=False)),
             "shard_reader_train_aug": lambda: _drain(reader(train_aug=True)),
+            "shard_reader_batched": lambda: _drain(reader(train_aug=False, batched=True)),
+            "shard_reader_batched_train_aug": lambda: _drain(reader(train_aug=True, batched=True)),
             "image_folder": lambda: _drain(DataLoader(_ImageFolder(folder, image_size),
                                                       batch_size=BATCH, shuffle=True)),
             "tar_stream": lambda: _drain(DataLoader(_TarStream(tar_path, image_size),
@@ -143,6 +146,9 @@ def bench_loader(workdir: str | os.PathLike, *, frames: int = 2000, image_size: 
             for name, run in paths.items():
                 best[name] = min(best[name], _timed(name, run, frames))
         rates = {name: round(frames / s, 1) for name, s in best.items()}
+        # DataLoader workers: wall time (the workers' CPU is not this process's), training's batched reader
+        wall = {w: min(_wall(lambda w=w: _drain(reader(train_aug=True, batched=True, workers=w)), frames)
+                       for _ in range(3)) for w in (0, 2)}  # fmt: skip
     finally:
         torch.set_num_threads(threads[0])
         cv2.setNumThreads(threads[1])
@@ -157,6 +163,9 @@ def bench_loader(workdir: str | os.PathLike, *, frames: int = 2000, image_size: 
         "jpeg_bytes_mean": round(sum(map(len, images)) / frames, 1),
         "images_per_s_per_core": rates,
         "reader_vs_ceiling": round(rates["shard_reader"] / rates["ceiling"], 3),
+        "batched_reader_vs_ceiling": round(rates["shard_reader_batched"] / rates["ceiling"], 3),
+        "batched_train_aug_wall_images_per_s": {f"{w} workers": round(frames / t, 1) for w, t in wall.items()},
+        "two_workers_vs_none": round(wall[0] / wall[2], 3),
         "reader_vs_image_folder": round(rates["shard_reader"] / rates["image_folder"], 3),
         "reader_vs_tar": round(rates["shard_reader"] / rates["tar_stream"], 3),
         "cpu": platform.processor() or platform.machine(),
@@ -238,6 +247,15 @@ def _timed(name: str, run, frames: int) -> float:
     if n != frames:
         raise RuntimeError(f"loader path {name!r} yielded {n} images, expected {frames}")
     return elapsed
+
+
+def _wall(run, frames: int) -> float:
+    """Wall seconds of one pass (for paths whose work runs in other processes)."""
+    t0 = time.perf_counter()
+    n = run()
+    if n != frames:
+        raise RuntimeError(f"a loader pass yielded {n} images, expected {frames}")
+    return time.perf_counter() - t0
 
 
 def _drain(loader) -> int:

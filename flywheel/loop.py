@@ -82,7 +82,7 @@ def label_batch(store: Store, settings: Settings, batch_id: str) -> dict:
         errors = {"checked": 0, "flagged": 0, "errors": [], "note": "no champion deployed yet"}
     else:
         errors = label_errors(scores.probs, frames.column("frame_id").to_pylist(), labels, classes,
-                              min_score=e.label_error_min_score)  # fmt: skip
+                              embeddings=scores.embeddings, min_score=e.label_error_min_score, seed=e.seed)  # fmt: skip
     return {**stats, "batch_id": batch_id, "key": layout.labels_key(batch_id), "labeled": labels.num_rows,
             "scored_on": champ.scored_on if scores is not None else None,
             "queued": queued.get("queued", 0), "queue": queued, "label_errors": errors}  # fmt: skip

@@ -12,11 +12,13 @@ import logging
 import os
 import subprocess
 import tempfile
+import time
 import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import mlflow
+from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -75,13 +77,17 @@ class Tracker:
         self.client.set_terminated(run.info.run_id, "FINISHED")
 
     def log_params(self, run_id: str, params: dict) -> None:
-        for k, v in _flatten(params).items():
-            self.client.log_param(run_id, k, str(v)[:6000])
+        items = [Param(k, str(v)[:6000]) for k, v in _flatten(params).items()]
+        for start in range(0, len(items), 100):  # one request per 100 (MLflow's limit per batch)
+            self.client.log_batch(run_id, params=items[start : start + 100])
 
     def log_metrics(self, run_id: str, metrics: dict, step: int | None = None) -> None:
-        for k, v in _flatten(metrics).items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                self.client.log_metric(run_id, _metric_key(k), float(v), step=step or 0)
+        """All numbers of `metrics` in one request (an epoch's metrics: one round trip, not one each)."""
+        now = int(time.time() * 1000)
+        items = [Metric(_metric_key(k), float(v), now, step or 0) for k, v in _flatten(metrics).items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)]  # fmt: skip
+        for start in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[start : start + 1000])
 
     def log_bytes(self, run_id: str, path: str, data: bytes) -> None:
         with tempfile.TemporaryDirectory() as tmp:

@@ -15,7 +15,13 @@ import torch
 from flywheel import deploy, layout, sim
 from flywheel.champion import Champion
 from flywheel.config import EngineSettings, Settings
-from flywheel.engine.quality import auto_label_accuracy, find_label_errors, label_errors
+from flywheel.engine.quality import (
+    auto_label_accuracy,
+    blended_probs,
+    cross_validated_probs,
+    find_label_errors,
+    label_errors,
+)
 from flywheel.engine.queue import queue_batch, read_exports, read_queue, write_queue
 from flywheel.engine.select import confidence, select_for_labeling
 from flywheel.engine.shadow import DailyUploadBudget, fleet_filter, shadow_filter
@@ -370,6 +376,39 @@ def test_find_label_errors_finds_planted_flips():
             assert s == true[i]
     assert [e[3] for e in errors] == sorted((e[3] for e in errors), reverse=True)
     assert len(find_label_errors(probs, true, frame_ids=fids)) <= 0.02 * n  # clean labels: few false alarms
+
+
+def test_cross_validated_probs_overrule_the_champions_own_confident_mistakes():
+    """The champion confuses a whole kind of frame (class 0 looks like 1 to it); the batch's own labels, on
+    its embeddings, know better: the blend flags the planted flips, not the champion's blind spot."""
+    rng = np.random.default_rng(1)
+    n, c = 800, 4
+    true = rng.integers(0, c, n)
+    centers = rng.normal(0, 1, (c, 16))
+    emb = centers[true] + rng.normal(0, 0.35, (n, 16))  # the embeddings separate the classes
+    logits = rng.normal(0, 0.5, (n, c))
+    logits[np.arange(n), true] += 4.0
+    blind = np.flatnonzero(true == 0)[: n // 10]  # the champion is confidently wrong here
+    logits[blind, 1] += 8.0
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    given = true.copy()
+    planted = rng.choice(np.setdiff1d(np.arange(n), blind), 40, replace=False)
+    given[planted] = (true[planted] + rng.integers(1, c, 40)) % c
+    fids = [f"f{i}" for i in range(n)]
+
+    def flagged(p, min_score=0.3):
+        return {int(e[0][1:]) for e in find_label_errors(p, given, frame_ids=fids) if e[3] >= min_score}
+
+    alone, blend = flagged(probs), flagged(blended_probs(probs, emb, given))
+    assert len(alone & set(blind.tolist())) >= 0.5 * len(blind)  # the champion alone flags its own blind spot
+    assert not blend & set(blind.tolist())
+    hits = blend & set(planted.tolist())
+    assert len(hits) >= 0.75 * len(planted) and len(hits) >= 0.9 * len(blend)
+    cv = cross_validated_probs(emb, given, c)
+    assert cv.shape == (n, c) and np.allclose(cv.sum(1), 1.0)
+    # too few labels to cross-validate: no evidence against any label, not an error
+    tiny = cross_validated_probs(emb[:3], given[:3], c)
+    assert np.array_equal(tiny.argmax(1), given[:3])
 
 
 def test_auto_label_accuracy_compares_only_where_a_reference_exists():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -45,14 +46,16 @@ def auto_accuracy_vs_truth(labels: pa.Table, frames: pa.Table, classes: Sequence
 
 
 def label_errors(probs: np.ndarray, frame_ids: Sequence[str], labels: pa.Table, classes: Sequence[str], *,
-                 min_score: float = 0.0, limit: int = 50) -> dict:  # fmt: skip
+                 embeddings: np.ndarray | None = None, min_score: float = 0.0, limit: int = 50,
+                 seed: int = 0) -> dict:  # fmt: skip
     """Likely wrong human and ground-truth labels of a batch, by confident learning.
 
     `probs` (N, C) are the champion's for `frame_ids`; it never trained on this batch, so they are
-    out of sample. Auto labels are left out (they are the champion's own guesses). Only flags whose
-    score (p[suggested] - p[given]) reaches `min_score` count: below it, a fair champion's doubts
-    outnumber real errors (`flywheel bench label-errors`). Returns
-    `{"checked", "flagged", "errors": [{frame_id, given, suggested, score}] (worst `limit`)}`.
+    out of sample. With its `embeddings` (N, D), they are averaged with `cross_validated_probs` (a
+    model of the batch's own labels on those embeddings), which corrects the champion's own
+    systematic mistakes. Auto labels are left out (they are the champion's own guesses). Only flags
+    whose score (p[suggested] - p[given]) reaches `min_score` count (`flywheel bench label-errors`).
+    Returns `{"checked", "flagged", "errors": [{frame_id, given, suggested, score}] (worst `limit`)}`.
     """
     row_of = {f: i for i, f in enumerate(frame_ids)}
     keep = [s != "auto" for s in labels.column("label_source").to_pylist()]
@@ -61,11 +64,57 @@ def label_errors(probs: np.ndarray, frame_ids: Sequence[str], labels: pa.Table, 
         return {"checked": labels.num_rows, "flagged": 0, "errors": [], "note": "too few human/ground-truth labels"}
     fids = labels.column("frame_id").to_pylist()
     given = np.asarray(labels.column("label").to_pylist())
-    errors = find_label_errors(np.asarray(probs)[[row_of[f] for f in fids]], given, frame_ids=fids)
+    rows = [row_of[f] for f in fids]
+    p = np.asarray(probs, np.float64)[rows]
+    if embeddings is not None:
+        p = blended_probs(p, np.asarray(embeddings)[rows], given, seed=seed)
+    errors = find_label_errors(p, given, frame_ids=fids)
     errors = [e for e in errors if e[3] >= min_score]
     named = [{"frame_id": f, "given": classes[g], "suggested": classes[s], "score": round(sc, 3)}
              for f, g, s, sc in errors[:limit]]  # fmt: skip
     return {"checked": len(fids), "flagged": len(errors), "errors": named}
+
+
+CV_FOLDS = 5
+
+
+def cross_validated_probs(embeddings: np.ndarray, given: np.ndarray, num_classes: int, *, folds: int = CV_FOLDS,
+                          seed: int = 0) -> np.ndarray:  # fmt: skip
+    """(N, C) out-of-sample probabilities from the batch's own labels: a logistic regression on the
+    champion's L2-normalized embeddings, K-fold, so each frame is scored by a model that never saw its
+    label. A class with fewer labels than folds keeps its frames in every training fold it can."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    z = np.asarray(embeddings, np.float64)
+    z = z / (np.linalg.norm(z, axis=1, keepdims=True) + 1e-12)
+    given = np.asarray(given)
+    out = np.zeros((len(z), num_classes))
+    counts = np.bincount(given, minlength=num_classes)
+    folds = int(min(folds, max(2, counts[counts > 0].max(initial=0))))
+    if len(z) < 2 * folds or (counts > 0).sum() < 2:
+        out[np.arange(len(z)), given] = 1.0  # nothing to learn from: no evidence against any label
+        return out
+    # a class too small to stratify: its frames go round the folds by themselves (no warnings, no empty class)
+    split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    strata = np.where(counts[given] >= folds, given, -1)
+    with warnings.catch_warnings():  # a stratum of the small classes below `folds` is expected, not news
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        parts = list(split.split(z, strata))
+    for train, test in parts:
+        seen = np.unique(given[train])
+        if len(seen) < 2:
+            out[test, given[test]] = 1.0
+            continue
+        model = LogisticRegression(C=1.0, max_iter=500).fit(z[train], given[train])
+        out[np.ix_(test, seen)] = model.predict_proba(z[test])
+    return out
+
+
+def blended_probs(probs: np.ndarray, embeddings: np.ndarray, given: np.ndarray, *, seed: int = 0) -> np.ndarray:
+    """The mean of the champion's probabilities and `cross_validated_probs` of the same frames."""
+    probs = np.asarray(probs, np.float64)
+    return 0.5 * (probs + cross_validated_probs(embeddings, given, probs.shape[1], seed=seed))
 
 
 def class_thresholds(probs: np.ndarray, given: np.ndarray) -> np.ndarray:
