@@ -7,6 +7,7 @@ from assets.dataset import training_dataset
 from assets.training import train_through_pipes
 from assets.ui import png_md, say, table_md
 from flywheel import loop, plots, tune
+from flywheel.engine import campaigns
 from flywheel.evaluate import compare, compare_markdown
 from flywheel.tracking import ui_urls
 from resources import ComputeResource, MlflowResource, SettingsResource, StoreResource
@@ -117,6 +118,10 @@ def evaluation(context: dg.AssetExecutionContext, settings: SettingsResource, st
             "challenger_vs_champion": dg.MetadataValue.md(compare_markdown(compare(ch, out["champion"]))),
             "per_slice": table_md(slices),
             "robustness": table_md([{"corruption": k, **v} for k, v in ch.get("robustness", {}).items()]),
+            "mining campaigns (clips brought, slice score before and after)": table_md(
+                campaigns.effects(store.open(), s),
+                ["name", "slice", "active", "clips", "metric", "before", "before_model", "after", "after_model", "delta"],
+            ),
             "up_to_date (the challenger is the served model: kept)": bool(out.get("up_to_date")),
             **{plot: png_md(png, plot) for plot, png in out["plots"].items()},  # confusion, reliability, saliency
         }

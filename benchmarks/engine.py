@@ -4,11 +4,13 @@ Flywheels from the same seeds, each in its own home (store + MLflow), with the s
 budget and the same uploads per iteration, all driven through the production stage functions
 (flywheel/ingest.py, flywheel/loop.py) and the simulated labeling team (flywheel/sim/annotator.py),
 so the benchmark measures the pipeline a user runs. An arm is a set of the engine's parts:
-  shadow: the deployed model picks the fleet's uploads (low_confidence triggers)
-  select: active selection (hybrid) of the frames people label; without it, uniformly random frames
-  auto:   the deployed model labels the frames it is sure of; without it, people label everything
-`engine` has all three, `random` none (random uploads, random frames, nothing deployed); the
-ablation arms have one each. An arm with any part deploys every model it trains (a forced gate),
+  shadow:   the deployed model picks the fleet's uploads (low_confidence triggers)
+  select:   active selection (hybrid) of the frames people label; without it, uniformly random frames
+  auto:     the deployed model labels the frames it is sure of; without it, people label everything
+  campaign: a mining campaign for the rare slice (`flywheel campaign start --slice condition=fog`),
+            started once the dataset holds a labeled frame of it: the fleet uploads clips like them
+`engine` is shadow + select + auto, `mining` is campaign + select + auto, `random` none (random
+uploads, random frames, nothing deployed); the ablation arms have one part each. An arm with any part deploys every model it trains (a forced gate),
 so that model drives the next iteration. Each iteration: simulate -> ingest -> labels (queue) ->
 annotator answers -> labels again -> augmented -> dataset version -> train -> score on one fixed
 test set shared by every arm and seed (equal frames per condition, rendered apart from any fleet).
@@ -31,6 +33,7 @@ import torch
 
 from flywheel import ingest, layout, loop, sim
 from flywheel.config import CONDITIONS, Settings
+from flywheel.engine import campaigns
 from flywheel.engine.quality import auto_accuracy_vs_truth
 from flywheel.engine.shadow import fleet_filter
 from flywheel.model import load_weights
@@ -42,16 +45,18 @@ from flywheel.tracking import CHALLENGER, tracker_for
 
 RARE = "fog"
 MIX = {"day": 0.70, "night": 0.13, "rain": 0.12, "fog": 0.05}
-PARTS = ("shadow", "select", "auto")
+PARTS = ("shadow", "select", "auto", "campaign")
 ARMS: dict[str, tuple[str, ...]] = {
     "random": (),
-    "engine": PARTS,
+    "engine": ("shadow", "select", "auto"),
+    "mining": ("campaign", "select", "auto"),
     "shadow_only": ("shadow",),
     "selection_only": ("select",),
     "auto_labels_only": ("auto",),
+    "campaign_only": ("campaign",),
 }
 MAIN_ARMS = ("random", "engine")
-ABLATION_ARMS = ("shadow_only", "selection_only", "auto_labels_only")
+ABLATION_ARMS = ("shadow_only", "selection_only", "auto_labels_only", "campaign_only")
 GOAL = 0.5  # the engine should reach the random arm's final rare-slice accuracy with at most half its labels
 # --quick: a smoke test of the whole path in about a minute (the models do not learn at this size)
 # (40 % of its few clips in the test split, which evaluation and deploy need)
@@ -86,7 +91,9 @@ def bench_settings(root: Path, *, parts: tuple[str, ...] = PARTS, image_size: in
             "train": {"steps": steps, "device": "cpu", "seed": seed},
             "tune": {"baseline_epochs": 0},
             "ingest": {"workers": 1},
+            # without the shadow part no clip is low_confidence (a threshold of 0); campaigns still match
             "engine": {"enabled": True, "label_budget": label_budget, "seed": seed,
+                       "shadow_threshold": 0.6 if "shadow" in parts else 0.0,
                        "strategy": "hybrid" if "select" in parts else "random", "auto_labels": "auto" in parts},
             "gate": {"force": True, "force_reason": "benchmark: every model is promoted"},
             "deploy": {"int8": False},
@@ -130,7 +137,7 @@ def run_arm(arm: str, workdir: Path, *, iterations: int, clips_per_iteration: in
     for it in range(1, iterations + 1):
         t0 = time.perf_counter()
         recorded0 = sim.read_state(store)["recorded"]
-        shadow = fleet_filter(store, settings) if "shadow" in parts else None
+        shadow = fleet_filter(store, settings) if {"shadow", "campaign"} & set(parts) else None
         sim.simulate(store, settings, clips=clips_per_iteration, seed=seed, upload_filter=shadow)
         batch_id = _ingest(store, settings)
         queued = loop.label_batch(store, settings, batch_id)["queued"]
@@ -142,6 +149,11 @@ def run_arm(arm: str, workdir: Path, *, iterations: int, clips_per_iteration: in
         if parts:  # the new model decides the next uploads, labels or auto labels
             loop.evaluate_challenger(store, settings, tracker, device="cpu")
             loop.deploy_challenger(store, settings, tracker)
+        if "campaign" in parts and not campaigns.list_campaigns(store):  # the team mines for the rare slice
+            try:
+                campaigns.create(store, settings, f"more-{RARE}", slice=f"condition={RARE}", match_share=0.02, seed=seed)
+            except ValueError:  # no labeled frame of it yet: next iteration
+                pass
         model, _ = load_weights(tracker.weights(tracker.alias(CHALLENGER)))
         pred = predict(model, test_x).probs.argmax(axis=1)
         rare = test_c == RARE

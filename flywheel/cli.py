@@ -525,6 +525,98 @@ def diff(obj: Ctx, before: str, after: str, name: str | None, as_json: bool):
     click.echo(json.dumps(out, indent=2) if as_json else markdown(out))
 
 
+@main.group()
+def campaign():
+    """Mining campaigns ("find more like this"): the fleet uploads clips that look like chosen frames.
+
+    \b
+    Example: flywheel campaign start fog-hunt --slice condition=fog
+    """
+
+
+@campaign.command("start")
+@click.argument("name")
+@click.option("--slice", "slice_", default=None, metavar="COLUMN=VALUE",
+              help="The slice to find more of, e.g. condition=fog (default: the champion's worst slice).")  # fmt: skip
+@click.option("--frames", "frame_ids", default=None, metavar="ID,ID,...",
+              help="Or frames of the latest dataset version, by frame_id, comma-separated.")  # fmt: skip
+@click.option("--max-frames", type=click.IntRange(min=1), default=32, show_default=True, help="Query frames at most.")
+@click.option("--match-share", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
+              show_default=True, help="Share of ordinary frames that would match (sets the similarity threshold).")  # fmt: skip
+@click.pass_obj
+def campaign_start(obj: Ctx, name: str, slice_: str | None, frame_ids: str | None, max_frames: int, match_share: float):
+    """Start campaign NAME (a partition of the `mining_campaign` job, run through the instance).
+
+    \b
+    Example: flywheel campaign start fog-hunt --slice condition=fog
+    """
+    from flywheel.layout import check_name
+    from resources.partitions import mining_campaigns
+
+    try:
+        check_name(name, "campaign name")
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="NAME") from None
+    config = {"slice": slice_, "frame_ids": [f.strip() for f in (frame_ids or "").split(",") if f.strip()],
+              "max_frames": max_frames, "match_share": match_share}  # fmt: skip
+    instance = obj.instance()
+    instance.add_dynamic_partitions(mining_campaigns.name, [name])
+    result = obj.definitions().resolve_job_def("mining_campaign").execute_in_process(
+        instance=instance, partition_key=name, tags=cli_run_tags(), raise_on_error=False,
+        run_config={**RUN_LOGS, "ops": {"campaign": {"config": config}}},
+    )  # fmt: skip
+    _check_run(result, f"campaign {name}")
+    _echo_campaigns(obj, [name])
+
+
+@campaign.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def campaign_list(obj: Ctx, as_json: bool):
+    """Every campaign: its slice, the clips it brought, and the slice's score before and after.
+
+    \b
+    Example: flywheel campaign list --json
+    """
+    from flywheel.engine import campaigns
+
+    if as_json:
+        click.echo(json.dumps(campaigns.effects(obj.store(), obj.settings), indent=2))
+    else:
+        _echo_campaigns(obj, None)
+
+
+@campaign.command("stop")
+@click.argument("name")
+@click.pass_obj
+def campaign_stop(obj: Ctx, name: str):
+    """The fleet stops mining for campaign NAME; what it brought stays on record.
+
+    \b
+    Example: flywheel campaign stop fog-hunt
+    """
+    from flywheel.engine import campaigns
+
+    try:
+        campaigns.stop(obj.store(), name)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"campaign {name} stopped")
+
+
+def _echo_campaigns(obj: Ctx, names: list[str] | None) -> None:
+    from flywheel.engine import campaigns
+
+    rows = [e for e in campaigns.effects(obj.store(), obj.settings) if names is None or e["name"] in names]
+    if not rows:
+        click.echo(f"no campaigns yet: {command('campaign start NAME --slice condition=fog')}")
+    for e in rows:
+        after = f"{e['after']:.3f} (v{e['after_model']})" if e["after"] is not None else "- (no model trained on its clips yet)"
+        before = "-" if e["before"] is None else f"{e['before']:.3f}"
+        click.echo(f"{e['name']}: {e['slice']} {'active' if e['active'] else 'stopped'}; {e['clips']} clips brought; "
+                   f"{e['metric']} on the slice {before} (v{e['before_model']}) -> {after}")  # fmt: skip
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj

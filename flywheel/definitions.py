@@ -14,9 +14,10 @@ quiet_telemetry()
 def build_definitions(
     settings: Settings | None = None, *, config_path: str | None = None, overrides: dict | None = None
 ) -> dg.Definitions:
-    from assets import dataset, ingest, model
+    from assets import campaigns, dataset, ingest, model
     from jobs import (
         ingest_batch,
+        mine,
         nightly_schedule,
         relabel_batch,
         train_and_deploy,
@@ -32,8 +33,8 @@ def build_definitions(
     overrides = overrides or {}
     settings = settings or load_settings(config_path, **overrides)
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([ingest, dataset, model]),
-        jobs=[ingest_batch, relabel_batch, train_and_deploy, tune_job],
+        assets=dg.load_assets_from_modules([ingest, dataset, model, campaigns]),
+        jobs=[ingest_batch, relabel_batch, train_and_deploy, tune_job, mine],
         schedules=[nightly_schedule(settings.sensor.nightly_cron), tune_schedule(settings.tune.cron)],
         sensors=[fresh_fleet_data, train_after_ingest, report_failed_runs, retune_on_new_inputs,
                  label_studio_answers],

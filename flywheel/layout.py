@@ -39,6 +39,7 @@ LABELING_QUEUE = "labeling/queue/"
 LABELING_DONE = "labeling/done/"
 LABELING_IMAGES = "labeling/images/"
 TUNING = "tuning/"
+CAMPAIGNS = "campaigns/"
 SIM_STATE = "sim/state.json"
 REASON_SUFFIX = ".reason.json"
 
@@ -186,6 +187,16 @@ def golden_key(name: str, version: int) -> str:
 
 
 # ---------------------------------------------------------------- evaluation and deployment
+
+
+def campaign_key(name: str) -> str:
+    """A mining campaign's record (flywheel/engine/campaigns.py)."""
+    return f"{CAMPAIGNS}{check_name(name, 'campaign name')}/campaign.json"
+
+
+def campaign_query_key(name: str) -> str:
+    """A campaign's query and reference frames (model input arrays, npz)."""
+    return f"{CAMPAIGNS}{check_name(name, 'campaign name')}/query.npz"
 
 
 def approval_key(model_name: str, version: str) -> str:

@@ -1,4 +1,5 @@
-"""One-shot GPU check of the trainer: bf16 + channels_last, eager vs torch.compile, CPU/GPU agreement, NCCL DDP.
+"""One-shot GPU check of the trainer: bf16 + channels_last, eager vs torch.compile, CPU/GPU agreement, NCCL DDP,
+and the flywheel itself: `flywheel iterate` on CUDA, and with 2 GPUs a 2-rank NCCL run through the Pipes path.
 
     python scripts/gpu_check.py            # full run on a CUDA GPU, about 2 minutes on an H100
     python scripts/gpu_check.py --quick    # tiny sizes; also runs (slowly) on a CPU-only machine
@@ -251,6 +252,55 @@ def ddp_worker(out: str, quick: bool) -> None:
     )
 
 
+ITERATE_CONFIG = """
+image_size: 64
+sim: {{frames_per_clip: 8}}
+train: {{device: {device}, steps: {steps}, batch_size: 64}}
+compute: {{nproc_per_node: {nproc}}}
+engine: {{enabled: true, label_budget: 400}}
+gate: {{force: true, force_reason: "gpu check: every model deploys"}}
+tune: {{baseline_epochs: 0}}
+"""
+
+
+def check_iterate(quick: bool, *, nproc: int = 1) -> dict:
+    """Two full `flywheel iterate` runs through Dagster in a fresh home, training on `cuda` with `nproc`
+    ranks through the Pipes path (torchrun, NCCL when nproc > 1): the second labels its batch with the
+    first champion, so evaluation, auto-labeling and shadow scoring all meet the compute device.
+    Returns the device each part ran on, read back from what the runs recorded."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    clips, steps = (16, 20) if quick else (120, 300)
+    with tempfile.TemporaryDirectory(prefix="flywheel-gpu-check-") as home:
+        cfg = Path(home, "flywheel.yaml")
+        cfg.write_text(ITERATE_CONFIG.format(device=device, steps=steps, nproc=nproc))
+        env = {**os.environ, "FLYWHEEL_HOME": str(Path(home, "data")), "FLYWHEEL_CONFIG": str(cfg)}
+        env.pop("DAGSTER_HOME", None)
+        walls = []
+        for _ in range(2):
+            for args in (["simulate", "--clips", str(clips)], ["iterate"]):
+                t0 = time.perf_counter()
+                proc = subprocess.run([sys.executable, "-m", "flywheel.cli", *args], env=env, capture_output=True,
+                                      text=True, timeout=1800)  # fmt: skip
+                if proc.returncode != 0:
+                    return {"status": "failed", "nproc": nproc, "command": args, "stderr": proc.stderr[-3000:]}
+                if args[0] == "iterate":
+                    walls.append(round(time.perf_counter() - t0, 1))
+        probe = ("import json, dagster as dg; from flywheel.cli import Ctx; from flywheel import champion;"
+                 "obj = Ctx(None, {}); inst = obj.instance();"
+                 "md = lambda k: inst.get_latest_materialization_event(dg.AssetKey(k)).asset_materialization.metadata;"
+                 "print(json.dumps({'training': md('challenger')['device'].value,"
+                 " 'ranks': md('challenger')['ranks (torchrun)'].value,"
+                 " 'auto_labels_and_shadow': champion.deployed(obj.store(), obj.settings).scored_on,"
+                 " 'labels_scored_on': md('labels')['champion scored on'].value}))")  # fmt: skip
+        proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            return {"status": "failed", "nproc": nproc, "command": ["probe"], "stderr": proc.stderr[-3000:]}
+        where = json.loads(proc.stdout.strip().splitlines()[-1])
+        evaluation = sorted(Path(home, "data", "evaluations").rglob("v*.json"))[-1]
+        where["evaluation"] = json.loads(evaluation.read_text())["device"]
+    return {"status": "ok", "nproc": nproc, "device": device, "iterate_wall_s": walls, "ran_on": where}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
@@ -324,6 +374,21 @@ def main() -> int:
             report["failures"].append("NCCL DDP failed")
     else:
         report["cpu_vs_gpu"] = report["ddp"] = {"status": "skipped", "reason": "no CUDA GPU"}
+
+    # the flywheel itself on the compute device: one rank, then 2 ranks over NCCL through the Pipes path
+    report["iterate"] = it = check_iterate(args.quick)
+    print(f"[iterate] {it}", flush=True)
+    if it["status"] != "ok":
+        report["failures"].append(f"flywheel iterate failed: {it}"[:2000])
+    elif cuda and not str(it["ran_on"]["training"]).startswith("cuda"):
+        report["failures"].append(f"flywheel iterate did not train on the GPU: {it['ran_on']}")
+    if cuda and torch.cuda.device_count() >= 2:
+        report["iterate_nccl"] = two = check_iterate(args.quick, nproc=2)
+        print(f"[iterate, 2 ranks] {two}", flush=True)
+        if two["status"] != "ok" or two["ran_on"]["ranks"] != 2:
+            report["failures"].append(f"2-rank NCCL iterate through Pipes failed: {two}"[:2000])
+    else:
+        report["iterate_nccl"] = {"status": "skipped", "reason": f"{torch.cuda.device_count()} GPU(s); needs 2"}
 
     report["wall_s"] = round(time.perf_counter() - t_start, 1)
     print(f"done in {report['wall_s']} s; failures: {report['failures'] or 'none'}")

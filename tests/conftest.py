@@ -21,6 +21,8 @@ os.environ.update(
 )  # fmt: skip
 os.environ.pop("AWS_ENDPOINT_URL", None)
 os.environ.pop("FLYWHEEL_CONFIG", None)
+if os.environ.get("PYTEST_XDIST_WORKER"):  # several test processes share the cores: one thread each
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from flywheel.clips import write_clip  # noqa: E402
 from flywheel.store import open_store  # noqa: E402

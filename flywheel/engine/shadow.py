@@ -1,7 +1,8 @@
 """Shadow mode: the deployed model runs on every recorded clip in the car and flags the ones it is unsure of.
 
 The simulator (`sim.simulate(..., upload_filter=...)`) uploads a flagged clip with trigger
-`low_confidence`, and a random share of the others as `random`. A clip is flagged when any of
+`low_confidence` (or `campaign:<name>`, for a clip like a mining campaign's frames), and a random
+share of the others as `random`. A clip is flagged when any of
 its frames scores below `threshold` on the chosen confidence measure; all measures are in
 [0, 1], higher meaning surer, so one threshold semantics fits all three.
 """
@@ -16,6 +17,8 @@ import onnxruntime as ort
 
 from flywheel import deploy
 from flywheel.config import Settings
+from flywheel.engine.campaigns import match as campaign_match
+from flywheel.engine.campaigns import queries as campaign_queries
 from flywheel.engine.select import MEASURES, confidence
 from flywheel.model_input import frames_to_input
 from flywheel.predict import predict
@@ -56,11 +59,14 @@ def shadow_filter(
     session: ort.InferenceSession,
     manifest: dict,
     *,
-    threshold: float,
+    threshold: float | None,
     measure: str = "max_softmax",
     budget: DailyUploadBudget | None = None,
+    campaigns: list[tuple[str, np.ndarray, float]] | None = None,
 ) -> UploadFilter:
-    """An upload filter that flags a clip `low_confidence` when any frame's confidence < `threshold`.
+    """An upload filter that flags a clip `low_confidence` when any frame's confidence < `threshold`
+    (None: never), and `campaign:<name>` first when a frame looks like an active mining campaign's
+    query (`campaigns.queries`).
 
     `manifest` is the deployed model's (deploy.load_deployed): its `image_size` sets the
     resize. With a `budget`, flagged clips beyond the day's budget are not flagged (the
@@ -68,28 +74,33 @@ def shadow_filter(
     """
     if measure not in MEASURES:
         raise ValueError(f"unknown confidence measure {measure!r}; known: {MEASURES}")
-    if not 0.0 <= threshold <= 1.0:
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     size = int(manifest["image_size"])
 
     def upload_filter(frames: np.ndarray, meta: dict) -> str | None:
-        probs = predict(session, frames_to_input(frames, size)).probs  # (N, C)
-        if confidence(probs, measure).min() >= threshold:
+        out = predict(session, frames_to_input(frames, size), embeddings=bool(campaigns))  # (N, C), (N, D)
+        trigger = campaign_match(out.embeddings, campaigns) if campaigns else None
+        if trigger is None and threshold is not None and confidence(out.probs, measure).min() < threshold:
+            trigger = LOW_CONFIDENCE
+        if trigger is None or (budget is not None and not budget.take(meta)):
             return None
-        if budget is not None and not budget.take(meta):
-            return None
-        return LOW_CONFIDENCE
+        return trigger
 
     return upload_filter
 
 
 def fleet_filter(store: Store, settings: Settings) -> UploadFilter | None:
-    """The shadow filter of the deployed champion; None (random uploads only) when the engine is off
-    or nothing is deployed yet. The champion scores on the compute device (`train.device`) where
+    """The shadow filter of the deployed champion, with the active mining campaigns; None (random
+    uploads only) when nothing is deployed yet, or the engine is off and no campaign runs. The champion scores on the compute device (`train.device`) where
     onnxruntime can (`deploy.providers`)."""
     e = settings.engine
-    if not e.enabled or deploy.current(store, settings.mlflow.model_name) is None:
+    if deploy.current(store, settings.mlflow.model_name) is None:
         return None
     session, manifest = deploy.load_deployed(store, settings.mlflow.model_name, settings.train.device)
+    mining = campaign_queries(store, session, manifest)
+    if not e.enabled and not mining:
+        return None
     budget = DailyUploadBudget(e.uploads_per_day) if e.uploads_per_day is not None else None
-    return shadow_filter(session, manifest, threshold=e.shadow_threshold, measure=e.shadow_measure, budget=budget)
+    return shadow_filter(session, manifest, threshold=e.shadow_threshold if e.enabled else None,
+                         measure=e.shadow_measure, budget=budget, campaigns=mining)  # fmt: skip
