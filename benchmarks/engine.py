@@ -155,7 +155,8 @@ def run_arm(arm: str, workdir: Path, *, iterations: int, clips_per_iteration: in
             except ValueError:  # no labeled frame of it yet: next iteration
                 pass
         model, _ = load_weights(tracker.weights(tracker.alias(CHALLENGER)))
-        pred = predict(model, test_x).probs.argmax(axis=1)
+        probs = predict(model, test_x).probs
+        pred = probs.argmax(axis=1)
         rare = test_c == RARE
         spent += answered
         frames = store.read_parquet(layout.frames_key(batch_id), columns=["frame_id", "trigger", "condition",
@@ -172,6 +173,8 @@ def run_arm(arm: str, workdir: Path, *, iterations: int, clips_per_iteration: in
             "train_frames": sum(s["rows"] for s in train),
             "train_fog_frames": sum(s["counts"]["condition"].get(RARE, 0) for s in train),  # with augmented copies
             "accuracy": float((pred == test_y).mean()), "fog_accuracy": float((pred[rare] == test_y[rare]).mean()),
+            # what shadow mode sees: the model's mean top probability per condition (sure of fog, it uploads no fog)
+            "confidence_by_condition": {c: round(float(probs[test_c == c].max(axis=1).mean()), 3) for c in CONDITIONS},
             "seconds": round(time.perf_counter() - t0, 1),
         })  # fmt: skip
         if progress:

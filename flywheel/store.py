@@ -136,12 +136,13 @@ class Store(ABC):
             fs.move(tmp, final)
         return fs.get_file_info(final).size
 
-    def read_parquet(self, keys: str | list[str], columns: list[str] | None = None) -> pa.Table:
+    def read_parquet(self, keys: str | list[str], columns: list[str] | None = None, filters=None) -> pa.Table:
+        """One table from Parquet objects; `filters` as pyarrow's (e.g. `[("frame_id", "in", ids)]`)."""
         fs, _ = self.arrow_fs()
         paths = [self.arrow_path(k) for k in ([keys] if isinstance(keys, str) else keys)]
         if not paths:
             raise ValueError("read_parquet needs at least one key")
-        return pq.ParquetDataset(paths, filesystem=fs, partitioning=None).read(columns=columns)
+        return pq.ParquetDataset(paths, filesystem=fs, partitioning=None, filters=filters).read(columns=columns)
 
     def parquet_file(self, key: str) -> pq.ParquetFile:
         fs, _ = self.arrow_fs()

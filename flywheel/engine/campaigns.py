@@ -22,7 +22,6 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from flywheel import dataset, deploy, layout
@@ -116,7 +115,8 @@ def create(store: Store, settings: Settings, name: str, *, slice: str | None = N
     others = np.setdiff1d(np.arange(len(fids)), query)
     reference = np.sort(rng.choice(others, size=min(REFERENCE_FRAMES, len(others)), replace=False))
     size = settings.image_size
-    arrays = {"query": _decode(rows, query, size), "reference": _decode(rows, reference, size),
+    arrays = {"query": _decode(store, manifest, [fids[i] for i in query], size),
+              "reference": _decode(store, manifest, [fids[i] for i in reference], size),
               "reference_in_slice": in_slice[reference]}  # fmt: skip
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
@@ -229,10 +229,8 @@ def query_grid_png(store: Store, settings: Settings, name: str) -> bytes:
     from flywheel.augment import sample_grid_png
 
     record = load(store, name)
-    rows = _originals(store, dataset.load_manifest(store, settings.dataset.name, record["dataset_version"]))
-    wanted = set(record["frame_ids"])
-    pick = rows.filter(pc.is_in(rows.column("frame_id"), value_set=pa.array(sorted(wanted))))
-    return sample_grid_png(pick, n=16, classes=settings.classes)
+    manifest = dataset.load_manifest(store, settings.dataset.name, record["dataset_version"])
+    return sample_grid_png(_originals(store, manifest, record["frame_ids"]), n=16, classes=settings.classes)
 
 
 def _after(store: Store, settings: Settings, record: dict, batches: set[str]) -> dict | None:
@@ -250,16 +248,23 @@ def _after(store: Store, settings: Settings, record: dict, batches: set[str]) ->
     return None
 
 
-def _originals(store: Store, manifest: dict):
-    """The version's original frames (no augmented copies) with what a query needs."""
-    columns = ["frame_id", "image", "height", "width", "label", *SLICE_COLUMNS, "augmentation"]
-    table = store.read_parquet([s["path"] for s in manifest["shards"]], columns=columns)
+def _originals(store: Store, manifest: dict, frame_ids: list[str] | None = None):
+    """The version's original frames (no augmented copies): what a query needs, without the images
+    unless `frame_ids` names the frames to read them for."""
+    columns = ["frame_id", "label", *SLICE_COLUMNS, "augmentation"]
+    if frame_ids is not None:
+        columns += ["image", "height", "width"]
+    filters = [("frame_id", "in", list(frame_ids))] if frame_ids is not None else None
+    table = store.read_parquet([s["path"] for s in manifest["shards"]], columns=columns, filters=filters)
     return table.filter(pc.equal(table.column("augmentation"), ""))
 
 
-def _decode(rows, index: np.ndarray, size: int) -> np.ndarray:
-    pick = rows.take(index)
-    return decode_images(pick.column("image").to_pylist(), size, frame_ids=pick.column("frame_id").to_pylist(),
+def _decode(store: Store, manifest: dict, frame_ids: list[str], size: int) -> np.ndarray:
+    """Model input (N, 3, size, size) of these frames of the version, in this order."""
+    rows = _originals(store, manifest, frame_ids)
+    at = {f: i for i, f in enumerate(rows.column("frame_id").to_pylist())}
+    pick = rows.take([at[f] for f in frame_ids])
+    return decode_images(pick.column("image").to_pylist(), size, frame_ids=frame_ids,
                          heights=pick.column("height").to_pylist(), widths=pick.column("width").to_pylist())  # fmt: skip
 
 
