@@ -550,7 +550,7 @@ def campaign_start(obj: Ctx, name: str, slice_: str | None, frame_ids: str | Non
     \b
     Example: flywheel campaign start fog-hunt --slice condition=fog
     """
-    from flywheel.layout import check_name
+    from flywheel.layout import campaign_key, check_name
     from resources.partitions import mining_campaigns
 
     try:
@@ -565,6 +565,8 @@ def campaign_start(obj: Ctx, name: str, slice_: str | None, frame_ids: str | Non
         instance=instance, partition_key=name, tags=cli_run_tags(), raise_on_error=False,
         run_config={**RUN_LOGS, "ops": {"campaign": {"config": config}}},
     )  # fmt: skip
+    if not result.success and not obj.store().exists(campaign_key(name)):  # nothing started: no partition left behind
+        instance.delete_dynamic_partition(mining_campaigns.name, name)
     _check_run(result, f"campaign {name}")
     _echo_campaigns(obj, [name])
 

@@ -87,6 +87,8 @@ def create(store: Store, settings: Settings, name: str, *, slice: str | None = N
         raise ValueError("a campaign mines for a slice or for named frames, not both")
     if not 0 < match_share < 1 or max_frames < 1:
         raise ValueError(f"match_share must be in (0, 1) and max_frames >= 1, got {match_share}, {max_frames}")
+    if slice is not None:
+        parse_slice(slice)  # a bad slice is named before anything is read
     evaluation = champion_evaluation(store, settings)
     manifest = dataset.load_manifest(store, settings.dataset.name)
     rows = _originals(store, manifest)
