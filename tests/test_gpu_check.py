@@ -19,4 +19,4 @@ def test_check_iterate_runs_the_flywheel_and_reads_back_where_each_part_ran():
     # the second iteration's labels were scored by the first champion, on the provider onnxruntime had
     assert ran_on["labels_scored_on"] == ran_on["auto_labels_and_shadow"]
     assert ran_on["labels_scored_on"] in ("CPUExecutionProvider", "CUDAExecutionProvider")
-    assert len(out["iterate_wall_s"]) == 2
+    assert out["demo_wall_s"] > 0

@@ -192,7 +192,8 @@ def pytest_collection_modifyitems(items):
 def _start_mlflow_early(request):
     """Start the MLflow server with the first integration test when a later one needs it."""
     wanted = any("mlflow_server" in getattr(i, "fixturenames", ()) for i in request.session.items)
-    if wanted and _reachable(PG, 5432):
+    # under pytest-xdist every worker sees every test: the one that runs a test on the server starts it
+    if wanted and _reachable(PG, 5432) and not os.environ.get("PYTEST_XDIST_WORKER"):
         request.getfixturevalue("_mlflow_server_started")
 
 

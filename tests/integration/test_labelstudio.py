@@ -29,7 +29,8 @@ from sensors.labeling import label_studio_answers
 from tests.conftest import free_port, wait_for_port
 from tests.integration.conftest import TINY
 
-pytestmark = pytest.mark.integration
+# one worker runs these (pytest-xdist --dist loadgroup): the server keeps one data dir between tests
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("label-studio")]
 
 
 @pytest.fixture(scope="module")
