@@ -197,18 +197,11 @@ def match(embeddings: np.ndarray, campaigns: list[tuple[str, np.ndarray, float]]
     return None
 
 
-def effect(store: Store, settings: Settings, name: str) -> dict:
-    """What campaign `name` brought: clips and frames per batch, and its slice's score before and after."""
+def effect(store: Store, settings: Settings, name: str, brought: dict | None = None) -> dict:
+    """What campaign `name` brought: clips and frames per batch, and its slice's score before and after.
+    `brought` is `_brought(store)`, when the caller reads it once for several campaigns."""
     record = load(store, name)
-    per_batch = {}
-    for b in list_batches(store):
-        key = layout.frames_key(b["batch_id"])
-        if not store.exists(key):
-            continue
-        frames = store.read_parquet(key, columns=["clip_id", "trigger"])
-        mine = frames.filter(pc.equal(frames.column("trigger"), record["trigger"]))
-        if mine.num_rows:
-            per_batch[b["batch_id"]] = {"clips": len(set(mine.column("clip_id").to_pylist())), "frames": mine.num_rows}
+    per_batch = (brought if brought is not None else _brought(store)).get(record["trigger"], {})
     after = _after(store, settings, record, set(per_batch))
     before = record["before"]["value"]
     return {
@@ -221,9 +214,28 @@ def effect(store: Store, settings: Settings, name: str) -> dict:
     }  # fmt: skip
 
 
+def _brought(store: Store) -> dict[str, dict[str, dict]]:
+    """Campaign trigger -> batch -> {clips, frames} over every ingested batch (one read of each
+    batch's trigger column)."""
+    out: dict[str, dict[str, dict]] = {}
+    for b in list_batches(store):
+        key = layout.frames_key(b["batch_id"])
+        if not store.exists(key):
+            continue
+        frames = store.read_parquet(key, columns=["clip_id", "trigger"])
+        for trigger, clip in zip(frames.column("trigger").to_pylist(), frames.column("clip_id").to_pylist(), strict=True):
+            if trigger.startswith(TRIGGER_PREFIX):
+                seen = out.setdefault(trigger, {}).setdefault(b["batch_id"], {"clips": set(), "frames": 0})
+                seen["clips"].add(clip)
+                seen["frames"] += 1
+    return {t: {b: {"clips": len(v["clips"]), "frames": v["frames"]} for b, v in per.items()} for t, per in out.items()}
+
+
 def effects(store: Store, settings: Settings) -> list[dict]:
-    """`effect` of every campaign, oldest first."""
-    return [effect(store, settings, c["name"]) for c in list_campaigns(store)]
+    """`effect` of every campaign, oldest first (nothing read when there is none)."""
+    records = list_campaigns(store)
+    brought = _brought(store) if records else {}
+    return [effect(store, settings, c["name"], brought) for c in records]
 
 
 def query_grid_png(store: Store, settings: Settings, name: str) -> bytes:
