@@ -56,12 +56,20 @@ def trainer_config(
           op_tags={"flywheel/kind": "training"},
           retry_policy=dg.RetryPolicy(max_retries=1, delay=5))  # a retry resumes from the last epoch's checkpoint  # fmt: skip
 def challenger(
-    context: dg.AssetExecutionContext, settings: SettingsResource, mlflow: MlflowResource, compute: ComputeResource,
+    context: dg.AssetExecutionContext, settings: SettingsResource, store: StoreResource, mlflow: MlflowResource,
+    compute: ComputeResource,
 ) -> dg.MaterializeResult:  # fmt: skip
     """The newest model, trained on the latest dataset version by torchrun (`compute.nproc_per_node`
-    ranks) launched through Dagster Pipes; MLflow alias `challenger`."""
-    tracker = mlflow.tracker(context)
-    out = train_through_pipes(context, settings.load(), device=compute.device)
+    ranks) launched through Dagster Pipes; MLflow alias `challenger`. With nothing new to learn from,
+    the challenger is kept without launching anything."""
+    tracker, s = mlflow.tracker(context), settings.load()
+    out = loop.kept_challenger(store.open(), s, tracker, device=compute.device, world_size=s.compute.nproc_per_node)
+    if out is None:
+        out = train_through_pipes(context, s, device=compute.device)
+    else:
+        out["ranks"] = "none (kept)"
+        say(context, f"challenger v{out['version']} already trained on dataset v{out['dataset_version']} "
+                     "with this recipe: kept, no training launched")  # fmt: skip
     last = out["history"][-1]
     links = ui_urls(tracker.tracking_uri, experiment_id=tracker.experiment_id, run_id=out["run_id"],
                     model_name=tracker.model_name, version=out["version"])  # fmt: skip

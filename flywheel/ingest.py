@@ -50,7 +50,9 @@ from flywheel.store import ObjectInfo, Store, check_key, is_valid_key
 
 MIN_CLIPS_PER_WORKER = 16  # below this many clips per worker process, one process reads them all
 FRAMES_PARQUET = {
-    "row_group_size": 1024, "compression": "zstd",
+    "row_group_size": 1024,
+    # encoded images neither compress nor repeat: zstd on them is CPU for nothing, on write and on read
+    "compression": {c: ("none" if c == "image" else "zstd") for c in schema.FRAMES.names},
     "write_statistics": [c for c in schema.FRAMES.names if c != "image"],  # image stats bloat the footer
     "use_dictionary": [c for c in schema.FRAMES.names if c not in ("image", "frame_id", "timestamp_ns")],
 }  # fmt: skip
@@ -334,9 +336,35 @@ def _map(
     workers = min(settings.ingest.workers or os.cpu_count() or 1, len(items))
     if workers <= 1 or len(items) < MIN_CLIPS_PER_WORKER * 2:
         return _ticking(map(fn, items), len(items), desc, progress)
-    with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
-        chunk = max(1, len(items) // (workers * 4))
-        return list(_ticking(pool.map(fn, items, chunksize=chunk), len(items), desc, progress))
+    return _pooled(fn, items, workers, desc, progress)
+
+
+def _pooled(fn: Callable, items: list, workers: int, desc: str, progress: bool | None) -> list:
+    """`map` on `workers` processes: this one and a pool of `workers - 1`. The pool takes chunks of
+    clips from the front, this process from the back, until they meet: so this process works while
+    the pool starts (most of a small batch's cost), and no one waits on a last chunk queued behind."""
+    size = max(1, len(items) // (workers * 8))
+    chunks = [items[i : i + size] for i in range(0, len(items), size)]
+    done: list[list | None] = [None] * len(chunks)
+    with bars.bar(total=len(items), desc=desc, unit="clip", progress=progress) as bar, \
+            ProcessPoolExecutor(workers - 1, mp_context=_pool_context()) as pool:  # fmt: skip
+        futures = [pool.submit(_run_chunk, fn, chunk) for chunk in chunks]
+        for i in reversed(range(len(chunks))):
+            if not futures[i].cancel():  # the pool has it (or had it): the two ends have met
+                break
+            done[i] = []
+            for item in chunks[i]:
+                done[i].append(fn(item))
+                bar.update()
+        for i, future in enumerate(futures):
+            if done[i] is None:
+                done[i] = future.result()
+                bar.update(len(chunks[i]))
+    return [r for chunk in done for r in chunk]
+
+
+def _run_chunk(fn: Callable, chunk: list) -> list:
+    return [fn(item) for item in chunk]
 
 
 def _pool_context():
@@ -429,25 +457,24 @@ def _parse_accepted(store: Store, settings: Settings, clip: dict):
 
 def _frames_of(parsed_clips: list, clips: list[dict], batch_id: str) -> pa.Table:
     """One row per frame of the parsed clips (schema.FRAMES); `clips` are their accepted entries."""
-    cols: dict[str, list] = {name: [] for name in schema.FRAMES.names}
-    for clip, parsed in zip(clips, parsed_clips, strict=True):
-        m = parsed.meta
-        for f in parsed.frames:
-            cols["frame_id"].append(f"{m.clip_id}/{f.camera}/{f.index}")
-            cols["clip_id"].append(m.clip_id)
-            cols["vehicle_id"].append(m.vehicle_id)
-            cols["trigger"].append(m.trigger)
-            cols["recorded_at"].append(m.recorded_at)
-            cols["condition"].append(m.extra.get("condition", ""))
-            cols["camera"].append(f.camera)
-            cols["timestamp_ns"].append(f.timestamp_ns)
-            cols["image"].append(f.image)
-            cols["format"].append(f.format)
-            cols["height"].append(f.height)
-            cols["width"].append(f.width)
-            cols["ground_truth"].append(f.ground_truth)
-            cols["batch_id"].append(batch_id)
-            cols["clip_key"].append(clip["key"])
+    frames = [(clip, parsed.meta, f) for clip, parsed in zip(clips, parsed_clips, strict=True) for f in parsed.frames]
+    cols = {
+        "frame_id": [f"{m.clip_id}/{f.camera}/{f.index}" for _, m, f in frames],
+        "clip_id": [m.clip_id for _, m, _ in frames],
+        "vehicle_id": [m.vehicle_id for _, m, _ in frames],
+        "trigger": [m.trigger for _, m, _ in frames],
+        "recorded_at": [m.recorded_at for _, m, _ in frames],
+        "condition": [m.extra.get("condition", "") for _, m, _ in frames],
+        "camera": [f.camera for _, _, f in frames],
+        "timestamp_ns": [f.timestamp_ns for _, _, f in frames],
+        "image": [f.image for _, _, f in frames],
+        "format": [f.format for _, _, f in frames],
+        "height": [f.height for _, _, f in frames],
+        "width": [f.width for _, _, f in frames],
+        "ground_truth": [f.ground_truth for _, _, f in frames],
+        "batch_id": [batch_id] * len(frames),
+        "clip_key": [clip["key"] for clip, _, _ in frames],
+    }
     return pa.table(cols, schema=schema.FRAMES)
 
 

@@ -155,20 +155,10 @@ def train_challenger(
     if reader.num_samples() == 0:
         raise ValueError(f"dataset {name} v{manifest['version']} has no train rows")
     sha = dataset.manifest_sha256(manifest)
-    # Nothing new to learn from: the challenger trained on this very dataset with this very recipe is kept,
-    # so a rerun or an iteration without new data does not register a second, identical model.
-    recipe_fields = cfg.model_dump(exclude={"device", "compile", "num_workers"})  # what changes the model
-    inputs = hashlib.sha256(json.dumps([sha, recipe_fields, settings.classes], sort_keys=True).encode()).hexdigest()[:16]
-    current = tracker.alias(CHALLENGER)
-    if current is not None and tracker.run_tags(tracker.version_run(current)).get("inputs") == inputs:
-        run_id = tracker.version_run(current)
-        history = tracker.read_json(run_id, "history.json")
-        check_key = layout.baseline_check_key(name)
-        check = store.read_json(check_key) if store.exists(check_key) else None
-        return {"version": current, "run_id": run_id, "dataset_version": manifest["version"], "device": "-",
-                "history": history, "warm_started": False, "warm_start_note": "", "resumed_from_epoch": None,
-                "train_rows": reader.num_samples(), "up_to_date": True,
-                "baseline_check": check if check and check["model_version"] == current else None}  # fmt: skip
+    kept = _kept(store, settings, tracker, manifest, cfg, world_size=world_size)
+    if kept is not None:
+        return kept
+    inputs = _training_inputs(manifest, cfg, settings)
     champ = tracker.alias(CHAMPION)
     warm = tracker.weights(champ) if champ and cfg.warm_start else None
     # One checkpoint folder per dataset version, manifest, process count and tuned values: a run never
@@ -225,6 +215,42 @@ def train_challenger(
         "resumed_from_epoch": result.resumed_from_epoch, "train_rows": reader.num_samples(), "up_to_date": False,
         "baseline_check": check,
     }  # fmt: skip
+
+
+def kept_challenger(store: Store, settings: Settings, tracker: Tracker, *, device: str | None = None,
+                    world_size: int = 1) -> dict | None:  # fmt: skip
+    """What `train_challenger` returns when there is nothing new to learn from (the challenger trained
+    on the latest dataset version with this very recipe), else None; cheap, so the orchestrator asks
+    before it launches a training process."""
+    manifest = dataset.load_manifest(store, settings.dataset.name)
+    cfg, _ = tune.tuned_train_config(store, settings, device=device)
+    return _kept(store, settings, tracker, manifest, cfg, world_size=world_size)
+
+
+def _training_inputs(manifest: dict, cfg: TrainConfig, settings: Settings) -> str:
+    """What makes a challenger: the dataset version's content, the recipe, the classes (a tag on its run)."""
+    recipe_fields = cfg.model_dump(exclude={"device", "compile", "num_workers"})  # what changes the model
+    key = [dataset.manifest_sha256(manifest), recipe_fields, settings.classes]
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _kept(store: Store, settings: Settings, tracker: Tracker, manifest: dict, cfg: TrainConfig, *,
+          world_size: int) -> dict | None:  # fmt: skip
+    """The current challenger's result if it trained on exactly these inputs: a rerun or an iteration
+    without new data keeps it rather than registering a second, identical model."""
+    current = tracker.alias(CHALLENGER)
+    if current is None or tracker.run_tags(tracker.version_run(current)).get("inputs") != _training_inputs(
+        manifest, cfg, settings
+    ):
+        return None
+    run_id = tracker.version_run(current)
+    check_key = layout.baseline_check_key(settings.dataset.name)
+    check = store.read_json(check_key) if store.exists(check_key) else None
+    train_rows = sum(sum(s["row_groups"]) for s in manifest["shards"] if s["split"] == "train") // world_size
+    return {"version": current, "run_id": run_id, "dataset_version": manifest["version"], "device": "-",
+            "history": tracker.read_json(run_id, "history.json"), "warm_started": False, "warm_start_note": "",
+            "resumed_from_epoch": None, "train_rows": train_rows, "up_to_date": True,
+            "baseline_check": check if check and check["model_version"] == current else None}  # fmt: skip
 
 
 def _against_baseline(store: Store, settings: Settings, tracker: Tracker, run_id: str, manifest: dict,

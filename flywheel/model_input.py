@@ -58,9 +58,17 @@ def decode_image(data: bytes, size: int, *, transform: Callable[[np.ndarray], np
                  height: int = 0, width: int = 0, where: str = "image") -> np.ndarray:  # fmt: skip
     """Encoded bytes -> model input uint8 (3, size, size). `transform` (RGB (H, W, 3) -> (size, size, 3))
     replaces the plain resize: the reader's online augmentation resizes first, then augments."""
+    out = np.empty((3, size, size), np.uint8)
+    decode_into(out, data, size, transform=transform, height=height, width=width, where=where)
+    return out
+
+
+def decode_into(out: np.ndarray, data: bytes, size: int, *, transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                height: int = 0, width: int = 0, where: str = "image") -> None:  # fmt: skip
+    """`decode_image` written into `out` (uint8 (3, size, size), e.g. one row of a batch): one copy
+    from the decoder's (S, S, 3) into the batch's channel-first layout, no intermediate array."""
     rgb = decode_rgb(data, size, height=height, width=width, where=where)
-    out = transform(rgb) if transform is not None else resize_square(rgb, size)  # (S, S, 3)
-    return np.ascontiguousarray(out.transpose(2, 0, 1))  # (3, S, S)
+    out[...] = (transform(rgb) if transform is not None else resize_square(rgb, size)).transpose(2, 0, 1)
 
 
 def decode_images(images: Sequence[bytes], size: int, *, frame_ids: Sequence[str] | None = None,
@@ -69,8 +77,8 @@ def decode_images(images: Sequence[bytes], size: int, *, frame_ids: Sequence[str
     (as the frames table and the reader have them) to decode large JPEGs exactly as the reader does."""
     out = np.empty((len(images), 3, size, size), np.uint8)
     for i, data in enumerate(images):
-        out[i] = decode_image(data, size, height=heights[i] if heights else 0, width=widths[i] if widths else 0,
-                              where=frame_ids[i] if frame_ids else f"image {i}")  # fmt: skip
+        decode_into(out[i], data, size, height=heights[i] if heights else 0, width=widths[i] if widths else 0,
+                    where=frame_ids[i] if frame_ids else f"image {i}")  # fmt: skip
     return out
 
 

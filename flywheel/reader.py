@@ -32,11 +32,11 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from flywheel.augment import online_transform
 from flywheel.dataset import check_shards
-from flywheel.model_input import decode_image
+from flywheel.model_input import decode_image, decode_into
 from flywheel.store import Store
 
 META = ("frame_id", "trigger", "condition", "camera", "clip_id", "label_source")
-COLUMNS = ["image", "label", "height", "width", *META]
+DECODE = ("image", "label", "height", "width", "frame_id")  # what a sample needs (frame_id: to name a bad one)
 
 
 class ShardReader(IterableDataset):
@@ -139,34 +139,33 @@ class ShardReader(IterableDataset):
         return self._batches() if self.batched else self._samples()
 
     def _batches(self) -> Iterator[dict]:
-        """The worker's samples in consecutive batches of `batch_size` (the last may be short)."""
-        size, b, fields = self.image_size, self.batch_size, META if self.meta else ()
-        samples = self._samples(with_meta=self.meta)
-        while True:
-            images = np.empty((b, 3, size, size), np.uint8)
-            labels = np.empty(b, np.int64)
-            meta: dict[str, list[str]] = {m: [] for m in fields}
-            n = 0
-            for n, sample in enumerate(samples, start=1):
-                images[n - 1], labels[n - 1] = sample["image"], sample["label"]
-                for m in fields:
-                    meta[m].append(sample[m])
-                if n == b:
-                    break
-            else:
-                if n == 0:
-                    return
-            yield {"image": torch.from_numpy(images[:n]), "label": torch.from_numpy(labels[:n]), **meta}
-            if n < b:
-                return
-
-    def _samples(self, with_meta: bool = True) -> Iterator[dict]:
+        """The worker's samples in consecutive batches of `batch_size` (the last may be short), each
+        decoded straight into its batch array: no per-sample dict, tensor or generator step."""
         self._taken = 0
-        group_rows = max(1, int(self.manifest.get("row_group_rows", 256)))
-        # the buffer spans ~buffer_size/group_rows row groups; keep twice that (plus slack) open
-        cache = _RowGroupCache(
-            self.store, self.shards, capacity=2 * math.ceil(self.buffer_size / group_rows) + 4
-        )
+        size, b, cache = self.image_size, self.batch_size, self._cache()
+        order = self._worker_order()
+        train = self.transform.train
+        transform = self.transform if self.transform.compose is not None else None  # else a bare resize
+        for start in range(0, len(order), b):
+            chunk = order[start : start + b]
+            images = np.empty((len(chunk), 3, size, size), np.uint8)
+            labels: list[int] = []
+            meta: dict[str, list[str]] = {m: [] for m in META} if self.meta else {}
+            for out, g, (shard, group, row) in zip(images, chunk.tolist(), self.locations[chunk].tolist(), strict=True):
+                cols = cache.groups.get((shard, group)) or cache.get(shard, group)
+                if train:
+                    self.transform.set_random_seed(_sample_seed(self.seed, self.epoch, g))
+                decode_into(out, cols["image"][row], size, transform=transform,
+                            height=cols["height"][row], width=cols["width"][row], where=cols["frame_id"][row])  # fmt: skip
+                labels.append(cols["label_list"][row])
+                for m, values in meta.items():
+                    values.append(cols[m][row])
+            self._taken += len(chunk)
+            yield {"image": torch.from_numpy(images), "label": torch.tensor(labels, dtype=torch.int64), **meta}
+
+    def _samples(self) -> Iterator[dict]:
+        self._taken = 0
+        cache = self._cache()
         order = self._worker_order()
         train = self.transform.train
         # Python ints, not numpy rows: this loop runs once per sample
@@ -180,13 +179,19 @@ class ShardReader(IterableDataset):
                                  height=cols["height"][row], width=cols["width"][row],
                                  where=cols["frame_id"][row])  # fmt: skip
             self._taken += 1
-            if self.batched:  # numpy in, one array out: no tensor per sample
-                sample = {"image": image, "label": cols["label_np"][row]}
-            else:
-                sample = {"image": torch.from_numpy(image), "label": cols["label"][row]}  # (3, S, S) uint8, 0-d int64
-            if with_meta:
+            sample = {"image": torch.from_numpy(image), "label": cols["label"][row]}  # (3, S, S) uint8, 0-d int64
+            if self.meta:
                 sample.update({m: cols[m][row] for m in META})
             yield sample
+
+    def _cache(self) -> _RowGroupCache:
+        group_rows = max(1, int(self.manifest.get("row_group_rows", 256)))
+        # the buffer spans ~buffer_size/group_rows row groups; keep twice that (plus slack) open
+        return _RowGroupCache(
+            self.store, self.shards, capacity=2 * math.ceil(self.buffer_size / group_rows) + 4,
+            columns=[*DECODE, *(m for m in META if self.meta and m not in DECODE)],
+            label_tensors=not self.batched,
+        )  # fmt: skip
 
     # -- resume --------------------------------------------------------------------------------
     def state_dict(self, samples: int | None = None) -> dict:
@@ -220,24 +225,30 @@ def load_arrays(store: Store, manifest: dict, *, split: str | None = None,
     if (split is None) == (frame_ids is None):
         raise ValueError("load_arrays needs exactly one of split and frame_ids")
     reader = ShardReader(store, manifest, split=split or "test", frame_ids=frame_ids, image_size=image_size,
-                         shuffle=False, train_aug=False, drop_remainder=False)  # fmt: skip
+                         shuffle=False, train_aug=False, drop_remainder=False, batch_size=256, batched=True)  # fmt: skip
     n = reader.num_samples()
     images = np.empty((n, 3, image_size, image_size), np.uint8)
     labels = np.empty(n, np.int64)
     meta: dict[str, list[str]] = {m: [] for m in META}
-    for i, s in enumerate(reader):
-        images[i], labels[i] = s["image"].numpy(), int(s["label"])
+    at = 0
+    for batch in reader:
+        k = len(batch["label"])
+        images[at : at + k], labels[at : at + k] = batch["image"].numpy(), batch["label"].numpy()
         for m in META:
-            meta[m].append(s[m])
+            meta[m] += batch[m]
+        at += k
     return images, labels, meta
 
 
 class _RowGroupCache:
-    """The last few row groups read, as Python lists per column; the oldest read is evicted
-    first (the reader's window slides forward, so FIFO does as well as LRU, for less work)."""
+    """The last few row groups read, `columns` as Python lists (labels as an int64 array, and as 0-d
+    tensors with `label_tensors`); the oldest read is evicted first (the reader's window slides
+    forward, so FIFO does as well as LRU, for less work)."""
 
-    def __init__(self, store: Store, shards: list[dict], capacity: int):
+    def __init__(self, store: Store, shards: list[dict], capacity: int, *, columns: list[str],
+                 label_tensors: bool = True):  # fmt: skip
         self.store, self.shards, self.capacity = store, shards, capacity
+        self.columns, self.label_tensors = columns, label_tensors
         self.files: dict[int, object] = {}
         self.groups: dict[tuple[int, int], dict] = {}
 
@@ -247,11 +258,12 @@ class _RowGroupCache:
             return cols
         if shard not in self.files:
             self.files[shard] = self.store.parquet_file(self.shards[shard]["path"])
-        table = self.files[shard].read_row_group(group, columns=COLUMNS)
-        cols = {c: table.column(c).to_pylist() for c in COLUMNS if c != "label"}
-        labels = table.column("label").to_numpy().astype(np.int64)
-        # 0-d int64 tensors viewing one buffer: one allocation per group instead of per sample
-        cols["label"], cols["label_np"] = torch.from_numpy(labels).unbind(0), labels
+        table = self.files[shard].read_row_group(group, columns=self.columns)
+        cols = {c: table.column(c).to_pylist() for c in self.columns if c != "label"}
+        if self.label_tensors:  # 0-d int64 tensors viewing one buffer: one allocation per group, not per sample
+            cols["label"] = torch.from_numpy(table.column("label").to_numpy().astype(np.int64)).unbind(0)
+        else:
+            cols["label_list"] = table.column("label").to_pylist()
         self.groups[(shard, group)] = cols
         if len(self.groups) > self.capacity:
             del self.groups[next(iter(self.groups))]

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -427,3 +428,20 @@ def test_one_pass_on_worker_processes_gives_the_frames_of_a_second_parse(store):
     # a retry of the frames step, the staged file gone: it parses the clips again, same frames
     retry = ingest.write_frames(store, plan.batch_id, settings)
     assert retry["source"] == "parsed again" and store.read_parquet(layout.frames_key(plan.batch_id)).equals(again)
+
+
+def _slow_pid(item: int) -> tuple[int, int]:
+    time.sleep(0.02)
+    return item, os.getpid()
+
+
+def test_a_pool_of_two_shares_the_clips_with_this_process_and_keeps_their_order():
+    """workers=2: one pool process takes chunks from the front while this one works from the back;
+    the results come back in the items' order, each item done once."""
+    out = ingest._pooled(_slow_pid, list(range(40)), 2, desc="test", progress=False)
+    assert [item for item, _ in out] == list(range(40))
+    pids = [pid for _, pid in out]
+    assert os.getpid() in pids and len(set(pids)) == 2  # both processes worked
+    # the pool's share is a prefix, this process's the rest
+    ours = [pid == os.getpid() for pid in pids]
+    assert ours == sorted(ours)

@@ -182,6 +182,8 @@ def test_no_new_data_keeps_the_challenger_instead_of_training_a_copy(flywheel_ho
         assert len(tracker.client.search_model_versions(f"name='{settings.mlflow.model_name}'")) == versions
         mat = instance.get_latest_materialization_event(dg.AssetKey("challenger")).asset_materialization
         assert mat.metadata["up_to_date (no new data: kept, not retrained)"].value is True
+        assert mat.metadata["ranks (torchrun)"].value == "none (kept)"  # no training process was launched
+        assert not [e for e in instance.all_logs(again.run_id) if "external process" in (e.user_message or "")]
         assert deploy.current(store, settings.mlflow.model_name)["version"] == "v1"
         # an int8 graph beside the fp32 one, checked on the same test frames and timed
         published = store.read_json(layout.deploy_manifest_key(settings.mlflow.model_name, "v1"))
