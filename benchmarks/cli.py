@@ -46,9 +46,11 @@ def bench():
 
 @bench.command()
 @click.option("--clips", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Interleaved rounds; each figure is the best round.")
 @WORKDIR
 @click.pass_obj
-def ingest(obj: Ctx, clips: int, workdir: str | None):
+def ingest(obj: Ctx, clips: int, repeats: int, workdir: str | None):
     """Frames/s and MB/s from landing MCAP to frames Parquet, beside the raw MCAP read rate.
 
     \b
@@ -56,7 +58,7 @@ def ingest(obj: Ctx, clips: int, workdir: str | None):
     """
     from benchmarks.ingest import bench_ingest
 
-    _echo_json(bench_ingest(obj.settings, clips=clips, workdir=workdir))
+    _echo_json(bench_ingest(obj.settings, clips=clips, workdir=workdir, repeats=repeats))
 
 
 @bench.command()

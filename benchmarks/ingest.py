@@ -1,17 +1,20 @@
 """Ingest benchmark: landing MCAP -> frames Parquet, beside the ceiling measured in the same run.
 
-The clips are simulated into a temporary store and committed as one batch. Timed on the wall clock:
+The clips are simulated into a temporary store and committed as one batch. Timed on the wall clock,
+best of `repeats` interleaved rounds (the box is shared; the best round is the least disturbed):
   ceiling, one process: read each file's bytes and iterate its records (zstd chunks decompressed,
     messages not decoded), plus one decode-check of each image (the check validation makes: a
     DCT-scaled decode for JPEG), timed over the images taken out beforehand;
   ingest: `validate_batch` (one pass: parse, decode-check, quarantine, stage the frames) plus
-    `write_frames` (commit the staged frames), with 1 worker process and with 2, each on its own
-    copy of the committed batch. The 2-process time includes starting the pool.
+    `write_frames` (commit the staged frames), with 1 worker process and with 2, each round on a
+    fresh copy of the committed batch. The 2-process time includes starting the pool from cold (the
+    forkserver is stopped before each round), as a step process or `flywheel ingest` pays it.
 """
 
 from __future__ import annotations
 
 import io
+import multiprocessing.forkserver
 import os
 import platform
 import shutil
@@ -34,7 +37,7 @@ def machine() -> dict:
 
 
 def bench_ingest(
-    settings: Settings, *, clips: int = 200, workdir: str | None = None, seed: int = 123
+    settings: Settings, *, clips: int = 200, workdir: str | None = None, seed: int = 123, repeats: int = 3
 ) -> dict:
     """Frames/s and MB/s of ingest with 1 and 2 worker processes, and of the ceiling, on `clips` clips."""
     import pandas  # noqa: F401  (pyarrow imports it on first write; keep that out of the timing)
@@ -42,31 +45,25 @@ def bench_ingest(
     from flywheel.sim import simulate
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        first = Path(tmp) / "w1"
-        store = open_store(str(first))
+        committed = Path(tmp) / "committed"
+        store = open_store(str(committed))
         simulate(store, settings, clips=clips, seed=seed, progress=True)
         keys = [o.key for o in ingest.pending_clips(store)]
         mb = sum(o.size for o in store.list(layout.LANDING)) / 1e6
-        read_s = _raw_read_seconds(store, keys)
-        check_s = _decode_check_seconds(store, keys, settings)
-        ceiling_s = read_s + check_s
-
+        images = _images(store, keys, settings)
         plan = ingest.plan_batch(store, min_clips=1, max_clips=len(keys))
         ingest.commit_batch(store, plan)
-        shutil.copytree(first, Path(tmp) / "w2")  # the same committed batch for the 2-process run
-        runs = {}
-        for workers in (1, 2):
-            st = open_store(str(Path(tmp) / f"w{workers}"))
-            s = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"workers": workers})})
-            t1 = time.perf_counter()
-            report = ingest.validate_batch(st, plan.batch_id, s)
-            t2 = time.perf_counter()
-            summary = ingest.write_frames(st, plan.batch_id, s)
-            t3 = time.perf_counter()
-            runs[workers] = {"seconds": round(t3 - t1, 3), "validate_s": round(t2 - t1, 3),
-                             "frames_s": round(t3 - t2, 3), "frames_per_s": round(summary["frames"] / (t3 - t1)),
-                             "mb_per_s": round(mb / (t3 - t1), 1), "frames": summary["frames"],
-                             "quarantined": len(report["quarantined"])}  # fmt: skip
+
+        read_s = check_s = float("inf")
+        runs: dict[int, dict] = {}
+        for r in range(repeats):  # interleaved: a disturbance hits one round of each, not all of one
+            read_s = min(read_s, _raw_read_seconds(store, keys))
+            check_s = min(check_s, _decode_check_seconds(images, settings))
+            for workers in (1, 2):
+                run = _ingest_once(committed, Path(tmp) / f"r{r}w{workers}", plan.batch_id, settings, workers, mb)
+                if workers not in runs or run["seconds"] < runs[workers]["seconds"]:
+                    runs[workers] = run
+        ceiling_s = read_s + check_s
 
     frames = runs[1]["frames"]
     return {
@@ -74,6 +71,7 @@ def bench_ingest(
         "clips": len(keys),
         "frames": frames,
         "mcap_mb": round(mb, 2),
+        "repeats": repeats,
         "ceiling": {"seconds": round(ceiling_s, 3), "raw_read_s": round(read_s, 3), "decode_check_s": round(check_s, 3),
                     "frames_per_s": round(frames / ceiling_s)},  # fmt: skip
         "ingest_1_process": runs[1],
@@ -81,6 +79,25 @@ def bench_ingest(
         "share_of_ceiling_1_process": round(ceiling_s / runs[1]["seconds"], 3),
         "speedup_2_processes": round(runs[1]["seconds"] / runs[2]["seconds"], 2),
     }
+
+
+def _ingest_once(committed: Path, copy: Path, batch_id: str, settings: Settings, workers: int, mb: float) -> dict:
+    """Validate and write the frames of the committed batch, on a fresh copy of it, with `workers`."""
+    shutil.copytree(committed, copy)
+    st = open_store(str(copy))
+    s = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"workers": workers})})
+    stop = getattr(multiprocessing.forkserver._forkserver, "_stop", None)
+    if stop is not None:
+        stop()  # the pool starts cold, as in a fresh step process
+    t1 = time.perf_counter()
+    report = ingest.validate_batch(st, batch_id, s)
+    t2 = time.perf_counter()
+    summary = ingest.write_frames(st, batch_id, s)
+    t3 = time.perf_counter()
+    shutil.rmtree(copy)
+    return {"seconds": round(t3 - t1, 3), "validate_s": round(t2 - t1, 3), "frames_s": round(t3 - t2, 3),
+            "frames_per_s": round(summary["frames"] / (t3 - t1)), "mb_per_s": round(mb / (t3 - t1), 1),
+            "frames": summary["frames"], "quarantined": len(report["quarantined"])}  # fmt: skip
 
 
 def _raw_read_seconds(store, keys: list[str]) -> float:
@@ -92,12 +109,17 @@ def _raw_read_seconds(store, keys: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def _decode_check_seconds(store, keys: list[str], settings: Settings) -> float:
-    """Wall seconds of one decode-check per image of the clips (the images taken out untimed)."""
+def _images(store, keys: list[str], settings: Settings) -> list[tuple[bytes, str]]:
+    """(bytes, format) of every image of the clips, taken out of them (untimed)."""
     images = []
     for key in keys:
         parsed = clip_contract.read_clip(store.read_bytes(key), classes=settings.classes, decode_check=False)
         images += [(f.image, f.format) for f in parsed.frames]
+    return images
+
+
+def _decode_check_seconds(images: list[tuple[bytes, str]], settings: Settings) -> float:
+    """Wall seconds of one decode-check per image."""
     t0 = time.perf_counter()
     for i, (img, fmt) in enumerate(images):
         clip_contract._check_image(img, fmt, settings.ingest.max_pixels, True, where=str(i))

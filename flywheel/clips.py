@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import io
 import json
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,7 +24,7 @@ import lz4.frame
 import numpy as np
 import zstandard
 from mcap.exceptions import McapError
-from mcap.records import Channel, Chunk, Message, Metadata, Schema
+from mcap.records import Channel, Chunk, DataEnd, Message, Metadata, Schema
 from mcap.stream_reader import StreamReader, breakup_chunk
 from mcap.writer import CompressionType, Writer
 from PIL import Image
@@ -164,8 +165,18 @@ def read_clip(
 
 
 def _records(data: bytes, max_chunk_bytes: int):
-    """The records of an MCAP file, each chunk's declared size checked before it is decompressed."""
-    for record in StreamReader(io.BytesIO(data), validate_crcs=True, emit_chunks=True).records:
+    """The records of an MCAP file's data section, each chunk's declared size checked before it is
+    decompressed and its CRC checked after; the data section's CRC checked once, over its bytes.
+    The summary section after it only indexes what the data section holds, so it is not parsed."""
+    stream = io.BytesIO(data)
+    end_of_last = len(MCAP_MAGIC)  # where the record at hand starts: the data section's CRC covers up to it
+    for record in StreamReader(stream, emit_chunks=True).records:
+        if isinstance(record, DataEnd):
+            crc = record.data_section_crc  # 0: not computed by the writer
+            if crc and zlib.crc32(memoryview(data)[:end_of_last]) != crc:
+                raise ClipError("truncated", "the data section's CRC does not match its bytes")
+            return
+        end_of_last = stream.tell()
         if not isinstance(record, Chunk):
             yield record
             continue
@@ -325,7 +336,7 @@ def write_clip(
     `encoding`: `json` or `protobuf` (foxglove.CompressedImage) or `cdr` (ROS 2).
     """
     out = io.BytesIO()
-    writer = Writer(out, compression=CompressionType.ZSTD)
+    writer = Writer(out, compression=CompressionType.ZSTD, enable_data_crcs=True)  # a reader can check the data section
     writer.start(profile="ros2" if encoding == "cdr" else "", library="flywheel")
     encode = _image_encoder(writer, encoding)
     cameras: dict[str, int] = {}

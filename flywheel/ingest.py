@@ -32,6 +32,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -340,26 +341,61 @@ def _map(
 
 
 def _pooled(fn: Callable, items: list, workers: int, desc: str, progress: bool | None) -> list:
-    """`map` on `workers` processes: this one and a pool of `workers - 1`. The pool takes chunks of
-    clips from the front, this process from the back, until they meet: so this process works while
-    the pool starts (most of a small batch's cost), and no one waits on a last chunk queued behind."""
+    """`map` on `workers` processes: this one and a pool of `workers - 1`. The pool starts in the
+    background and is given chunks of clips from the front once it is up; this process takes them
+    from the back meanwhile, until the two meet. So starting the pool (a forkserver that imports
+    this module) costs no waiting, and a batch too small to pay for it is done here alone."""
     size = max(1, len(items) // (workers * 8))
     chunks = [items[i : i + size] for i in range(0, len(items), size)]
     done: list[list | None] = [None] * len(chunks)
-    with bars.bar(total=len(items), desc=desc, unit="clip", progress=progress) as bar, \
-            ProcessPoolExecutor(workers - 1, mp_context=_pool_context()) as pool:  # fmt: skip
-        futures = [pool.submit(_run_chunk, fn, chunk) for chunk in chunks]
-        for i in reversed(range(len(chunks))):
-            if not futures[i].cancel():  # the pool has it (or had it): the two ends have met
-                break
-            done[i] = []
-            for item in chunks[i]:
-                done[i].append(fn(item))
-                bar.update()
-        for i, future in enumerate(futures):
-            if done[i] is None:
+    lock, left = threading.Lock(), [0, len(chunks)]  # chunks [left[0], left[1]) are nobody's yet
+    given: list = []  # (chunk index, future) of what the pool was given
+    finished = threading.Event()
+    pool = ProcessPoolExecutor(workers - 1, mp_context=_pool_context())
+
+    def give(ready) -> None:  # a pool process is up, or has finished a chunk: the front chunk
+        if ready.cancelled() or ready.exception() is not None:
+            return  # broken or shut down: what the pool was not given is done here
+        with lock:
+            if left[0] >= left[1]:
+                return
+            try:
+                future = pool.submit(_run_chunk, fn, chunks[left[0]])
+            except RuntimeError:  # shut down meanwhile (BrokenProcessPool is one too)
+                return
+            given.append((left[0], future))
+            left[0] += 1
+        future.add_done_callback(give)
+
+    def start() -> None:  # starting the forkserver blocks until it has imported: not on this thread
+        try:
+            for _ in range(workers - 1):
+                pool.submit(os.getpid).add_done_callback(give)
+        except RuntimeError:
+            pass
+        finished.wait()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    threading.Thread(target=start, name="ingest-pool", daemon=True).start()
+    try:
+        with bars.bar(total=len(items), desc=desc, unit="clip", progress=progress) as bar:
+            while True:
+                with lock:
+                    if left[0] >= left[1]:
+                        break
+                    left[1] -= 1
+                    i = left[1]
+                done[i] = []
+                for item in chunks[i]:
+                    done[i].append(fn(item))
+                    bar.update()
+            with lock:
+                theirs = list(given)
+            for i, future in theirs:
                 done[i] = future.result()
                 bar.update(len(chunks[i]))
+    finally:
+        finished.set()
     return [r for chunk in done for r in chunk]
 
 

@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import functools
 import textwrap
 import time
 
@@ -430,18 +431,31 @@ def test_one_pass_on_worker_processes_gives_the_frames_of_a_second_parse(store):
     assert retry["source"] == "parsed again" and store.read_parquet(layout.frames_key(plan.batch_id)).equals(again)
 
 
-def _slow_pid(item: int) -> tuple[int, int]:
-    time.sleep(0.02)
+def _wait_for_the_pool(parent: int, marker: str, item: int) -> tuple[int, int]:
+    """In a pool process: mark that the pool worked. Here: wait for that mark, so that this process
+    cannot finish every chunk before the pool has started (the test does not depend on timing)."""
+    if os.getpid() != parent:
+        open(marker, "a").close()
+    else:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(marker) and time.monotonic() < deadline:
+            time.sleep(0.01)
     return item, os.getpid()
 
 
-def test_a_pool_of_two_shares_the_clips_with_this_process_and_keeps_their_order():
-    """workers=2: one pool process takes chunks from the front while this one works from the back;
-    the results come back in the items' order, each item done once."""
-    out = ingest._pooled(_slow_pid, list(range(40)), 2, desc="test", progress=False)
+def test_a_pool_of_two_shares_the_clips_with_this_process_and_keeps_their_order(tmp_path):
+    """workers=2: a pool process takes chunks from the front once it has started, this one from the
+    back; the results come back in the items' order, each item done once."""
+    fn = functools.partial(_wait_for_the_pool, os.getpid(), str(tmp_path / "pool-worked"))
+    out = ingest._pooled(fn, list(range(40)), 2, desc="test", progress=False)
     assert [item for item, _ in out] == list(range(40))
     pids = [pid for _, pid in out]
     assert os.getpid() in pids and len(set(pids)) == 2  # both processes worked
-    # the pool's share is a prefix, this process's the rest
     ours = [pid == os.getpid() for pid in pids]
-    assert ours == sorted(ours)
+    assert ours == sorted(ours)  # the pool's share is a prefix, this process's the rest
+
+
+def test_quick_clips_come_back_whole_and_in_order_whoever_does_them():
+    """Clips quick enough that this process may do them all while the pool is still starting."""
+    out = ingest._pooled(abs, list(range(-40, 0)), 2, desc="test", progress=False)
+    assert out == list(range(40, 0, -1))
