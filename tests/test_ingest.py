@@ -1,10 +1,10 @@
+import functools
 import io
 import json
 import os
 import shutil
 import subprocess
 import sys
-import functools
 import textwrap
 import time
 
