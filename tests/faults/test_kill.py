@@ -31,6 +31,7 @@ image_size: 16
 train: {epochs: 1, width: 4, depth: 1, batch_size: 32}
 dataset: {golden_size: 8, split: {train: 0.5, val: 0.1, test: 0.4}}
 sensor: {ingest_retry_s: 0}
+tune: {baseline_epochs: 0}
 """
 GATE = "gate: {floor: 0.0}\n"
 FORCED = "gate: {floor: 0.0, force: true, force_reason: 'faults: every model deploys'}\n"
