@@ -96,19 +96,22 @@ def test_process_gone():
     assert not recovery.process_gone({})
 
 
-def _create(path, log, i):
+def _create(path, log, i, start):
     import time
 
+    start.wait()  # all three ask at once, before any has created the database
     with recovery.created_once(path):
         log.put(("in", i))
-        time.sleep(0.2)  # any overlap of two creators would show in the log
+        time.sleep(0.5)  # any overlap of two creators would show in the log
         log.put(("out", i))
 
 
 def test_created_once_lets_one_process_at_a_time_create(tmp_path):
-    log = multiprocessing.Queue()
+    """Three processes that find no database yet create it one at a time (one that comes once it
+    exists opens it without the lock: that is the point, so they all start together here)."""
+    log, start = multiprocessing.Queue(), multiprocessing.Barrier(3)
     procs = [
-        multiprocessing.Process(target=_create, args=(tmp_path / "db", log, i)) for i in range(3)
+        multiprocessing.Process(target=_create, args=(tmp_path / "db", log, i, start)) for i in range(3)
     ]
     for p in procs:
         p.start()

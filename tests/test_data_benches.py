@@ -1,0 +1,33 @@
+"""The ingest and loader benchmarks run end to end on tiny sizes (figures are never asserted: only
+that every path did the same work and the result says so)."""
+
+import json
+
+from click.testing import CliRunner
+
+from flywheel.cli import main
+
+
+def test_bench_ingest_times_one_and_two_processes_on_the_same_batch(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path / "home"))
+    out = CliRunner().invoke(main, ["bench", "ingest", "--clips", "40", "--repeats", "1", "--workdir", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.stdout[out.stdout.index("{") :])
+    one, two = result["ingest_1_process"], result["ingest_2_processes"]
+    assert result["clips"] == 40 and one["frames"] == two["frames"] == result["frames"] > 0
+    assert one["quarantined"] == two["quarantined"] == 0
+    assert result["ceiling"]["seconds"] == round(result["ceiling"]["raw_read_s"] + result["ceiling"]["decode_check_s"], 3)
+    assert not list(tmp_path.glob("tmp*"))  # its store and the copies of the batch are gone
+
+
+def test_bench_loader_runs_every_path_over_the_same_frames(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path / "home"))
+    out = CliRunner().invoke(main, ["bench", "loader", "--frames", "128", "--workdir", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.stdout[out.stdout.index("{") :])
+    rates = result["images_per_s_per_core"]
+    assert set(rates) == {"decode_only", "ceiling", "shard_reader", "shard_reader_train_aug", "shard_reader_batched",
+                          "shard_reader_batched_train_aug", "image_folder", "tar_stream"}  # fmt: skip
+    assert all(v > 0 for v in rates.values()) and result["frames"] == 128
+    assert set(result["batched_train_aug_wall_images_per_s"]) == {"0 workers", "2 workers"}
+    assert not (tmp_path / "bench_loader").exists()
