@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import io
 import json
-import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -166,17 +165,11 @@ def read_clip(
 
 def _records(data: bytes, max_chunk_bytes: int):
     """The records of an MCAP file's data section, each chunk's declared size checked before it is
-    decompressed and its CRC checked after; the data section's CRC checked once, over its bytes.
-    The summary section after it only indexes what the data section holds, so it is not parsed."""
-    stream = io.BytesIO(data)
-    end_of_last = len(MCAP_MAGIC)  # where the record at hand starts: the data section's CRC covers up to it
-    for record in StreamReader(stream, emit_chunks=True).records:
+    decompressed and its CRC checked after; mcap checks the data section's CRC at its end. The
+    summary section after it only indexes what the data section holds, so it is not parsed."""
+    for record in StreamReader(io.BytesIO(data), validate_crcs=True, emit_chunks=True).records:
         if isinstance(record, DataEnd):
-            crc = record.data_section_crc  # 0: not computed by the writer
-            if crc and zlib.crc32(memoryview(data)[:end_of_last]) != crc:
-                raise ClipError("truncated", "the data section's CRC does not match its bytes")
             return
-        end_of_last = stream.tell()
         if not isinstance(record, Chunk):
             yield record
             continue

@@ -37,6 +37,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -392,7 +393,10 @@ def _pooled(fn: Callable, items: list, workers: int, desc: str, progress: bool |
             with lock:
                 theirs = list(given)
             for i, future in theirs:
-                done[i] = future.result()
+                try:
+                    done[i] = future.result()
+                except BrokenProcessPool:  # a pool process died (killed, out of memory): its chunks are done here
+                    done[i] = [fn(item) for item in chunks[i]]
                 bar.update(len(chunks[i]))
     finally:
         finished.set()

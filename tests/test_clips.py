@@ -138,11 +138,11 @@ def test_the_chunk_limit_is_a_setting():
 
 
 def test_a_changed_byte_outside_the_chunks_fails_the_data_section_crc():
-    """The clip's metadata record sits outside any chunk: only the data section's CRC (written by
-    write_clip, checked once over the bytes) sees that it changed."""
+    """The clip's metadata record sits outside any chunk: only the data section's CRC (which
+    write_clip writes) sees that it changed."""
     good = make_clip("clip-1")
     assert read_clip(good, classes=CLASSES).meta.clip_id == "clip-1"
     assert good.count(b"clip-1") == 1
     with pytest.raises(ClipError) as e:
         read_clip(good.replace(b"clip-1", b"clip-2"), classes=CLASSES)
-    assert e.value.reason == "truncated" and "data section's CRC" in e.value.detail
+    assert e.value.reason == "truncated" and "crc validation failed in DataEnd" in e.value.detail

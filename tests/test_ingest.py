@@ -455,6 +455,23 @@ def test_a_pool_of_two_shares_the_clips_with_this_process_and_keeps_their_order(
     assert ours == sorted(ours)  # the pool's share is a prefix, this process's the rest
 
 
+def _die_in_the_pool(parent: int, marker: str, item: int) -> int:
+    """In a pool process: leave a mark and die (killed, out of memory). Here: wait for the mark."""
+    if os.getpid() != parent:
+        open(marker, "a").close()
+        os._exit(1)
+    deadline = time.monotonic() + 120
+    while not os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return item
+
+
+def test_a_pool_process_that_dies_leaves_its_chunks_to_this_one(tmp_path):
+    fn = functools.partial(_die_in_the_pool, os.getpid(), str(tmp_path / "pool-died"))
+    assert ingest._pooled(fn, list(range(40)), 2, desc="test", progress=False) == list(range(40))
+    assert (tmp_path / "pool-died").exists()  # the pool did get a chunk, and died on it
+
+
 def test_quick_clips_come_back_whole_and_in_order_whoever_does_them():
     """Clips quick enough that this process may do them all while the pool is still starting."""
     out = ingest._pooled(abs, list(range(-40, 0)), 2, desc="test", progress=False)
