@@ -46,8 +46,8 @@ def bench():
 
 @bench.command()
 @click.option("--clips", type=click.IntRange(min=1), default=200, show_default=True)
-@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Interleaved rounds; each figure is the best round.")
+@click.option("--repeats", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Interleaved rounds (the order of the 1- and 2-process runs alternates); each figure is the best round.")
 @WORKDIR
 @click.pass_obj
 def ingest(obj: Ctx, clips: int, repeats: int, workdir: str | None):

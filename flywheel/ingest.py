@@ -50,7 +50,9 @@ from flywheel.clips import ClipError, read_clip
 from flywheel.config import Settings
 from flywheel.store import ObjectInfo, Store, check_key, is_valid_key
 
-MIN_CLIPS_PER_WORKER = 16  # below this many clips per worker process, one process reads them all
+# below 2x this many clips one process reads them all: a pool's cold start (~0.4 s, a forkserver
+# importing this module) is most of the work of a smaller batch (BENCHMARKS.md, ingest)
+MIN_CLIPS_PER_WORKER = 128
 FRAMES_PARQUET = {
     "row_group_size": 1024,
     # encoded images neither compress nor repeat: zstd on them is CPU for nothing, on write and on read

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import pyarrow.parquet as pq
 import pytest
@@ -409,10 +410,11 @@ def test_requeue_command(flywheel_home):
     assert "flywheel requeue landing/" in CliRunner().invoke(main, ["requeue", "--help"]).output
 
 
-def test_one_pass_on_worker_processes_gives_the_frames_of_a_second_parse(store):
+def test_one_pass_on_worker_processes_gives_the_frames_of_a_second_parse(store, monkeypatch):
     """40 clips and a broken one on 2 worker processes (the S3 store is pickled to them): validation
     stages the frames; they equal what parsing the accepted clips again gives; the staged file is
     gone once the frames are committed."""
+    monkeypatch.setattr(ingest, "MIN_CLIPS_PER_WORKER", 16)  # a pool for 41 clips
     settings = load_settings(**{"ingest.workers": 2})
     _land(store, 40)
     store.write_bytes(DAY + "broken.mcap", make_clip("broken")[:300])
@@ -421,6 +423,13 @@ def test_one_pass_on_worker_processes_gives_the_frames_of_a_second_parse(store):
     report = ingest.validate_batch(store, plan.batch_id, settings)
     assert len(report["accepted"]) == 40 and [q["reason"] for q in report["quarantined"]] == ["truncated"]
     assert report["staged_frames"] == sum(c["frames"] for c in report["accepted"])
+    # the worker's side in a worker process for sure (this process may have done every clip itself):
+    # the S3 store and the settings travel to it, and it parses as this process does
+    clip = {k: report["accepted"][0][k] for k in ("key", "sha256", "size")}
+    with ProcessPoolExecutor(1, mp_context=ingest._pool_context()) as pool:
+        verdict, entry, _, parsed = pool.submit(ingest._check_clip, store, settings, [plan.batch_id],
+                                                plan.batch_id, clip).result()  # fmt: skip
+    assert verdict == "ok" and entry == report["accepted"][0] and len(parsed.frames) == entry["frames"]
     again = ingest.frames_table(store, plan.batch_id, load_settings(**{"ingest.workers": 1}))
     summary = ingest.write_frames(store, plan.batch_id, settings)
     assert summary["source"] == "staged by the validation (one pass)"
