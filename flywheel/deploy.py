@@ -20,7 +20,6 @@ import warnings
 from datetime import UTC, datetime
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
 
@@ -80,6 +79,8 @@ def export_onnx(model: torch.nn.Module, *, image_size: int, opset: int = 17) -> 
     finally:
         model.train(was_training)
     data = buf.getvalue()
+    import onnx  # here, not at the top: ~0.9 s, and a training process or a CLI command rarely needs it
+
     onnx.checker.check_model(onnx.load_from_string(data))
     return data
 
@@ -144,6 +145,8 @@ def session(onnx_bytes: bytes, device: str = "cpu") -> ort.InferenceSession:
 
 def graph_spec(onnx_bytes: bytes) -> tuple[dict, dict]:
     """The graph's input and output as `{name, dtype, shape}` (symbolic dims as strings)."""
+    import onnx
+
     graph = onnx.load_from_string(onnx_bytes).graph
 
     def spec(v):

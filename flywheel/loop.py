@@ -32,7 +32,6 @@ from flywheel import (
     evalset,
     layout,
     plots,
-    quantize,
     saliency,
     tune,
 )
@@ -433,6 +432,9 @@ def _int8(store: Store, settings: Settings, manifest: dict, onnx_bytes: bytes, i
           labels: np.ndarray, meta: dict) -> dict | None:  # fmt: skip
     """The int8 graph of `onnx_bytes` (flywheel/quantize.py), checked against it on the test frames
     (`images`, `labels`, `meta`) and timed; None when the version has no train frames to calibrate on."""
+    # imported here: onnxruntime's quantization tools take ~0.8 s to import, and most callers never quantize
+    from flywheel import quantize
+
     d, size = settings.deploy, settings.image_size
     reader = ShardReader(store, manifest, split="train", image_size=size, train_aug=False)
     calibration = [s["image"].numpy() for s in itertools.islice(reader, d.calibration_frames)]
