@@ -241,9 +241,10 @@ def load_arrays(store: Store, manifest: dict, *, split: str | None = None,
 
 
 class _RowGroupCache:
-    """The last few row groups read, `columns` as Python lists (labels as an int64 array, and as 0-d
-    tensors with `label_tensors`); the oldest read is evicted first (the reader's window slides
-    forward, so FIFO does as well as LRU, for less work)."""
+    """The last few row groups read, `columns` as Python lists; labels as 0-d int64 tensors under
+    "label" with `label_tensors` (per-sample reading), else as ints under "label_list" (batched).
+    The oldest read is evicted first (the reader's window slides forward, so FIFO does as well as
+    LRU, for less work)."""
 
     def __init__(self, store: Store, shards: list[dict], capacity: int, *, columns: list[str],
                  label_tensors: bool = True):  # fmt: skip
