@@ -6,15 +6,14 @@ best of `repeats` interleaved rounds (the box is shared; the best round is the l
     messages not decoded), plus one decode-check of each image (the check validation makes: a
     DCT-scaled decode for JPEG), timed over the images taken out beforehand;
   ingest: `validate_batch` (one pass: parse, decode-check, quarantine, stage the frames) plus
-    `write_frames` (commit the staged frames), with 1 worker process and with 2, each round on a
-    fresh copy of the committed batch. The 2-process time includes starting the pool from cold (the
-    forkserver is stopped before each round), as a step process or `flywheel ingest` pays it.
+    `write_frames` (commit the staged frames), with 1 process and with 2, each round on a fresh copy
+    of the committed batch. The 2-process time includes starting the worker process, as a step
+    process or `flywheel ingest` pays it each time.
 """
 
 from __future__ import annotations
 
 import io
-import multiprocessing.forkserver
 import os
 import platform
 import shutil
@@ -86,9 +85,6 @@ def _ingest_once(committed: Path, copy: Path, batch_id: str, settings: Settings,
     shutil.copytree(committed, copy)
     st = open_store(str(copy))
     s = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"workers": workers})})
-    stop = getattr(multiprocessing.forkserver._forkserver, "_stop", None)
-    if stop is not None:
-        stop()  # the pool starts cold, as in a fresh step process
     t1 = time.perf_counter()
     report = ingest.validate_batch(st, batch_id, s)
     t2 = time.perf_counter()

@@ -10,22 +10,23 @@ at that size.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import functools
 import io
 import json
+import struct
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
-import cv2
 import lz4.frame
-import numpy as np
 import zstandard
+from mcap.data_stream import ReadDataStream
 from mcap.exceptions import McapError
+from mcap.opcode import Opcode
 from mcap.records import Channel, Chunk, DataEnd, Message, Metadata, Schema
-from mcap.stream_reader import StreamReader, breakup_chunk
-from mcap.writer import CompressionType, Writer
+from mcap.stream_reader import StreamReader
 from PIL import Image
 
 from flywheel.layout import check_name
@@ -121,33 +122,31 @@ def read_clip(
 
     schemas: dict[int, Schema] = {}
     channels: dict[int, Channel] = {}
-    decoders: dict[int, object] = {}
+    routes: dict[int, tuple] = {}  # channel id -> (camera name or None, image decoder), once its first message came
     meta_record: dict[str, str] | None = None
     images: dict[str, list[tuple[int, str, bytes]]] = defaultdict(list)
     truth: dict[int, str] = {}
     try:
         for record in _records(data, max_chunk_bytes):
-            if isinstance(record, Schema):
+            if type(record) is _Message:  # most records: the hot path, one dict lookup per message
+                try:
+                    camera, decode = routes[record.channel_id]
+                except KeyError:
+                    camera, decode = routes.setdefault(record.channel_id, _route(record.channel_id, channels, schemas))
+                if camera is not None:
+                    fmt, img = decode(record.data)
+                    images[camera].append((record.log_time, fmt, img))
+                elif decode is not None:
+                    truth[record.log_time] = decode(record.data, classes)
+            elif isinstance(record, Schema):
                 schemas[record.id] = record
             elif isinstance(record, Channel):
                 channels[record.id] = record
             elif isinstance(record, Metadata) and record.name == "clip":
                 meta_record = dict(record.metadata)
-            elif isinstance(record, Message):
-                ch = channels.get(record.channel_id)
-                if ch is None:
-                    raise ClipError("truncated", f"message on unknown channel {record.channel_id}")
-                if ch.topic.startswith(CAMERA_PREFIX):
-                    dec = decoders.get(ch.id) or decoders.setdefault(
-                        ch.id, _image_decoder(ch, schemas.get(ch.schema_id))
-                    )
-                    fmt, img = dec(record.data)
-                    images[ch.topic[len(CAMERA_PREFIX) :]].append((record.log_time, fmt, img))
-                elif ch.topic == GROUND_TRUTH_TOPIC:
-                    truth[record.log_time] = _ground_truth_label(record.data, classes)
     except ClipError:
         raise
-    except (McapError, EOFError, ValueError, KeyError, IndexError) as e:
+    except (McapError, EOFError, ValueError, KeyError, IndexError, struct.error) as e:
         raise ClipError("truncated", f"the MCAP records cannot be read: {e}") from e
 
     meta = _clip_meta(meta_record)
@@ -163,26 +162,65 @@ def read_clip(
     return Clip(meta, frames)
 
 
+class _Message(NamedTuple):
+    """A message record, as much of it as reading a clip uses."""
+
+    channel_id: int
+    log_time: int
+    data: bytes
+
+
+_RECORD_HEAD = struct.Struct("<BQ")  # opcode, content length
+_MESSAGE_HEAD = struct.Struct("<HIQQ")  # channel id, sequence, log time, publish time
+_MESSAGE = 0x05
+
+
 def _records(data: bytes, max_chunk_bytes: int):
-    """The records of an MCAP file's data section, each chunk's declared size checked before it is
-    decompressed and its CRC checked after; mcap checks the data section's CRC at its end. The
-    summary section after it only indexes what the data section holds, so it is not parsed."""
+    """The records of an MCAP file's data section, messages as `_Message`. Each chunk's declared
+    size is checked before it is decompressed and its CRC after; mcap checks the data section's CRC
+    at its end. The summary section after it only indexes what the data section holds, so it is not
+    parsed."""
     for record in StreamReader(io.BytesIO(data), validate_crcs=True, emit_chunks=True).records:
-        if isinstance(record, DataEnd):
+        if isinstance(record, Chunk):
+            if record.uncompressed_size > max_chunk_bytes:
+                raise ClipError(
+                    "chunk_too_large",
+                    f"a chunk declares {record.uncompressed_size} bytes uncompressed, over the limit "
+                    f"of {max_chunk_bytes} bytes (ingest.max_chunk_bytes)",
+                )
+            yield from _chunk_records(record)
+        elif isinstance(record, Message):
+            yield _Message(record.channel_id, record.log_time, record.data)
+        elif isinstance(record, DataEnd):
             return
-        if not isinstance(record, Chunk):
+        else:
             yield record
-            continue
-        if record.uncompressed_size > max_chunk_bytes:
-            raise ClipError(
-                "chunk_too_large",
-                f"a chunk declares {record.uncompressed_size} bytes uncompressed, over the limit "
-                f"of {max_chunk_bytes} bytes (ingest.max_chunk_bytes)",
-            )
-        raw = _decompress(record)
-        # mcap checks the CRC and splits the records of the chunk, now held uncompressed
-        plain = dataclasses.replace(record, compression="", data=raw)
-        yield from breakup_chunk(plain, validate_crc=True)
+
+
+def _chunk_records(chunk: Chunk):
+    """The records of one chunk, decompressed and its CRC checked. Messages, nearly all of a clip,
+    are cut out here with one struct call each (mcap's reader reads their five fields one at a time
+    from a stream, several times slower); schemas and channels are read by mcap."""
+    raw = _decompress(chunk)
+    if chunk.uncompressed_crc and zlib.crc32(raw) != chunk.uncompressed_crc:
+        raise ClipError("truncated", f"a chunk fails its CRC check (expected {chunk.uncompressed_crc:#010x})")
+    pos, end = 0, len(raw)
+    head, message = _RECORD_HEAD.unpack_from, _MESSAGE_HEAD.unpack_from
+    while pos < end:
+        opcode, length = head(raw, pos)
+        start, pos = pos + 9, pos + 9 + length
+        if pos > end:
+            raise ClipError("truncated", f"a record in a chunk declares {length} bytes, past the chunk's end")
+        if opcode == _MESSAGE:
+            if length < 22:
+                raise ClipError("truncated", f"a message record of {length} bytes is shorter than its header")
+            channel_id, _, log_time, _ = message(raw, start)
+            yield _Message(channel_id, log_time, raw[start + 22 : pos])
+        elif opcode == Opcode.SCHEMA:
+            yield Schema.read(ReadDataStream(io.BytesIO(raw[start:pos])))
+        elif opcode == Opcode.CHANNEL:
+            yield Channel.read(ReadDataStream(io.BytesIO(raw[start:pos])))
+        # any other record type in a chunk is skipped, as the MCAP spec allows readers to
 
 
 def _decompress(chunk: Chunk) -> bytes:
@@ -227,6 +265,19 @@ def _clip_meta(record: dict[str, str] | None) -> ClipMeta:
         except ValueError:
             known.pop("recorded_at")  # optional field: fall back to the default
     return ClipMeta(clip_id=clip_id, **known, extra=record)
+
+
+def _route(channel_id: int, channels: dict[int, Channel], schemas: dict[int, Schema]) -> tuple:
+    """What the messages of a channel become: (camera name, image decoder) for a camera,
+    (None, ground-truth reader) for /ground_truth, (None, None) for any other topic."""
+    ch = channels.get(channel_id)
+    if ch is None:
+        raise ClipError("truncated", f"message on unknown channel {channel_id}")
+    if ch.topic.startswith(CAMERA_PREFIX):
+        return ch.topic[len(CAMERA_PREFIX) :], _image_decoder(ch, schemas.get(ch.schema_id))
+    if ch.topic == GROUND_TRUTH_TOPIC:
+        return None, _ground_truth_label
+    return None, None
 
 
 def _image_decoder(channel: Channel, schema: Schema | None):
@@ -303,6 +354,9 @@ def _check_image(img: bytes, fmt: str, max_pixels: int, decode_check: bool, wher
 
 
 def _resize(img: bytes, fmt: str, longest: int) -> tuple[bytes, int, int]:
+    import cv2  # only here: a worker process that reads clips without resizing does not load OpenCV
+    import numpy as np
+
     arr = cv2.imdecode(np.frombuffer(img, np.uint8), cv2.IMREAD_COLOR)
     h, w = arr.shape[:2]
     scale = longest / max(h, w)
@@ -328,6 +382,9 @@ def write_clip(
     `frames`: (camera, log_time_ns, format, image bytes); `ground_truth`: (log_time_ns, label);
     `encoding`: `json` or `protobuf` (foxglove.CompressedImage) or `cdr` (ROS 2).
     """
+    # imported here: reading clips (all a worker process does) needs no writer
+    from mcap.writer import CompressionType, Writer
+
     out = io.BytesIO()
     writer = Writer(out, compression=CompressionType.ZSTD, enable_data_crcs=True)  # a reader can check the data section
     writer.start(profile="ros2" if encoding == "cdr" else "", library="flywheel")
@@ -355,7 +412,7 @@ def write_clip(
     return out.getvalue()
 
 
-def _image_encoder(writer: Writer, encoding: str):
+def _image_encoder(writer, encoding: str):  # writer: mcap.writer.Writer
     if encoding == "json":
         schema_id = writer.register_schema(FOXGLOVE_IMAGE, "jsonschema", json.dumps(_FOXGLOVE_JSONSCHEMA).encode())
 

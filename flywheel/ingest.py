@@ -30,36 +30,40 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import partial
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
-
-from flywheel import layout, schema
-from flywheel import progress as bars
+from flywheel import layout
 from flywheel.clips import ClipError, read_clip
-from flywheel.config import Settings
 from flywheel.store import ObjectInfo, Store, check_key, is_valid_key
 
-# below 2x this many clips one process reads them all: a pool's cold start (~0.4 s, a forkserver
-# importing this module) is most of the work of a smaller batch (BENCHMARKS.md, ingest)
+if TYPE_CHECKING:  # a worker process imports this module: pyarrow, pydantic and tqdm load where used
+    import pyarrow as pa
+
+    from flywheel.config import Settings
+
+# below 2x this many clips one process reads them all: a worker's cold start (~0.15 s, a Python
+# that imports this module) is a large part of a smaller batch (BENCHMARKS.md, ingest)
 MIN_CLIPS_PER_WORKER = 128
-FRAMES_PARQUET = {
-    "row_group_size": 1024,
-    # encoded images neither compress nor repeat: zstd on them is CPU for nothing, on write and on read
-    "compression": {c: ("none" if c == "image" else "zstd") for c in schema.FRAMES.names},
-    "write_statistics": [c for c in schema.FRAMES.names if c != "image"],  # image stats bloat the footer
-    "use_dictionary": [c for c in schema.FRAMES.names if c not in ("image", "frame_id", "timestamp_ns")],
-}  # fmt: skip
+
+
+def frames_parquet_options() -> dict:
+    """How frames Parquet is written (the staged file and the committed one alike)."""
+    from flywheel import schema
+
+    return {
+        "row_group_size": 1024,
+        # encoded images neither compress nor repeat: zstd on them is CPU for nothing, on write and on read
+        "compression": {c: ("none" if c == "image" else "zstd") for c in schema.FRAMES.names},
+        "write_statistics": [c for c in schema.FRAMES.names if c != "image"],  # image stats bloat the footer
+        "use_dictionary": [c for c in schema.FRAMES.names if c not in ("image", "frame_id", "timestamp_ns")],
+    }  # fmt: skip
 
 
 def is_clip_key(key: str) -> bool:
@@ -254,7 +258,7 @@ def validate_batch(
     `progress`: a bar of the clips read, on stderr (None: as `flywheel.progress` says)."""
     manifest = store.read_json(layout.batch_key(batch_id))
     ours = sorted({batch_id, manifest.get("plan_id", batch_id)})  # the claims of its clips name its plan
-    check = partial(_check_clip, store, settings, ours, batch_id)
+    check = partial(_check_clip, store, _read_options(settings), ours, batch_id)
     accepted, bad, nbytes, clip_frames = [], [], 0, []
     started = time.perf_counter()
     checked = _map(check, manifest["clips"], settings, desc="validate", progress=progress)
@@ -280,7 +284,7 @@ def validate_batch(
             unique.append(c)
             staged.append(frames)
     table = _frames_of(staged, unique, batch_id)
-    store.write_parquet(layout.staged_frames_key(batch_id), table, **FRAMES_PARQUET)  # as the frames file will be
+    store.write_parquet(layout.staged_frames_key(batch_id), table, **frames_parquet_options())  # as the frames file will be
     report = {
         "batch_id": batch_id,
         "accepted": unique,
@@ -295,18 +299,26 @@ def validate_batch(
     return report
 
 
-def _check_clip(store: Store, settings: Settings, ours: list[str], batch_id: str, clip: dict):
+def _read_options(settings: Settings) -> dict:
+    """`read_clip`'s keyword arguments from the settings: plain values, sent to worker processes."""
+    i = settings.ingest
+    return {"classes": list(settings.classes), "max_pixels": i.max_pixels, "max_chunk_bytes": i.max_chunk_bytes,
+            "resize": i.resize}  # fmt: skip
+
+
+def _check_clip(store: Store, options: dict, ours: list[str], batch_id: str, clip: dict):
     """(verdict, value, bytes read, frames) of one clip; runs in a worker process, no side effects.
-    ok: (the clip's entry, its parsed frames); bad: ((reason, detail), None); done: an earlier verdict."""
+    `options`: `read_clip`'s keyword arguments. ok: (the clip's entry, its parsed frames);
+    bad: ((reason, detail), None); done: an earlier verdict."""
     key = clip["key"]
-    if _holder(store, key) not in ours or not store.exists(key):
-        return "done", _earlier_verdict(store, key, batch_id), 0, None
-    data = store.read_bytes(key)
     try:
-        parsed = read_clip(
-            data, classes=settings.classes, max_pixels=settings.ingest.max_pixels,
-            max_chunk_bytes=settings.ingest.max_chunk_bytes, resize=settings.ingest.resize,
-        )  # fmt: skip
+        if _holder(store, key) not in ours:
+            raise FileNotFoundError(key)
+        data = store.read_bytes(key)
+    except FileNotFoundError:
+        return "done", _earlier_verdict(store, key, batch_id), 0, None
+    try:
+        parsed = read_clip(data, **options)
     except ClipError as e:
         return "bad", (e.reason, e.detail), len(data), None
     return "ok", {**clip, "clip_id": parsed.meta.clip_id, "frames": len(parsed.frames)}, len(data), parsed
@@ -335,90 +347,23 @@ def _map(
     fn: Callable, items: list, settings: Settings, *, desc: str, progress: bool | None
 ) -> Iterable:
     """`map` over clips on `ingest.workers` processes (parsing and decoding hold the GIL), with a bar of
-    the clips done (`desc`, shown as `progress` says). One worker, or too few clips to pay for a
-    pool: here, lazily, one clip at a time."""
+    the clips done (`desc`, shown as `progress` says): this process and `workers - 1` worker
+    processes (`flywheel.workers`). One worker, or too few clips to pay for starting more: here,
+    lazily, one clip at a time."""
+    from flywheel import progress as bars
+    from flywheel.workers import shared_map
+
     workers = min(settings.ingest.workers or os.cpu_count() or 1, len(items))
     if workers <= 1 or len(items) < MIN_CLIPS_PER_WORKER * 2:
         return _ticking(map(fn, items), len(items), desc, progress)
-    return _pooled(fn, items, workers, desc, progress)
-
-
-def _pooled(fn: Callable, items: list, workers: int, desc: str, progress: bool | None) -> list:
-    """`map` on `workers` processes: this one and a pool of `workers - 1`. The pool starts in the
-    background and is given chunks of clips from the front once it is up; this process takes them
-    from the back meanwhile, until the two meet. So starting the pool (a forkserver that imports
-    this module) costs no waiting, and a batch too small to pay for it is done here alone."""
-    size = max(1, len(items) // (workers * 8))
-    chunks = [items[i : i + size] for i in range(0, len(items), size)]
-    done: list[list | None] = [None] * len(chunks)
-    lock, left = threading.Lock(), [0, len(chunks)]  # chunks [left[0], left[1]) are nobody's yet
-    given: list = []  # (chunk index, future) of what the pool was given
-    finished = threading.Event()
-    pool = ProcessPoolExecutor(workers - 1, mp_context=_pool_context())
-
-    def give(ready) -> None:  # a pool process is up, or has finished a chunk: the front chunk
-        if ready.cancelled() or ready.exception() is not None:
-            return  # broken or shut down: what the pool was not given is done here
-        with lock:
-            if left[0] >= left[1]:
-                return
-            try:
-                future = pool.submit(_run_chunk, fn, chunks[left[0]])
-            except RuntimeError:  # shut down meanwhile (BrokenProcessPool is one too)
-                return
-            given.append((left[0], future))
-            left[0] += 1
-        future.add_done_callback(give)
-
-    def start() -> None:  # starting the forkserver blocks until it has imported: not on this thread
-        try:
-            for _ in range(workers - 1):
-                pool.submit(os.getpid).add_done_callback(give)
-        except RuntimeError:
-            pass
-        finished.wait()
-        pool.shutdown(wait=False, cancel_futures=True)
-
-    threading.Thread(target=start, name="ingest-pool", daemon=True).start()
-    try:
-        with bars.bar(total=len(items), desc=desc, unit="clip", progress=progress) as bar:
-            while True:
-                with lock:
-                    if left[0] >= left[1]:
-                        break
-                    left[1] -= 1
-                    i = left[1]
-                done[i] = []
-                for item in chunks[i]:
-                    done[i].append(fn(item))
-                    bar.update()
-            with lock:
-                theirs = list(given)
-            for i, future in theirs:
-                try:
-                    done[i] = future.result()
-                except BrokenProcessPool:  # a pool process died (killed, out of memory): its chunks are done here
-                    done[i] = [fn(item) for item in chunks[i]]
-                bar.update(len(chunks[i]))
-    finally:
-        finished.set()
-    return [r for chunk in done for r in chunk]
-
-
-def _run_chunk(fn: Callable, chunk: list) -> list:
-    return [fn(item) for item in chunk]
-
-
-def _pool_context():
-    """forkserver: workers fork from a clean server that has imported this module once (a fork of a
-    step process with threads could deadlock; spawn would import everything per worker)."""
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["flywheel.ingest"])
-    return ctx
+    with bars.bar(total=len(items), desc=desc, unit="clip", progress=progress) as bar:
+        return shared_map(fn, items, workers, tick=bar.update)
 
 
 def _ticking(results: Iterable, total: int, desc: str, progress: bool | None) -> Iterator:
     """`results` as they come, each ticking the bar (closed once they are all taken)."""
+    from flywheel import progress as bars
+
     with bars.bar(total=total, desc=desc, unit="clip", progress=progress) as bar:
         for r in results:
             bar.update()
@@ -484,21 +429,22 @@ def frames_table(
     """The frames of a batch's accepted clips as one Arrow table (schema.FRAMES), parsed again from
     the clips: for a batch whose validation staged no frames. `progress`: a bar of the clips read."""
     report = store.read_json(layout.accepted_key(batch_id))
-    parse = partial(_parse_accepted, store, settings)
+    parse = partial(_parse_accepted, store, _read_options(settings))
     parsed = _map(parse, report["accepted"], settings, desc="frames", progress=progress)
     return _frames_of(list(parsed), report["accepted"], batch_id)
 
 
-def _parse_accepted(store: Store, settings: Settings, clip: dict):
-    return read_clip(
-        store.read_bytes(clip["key"]), classes=settings.classes, max_pixels=settings.ingest.max_pixels,
-        max_chunk_bytes=settings.ingest.max_chunk_bytes, resize=settings.ingest.resize,
-        decode_check=False,  # validate_batch decoded every image already
-    )  # fmt: skip
+def _parse_accepted(store: Store, options: dict, clip: dict):
+    # decode_check off: validate_batch decoded every image already
+    return read_clip(store.read_bytes(clip["key"]), **options, decode_check=False)
 
 
 def _frames_of(parsed_clips: list, clips: list[dict], batch_id: str) -> pa.Table:
     """One row per frame of the parsed clips (schema.FRAMES); `clips` are their accepted entries."""
+    import pyarrow as pa
+
+    from flywheel import schema
+
     frames = [(clip, parsed.meta, f) for clip, parsed in zip(clips, parsed_clips, strict=True) for f in parsed.frames]
     cols = {
         "frame_id": [f"{m.clip_id}/{f.camera}/{f.index}" for _, m, f in frames],
@@ -534,8 +480,11 @@ def write_frames(
         store.move(staged, key)  # a rename on a disk, a server-side copy on S3: no parse, no rewrite
         source = "staged by the validation (one pass)"
     else:
-        store.write_parquet(key, frames_table(store, batch_id, settings, progress=progress), **FRAMES_PARQUET)
+        table = frames_table(store, batch_id, settings, progress=progress)
+        store.write_parquet(key, table, **frames_parquet_options())
         source = "parsed again"
+    from flywheel import schema
+
     table = store.read_parquet(key, columns=[c for c in schema.FRAMES.names if c != "image"])
     nbytes = next(o.size for o in store.list(key) if o.key == key)
     return summarize_frames(table) | {

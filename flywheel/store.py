@@ -17,10 +17,12 @@ import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
+if TYPE_CHECKING:  # loaded where Parquet is read or written: a clip-reading worker process needs none of it
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
 
 KEY_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-=/")
 
@@ -128,6 +130,8 @@ class Store(ABC):
 
     def write_parquet(self, key: str, table: pa.Table, **options) -> int:
         """Write `table` to `key` atomically; returns the bytes written."""
+        import pyarrow.parquet as pq
+
         fs, _ = self.arrow_fs()
         final = self.arrow_path(key)
         tmp = self._parquet_tmp_path(final)
@@ -138,6 +142,8 @@ class Store(ABC):
 
     def read_parquet(self, keys: str | list[str], columns: list[str] | None = None, filters=None) -> pa.Table:
         """One table from Parquet objects; `filters` as pyarrow's (e.g. `[("frame_id", "in", ids)]`)."""
+        import pyarrow.parquet as pq
+
         fs, _ = self.arrow_fs()
         paths = [self.arrow_path(k) for k in ([keys] if isinstance(keys, str) else keys)]
         if not paths:
@@ -145,6 +151,8 @@ class Store(ABC):
         return pq.ParquetDataset(paths, filesystem=fs, partitioning=None, filters=filters).read(columns=columns)
 
     def parquet_file(self, key: str) -> pq.ParquetFile:
+        import pyarrow.parquet as pq
+
         fs, _ = self.arrow_fs()
         return pq.ParquetFile(fs.open_input_file(self.arrow_path(key)))
 
@@ -242,6 +250,8 @@ class LocalStore(Store):
         os.replace(src, target)
 
     def arrow_fs(self) -> tuple[pafs.FileSystem, str]:
+        import pyarrow.fs as pafs
+
         return pafs.LocalFileSystem(), self.root
 
     def _parquet_tmp_path(self, final: str) -> str:
@@ -359,6 +369,8 @@ class S3Store(Store):
         self.client.delete_object(Bucket=self.bucket, Key=src)
 
     def arrow_fs(self) -> tuple[pafs.FileSystem, str]:
+        import pyarrow.fs as pafs
+
         if self._fs is None:
             override = None
             scheme = "https"

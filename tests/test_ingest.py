@@ -6,13 +6,11 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
-from concurrent.futures import ProcessPoolExecutor
 
 import pyarrow.parquet as pq
 import pytest
 
-from flywheel import ingest, layout
+from flywheel import ingest, layout, workers
 from flywheel.config import load_settings
 from flywheel.report import status as status_report
 from flywheel.store import open_store
@@ -424,11 +422,14 @@ def test_one_pass_on_worker_processes_gives_the_frames_of_a_second_parse(store, 
     assert len(report["accepted"]) == 40 and [q["reason"] for q in report["quarantined"]] == ["truncated"]
     assert report["staged_frames"] == sum(c["frames"] for c in report["accepted"])
     # the worker's side in a worker process for sure (this process may have done every clip itself):
-    # the S3 store and the settings travel to it, and it parses as this process does
+    # the S3 store and the read options travel to it, and it parses as this process does
     clip = {k: report["accepted"][0][k] for k in ("key", "sha256", "size")}
-    with ProcessPoolExecutor(1, mp_context=ingest._pool_context()) as pool:
-        verdict, entry, _, parsed = pool.submit(ingest._check_clip, store, settings, [plan.batch_id],
-                                                plan.batch_id, clip).result()  # fmt: skip
+    check = functools.partial(ingest._check_clip, store, ingest._read_options(settings), [plan.batch_id], plan.batch_id)
+    worker = workers.Worker()
+    try:
+        [(verdict, entry, _, parsed)] = worker.run(check, [clip])
+    finally:
+        worker.close()
     assert verdict == "ok" and entry == report["accepted"][0] and len(parsed.frames) == entry["frames"]
     again = ingest.frames_table(store, plan.batch_id, load_settings(**{"ingest.workers": 1}))
     summary = ingest.write_frames(store, plan.batch_id, settings)
@@ -438,50 +439,3 @@ def test_one_pass_on_worker_processes_gives_the_frames_of_a_second_parse(store, 
     # a retry of the frames step, the staged file gone: it parses the clips again, same frames
     retry = ingest.write_frames(store, plan.batch_id, settings)
     assert retry["source"] == "parsed again" and store.read_parquet(layout.frames_key(plan.batch_id)).equals(again)
-
-
-def _wait_for_the_pool(parent: int, marker: str, item: int) -> tuple[int, int]:
-    """In a pool process: mark that the pool worked. Here: wait for that mark, so that this process
-    cannot finish every chunk before the pool has started (the test does not depend on timing)."""
-    if os.getpid() != parent:
-        open(marker, "a").close()
-    else:
-        deadline = time.monotonic() + 120
-        while not os.path.exists(marker) and time.monotonic() < deadline:
-            time.sleep(0.01)
-    return item, os.getpid()
-
-
-def test_a_pool_of_two_shares_the_clips_with_this_process_and_keeps_their_order(tmp_path):
-    """workers=2: a pool process takes chunks from the front once it has started, this one from the
-    back; the results come back in the items' order, each item done once."""
-    fn = functools.partial(_wait_for_the_pool, os.getpid(), str(tmp_path / "pool-worked"))
-    out = ingest._pooled(fn, list(range(40)), 2, desc="test", progress=False)
-    assert [item for item, _ in out] == list(range(40))
-    pids = [pid for _, pid in out]
-    assert os.getpid() in pids and len(set(pids)) == 2  # both processes worked
-    ours = [pid == os.getpid() for pid in pids]
-    assert ours == sorted(ours)  # the pool's share is a prefix, this process's the rest
-
-
-def _die_in_the_pool(parent: int, marker: str, item: int) -> int:
-    """In a pool process: leave a mark and die (killed, out of memory). Here: wait for the mark."""
-    if os.getpid() != parent:
-        open(marker, "a").close()
-        os._exit(1)
-    deadline = time.monotonic() + 120
-    while not os.path.exists(marker) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return item
-
-
-def test_a_pool_process_that_dies_leaves_its_chunks_to_this_one(tmp_path):
-    fn = functools.partial(_die_in_the_pool, os.getpid(), str(tmp_path / "pool-died"))
-    assert ingest._pooled(fn, list(range(40)), 2, desc="test", progress=False) == list(range(40))
-    assert (tmp_path / "pool-died").exists()  # the pool did get a chunk, and died on it
-
-
-def test_quick_clips_come_back_whole_and_in_order_whoever_does_them():
-    """Clips quick enough that this process may do them all while the pool is still starting."""
-    out = ingest._pooled(abs, list(range(-40, 0)), 2, desc="test", progress=False)
-    assert out == list(range(40, 0, -1))

@@ -1,0 +1,90 @@
+import functools
+import os
+import time
+
+import pytest
+
+from flywheel import clips, workers
+from tests.conftest import CLASSES, make_clip
+
+
+def _wait_for_a_worker(parent: int, marker: str, item: int) -> tuple[int, int]:
+    """In a worker process: mark that a worker worked. Here: wait for that mark, so that this process
+    cannot finish every chunk before the worker has started (the test does not depend on timing)."""
+    if os.getpid() != parent:
+        open(marker, "a").close()
+    else:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(marker) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    return item, os.getpid()
+
+
+def test_a_worker_shares_the_items_with_this_process_and_their_order_is_kept(tmp_path):
+    """workers=2: the worker takes chunks from the front once it has started, this process from the
+    back; the results come back in the items' order, each item done once."""
+    fn = functools.partial(_wait_for_a_worker, os.getpid(), str(tmp_path / "worker-worked"))
+    ticks = []
+    out = workers.shared_map(fn, list(range(40)), 2, tick=ticks.append)
+    assert [item for item, _ in out] == list(range(40)) and sum(ticks) == 40
+    pids = [pid for _, pid in out]
+    assert os.getpid() in pids and len(set(pids)) == 2  # both processes worked
+    ours = [pid == os.getpid() for pid in pids]
+    assert ours == sorted(ours)  # the worker's share is a prefix, this process's the rest
+
+
+def _die_in_a_worker(parent: int, marker: str, item: int) -> int:
+    """In a worker process: leave a mark and die (killed, out of memory). Here: wait for the mark."""
+    if os.getpid() != parent:
+        open(marker, "a").close()
+        os._exit(1)
+    deadline = time.monotonic() + 120
+    while not os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return item
+
+
+def test_a_worker_that_dies_leaves_its_chunk_to_this_process(tmp_path):
+    fn = functools.partial(_die_in_a_worker, os.getpid(), str(tmp_path / "worker-died"))
+    ticks = []
+    assert workers.shared_map(fn, list(range(40)), 2, tick=ticks.append) == list(range(40))
+    assert (tmp_path / "worker-died").exists() and sum(ticks) == 40  # it did get a chunk, and died on it
+
+
+def test_quick_items_come_back_whole_and_in_order_whoever_does_them():
+    """Items quick enough that this process may do them all while the worker is still starting."""
+    assert workers.shared_map(abs, list(range(-40, 0)), 3) == list(range(40, 0, -1))
+
+
+def _fail_in_a_worker(parent: int, marker: str, item: int) -> int:
+    """In a worker process: leave a mark and raise. Here: wait for the mark."""
+    if os.getpid() != parent:
+        open(marker, "a").close()
+        raise ValueError(f"item {item} is bad")
+    deadline = time.monotonic() + 120
+    while not os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return item
+
+
+def test_an_error_in_a_worker_is_raised_here(tmp_path):
+    fn = functools.partial(_fail_in_a_worker, os.getpid(), str(tmp_path / "worker-failed"))
+    with pytest.raises(ValueError, match=r"item 0 is bad"):
+        workers.shared_map(fn, list(range(40)), 2)
+
+
+def test_a_worker_imports_what_reading_clips_needs_and_not_the_rest():
+    """The point of a worker of our own: no main script again, no pyarrow, pydantic, Dagster or torch
+    (an ingest worker under Dagster used to import all of Dagster before its first clip)."""
+    worker = workers.Worker()
+    try:
+        read = functools.partial(clips.read_clip, classes=CLASSES)
+        [parsed] = worker.run(read, [make_clip("c1")])
+        assert parsed.meta.clip_id == "c1" and parsed.frames
+        [(main, loaded)] = worker.run(eval, ["(sys.modules['__main__'].__spec__.name, sorted(sys.modules))"])
+    finally:
+        worker.close()
+    assert main == "flywheel.workers" and "flywheel.clips" in loaded and "mcap" in loaded
+    heavy = {"pyarrow", "pydantic", "dagster", "torch", "cv2", "tqdm", "boto3", "tests"}
+    assert heavy.isdisjoint(loaded), heavy & set(loaded)
+    assert worker.process.returncode == 0  # it exits when its pipes close
