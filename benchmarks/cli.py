@@ -61,6 +61,20 @@ def ingest(obj: Ctx, clips: int, repeats: int, workdir: str | None):
     _echo_json(bench_ingest(obj.settings, clips=clips, workdir=workdir, repeats=repeats))
 
 
+@bench.command("worker-start")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
+def worker_start(repeats: int):
+    """Seconds to a cold ingest worker's first clip inside a Dagster step: flywheel.workers vs a
+    forkserver pool, under a console-script main and under `python -m dagster`.
+
+    \b
+    Example: flywheel bench worker-start --repeats 1
+    """
+    from benchmarks.worker_start import bench_worker_start
+
+    _echo_json(bench_worker_start(repeats=repeats))
+
+
 @bench.command()
 @click.option("--frames", type=click.IntRange(min=64), default=2000, show_default=True)
 @WORKDIR

@@ -83,6 +83,7 @@ def bench_ingest(
 def _ingest_once(committed: Path, copy: Path, batch_id: str, settings: Settings, workers: int, mb: float) -> dict:
     """Validate and write the frames of the committed batch, on a fresh copy of it, with `workers`."""
     shutil.copytree(committed, copy)
+    os.sync()  # the copy's writeback is not the ingest's: a journal commit (fsync) would flush it
     st = open_store(str(copy))
     s = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"workers": workers})})
     t1 = time.perf_counter()

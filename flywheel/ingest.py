@@ -308,7 +308,7 @@ def _read_options(settings: Settings) -> dict:
 
 def _check_clip(store: Store, options: dict, ours: list[str], batch_id: str, clip: dict):
     """(verdict, value, bytes read, frames) of one clip; runs in a worker process, no side effects.
-    `options`: `read_clip`'s keyword arguments. ok: (the clip's entry, its parsed frames);
+    `options`: `read_clip`'s keyword arguments. ok: (the clip's entry, its frames as `_frame_rows`);
     bad: ((reason, detail), None); done: an earlier verdict."""
     key = clip["key"]
     try:
@@ -321,7 +321,8 @@ def _check_clip(store: Store, options: dict, ours: list[str], batch_id: str, cli
         parsed = read_clip(data, **options)
     except ClipError as e:
         return "bad", (e.reason, e.detail), len(data), None
-    return "ok", {**clip, "clip_id": parsed.meta.clip_id, "frames": len(parsed.frames)}, len(data), parsed
+    entry = {**clip, "clip_id": parsed.meta.clip_id, "frames": len(parsed.frames)}
+    return "ok", entry, len(data), _frame_rows(parsed)
 
 
 def _earlier_verdict(store: Store, key: str, batch_id: str) -> dict:
@@ -434,35 +435,47 @@ def frames_table(
     return _frames_of(list(parsed), report["accepted"], batch_id)
 
 
-def _parse_accepted(store: Store, options: dict, clip: dict):
+def _parse_accepted(store: Store, options: dict, clip: dict) -> dict[str, list]:
     # decode_check off: validate_batch decoded every image already
-    return read_clip(store.read_bytes(clip["key"]), **options, decode_check=False)
+    return _frame_rows(read_clip(store.read_bytes(clip["key"]), **options, decode_check=False))
 
 
-def _frames_of(parsed_clips: list, clips: list[dict], batch_id: str) -> pa.Table:
-    """One row per frame of the parsed clips (schema.FRAMES); `clips` are their accepted entries."""
+def _frame_rows(parsed) -> dict[str, list]:
+    """The frames of one parsed clip as columns of the frames table (all but `batch_id` and
+    `clip_key`). Built where the clip was parsed, so that the process that gathers a batch only joins
+    lists: a worker's share costs it no Python work per frame."""
+    m, fs = parsed.meta, parsed.frames
+    n = len(fs)
+    return {
+        "frame_id": [f"{m.clip_id}/{f.camera}/{f.index}" for f in fs],
+        "clip_id": [m.clip_id] * n,
+        "vehicle_id": [m.vehicle_id] * n,
+        "trigger": [m.trigger] * n,
+        "recorded_at": [m.recorded_at] * n,
+        "condition": [m.extra.get("condition", "")] * n,
+        "camera": [f.camera for f in fs],
+        "timestamp_ns": [f.timestamp_ns for f in fs],
+        "image": [f.image for f in fs],
+        "format": [f.format for f in fs],
+        "height": [f.height for f in fs],
+        "width": [f.width for f in fs],
+        "ground_truth": [f.ground_truth for f in fs],
+    }
+
+
+def _frames_of(rows: list[dict[str, list]], clips: list[dict], batch_id: str) -> pa.Table:
+    """The frames table (schema.FRAMES) of clips given as `_frame_rows`; `clips` are their accepted
+    entries."""
     import pyarrow as pa
 
     from flywheel import schema
 
-    frames = [(clip, parsed.meta, f) for clip, parsed in zip(clips, parsed_clips, strict=True) for f in parsed.frames]
-    cols = {
-        "frame_id": [f"{m.clip_id}/{f.camera}/{f.index}" for _, m, f in frames],
-        "clip_id": [m.clip_id for _, m, _ in frames],
-        "vehicle_id": [m.vehicle_id for _, m, _ in frames],
-        "trigger": [m.trigger for _, m, _ in frames],
-        "recorded_at": [m.recorded_at for _, m, _ in frames],
-        "condition": [m.extra.get("condition", "") for _, m, _ in frames],
-        "camera": [f.camera for _, _, f in frames],
-        "timestamp_ns": [f.timestamp_ns for _, _, f in frames],
-        "image": [f.image for _, _, f in frames],
-        "format": [f.format for _, _, f in frames],
-        "height": [f.height for _, _, f in frames],
-        "width": [f.width for _, _, f in frames],
-        "ground_truth": [f.ground_truth for _, _, f in frames],
-        "batch_id": [batch_id] * len(frames),
-        "clip_key": [clip["key"] for clip, _, _ in frames],
-    }
+    cols: dict[str, list] = {name: [] for name in schema.FRAMES.names}
+    for clip, r in zip(clips, rows, strict=True):
+        for name, values in r.items():
+            cols[name] += values
+        cols["batch_id"] += [batch_id] * len(r["frame_id"])
+        cols["clip_key"] += [clip["key"]] * len(r["frame_id"])
     return pa.table(cols, schema=schema.FRAMES)
 
 

@@ -1,4 +1,4 @@
-"""The ingest and loader benchmarks run end to end on tiny sizes (figures are never asserted: only
+"""The ingest, worker-start and loader benchmarks run end to end on tiny sizes (figures are never asserted: only
 that every path did the same work and the result says so)."""
 
 import json
@@ -33,3 +33,12 @@ def test_bench_loader_runs_every_path_over_the_same_frames(tmp_path, monkeypatch
     assert all(v > 0 for v in rates.values()) and result["frames"] == 128
     assert set(result["batched_train_aug_wall_images_per_s"]) == {"0 workers", "2 workers"}
     assert not (tmp_path / "bench_loader").exists()
+
+
+def test_bench_worker_start_checks_a_clip_both_ways_in_a_dagster_step_under_both_mains():
+    out = CliRunner().invoke(main, ["bench", "worker-start", "--repeats", "1"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.stdout[out.stdout.index("{") :])["seconds_to_first_clip (best)"]
+    assert len(result) == 2  # the console-script main and `python -m dagster`
+    for ways in result.values():  # each way's worker returned an "ok" verdict for the clip (else the step fails)
+        assert set(ways) == {"flywheel.workers", "forkserver pool"} and all(s > 0 for s in ways.values())

@@ -430,7 +430,7 @@ def test_one_pass_on_worker_processes_gives_the_frames_of_a_second_parse(store, 
         [(verdict, entry, _, parsed)] = worker.run(check, [clip])
     finally:
         worker.close()
-    assert verdict == "ok" and entry == report["accepted"][0] and len(parsed.frames) == entry["frames"]
+    assert verdict == "ok" and entry == report["accepted"][0] and len(parsed["frame_id"]) == entry["frames"]
     again = ingest.frames_table(store, plan.batch_id, load_settings(**{"ingest.workers": 1}))
     summary = ingest.write_frames(store, plan.batch_id, settings)
     assert summary["source"] == "staged by the validation (one pass)"
