@@ -146,3 +146,33 @@ def test_a_changed_byte_outside_the_chunks_fails_the_data_section_crc():
     with pytest.raises(ClipError) as e:
         read_clip(good.replace(b"clip-1", b"clip-2"), classes=CLASSES)
     assert e.value.reason == "truncated" and "crc validation failed in DataEnd" in e.value.detail
+
+
+def _records(*records: tuple[int, bytes]) -> bytes:
+    """A chunk's uncompressed content: (opcode, content) records."""
+    return b"".join(bytes([op]) + len(body).to_bytes(8, "little") + body for op, body in records)
+
+
+_MESSAGE_HEAD = (1).to_bytes(2, "little") + bytes(4) + (5).to_bytes(8, "little") * 2  # channel 1, log time 5
+
+
+@pytest.mark.parametrize(
+    ("content", "crc", "detail"),
+    [
+        (_records((0x05, _MESSAGE_HEAD + b"img"))[:-1], None, "past the chunk's end"),
+        (_records((0x05, b"short")), None, "shorter than its header"),
+        (b"\x05\x01\x00", None, "cannot be read"),  # 3 of a record header's 9 bytes
+        (_records((0x05, _MESSAGE_HEAD + b"img")), 12345, "fails its CRC check"),
+    ],
+    ids=["record-past-the-end", "message-shorter-than-its-header", "cut-record-header", "wrong-crc"],
+)
+def test_a_chunk_whose_records_do_not_add_up_is_truncated(content, crc, detail):
+    """The records of a chunk are cut out by flywheel itself (one struct call per message): each way
+    its bytes can disagree with their own lengths or CRC is a `truncated` clip, never a crash."""
+    import zlib
+
+    data = chunk_clip(content, uncompressed_size=len(content), crc=zlib.crc32(content) if crc is None else crc,
+                      compression="")  # fmt: skip
+    with pytest.raises(ClipError, match=detail) as e:
+        read_clip(data, classes=CLASSES)
+    assert e.value.reason == "truncated"

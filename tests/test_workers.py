@@ -8,15 +8,21 @@ from flywheel import clips, workers
 from tests.conftest import CLASSES, make_clip
 
 
+def _wait_for(marker: str) -> None:
+    """Wait (here, in the test's process) for a worker to leave `marker`: the test does not depend on
+    timing."""
+    deadline = time.monotonic() + 120
+    while not os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def _wait_for_a_worker(parent: int, marker: str, item: int) -> tuple[int, int]:
     """In a worker process: mark that a worker worked. Here: wait for that mark, so that this process
     cannot finish every chunk before the worker has started (the test does not depend on timing)."""
     if os.getpid() != parent:
         open(marker, "a").close()
     else:
-        deadline = time.monotonic() + 120
-        while not os.path.exists(marker) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _wait_for(marker)
     return item, os.getpid()
 
 
@@ -38,9 +44,7 @@ def _die_in_a_worker(parent: int, marker: str, item: int) -> int:
     if os.getpid() != parent:
         open(marker, "a").close()
         os._exit(1)
-    deadline = time.monotonic() + 120
-    while not os.path.exists(marker) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _wait_for(marker)
     return item
 
 
@@ -61,9 +65,7 @@ def _fail_in_a_worker(parent: int, marker: str, item: int) -> int:
     if os.getpid() != parent:
         open(marker, "a").close()
         raise ValueError(f"item {item} is bad")
-    deadline = time.monotonic() + 120
-    while not os.path.exists(marker) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _wait_for(marker)
     return item
 
 
