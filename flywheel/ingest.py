@@ -311,11 +311,11 @@ def _check_clip(store: Store, options: dict, ours: list[str], batch_id: str, cli
     `options`: `read_clip`'s keyword arguments. ok: (the clip's entry, its frames as `_frame_rows`);
     bad: ((reason, detail), None); done: an earlier verdict."""
     key = clip["key"]
+    if _holder(store, key) not in ours:
+        return "done", _earlier_verdict(store, key, batch_id), 0, None
     try:
-        if _holder(store, key) not in ours:
-            raise FileNotFoundError(key)
         data = store.read_bytes(key)
-    except FileNotFoundError:
+    except FileNotFoundError:  # moved since its claim was read (a rerun quarantined it, say)
         return "done", _earlier_verdict(store, key, batch_id), 0, None
     try:
         parsed = read_clip(data, **options)

@@ -17,6 +17,7 @@ for a worker to start; a worker that dies leaves the chunk it held to this proce
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 import threading
@@ -148,14 +149,15 @@ def _serve(from_parent: Connection, to_parent: Connection) -> None:
             return
         try:
             reply = (True, [fn(item) for item in chunk])
-        except Exception as e:  # sent back whole when it pickles, else as its traceback text
+        except Exception as e:  # raised again by the caller: with where it happened here, as a note
+            where = "".join(traceback.format_exception(e))
+            e.add_note(f"raised in worker process {os.getpid()} (flywheel.workers):\n{where}")
+            try:
+                pickle.loads(pickle.dumps(e))
+            except Exception:  # an exception that does not survive the trip: its text does
+                e = RuntimeError(where)
             reply = (False, e)
-        try:
-            to_parent.send(reply)
-        except Exception:
-            if reply[0]:
-                raise
-            to_parent.send((False, RuntimeError("".join(traceback.format_exception(reply[1])))))
+        to_parent.send(reply)
 
 
 if __name__ == "__main__":

@@ -71,8 +71,10 @@ def _fail_in_a_worker(parent: int, marker: str, item: int) -> int:
 
 def test_an_error_in_a_worker_is_raised_here(tmp_path):
     fn = functools.partial(_fail_in_a_worker, os.getpid(), str(tmp_path / "worker-failed"))
-    with pytest.raises(ValueError, match=r"item 0 is bad"):
+    with pytest.raises(ValueError, match=r"item 0 is bad") as e:
         workers.shared_map(fn, list(range(40)), 2)
+    note = "".join(e.value.__notes__)  # where it happened, for whoever reads the failed step's log
+    assert "raised in worker process" in note and "_fail_in_a_worker" in note
 
 
 def test_a_worker_imports_what_reading_clips_needs_and_not_the_rest():
