@@ -145,7 +145,7 @@ def test_a_changed_byte_outside_the_chunks_fails_the_data_section_crc():
     assert good.count(b"clip-1") == 1
     with pytest.raises(ClipError) as e:
         read_clip(good.replace(b"clip-1", b"clip-2"), classes=CLASSES)
-    assert e.value.reason == "truncated" and "crc validation failed in DataEnd" in e.value.detail
+    assert e.value.reason == "truncated" and "the data section fails its CRC check" in e.value.detail
 
 
 def _records(*records: tuple[int, bytes]) -> bytes:
@@ -175,4 +175,58 @@ def test_a_chunk_whose_records_do_not_add_up_is_truncated(content, crc, detail):
                       compression="")  # fmt: skip
     with pytest.raises(ClipError, match=detail) as e:
         read_clip(data, classes=CLASSES)
+    assert e.value.reason == "truncated"
+
+
+def _rewritten(data: bytes, change) -> bytes:
+    """`data` with its top-level records (chunks kept whole) passed through `change(records)`, the
+    magic around them as before."""
+    from mcap.data_stream import RecordBuilder
+    from mcap.stream_reader import StreamReader
+
+    records = change(list(StreamReader(io.BytesIO(data), emit_chunks=True).records))
+    out = RecordBuilder()
+    out.write(b"\x89MCAP0\r\n")
+    for r in records:
+        r.write(out)
+    out.write(b"\x89MCAP0\r\n")
+    return out.end()
+
+
+def test_a_clip_without_a_data_end_record_reads_up_to_its_footer():
+    """Data End is where the data section's CRC sits; a writer may leave it out, and the clip's
+    records are then read up to the Footer."""
+    from mcap.records import DataEnd
+
+    data = _rewritten(make_clip("c-1", n=2), lambda rs: [r for r in rs if not isinstance(r, DataEnd)])
+    clip = read_clip(data, classes=CLASSES)
+    assert clip.meta.clip_id == "c-1" and len(clip.frames) == 2
+
+
+_MAGIC = b"\x89MCAP0\r\n"
+
+
+def _string(s: bytes) -> bytes:
+    return len(s).to_bytes(4, "little") + s
+
+
+@pytest.mark.parametrize(
+    ("records", "detail"),
+    [
+        (_records((0x0C, _string(b"clip") + bytes(4)))[:-2], "past the file's end"),
+        (_records((0x03, (1).to_bytes(2, "little") + (99).to_bytes(4, "little") + b"name")), "past the record's end"),
+        (_records((0x0C, _string(b"clip") + (8).to_bytes(4, "little") + _string(b"clip_id"))), "past the record's end"),
+        (_records((0x03, b"\x01")), "runs past the record's end"),
+        (_records((0x0C, _string(b"\xff\xfe") + bytes(4))), "cannot be read"),  # a name that is no UTF-8
+        (_records((0x0C, _string(b"clip") + bytes(4))), "without a Data End or Footer"),
+        (_records((0x06, bytes(10))), "shorter than its header"),
+    ],
+    ids=["record-past-the-file-end", "string-past-the-record", "map-past-the-map", "cut-number", "not-utf8",
+         "no-data-end", "cut-chunk-header"],
+)  # fmt: skip
+def test_top_level_records_that_do_not_add_up_are_truncated(records, detail):
+    """flywheel reads a clip's top-level records itself (one struct call per field group); every way
+    their lengths can point past their record, or past the file, is a `truncated` clip."""
+    with pytest.raises(ClipError, match=detail) as e:
+        read_clip(_MAGIC + records + _MAGIC, classes=CLASSES)
     assert e.value.reason == "truncated"
