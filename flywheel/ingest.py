@@ -48,9 +48,10 @@ if TYPE_CHECKING:  # a worker process imports this module: pyarrow, pydantic and
 
     from flywheel.config import Settings
 
-# below 2x this many clips one process reads them all: a worker's cold start (~0.15 s, a Python
-# that imports this module) is a large part of a smaller batch (BENCHMARKS.md, ingest)
-MIN_CLIPS_PER_WORKER = 128
+# each process reads at least this many clips, else fewer processes: a worker's start is a large part
+# of a smaller share (BENCHMARKS.md, ingest). Forked (Linux): ~0.02 s; a cold Python that imports
+# this module: ~0.2 s.
+MIN_CLIPS_PER_WORKER = {"fork": 32, "exec": 128}
 
 
 def frames_parquet_options() -> dict:
@@ -352,10 +353,10 @@ def _map(
     processes (`flywheel.workers`). One worker, or too few clips to pay for starting more: here,
     lazily, one clip at a time."""
     from flywheel import progress as bars
-    from flywheel.workers import shared_map
+    from flywheel.workers import START, shared_map
 
-    workers = min(settings.ingest.workers or os.cpu_count() or 1, len(items))
-    if workers <= 1 or len(items) < MIN_CLIPS_PER_WORKER * 2:
+    workers = min(settings.ingest.workers or os.cpu_count() or 1, len(items) // MIN_CLIPS_PER_WORKER[START])
+    if workers <= 1:
         return _ticking(map(fn, items), len(items), desc, progress)
     with bars.bar(total=len(items), desc=desc, unit="clip", progress=progress) as bar:
         return shared_map(fn, items, workers, tick=bar.update)

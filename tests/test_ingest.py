@@ -412,7 +412,7 @@ def test_one_pass_on_worker_processes_gives_the_frames_of_a_second_parse(store, 
     """40 clips and a broken one on 2 worker processes (the S3 store is pickled to them): validation
     stages the frames; they equal what parsing the accepted clips again gives; the staged file is
     gone once the frames are committed."""
-    monkeypatch.setattr(ingest, "MIN_CLIPS_PER_WORKER", 16)  # a pool for 41 clips
+    monkeypatch.setattr(ingest, "MIN_CLIPS_PER_WORKER", {"fork": 16, "exec": 16})  # a pool for 41 clips
     settings = load_settings(**{"ingest.workers": 2})
     _land(store, 40)
     store.write_bytes(DAY + "broken.mcap", make_clip("broken")[:300])
@@ -425,12 +425,13 @@ def test_one_pass_on_worker_processes_gives_the_frames_of_a_second_parse(store, 
     # the S3 store and the read options travel to it, and it parses as this process does
     clip = {k: report["accepted"][0][k] for k in ("key", "sha256", "size")}
     check = functools.partial(ingest._check_clip, store, ingest._read_options(settings), [plan.batch_id], plan.batch_id)
-    worker = workers.Worker()
-    try:
-        [(verdict, entry, _, parsed)] = worker.run(check, [clip])
-    finally:
-        worker.close()
-    assert verdict == "ok" and entry == report["accepted"][0] and len(parsed["frame_id"]) == entry["frames"]
+    for start in ("fork", "exec"):
+        worker = workers.Worker(start)
+        try:
+            [(verdict, entry, _, parsed)] = worker.run(check, [clip])
+        finally:
+            worker.close()
+        assert verdict == "ok" and entry == report["accepted"][0] and len(parsed["frame_id"]) == entry["frames"]
     again = ingest.frames_table(store, plan.batch_id, load_settings(**{"ingest.workers": 1}))
     summary = ingest.write_frames(store, plan.batch_id, settings)
     assert summary["source"] == "staged by the validation (one pass)"
