@@ -1,5 +1,6 @@
 """Worker start inside a Dagster step: seconds from asking for a worker process to the first clip it
-has checked, for `flywheel.workers` (what ingest uses) and for a forkserver `ProcessPoolExecutor`
+has checked, for `flywheel.workers` started by fork (what ingest uses on Linux) and by exec (a cold
+`python -m flywheel.workers`, what it uses elsewhere), and for a forkserver `ProcessPoolExecutor`
 preloading `flywheel.ingest` (what ingest used before), each cold, as every step process pays it.
 
 The step runs twice: under `dagster job execute` (a console script is the main module, and
@@ -77,14 +78,14 @@ def _forkserver_pool(check, clip) -> float:
     return seconds
 
 
-def _flywheel_worker(check, clip) -> float:
+def _flywheel_worker(check, clip, start: str) -> float:
     from flywheel.workers import Worker
 
-    start = time.perf_counter()
-    worker = Worker()
+    began = time.perf_counter()
+    worker = Worker(start)
     try:
         verdict = worker.run(check, [clip])[0][0]
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - began
     finally:
         worker.close()
     _ok(verdict)
@@ -98,12 +99,15 @@ def _ok(verdict: str) -> None:
 
 @dg.asset
 def worker_start(context) -> None:
-    """Time a cold worker's first clip, both ways, in this step process."""
+    """Time a cold worker's first clip, each way, in this step process."""
     with tempfile.TemporaryDirectory() as tmp:
         check, clip = _one_clip(Path(tmp))
         best: dict[str, float] = {}
         for _ in range(int(os.environ.get("FLYWHEEL_WORKER_START_REPEATS", "3"))):
-            for name, way in (("flywheel.workers", _flywheel_worker), ("forkserver pool", _forkserver_pool)):
+            ways = (("flywheel.workers, fork", functools.partial(_flywheel_worker, start="fork")),
+                    ("flywheel.workers, exec", functools.partial(_flywheel_worker, start="exec")),
+                    ("forkserver pool", _forkserver_pool))  # fmt: skip
+            for name, way in ways:
                 best[name] = round(min(best.get(name, float("inf")), way(check, clip)), 3)
     context.log.info(f"seconds to a cold worker's first clip: {best}")
     Path(os.environ[OUT]).write_text(json.dumps(best))

@@ -257,17 +257,20 @@ def validate_batch(
     and the frames of the accepted clips are staged (`staging/frames/<id>.parquet`) for the frames
     step to commit, so nothing is parsed twice. Clips are read by `ingest.workers` processes.
     `progress`: a bar of the clips read, on stderr (None: as `flywheel.progress` says)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc  # both before any worker forks: a worker then has them at no cost
+
     manifest = store.read_json(layout.batch_key(batch_id))
     ours = sorted({batch_id, manifest.get("plan_id", batch_id)})  # the claims of its clips name its plan
-    check = partial(_check_clip, store, _read_options(settings), ours, batch_id)
-    accepted, bad, nbytes, clip_frames = [], [], 0, []
+    check = partial(_check_clips, store, _read_options(settings), ours, batch_id)
+    accepted, bad, nbytes = [], [], 0
     started = time.perf_counter()
     checked = _map(check, manifest["clips"], settings, desc="validate", progress=progress)
-    for clip, (verdict, value, size, frames) in zip(manifest["clips"], checked, strict=True):
+    verdicts = [v for chunk, _ in checked for v in chunk]
+    for clip, (verdict, value, size) in zip(manifest["clips"], verdicts, strict=True):
         nbytes += size
         if verdict == "ok":
             accepted.append(value)
-            clip_frames.append(frames)
             continue
         if verdict == "bad":
             reason, detail = value
@@ -276,15 +279,15 @@ def validate_batch(
             value = {"key": clip["key"], "reason": reason, "detail": detail}
         bad.append(value)
         _release(store, clip["key"], set(ours))  # a fixed upload under its key is a new clip
+    table = _concat([t for _, t in checked])
     ids = Counter(c["clip_id"] for c in accepted)
     # The same clip_id twice in one batch: keep the first, the clip contract makes ids unique.
-    seen, unique, staged = set(), [], []
-    for c, frames in zip(accepted, clip_frames, strict=True):
-        if c["clip_id"] not in seen:
-            seen.add(c["clip_id"])
-            unique.append(c)
-            staged.append(frames)
-    table = _frames_of(staged, unique, batch_id)
+    seen, unique, dropped = set(), [], []
+    for c in accepted:
+        (dropped if c["clip_id"] in seen else unique).append(c)
+        seen.add(c["clip_id"])
+    if dropped:
+        table = table.filter(pc.invert(pc.is_in(table["clip_key"], pa.array([c["key"] for c in dropped]))))
     store.write_parquet(layout.staged_frames_key(batch_id), table, **frames_parquet_options())  # as the frames file will be
     report = {
         "batch_id": batch_id,
@@ -307,10 +310,22 @@ def _read_options(settings: Settings) -> dict:
             "resize": i.resize}  # fmt: skip
 
 
+def _check_clips(store: Store, options: dict, ours: list[str], batch_id: str, clips: list[dict]):
+    """(verdict, value, bytes read) of each of `clips` and the frames table of the accepted ones;
+    runs in a worker process, no side effects. `options`: `read_clip`'s keyword arguments. ok: the
+    clip's entry; bad: (reason, detail); done: an earlier verdict."""
+    verdicts, parsed, entries = [], [], []
+    for clip in clips:
+        verdict, value, size, clip_frames = _check_clip(store, options, ours, batch_id, clip)
+        verdicts.append((verdict, value, size))
+        if verdict == "ok":
+            parsed.append(clip_frames)
+            entries.append(value)
+    return verdicts, _frames_of(parsed, entries, batch_id)
+
+
 def _check_clip(store: Store, options: dict, ours: list[str], batch_id: str, clip: dict):
-    """(verdict, value, bytes read, frames) of one clip; runs in a worker process, no side effects.
-    `options`: `read_clip`'s keyword arguments. ok: (the clip's entry, its frames as `_frame_rows`);
-    bad: ((reason, detail), None); done: an earlier verdict."""
+    """(verdict, value, bytes read, parsed clip) of one clip, as `_check_clips` says."""
     key = clip["key"]
     if _holder(store, key) not in ours:
         return "done", _earlier_verdict(store, key, batch_id), 0, None
@@ -323,7 +338,7 @@ def _check_clip(store: Store, options: dict, ours: list[str], batch_id: str, cli
     except ClipError as e:
         return "bad", (e.reason, e.detail), len(data), None
     entry = {**clip, "clip_id": parsed.meta.clip_id, "frames": len(parsed.frames)}
-    return "ok", entry, len(data), _frame_rows(parsed)
+    return "ok", entry, len(data), parsed
 
 
 def _earlier_verdict(store: Store, key: str, batch_id: str) -> dict:
@@ -345,31 +360,25 @@ def _release(store: Store, key: str, ours: set[str]) -> None:
         store.delete(layout.claim_key(key))
 
 
-def _map(
-    fn: Callable, items: list, settings: Settings, *, desc: str, progress: bool | None
-) -> Iterable:
-    """`map` over clips on `ingest.workers` processes (parsing and decoding hold the GIL), with a bar of
-    the clips done (`desc`, shown as `progress` says): this process and `workers - 1` worker
-    processes (`flywheel.workers`). One worker, or too few clips to pay for starting more: here,
-    lazily, one clip at a time."""
+def _map(fn: Callable, items: list, settings: Settings, *, desc: str, progress: bool | None) -> list:
+    """`[fn(chunk) for chunk in chunks]` over clips cut into small chunks, on `ingest.workers` processes
+    (parsing and decoding hold the GIL), with a bar of the clips done (`desc`, shown as `progress`
+    says): this process and `workers - 1` worker processes (`flywheel.workers`). One worker, or too
+    few clips to pay for starting more: here, a chunk at a time."""
     from flywheel import progress as bars
-    from flywheel.workers import START, shared_map
+    from flywheel.workers import START, map_chunks
 
     workers = min(settings.ingest.workers or os.cpu_count() or 1, len(items) // MIN_CLIPS_PER_WORKER[START])
-    if workers <= 1:
-        return _ticking(map(fn, items), len(items), desc, progress)
     with bars.bar(total=len(items), desc=desc, unit="clip", progress=progress) as bar:
-        return shared_map(fn, items, workers, tick=bar.update)
+        if workers > 1:
+            return map_chunks(fn, items, workers, tick=bar.update)
+        chunks = [items[i : i + 64] for i in range(0, len(items), 64)]  # a table each: few, yet a moving bar
+        return [_ticked(fn(chunk), bar, len(chunk)) for chunk in chunks]
 
 
-def _ticking(results: Iterable, total: int, desc: str, progress: bool | None) -> Iterator:
-    """`results` as they come, each ticking the bar (closed once they are all taken)."""
-    from flywheel import progress as bars
-
-    with bars.bar(total=total, desc=desc, unit="clip", progress=progress) as bar:
-        for r in results:
-            bar.update()
-            yield r
+def _ticked(result, bar, n: int):
+    bar.update(n)
+    return result
 
 
 # ---------------------------------------------------------------- re-admission
@@ -430,54 +439,47 @@ def frames_table(
 ) -> pa.Table:
     """The frames of a batch's accepted clips as one Arrow table (schema.FRAMES), parsed again from
     the clips: for a batch whose validation staged no frames. `progress`: a bar of the clips read."""
+    import pyarrow  # noqa: F401  (before any worker forks: a worker then has it at no cost)
+
     report = store.read_json(layout.accepted_key(batch_id))
-    parse = partial(_parse_accepted, store, _read_options(settings))
-    parsed = _map(parse, report["accepted"], settings, desc="frames", progress=progress)
-    return _frames_of(list(parsed), report["accepted"], batch_id)
+    parse = partial(_parse_accepted, store, _read_options(settings), batch_id)
+    return _concat(_map(parse, report["accepted"], settings, desc="frames", progress=progress))
 
 
-def _parse_accepted(store: Store, options: dict, clip: dict) -> dict[str, list]:
+def _parse_accepted(store: Store, options: dict, batch_id: str, clips: list[dict]) -> pa.Table:
     # decode_check off: validate_batch decoded every image already
-    return _frame_rows(read_clip(store.read_bytes(clip["key"]), **options, decode_check=False))
+    parsed = [read_clip(store.read_bytes(c["key"]), **options, decode_check=False) for c in clips]
+    return _frames_of(parsed, clips, batch_id)
 
 
-def _frame_rows(parsed) -> dict[str, list]:
-    """The frames of one parsed clip as columns of the frames table (all but `batch_id` and
-    `clip_key`). Built where the clip was parsed, so that the process that gathers a batch only joins
-    lists: a worker's share costs it no Python work per frame."""
-    m, fs = parsed.meta, parsed.frames
-    n = len(fs)
-    return {
-        "frame_id": [f"{m.clip_id}/{f.camera}/{f.index}" for f in fs],
-        "clip_id": [m.clip_id] * n,
-        "vehicle_id": [m.vehicle_id] * n,
-        "trigger": [m.trigger] * n,
-        "recorded_at": [m.recorded_at] * n,
-        "condition": [m.extra.get("condition", "")] * n,
-        "camera": [f.camera for f in fs],
-        "timestamp_ns": [f.timestamp_ns for f in fs],
-        "image": [f.image for f in fs],
-        "format": [f.format for f in fs],
-        "height": [f.height for f in fs],
-        "width": [f.width for f in fs],
-        "ground_truth": [f.ground_truth for f in fs],
-    }
-
-
-def _frames_of(rows: list[dict[str, list]], clips: list[dict], batch_id: str) -> pa.Table:
-    """The frames table (schema.FRAMES) of clips given as `_frame_rows`; `clips` are their accepted
-    entries."""
+def _frames_of(parsed: list, clips: list[dict], batch_id: str) -> pa.Table:
+    """The frames table (schema.FRAMES) of parsed clips, `clips` their accepted entries. Built where
+    the clips were parsed (a worker process, say), so that the process that gathers a batch only
+    joins tables."""
     import pyarrow as pa
 
     from flywheel import schema
 
     cols: dict[str, list] = {name: [] for name in schema.FRAMES.names}
-    for clip, r in zip(clips, rows, strict=True):
-        for name, values in r.items():
-            cols[name] += values
-        cols["batch_id"] += [batch_id] * len(r["frame_id"])
-        cols["clip_key"] += [clip["key"]] * len(r["frame_id"])
+    for clip, p in zip(clips, parsed, strict=True):
+        m, fs, n = p.meta, p.frames, len(p.frames)
+        cols["frame_id"] += [f"{m.clip_id}/{f.camera}/{f.index}" for f in fs]
+        for name, value in (("batch_id", batch_id), ("clip_key", clip["key"]), ("clip_id", m.clip_id),
+                            ("vehicle_id", m.vehicle_id), ("trigger", m.trigger), ("recorded_at", m.recorded_at),
+                            ("condition", m.extra.get("condition", ""))):  # fmt: skip
+            cols[name] += [value] * n
+        for name in ("camera", "timestamp_ns", "image", "format", "height", "width", "ground_truth"):
+            cols[name] += [getattr(f, name) for f in fs]
     return pa.table(cols, schema=schema.FRAMES)
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    """The frames tables of a batch's chunks as one (no copy)."""
+    import pyarrow as pa
+
+    from flywheel import schema
+
+    return pa.concat_tables(tables) if tables else schema.FRAMES.empty_table()
 
 
 def write_frames(

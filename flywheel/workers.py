@@ -34,6 +34,7 @@ import traceback
 import weakref
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 
@@ -98,18 +99,19 @@ class Worker:
         return process
 
     def run(self, fn: Callable, chunk: list) -> list:
-        self.send(fn, chunk)
+        """`[fn(x) for x in chunk]`, computed there."""
+        self.send(partial(_each, fn), chunk)
         return self.receive()
 
     def send(self, fn: Callable, chunk: list) -> None:
-        """Give it a chunk; it works through the chunks it is given in order."""
+        """Give it `fn(chunk)` to compute; it works through what it is given in order."""
         try:
             self._out.send((fn, chunk))
         except OSError as e:
             raise self._gone() from e
 
-    def receive(self) -> list:
-        """The results of the oldest chunk it was given; the error `fn` raised there, raised here."""
+    def receive(self):
+        """`fn(chunk)` of the oldest chunk it was given; the error `fn` raised there, raised here."""
         try:
             ok, value = self._in.recv()
         except (EOFError, OSError) as e:
@@ -162,20 +164,34 @@ class _Forked:
         os.kill(self.pid, signal.SIGKILL)
 
 
-def shared_map(
+def shared_map(fn: Callable, items: list, workers: int, *, tick: Callable[[int], object] = lambda n: None,
+               **options) -> list:  # fmt: skip
+    """`[fn(x) for x in items]` on this process and `workers - 1` worker processes, in the items'
+    order; `map_chunks` says how (`options` are its keywords)."""
+    done = map_chunks(partial(_each, fn), items, workers, tick=tick, **options)
+    return [r for chunk in done for r in chunk]
+
+
+def _each(fn: Callable, chunk: list) -> list:
+    return [fn(x) for x in chunk]
+
+
+def map_chunks(
     fn: Callable, items: list, workers: int, *, tick: Callable[[int], object] = lambda n: None,
     stall_s: float | None = None, start: str | None = None,
 ) -> list:  # fmt: skip
-    """`[fn(x) for x in items]` on this process and `workers - 1` worker processes, in the items'
-    order. `fn` must have no side effects (a chunk may be done twice: by a worker that stalls, then
-    here), and it and the items must pickle (a module-level function or a partial of one).
-    `tick(n)`: called as n more items are done (a progress bar). An exception in `fn` is raised
-    here, wherever it ran. `stall_s`: how long a worker may still hold a chunk once this process has
-    done all the others (default: 20 times this process's slowest chunk, at least 30 s); then it is
-    stopped and its chunk done here. `start`: how workers start (`START`)."""
+    """`[fn(chunk) for chunk in chunks]`, `chunks` being `items` cut in order into small chunks, on
+    this process and `workers - 1` worker processes. `fn` runs where the chunk is, so that it can
+    gather a chunk's results there (a table of its frames, say). It must have no side effects (a
+    chunk may be done twice: by a worker that stalls, then here), and it and the items must pickle (a
+    module-level function or a partial of one). `tick(n)`: called as a chunk of n items is done (a
+    progress bar). An exception in `fn` is raised here, wherever it ran. `stall_s`: how long a worker
+    may still hold a chunk once this process has done all the others (default: 20 times this
+    process's slowest chunk, at least 30 s); then it is stopped and its chunk done here. `start`: how
+    workers start (`START`)."""
     size = max(1, len(items) // (workers * 32))  # small: neither side waits long for the other at the end
     chunks = [items[i : i + size] for i in range(0, len(items), size)]
-    done: list[list | None] = [None] * len(chunks)
+    done: list = [None] * len(chunks)
     cond = threading.Condition()
     state = {"front": 0, "back": len(chunks), "busy": 0, "error": None}  # chunks [front, back) are nobody's yet
     left: list[int] = []  # chunks whose worker died on them (or was stopped)
@@ -228,11 +244,10 @@ def shared_map(
                 break
             state["back"] -= 1
             i = state["back"]
-        began, done[i] = time.monotonic(), []
-        for item in chunks[i]:
-            done[i].append(fn(item))
-            with cond:
-                tick(1)
+        began = time.monotonic()
+        done[i] = fn(chunks[i])
+        with cond:
+            tick(len(chunks[i]))
         slowest = max(slowest, time.monotonic() - began)
     with cond:  # the chunks workers hold: wait for them, but not for a worker that stalls
         patience = stall_s if stall_s is not None else max(30.0, 20 * slowest)
@@ -245,9 +260,9 @@ def shared_map(
         if state["error"] is not None:
             raise state["error"]
     for i in left:  # no worker thread ticks any more
-        done[i] = [fn(item) for item in chunks[i]]
+        done[i] = fn(chunks[i])
         tick(len(chunks[i]))
-    return [r for chunk in done for r in chunk]
+    return done
 
 
 def _start(n: int, start: str) -> list[Worker]:
@@ -263,14 +278,14 @@ def _start(n: int, start: str) -> list[Worker]:
 
 
 def _serve(from_parent: Connection, to_parent: Connection) -> None:
-    """The worker's loop: (fn, chunk) in, (True, results) or (False, exception) out, until EOF."""
+    """The worker's loop: (fn, chunk) in, (True, fn(chunk)) or (False, exception) out, until EOF."""
     while True:
         try:
             fn, chunk = from_parent.recv()
         except EOFError:
             return
         try:
-            reply = (True, [fn(item) for item in chunk])
+            reply = (True, fn(chunk))
         except Exception as e:  # raised again by the caller: with where it happened here, as a note
             where = "".join(traceback.format_exception(e))
             e.add_note(f"raised in worker process {os.getpid()} (flywheel.workers):\n{where}")

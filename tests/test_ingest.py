@@ -124,6 +124,24 @@ def test_ingest_with_progress_bars_gives_the_same_batch(tmp_path, capsys, worker
     assert table.equals(table2)
 
 
+def test_a_clip_id_seen_twice_in_a_batch_keeps_its_first_clip_and_only_its_frames(store):
+    """Two uploads of different content that carry the same clip_id: the first (in the batch's
+    order) is the clip, the second is named in `duplicate_clip_ids` and none of its frames are
+    staged or committed."""
+    settings = load_settings(**{"ingest.workers": 1})
+    _land(store, 2)
+    store.write_bytes(DAY + "c999.mcap", make_clip("c000", n=5, image=jpeg(9)))  # same id, other frames
+    plan = ingest.plan_batch(store, min_clips=3, max_clips=10)
+    ingest.commit_batch(store, plan)
+    report = ingest.validate_batch(store, plan.batch_id, settings)
+    assert report["duplicate_clip_ids"] == ["c000"]
+    assert [c["key"] for c in report["accepted"]] == [DAY + "c000.mcap", DAY + "c001.mcap"]
+    ingest.write_frames(store, plan.batch_id, settings)
+    table = store.read_parquet(layout.frames_key(plan.batch_id))
+    assert set(table["clip_key"].to_pylist()) == {DAY + "c000.mcap", DAY + "c001.mcap"}
+    assert table.num_rows == report["staged_frames"] == 6 and jpeg(9) not in table["image"].to_pylist()
+
+
 def test_frames_parquet_has_no_image_statistics(tmp_path):
     from flywheel.store import open_store
 
@@ -424,14 +442,16 @@ def test_one_pass_on_worker_processes_gives_the_frames_of_a_second_parse(store, 
     # the worker's side in a worker process for sure (this process may have done every clip itself):
     # the S3 store and the read options travel to it, and it parses as this process does
     clip = {k: report["accepted"][0][k] for k in ("key", "sha256", "size")}
-    check = functools.partial(ingest._check_clip, store, ingest._read_options(settings), [plan.batch_id], plan.batch_id)
+    check = functools.partial(ingest._check_clips, store, ingest._read_options(settings), [plan.batch_id], plan.batch_id)
     for start in ("fork", "exec"):
         worker = workers.Worker(start)
         try:
-            [(verdict, entry, _, parsed)] = worker.run(check, [clip])
+            worker.send(check, [clip])
+            [(verdict, entry, _)], frames = worker.receive()
         finally:
             worker.close()
-        assert verdict == "ok" and entry == report["accepted"][0] and len(parsed["frame_id"]) == entry["frames"]
+        assert verdict == "ok" and entry == report["accepted"][0] and frames.num_rows == entry["frames"]
+        assert set(frames["clip_key"].to_pylist()) == {clip["key"]}
     again = ingest.frames_table(store, plan.batch_id, load_settings(**{"ingest.workers": 1}))
     summary = ingest.write_frames(store, plan.batch_id, settings)
     assert summary["source"] == "staged by the validation (one pass)"
