@@ -262,7 +262,10 @@ def validate_batch(
 
     manifest = store.read_json(layout.batch_key(batch_id))
     ours = sorted({batch_id, manifest.get("plan_id", batch_id)})  # the claims of its clips name its plan
-    check = partial(_check_clips, store, _read_options(settings), ours, batch_id)
+    # Only validation releases a claim of a committed clip. So the first one (no record of another
+    # before it) knows every claim of its clips names its batch and reads none: a request per clip less.
+    first = store.create(layout.validation_key(batch_id), _json({"batch_id": batch_id, "started_at": datetime.now(UTC).isoformat(timespec="seconds")}))
+    check = partial(_check_clips, store, _read_options(settings), None if first else ours, batch_id)
     accepted, bad, nbytes = [], [], 0
     started = time.perf_counter()
     checked = _map(check, manifest["clips"], settings, desc="validate", progress=progress)
@@ -310,9 +313,10 @@ def _read_options(settings: Settings) -> dict:
             "resize": i.resize}  # fmt: skip
 
 
-def _check_clips(store: Store, options: dict, ours: list[str], batch_id: str, clips: list[dict]):
+def _check_clips(store: Store, options: dict, ours: list[str] | None, batch_id: str, clips: list[dict]):
     """(verdict, value, bytes read) of each of `clips` and the frames table of the accepted ones;
-    runs in a worker process, no side effects. `options`: `read_clip`'s keyword arguments. ok: the
+    runs in a worker process, no side effects. `options`: `read_clip`'s keyword arguments; `ours`:
+    the ids a claim of a clip of this batch names (None: every claim is ours, none is read). ok: the
     clip's entry; bad: (reason, detail); done: an earlier verdict."""
     verdicts, parsed, entries = [], [], []
     for clip in clips:
@@ -324,10 +328,10 @@ def _check_clips(store: Store, options: dict, ours: list[str], batch_id: str, cl
     return verdicts, _frames_of(parsed, entries, batch_id)
 
 
-def _check_clip(store: Store, options: dict, ours: list[str], batch_id: str, clip: dict):
+def _check_clip(store: Store, options: dict, ours: list[str] | None, batch_id: str, clip: dict):
     """(verdict, value, bytes read, parsed clip) of one clip, as `_check_clips` says."""
     key = clip["key"]
-    if _holder(store, key) not in ours:
+    if ours is not None and _holder(store, key) not in ours:
         return "done", _earlier_verdict(store, key, batch_id), 0, None
     try:
         data = store.read_bytes(key)
@@ -371,7 +375,7 @@ def _map(fn: Callable, items: list, settings: Settings, *, desc: str, progress: 
     workers = min(settings.ingest.workers or os.cpu_count() or 1, len(items) // MIN_CLIPS_PER_WORKER[START])
     with bars.bar(total=len(items), desc=desc, unit="clip", progress=progress) as bar:
         if workers > 1:
-            return map_chunks(fn, items, workers, tick=bar.update)
+            return map_chunks(fn, items, workers, tick=bar.update, min_chunk=8)  # a table per chunk: not too many
         chunks = [items[i : i + 64] for i in range(0, len(items), 64)]  # a table each: few, yet a moving bar
         return [_ticked(fn(chunk), bar, len(chunk)) for chunk in chunks]
 

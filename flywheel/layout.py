@@ -113,6 +113,12 @@ def accepted_key(batch_id: str) -> str:
     return f"{BATCHES}{batch_id}.accepted.json"
 
 
+def validation_key(batch_id: str) -> str:
+    """Written by a batch's first validation as it starts: a later one knows it may have released
+    claims of the batch's clips (a quarantined clip's claim), so it reads them."""
+    return f"{BATCHES}{batch_id}.validation.json"
+
+
 def parked_key(batch_id: str) -> str:
     """A batch whose ingest failed `sensor.max_ingest_attempts` times: its last error (not retried)."""
     return f"{BATCHES}{batch_id}.parked.json"

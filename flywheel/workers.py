@@ -178,9 +178,10 @@ def _each(fn: Callable, chunk: list) -> list:
 
 def map_chunks(
     fn: Callable, items: list, workers: int, *, tick: Callable[[int], object] = lambda n: None,
-    stall_s: float | None = None, start: str | None = None,
+    stall_s: float | None = None, start: str | None = None, min_chunk: int = 1,
 ) -> list:  # fmt: skip
-    """`[fn(chunk) for chunk in chunks]`, `chunks` being `items` cut in order into small chunks, on
+    """`[fn(chunk) for chunk in chunks]`, `chunks` being `items` cut in order into small chunks (of
+    at least `min_chunk` items, where `fn` has a cost per chunk), on
     this process and `workers - 1` worker processes. `fn` runs where the chunk is, so that it can
     gather a chunk's results there (a table of its frames, say). It must have no side effects (a
     chunk may be done twice: by a worker that stalls, then here), and it and the items must pickle (a
@@ -189,7 +190,7 @@ def map_chunks(
     may still hold a chunk once this process has done all the others (default: 20 times this
     process's slowest chunk, at least 30 s); then it is stopped and its chunk done here. `start`: how
     workers start (`START`)."""
-    size = max(1, len(items) // (workers * 32))  # small: neither side waits long for the other at the end
+    size = max(1, min_chunk, len(items) // (workers * 32))  # small: neither side waits long for the other at the end
     chunks = [items[i : i + size] for i in range(0, len(items), size)]
     done: list = [None] * len(chunks)
     cond = threading.Condition()

@@ -349,6 +349,24 @@ def test_a_fixed_upload_under_the_same_key_passes(store):
     assert len(again["accepted"]) == 2 and len(again["quarantined"]) == 2
 
 
+def test_the_first_validation_reads_no_claim_and_a_later_one_reads_each(store, monkeypatch):
+    """Only a validation releases a committed clip's claim, so the first one of a batch reads none
+    (a request per clip less); once one has begun, the next reads each claim (the retry above must
+    not take a new upload back)."""
+    settings = load_settings(**{"ingest.workers": 1})
+    keys = _land(store, 3)
+    plan = ingest.plan_batch(store, min_clips=1, max_clips=10)
+    ingest.commit_batch(store, plan)
+    read, reads = store.read_bytes, []
+    monkeypatch.setattr(store, "read_bytes", lambda key: reads.append(key) or read(key))
+    first = ingest.validate_batch(store, plan.batch_id, settings)
+    assert [k for k in reads if k.startswith(layout.CLAIMS)] == [] and len(first["accepted"]) == 3
+    reads.clear()
+    again = ingest.validate_batch(store, plan.batch_id, settings)
+    assert sorted(k for k in reads if k.startswith(layout.CLAIMS)) == sorted(layout.claim_key(k) for k in keys)
+    assert again["accepted"] == first["accepted"]
+
+
 def _quarantine_too_large(store, *keys, same_bytes=False):
     """A batch of two good clips and `keys` (a big image each), validated under a small limit."""
     _land(store, 2)
