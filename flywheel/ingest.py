@@ -13,6 +13,9 @@ Three steps, each idempotent so a retried run does no harm:
 2. `validate_batch`: read every clip of a batch once (worker processes); bad ones move to
    `quarantine/` with a JSON reason beside them, and their claim is released; the frames of the
    accepted clips are staged and the accepted list is committed as `batches/<id>.accepted.json`.
+   The first validation of a batch records its start (`batches/<id>.validation.json`) and reads
+   no claim (none can be released before it); a later one reads each clip's claim, so that it
+   leaves a clip quarantined and uploaded again since to the batch that takes it.
 3. `write_frames`: the staged frames become `frames/batch=<id>/part-0.parquet`.
 
 What may come back. A landing key is held while its claim exists: a clip of a batch (accepted or
