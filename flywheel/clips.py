@@ -202,13 +202,7 @@ def _records(data: bytes, max_chunk_bytes: int):
     Records are cut out with one struct call per field group (mcap's stream reader reads every
     field, index entries included, one stream call at a time, and its CRC a read at a time: about
     twice as slow on the demo's clips)."""
-    pos, end = len(MCAP_MAGIC), len(data) - len(MCAP_MAGIC)
-    head = _RECORD_HEAD.unpack_from
-    while pos < end:
-        opcode, length = head(data, pos)
-        start, pos = pos + 9, pos + 9 + length
-        if pos > end:
-            raise ClipError("truncated", f"a record (opcode {opcode:#04x}) declares {length} bytes, past the file's end")
+    for opcode, start, pos in _walk(data, len(MCAP_MAGIC), len(data) - len(MCAP_MAGIC), "the file"):
         if opcode == _CHUNK:
             yield from _chunk_records(data, start, pos, max_chunk_bytes)
         elif opcode == _DATA_END:
@@ -221,6 +215,17 @@ def _records(data: bytes, max_chunk_bytes: int):
         elif (record := _record(opcode, data, start, pos)) is not None:
             yield record
     raise ClipError("truncated", "the records end without a Data End or Footer record")
+
+
+def _walk(buf: bytes, pos: int, end: int, where: str):
+    """(opcode, start, end) of each record in `buf[pos:end]`, its content `buf[start:end]`."""
+    head = _RECORD_HEAD.unpack_from
+    while pos < end:
+        opcode, length = head(buf, pos)
+        start, pos = pos + 9, pos + 9 + length
+        if pos > end:
+            raise ClipError("truncated", f"a record (opcode {opcode:#04x}) declares {length} bytes, past {where}'s end")
+        yield opcode, start, pos
 
 
 def _record(opcode: int, buf: bytes, start: int, end: int):
@@ -294,16 +299,10 @@ def _chunk_records(buf: bytes, start: int, end: int, max_chunk_bytes: int):
     raw = _decompress(compression, fields.blob(_U64), size)
     if crc and zlib.crc32(raw) != crc:
         raise ClipError("truncated", f"a chunk fails its CRC check (expected {crc:#010x})")
-    pos, end = 0, len(raw)
-    head = _RECORD_HEAD.unpack_from
-    while pos < end:
-        opcode, length = head(raw, pos)
-        start, pos = pos + 9, pos + 9 + length
-        if pos > end:
-            raise ClipError("truncated", f"a record in a chunk declares {length} bytes, past the chunk's end")
+    for opcode, start, pos in _walk(raw, 0, len(raw), "the chunk"):
         if opcode == _MESSAGE:  # most records: inline, one struct call each
-            if length < 22:
-                raise ClipError("truncated", f"a message record of {length} bytes is shorter than its header")
+            if pos - start < 22:
+                raise ClipError("truncated", f"a message record of {pos - start} bytes is shorter than its header")
             channel_id, _, log_time, _ = _MESSAGE_HEAD.unpack_from(raw, start)
             yield _Message(channel_id, log_time, raw[start + 22 : pos])
         elif opcode in (_SCHEMA, _CHANNEL):  # any other record type in a chunk is skipped, as the spec allows

@@ -43,18 +43,23 @@ def test_a_worker_shares_the_items_with_this_process_and_their_order_is_kept(tmp
     assert ours == sorted(ours)  # the worker's share is a prefix, this process's the rest
 
 
-def _die_in_a_worker(parent: int, marker: str, item: int) -> int:
-    """In a worker process: leave a mark and die (killed, out of memory). Here: wait for the mark."""
+def _misbehave_in_a_worker(how: str, parent: int, marker: str, item: int) -> int:
+    """In a worker process: leave a mark, then `how`: die (killed, out of memory), fail (raise) or
+    stall (hang on a lock it will never get, say). Here: wait for the mark, and do the item."""
     if os.getpid() != parent:
         open(marker, "a").close()
-        os._exit(1)
+        if how == "die":
+            os._exit(1)
+        if how == "fail":
+            raise ValueError(f"item {item} is bad")
+        time.sleep(120)
     _wait_for(marker)
     return item
 
 
 @STARTS
 def test_a_worker_that_dies_leaves_its_chunk_to_this_process(tmp_path, start):
-    fn = functools.partial(_die_in_a_worker, os.getpid(), str(tmp_path / "worker-died"))
+    fn = functools.partial(_misbehave_in_a_worker, "die", os.getpid(), str(tmp_path / "worker-died"))
     ticks = []
     assert workers.shared_map(fn, list(range(40)), 2, tick=ticks.append, start=start) == list(range(40))
     assert (tmp_path / "worker-died").exists() and sum(ticks) == 40  # it did get a chunk, and died on it
@@ -66,22 +71,13 @@ def test_quick_items_come_back_whole_and_in_order_whoever_does_them(start):
     assert workers.shared_map(abs, list(range(-40, 0)), 3, start=start) == list(range(40, 0, -1))
 
 
-def _fail_in_a_worker(parent: int, marker: str, item: int) -> int:
-    """In a worker process: leave a mark and raise. Here: wait for the mark."""
-    if os.getpid() != parent:
-        open(marker, "a").close()
-        raise ValueError(f"item {item} is bad")
-    _wait_for(marker)
-    return item
-
-
 @STARTS
 def test_an_error_in_a_worker_is_raised_here(tmp_path, start):
-    fn = functools.partial(_fail_in_a_worker, os.getpid(), str(tmp_path / "worker-failed"))
+    fn = functools.partial(_misbehave_in_a_worker, "fail", os.getpid(), str(tmp_path / "worker-failed"))
     with pytest.raises(ValueError, match=r"item 0 is bad") as e:
         workers.shared_map(fn, list(range(40)), 2, start=start)
     note = "".join(e.value.__notes__)  # where it happened, for whoever reads the failed step's log
-    assert "raised in worker process" in note and "_fail_in_a_worker" in note
+    assert "raised in worker process" in note and "_misbehave_in_a_worker" in note
 
 
 def test_an_exec_worker_imports_what_reading_clips_needs_and_not_the_rest():
@@ -101,20 +97,11 @@ def test_an_exec_worker_imports_what_reading_clips_needs_and_not_the_rest():
     assert worker.process.returncode == 0  # it exits when its pipes close
 
 
-def _stall_in_a_worker(parent: int, marker: str, item: int) -> int:
-    """In a worker process: leave a mark and hang (a lock it will never get, say). Here: wait for it."""
-    if os.getpid() != parent:
-        open(marker, "a").close()
-        time.sleep(120)
-    _wait_for(marker)
-    return item
-
-
 @STARTS
 def test_a_worker_that_stalls_on_its_chunk_is_stopped_and_its_chunk_done_here(tmp_path, start, caplog):
     """Nothing waits for good on a worker: once this process has done every other chunk, a worker
     still on one after `stall_s` is stopped, and its chunk is done here."""
-    fn = functools.partial(_stall_in_a_worker, os.getpid(), str(tmp_path / "worker-stalled"))
+    fn = functools.partial(_misbehave_in_a_worker, "stall", os.getpid(), str(tmp_path / "worker-stalled"))
     began = time.monotonic()
     assert workers.shared_map(fn, list(range(40)), 2, stall_s=1, start=start) == list(range(40))
     assert time.monotonic() - began < 60  # not the 120 s the worker would have taken
