@@ -206,7 +206,7 @@ def _records(data: bytes, max_chunk_bytes: int):
         if opcode == _CHUNK:
             yield from _chunk_records(data, start, pos, max_chunk_bytes)
         elif opcode == _DATA_END:
-            crc = _U32.unpack_from(data, start)[0]
+            crc = _Fields(data, start, pos).number(_U32)
             if crc and crc != (actual := zlib.crc32(memoryview(data)[: start - 9])):
                 raise ClipError("truncated", f"the data section fails its CRC check (expected {crc:#010x}, got {actual:#010x})")
             return

@@ -1,4 +1,5 @@
-"""CPU-bound maps shared with worker processes: `shared_map` (ingest parses clips with it).
+"""CPU-bound maps shared with worker processes: `map_chunks` (ingest parses clips with it) and
+`shared_map` on top of it.
 
 A worker is started one of two ways (`START`):
 - `fork` (Linux): a copy of this process, ready at once with everything this process imported

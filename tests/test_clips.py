@@ -220,9 +220,10 @@ def _string(s: bytes) -> bytes:
         (_records((0x0C, _string(b"\xff\xfe") + bytes(4))), "cannot be read"),  # a name that is no UTF-8
         (_records((0x0C, _string(b"clip") + bytes(4))), "without a Data End or Footer"),
         (_records((0x06, bytes(10))), "shorter than its header"),
+        (_records((0x0F, b"\x01\x02")), "runs past the record's end"),  # a Data End cut inside its CRC
     ],
     ids=["record-past-the-file-end", "string-past-the-record", "map-past-the-map", "cut-number", "not-utf8",
-         "no-data-end", "cut-chunk-header"],
+         "no-data-end", "cut-chunk-header", "cut-data-end"],
 )  # fmt: skip
 def test_top_level_records_that_do_not_add_up_are_truncated(records, detail):
     """flywheel reads a clip's top-level records itself (one struct call per field group); every way
