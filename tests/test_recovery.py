@@ -2,6 +2,7 @@
 processes, the first creation of a database."""
 
 import multiprocessing
+import os
 import socket
 import subprocess
 import sys
@@ -99,17 +100,22 @@ def test_process_gone():
 def _create(path, log, i, start):
     import time
 
+    def note(event):  # one unbuffered append: the file's order is the order the writes happened
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, f"{event} {i}\n".encode())
+        os.close(fd)
+
     start.wait()  # all three ask at once, before any has created the database
     with recovery.created_once(path):
-        log.put(("in", i))
+        note("in")
         time.sleep(0.5)  # any overlap of two creators would show in the log
-        log.put(("out", i))
+        note("out")
 
 
 def test_created_once_lets_one_process_at_a_time_create(tmp_path):
     """Three processes that find no database yet create it one at a time (one that comes once it
     exists opens it without the lock: that is the point, so they all start together here)."""
-    log, start = multiprocessing.Queue(), multiprocessing.Barrier(3)
+    log, start = tmp_path / "log", multiprocessing.Barrier(3)
     procs = [
         multiprocessing.Process(target=_create, args=(tmp_path / "db", log, i, start)) for i in range(3)
     ]
@@ -117,6 +123,8 @@ def test_created_once_lets_one_process_at_a_time_create(tmp_path):
         p.start()
     for p in procs:
         p.join(30)
-    events = [log.get(timeout=5) for _ in range(6)]
-    assert all(events[k][0] == "in" and events[k + 1] == ("out", events[k][1]) for k in (0, 2, 4))
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    events = [line.split() for line in log.read_text().splitlines()]
+    assert len(events) == 6
+    assert all(events[k][0] == "in" and events[k + 1] == ["out", events[k][1]] for k in (0, 2, 4))
     assert (tmp_path / "db.ready").exists()
