@@ -158,11 +158,13 @@ def _rerun_twice(settings, uploaded, *command: str):
 
 @pytest.mark.parametrize("point", INGEST_POINTS)
 def test_kill_during_ingest_then_rerun(point, flywheel_home, template_home, monkeypatch):
+    """`flywheel ingest` (what `iterate` does first: the ingest_batch job, raw clips to augmented)
+    killed at each of its writes; the training points below kill a whole `iterate`."""
     home, config, settings, uploaded = _setup(flywheel_home, template_home, monkeypatch,
                                               bad_clip=point == "quarantine_reason_written")  # fmt: skip
-    killed = killed_at(point, "iterate", home=home, config=config)
+    killed = killed_at(point, "ingest", "--min-clips", "1", home=home, config=config)
     assert killed.returncode == -signal.SIGKILL, f"{point} was not reached: {killed.stdout}{killed.stderr}"
-    _rerun_twice(settings, uploaded, "iterate")
+    _rerun_twice(settings, uploaded, "ingest", "--min-clips", "1")
 
 
 def test_kill_while_writing_the_human_queue_then_rerun(flywheel_home, template_home, monkeypatch):
