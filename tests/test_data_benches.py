@@ -19,6 +19,7 @@ def test_bench_ingest_times_one_and_two_processes_on_the_same_batch(tmp_path, mo
     assert one["quarantined"] == two["quarantined"] == 0
     ceiling = result["ceiling"]
     assert ceiling["seconds"] == pytest.approx(ceiling["raw_read_s"] + ceiling["decode_check_s"], abs=0.0011)  # each rounded
+    assert result["ceiling_2_processes_s"] > 0 and result["ceiling_speedup_2_processes"] > 0  # its forked half ran
     assert not list(tmp_path.glob("tmp*"))  # its store and the copies of the batch are gone
 
 
