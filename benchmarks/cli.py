@@ -276,29 +276,39 @@ def int8(frames: int, widths: tuple[int, ...], threads: int | None, overrides: d
 
 
 @bench.command("label-errors")
+@click.option("--dataset", type=click.Choice(["loop", "sim", "sim96", "geometry", "digits"]), default="loop",
+              show_default=True,
+              help="loop: the flywheel on the built-in simulator, the team answering the queue; another: that "
+                   "dataset of `flywheel bench recipe`, a champion at the defaults checking a disjoint stream.")  # fmt: skip
 @click.option("--batches", type=click.IntRange(min=2), default=3, show_default=True,
-              help="Fleet batches; the first trains the champion, the others are checked.")  # fmt: skip
-@click.option("--clips", type=click.IntRange(min=1), default=250, show_default=True, help="Clips per batch.")
-@click.option("--label-budget", type=click.IntRange(min=1), default=1000, show_default=True)
+              help="loop: fleet batches; the first trains the champion, the others are checked.")  # fmt: skip
+@click.option("--clips", type=click.IntRange(min=1), default=250, show_default=True, help="loop: clips per batch.")
+@click.option("--label-budget", type=click.IntRange(min=1), default=1000, show_default=True, help="loop only.")
+@click.option("--frames", type=click.IntRange(min=16), default=1000, show_default=True,
+              help="A dataset: frames the champion trains on, and frames whose labels are checked.")  # fmt: skip
 @click.option("--error-rate", type=click.FloatRange(0, 1), default=0.1, show_default=True,
               help="Share of the labeling team's answers that are wrong.")  # fmt: skip
 @click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True,
-              help="train.steps of each champion (300: the demo's budget).")  # fmt: skip
+              help="loop: train.steps of each champion (300: the demo's budget; a dataset trains at the defaults).")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True)
 @WORKDIR
-def label_errors(batches: int, clips: int, label_budget: int, error_rate: float, steps: int, seed: int,
-                 workdir: str | None):  # fmt: skip
+def label_errors(dataset: str, batches: int, clips: int, label_budget: int, frames: int, error_rate: float,
+                 steps: int, seed: int, workdir: str | None):  # fmt: skip
     """Precision and recall of the label-error check against errors the simulated labeling team makes at
     a known rate, per minimum score.
 
     \b
     Example: flywheel bench label-errors --batches 3 --error-rate 0.1
+             flywheel bench label-errors --dataset digits
     """
-    from benchmarks.label_errors import bench_label_errors
+    from benchmarks.label_errors import bench_label_errors, bench_label_errors_frames
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        _echo_json(bench_label_errors(tmp, batches=batches, clips=clips, label_budget=label_budget,
-                                      error_rate=error_rate, steps=steps, seed=seed))  # fmt: skip
+        if dataset == "loop":
+            _echo_json(bench_label_errors(tmp, batches=batches, clips=clips, label_budget=label_budget,
+                                          error_rate=error_rate, steps=steps, seed=seed))  # fmt: skip
+        else:
+            _echo_json(bench_label_errors_frames(dataset, tmp, frames=frames, error_rate=error_rate, seed=seed))
 
 
 @bench.command()

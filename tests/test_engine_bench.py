@@ -61,3 +61,20 @@ def test_bench_label_errors_tiny(tmp_path):
     for r in rows:
         assert 0 <= r["true_errors_flagged"] <= min(r["flagged"], out["injected_errors"])
         assert r["recall"] == round(r["true_errors_flagged"] / out["injected_errors"], 3)
+
+
+def test_bench_label_errors_on_another_dataset_flips_its_labels_and_scores_the_flags(tmp_path):
+    """The frames variant: a champion of one stream checks a disjoint stream's labels, flipped at a known rate."""
+    from benchmarks.label_errors import THRESHOLDS, bench_label_errors_frames
+
+    out = bench_label_errors_frames("digits", tmp_path, frames=64, error_rate=0.5, overrides={"train.steps": 10})
+    assert out["dataset"] == "digits" and out["config"]["train_steps"] == 10
+    checked = out["human_labels_checked"]
+    assert checked >= 64 and 0.3 * checked <= out["injected_errors"] <= 0.7 * checked  # half, give or take the draw
+    assert set(out["by_source"]) == {"champion", "cross_validated", "blend (default)"}
+    for rows in out["by_source"].values():
+        assert [r["min_score"] for r in rows] == list(THRESHOLDS)
+        assert [r["flagged"] for r in rows] == sorted((r["flagged"] for r in rows), reverse=True)
+        for r in rows:
+            assert 0 <= r["true_errors_flagged"] <= min(r["flagged"], out["injected_errors"])
+    assert 0 <= out["champion_accuracy"] <= 1
