@@ -10,6 +10,9 @@ on the wall clock, max_clips clips a batch, each tick committing one batch:
   full listing (before): one tick's store work as the sensor did it before the scan, all of
     landing and claims/ listed: `list_batches`, `plan_batch` without a scan, `commit_batch`,
     `pending_clips` (still the code paths of `flywheel status`). Run after the scan's ticks.
+  idle (below the threshold): then every landing key but `min_clips - 1` scattered ones gets a claim,
+    as if ingested, and one tick from the last cursor runs with the page budget
+    (`sensor.max_list_pages`, `list_pages`) and one without a bound (before: a whole round).
 Each tick also counts its S3 requests by operation. moto sorts every key of the prefix at each
 ListObjectsV2 request, so even one page costs O(keys) there; the request counts carry over to S3.
 """
@@ -37,7 +40,8 @@ VEHICLES = 100
 
 def bench_sensor(
     *, sizes: tuple[int, ...] = (10_000, 100_000), max_clips: int = 500, min_clips: int = 20,
-    steady_ticks: int = 3, threads: int = 8, on_row: Callable[[dict], None] | None = None,
+    steady_ticks: int = 3, threads: int = 8, list_pages: int | None = None,
+    on_row: Callable[[dict], None] | None = None,
 ) -> dict:  # fmt: skip
     """Seconds and S3 requests of sensor ticks at each landing size; one row per size and tick kind."""
     if max_clips * (steady_ticks + 2) > min(sizes):
@@ -50,17 +54,17 @@ def bench_sensor(
             root = f"s3://sensor-bench-{i}/flywheel"
             upload_s = _fill(endpoint, root, n, threads=threads)
             for row in _ticks(endpoint, root, n, requests, min_clips=min_clips, max_clips=max_clips,
-                              steady_ticks=steady_ticks):  # fmt: skip
+                              steady_ticks=steady_ticks, list_pages=list_pages, threads=threads):  # fmt: skip
                 row["upload_s"] = round(upload_s, 1)
                 rows.append(row)
                 if on_row:
                     on_row(row)
-    return {"bench": "sensor_tick", "machine": machine(), "max_clips": max_clips,
-            "min_clips": min_clips, "rows": rows, "markdown": _markdown(rows)}  # fmt: skip
+    return {"bench": "sensor_tick", "machine": machine(), "max_clips": max_clips, "min_clips": min_clips,
+            "list_pages": list_pages, "rows": rows, "markdown": _markdown(rows)}  # fmt: skip
 
 
 def _ticks(endpoint: str, root: str, n: int, requests: Counter, *, min_clips: int, max_clips: int,
-           steady_ticks: int) -> Iterator[dict]:  # fmt: skip
+           steady_ticks: int, list_pages: int | None, threads: int) -> Iterator[dict]:  # fmt: skip
     import dagster as dg
 
     from flywheel import ingest
@@ -70,8 +74,15 @@ def _ticks(endpoint: str, root: str, n: int, requests: Counter, *, min_clips: in
 
     overrides = {"store.root": root, "store.endpoint_url": endpoint, "sensor.min_clips": min_clips,
                  "sensor.max_clips": max_clips}  # fmt: skip
-    settings = SettingsResource(overrides={k: json.dumps(v) for k, v in overrides.items()})
-    resources = {"settings": settings, "store": StoreResource(settings=settings)}
+    if list_pages is not None:
+        overrides["sensor.max_list_pages"] = list_pages
+
+    def resources_with(extra: dict) -> dict:
+        settings = SettingsResource(overrides={k: json.dumps(v) for k, v in {**overrides, **extra}.items()})
+        return {"settings": settings, "store": StoreResource(settings=settings)}
+
+    resources = resources_with({})
+    settings = resources["settings"]
 
     def measured(fn: Callable, *args) -> tuple[float, Counter, object]:
         requests.clear()
@@ -79,8 +90,8 @@ def _ticks(endpoint: str, root: str, n: int, requests: Counter, *, min_clips: in
         out = fn(*args)
         return time.perf_counter() - t0, Counter(requests), out
 
-    def tick(cursor: str | None):
-        with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as ctx:
+    def tick(cursor: str | None, res: dict = resources):
+        with dg.build_sensor_context(instance=instance, resources=res, cursor=cursor) as ctx:
             return fresh_fleet_data(ctx)
 
     instance, cursor, steady = dg.DagsterInstance.ephemeral(), None, []
@@ -117,6 +128,45 @@ def _ticks(endpoint: str, root: str, n: int, requests: Counter, *, min_clips: in
     seconds, ops, pending = measured(full_listing_tick)
     yield {"clips": n, "tick": "full listing (before)", "seconds": round(seconds, 3),
            "requests": dict(ops), "pending": pending}  # fmt: skip
+
+    # Idle: all but min_clips - 1 scattered clips ingested (claimed), below the threshold; the
+    # full listing's batch gets its partition and run as the sensor's did, so the tick has none to ask.
+    st = store_for(s)
+    for m in ingest.list_batches(st):
+        if not instance.has_dynamic_partition("fleet_batches", m["batch_id"]):
+            instance.add_dynamic_partitions("fleet_batches", [m["batch_id"]])
+            instance.add_run(dg.DagsterRun(job_name="ingest_batch", status=dg.DagsterRunStatus.NOT_STARTED,
+                                           tags={"dagster/partition": m["batch_id"], "dagster/run_key": m["batch_id"]}))  # fmt: skip
+    unclaimed = [o.key for o in ingest.pending_clips(st)]
+    new = set(unclaimed[:: max(1, len(unclaimed) // (min_clips - 1))][: min_clips - 1]) if min_clips > 1 else set()
+    _claim_all(endpoint, root, [k for k in unclaimed if k not in new], threads=threads)
+    budget = s.sensor.max_list_pages
+    for label, res in ((f"idle, page budget ({budget} pages)", resources),
+                       ("idle, whole round (before)", resources_with({"sensor.max_list_pages": 10**9}))):  # fmt: skip
+        seconds, ops, result = measured(tick, cursor, res)
+        if not isinstance(result, dg.SkipReason):
+            raise RuntimeError(f"the idle tick at {n} clips did not skip: {result}")
+        yield {"clips": n, "tick": label, "seconds": round(seconds, 3), "requests": dict(ops),
+               "waiting": len(new), "skip": result.skip_message}  # fmt: skip
+
+
+def _claim_all(endpoint: str, root: str, keys: list[str], *, threads: int) -> None:
+    """A claim for each landing key of `keys`, put straight into the bucket (as if ingested)."""
+    import boto3
+    from botocore.config import Config
+
+    from flywheel import layout
+
+    bucket, _, prefix = root.removeprefix("s3://").partition("/")
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          config=Config(max_pool_connections=threads))  # fmt: skip
+    body = json.dumps({"batch_id": "bench-idle"}).encode()
+
+    def put(key: str) -> None:
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{layout.claim_key(key)}", Body=body)
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(put, keys, chunksize=256))
 
 
 def _fill(endpoint: str, root: str, n: int, *, threads: int) -> float:

@@ -57,6 +57,9 @@ class StoreSettings(_Section):
 class SensorSettings(_Section):
     min_clips: int = Field(20, ge=1)  # new clips in landing that make a fleet batch
     max_clips: int = Field(500, ge=1)  # at most this many clips in one batch
+    # Pages of landing (1,000 keys each on S3) one tick lists at most: a bigger landing (it keeps every
+    # clip ever ingested) is gone round over several ticks, so that no tick grows with it.
+    max_list_pages: int = Field(50, ge=1)
     min_new_frames: int = Field(200, ge=0)  # new labeled frames that trigger training
     nightly_cron: str = "0 2 * * *"  # a full iteration every night, even below the thresholds
     # A failed ingest runs again after ingest_retry_s, then twice as long after each further failure,

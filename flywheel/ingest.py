@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import partial
+from itertools import chain, islice
 from typing import TYPE_CHECKING
 
 from flywheel import layout
@@ -141,7 +142,8 @@ def plan_batch(
         landing = store.list(layout.LANDING)
         _quarantine_bad_names(store, landing)
         return _plan(store, iter(_fresh(landing, _claimed_keys(store))), min_clips, max_clips)[0]
-    plan, scan.taken = _plan(store, iter(scan), min_clips, max_clips)
+    plan, scan.taken, gone = _plan(store, iter(scan), min_clips, max_clips)
+    scan.gone |= gone
     _quarantine_bad_names(store, scan.bad)
     return plan
 
@@ -540,35 +542,64 @@ LIST_PAGE = 1000  # keys per listing request of a `LandingScan` (the most S3 giv
 
 
 class LandingScan:
-    """One round over landing from a position, a page at a time: the clips no claim holds, from just
-    after the key `after` to the end of landing, then from its start up to `after`, in key order.
-    A page is listed only when the taker reaches it, beside the claims of its key range
-    (`claims/<x>` mirrors `landing/<x>`, so both lists run in step): taking a batch of 500 with 100k
-    clips waiting lists about 500 keys of each, not 100k.
+    """Landing a page at a time from a position: the clips no claim holds, from just after the key
+    `after` to the end of landing, then from its start up to `after`, in key order (a round). A page
+    is listed only when the taker reaches it, beside the claims of its key range (`claims/<x>` mirrors
+    `landing/<x>`, so both lists run in step): taking a batch of 500 with 100k clips waiting lists
+    about 500 keys of each, not 100k.
 
     A round, not "the keys after the last one seen": vehicles name their uploads, so a new clip may
     sort before the position. A round lists every key once, so such a clip is taken when the round
     comes to it, at the latest once the clips ahead of it are batched; and since claims are created
     once, two batches never share a clip, whatever each planner listed.
 
-    After `plan_batch`: `taken`, `after` (where the next round starts) and `waiting` (exact when
-    `complete`, else a lower bound).
+    `max_pages`: at most that many pages of landing (None: no bound). A landing that keeps every clip
+    ever ingested grows without end, and a tick with fewer new clips than a batch needs would list all
+    of it; bounded, such a round is spread over several scans. The clips a cut scan gave out are
+    `carry`: the next scan, made with `seen=carry` and `after=` this one's `after`, gives them first
+    and goes on listing from where this one stopped. A carried clip deleted since drops out when the
+    plan reads it; one that another planner claimed since, when a listing passes it (if the plan
+    took it first, its claim keeps it out of this batch).
+
+    After `plan_batch`: `taken`, `after` (where the next scan starts), `carry`, and `waiting` (exact
+    when `complete`, else a lower bound).
     """
 
-    def __init__(self, store: Store, after: str = "", *, page: int | None = None) -> None:
+    def __init__(self, store: Store, after: str = "", *, page: int | None = None, max_pages: int | None = None,
+                 seen: Iterable[ObjectInfo] = ()) -> None:  # fmt: skip
         if after and not after.startswith(layout.LANDING):
             raise ValueError(f"a landing scan starts after a key under {layout.LANDING!r}, got {after!r}")
-        self.store, self.start, self.page = store, after, page or LIST_PAGE
-        self.fresh = 0  # unclaimed clips on the pages listed so far
+        if max_pages is not None and max_pages < 1:
+            raise ValueError(f"a landing scan lists at least one page, got max_pages={max_pages}")
+        self.store, self.start, self.page, self.max_pages = store, after, page or LIST_PAGE, max_pages
+        self.seen = [o for o in seen if is_clip_key(o.key) and not o.bad_key]
+        self._carried = {o.key for o in self.seen}
+        self.fresh = len(self.seen)  # the carried clips and the unclaimed ones on the pages listed so far
         self.taken = 0  # the first `taken` clips given out went into the plan (set by plan_batch)
+        self.gone: set[str] = set()  # carried clips found claimed, and clips the plan found deleted
         self.complete = False  # every landing key was listed: `fresh` counts all the clips waiting
+        self.pages = 0  # pages of landing listed
         self.bad: list[ObjectInfo] = []  # unclaimed uploads whose name is no key, for quarantine
-        self._given: list[str] = []
+        self._given: list[ObjectInfo] = []
+        self._listed_to = after  # the last landing key listed
 
     @property
     def after(self) -> str:
-        """Where the next round starts: after the last clip the plan took, else where this one did."""
-        return self._given[self.taken - 1] if self.taken else self.start
+        """Where the next scan starts: after the last listed clip the plan took; with no plan, where
+        this scan stopped listing (the start again after a whole round)."""
+        taken = [o.key for o in self._given[: self.taken] if o.key not in self._carried]
+        if taken:
+            return taken[-1]
+        return self.start if self.taken or self.complete else self._listed_to
+
+    @property
+    def carry(self) -> list[ObjectInfo]:
+        """The clips the next scan gives first: with no plan and landing not all listed, every clip
+        this one gave out (fewer than a batch needs, or duplicates); else the carried ones the plan
+        did not take."""
+        if not self.taken:
+            return [] if self.complete else [o for o in self._given if o.key not in self.gone]
+        return [o for o in self._given[self.taken :] if o.key in self._carried and o.key not in self.gone]
 
     @property
     def waiting(self) -> int:
@@ -577,28 +608,37 @@ class LandingScan:
 
     def __iter__(self) -> Iterator[ObjectInfo]:
         parts = [(self.start, None), ("", self.start)] if self.start else [("", None)]
-        for i, (lo, hi) in enumerate(parts):
-            for o in self._clips(lo, hi, last=i == len(parts) - 1):
-                self._given.append(o.key)
-                yield o
+        listed = (o for i, (lo, hi) in enumerate(parts) for o in self._clips(lo, hi, last=i == len(parts) - 1))
+        for o in chain(self.seen, listed):
+            self._given.append(o)
+            yield o
 
     def _clips(self, lo: str, hi: str | None, *, last: bool) -> Iterator[ObjectInfo]:
-        """The unclaimed clips with `lo < key <= hi` (None: no upper bound), a page at a time."""
+        """The unclaimed clips with `lo < key <= hi` (None: no upper bound), a page at a time, while
+        the page budget lasts."""
         claims = self._claimed(lo)
         claim: str | None = ""  # the next claimed key at or after the clip at hand; "": none read yet
         after, more = lo, True
-        while more:
+        while more and (self.max_pages is None or self.pages < self.max_pages):
             objs, more = self.store.list_after(layout.LANDING, after, self.page)
+            self.pages += 1
             after = objs[-1].key if objs else after
             if hi is not None and objs and objs[-1].key >= hi:
                 objs, more = [o for o in objs if o.key <= hi], False
+            if objs:
+                self._listed_to = objs[-1].key
+            if hi is None and not more:  # the end of landing: a scan cut from here on goes on from its start
+                self._listed_to = ""
             fresh = []
             for o in objs:
                 if not is_clip_key(o.key):
                     continue
                 while claim is not None and claim < o.key:
                     claim = next(claims, None)
-                if claim != o.key:
+                if o.key in self._carried:  # given out first; claimed since (another planner): not carried on
+                    if claim == o.key:
+                        self.gone.add(o.key)
+                elif claim != o.key:
                     (self.bad if o.bad_key else fresh).append(o)
             self.fresh += len(fresh)
             self.complete = last and not more
@@ -615,22 +655,24 @@ class LandingScan:
 
 def _plan(
     store: Store, candidates: Iterator[ObjectInfo], min_clips: int, max_clips: int
-) -> tuple[BatchPlan | None, int]:
-    """The batch of the first `candidates` and how many of them it took, or (None, 0) below
-    `min_clips`. Each clip is read once for its hash; content seen before is a duplicate, kept
-    beside the clips and not counted in `max_clips`."""
-    from itertools import chain, islice
-
+) -> tuple[BatchPlan | None, int, set[str]]:
+    """The batch of the first `candidates`, how many of them it took (0 with no batch) and the keys
+    of those found deleted since they were listed; None below `min_clips`. Each clip is read once for
+    its hash; content seen before is a duplicate, kept beside the clips and not counted in `max_clips`."""
     first = list(islice(candidates, max(min_clips, max_clips)))
     if len(first) < min_clips:
-        return None, 0
-    clips, dups, took = [], [], []
+        return None, 0, set()
+    clips, dups, took, gone = [], [], [], set()
     seen: dict[str, tuple[str, str | None]] = dict(_ingested(store))  # batch None: this one
     for o in chain(first, candidates):
         if len(clips) >= max_clips:
             break
         took.append(o)
-        digest = sha256(store.read_bytes(o.key))
+        try:
+            digest = sha256(store.read_bytes(o.key))
+        except FileNotFoundError:  # deleted since it was listed (or carried): nothing to batch
+            gone.add(o.key)
+            continue
         entry = {"key": o.key, "sha256": digest, "size": o.size}
         if digest in seen:  # the same content uploaded again: ingest it once, and say where it is
             dups.append({**entry, "same_as": seen[digest][0], "same_as_batch": seen[digest][1]})
@@ -638,9 +680,9 @@ def _plan(
             seen[digest] = (o.key, None)
             clips.append(entry)
     if len(clips) < min_clips and len(clips) < max_clips:
-        return None, 0
+        return None, 0, gone
     stamp = datetime.fromtimestamp(max(o.mtime for o in took), UTC).strftime("%Y%m%dT%H%M%S")
-    return BatchPlan(_batch_id(stamp, clips + dups), clips, dups), len(took)
+    return BatchPlan(_batch_id(stamp, clips + dups), clips, dups), len(took), gone
 
 
 def _quarantine_bad_names(store: Store, listed: Iterable[ObjectInfo]) -> None:

@@ -8,6 +8,7 @@ import dagster as dg
 
 from assets.dataset import augmented
 from flywheel import ingest, layout, recovery
+from flywheel.store import ObjectInfo
 from jobs import ingest_batch
 from resources import SettingsResource, StoreResource
 from resources.partitions import fleet_batches
@@ -29,9 +30,11 @@ def fresh_fleet_data(
     known = set(context.instance.get_dynamic_partitions(fleet_batches.name))
     batches = [m["batch_id"] for m in ingest.list_batches(st)]  # oldest first, whoever made them
     orphans = [b for b in batches if b not in known]
-    # Landing a page at a time from where the last tick's batch ended, only as far as one batch needs:
-    # with 100k clips waiting a tick lists about max_clips keys, and a round comes to every key.
-    scan = ingest.LandingScan(st, after=_landing_after(context))
+    # Landing a page at a time from where the last tick's batch ended, only as far as one batch needs
+    # and at most max_list_pages pages: with 100k clips waiting a tick lists about max_clips keys, and
+    # below the threshold a round over a big landing is spread over ticks, the clips seen carried on.
+    after, seen = _landing_position(context)
+    scan = ingest.LandingScan(st, after=after, seen=seen, max_pages=s.sensor.max_list_pages)
     plan = ingest.plan_batch(st, min_clips=s.sensor.min_clips, max_clips=s.sensor.max_clips, scan=scan)
     # None: other batches claimed every clip of the plan first
     committed = ingest.commit_batch(st, plan) if plan else None
@@ -59,25 +62,33 @@ def _cursor(batches: list[str], scan: ingest.LandingScan) -> str:
     `flywheel ingest` or another process committed), the newest one, and the clips waiting in
     landing. Counted from the store at each tick, not kept as a tally, so it cannot drift; but a
     tick that stopped listing once it had a batch saw only some of landing: then `pending` is a
-    lower bound and `pending_exact` false. `landing_after`: where the next tick's listing resumes."""
-    return json.dumps({"batches": len(batches), "last_batch": batches[-1] if batches else None,
-                       "pending": scan.waiting, "pending_exact": scan.complete,
-                       "landing_after": scan.after})  # fmt: skip
+    lower bound and `pending_exact` false. `landing_after`: where the next tick's listing resumes;
+    `landing_seen`: [key, size, mtime] of the clips a tick cut short by its page budget saw and
+    did not batch, which the next tick takes first."""
+    state = {"batches": len(batches), "last_batch": batches[-1] if batches else None,
+             "pending": scan.waiting, "pending_exact": scan.complete, "landing_after": scan.after}
+    if carry := scan.carry:
+        state["landing_seen"] = [[o.key, o.size, o.mtime] for o in carry]
+    return json.dumps(state)
 
 
-def _landing_after(context: dg.SensorEvaluationContext) -> str:
-    """The landing key the last tick's listing stopped after ("" without one). A cursor that cannot
-    be read starts from the beginning: any position is safe (a round lists every key), only slower."""
+def _landing_position(context: dg.SensorEvaluationContext) -> tuple[str, list[ObjectInfo]]:
+    """The landing key the last tick's listing stopped after ("" without one) and the clips it
+    carried. A cursor that cannot be read starts from the beginning with none: any position is safe (a
+    round lists every key), only slower."""
     if not context.cursor:
-        return ""
+        return "", []
     try:
-        after = json.loads(context.cursor).get("landing_after") or ""  # none before this field
-    except (ValueError, AttributeError):  # not JSON, or not an object
-        after = None
+        state = json.loads(context.cursor)
+        after = state.get("landing_after") or ""  # none before this field
+        seen = [ObjectInfo(k, int(size), float(mtime)) for k, size, mtime in state.get("landing_seen", [])
+                if isinstance(k, str) and k.startswith(layout.LANDING)]  # fmt: skip
+    except (ValueError, AttributeError, TypeError):  # not JSON, not an object, entries not [key, size, mtime]
+        after, seen = None, []
     if isinstance(after, str) and (not after or after.startswith(layout.LANDING)):
-        return after
+        return after, seen
     context.log.warning(f"cursor {context.cursor!r}: no landing key to resume after; listing from the start")
-    return ""
+    return "", []
 
 
 def _retries(context, st, sensor, known: set[str]) -> tuple[list[dg.RunRequest], list[float], int]:

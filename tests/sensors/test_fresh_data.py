@@ -297,3 +297,83 @@ def test_a_tick_lists_one_page_of_landing_from_its_cursor_not_all_of_it(s3):
             assert len(claims) == 1  # the claims beside that page, not all of claims/
             state = json.loads(cursor)
             assert state["pending"] >= 1 and not state["pending_exact"]  # "at least": not all listed
+
+
+def test_below_the_threshold_a_big_landing_is_gone_round_over_ticks_a_page_each(s3, s3_root, s3_endpoint):
+    """Landing keeps every clip ever ingested: with fewer new clips than a batch needs, a tick lists at
+    most `sensor.max_list_pages` pages and carries the new clips it saw to the next, which goes on
+    from there; the batch comes once the ticks between them have seen enough, wherever the keys sort."""
+    store, _, requests = s3
+    resources = _resources(s3_root, **{"store.endpoint_url": json.dumps(s3_endpoint), "sensor.min_clips": "3",
+                                       "sensor.max_list_pages": "1"})  # fmt: skip
+    old = [f"landing/v{i % 2}/2026-11-01/o{i:02d}.mcap" for i in range(12)]
+    _upload(store, old)
+    ingest.commit_batch(store, ingest.plan_batch(store, min_clips=12, max_clips=12))  # all claimed
+    new = ["landing/v0/2026-11-01/o00x.mcap", "landing/v1/2026-11-01/o05x.mcap"]  # pages 1 and 3 of 4
+    _upload(store, new)
+    cursor, pages = None, []
+    with dg.instance_for_test() as instance:
+        [ingested] = [m["batch_id"] for m in ingest.list_batches(store)]
+        instance.add_dynamic_partitions("fleet_batches", [ingested])
+        instance.add_run(dg.DagsterRun(job_name="ingest_batch", status=dg.DagsterRunStatus.SUCCESS,
+                                       tags={"dagster/partition": ingested, "dagster/run_key": ingested}))  # fmt: skip
+        for _ in range(4):  # 14 keys, pages of 4: a round takes 4 ticks
+            requests.clear()
+            skipped, cursor = _tick(instance, resources, cursor)
+            assert isinstance(skipped, dg.SkipReason), skipped
+            pages.append(len([p for p, _ in requests if p == "landing/"]))
+        state = json.loads(cursor)
+        assert pages == [1, 1, 1, 1] and not state["pending_exact"]
+        assert [k for k, _, _ in state["landing_seen"]] == new and state["pending"] == 2
+        late = "landing/v0/2026-10-01/a.mcap"  # sorts before the position: taken when the round comes to it
+        _upload(store, [late])
+        fired = None
+        for _ in range(4):
+            result, cursor = _tick(instance, resources, cursor)
+            if isinstance(result, dg.SensorResult):
+                fired = result
+                break
+        assert fired is not None, "the round never came to the late upload"
+        [req] = fired.run_requests
+        assert sorted(c["key"] for c in store.read_json(layout.batch_key(req.partition_key))["clips"]) == sorted([*new, late])
+        assert "landing_seen" not in json.loads(fired.cursor)
+
+
+def test_a_carried_clip_deleted_since_drops_out(s3):
+    store, _, _ = s3
+    keys = [f"landing/v/2026-11-01/c{i}.mcap" for i in range(7)]
+    _upload(store, keys[:6])
+    scan = ingest.LandingScan(store, page=4, max_pages=1)  # the first page: c0..c3
+    assert ingest.plan_batch(store, min_clips=6, max_clips=10, scan=scan) is None
+    assert [o.key for o in scan.carry] == keys[:4] and scan.after == keys[3] and not scan.complete
+    store.delete(keys[1])
+    nxt = ingest.LandingScan(store, after=scan.after, page=4, max_pages=1, seen=scan.carry)
+    assert ingest.plan_batch(store, min_clips=6, max_clips=10, scan=nxt) is None  # 6 given out, one gone
+    assert nxt.gone == {keys[1]} and [o.key for o in nxt.carry] == [keys[0], *keys[2:6]]  # not carried on
+    assert nxt.after == ""  # it listed to the end of landing: the next scan goes on from the start
+    _upload(store, keys[6:])
+    scan, plan = nxt, None
+    for _ in range(3):  # the start's page (all carried), then the rest: c6
+        scan = ingest.LandingScan(store, after=scan.after, page=4, max_pages=1, seen=scan.carry)
+        if plan := ingest.plan_batch(store, min_clips=6, max_clips=10, scan=scan):
+            break
+    assert plan is not None and sorted(c["key"] for c in plan.clips) == [keys[0], *keys[2:]]
+    assert scan.carry == [] and scan.after == keys[6]
+
+
+def test_a_carried_clip_another_planner_claimed_is_not_batched_again(s3):
+    store, _, _ = s3
+    keys = [f"landing/v/2026-11-01/c{i}.mcap" for i in range(6)]
+    _upload(store, keys)
+    scan = ingest.LandingScan(store, page=4, max_pages=1)
+    assert ingest.plan_batch(store, min_clips=6, max_clips=10, scan=scan) is None
+    assert [o.key for o in scan.carry] == keys[:4]
+    store.write_json(layout.claim_key(keys[1]), {"batch_id": "other"})  # `flywheel ingest` took c1
+    # a listing that passes c1 sees its claim: it is not carried on
+    again = ingest.LandingScan(store, page=4, max_pages=1, seen=scan.carry)
+    assert ingest.plan_batch(store, min_clips=6, max_clips=10, scan=again) is None
+    assert again.gone == {keys[1]} and [o.key for o in again.carry] == [keys[0], *keys[2:4]]
+    # one that does not pass it batches it with the rest, and the claim keeps it out
+    on = ingest.LandingScan(store, after=scan.after, page=4, max_pages=1, seen=scan.carry)
+    manifest = ingest.commit_batch(store, ingest.plan_batch(store, min_clips=6, max_clips=10, scan=on))
+    assert [c["key"] for c in manifest["clips"]] == [keys[0], *keys[2:]]
