@@ -320,12 +320,16 @@ def label_errors(dataset: str, batches: int, clips: int, label_budget: int, fram
               help="Steady ticks after the first (each commits a batch).")  # fmt: skip
 @click.option("--threads", type=click.IntRange(min=1), default=8, show_default=True,
               help="Parallel uploads filling landing.")  # fmt: skip
+@click.option("--list-pages", type=click.IntRange(min=1), default=None,
+              help="sensor.max_list_pages: landing pages a tick lists at most (default: the config's).")  # fmt: skip
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="JSON result file (default: benchmarks/results/sensor_tick.json).")  # fmt: skip
-def sensor(sizes: tuple[int, ...], max_clips: int, ticks: int, threads: int, out: str | None):
+def sensor(sizes: tuple[int, ...], max_clips: int, ticks: int, threads: int, list_pages: int | None,
+           out: str | None):  # fmt: skip
     """Seconds and S3 requests of a fresh-data sensor tick with many clips waiting, on moto's S3
-    server: the landing scan (first and steady ticks) vs listing all of landing; JSON on stdout and
-    in the result file, a Markdown table on stderr.
+    server: the landing scan (first and steady ticks) vs listing all of landing, and a tick below the
+    threshold with the rest ingested, with and without the page budget; JSON on stdout and in the
+    result file, a Markdown table on stderr.
 
     \b
     Example: flywheel bench sensor --sizes 10000,100000
@@ -339,7 +343,7 @@ def sensor(sizes: tuple[int, ...], max_clips: int, ticks: int, threads: int, out
 
     try:
         result = bench_sensor(sizes=sizes, max_clips=max_clips, steady_ticks=ticks, threads=threads,
-                              on_row=row_done)  # fmt: skip
+                              list_pages=list_pages, on_row=row_done)  # fmt: skip
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     path = Path(out) if out else RESULTS
