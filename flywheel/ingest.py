@@ -597,8 +597,8 @@ class LandingScan:
         """The clips the next scan gives first: with no plan and landing not all listed, every clip
         this one gave out (fewer than a batch needs, or duplicates); else the carried ones the plan
         did not take."""
-        if not self.taken:
-            return [] if self.complete else [o for o in self._given if o.key not in self.gone]
+        if not self.taken:  # not iterated at all (the plan was a commit cut short): the clips it was given
+            return [] if self.complete else [o for o in self._given or self.seen if o.key not in self.gone]
         return [o for o in self._given[self.taken :] if o.key in self._carried and o.key not in self.gone]
 
     @property

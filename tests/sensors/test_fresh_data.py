@@ -1,5 +1,6 @@
 import json
 import time
+from dataclasses import asdict
 from types import SimpleNamespace
 
 import dagster as dg
@@ -377,3 +378,16 @@ def test_a_carried_clip_another_planner_claimed_is_not_batched_again(s3):
     on = ingest.LandingScan(store, after=scan.after, page=4, max_pages=1, seen=scan.carry)
     manifest = ingest.commit_batch(store, ingest.plan_batch(store, min_clips=6, max_clips=10, scan=on))
     assert [c["key"] for c in manifest["clips"]] == [keys[0], *keys[2:]]
+
+
+def test_a_tick_that_finishes_a_cut_short_commit_keeps_the_carried_clips(s3):
+    store, _, _ = s3
+    keys = [f"landing/v/2026-11-01/c{i}.mcap" for i in range(6)]
+    _upload(store, keys)
+    scan = ingest.LandingScan(store, page=4, max_pages=1)
+    assert ingest.plan_batch(store, min_clips=6, max_clips=10, scan=scan) is None
+    cut = ingest.plan_batch(store, min_clips=1, max_clips=1)  # another planner, killed after its plan record
+    store.write_bytes(layout.plan_key(cut.batch_id), json.dumps(asdict(cut)).encode())
+    nxt = ingest.LandingScan(store, after=scan.after, page=4, max_pages=1, seen=scan.carry)
+    assert ingest.plan_batch(store, min_clips=6, max_clips=10, scan=nxt) == cut  # finished first
+    assert nxt.carry == scan.carry and nxt.after == scan.after
