@@ -603,8 +603,10 @@ class LandingScan:
 
     @property
     def waiting(self) -> int:
-        """Clips seen that the plan did not take: all that wait if `complete`, else at least that many."""
-        return self.fresh - self.taken
+        """Clips seen that the plan did not take (nor found deleted or claimed since): all that wait if
+        `complete`, else at least that many."""
+        taken = {o.key for o in self._given[: self.taken]}
+        return self.fresh - self.taken - len(self.gone - taken)
 
     def __iter__(self) -> Iterator[ObjectInfo]:
         parts = [(self.start, None), ("", self.start)] if self.start else [("", None)]

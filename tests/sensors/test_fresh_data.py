@@ -340,13 +340,21 @@ def test_below_the_threshold_a_big_landing_is_gone_round_over_ticks_a_page_each(
         assert "landing_seen" not in json.loads(fired.cursor)
 
 
-def test_a_carried_clip_deleted_since_drops_out(s3):
-    store, _, _ = s3
-    keys = [f"landing/v/2026-11-01/c{i}.mcap" for i in range(7)]
-    _upload(store, keys[:6])
-    scan = ingest.LandingScan(store, page=4, max_pages=1)  # the first page: c0..c3
+def _carrying_scan(store) -> tuple[list[str], ingest.LandingScan]:
+    """Six clips in landing (pages of 4), and a scan of one page that batched none (6 needed): it
+    carries c0..c3 and stops after c3."""
+    keys = [f"landing/v/2026-11-01/c{i}.mcap" for i in range(6)]
+    _upload(store, keys)
+    scan = ingest.LandingScan(store, page=4, max_pages=1)
     assert ingest.plan_batch(store, min_clips=6, max_clips=10, scan=scan) is None
     assert [o.key for o in scan.carry] == keys[:4] and scan.after == keys[3] and not scan.complete
+    return keys, scan
+
+
+def test_a_carried_clip_deleted_since_drops_out(s3):
+    store, _, _ = s3
+    keys, scan = _carrying_scan(store)
+    keys.append("landing/v/2026-11-01/c6.mcap")  # uploaded later
     store.delete(keys[1])
     nxt = ingest.LandingScan(store, after=scan.after, page=4, max_pages=1, seen=scan.carry)
     assert ingest.plan_batch(store, min_clips=6, max_clips=10, scan=nxt) is None  # 6 given out, one gone
@@ -364,11 +372,7 @@ def test_a_carried_clip_deleted_since_drops_out(s3):
 
 def test_a_carried_clip_another_planner_claimed_is_not_batched_again(s3):
     store, _, _ = s3
-    keys = [f"landing/v/2026-11-01/c{i}.mcap" for i in range(6)]
-    _upload(store, keys)
-    scan = ingest.LandingScan(store, page=4, max_pages=1)
-    assert ingest.plan_batch(store, min_clips=6, max_clips=10, scan=scan) is None
-    assert [o.key for o in scan.carry] == keys[:4]
+    keys, scan = _carrying_scan(store)
     store.write_json(layout.claim_key(keys[1]), {"batch_id": "other"})  # `flywheel ingest` took c1
     # a listing that passes c1 sees its claim: it is not carried on
     again = ingest.LandingScan(store, page=4, max_pages=1, seen=scan.carry)
@@ -382,12 +386,26 @@ def test_a_carried_clip_another_planner_claimed_is_not_batched_again(s3):
 
 def test_a_tick_that_finishes_a_cut_short_commit_keeps_the_carried_clips(s3):
     store, _, _ = s3
-    keys = [f"landing/v/2026-11-01/c{i}.mcap" for i in range(6)]
-    _upload(store, keys)
-    scan = ingest.LandingScan(store, page=4, max_pages=1)
-    assert ingest.plan_batch(store, min_clips=6, max_clips=10, scan=scan) is None
+    keys, scan = _carrying_scan(store)
     cut = ingest.plan_batch(store, min_clips=1, max_clips=1)  # another planner, killed after its plan record
     store.write_bytes(layout.plan_key(cut.batch_id), json.dumps(asdict(cut)).encode())
     nxt = ingest.LandingScan(store, after=scan.after, page=4, max_pages=1, seen=scan.carry)
     assert ingest.plan_batch(store, min_clips=6, max_clips=10, scan=nxt) == cut  # finished first
     assert nxt.carry == scan.carry and nxt.after == scan.after
+
+
+def test_a_cursor_that_cannot_be_read_starts_from_the_beginning(setup):
+    """A cursor from an older sensor, edited by hand or cut: the tick lists landing from its start and
+    carries nothing it cannot use (a landing_seen entry outside landing, or not [key, size, mtime])."""
+    store, resources = setup
+    _land(store, 2)  # below the threshold of 3
+    gone = ["landing/v/2026-11-01/deleted.mcap", 10, 0.0]  # carried, deleted since
+    for cursor in ("not json", '["a list"]', json.dumps({"landing_after": "claims/x.mcap"}),
+                   json.dumps({"landing_after": "", "landing_seen": "c0"}),
+                   json.dumps({"landing_after": "", "landing_seen": [["claims/x.mcap", 1, 0.0]]}),
+                   json.dumps({"landing_after": "", "landing_seen": [gone]})):  # fmt: skip
+        with dg.instance_for_test() as instance:
+            skipped, after = _tick(instance, resources, cursor)
+        assert isinstance(skipped, dg.SkipReason), (cursor, skipped)
+        assert skipped.skip_message.startswith("2 new clip(s)"), (cursor, skipped.skip_message)
+        assert json.loads(after)["pending"] == 2 and "landing_seen" not in json.loads(after)
