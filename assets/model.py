@@ -85,7 +85,7 @@ def challenger(
             "warm_started": out["warm_started"],
             "resumed_from_epoch": str(out["resumed_from_epoch"]),
             "final_epoch": table_md([{k: v for k, v in last.items()}]),
-            "vs_plain_baseline (val)": table_md([_vs_baseline(out["baseline_check"])]),
+            "vs_yardstick_cnn (val)": table_md([_vs_baseline(out["baseline_check"])]),
             "learning_curves": png_md(plots.learning_curves_png(out["history"]), "learning curves"),
             **{k: dg.MetadataValue.url(v) for k, v in links.items()},  # with a tracking server
         },
@@ -94,12 +94,26 @@ def challenger(
 
 
 def _vs_baseline(check: dict | None) -> dict:
-    """One row: the challenger and the plain baseline on val, and what follows from it."""
+    """One row: the challenger and the yardstick CNN on val, and what follows from it."""
     if check is None:
         return {"check": "not checked (no val rows, or tune.baseline_epochs is 0)"}
-    verdict = "short: the retune sensor asks for a tune run" if check["short"] else "ahead"
-    return {"metric": check["metric"], "challenger": check["challenger"], "baseline": check["baseline"],
-            "verdict": verdict, "baseline_seconds": check["baseline_seconds"]}  # fmt: skip
+    verdict = {"short": "short: the retune sensor asks for a tune run", "ok": "at or above the yardstick",
+               "broken": f"broken: the yardstick did not learn (val accuracy {check['baseline_val_accuracy']} "
+                         f"against a majority share of {check['majority_share']}), so nothing is shown"}  # fmt: skip
+    return {"metric": check["metric"], "challenger": check["challenger"], "yardstick": check["baseline"],
+            "verdict": verdict[check["verdict"]], "yardstick_seconds": check["baseline_seconds"]}  # fmt: skip
+
+
+def _on_both_sets(out: dict, fixed: dict, metric: str) -> list[dict]:
+    """Challenger and champion on the growing evaluation set (it gets harder as rare slices join it) and
+    on the fixed held-out set (the same frames every turn), or why there is no fixed set yet."""
+    unscored = "not scored (no champion, or another class list)"
+    rows = [{"set": f"growing evaluation set (v{out['dataset_version']} test + golden)", "frames": out["frames"],
+             "challenger": out["challenger"][metric], "champion": (out["champion"] or {}).get(metric, unscored)}]  # fmt: skip
+    if fixed["frames"] is None:
+        return rows + [{"set": "fixed held-out set", "frames": fixed["note"]}]
+    return rows + [{"set": f"fixed held-out set (frozen from v{fixed['dataset_version']})", "frames": fixed["frames"],
+                    "challenger": fixed["challenger"][metric], "champion": (fixed["champion"] or {}).get(metric, unscored)}]  # fmt: skip
 
 
 @dg.asset(group_name="model", deps=[challenger], check_specs=[GATE], kinds={"mlflow"})
@@ -114,6 +128,7 @@ def evaluation(context: dg.AssetExecutionContext, settings: SettingsResource, st
     say(context, f"gate: challenger v{out['challenger_version']} "
                      f"{'is promoted' if gate['passed'] else 'is not promoted, the champion is kept'}: {gate['reason']}")  # fmt: skip
     slices = [{"slice": k, **{m: v.get(m) for m in ("n", "accuracy", "macro_f1")}} for k, v in ch["per_slice"].items()]
+    fixed = out.get("fixed_set") or {"frames": None, "note": "not scored: evaluated before fixed sets existed"}
     yield dg.MaterializeResult(
         metadata={
             "gate": f"{outcome}: {gate['reason']}",  # the decision, on the asset as well as on its check
@@ -123,6 +138,8 @@ def evaluation(context: dg.AssetExecutionContext, settings: SettingsResource, st
             "frames": out["frames"],
             "golden_frames": out["golden_frames"],
             s.gate.metric: ch[s.gate.metric],
+            f"fixed held-out set {s.gate.metric}": fixed["challenger"][s.gate.metric] if fixed["frames"] else None,
+            "growing evaluation set vs fixed held-out set": table_md(_on_both_sets(out, fixed, s.gate.metric)),
             "challenger_vs_champion": dg.MetadataValue.md(compare_markdown(compare(ch, out["champion"]))),
             "per_slice": table_md(slices),
             "robustness": table_md([{"corruption": k, **v} for k, v in ch.get("robustness", {}).items()]),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -17,6 +18,10 @@ if TYPE_CHECKING:
 
 WORKDIR = click.option("--workdir", type=click.Path(file_okay=False), default=None,
                        help="Folder for the temporary files (default: the system's).")  # fmt: skip
+
+
+# benchmarks/datasets.py's DATASETS, named here so that `--help` imports none of them (a test keeps them equal)
+DATASET_NAMES = ("sim", "sim96", "geometry", "digits", "glyphs", "headway")
 
 
 def _echo_json(result) -> None:
@@ -174,9 +179,10 @@ def cycle(obj: Ctx, clips: int, iterations: int):
 
 
 def _row_done(row: dict) -> None:
-    arms = ", ".join(f"{a} {row[a]['accuracy']:.3f}" for a in ("recipe", "recipe_warm", "baseline")
-                     if a in row)  # fmt: skip
-    click.echo(f"{row['dataset']} {row['pool_frames']} frames: {arms}", err=True)
+    from benchmarks.recipe import ARMS
+
+    arms = ", ".join(f"{a} {row[a]['accuracy']:.3f}" for a in ARMS if a in row)
+    click.echo(f"{row['dataset']} {row['pool_frames']} frames, seed {row['seed']}: {arms}", err=True)
 
 
 def _overrides(ctx, param, values) -> dict:
@@ -193,53 +199,57 @@ def _overrides(ctx, param, values) -> dict:
 
 
 @bench.command()
-@click.option("--datasets", callback=_csv(str), default="sim,sim96,geometry,digits",
-              show_default=True, help="Comma-separated: sim, sim96, geometry, digits.")  # fmt: skip
+@click.option("--datasets", callback=_csv(str), default=",".join(DATASET_NAMES), show_default=True,
+              help="Comma-separated, of: " + ", ".join(DATASET_NAMES) + ".")  # fmt: skip
 @click.option("--sizes", callback=_csv(int), default="1000,3000", show_default=True,
               help="Training pool sizes in frames (each a prefix of the next).")  # fmt: skip
 @click.option("--heldout", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Held-out frames per dataset (clips apart from the training pool).")  # fmt: skip
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seeds", callback=_csv(int), default="0,1,2", show_default=True,
+              help="Each seed draws other frames and trains every arm with it.")  # fmt: skip
 @click.option("--set", "overrides", multiple=True, callback=_overrides, metavar="KEY=VALUE",
               help="Settings override of the recipe, a dotted key (repeatable): "
                    "--set train.epochs=12.")  # fmt: skip
-@click.option("--warm/--no-warm", default=True, show_default=True,
-              help="Also train each later size warm-started from the previous one's model "
-                   "(as the flywheel does).")  # fmt: skip
-@click.option("--baseline-epochs", type=click.IntRange(min=0), default=20, show_default=True,
-              help="Epochs of the plain baseline; 0 leaves it out (it ignores --set).")  # fmt: skip
+@click.option("--warm/--no-warm", default=False, show_default=True,
+              help="Also train each later size warm-started from the previous one's model.")  # fmt: skip
+@click.option("--yardsticks", callback=_csv(str), default="cnn,resnet18", show_default=True,
+              help="Comma-separated, of: cnn, resnet18 (flywheel/baseline.py); they ignore --set.")  # fmt: skip
+@click.option("--yardstick-epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--quick", is_flag=True, help="Smoke run: tiny sizes, 1 epoch.")
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=None,
-    help="torch threads (default: one per core; 1 is faster on a busy machine).",
-)
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch threads per process (default: one per core, 1 with --jobs).")  # fmt: skip
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes, each training one (dataset, seed) at a time.")  # fmt: skip
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the JSON result to this file (e.g. benchmarks/results/recipe.json).")  # fmt: skip
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
-              help="Also write the Markdown tables to this file.")  # fmt: skip
+              help="Also write the Markdown table to this file.")  # fmt: skip
 @WORKDIR
 @click.pass_obj
-def recipe(obj: Ctx, datasets: tuple[str, ...], sizes: tuple[int, ...], heldout: int, seed: int,
-           overrides: dict, warm: bool, baseline_epochs: int, quick: bool,
-           threads: int | None,
-           markdown_path: str | None, workdir: str | None):  # fmt: skip
-    """The default training recipe vs a plain CNN, same frames, same held-out clips, per dataset
-    and size; JSON on stdout, the Markdown tables on stderr.
+def recipe(obj: Ctx, datasets: tuple[str, ...], sizes: tuple[int, ...], heldout: int, seeds: tuple[int, ...],
+           overrides: dict, warm: bool, yardsticks: tuple[str, ...], yardstick_epochs: int, quick: bool,
+           threads: int | None, jobs: int, out: str | None, markdown_path: str | None,
+           workdir: str | None):  # fmt: skip
+    """The default training recipe vs two yardsticks (the classic script CNN, ResNet-18), same frames,
+    same held-out clips, per dataset, size and seed, with the mean and 95 % interval over seeds;
+    JSON on stdout, the Markdown table on stderr.
 
     \b
-    Example: flywheel bench recipe --threads 1 --datasets geometry --set augment.geometric=true
+    Example: flywheel bench recipe --jobs 2 --datasets geometry,digits --out benchmarks/results/recipe.json
     """
     from benchmarks.recipe import bench_recipe
 
     try:
-        result = bench_recipe(workdir, datasets=datasets, sizes=sizes, heldout=heldout, seed=seed,
+        result = bench_recipe(workdir, datasets=datasets, sizes=sizes, heldout=heldout, seeds=seeds,
                               config=obj.config, overrides=overrides, quick=quick, warm=warm,
-                              baseline_epochs=baseline_epochs,
-                              threads=threads, on_row=_row_done)  # fmt: skip
+                              yardsticks=yardsticks, yardstick_epochs=yardstick_epochs,
+                              threads=threads, jobs=jobs, on_row=_row_done)  # fmt: skip
     except ValueError as e:  # an unknown dataset, a bad override: say which
         raise click.ClickException(str(e)) from None
     _echo_json(result)
     click.echo(result["markdown"], err=True)
+    if out:
+        Path(out).write_text(json.dumps(result, indent=1, default=str) + "\n")
     if markdown_path:
         with open(markdown_path, "w") as f:
             f.write(result["markdown"] + "\n")

@@ -12,20 +12,30 @@ clips of the 3k ones, as a flywheel's first batch is part of its later dataset. 
               translation change the answer; 64x64 PNG
     digits    scikit-learn's `load_digits` (8x8, 10 classes), upscaled to 32x32 RGB, tinted; a
               clip is one handwritten digit seen 3 times (shift, colours, noise)
+    glyphs    26 classes: the letters A-Z drawn with OpenCV's 8 Hershey fonts (italic or not, stroke
+              width, size, rotation, position, ink and paper colours, a stray stroke, noise), 32x32
+              PNG; a clip is one glyph in one style seen 3 times (small jitter between views)
+    headway   the simulator's roads (scenery, other cars, day/night/rain/fog) with a lead vehicle in
+              the ego lane; the class is how far ahead it is (none/far/mid/near), so where it sits
+              (its row, its size) is the answer, not its colour; flips keep the label, a vertical
+              shift does not; clips of 8 frames drift in distance; 128x96 JPEG, model input 96
 """
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 
 from flywheel import sim
 from flywheel.config import DEFAULT_CLASSES, Settings, SimSettings
+from flywheel.sim.draw import Camera
 from flywheel.sim.render import encode_jpeg
+from flywheel.sim.scene import Actor, Scene, _car_look
 
 FRAMES_PER_CLIP = 8
 
@@ -255,6 +265,196 @@ def _make_digits(n: int, seed: int, heldout: bool) -> Frames:
     return out.frames()
 
 
+# ----------------------------------------------------------------------------- glyphs
+
+GLYPHS_SIZE = 32
+GLYPHS_CLASSES = [chr(c) for c in range(ord("A"), ord("Z") + 1)]
+GLYPHS_VIEWS = 3  # frames per clip: the same glyph, in the same style, seen again
+GLYPHS_FONTS = [cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_PLAIN, cv2.FONT_HERSHEY_DUPLEX,
+                cv2.FONT_HERSHEY_COMPLEX, cv2.FONT_HERSHEY_TRIPLEX, cv2.FONT_HERSHEY_COMPLEX_SMALL,
+                cv2.FONT_HERSHEY_SCRIPT_SIMPLEX, cv2.FONT_HERSHEY_SCRIPT_COMPLEX]  # fmt: skip
+_GLYPH_HI = 4 * GLYPHS_SIZE  # glyphs are drawn and warped at 4x, then shrunk: smooth strokes
+
+
+def _glyph_ink(letter: str, font: int, thickness: float, italic: bool) -> np.ndarray:
+    """uint8 mask of `letter`, cropped to its ink: cap height about 88 px, strokes `thickness`
+    (in 1/32 of the frame side once the glyph is scaled to the frame)."""
+    scale = 88.0 / cv2.getTextSize("H", font, 1.0, 1)[0][1]
+    face = font | (cv2.FONT_ITALIC if italic else 0)
+    canvas = np.zeros((220, 220), np.uint8)
+    # The cap height ends up about 0.6 of the frame (0.6 * 128 px at 4x): strokes scale with it.
+    px = max(1, int(round(thickness * 4 * 88 / (0.6 * _GLYPH_HI))))
+    cv2.putText(canvas, letter, (50, 150), face, scale, 255, px, cv2.LINE_AA)
+    x, y, w, h = cv2.boundingRect(canvas)
+    return canvas[y : y + h, x : x + w]
+
+
+def glyph_frame(rng: np.random.Generator, ink_mask: np.ndarray, *, height: float, angle: float,
+                shift: tuple[float, float], ink: np.ndarray, paper: np.ndarray,
+                stroke: bool) -> np.ndarray:  # fmt: skip
+    """RGB uint8 (32, 32, 3): the glyph `ink_mask` (from `_glyph_ink`) scaled to `height` of the
+    frame, rotated by `angle` degrees and moved by `shift` (px of the 32 px frame) from the
+    centre, in `ink` on `paper` (with a gradient), an optional stray stroke, Gaussian noise."""
+    h, w = ink_mask.shape
+    s = height * _GLYPH_HI / h
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, s)
+    m[:, 2] += (_GLYPH_HI / 2 + 4 * shift[0] - w / 2, _GLYPH_HI / 2 + 4 * shift[1] - h / 2)
+    big = cv2.warpAffine(ink_mask, m, (_GLYPH_HI, _GLYPH_HI), flags=cv2.INTER_LINEAR)
+    if stroke:  # a stray pen stroke, fainter than the glyph
+        p0, p1 = rng.uniform(0, _GLYPH_HI, (2, 2)).astype(int)
+        cv2.line(big, tuple(map(int, p0)), tuple(map(int, p1)), int(rng.integers(70, 150)),
+                 int(rng.integers(3, 7)), cv2.LINE_AA)  # fmt: skip
+    a = cv2.resize(big, (GLYPHS_SIZE, GLYPHS_SIZE), interpolation=cv2.INTER_AREA)[..., None] / 255.0
+    ramp = np.linspace(-1, 1, GLYPHS_SIZE, dtype=np.float32)
+    tilt = rng.uniform(-20, 20, 2)
+    grad = (tilt[0] * ramp[None, :] + tilt[1] * ramp[:, None])[..., None]
+    img = (paper + grad) * (1 - a) + ink * a
+    img = img + rng.normal(0, rng.uniform(5, 14), img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _make_glyphs(n: int, seed: int, heldout: bool) -> Frames:
+    rng = np.random.default_rng([seed, 6, int(heldout)])
+    prefix = "heldout-" if heldout else ""
+    out = _Collector("glyphs", GLYPHS_CLASSES, GLYPHS_SIZE, GLYPHS_SIZE, "png")
+    k, order = 0, []
+    while len(out) < n:
+        if not order:  # every letter once per 26 clips: balanced in every prefix of the stream
+            order = list(rng.permutation(len(GLYPHS_CLASSES)))
+        label = int(order.pop())
+        font = GLYPHS_FONTS[int(rng.integers(len(GLYPHS_FONTS)))]
+        mask = _glyph_ink(GLYPHS_CLASSES[label], font, rng.uniform(0.7, 2.4), rng.random() < 0.3)
+        height, angle = rng.uniform(0.45, 0.75), rng.uniform(-15, 15)
+        centre = rng.uniform(-3, 3, 2)
+        paper, ink = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+        while np.abs(paper - ink).sum() < 160:  # keep the glyph legible
+            ink = rng.uniform(0, 255, 3)
+        stroke = rng.random() < 0.4
+        for _ in range(GLYPHS_VIEWS):
+            img = glyph_frame(rng, mask, height=height * rng.uniform(0.93, 1.07),
+                              angle=angle + rng.uniform(-4, 4),
+                              shift=tuple(centre + rng.uniform(-1.5, 1.5, 2)),
+                              ink=ink + rng.uniform(-12, 12, 3), paper=paper + rng.uniform(-12, 12, 3),
+                              stroke=stroke)  # fmt: skip
+            out.add(_png(img), label, f"{prefix}glyphs-{k:05d}", "")
+        k += 1
+    return out.frames()
+
+
+# ----------------------------------------------------------------------------- headway
+
+HEADWAY_CLASSES = ["none", "far", "mid", "near"]
+HEADWAY_WIDTH, HEADWAY_HEIGHT = 128, 96
+# A lead vehicle nearer than these (metres; rear bumper) is near / mid / far; farther or no lead
+# vehicle in the ego lane: none. In the 128x96 frame its road contact row is >= 62 px (near),
+# 52-62 px (mid), 46-52 px (far), the horizon at 40 px; its width 28-60, 15-28, 7-15 px.
+HEADWAY_LIMITS = {"near": 9.0, "mid": 17.0, "far": 35.0}
+# Mid-clip distance drawn for a clip of each class; a clip drifts by up to 8 % either way.
+HEADWAY_BANDS = {"near": (5.0, 9.0), "mid": (9.0, 17.0), "far": (17.0, 35.0), "none": (40.0, 70.0)}
+HEADWAY_FAR_LEAD = 0.35  # share of the none clips with a lead vehicle beyond the far limit
+HEADWAY_FOG = 0.4  # the simulator's fog hides things 20 m away; thinner haze here (beta x 0.4)
+_MID_CLIP = 0.7  # s: half a clip (8 frames at 5 fps); distances are drawn for this instant
+
+
+def headway_label(distance: float) -> int:
+    """The class of a frame whose lead vehicle is `distance` m ahead (inf: none in the lane)."""
+    for name in ("near", "mid", "far"):
+        if distance < HEADWAY_LIMITS[name]:
+            return HEADWAY_CLASSES.index(name)
+    return HEADWAY_CLASSES.index("none")
+
+
+@functools.cache
+def headway_camera() -> Camera:
+    """The simulator's forward camera for the 128x96 headway frames."""
+    settings = _sim_settings(HEADWAY_WIDTH, HEADWAY_HEIGHT)
+    return sim.camera_for(settings, settings.sim.cameras[0])
+
+
+def headway_row(distance: float) -> float:
+    """Image row (px from the top of the 96 px frame) where a vehicle `distance` m ahead meets
+    the road: the nearer, the lower."""
+    cam = headway_camera()
+    return cam.horizon + cam.focal * cam.height_m / distance
+
+
+def headway_label_at_row(row: float) -> int:
+    """The class of a frame whose lead vehicle meets the road at image row `row` (inverse of
+    `headway_row`; at or above the horizon: none)."""
+    cam = headway_camera()
+    if row <= cam.horizon:
+        return HEADWAY_CLASSES.index("none")
+    return headway_label(cam.focal * cam.height_m / (row - cam.horizon))
+
+
+@dataclass(frozen=True)
+class HeadwayClip:
+    condition: str
+    scene: Scene  # the lead vehicle, if any, is one of scene.actors
+    lead: Actor | None
+    seed: int  # of the rendering (sensor noise, rain)
+
+
+def headway_clips(seed: int, heldout: bool = False) -> Iterator[HeadwayClip]:
+    """The endless stream of headway clips: the simulator's scenes without their labelled actors,
+    a car in the next lane half of the time, and a lead vehicle in the ego lane whose mid-clip
+    distance is drawn within the band of the clip's class (classes in shuffled blocks of 4)."""
+    rng = np.random.default_rng([seed, 7, int(heldout)])
+    conds = list(SIM_MIX)
+    p = np.array([SIM_MIX[c] for c in conds])
+    k, order = 0, []
+    while True:
+        if not order:
+            order = list(rng.permutation(len(HEADWAY_CLASSES)))
+        target = HEADWAY_CLASSES[int(order.pop())]
+        cond = conds[rng.choice(len(conds), p=p / p.sum())]
+        scene = sim.sample_scene(rng, cond, urban=(k // 4) % 2 == 0)
+        # Scenery only (trees, parked and oncoming cars, walkers, green lights): no labelled actor.
+        actors = [a for a in scene.actors if a.kind not in DEFAULT_CLASSES]
+        weather = dict(scene.weather)
+        if cond == "fog":
+            weather["beta"] *= HEADWAY_FOG
+        if rng.random() < 0.5:  # a car in the next lane, going our way: near or far, no label
+            actors.append(Actor("vehicle", rng.uniform(5, 45), -3.5 + rng.uniform(-0.3, 0.3),
+                                vd=rng.uniform(-2, 2), look=_car_look(rng)))  # fmt: skip
+        lead = None
+        if target != "none" or rng.random() < HEADWAY_FAR_LEAD:
+            d = rng.uniform(*HEADWAY_BANDS[target])
+            vd = d * rng.uniform(-0.12, 0.12)  # m/s: up to 8 % of d over the clip, either way
+            lead = Actor("vehicle", d - _MID_CLIP * vd, rng.uniform(-0.4, 0.4), vd=vd,
+                         vx=rng.uniform(-0.15, 0.15), look=_car_look(rng))  # fmt: skip
+            actors.append(lead)
+        yield HeadwayClip(cond, replace(scene, actors=actors, weather=weather), lead,
+                          int(rng.integers(2**31)))  # fmt: skip
+        k += 1
+
+
+def render_headway(clip: HeadwayClip, *, lead: bool = True) -> tuple[list[np.ndarray], list[float]]:
+    """The clip's frames (RGB uint8, 96x128) and the lead vehicle's distance in each (inf: none);
+    `lead=False`: the same frames, noise and all, without the lead vehicle."""
+    settings = _sim_settings(HEADWAY_WIDTH, HEADWAY_HEIGHT)
+    scene = clip.scene
+    if not lead:
+        scene = replace(scene, actors=[a for a in scene.actors if a is not clip.lead])
+    camera = settings.sim.cameras[0]
+    r = sim.render_scene(np.random.default_rng(clip.seed), scene, settings, cameras=[camera])
+    times = [i / settings.sim.fps for i in range(settings.sim.frames_per_clip)]
+    has = lead and clip.lead is not None
+    return r.frames[camera], [clip.lead.at(t)[0] if has else float("inf") for t in times]
+
+
+def _make_headway(n: int, seed: int, heldout: bool) -> Frames:
+    prefix = "heldout-" if heldout else ""
+    out = _Collector("headway", HEADWAY_CLASSES, HEADWAY_HEIGHT, HEADWAY_WIDTH, "jpeg")
+    for k, clip in enumerate(headway_clips(seed, heldout)):
+        frames, distances = render_headway(clip)
+        for f, d in zip(frames, distances, strict=True):
+            out.add(encode_jpeg(f), headway_label(d), f"{prefix}headway-{k:05d}", clip.condition)
+        if len(out) >= n:
+            return out.frames()
+    raise AssertionError("unreachable")
+
+
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -294,4 +494,8 @@ DATASETS: dict[str, DatasetSpec] = {
                             "side (left/right) x size (near/far) of a coloured shape, 64 px"),
     "digits": DatasetSpec("digits", [str(d) for d in range(10)], 32, _make_digits,
                           "sklearn load_digits 8x8 -> 32 px RGB, 3 views per digit"),
+    "glyphs": DatasetSpec("glyphs", GLYPHS_CLASSES, GLYPHS_SIZE, _make_glyphs,
+                          "26 letters A-Z in 8 Hershey fonts, styles and colours, 32 px, 3 views"),
+    "headway": DatasetSpec("headway", HEADWAY_CLASSES, 96, _make_headway,
+                           "simulator roads, lead vehicle none/far/mid/near by distance, 128x96 -> 96 px"),
 }  # fmt: skip

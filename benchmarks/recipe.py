@@ -12,20 +12,26 @@ a prefix of the larger, so the sizes are the flywheel's growing dataset):
   recipe_warm  the same, warm-started from the previous size's recipe_warm model (the first
                size's fresh model starts the chain), as `loop.train_challenger` warm-starts from
                the champion with `train.warm_start: true`
-  baseline     `flywheel.baseline`: a plain CNN (3 x conv-BN-ReLU-maxpool, 32/64/128 channels,
-               global pool, linear), Adam lr 1e-3, 20 epochs, batch 64, no augmentation, on the
-               version's train originals: the same frames the recipe trains on, without its copies
+  cnn          the yardsticks of `flywheel.baseline`, trained the standard way on the version's
+  resnet18     train originals (the same frames the recipe trains on, without its offline copies):
+               the classic script CNN (flatten, fully connected) and ResNet-18 as published
 
-All three are scored with `flywheel.predict.predict` on the same held-out frames (clips drawn
+Every arm is scored with `flywheel.predict.predict` on the same held-out frames (clips drawn
 apart from the training stream), decoded once through the one model-input path. Settings are the
 defaults (or `config`) with the dataset's `classes` and `image_size`, then `overrides`
 (dotted keys, as `flywheel.config.load_settings` takes them), so recipe variants are compared
 without code changes: `flywheel bench recipe --set train.epochs=12 --set augment.max_copies=0`.
+
+Each seed draws other frames (training pool and held-out stream) and trains every arm with that
+seed; the summary gives, per dataset, size and arm, the mean over seeds with a 95 % t-interval. A
+yardstick *learns* on a row when its held-out accuracy is at least `baseline.LEARNED` above the
+majority class's share; a row where one does not is reported broken, not won.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import platform
 import tempfile
@@ -54,7 +60,9 @@ SIZES = (1000, 3000)
 QUICK_SIZES = (96, 192)
 HELDOUT = 1000
 QUICK_HELDOUT = 48
-ARMS = ("recipe", "recipe_warm", "baseline")
+YARDSTICKS = ("cnn", "resnet18")
+ARMS = ("recipe", "recipe_warm", *YARDSTICKS)
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}  # t(0.975, df)
 
 
 # ----------------------------------------------------------------------------- the recipe
@@ -144,7 +152,8 @@ def _recipe_arm(result: TrainResult, images, labels, classes, seconds: float) ->
     return {**score(model, images, labels, classes), "seconds": round(seconds, 1),
             "train_acc": round(last["train_acc"], 4),
             "val_acc": round(last.get("val_acc", float("nan")), 4),
-            "warm_started": result.warm_started}  # fmt: skip
+            "warm_started": result.warm_started, "best_epoch": result.best_epoch,
+            "epochs": len(result.history)}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- the benchmark
@@ -152,12 +161,12 @@ def _recipe_arm(result: TrainResult, images, labels, classes, seconds: float) ->
 
 def bench_dataset(name: str, workdir: Path, *, sizes: tuple[int, ...], heldout: int, seed: int = 0,
                   config: str | None = None, overrides: dict | None = None,
-                  baseline_epochs: int = baseline.EPOCHS, warm: bool = True,
-                  on_row: Callable[[dict], None] | None = None) -> list[dict]:  # fmt: skip
-    """One row per size: recipe, recipe_warm (from the second size) and baseline on one dataset.
-
-    `baseline_epochs=0` leaves the baseline out (it does not depend on the recipe's settings)."""
-    settings = recipe_settings(name, workdir / name, config=config, overrides=overrides)
+                  yardsticks: tuple[str, ...] = YARDSTICKS, yardstick_epochs: int = baseline.EPOCHS,
+                  warm: bool = False, on_row: Callable[[dict], None] | None = None) -> list[dict]:  # fmt: skip
+    """One row per size: recipe, recipe_warm (from the second size, with `warm`) and each yardstick
+    on one dataset, all trained with `seed` on frames drawn with it."""
+    overrides = {"train.seed": seed, **(overrides or {})}
+    settings = recipe_settings(name, workdir / f"{name}-{seed}", config=config, overrides=overrides)
     store, classes, size_px = store_for(settings), settings.classes, settings.image_size
     pool = make_frames(name, frames=max(sizes), seed=seed)
     held = make_frames(name, frames=heldout, seed=seed, heldout=True)
@@ -167,6 +176,7 @@ def bench_dataset(name: str, workdir: Path, *, sizes: tuple[int, ...], heldout: 
                            widths=[held.width] * len(held))  # fmt: skip
     test_y = np.array(held.labels, np.int64)
     heldout_sha = hashlib.sha256(test_x.tobytes() + test_y.tobytes()).hexdigest()[:16]
+    majority = float(np.bincount(test_y).max() / len(test_y))
     rows, done, warm_weights = [], 0, None
     for k, size in enumerate(sorted(sizes)):
         new = pool.take(size).skip(done)
@@ -177,7 +187,7 @@ def bench_dataset(name: str, workdir: Path, *, sizes: tuple[int, ...], heldout: 
         t0 = time.perf_counter()
         fresh = train_recipe(store, settings, manifest)
         seconds = time.perf_counter() - t0
-        row = {"dataset": name, "size": size, "pool_frames": done,
+        row = {"dataset": name, "size": size, "seed": seed, "pool_frames": done,
                "recipe": _recipe_arm(fresh, test_x, test_y, classes, seconds)}  # fmt: skip
         if warm and warm_weights is not None:
             t0 = time.perf_counter()
@@ -187,20 +197,23 @@ def bench_dataset(name: str, workdir: Path, *, sizes: tuple[int, ...], heldout: 
             warm_weights = warmed.weights
         else:
             warm_weights = fresh.weights
-        if baseline_epochs:
-            x, y = baseline.train_originals(store, manifest, size_px)
+        x, y = baseline.train_originals(store, manifest, size_px)
+        for kind in yardsticks:
             t0 = time.perf_counter()
-            base = baseline.train_baseline(x, y, num_classes=len(classes), epochs=baseline_epochs, seed=seed)
+            model = baseline.train_yardstick(x, y, num_classes=len(classes), kind=kind,
+                                             epochs=yardstick_epochs, seed=seed)  # fmt: skip
             seconds = time.perf_counter() - t0
-            row["baseline"] = {**score(base, test_x, test_y, classes), "seconds": round(seconds, 1)}
+            scores = score(model, test_x, test_y, classes)
+            row[kind] = {**scores, "seconds": round(seconds, 1), "epochs": yardstick_epochs,
+                         "learns": scores["accuracy"] >= majority + baseline.LEARNED}  # fmt: skip
         train_rows, copies = manifest["counts"]["split"]["train"], manifest["counts"]["augmented"]
         row.update({
             "frames": train_rows - copies.get("train", 0), "train_rows": train_rows,
             "offline_copies": copies.get("train", 0), "heldout_frames": len(test_y),
             "heldout_clips": len(set(held.clips)), "heldout_sha256": heldout_sha,
-            "image_size": size_px,
-            "delta": round(row["recipe"]["accuracy"] - row["baseline"]["accuracy"], 4)
-            if "baseline" in row else None,
+            "majority_share": round(majority, 4), "image_size": size_px,
+            "delta": {kind: round(row["recipe"]["accuracy"] - row[kind]["accuracy"], 4)
+                      for kind in yardsticks},
         })  # fmt: skip
         rows.append(row)
         if on_row is not None:
@@ -208,52 +221,120 @@ def bench_dataset(name: str, workdir: Path, *, sizes: tuple[int, ...], heldout: 
     return rows
 
 
-def bench_recipe(workdir: str | Path | None = None, *, datasets: tuple[str, ...] = tuple(DATASETS),
-                 sizes: tuple[int, ...] = SIZES, heldout: int = HELDOUT, seed: int = 0,
-                 config: str | None = None, overrides: dict | None = None, quick: bool = False,
-                 warm: bool = True, baseline_epochs: int = baseline.EPOCHS,
-                 threads: int | None = None,
-                 on_row: Callable[[dict], None] | None = None) -> dict:  # fmt: skip
-    """Recipe vs baseline on each dataset and size; `quick`: tiny sizes, 1 epoch, for a smoke run.
+def _bench_task(args: tuple) -> list[dict]:
+    """One (dataset, seed) in a worker process, with one torch thread."""
+    name, seed, workdir, threads, kwargs = args
+    torch.set_num_threads(threads)
+    return bench_dataset(name, Path(workdir), seed=seed, **kwargs)
 
-    `threads`: torch's intra-op threads while it runs (None: torch's default, one per core); on a
-    machine that other jobs share, 1 thread trains several times faster than 2 contended ones.
-    """
+
+def bench_recipe(workdir: str | Path | None = None, *, datasets: tuple[str, ...] = tuple(DATASETS),
+                 sizes: tuple[int, ...] = SIZES, heldout: int = HELDOUT, seeds: tuple[int, ...] = (0, 1, 2),
+                 config: str | None = None, overrides: dict | None = None, quick: bool = False,
+                 warm: bool = False, yardsticks: tuple[str, ...] = YARDSTICKS,
+                 yardstick_epochs: int = baseline.EPOCHS, threads: int | None = None, jobs: int = 1,
+                 on_row: Callable[[dict], None] | None = None) -> dict:  # fmt: skip
+    """The recipe vs the yardsticks on each dataset, size and seed, with a summary over seeds;
+    `quick`: tiny sizes, 1 epoch, for a smoke run.
+
+    `jobs` > 1 runs (dataset, seed) pairs in that many processes of `threads` (default 1) torch
+    threads each. `threads`, in one process: torch's intra-op threads while it runs (None: torch's
+    default, one per core); on a shared machine one thread trains several times faster than two
+    contended ones."""
     unknown = [d for d in datasets if d not in DATASETS]
     if unknown:
         raise ValueError(f"unknown dataset(s) {unknown}; known: {list(DATASETS)}")
+    bad = [k for k in yardsticks if k not in baseline.YARDSTICKS]
+    if bad:
+        raise ValueError(f"unknown yardstick(s) {bad}; known: {list(baseline.YARDSTICKS)}")
+    if not seeds:
+        raise ValueError("at least one seed is needed")
     overrides = dict(overrides or {})
     if quick:
         sizes, heldout = QUICK_SIZES, min(heldout, QUICK_HELDOUT)
-        baseline_epochs = min(baseline_epochs, 1)
+        yardstick_epochs = min(yardstick_epochs, 1)
         overrides.setdefault("train.epochs", 1)
         # OneCycleLR needs warmup_pct x steps > 1: batches of 16 give a tiny pool enough steps
         overrides.setdefault("train.batch_size", 16)
+    kwargs = {"sizes": tuple(sizes), "heldout": heldout, "config": config, "overrides": overrides,
+              "yardsticks": tuple(yardsticks), "yardstick_epochs": yardstick_epochs, "warm": warm}  # fmt: skip
+    tasks = [(name, seed) for name in datasets for seed in seeds]
     t0, rows, before = time.perf_counter(), [], torch.get_num_threads()
-    try:
-        torch.set_num_threads(threads or before)
-        with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-            for name in datasets:
-                rows += bench_dataset(name, Path(tmp), sizes=tuple(sizes), heldout=heldout,
-                                      seed=seed, config=config, overrides=overrides,
-                                      baseline_epochs=baseline_epochs, warm=warm,
-                                      on_row=on_row)  # fmt: skip
-        info = machine()
-    finally:
-        torch.set_num_threads(before)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        if jobs > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            args = [(name, seed, tmp, threads or 1, kwargs) for name, seed in tasks]
+            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+                for done in pool.map(_bench_task, args):
+                    rows += done
+                    for row in done if on_row is not None else ():
+                        on_row(row)
+        else:
+            try:
+                torch.set_num_threads(threads or before)
+                for name, seed in tasks:
+                    rows += bench_dataset(name, Path(tmp), seed=seed, on_row=on_row, **kwargs)
+            finally:
+                torch.set_num_threads(before)
+    info = {**machine(), "torch_threads": threads or before, "jobs": jobs}
     probe = recipe_settings(datasets[0], Path("."), config=config, overrides=overrides)
+    summary = summarize(rows)
     return {
         "config": {
-            "sizes": list(sizes), "heldout": heldout, "seed": seed, "overrides": overrides,
+            "sizes": list(sizes), "heldout": heldout, "seeds": list(seeds), "overrides": overrides,
             "train": probe.train.model_dump(), "augment": probe.augment.model_dump(),
-            "dataset_split": probe.dataset.split,
-            "baseline_epochs": baseline_epochs,
+            "dataset_split": probe.dataset.split, "yardsticks": list(yardsticks),
+            "yardstick_epochs": yardstick_epochs, "learned_margin": baseline.LEARNED,
             "machine": info,
         },
         "rows": rows,
+        "summary": summary,
         "seconds": round(time.perf_counter() - t0, 1),
-        "markdown": markdown(rows),
+        "markdown": markdown(summary),
     }  # fmt: skip
+
+
+def interval(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % t-interval (0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, T95.get(n - 1, 1.96) * sd / math.sqrt(n)
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per dataset and size, over seeds: each arm's accuracy and seconds (mean, 95 % half-width),
+    whether every yardstick learned on every seed, and the verdict: `broken` (a yardstick did not
+    learn), `recipe ahead` (its mean at or above every yardstick's) or `recipe behind <arm>`."""
+    out = []
+    for key in dict.fromkeys((r["dataset"], r["size"]) for r in rows):
+        group = [r for r in rows if (r["dataset"], r["size"]) == key]
+        arms = [a for a in ARMS if all(a in r for r in group)]
+        entry = {"dataset": key[0], "size": key[1], "seeds": [r["seed"] for r in group],
+                 "pool_frames": round(sum(r["pool_frames"] for r in group) / len(group)),
+                 "frames": round(sum(r["frames"] for r in group) / len(group)),
+                 "majority_share": round(sum(r["majority_share"] for r in group) / len(group), 4)}  # fmt: skip
+        for arm in arms:
+            acc, acc_ci = interval([r[arm]["accuracy"] for r in group])
+            f1, f1_ci = interval([r[arm]["macro_f1"] for r in group])
+            sec, sec_ci = interval([r[arm]["seconds"] for r in group])
+            entry[arm] = {"accuracy": round(acc, 4), "accuracy_ci95": round(acc_ci, 4),
+                          "macro_f1": round(f1, 4), "macro_f1_ci95": round(f1_ci, 4),
+                          "seconds": round(sec, 1), "seconds_ci95": round(sec_ci, 1)}  # fmt: skip
+            if arm in YARDSTICKS:
+                entry[arm]["learns"] = all(r[arm]["learns"] for r in group)
+        sticks = [a for a in arms if a in YARDSTICKS]
+        behind = [a for a in sticks if entry["recipe"]["accuracy"] < entry[a]["accuracy"]]
+        if any(not entry[a]["learns"] for a in sticks):
+            entry["verdict"] = "broken: " + ", ".join(a for a in sticks if not entry[a]["learns"]) + " did not learn"
+        else:
+            entry["verdict"] = f"recipe behind {', '.join(behind)}" if behind else "recipe ahead"
+        out.append(entry)
+    return out
 
 
 def machine() -> dict:
@@ -264,35 +345,26 @@ def machine() -> dict:
             "load_average": [round(x, 1) for x in os.getloadavg()]}  # fmt: skip
 
 
-def markdown(rows: list[dict]) -> str:
-    """The rows as two Markdown tables: accuracy per arm, then recall per class."""
+def markdown(summary: list[dict]) -> str:
+    """The summary as a Markdown table: accuracy (mean ± 95 % half-width over seeds) and seconds per arm."""
 
-    def acc(row, arm):
-        return f"{row[arm]['accuracy']:.3f}" if arm in row else "–"
-
-    def worst(row, arm):
-        if arm not in row:
+    def cell(entry, arm, field="accuracy"):
+        if arm not in entry:
             return "–"
-        c, r = min(row[arm]["recall"].items(), key=lambda kv: kv[1])
-        return f"{r:.2f} {c}"
+        a = entry[arm]
+        mark = "" if a.get("learns", True) else " (did not learn)"
+        if field == "seconds":
+            return f"{a['seconds']:.0f}"
+        return f"{a[field]:.3f} ± {a[field + '_ci95']:.3f}{mark}"
 
+    arms = [a for a in ARMS if any(a in e for e in summary)]
     lines = [
-        "| dataset | size | train frames (+ copies) | recipe | recipe warm | baseline "
-        "| Δ recipe − baseline | worst class recall: recipe / baseline "
-        "| seconds: recipe / warm / baseline |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| dataset | pool | train frames | seeds | majority | " + " | ".join(arms)
+        + " | verdict | seconds: " + " / ".join(arms) + " |",
+        "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in arms) + " | --- | --- |",
     ]
-    for r in rows:
-        secs = " / ".join(str(r[a]["seconds"]) if a in r else "–" for a in ARMS)
-        delta = "–" if r["delta"] is None else f"{r['delta']:+.3f}"
-        lines.append(f"| {r['dataset']} | {r['pool_frames']:,} | {r['frames']:,} "
-                     f"(+ {r['offline_copies']:,}) | {acc(r, 'recipe')} | {acc(r, 'recipe_warm')} "
-                     f"| {acc(r, 'baseline')} | {delta} "
-                     f"| {worst(r, 'recipe')} / {worst(r, 'baseline')} | {secs} |")  # fmt: skip
-    lines += ["", "| dataset | size | arm | recall per class |", "| --- | --- | --- | --- |"]
-    for r in rows:
-        for arm in ARMS:
-            if arm in r:
-                per = ", ".join(f"{c} {v:.2f}" for c, v in r[arm]["recall"].items())
-                lines.append(f"| {r['dataset']} | {r['pool_frames']:,} | {arm} | {per} |")
+    for e in summary:
+        lines.append(f"| {e['dataset']} | {e['pool_frames']:,} | {e['frames']:,} | {len(e['seeds'])} "
+                     f"| {e['majority_share']:.2f} | " + " | ".join(cell(e, a) for a in arms)
+                     + f" | {e['verdict']} | " + " / ".join(cell(e, a, "seconds") for a in arms) + " |")  # fmt: skip
     return "\n".join(lines)

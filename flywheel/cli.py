@@ -383,11 +383,17 @@ def format_summary(s: dict) -> str:
     gate = "PASSED" if s["gate_passed"] else f"kept the champion ({s['gate_reason']})"
     auto = s.get("auto_labels") or {}
     autos = f"auto-labels {auto['compared']} at {auto['accuracy']:.1%} correct | " if auto.get("compared") else ""
+    if s["fixed_frames"] is None:
+        fixed = s["fixed_note"]
+    else:  # the same frames every turn: a rise here is a better model, not an easier test
+        fixed = (f"{s['metric']} on the fixed held-out set (n={s['fixed_frames']}, frozen from dataset "
+                 f"v{s['fixed_from_version']}): deployed {s['deployed'] or '-'} {f(s['fixed_deployed'])} | "
+                 f"challenger {f(s['fixed_challenger'])} vs champion {f(s['fixed_champion'])}")  # fmt: skip
     return (
-        f"{autos}dataset v{s['dataset_version']} ({s['frames']} rows, {s['eval_frames']} eval frames) | "
-        f"{s['metric']}: challenger v{s['challenger_version']} {f(s['challenger'])} vs champion "
+        f"{autos}dataset v{s['dataset_version']} ({s['frames']} rows, {s['eval_frames']} in the growing "
+        f"evaluation set) | {s['metric']}: challenger v{s['challenger_version']} {f(s['challenger'])} vs champion "
         f"{f(s['champion'])} | {s['rare_slice']}: {f(s['challenger_rare'])} vs {f(s['champion_rare'])} | "
-        f"gate {gate} | deployed {s['deployed'] or '-'}"
+        f"gate {gate} | deployed {s['deployed'] or '-'}\n  {fixed}"
     )
 
 
@@ -782,7 +788,11 @@ def demo(obj: Ctx, iterations: int, clips: int, label_budget: int, seed: int, en
     (home / "demo.json").write_text(json.dumps(rows, indent=2, default=str))
     deployed = sum(r["gate_passed"] for r in rows)
     click.echo(f"\n{iterations} iterations, {deployed} deployed; champion now {rows[-1]['deployed'] or 'none'}")
-    click.echo(f"plot of {metric} per iteration: {png}")
+    fixed_n = next((r["fixed_frames"] for r in rows if r["fixed_frames"]), None)
+    curve = " -> ".join("-" if r["fixed_deployed"] is None else f"{r['fixed_deployed']:.3f}" for r in rows)
+    click.echo(f"deployed model's {metric} on the fixed held-out set (n={fixed_n}), per iteration: {curve}"
+               if fixed_n else rows[-1]["fixed_note"])  # fmt: skip
+    click.echo(f"plot of {metric} per iteration, on the growing evaluation set and the fixed held-out set: {png}")
     click.echo("next:")
     click.echo(f"  {command('ui')}        every run, asset and gate decision in the Dagster UI: http://127.0.0.1:3000")
     click.echo(f"  {command('status')}    the champion, dataset versions, batches and quarantined clips")

@@ -105,10 +105,14 @@ class SimSettings(_Section):
 
 
 class EvalSettings(_Section):
-    """The evaluation set: test frames reserved per slice so the slices that matter have enough to judge."""
+    """The evaluation sets: test frames reserved per slice so the slices that matter have enough to judge,
+    and the fixed held-out set that never changes once made."""
 
     per_slice_frames: int = Field(100, ge=0)  # reserve test clips while a slice has fewer labeled frames
     max_reserved_share: float = Field(0.25, ge=0, le=1)  # of a batch's train clips, at most, moved to test
+    # The fixed held-out set (flywheel/evalset.py): the labeled test frames of the first dataset version
+    # that has at least this many, frozen then; every later model is scored on the same frames.
+    fixed_set_min_frames: int = Field(100, ge=1)
 
 
 class DatasetSettings(_Section):
@@ -183,6 +187,14 @@ class TrainSettings(_Section):
     # 2 halves the input at once (4x fewer FLOPs); 1 keeps a small input's detail. None: 1 for inputs of
     # 32 px or less (a stride-2 stem leaves their last stage 4x4), else 2 (TrainConfig.architecture).
     stem_stride: Literal[1, 2] | None = None
+    # What the network does with its last feature map: `spatial` flattens it (a hidden layer sees where each
+    # feature is: the label when it is the distance to the car ahead or a side); `coord` adds each position's
+    # (x, y) before averaging (fewer weights); `pool` averages position away (flywheel/model.py).
+    head: Literal["spatial", "coord", "pool"] = "coord"
+    dropout: float = Field(0.3, ge=0, lt=1)  # before the spatial head's hidden layer
+    # Return the weights of the epoch with the best val accuracy (the latest of equals), not the last
+    # epoch's: a long run on a small dataset that overfits keeps its best point. Needs a val split.
+    keep_best: bool = True
     num_workers: int = Field(0, ge=0)
     compile: bool = False
     seed: int = 0

@@ -1,6 +1,7 @@
-"""What a model is judged on: the golden set, the reserved test clips, and the evaluation frames.
+"""What a model is judged on: the golden set, the reserved test clips, the evaluation frames, and the fixed held-out set.
 
     datasets/<name>/golden/v<K>.json   golden test frames (frame ids): append-only, growing to its size
+    datasets/<name>/fixed_set.json     the fixed held-out set (frame ids): made once, never changed
 
 The test split of a batch is its clips' hash split plus reserved clips: while a slice (condition
 x class, trigger) has fewer than `eval.per_slice_frames` human- or ground-truth-labeled test
@@ -10,11 +11,15 @@ so the evaluation set grows with the fleet, never shrinks, and a clip's split ne
 
 Evaluation scores challenger and champion on the same frames (DESIGN.md §4): the test split of
 the dataset version plus the golden set, without auto labels (they are the champion's own
-guesses, so scoring on them would favour the champion by construction).
+guesses, so scoring on them would favour the champion by construction). That set grows harder
+as reserved clips of rare slices join it, so it cannot tell a better model from a harder test:
+both are also scored on the fixed held-out set, the labeled test frames of the first version with
+at least `eval.fixed_set_min_frames` of them, frozen then.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from datetime import UTC, datetime
@@ -44,15 +49,10 @@ def grow_golden(store: Store, name: str, manifest: dict, size: int, seed: int) -
     current = latest_golden_version(store, name)
     golden = load_golden(store, name, current) if current is not None else None
     have = list(golden["frame_ids"]) if golden else []
-    keys = shard_keys(manifest, "test")
     candidates: list[str] = []
-    if keys and len(have) < size:
-        t = store.read_parquet(keys, columns=["frame_id", "augmentation", "label_source"])
-        originals = pc.equal(t.column("augmentation"), "")
-        by_people = pc.not_equal(t.column("label_source"), "auto")  # auto labels are a model's guesses
+    if len(have) < size:
         taken = set(have)
-        candidates = sorted(f for f in t.filter(pc.and_(originals, by_people)).column("frame_id").to_pylist()
-                            if f not in taken)  # fmt: skip
+        candidates = [f for f in labeled_test_frames(store, manifest) if f not in taken]
     room = min(size - len(have), len(candidates))
     if room <= 0:
         return golden
@@ -69,6 +69,44 @@ def grow_golden(store: Store, name: str, manifest: dict, size: int, seed: int) -
     }
     store.write_json(layout.golden_key(name, golden["version"]), golden)
     return golden
+
+
+def labeled_test_frames(store: Store, manifest: dict) -> list[str]:
+    """Frame ids of the original (not augmented) test frames of a version that people or the clips'
+    ground truth labeled, sorted: the frames a model may be judged on (auto labels are a model's guesses)."""
+    keys = shard_keys(manifest, "test")
+    if not keys:
+        return []
+    t = store.read_parquet(keys, columns=["frame_id", "augmentation", "label_source"])
+    keep = pc.and_(pc.equal(t.column("augmentation"), ""), pc.not_equal(t.column("label_source"), "auto"))
+    return sorted(t.filter(keep).column("frame_id").to_pylist())
+
+
+def fixed_set(store: Store, name: str, manifest: dict, *, min_frames: int) -> dict | None:
+    """The fixed held-out set of dataset `name`: the labeled test frames of its first version that has at
+    least `min_frames` of them, frozen as frame ids in `fixed_set.json` when first asked for, then never
+    changed (a clip's split never changes and versions only grow, so every later version holds them).
+
+    The growing evaluation set gets harder as reserved clips of rare slices join it; scores on this
+    one compare models of different turns. Versions up to `manifest` are looked at, oldest first;
+    None while none of them has enough (then nothing is written).
+    """
+    if min_frames < 1:
+        raise ValueError(f"min_frames must be >= 1, got {min_frames}")
+    key = layout.fixed_set_key(name)
+    if store.exists(key):
+        return store.read_json(key)
+    for version in range(1, manifest["version"] + 1):
+        m = manifest if version == manifest["version"] else load_manifest(store, name, version)
+        if m["counts"]["split"].get("test", 0) < min_frames:
+            continue  # too few test rows of any label: no need to read its shards
+        frame_ids = labeled_test_frames(store, m)
+        if len(frame_ids) >= min_frames:
+            record = {"dataset_version": version, "min_frames": min_frames, "frames": len(frame_ids),
+                      "created_at": datetime.now(UTC).isoformat(timespec="seconds"), "frame_ids": frame_ids}  # fmt: skip
+            store.create(key, json.dumps(record, indent=2).encode())  # of two racing evaluations, one set wins
+            return store.read_json(key)
+    return None
 
 
 def latest_golden_version(store: Store, name: str) -> int | None:

@@ -16,6 +16,7 @@
     datasets/<name>/v<N>/manifest.json       a dataset version (written last) ...
     datasets/<name>/v<N>/shards/batch=<id>/  ... and the shards it first wrote
     datasets/<name>/golden/v<K>.json         golden test frames
+    datasets/<name>/fixed_set.json           the fixed held-out set: frame ids, created once, never rewritten
     evaluations/<model>/v<version>.json      challenger vs champion and the gate decision
     deploy/<model>/<version>/model.onnx      a deployed model + manifest.json
     deploy/<model>/current.json              the version the fleet runs
@@ -190,6 +191,11 @@ def golden_prefix(name: str) -> str:
 
 def golden_key(name: str, version: int) -> str:
     return f"{golden_prefix(name)}v{int(version)}.json"
+
+
+def fixed_set_key(name: str) -> str:
+    """The fixed held-out set of a dataset (flywheel/evalset.py): created once, never rewritten."""
+    return f"datasets/{check_name(name, 'dataset name')}/fixed_set.json"
 
 
 # ---------------------------------------------------------------- evaluation and deployment

@@ -39,7 +39,7 @@ from flywheel.augment import balance_report, load_pipeline, oversample, sample_g
 from flywheel.config import Settings
 from flywheel.engine.quality import auto_accuracy_vs_truth, label_errors
 from flywheel.engine.queue import queue_batch, read_exports
-from flywheel.evaluate import evaluate_model, flat_metrics
+from flywheel.evaluate import evaluate_model, flat_metrics, score
 from flywheel.gate import PairedPredictions, decide, forced_by
 from flywheel.labels import build_labels, fingerprint, hide_ground_truth
 from flywheel.model import FrameClassifier, load_weights
@@ -254,20 +254,23 @@ def _kept(store: Store, settings: Settings, tracker: Tracker, manifest: dict, cf
 
 def _against_baseline(store: Store, settings: Settings, tracker: Tracker, run_id: str, manifest: dict,
                       weights: bytes, cfg: TrainConfig, *, device: str) -> dict | None:  # fmt: skip
-    """The challenger and the plain baseline on val (flywheel/baseline.py), logged to the training run;
-    None when `tune.baseline_epochs` is 0 or the version has no val rows."""
+    """The challenger and the yardstick CNN on val (flywheel/baseline.py), logged to the training run;
+    None when `tune.baseline_epochs` is 0 or the version has no val rows. The run is tagged with the
+    verdict (`baseline_check`: ok, short, or broken when the yardstick itself did not learn)."""
     epochs, metric = settings.tune.baseline_epochs, settings.gate.metric
     if not epochs or not manifest["counts"]["split"].get("val"):
         return None
     check = baseline.check_challenger(store, manifest, weights, image_size=cfg.image_size, metric=metric,
                                       epochs=epochs, seed=cfg.seed, device=device)  # fmt: skip
     tracker.log_metrics(run_id, {f"val_{metric}": check["challenger"], f"baseline_val_{metric}": check["baseline"]})
-    tracker.set_tags(run_id, {"short_of_baseline": str(check["short"]).lower()})
+    tracker.set_tags(run_id, {"short_of_baseline": str(check["short"]).lower(), "baseline_check": check["verdict"]})
     return check
 
 
 def evaluate_challenger(store: Store, settings: Settings, tracker: Tracker, *, device: str = "auto") -> dict:
-    """Score challenger and champion on the same frames, on the compute device; decide the gate; record it all."""
+    """Score challenger and champion on the same frames, on the compute device; decide the gate; record it all.
+    Both are scored on the fixed held-out set too (made here when this version is the first with enough
+    labeled test frames): it shows whether turns improve the model, where the growing set gets harder."""
     challenger = tracker.alias(CHALLENGER)
     if challenger is None:
         raise ValueError(f"model {settings.mlflow.model_name!r} has no challenger: train one first")
@@ -310,17 +313,22 @@ def evaluate_challenger(store: Store, settings: Settings, tracker: Tracker, *, d
                                    num_classes=len(settings.classes))  # fmt: skip
     decision = decide(ch, champ_report, settings.gate, paired=paired,
                       classes_changed=has_champion and champ_report is None)  # fmt: skip
+    on_fixed = {"challenger": models[challenger], "champion": models[champ] if champ_report else None}
+    fixed = _on_fixed_set(store, settings, manifest, on_fixed, dev)
     result = {
         "challenger_version": challenger, "champion_version": champ,
         "dataset_version": manifest["version"], "frames": int(len(labels)), "golden_frames": int(golden.sum()),
         "challenger": ch, "champion": champ_report, "gate": decision.to_dict(), "device": dev,
-        "champion_repair": repair,
+        "champion_repair": repair, "fixed_set": fixed,
     }  # fmt: skip
     store.write_json(layout.evaluation_key(settings.mlflow.model_name, challenger), result)
     run_id = tracker.version_run(challenger)
     tracker.log_metrics(run_id, {f"eval/{k}": v for k, v in flat_metrics(ch).items()})
     if champ_report:
         tracker.log_metrics(run_id, {f"champion/{k}": v for k, v in flat_metrics(champ_report).items()})
+    for role, prefix in (("challenger", "fixed"), ("champion", "champion/fixed")):
+        if fixed[role]:
+            tracker.log_metrics(run_id, {f"{prefix}/{m}": fixed[role][m] for m in ("accuracy", "macro_f1")})
     pngs = {"confusion": plots.confusion_png(np.array(ch["confusion"]), settings.classes),
             "reliability": plots.reliability_png(probs[challenger], labels),
             "saliency": _saliency(models[challenger], images, labels, probs[challenger], slices, settings, dev)}  # fmt: skip
@@ -331,6 +339,24 @@ def evaluate_challenger(store: Store, settings: Settings, tracker: Tracker, *, d
     tracker.describe(challenger, f"Gate {'passed' if decision.passed else 'kept the champion'} "
                                  f"(v{manifest['version']} test + golden, {len(labels)} frames): {decision.reason}")  # fmt: skip
     return {**result, "plots": pngs}
+
+
+def _on_fixed_set(store: Store, settings: Settings, manifest: dict, models: dict[str, FrameClassifier | None],
+                  device: str) -> dict:  # fmt: skip
+    """Each of `models` ({"challenger": model, "champion": model or None}) scored on the fixed held-out
+    set (evalset.fixed_set), read by frame id from version `manifest`; while there is no fixed set
+    yet, no scores and a note that says why."""
+    name, least = settings.dataset.name, settings.eval.fixed_set_min_frames
+    fixed = evalset.fixed_set(store, name, manifest, min_frames=least)
+    if fixed is None:
+        return {"frames": None, "dataset_version": None, "challenger": None, "champion": None,
+                "note": f"no fixed set yet (no dataset version up to v{manifest['version']} has {least} "
+                        "labeled test frames: eval.fixed_set_min_frames)"}  # fmt: skip
+    images, labels, _ = load_arrays(store, manifest, frame_ids=fixed["frame_ids"], image_size=settings.image_size)
+    scores = {role: score(predict(m, images, device=device).probs, labels, classes=settings.classes)
+              for role, m in models.items() if m is not None}  # fmt: skip
+    return {"frames": int(len(labels)), "dataset_version": fixed["dataset_version"], "challenger": scores["challenger"],
+            "champion": scores.get("champion"), "note": None}  # fmt: skip
 
 
 def _saliency(model: FrameClassifier, images: np.ndarray, labels: np.ndarray, probs: np.ndarray, slices: dict, settings: Settings,

@@ -3,12 +3,21 @@
 The model takes uint8 images (B, 3, S, S) and normalizes them itself, so the deployed ONNX
 graph, the trainer and the fleet simulator all feed it raw pixels. Weights are stored as a
 plain state dict beside a JSON-able config and loaded with `weights_only=True`: no pickles.
+
+Two heads on the last feature map (B, 4w, s, s):
+- `spatial` (the default): flatten it, dropout, a hidden layer, the classes. The head sees *where*
+  a feature is, which is the label when it is the distance to the car ahead, a lane or a side.
+- `coord`: each position's features with its (x, y) in the frame, mixed by a 1x1 conv, then global
+  average pooling: position-aware with few weights (CoordConv, Liu et al. 2018).
+- `pool`: global average pooling, then the classes. Translation-invariant: it cannot tell left from
+  right or near from far by position (BENCHMARKS.md, "The training recipe").
 """
 
 from __future__ import annotations
 
 import io
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -25,6 +34,17 @@ class ModelConfig:
     width: int = 32  # channels of the first stage; doubled at each later stage
     depth: int = 2  # residual blocks per stage (3 stages)
     stem_stride: int = 2  # 2 halves the resolution at once: ~4x fewer FLOPs, fine for small inputs
+    head: Literal["spatial", "coord", "pool"] = "coord"
+    hidden: int = 128  # features of the spatial head's hidden layer (the embedding)
+    dropout: float = 0.3  # before the spatial head's hidden layer
+
+    @property
+    def feature_side(self) -> int:
+        """The side of the last feature map: the stem and two stride-2 stages, each ceil(n / 2)."""
+        side = -(-self.image_size // self.stem_stride)
+        for _ in range(2):
+            side = -(-side // 2)
+        return side
 
 
 class Block(nn.Module):
@@ -48,6 +68,20 @@ class Block(nn.Module):
         return F.relu(y + self.skip(x))
 
 
+class CoordPool(nn.Module):
+    """(B, C, s, s) -> (B, C): each position's features and its (x, y) in [-1, 1], a 1x1 conv, ReLU, mean."""
+
+    def __init__(self, channels: int, side: int):
+        super().__init__()
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, side), torch.linspace(-1, 1, side), indexing="ij")
+        self.register_buffer("coords", torch.stack([xs, ys])[None], persistent=False)  # (1, 2, s, s)
+        self.mix = nn.Sequential(nn.Conv2d(channels + 2, channels, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        coords = self.coords.to(x.dtype).expand(x.shape[0], -1, -1, -1)
+        return self.mix(torch.cat([x, coords], 1)).mean((2, 3))
+
+
 class FrameClassifier(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -64,13 +98,27 @@ class FrameClassifier(nn.Module):
                 stages.append(Block(c, c_out, stride=2 if (j == 0 and i > 0) else 1))
                 c = c_out
         self.stages = nn.Sequential(*stages)
+        if cfg.head == "spatial":
+            side, squeezed = cfg.feature_side, max(c // 4, 4)
+            self.neck = nn.Sequential(
+                nn.Conv2d(c, squeezed, 1, bias=False), nn.BatchNorm2d(squeezed), nn.ReLU(),  # fewer weights below
+                nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(squeezed * side * side, cfg.hidden), nn.ReLU(),
+            )  # fmt: skip
+            c = cfg.hidden
+        elif cfg.head == "coord":
+            self.neck = CoordPool(c, cfg.feature_side)
+        elif cfg.head == "pool":
+            self.neck = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        else:
+            raise ValueError(f"head must be 'spatial', 'coord' or 'pool', got {cfg.head!r}")
         self.head = nn.Linear(c, cfg.num_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate-layer features (B, 4*width) for uint8 or float images (B, 3, S, S)."""
+        """Penultimate-layer features (B, hidden) or, with the pool head, (B, 4*width), for uint8 or
+        float images (B, 3, S, S)."""
         x = (x.to(self.mean.dtype) - self.mean) / self.std
-        x = self.stages(self.stem(x))  # (B, 4w, S/(4*stem_stride), S/(4*stem_stride))
-        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        x = self.stages(self.stem(x))  # (B, 4w, s, s), s = cfg.feature_side
+        return self.neck(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(x))  # (B, num_classes) logits
@@ -91,7 +139,7 @@ def save_weights(model: nn.Module, cfg: ModelConfig, classes: list[str]) -> byte
 def load_weights(data: bytes) -> tuple[FrameClassifier, list[str]]:
     """The inverse of `save_weights`, with `weights_only=True`; the model is in eval mode."""
     blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    cfg = ModelConfig(**blob["config"])
+    cfg = ModelConfig(**{"head": "pool", **blob["config"]})  # models saved before the head was a choice pooled
     model = build_model(cfg)
     model.load_state_dict(blob["state_dict"])
     return model.eval(), list(blob["classes"])

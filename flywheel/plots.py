@@ -73,20 +73,28 @@ def demo_png(rows: list[dict]) -> bytes:
 
 def demo_figure(rows: list[dict]) -> Figure:
     """The demo's iterations (`report.iteration_summary` rows with `iteration`): on top the metric of
-    challenger, champion and the deployed model, with the challenger on the rare slice (each point
-    labelled with its frames; hollow where too few to judge); below, challenger - champion on the
-    rare slice with the gate's paired interval, against the gate's tolerance."""
+    challenger, champion and the deployed model on the growing evaluation set, the deployed model on the
+    fixed held-out set (the same frames every turn: where it rises, the model got better), and the
+    challenger on the rare slice (each point labelled with its frames; hollow where too few to judge);
+    below, challenger - champion on the rare slice with the gate's paired interval, against the gate's
+    tolerance."""
     if not rows:
         raise ValueError("rows is empty: no iterations to plot")
     metric, rare = rows[0]["metric"], rows[0]["rare_slice"]
     x = [int(r["iteration"]) for r in rows]
-    fig = Figure(figsize=(6.4, 5.2))
+    fig = Figure(figsize=(6.4, 6.0))
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 2))
     deployed = [r["challenger"] if r["gate_passed"] else r["champion"] for r in rows]
-    top.plot(x, _column(rows, "challenger"), "o-", markersize=4, label=f"challenger {metric}")
-    top.plot(x, _column(rows, "champion"), "s--", markersize=4, label=f"champion {metric}")
+    growing = "growing evaluation set"
+    top.plot(x, _column(rows, "challenger"), "o-", markersize=4, label=f"challenger {metric}, {growing}")
+    top.plot(x, _column(rows, "champion"), "s--", markersize=4, label=f"champion {metric}, {growing}")
     top.step(x, [math.nan if v is None else v for v in deployed], where="mid", color="black", alpha=0.5,
-             linewidth=2, label=f"deployed {metric}")  # fmt: skip
+             linewidth=2, label=f"deployed {metric}, {growing}")  # fmt: skip
+    # the deployed model after each turn on the same frames every turn; a gap where no fixed set existed yet
+    fixed_n = next((r["fixed_frames"] for r in rows if r.get("fixed_frames")), None)
+    fixed = [math.nan if r.get("fixed_deployed") is None else r["fixed_deployed"] for r in rows]
+    top.plot(x, fixed, "D-", color="tab:green", linewidth=2, markersize=5,
+             label=f"deployed {metric}, " + (f"fixed held-out set, n={fixed_n}" if fixed_n else "no fixed held-out set yet"))  # fmt: skip
     small = [r["rare_frames"] < r["min_slice_frames"] for r in rows]
     for hollow in (False, True):  # filled: enough frames to judge; hollow: too few
         xs = [i for i, r, s in zip(x, rows, small, strict=True) if s == hollow and r["challenger_rare"] is not None]
@@ -101,7 +109,7 @@ def demo_figure(rows: list[dict]) -> Figure:
     top.set_ylim(0, 1.05)
     top.set_ylabel(metric)
     top.grid(alpha=0.3)
-    top.legend(fontsize=6, loc="lower right")
+    top.legend(fontsize=6, loc="lower center", bbox_to_anchor=(0.5, 1.01), ncol=2, frameon=False)  # above: no point hidden
     judged = [(i, r) for i, r in zip(x, rows, strict=True) if r["rare_delta"]]
     for i, r in judged:
         d, lo, hi = r["rare_delta"]

@@ -60,7 +60,9 @@ def rare_condition(settings: Settings) -> str:
 
 
 def iteration_summary(store: Store, settings: Settings, tracker: Tracker) -> dict:
-    """What one iteration did: dataset, challenger vs champion (overall and rare slice), gate, deploy."""
+    """What one iteration did: dataset, challenger vs champion (overall and rare slice), gate, deploy, and
+    challenger, champion and the deployed model on the fixed held-out set (None: no fixed set yet, or
+    that model was not scored on it; `fixed_note` says why there is no set)."""
     version = tracker.alias(CHALLENGER)
     ev = store.read_json(layout.evaluation_key(settings.mlflow.model_name, version))
     metric, rare = settings.gate.metric, f"condition={rare_condition(settings)}"
@@ -74,6 +76,11 @@ def iteration_summary(store: Store, settings: Settings, tracker: Tracker) -> dic
     ch, ch_rare = scores(ev["challenger"])
     champ, champ_rare = scores(ev["champion"])
     cur = deploy.current(store, settings.mlflow.model_name)
+    deployed = cur["version"] if cur else None
+    fixed = ev.get("fixed_set") or {"frames": None, "note": "not scored: evaluated before fixed sets existed"}
+    fixed_ch, fixed_champ = ((fixed.get(role) or {}).get(metric) for role in ("challenger", "champion"))
+    # the model the fleet runs after this turn: the challenger if it was deployed, else the champion kept
+    on_fixed = {f"v{ev['champion_version']}": fixed_champ, f"v{version}": fixed_ch}
     # the rare slice as the gate judged it: its frames, and challenger - champion's paired interval
     judged = next((x for x in ev["gate"].get("slices", []) if x["slice"] == rare), None)
     return {
@@ -96,5 +103,11 @@ def iteration_summary(store: Store, settings: Settings, tracker: Tracker) -> dic
         "slice_tolerance": settings.gate.slice_tolerance,
         "gate_passed": ev["gate"]["passed"],
         "gate_reason": ev["gate"]["reason"],
-        "deployed": cur["version"] if cur else None,
+        "deployed": deployed,
+        "fixed_frames": fixed["frames"],
+        "fixed_from_version": fixed.get("dataset_version"),
+        "fixed_challenger": fixed_ch,
+        "fixed_champion": fixed_champ,
+        "fixed_deployed": on_fixed.get(deployed),
+        "fixed_note": fixed["note"],
     }

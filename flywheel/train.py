@@ -13,6 +13,8 @@ a TensorDataset or a list of pre-made batches all work. The recipe:
   NHWC backward in torch 2.13 aborts or segfaults for some shapes (width 8 at 32 px, odd batch sizes).
 - CUDA: bf16 autocast, TF32 matmuls, non-blocking copies from pinned memory,
   optional `torch.compile`. CPU: fp32.
+- The best epoch kept (`keep_best`): the weights returned are those of the epoch with the best val
+  accuracy, so a run that overfits a small dataset late does not ship its last, worse epoch.
 - A checkpoint after every epoch (model, optimizer, scheduler, RNG, loader state, history),
   written atomically and loaded with `weights_only=True`; a rerun with the same
   `checkpoint_dir` resumes where a crashed run stopped.
@@ -78,6 +80,7 @@ class TrainConfig(TrainSettings):
         return ModelConfig(
             num_classes=num_classes, image_size=self.image_size, width=self.width, depth=self.depth,
             stem_stride=self.stem_stride or (1 if self.image_size <= SMALL_INPUT else 2),
+            head=self.head, dropout=self.dropout,
         )
 
 
@@ -98,6 +101,7 @@ class TrainResult:
     )  # epochs already done in the checkpoint resumed from; None: fresh
     warm_started: bool
     warm_start_note: str = ""  # why a given warm start was not used
+    best_epoch: int | None = None  # the epoch (0-based) whose weights `weights` are, with `keep_best`; None: the last
 
 
 # ----------------------------------------------------------------------------- device, loaders
@@ -495,6 +499,7 @@ def _train(
     ckpt_path = checkpoint_dir / CHECKPOINT_NAME if checkpoint_dir is not None else None
     loader_state = _loader_state_owner(train_loader)
     start_epoch, history, resumed_from = 0, [], None
+    best: dict | None = None  # {"epoch", "val_acc", "model"}: the best val epoch so far, with `keep_best`
     if ckpt_path is not None and ckpt_path.exists():
         ckpt = _load_checkpoint(ckpt_path, cfg=cfg, classes=classes)
         model.load_state_dict(ckpt["model"])
@@ -506,6 +511,7 @@ def _train(
         start_epoch = resumed_from = int(ckpt["epoch"])
         history = list(ckpt["history"])
         warm_started, warm_note = bool(ckpt["warm_started"]), str(ckpt["warm_start_note"])
+        best = ckpt.get("best")
 
     plain = model  # the module whose state_dict we save
     if ddp.enabled:
@@ -559,6 +565,10 @@ def _train(
             )
         metrics.update(lr=lr, images_per_s=n_images / seconds if seconds > 0 else math.nan)
         history.append(metrics)
+        # val metrics are all-reduced, so every rank keeps the same epoch
+        if cfg.keep_best and "val_acc" in metrics and (best is None or metrics["val_acc"] >= best["val_acc"]):
+            best = {"epoch": epoch, "val_acc": metrics["val_acc"],
+                    "model": {k: v.detach().cpu().clone() for k, v in plain.state_dict().items()}}  # fmt: skip
 
         if ddp.is_main and ckpt_path is not None:
             _save_checkpoint(
@@ -576,11 +586,14 @@ def _train(
                     "classes": classes,
                     "warm_started": warm_started,
                     "warm_start_note": warm_note,
+                    "best": best,
                 },
             )
         if ddp.is_main and on_epoch_end is not None:
             on_epoch_end(epoch, dict(metrics))
 
+    if best is not None:  # the best val epoch's weights, not the last epoch's
+        plain.load_state_dict(best["model"])
     return TrainResult(
         weights=save_weights(plain, model_cfg, classes) if ddp.is_main else None,
         model_config=model_cfg,
@@ -591,4 +604,5 @@ def _train(
         resumed_from_epoch=resumed_from,
         warm_started=warm_started,
         warm_start_note=warm_note,
+        best_epoch=best["epoch"] if best is not None else None,
     )

@@ -7,7 +7,8 @@ The search space is small on purpose, every trial being a whole training:
     weight_decay     log-uniform 1e-5 .. 1e-2
     label_smoothing  uniform     0 .. 0.2
     width            8, 16 or 32                 channels of the model's first stage
-    steps            log-int  400 .. 1600        half to twice the default step budget train.steps (800)
+    steps            log-int  half to twice the step budget train.steps
+    head             coord, spatial or pool      what the network does with where things are (flywheel/model.py)
 
 A field that flywheel.yaml sets under `train:` is not searched (nor `steps` when it sets
 `epochs`: a fixed number of passes leaves no step budget to search): every trial trains with the
@@ -52,8 +53,9 @@ from flywheel.store import Store
 from flywheel.tracking import Tracker
 from flywheel.train import TrainConfig, make_loader, pick_device, train
 
-SEARCHED = ("lr", "weight_decay", "label_smoothing", "width", "steps")
+SEARCHED = ("lr", "weight_decay", "label_smoothing", "width", "steps", "head")
 WIDTHS = (8, 16, 32)
+HEADS = ("coord", "spatial", "pool")
 JUDGING_POINTS = 4  # a trial may be pruned at each quarter of its schedule ...
 PRUNER = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)  # ... from the half on
 METRICS = {"accuracy": accuracy, "macro_f1": macro_f1}
@@ -311,6 +313,7 @@ def _suggest(trial: optuna.Trial, searched: list[str], settings: Settings) -> di
         "label_smoothing": lambda: trial.suggest_float("label_smoothing", 0.0, 0.2),
         "width": lambda: trial.suggest_categorical("width", WIDTHS),
         "steps": lambda: trial.suggest_int("steps", max(1, steps // 2), 2 * steps, log=True),
+        "head": lambda: trial.suggest_categorical("head", HEADS),
     }
     return {f: space[f]() for f in searched}
 

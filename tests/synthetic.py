@@ -14,20 +14,28 @@ COLOURS = np.array(
 )
 
 
-def separable_dataset(store, settings, *, per_split: dict[str, int], seed: int = 0) -> dict:
+def separable_dataset(store, settings, *, per_split: dict[str, int], seed: int = 0, by: str = "colour") -> dict:
     """A dataset version of synthetic frames that a small model learns in a few epochs.
 
-    The simulator's scenes need 64 px and many epochs to separate; this test is about DDP
-    matching one process, so it uses data where either reaches a clear accuracy quickly.
+    The simulator's scenes need 64 px and many epochs to separate; these tests are about training
+    machinery, so they use data where a model reaches a clear accuracy quickly. `by`: what the label
+    is: the square's `colour`, its `position` (which vertical band of the frame; the colour is
+    random), or `nothing` (labels drawn apart from the image: no model can learn them).
     """
+    if by not in ("colour", "position", "nothing"):
+        raise ValueError(f"by must be colour, position or nothing, got {by!r}")
     rng = np.random.default_rng(seed)
     size, rows = settings.image_size, []
     for split, n in per_split.items():
         for i in range(n):
-            label = int(rng.integers(len(settings.classes)))
+            label, k = int(rng.integers(len(settings.classes))), len(settings.classes)
             img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
             r, c = rng.integers(0, size - size // 4 + 1, 2)
-            img[r : r + size // 4, c : c + size // 4] = COLOURS[label % len(COLOURS)]
+            colour = COLOURS[(label if by == "colour" else int(rng.integers(len(COLOURS)))) % len(COLOURS)]
+            if by == "position":  # the square's left edge in the label's band of the frame
+                band = (size - size // 4) / k
+                c = int(rng.uniform(label * band, (label + 1) * band))
+            img[r : r + size // 4, c : c + size // 4] = colour
             clip = f"{split}-{i // 8}"  # 8 frames per clip, each clip in one split
             rows.append({
                 "frame_id": f"{clip}/front/{i % 8}", "clip_id": clip, "vehicle_id": "veh-1", "trigger": "random",

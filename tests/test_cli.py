@@ -70,7 +70,8 @@ def test_simulate_ingest_status(tmp_path, flywheel_home, monkeypatch):
 
 def test_demo_end_to_end_then_rollback(tmp_path, flywheel_home):
     cfg = tmp_path / "flywheel.yaml"
-    cfg.write_text(SMALL + "gate: {floor: 0.0, min_slice_frames: 1000, force: true, force_reason: 'ci: demo smoke'}\n")
+    cfg.write_text(SMALL + "gate: {floor: 0.0, min_slice_frames: 1000, force: true, force_reason: 'ci: demo smoke'}\n"
+                   "eval: {fixed_set_min_frames: 4}\n")  # fmt: skip
     out = flywheel("demo", "--iterations", "2", "--clips", "8", home=flywheel_home, config=cfg)
     assert "iteration 2/2" in out.stdout and "2 deployed" in out.stdout
     assert "training: 1 epochs per challenger, no plain-baseline check (the demo's budget" in out.stdout
@@ -83,6 +84,17 @@ def test_demo_end_to_end_then_rollback(tmp_path, flywheel_home):
     second = rows[1]["auto_labels"]
     assert 0 <= second["correct"] <= second["compared"] and (second["accuracy"] is None) == (second["compared"] == 0)
     assert (flywheel_home / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # each deployed model on the fixed held-out set, frozen from v1: per iteration, then as one curve
+    n = rows[0]["fixed_frames"]
+    assert n >= 4 and [(r["fixed_frames"], r["fixed_from_version"]) for r in rows] == [(n, 1), (n, 1)]
+    scores = [r["fixed_deployed"] for r in rows]
+    assert scores == [r["fixed_challenger"] for r in rows] and all(0 <= s <= 1 for s in scores)  # both deployed
+    line1, line2 = [ln for ln in out.stdout.splitlines() if ln.startswith("  macro_f1 on the fixed held-out set")]
+    on_fixed = f"  macro_f1 on the fixed held-out set (n={n}, frozen from dataset v1): deployed"
+    assert line1 == f"{on_fixed} v1 {scores[0]:.3f} | challenger {scores[0]:.3f} vs champion -"  # a first model
+    assert line2.startswith(f"{on_fixed} v2 {scores[1]:.3f} | challenger {scores[1]:.3f} vs champion 0.")
+    curve = " -> ".join(f"{s:.3f}" for s in scores)
+    assert f"deployed model's macro_f1 on the fixed held-out set (n={n}), per iteration: {curve}" in out.stdout
     status = json.loads(flywheel("status", "--json", home=flywheel_home, config=cfg).stdout)
     assert status["champion"]["version"] == "v2" and status["dataset_version"] == 2
     assert "champion v2 -> v1" in flywheel("rollback", home=flywheel_home, config=cfg).stdout

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from flywheel import dataset
+import pyarrow as pa
+import pytest
+
+from flywheel import dataset, evalset, layout
 from flywheel.dataset import append_version
 from flywheel.evalset import grow_golden, latest_golden_version, load_golden
 from flywheel.store import open_store
@@ -65,3 +68,36 @@ def test_test_counts_include_the_latest_version_and_older_waiting_batches(tmp_pa
     counts = test_counts(store, "ds", "b9")
     test_frames = store.read_parquet(dataset.shard_keys(v1, "test"), columns=["trigger"]).column(0).to_pylist()
     assert sum(n for k, n in counts.items() if k.startswith("trigger=")) == len(test_frames) > 0
+
+
+def _auto_labeled(rows):
+    """`rows` as if the champion had labeled every frame itself."""
+    i = rows.column_names.index("label_source")
+    return rows.set_column(i, rows.field(i), pa.array(["auto"] * rows.num_rows, rows.field(i).type))
+
+
+def test_the_fixed_set_is_frozen_from_the_first_version_with_enough_labeled_test_frames(tmp_path):
+    from flywheel.evalset import fixed_set
+
+    store = open_store(str(tmp_path))
+    # v1's test frames carry only auto labels: they count for nothing, however many there are
+    v1 = append_version(store, name="ds", batches={"b1": _auto_labeled(dataset_rows("b1", clips=20))}, classes=CLASSES)
+    b2 = dataset_rows("b2", clips=20)
+    least = sum(s == "test" for s in b2.column("split").to_pylist())
+    assert len(_test_ids(store, v1)) >= least > 0
+    assert fixed_set(store, "ds", v1, min_frames=least) is None
+    assert not store.exists(layout.fixed_set_key("ds"))  # "not yet" writes nothing
+    v2 = append_version(store, name="ds", batches={"b2": b2}, classes=CLASSES)
+    v3 = append_version(store, name="ds", batches={"b3": dataset_rows("b3", clips=20)}, classes=CLASSES)
+    # first asked at v3, it is v2's labeled test frames: the first version that has enough
+    made = fixed_set(store, "ds", v3, min_frames=least)
+    assert made["dataset_version"] == 2 and made["frames"] == least
+    assert made["frame_ids"] == sorted(_test_ids(store, v2) - _test_ids(store, v1))
+    v4 = append_version(store, name="ds", batches={"b4": dataset_rows("b4", clips=20)}, classes=CLASSES)
+    assert len(_test_ids(store, v4)) > len(_test_ids(store, v3))  # later versions add test frames ...
+    assert fixed_set(store, "ds", v4, min_frames=least) == made  # ... the fixed set keeps its frames
+    assert len(evalset.labeled_test_frames(store, v4)) > least  # v3 or v4 would make another set now ...
+    assert fixed_set(store, "ds", v4, min_frames=least + 1) == made  # ... but it is not made again
+    assert store.read_json(layout.fixed_set_key("ds")) == made
+    with pytest.raises(ValueError, match="min_frames must be >= 1"):
+        fixed_set(store, "ds", v4, min_frames=0)

@@ -259,30 +259,38 @@ def test_plots_reject_bad_input(call, match):
         call(plots)
 
 
-def _iteration(i, *, champion, rare_frames, delta=None, gated=None, passed=True):
-    """One `report.iteration_summary` row of the demo."""
+def _iteration(i, *, champion, rare_frames, delta=None, gated=None, passed=True, fixed=None):
+    """One `report.iteration_summary` row of the demo; `fixed`: the deployed model on the fixed set."""
     return {"iteration": i, "metric": "macro_f1", "rare_slice": "condition=fog", "challenger": 0.5 + 0.1 * i,
             "champion": champion, "gate_passed": passed, "challenger_rare": 0.4, "rare_frames": rare_frames,
-            "rare_delta": delta, "rare_gated": gated, "min_slice_frames": 30, "slice_tolerance": 0.05}  # fmt: skip
+            "rare_delta": delta, "rare_gated": gated, "min_slice_frames": 30, "slice_tolerance": 0.05,
+            "fixed_frames": None if fixed is None else 150, "fixed_deployed": fixed}  # fmt: skip
 
 
 def test_demo_plot_has_whole_iterations_sample_sizes_and_the_gates_intervals():
     from flywheel import plots
 
-    rows = [_iteration(1, champion=None, rare_frames=4),
-            _iteration(2, champion=0.6, rare_frames=12, delta=[0.1, -0.3, 0.5], gated=False),
-            _iteration(3, champion=0.7, rare_frames=80, delta=[-0.02, -0.08, 0.04], gated=True, passed=False)]  # fmt: skip
+    rows = [_iteration(1, champion=None, rare_frames=4),  # no fixed set yet
+            _iteration(2, champion=0.6, rare_frames=12, delta=[0.1, -0.3, 0.5], gated=False, fixed=0.65),
+            _iteration(3, champion=0.7, rare_frames=80, delta=[-0.02, -0.08, 0.04], gated=True, passed=False, fixed=0.65)]  # fmt: skip
     fig = plots.demo_figure(rows)
     top, bottom = fig.axes
     assert list(bottom.get_xticks()) == [1, 2, 3]  # no 1.5, 2.5
     labels = [t.get_text() for t in top.texts]
     assert labels == ["n=4", "n=12", "n=80"]  # each slice point with its frames
     lines = {ln.get_label(): ln for ln in top.get_lines()}
-    assert {"challenger macro_f1", "champion macro_f1", "deployed macro_f1"} <= set(lines)
+    growing = ["challenger macro_f1, growing evaluation set", "champion macro_f1, growing evaluation set",
+               "deployed macro_f1, growing evaluation set"]  # fmt: skip
+    assert set(growing) <= set(lines)
     hollow = lines["challenger on condition=fog (< 30 frames: too few to judge)"]
     assert list(hollow.get_xdata()) == [1, 2] and hollow.get_markerfacecolor() == "none"
     # the deployed model: the challenger where the gate passed, else the champion kept
-    assert list(lines["deployed macro_f1"].get_ydata()) == pytest.approx([0.6, 0.7, 0.7])
+    assert list(lines["deployed macro_f1, growing evaluation set"].get_ydata()) == pytest.approx([0.6, 0.7, 0.7])
+    # beside it, the deployed model on the fixed held-out set, with its size; a gap before the set existed
+    fixed = lines["deployed macro_f1, fixed held-out set, n=150"].get_ydata()
+    assert np.isnan(fixed[0]) and list(fixed[1:]) == pytest.approx([0.65, 0.65])
     # below: one interval per judged iteration (none for the first model)
     assert len(bottom.containers) == 2
     decode_png(plots.demo_png(rows))
+    unfixed = {ln.get_label() for ln in plots.demo_figure(rows[:1]).axes[0].get_lines()}
+    assert "deployed macro_f1, no fixed held-out set yet" in unfixed  # said, not drawn as a score

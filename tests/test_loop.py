@@ -6,12 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from flywheel import champion, dataset, deploy, layout, loop
+from flywheel import champion, dataset, deploy, evalset, layout, loop
 from flywheel.config import load_settings
 from flywheel.definitions import build_definitions
 from flywheel.engine.queue import human_labels_spent
+from flywheel.evaluate import score
 from flywheel.ingest import commit_batch, plan_batch
 from flywheel.model import load_weights
+from flywheel.predict import predict
+from flywheel.reader import load_arrays
 from flywheel.report import champion_status, iteration_summary
 from flywheel.sim import simulate
 from flywheel.sim.annotator import answer_queue
@@ -79,6 +82,11 @@ def test_two_iterations_materialize_the_whole_graph(flywheel_home, monkeypatch):
         # what the model looks at, in the UI and beside the run
         evaluated = instance.get_latest_materialization_event(dg.AssetKey("evaluation")).asset_materialization
         assert evaluated.metadata["saliency"].value.startswith("![saliency](data:image/png;base64,")
+        # 48 frames hold too few labeled test frames for a fixed held-out set: said so, and no score
+        no_fixed = store.read_json(layout.evaluation_key(settings.mlflow.model_name, "1"))["fixed_set"]
+        assert no_fixed["frames"] is None and no_fixed["challenger"] is None and no_fixed["champion"] is None
+        assert no_fixed["note"].startswith("no fixed set yet") and not store.exists(layout.fixed_set_key(settings.dataset.name))
+        assert "no fixed set yet" in evaluated.metadata["growing evaluation set vs fixed held-out set"].value
         artifacts = {a.path for a in tracker.client.list_artifacts(trained.info.run_id, "plots")}
         assert "plots/saliency.png" in artifacts
         experiment = tracker.client.get_experiment(tracker.experiment_id)
@@ -87,7 +95,8 @@ def test_two_iterations_materialize_the_whole_graph(flywheel_home, monkeypatch):
         # a second batch makes v2 of the dataset, reusing v1's shards; a challenger that cannot beat the
         # champion by the margin is kept out: a successful run with that outcome, not a failure
         _ingest_new_batch(store, settings, instance, defs, seed=2)
-        strict = build_definitions(settings, overrides={**TINY, "gate.margin": 1.0})
+        least = len(evalset.labeled_test_frames(store, dataset.load_manifest(store, settings.dataset.name, 1))) + 1
+        strict = build_definitions(settings, overrides={**TINY, "gate.margin": 1.0, "eval.fixed_set_min_frames": least})
         second = strict.resolve_job_def("train_and_deploy").execute_in_process(instance=instance)
         assert second.success and instance.get_run_by_id(second.run_id).tags["flywheel/gate"] == "kept"
         manifest = dataset.load_manifest(store, settings.dataset.name)
@@ -97,6 +106,23 @@ def test_two_iterations_materialize_the_whole_graph(flywheel_home, monkeypatch):
         assert tracker.alias(CHALLENGER) == "2" and tracker.alias(CHAMPION) == "1"
         summary = iteration_summary(store, settings, tracker)
         assert summary["dataset_version"] == 2 and summary["champion_version"] == "1" and not summary["gate_passed"]
+        # v2 is the first version with `least` labeled test frames: the fixed set is frozen from it, and
+        # challenger and champion are both scored on those frames, read back by frame id
+        fixed = store.read_json(layout.evaluation_key(settings.mlflow.model_name, "2"))["fixed_set"]
+        frozen = store.read_json(layout.fixed_set_key(settings.dataset.name))
+        assert fixed["dataset_version"] == frozen["dataset_version"] == 2 and fixed["frames"] == frozen["frames"] >= least
+        images, labels, _ = load_arrays(store, manifest, frame_ids=frozen["frame_ids"], image_size=settings.image_size)
+        for role, version in (("challenger", "2"), ("champion", "1")):
+            model, _ = load_weights(tracker.weights(version))
+            expected = score(predict(model, images).probs, labels, classes=settings.classes)
+            assert fixed[role]["n"] == len(labels) and fixed[role]["macro_f1"] == pytest.approx(expected["macro_f1"])
+        assert summary["fixed_challenger"] == fixed["challenger"]["macro_f1"]
+        assert summary["fixed_deployed"] == summary["fixed_champion"] == fixed["champion"]["macro_f1"]  # v1 was kept
+        assert tracker.client.get_run(tracker.version_run("2")).data.metrics["fixed/macro_f1"] == pytest.approx(
+            fixed["challenger"]["macro_f1"])  # fmt: skip
+        evaluated = instance.get_latest_materialization_event(dg.AssetKey("evaluation")).asset_materialization
+        assert evaluated.metadata["fixed held-out set macro_f1"].value == pytest.approx(fixed["challenger"]["macro_f1"])
+        assert "fixed held-out set (frozen from v2)" in evaluated.metadata["growing evaluation set vs fixed held-out set"].value
         materialized = {e.asset_key.path[-1] for e in second.get_asset_materialization_events()}
         assert "evaluation" in materialized and "deployed" not in materialized
         logs = [e.message for e in instance.all_logs(second.run_id)]

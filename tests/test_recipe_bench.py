@@ -3,6 +3,7 @@ and datasets that are what they say (held out by clip, geometry labels that flip
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
 
@@ -15,45 +16,91 @@ from benchmarks.datasets import (
     DATASETS,
     GEOMETRY_CLASSES,
     GEOMETRY_SIZE,
+    HEADWAY_CLASSES,
+    HEADWAY_LIMITS,
     SIM96_SHARES,
+    headway_clips,
+    headway_label,
+    headway_label_at_row,
+    headway_row,
     make_frames,
+    render_headway,
     shape_centre_x,
 )
+from benchmarks.cli import DATASET_NAMES
+from benchmarks.recipe import ARMS, summarize
 from flywheel.cli import main
+from flywheel.sim.render import encode_jpeg
 
 
 def test_bench_recipe_quick_through_the_cli(tmp_path):
-    args = ["bench", "recipe", "--quick", "--datasets", "geometry,digits", "--threads", "1",
-            "--set", "train.width=8", "--workdir", str(tmp_path)]  # fmt: skip
+    out_file = tmp_path / "recipe.json"
+    args = ["bench", "recipe", "--quick", "--datasets", "geometry,digits", "--seeds", "0,1", "--threads", "1",
+            "--warm", "--set", "train.width=8", "--workdir", str(tmp_path), "--out", str(out_file)]  # fmt: skip
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
+    assert json.loads(out_file.read_text()) == out  # the stored result is what was printed
     assert out["config"]["overrides"]["train.width"] == 8 and out["config"]["train"]["width"] == 8
+    assert out["config"]["seeds"] == [0, 1] and out["config"]["yardsticks"] == ["cnn", "resnet18"]
     rows = out["rows"]
-    assert [(r["dataset"], r["size"]) for r in rows] == [
-        ("geometry", 96), ("geometry", 192), ("digits", 96), ("digits", 192)
+    assert [(r["dataset"], r["seed"], r["size"]) for r in rows] == [
+        (d, seed, size) for d in ("geometry", "digits") for seed in (0, 1) for size in (96, 192)
     ]  # fmt: skip
     for r in rows:
         classes = DATASETS[r["dataset"]].classes
-        arms = ["recipe", "baseline"] + (["recipe_warm"] if r["size"] == 192 else [])
-        assert sorted(a for a in ("recipe", "recipe_warm", "baseline") if a in r) == sorted(arms)
+        arms = ["recipe", "cnn", "resnet18"] + (["recipe_warm"] if r["size"] == 192 else [])
+        assert sorted(a for a in ARMS if a in r) == sorted(arms)
         for arm in arms:
             assert 0 <= r[arm]["accuracy"] <= 1 and 0 <= r[arm]["macro_f1"] <= 1
             assert list(r[arm]["recall"]) == classes
             assert all(0 <= v <= 1 for v in r[arm]["recall"].values())
             assert r[arm]["frames"] == r["heldout_frames"]  # every arm scored on the same frames
-        delta = r["recipe"]["accuracy"] - r["baseline"]["accuracy"]
-        assert r["delta"] == pytest.approx(delta, abs=1e-4)
+        for kind in ("cnn", "resnet18"):
+            assert r["delta"][kind] == pytest.approx(r["recipe"]["accuracy"] - r[kind]["accuracy"], abs=1e-4)
+            assert r[kind]["learns"] == (r[kind]["accuracy"] >= r["majority_share"] + 0.05)
         assert r["frames"] <= r["pool_frames"]
         assert r["train_rows"] == r["frames"] + r["offline_copies"]
     assert rows[1]["recipe_warm"]["warm_started"] and not rows[1]["recipe"]["warm_started"]
-    for name in ("geometry", "digits"):  # one held-out set per dataset, whatever the size
-        assert len({r["heldout_sha256"] for r in rows if r["dataset"] == name}) == 1
-    assert rows[0]["pool_frames"] < rows[1]["pool_frames"]
-    assert "| geometry | 96 |" in out["markdown"]
+    for name, seed in itertools.product(("geometry", "digits"), (0, 1)):  # one held-out set per seed, any size
+        assert len({r["heldout_sha256"] for r in rows if (r["dataset"], r["seed"]) == (name, seed)}) == 1
+    assert rows[0]["heldout_sha256"] != rows[2]["heldout_sha256"]  # another seed, other frames
+    # The summary: one entry per dataset and size, means over the seeds
+    summary = {(e["dataset"], e["size"]): e for e in out["summary"]}
+    assert sorted(summary) == sorted((d, s) for d in ("geometry", "digits") for s in (96, 192))
+    for (name, size), e in summary.items():
+        accs = [r["recipe"]["accuracy"] for r in rows if (r["dataset"], r["size"]) == (name, size)]
+        assert e["seeds"] == [0, 1] and e["recipe"]["accuracy"] == pytest.approx(sum(accs) / 2, abs=1e-4)
+        assert e["recipe"]["accuracy_ci95"] == pytest.approx(12.71 * abs(accs[0] - accs[1]) / 2, abs=1e-3)
+    assert "| geometry | " in out["markdown"]
 
 
-@pytest.mark.parametrize("name", ["sim", "geometry", "digits"])
+def _row(seed: int, recipe: float, cnn: float, *, learns: bool = True) -> dict:
+    arm = {"macro_f1": 0.5, "seconds": 1.0}
+    return {"dataset": "d", "size": 10, "seed": seed, "pool_frames": 10, "frames": 8, "majority_share": 0.3,
+            "recipe": {**arm, "accuracy": recipe}, "cnn": {**arm, "accuracy": cnn, "learns": learns}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("rows", "verdict"),
+    [
+        ([_row(0, 0.9, 0.8), _row(1, 0.7, 0.75)], "recipe ahead"),  # means 0.80 vs 0.775
+        ([_row(0, 0.9, 0.95), _row(1, 0.7, 0.75)], "recipe behind cnn"),
+        ([_row(0, 0.9, 0.3, learns=False), _row(1, 0.9, 0.8)], "broken: cnn did not learn"),  # never "ahead"
+    ],
+)
+def test_the_summary_calls_a_row_broken_when_a_yardstick_did_not_learn(rows, verdict):
+    [entry] = summarize(rows)
+    assert entry["verdict"] == verdict
+    assert entry["cnn"]["learns"] == all(r["cnn"]["learns"] for r in rows)
+
+
+def test_the_command_line_knows_every_dataset():
+    assert DATASET_NAMES == tuple(DATASETS)
+
+
+
+@pytest.mark.parametrize("name", ["sim", "geometry", "digits", "glyphs", "headway"])
 def test_heldout_clips_are_apart_and_sizes_are_prefixes(name):
     small, large = make_frames(name, frames=40), make_frames(name, frames=80)
     held = make_frames(name, frames=40, heldout=True)
@@ -84,3 +131,89 @@ def test_sim96_is_imbalanced_as_asked():
     shares = {frames.classes[k]: n / len(frames) for k, n in Counter(frames.labels).items()}
     for cls, share in SIM96_SHARES.items():
         assert shares[cls] == pytest.approx(share, abs=0.02)
+
+
+def test_glyphs_has_many_classes_all_present_and_balanced():
+    frames = make_frames("glyphs", frames=600)
+    assert len(frames.classes) >= 20 and len(set(frames.classes)) == len(frames.classes)
+    counts = Counter(frames.labels)
+    assert sorted(counts) == list(range(len(frames.classes)))  # every class in the first 600
+    mean = len(frames) / len(frames.classes)
+    assert 0.75 * mean <= min(counts.values()) and max(counts.values()) <= 1.25 * mean
+    by_clip: dict[str, list[int]] = {}
+    for clip, label in zip(frames.clips, frames.labels, strict=True):
+        by_clip.setdefault(clip, []).append(label)
+    assert all(len(set(labels)) == 1 and len(labels) >= 3 for labels in by_clip.values())
+    first = frames.clips[0]
+    views = [img for img, clip in zip(frames.images, frames.clips, strict=True) if clip == first]
+    assert len(set(views)) == len(views)  # the views of a glyph differ (jitter, noise)
+
+
+def test_headway_label_is_the_lead_vehicles_distance_and_row():
+    near, mid, far, none = (HEADWAY_CLASSES.index(c) for c in ("near", "mid", "far", "none"))
+    assert [headway_label(d) for d in (5.0, 12.0, 25.0, 50.0, float("inf"))] == [
+        near, mid, far, none, none
+    ]  # fmt: skip
+    assert headway_row(5.0) > headway_row(12.0) > headway_row(25.0)  # nearer: lower in the frame
+    for d in (5.0, 8.5, 9.5, 16.0, 18.0, 30.0, 40.0):
+        assert headway_label_at_row(headway_row(d)) == headway_label(d)
+    assert headway_label_at_row(10.0) == none  # above the horizon
+
+
+def _lead_contact_row(with_lead: np.ndarray, without: np.ndarray) -> tuple[float, float]:
+    """(row where the lead vehicle meets the road, its mean column) from the pixels that the lead
+    vehicle changes; its shadow and anti-aliased edge reach about 1.6 px below its contact."""
+    diff = np.abs(with_lead.astype(np.int16) - without.astype(np.int16)).max(axis=2)
+    ys, xs = np.nonzero(diff > 12)
+    return float(ys.max()) + 0.5 - 1.6, float(xs.mean()) + 0.5
+
+
+def _shifted(rgb: np.ndarray, rows: int) -> np.ndarray:
+    """`rgb` moved down by `rows` (up if negative), black where nothing moved in."""
+    out = np.zeros_like(rgb)
+    if rows >= 0:
+        out[rows:] = rgb[: rgb.shape[0] - rows]
+    else:
+        out[:rows] = rgb[-rows:]
+    return out
+
+
+def test_headway_labels_follow_the_lead_vehicles_row_so_a_flip_keeps_them_a_shift_not():
+    frames = make_frames("headway", frames=320)
+    near = HEADWAY_CLASSES.index("near")
+    boundaries = [headway_row(d) for d in HEADWAY_LIMITS.values()]
+    widths: dict[str, list[float]] = {}
+    checked = 0
+    for k, clip in zip(range(40), headway_clips(0), strict=False):
+        with_lead, distances = render_headway(clip)
+        at = slice(8 * k, 8 * k + 8)  # the dataset's frames are these, labelled by the distance
+        assert frames.images[at] == [encode_jpeg(f) for f in with_lead]
+        assert frames.labels[at] == [headway_label(d) for d in distances]
+        if clip.condition != "day" or clip.lead is None:  # night, rain, fog hide the road contact
+            continue
+        without, _ = render_headway(clip, lead=False)
+        for a, b, d in zip(with_lead, without, distances, strict=True):
+            label, (row, col) = headway_label(d), _lead_contact_row(a, b)
+            # The pixels put the vehicle where its distance says, ahead in the ego lane.
+            assert abs(row - headway_row(d)) < 2
+            centre = a.shape[1] / 2
+            assert abs(col - centre) < a.shape[1] / 6
+            if min(abs(row - r) for r in boundaries) < 1.5:  # too close to a class boundary to tell
+                continue
+            assert headway_label_at_row(row) == label
+            diff = np.abs(a.astype(np.int16) - b).max(axis=2) > 12
+            cols = np.nonzero(diff.any(axis=0))[0]
+            widths.setdefault(HEADWAY_CLASSES[label], []).append(float(cols[-1] - cols[0]))
+            # Flipped left-right, the lead vehicle is still ahead and in the same row: same class.
+            flipped_row, flipped_col = _lead_contact_row(a[:, ::-1], b[:, ::-1])
+            assert flipped_row == row and abs(flipped_col - centre) < a.shape[1] / 6
+            assert headway_label_at_row(flipped_row) == label
+            # Shifted up or down, it meets the road in another row: another class.
+            shift = -24 if label == near else 12
+            shifted_row, _ = _lead_contact_row(_shifted(a, shift), _shifted(b, shift))
+            assert shifted_row == pytest.approx(row + shift)
+            assert headway_label_at_row(shifted_row) != label
+            checked += 1
+    assert checked >= 60
+    mean = {name: np.mean(v) for name, v in widths.items()}
+    assert mean["near"] > mean["mid"] > mean["far"]  # and the nearer, the bigger

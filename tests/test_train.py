@@ -392,3 +392,37 @@ def test_small_inputs_keep_their_resolution_in_the_stem():
     assert tiny_cfg(image_size=32).architecture(3).stem_stride == 1
     assert tiny_cfg(image_size=64).architecture(3).stem_stride == 2
     assert tiny_cfg(image_size=32, stem_stride=2).architecture(3).stem_stride == 2  # a set value wins
+
+
+class TurnsBad(StreamedFrames):
+    """Frames whose labels are shifted by one class from epoch `turn` on: the model unlearns them."""
+
+    def __init__(self, images, labels, turn: int):
+        super().__init__(images, labels)
+        self.turn = turn
+
+    def __iter__(self):
+        for sample in super().__iter__():
+            if self.epoch >= self.turn:
+                sample = {**sample, "label": (sample["label"] + 1) % len(CLASSES)}
+            yield sample
+
+
+@pytest.mark.parametrize("keep_best", [True, False])
+def test_the_best_val_epoch_is_kept_not_the_last(keep_best):
+    data = TurnsBad(*frames(192, seed=0), turn=4)
+    _, val_loader = loaders()
+    result = train(train_loader=DataLoader(data, batch_size=32), val_loader=val_loader, classes=CLASSES,
+                   cfg=tiny_cfg(epochs=8, keep_best=keep_best, schedule="cosine"), set_epoch=data.set_epoch,
+                   steps_per_epoch=6)  # fmt: skip
+    val_acc = [m["val_acc"] for m in result.history]
+    assert max(val_acc[:4]) > 0.6 and val_acc[-1] < 0.4  # it learned (chance is 1/3), then unlearned
+    if keep_best:
+        best = max(i for i, a in enumerate(val_acc) if a == max(val_acc))  # the latest of equals
+        assert result.best_epoch == best < 4
+        model, _ = load_weights(result.weights)
+        images, labels = frames(96, seed=1)  # the val frames: the returned weights score the best epoch's val_acc
+        probs = predict(model, images.numpy(), device="cpu").probs
+        assert float((probs.argmax(1) == labels.numpy()).mean()) == pytest.approx(val_acc[best])
+    else:
+        assert result.best_epoch is None and accuracy(result.weights) < 0.4

@@ -68,13 +68,13 @@ def test_flywheel_tune_then_the_challenger_trains_with_the_best_values(tiny, mon
 
     store = open_store(settings.store_root)
     tuned = store.read_json(layout.trainer_config_key("perception"))
-    assert set(tuned["params"]) == {"lr", "weight_decay", "label_smoothing"}
+    assert set(tuned["params"]) == {"lr", "weight_decay", "label_smoothing", "head"}
     assert tuned["dataset"]["version"] == 1 and tuned["classes"] == settings.classes
     assert tuned["trials"]["run"] == 3 and 0 <= tuned["best_value"] <= 1
     study = optuna.load_study(study_name=tuned["study"], storage=tune.storage_url(settings))
     assert len(study.trials) == 3
     # the recipe itself is the first trial
-    assert study.trials[0].params == {"lr": 3e-3, "weight_decay": 5e-4, "label_smoothing": 0.1}
+    assert study.trials[0].params == {"lr": 3e-3, "weight_decay": 5e-4, "label_smoothing": 0.1, "head": "coord"}
 
     tracker = tracker_for(settings)
     [parent] = tracker.client.search_runs([tracker.experiment_id], "tags.stage = 'tune'")
@@ -93,10 +93,11 @@ def test_flywheel_tune_then_the_challenger_trains_with_the_best_values(tiny, mon
     # ... and is scored against the plain baseline on val, for the retune sensor
     check = out["baseline_check"]
     assert check == store.read_json(layout.baseline_check_key("perception"))
-    assert check["model_version"] == out["version"] and check["baseline_epochs"] == 20
+    assert check["model_version"] == out["version"] and check["baseline_epochs"] == settings.tune.baseline_epochs
     assert trained.metrics["val_macro_f1"] == check["challenger"]
     assert trained.metrics["baseline_val_macro_f1"] == check["baseline"]
-    assert trained.tags["short_of_baseline"] == str(check["challenger"] < check["baseline"]).lower()
+    assert trained.tags["short_of_baseline"] == str(check["verdict"] == "short").lower()
+    assert trained.tags["baseline_check"] == check["verdict"] in ("ok", "short", "broken")
 
 
 def test_a_pruned_trial_ends_its_run_and_leaves_nothing_behind(tiny, flywheel_home, monkeypatch):
@@ -133,7 +134,7 @@ def _write_tuned(store, settings, **changes) -> None:
 def test_searched_fields_leave_out_what_flywheel_yaml_sets():
     assert tune.searched_fields(load_settings()) == list(tune.SEARCHED)
     assert tune.searched_fields(load_settings(**{"train.width": 8})) == [
-        "lr", "weight_decay", "label_smoothing", "steps"]  # fmt: skip
+        "lr", "weight_decay", "label_smoothing", "steps", "head"]  # fmt: skip
     # a fixed number of passes leaves no step budget to search
     assert "steps" not in tune.searched_fields(load_settings(**{"train.epochs": 4}))
 
