@@ -101,7 +101,8 @@ def _vs_baseline(check: dict | None) -> dict:
                "broken": f"broken: the yardstick did not learn (val accuracy {check['baseline_val_accuracy']} "
                          f"against a majority share of {check['majority_share']}), so nothing is shown"}  # fmt: skip
     return {"metric": check["metric"], "challenger": check["challenger"], "yardstick": check["baseline"],
-            "verdict": verdict[check["verdict"]], "yardstick_seconds": check["baseline_seconds"]}  # fmt: skip
+            "verdict": verdict[check["verdict"]], "yardstick_seconds": check["baseline_seconds"],
+            "share_of_training_time": check.get("share_of_training")}  # fmt: skip
 
 
 def _on_both_sets(out: dict, fixed: dict, metric: str) -> list[dict]:

@@ -35,13 +35,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from flywheel.evaluate import accuracy, confusion_matrix, macro_f1
-from flywheel.model import load_weights
+from flywheel.model import Block, load_weights
 from flywheel.predict import predict
 from flywheel.reader import load_arrays
 from flywheel.store import Store
 
-EPOCHS = 10  # the benchmark's; the per-turn check takes `tune.baseline_epochs`
-MAX_FRAMES = 20_000  # a larger train split is subsampled (seeded): a yardstick needs no more
+EPOCHS = 10  # the benchmark's; the per-turn check takes `tune.baseline_epochs` on `tune.baseline_frames`
 LEARNED = 0.05  # a yardstick whose val accuracy is less than this above the majority share did not learn
 METRICS = {"accuracy": accuracy, "macro_f1": macro_f1}
 
@@ -57,6 +56,7 @@ class ScriptCNN(nn.Module):
 
     def __init__(self, num_classes: int, image_size: int, width: int = 32, blocks: int = 4):
         super().__init__()
+        blocks = min(blocks, image_size.bit_length() - 1)  # an input under 16 px takes fewer max-pools
         layers, c, side = [], 3, image_size
         for i in range(blocks):
             c_out = width * 2**i
@@ -75,26 +75,6 @@ class ScriptCNN(nn.Module):
         return self.classifier(self.features(_normalize(x)))  # (B, num_classes)
 
 
-class _Basic(nn.Module):
-    """ResNet's basic block: two 3x3 convs, a 1x1 projection on the skip where the shape changes."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.down = (
-            nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-            if stride != 1 or c_in != c_out
-            else nn.Identity()
-        )
-
-    def forward(self, x):
-        y = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(y)) + self.down(x))
-
-
 class ResNet18(nn.Module):
     """ResNet-18: stem, 4 stages of 2 basic blocks (64, 128, 256, 512 channels), global pool, linear."""
 
@@ -107,7 +87,7 @@ class ResNet18(nn.Module):
                     nn.MaxPool2d(3, 2, 1)]  # fmt: skip
         blocks, c = [], 64
         for i, c_out in enumerate((64, 128, 256, 512)):
-            blocks += [_Basic(c, c_out, 1 if i == 0 else 2), _Basic(c_out, c_out, 1)]
+            blocks += [Block(c, c_out, 1 if i == 0 else 2), Block(c_out, c_out, 1)]  # ResNet's basic block
             c = c_out
         self.features = nn.Sequential(*stem, *blocks)
         self.fc = nn.Linear(512, num_classes)
@@ -191,9 +171,11 @@ def train_originals(store: Store, manifest: dict, image_size: int, *, limit: int
 
 
 def check_challenger(store: Store, manifest: dict, weights: bytes, *, image_size: int, metric: str,
-                     epochs: int = EPOCHS, seed: int = 0, device: str = "cpu") -> dict:  # fmt: skip
-    """The challenger (`weights`) and the `cnn` yardstick, trained here on the version's train
-    originals, scored on the val split: {metric, challenger, baseline, verdict, short, ...}.
+                     epochs: int = 4, max_frames: int = 800, seed: int = 0,
+                     device: str = "cpu") -> dict:  # fmt: skip
+    """The challenger (`weights`) and the `cnn` yardstick, trained here for `epochs` on at most
+    `max_frames` of the version's train originals (a seeded sample: the check costs a fraction of a
+    training), scored on the val split: {metric, challenger, baseline, verdict, short, ...}.
     `verdict`: broken, short or ok (module docstring); `short` is verdict == "short"."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
@@ -201,7 +183,7 @@ def check_challenger(store: Store, manifest: dict, weights: bytes, *, image_size
     if len(val_y) == 0:
         raise ValueError(f"dataset version v{manifest['version']} has no val rows to compare on")
     model, classes = load_weights(weights)
-    x, y = train_originals(store, manifest, image_size, limit=MAX_FRAMES, seed=seed)
+    x, y = train_originals(store, manifest, image_size, limit=max_frames, seed=seed)
     t0 = time.perf_counter()
     base = train_yardstick(x, y, num_classes=len(classes), epochs=epochs, seed=seed, device=device)
     seconds = time.perf_counter() - t0

@@ -767,7 +767,7 @@ def demo(obj: Ctx, iterations: int, clips: int, label_budget: int, seed: int, en
     click.echo(f"flywheel home: {home}")
     t = obj.settings.train
     budget = f"{t.epochs} epochs" if t.epochs else f"{t.steps} steps"
-    check = f"plain-baseline check {obj.settings.tune.baseline_epochs} epochs" if obj.settings.tune.baseline_epochs else "no plain-baseline check"
+    check = f"yardstick check {obj.settings.tune.baseline_epochs} epochs" if obj.settings.tune.baseline_epochs else "no yardstick check"
     click.echo(f"training: {budget} per challenger, {check}" + ("" if full_recipe else " (the demo's budget; --full-recipe for the defaults)"))
     rows, spent = [], 0
     for i in range(1, iterations + 1):

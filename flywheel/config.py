@@ -190,9 +190,9 @@ class TrainSettings(_Section):
     # What the network does with its last feature map: `spatial` flattens it (a hidden layer sees where each
     # feature is: the label when it is the distance to the car ahead or a side); `coord` adds each position's
     # (x, y) before averaging (fewer weights); `pool` averages position away (flywheel/model.py).
-    head: Literal["spatial", "coord", "pool"] = "coord"
+    head: Literal["both", "spatial", "coord", "pool"] = "both"
     dropout: float = Field(0.3, ge=0, lt=1)  # before the spatial head's hidden layer
-    # Return the weights of the epoch with the best val accuracy (the latest of equals), not the last
+    # Return the weights of the epoch with the best val macro-F1 (the latest of equals), not the last
     # epoch's: a long run on a small dataset that overfits keeps its best point. Needs a val split.
     keep_best: bool = True
     num_workers: int = Field(0, ge=0)
@@ -232,9 +232,11 @@ class TuneSettings(_Section):
     minutes: float = Field(30.0, gt=0)  # no trial starts after this; the one running finishes
     storage: str | None = None  # Optuna's database URL; None: SQLite under $FLYWHEEL_HOME/tune/
     cron: str = "0 3 * * 0"  # the weekly tune run: Sundays 03:00 UTC, after the nightly iteration
-    # After each training the plain baseline (flywheel/baseline.py) trains this many epochs on the same
-    # frames; a challenger below it on val asks the retune sensor for a tune run. 0: no check.
-    baseline_epochs: int = Field(20, ge=0)
+    # After each training the yardstick CNN (flywheel/baseline.py) trains this many epochs on at most
+    # `baseline_frames` of the same train frames (a seeded sample), a quarter of the training's time or less
+    # (BENCHMARKS.md); a challenger below it on val asks the retune sensor for a tune run. 0: no check.
+    baseline_epochs: int = Field(4, ge=0)
+    baseline_frames: int = Field(800, ge=1)
 
     @field_validator("storage")
     @classmethod

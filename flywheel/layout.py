@@ -259,5 +259,5 @@ def trainer_config_key(dataset_name: str) -> str:
 
 
 def baseline_check_key(dataset_name: str) -> str:
-    """The newest challenger of a dataset against the plain baseline on val, read by the retune sensor."""
+    """The newest challenger of a dataset against the yardstick CNN on val, read by the retune sensor."""
     return f"{TUNING}{check_name(dataset_name, 'dataset name')}/baseline_check.json"

@@ -197,9 +197,11 @@ def train_challenger(
                     f"{val}, {m['images_per_s']:.0f} images/s, about {left:.0f} s left")  # fmt: skip
 
         result = fit(on_epoch_end=on_epoch_end)
+        seconds = time.monotonic() - started
         tracker.log_bytes(run_id, "plots/learning_curves.png", plots.learning_curves_png(result.history))
         tracker.log_json(run_id, "history.json", result.history)
-        check = _against_baseline(store, settings, tracker, run_id, manifest, result.weights, cfg, device=str(dev))
+        check = _against_baseline(store, settings, tracker, run_id, manifest, result.weights, cfg, device=str(dev),
+                                  training_seconds=seconds)  # fmt: skip
         about = f"Trained on {name} v{manifest['version']} ({reader.num_samples()} train rows), recipe: {recipe}."
         version = tracker.register(run_id, result.weights, tags={"dataset_version": str(manifest["version"])},
                                    description=about)  # fmt: skip
@@ -253,15 +255,17 @@ def _kept(store: Store, settings: Settings, tracker: Tracker, manifest: dict, cf
 
 
 def _against_baseline(store: Store, settings: Settings, tracker: Tracker, run_id: str, manifest: dict,
-                      weights: bytes, cfg: TrainConfig, *, device: str) -> dict | None:  # fmt: skip
+                      weights: bytes, cfg: TrainConfig, *, device: str, training_seconds: float) -> dict | None:  # fmt: skip
     """The challenger and the yardstick CNN on val (flywheel/baseline.py), logged to the training run;
     None when `tune.baseline_epochs` is 0 or the version has no val rows. The run is tagged with the
     verdict (`baseline_check`: ok, short, or broken when the yardstick itself did not learn)."""
     epochs, metric = settings.tune.baseline_epochs, settings.gate.metric
     if not epochs or not manifest["counts"]["split"].get("val"):
         return None
-    check = baseline.check_challenger(store, manifest, weights, image_size=cfg.image_size, metric=metric,
-                                      epochs=epochs, seed=cfg.seed, device=device)  # fmt: skip
+    check = baseline.check_challenger(store, manifest, weights, image_size=cfg.image_size, metric=metric, epochs=epochs,
+                                      max_frames=settings.tune.baseline_frames, seed=cfg.seed, device=device)  # fmt: skip
+    check = {**check, "training_seconds": round(training_seconds, 1),
+             "share_of_training": round(check["baseline_seconds"] / training_seconds, 3) if training_seconds > 0 else None}  # fmt: skip
     tracker.log_metrics(run_id, {f"val_{metric}": check["challenger"], f"baseline_val_{metric}": check["baseline"]})
     tracker.set_tags(run_id, {"short_of_baseline": str(check["short"]).lower(), "baseline_check": check["verdict"]})
     return check

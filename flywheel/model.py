@@ -4,13 +4,16 @@ The model takes uint8 images (B, 3, S, S) and normalizes them itself, so the dep
 graph, the trainer and the fleet simulator all feed it raw pixels. Weights are stored as a
 plain state dict beside a JSON-able config and loaded with `weights_only=True`: no pickles.
 
-Two heads on the last feature map (B, 4w, s, s):
-- `spatial` (the default): flatten it, dropout, a hidden layer, the classes. The head sees *where*
-  a feature is, which is the label when it is the distance to the car ahead, a lane or a side.
+Heads on the last feature map (B, 4w, s, s), `ModelConfig.head`:
+- `spatial`: a 1x1 squeeze to w channels, flatten, dropout, a hidden layer. It sees *where* each
+  feature is relative to the others: the label when it is the distance to the car ahead, or a
+  letter's strokes. On small data it overfits where position matters less.
 - `coord`: each position's features with its (x, y) in the frame, mixed by a 1x1 conv, then global
   average pooling: position-aware with few weights (CoordConv, Liu et al. 2018).
-- `pool`: global average pooling, then the classes. Translation-invariant: it cannot tell left from
-  right or near from far by position (BENCHMARKS.md, "The training recipe").
+- `both` (the default): the two side by side. Chosen by measurement (one seed, BENCHMARKS.md "The
+  training recipe"): a flattening head alone lost 4-10 points to `coord` or `pool` on four of six
+  dataset families, and `coord` alone sat at chance on 26 letters where flattening learned.
+- `pool`: global average pooling, the translation-invariant head of the classic ResNet.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ class ModelConfig:
     width: int = 32  # channels of the first stage; doubled at each later stage
     depth: int = 2  # residual blocks per stage (3 stages)
     stem_stride: int = 2  # 2 halves the resolution at once: ~4x fewer FLOPs, fine for small inputs
-    head: Literal["spatial", "coord", "pool"] = "coord"
+    head: Literal["both", "spatial", "coord", "pool"] = "both"
     hidden: int = 128  # features of the spatial head's hidden layer (the embedding)
     dropout: float = 0.3  # before the spatial head's hidden layer
 
@@ -82,6 +85,26 @@ class CoordPool(nn.Module):
         return self.mix(torch.cat([x, coords], 1)).mean((2, 3))
 
 
+def _spatial(channels: int, cfg: ModelConfig) -> nn.Module:
+    """(B, C, s, s) -> (B, hidden): a 1x1 squeeze to C/4 channels (fewer weights below), flatten, dropout, linear."""
+    squeezed = max(channels // 4, 4)
+    return nn.Sequential(
+        nn.Conv2d(channels, squeezed, 1, bias=False), nn.BatchNorm2d(squeezed), nn.ReLU(), nn.Flatten(),
+        nn.Dropout(cfg.dropout), nn.Linear(squeezed * cfg.feature_side**2, cfg.hidden), nn.ReLU(),
+    )  # fmt: skip
+
+
+class _Both(nn.Module):
+    """The spatial and the coord head's features side by side: (B, hidden + C)."""
+
+    def __init__(self, spatial: nn.Module, coord: nn.Module):
+        super().__init__()
+        self.spatial, self.coord = spatial, coord
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.spatial(x), self.coord(x)], 1)
+
+
 class FrameClassifier(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -99,18 +122,17 @@ class FrameClassifier(nn.Module):
                 c = c_out
         self.stages = nn.Sequential(*stages)
         if cfg.head == "spatial":
-            side, squeezed = cfg.feature_side, max(c // 4, 4)
-            self.neck = nn.Sequential(
-                nn.Conv2d(c, squeezed, 1, bias=False), nn.BatchNorm2d(squeezed), nn.ReLU(),  # fewer weights below
-                nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(squeezed * side * side, cfg.hidden), nn.ReLU(),
-            )  # fmt: skip
+            self.neck = _spatial(c, cfg)
             c = cfg.hidden
+        elif cfg.head == "both":
+            self.neck = _Both(_spatial(c, cfg), CoordPool(c, cfg.feature_side))
+            c = cfg.hidden + c
         elif cfg.head == "coord":
             self.neck = CoordPool(c, cfg.feature_side)
         elif cfg.head == "pool":
             self.neck = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         else:
-            raise ValueError(f"head must be 'spatial', 'coord' or 'pool', got {cfg.head!r}")
+            raise ValueError(f"head must be 'both', 'spatial', 'coord' or 'pool', got {cfg.head!r}")
         self.head = nn.Linear(c, cfg.num_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

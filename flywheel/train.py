@@ -14,7 +14,7 @@ a TensorDataset or a list of pre-made batches all work. The recipe:
 - CUDA: bf16 autocast, TF32 matmuls, non-blocking copies from pinned memory,
   optional `torch.compile`. CPU: fp32.
 - The best epoch kept (`keep_best`): the weights returned are those of the epoch with the best val
-  accuracy, so a run that overfits a small dataset late does not ship its last, worse epoch.
+  macro-F1 (the latest of equals), so a run that overfits a small dataset late does not ship its last, worse epoch.
 - A checkpoint after every epoch (model, optimizer, scheduler, RNG, loader state, history),
   written atomically and loaded with `weights_only=True`; a rerun with the same
   `checkpoint_dir` resumes where a crashed run stopped.
@@ -46,6 +46,7 @@ from pydantic import Field
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from flywheel.config import IMAGE_SIZE, Settings, TrainSettings
+from flywheel.evaluate import macro_f1
 from flywheel.model import FrameClassifier, ModelConfig, build_model, load_weights, save_weights
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -403,9 +404,10 @@ def _epoch_metrics(sums: torch.Tensor, ddp: _Dist, prefix: str) -> dict[str, flo
 def _evaluate(
     model: nn.Module, loader: Iterable, *, cfg: TrainConfig, num_classes: int, device, ddp: _Dist
 ) -> dict:
-    """Plain cross-entropy (no smoothing) and accuracy on `loader`; each rank scores its own share."""
+    """Plain cross-entropy (no smoothing), accuracy and macro-F1 on `loader`; each rank scores its own share."""
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)
+    cm = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)  # (true, predicted), flat
     for batch in loader:
         _check_batch(batch, image_size=cfg.image_size, num_classes=num_classes, where="val_loader")
         x, y = _to_device(batch, device)
@@ -414,7 +416,9 @@ def _evaluate(
         sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
         sums[1] += (logits.argmax(1) == y).sum()
         sums[2] += len(y)
-    return _epoch_metrics(sums, ddp, "val")
+        cm += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes * num_classes)
+    cm = _all_reduce(cm, ddp).view(num_classes, num_classes).cpu().numpy()
+    return {**_epoch_metrics(sums, ddp, "val"), "val_macro_f1": macro_f1(cm)}
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -499,7 +503,7 @@ def _train(
     ckpt_path = checkpoint_dir / CHECKPOINT_NAME if checkpoint_dir is not None else None
     loader_state = _loader_state_owner(train_loader)
     start_epoch, history, resumed_from = 0, [], None
-    best: dict | None = None  # {"epoch", "val_acc", "model"}: the best val epoch so far, with `keep_best`
+    best: dict | None = None  # {"epoch", "val_macro_f1", "model"}: the best val epoch so far, with `keep_best`
     if ckpt_path is not None and ckpt_path.exists():
         ckpt = _load_checkpoint(ckpt_path, cfg=cfg, classes=classes)
         model.load_state_dict(ckpt["model"])
@@ -566,8 +570,10 @@ def _train(
         metrics.update(lr=lr, images_per_s=n_images / seconds if seconds > 0 else math.nan)
         history.append(metrics)
         # val metrics are all-reduced, so every rank keeps the same epoch
-        if cfg.keep_best and "val_acc" in metrics and (best is None or metrics["val_acc"] >= best["val_acc"]):
-            best = {"epoch": epoch, "val_acc": metrics["val_acc"],
+        # Macro-F1, not accuracy: on a small, unbalanced val split an early epoch that answers the majority
+        # class everywhere can match a later, better one on accuracy.
+        if cfg.keep_best and "val_macro_f1" in metrics and (best is None or metrics["val_macro_f1"] >= best["val_macro_f1"]):
+            best = {"epoch": epoch, "val_macro_f1": metrics["val_macro_f1"],
                     "model": {k: v.detach().cpu().clone() for k, v in plain.state_dict().items()}}  # fmt: skip
 
         if ddp.is_main and ckpt_path is not None:

@@ -8,7 +8,7 @@ The search space is small on purpose, every trial being a whole training:
     label_smoothing  uniform     0 .. 0.2
     width            8, 16 or 32                 channels of the model's first stage
     steps            log-int  half to twice the step budget train.steps
-    head             coord, spatial or pool      what the network does with where things are (flywheel/model.py)
+    head             both, coord, spatial, pool  what the network does with where things are (flywheel/model.py)
 
 A field that flywheel.yaml sets under `train:` is not searched (nor `steps` when it sets
 `epochs`: a fixed number of passes leaves no step budget to search): every trial trains with the
@@ -55,7 +55,7 @@ from flywheel.train import TrainConfig, make_loader, pick_device, train
 
 SEARCHED = ("lr", "weight_decay", "label_smoothing", "width", "steps", "head")
 WIDTHS = (8, 16, 32)
-HEADS = ("coord", "spatial", "pool")
+HEADS = ("both", "coord", "spatial", "pool")
 JUDGING_POINTS = 4  # a trial may be pruned at each quarter of its schedule ...
 PRUNER = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)  # ... from the half on
 METRICS = {"accuracy": accuracy, "macro_f1": macro_f1}
@@ -263,7 +263,7 @@ def recipe_id(cfg: TrainConfig) -> str:
 
 
 def retune_check(store: Store, settings: Settings) -> tuple[str | None, str]:
-    """Whether a tune run is due: the newest challenger scored below the plain baseline on val
+    """Whether a tune run is due: the newest challenger scored below the yardstick CNN on val
     (`loop.train_challenger`'s check) and no tune run came after it, or the class list or image
     size changed since the newest tuned config in the store.
 
@@ -275,7 +275,7 @@ def retune_check(store: Store, settings: Settings) -> tuple[str | None, str]:
     check = store.read_json(key) if store.exists(key) else None
     if check is not None and check["short"] and (last is None or _when(last["tuned_at"]) < _when(check["checked_at"])):
         why = (f"challenger v{check['model_version']} scored {check['metric']} {check['challenger']:.3f} "
-               f"on val, short of the plain baseline's {check['baseline']:.3f}")  # fmt: skip
+               f"on val, short of the yardstick CNN's {check['baseline']:.3f}")  # fmt: skip
         return f"{study_name(settings)}:short-of-baseline:{check['model_version']}", why
     if last is None:
         return None, "no tuned config yet: the schedule or `flywheel tune` makes the first"

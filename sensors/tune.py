@@ -1,4 +1,4 @@
-"""The sensor that retunes the trainer's recipe when it falls short of the plain baseline or what it
+"""The sensor that retunes the trainer's recipe when it falls short of the yardstick CNN or what it
 was tuned for changed."""
 
 import dagster as dg
@@ -12,7 +12,7 @@ from resources import SettingsResource, StoreResource
     job=tune_job,
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Requests a tune run when the newest challenger scored below the plain baseline on "
+    description="Requests a tune run when the newest challenger scored below the yardstick CNN on "
     "val, or when the class list or image size changed since the last tuned config (a tuned config "
     "applies only to the class list and image size it was tuned for).",
 )

@@ -74,7 +74,7 @@ def test_demo_end_to_end_then_rollback(tmp_path, flywheel_home):
                    "eval: {fixed_set_min_frames: 4}\n")  # fmt: skip
     out = flywheel("demo", "--iterations", "2", "--clips", "8", home=flywheel_home, config=cfg)
     assert "iteration 2/2" in out.stdout and "2 deployed" in out.stdout
-    assert "training: 1 epochs per challenger, no plain-baseline check (the demo's budget" in out.stdout
+    assert "training: 1 epochs per challenger, no yardstick check (the demo's budget" in out.stdout
     # the closing lines name commands that work where the user stands
     assert f"  FLYWHEEL_HOME={flywheel_home} flywheel ui " in out.stdout
     rows = json.loads((flywheel_home / "demo.json").read_text())

@@ -258,7 +258,8 @@ def test_predict_torch_and_onnx_with_an_embedding_output():
     model = tiny_model(head_scale=5.0)
     images = np.random.default_rng(2).integers(0, 256, (5, 3, SIZE, SIZE), dtype=np.uint8)
     out = predict(model, images, embeddings=True)
-    assert out.probs.shape == (5, 6) and out.embeddings.shape == (5, 16)
+    hidden = model.cfg.hidden + 4 * model.cfg.width  # the default head: spatial features beside coord-pooled ones
+    assert out.probs.shape == (5, 6) and out.embeddings.shape == (5, hidden)
     logits_only = io.BytesIO()  # a graph from elsewhere, without the embedding output
     torch.onnx.export(model, (torch.zeros(2, 3, SIZE, SIZE, dtype=torch.uint8),), logits_only, dynamo=False,
                       input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}})  # fmt: skip

@@ -74,7 +74,7 @@ def test_flywheel_tune_then_the_challenger_trains_with_the_best_values(tiny, mon
     study = optuna.load_study(study_name=tuned["study"], storage=tune.storage_url(settings))
     assert len(study.trials) == 3
     # the recipe itself is the first trial
-    assert study.trials[0].params == {"lr": 3e-3, "weight_decay": 5e-4, "label_smoothing": 0.1, "head": "coord"}
+    assert study.trials[0].params == {"lr": 3e-3, "weight_decay": 5e-4, "label_smoothing": 0.1, "head": "both"}
 
     tracker = tracker_for(settings)
     [parent] = tracker.client.search_runs([tracker.experiment_id], "tags.stage = 'tune'")
@@ -90,7 +90,7 @@ def test_flywheel_tune_then_the_challenger_trains_with_the_best_values(tiny, mon
     for field in ("lr", "weight_decay", "label_smoothing"):
         assert float(trained.params[f"train.{field}"]) == pytest.approx(tuned["params"][field])
     assert (trained.params["train.width"], trained.params["train.epochs"]) == ("8", "2")
-    # ... and is scored against the plain baseline on val, for the retune sensor
+    # ... and is scored against the yardstick CNN on val, for the retune sensor
     check = out["baseline_check"]
     assert check == store.read_json(layout.baseline_check_key("perception"))
     assert check["model_version"] == out["version"] and check["baseline_epochs"] == settings.tune.baseline_epochs
