@@ -135,7 +135,11 @@ def train_yardstick(images: np.ndarray, labels: np.ndarray, *, num_classes: int,
     opt, peak = optimizer(model, batch_size)
     x_all, y_all = torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
     steps = -(-len(y_all) // batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=peak, total_steps=epochs * steps, pct_start=0.25)
+    total = epochs * steps
+    if total * 0.25 >= 2:
+        schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=peak, total_steps=total, pct_start=0.25)
+    else:  # too few steps for a warmup (OneCycleLR divides by its length minus one): anneal from the peak
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     g = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(epochs):

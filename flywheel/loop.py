@@ -266,7 +266,8 @@ def _against_baseline(store: Store, settings: Settings, tracker: Tracker, run_id
                                       max_frames=settings.tune.baseline_frames, seed=cfg.seed, device=device)  # fmt: skip
     check = {**check, "training_seconds": round(training_seconds, 1),
              "share_of_training": round(check["baseline_seconds"] / training_seconds, 3) if training_seconds > 0 else None}  # fmt: skip
-    tracker.log_metrics(run_id, {f"val_{metric}": check["challenger"], f"baseline_val_{metric}": check["baseline"]})
+    # `challenger_val_*`: the returned weights' score (the trainer's `val_*` curves are per epoch)
+    tracker.log_metrics(run_id, {f"challenger_val_{metric}": check["challenger"], f"baseline_val_{metric}": check["baseline"]})
     tracker.set_tags(run_id, {"short_of_baseline": str(check["short"]).lower(), "baseline_check": check["verdict"]})
     return check
 

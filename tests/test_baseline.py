@@ -61,3 +61,11 @@ def test_yardsticks_take_uint8_frames_and_name_bad_input(kind):
         baseline.train_yardstick(x, y, num_classes=3, kind="vgg")
     with pytest.raises(ValueError, match="at least one train frame"):
         baseline.train_yardstick(x[:0], y[:0], num_classes=3, kind=kind)
+
+
+def test_a_yardstick_on_a_handful_of_frames_trains_without_a_warmup():
+    # 6 frames in batches of 4: 2 steps a pass, too few for the one-cycle warmup (it would divide by zero)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (6, 3, 16, 16), dtype=np.uint8), np.array([0, 1, 2, 0, 1, 2])
+    model = baseline.train_yardstick(x, y, num_classes=3, epochs=2, batch_size=4)
+    assert not model.training

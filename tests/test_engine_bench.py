@@ -19,8 +19,10 @@ def test_bench_engine_quick_runs_the_arms_through_the_pipeline_and_writes_curves
     assert out["config"]["seeds"] == [0] and list(out["curves"]) == ["random", "engine", "auto_labels_only"]
     runs = out["runs"]
     random, engine, auto_only = runs["random"][0], runs["engine"][0], runs["auto_labels_only"][0]
-    for rows in (random, engine, auto_only):
-        assert [r["human_labels_total"] for r in rows] == [32, 64]  # the same budget spent per iteration
+    assert [r["human_labels_total"] for r in random] == [32, 64]  # the whole budget, every iteration
+    for rows in (engine, auto_only):  # at most the budget: frames the champion auto-labels are not queued
+        spent = [r["human_labels_total"] for r in rows]
+        assert spent[0] == 32 and 32 < spent[1] <= 64
         assert all(0 <= r["accuracy"] <= 1 and 0 <= r["fog_accuracy"] <= 1 for r in rows)
     assert all(r["auto_labels"] == 0 for r in random)  # the random arm labels by hand only
     assert engine[0]["triggers"].keys() <= {"random", "hard_brake"}  # no champion yet: no shadow mode

@@ -94,7 +94,7 @@ def test_flywheel_tune_then_the_challenger_trains_with_the_best_values(tiny, mon
     check = out["baseline_check"]
     assert check == store.read_json(layout.baseline_check_key("perception"))
     assert check["model_version"] == out["version"] and check["baseline_epochs"] == settings.tune.baseline_epochs
-    assert trained.metrics["val_macro_f1"] == check["challenger"]
+    assert trained.metrics["challenger_val_macro_f1"] == check["challenger"]
     assert trained.metrics["baseline_val_macro_f1"] == check["baseline"]
     assert trained.tags["short_of_baseline"] == str(check["verdict"] == "short").lower()
     assert trained.tags["baseline_check"] == check["verdict"] in ("ok", "short", "broken")
