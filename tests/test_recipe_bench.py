@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from benchmarks.cli import DATASET_NAMES
 from benchmarks.datasets import (
     DATASETS,
     GEOMETRY_CLASSES,
@@ -27,7 +28,6 @@ from benchmarks.datasets import (
     render_headway,
     shape_centre_x,
 )
-from benchmarks.cli import DATASET_NAMES
 from benchmarks.recipe import ARMS, summarize
 from flywheel.cli import main
 from flywheel.sim.render import encode_jpeg
