@@ -80,6 +80,25 @@ def worker_start(repeats: int):
     _echo_json(bench_worker_start(repeats=repeats))
 
 
+@bench.command("train-step")
+@click.option("--sizes", callback=_csv(int), default="64,96", show_default=True, help="Input sides in pixels.")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the JSON result to this file.")  # fmt: skip
+def train_step(sizes: tuple[int, ...], threads: int, out: str | None):
+    """Training-step throughput of the default model per head (forward, backward, AdamW), images/s.
+
+    \b
+    Example: flywheel bench train-step --out benchmarks/results/train_throughput_heads.json
+    """
+    from benchmarks.train_step import bench_train_step
+
+    result = bench_train_step(sizes=sizes, threads=threads)
+    _echo_json(result)
+    if out:
+        Path(out).write_text(json.dumps(result, indent=1) + "\n")
+
+
 @bench.command()
 @click.option("--frames", type=click.IntRange(min=64), default=2000, show_default=True)
 @WORKDIR

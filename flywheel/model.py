@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+HEADS = ("both", "spatial", "coord", "pool")  # see the module docstring
 MEAN = (0.45, 0.45, 0.45)
 STD = (0.25, 0.25, 0.25)
 

@@ -46,7 +46,7 @@ from sqlalchemy.engine import make_url
 from flywheel import dataset, layout, plots
 from flywheel.config import Settings
 from flywheel.evaluate import accuracy, confusion_matrix, macro_f1
-from flywheel.model import load_weights
+from flywheel.model import HEADS, load_weights
 from flywheel.predict import predict
 from flywheel.reader import ShardReader, load_arrays
 from flywheel.store import Store
@@ -55,7 +55,6 @@ from flywheel.train import TrainConfig, make_loader, pick_device, train
 
 SEARCHED = ("lr", "weight_decay", "label_smoothing", "width", "steps", "head")
 WIDTHS = (8, 16, 32)
-HEADS = ("both", "coord", "spatial", "pool")
 JUDGING_POINTS = 4  # a trial may be pruned at each quarter of its schedule ...
 PRUNER = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)  # ... from the half on
 METRICS = {"accuracy": accuracy, "macro_f1": macro_f1}

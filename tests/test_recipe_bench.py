@@ -217,3 +217,12 @@ def test_headway_labels_follow_the_lead_vehicles_row_so_a_flip_keeps_them_a_shif
     assert checked >= 60
     mean = {name: np.mean(v) for name, v in widths.items()}
     assert mean["near"] > mean["mid"] > mean["far"]  # and the nearer, the bigger
+
+
+def test_bench_train_step_times_every_head(tmp_path):
+    out = tmp_path / "steps.json"
+    result = CliRunner().invoke(main, ["bench", "train-step", "--sizes", "32", "--threads", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["head"] for r in rows] == ["both", "spatial", "coord", "pool"]
+    assert all(r["image_size"] == 32 and r["images_per_s"] > 0 for r in rows)
