@@ -15,7 +15,7 @@ from resources import ComputeResource, MlflowResource, SettingsResource, StoreRe
 # Not blocking: a challenger that does not beat the champion is an outcome, not a crash. The run succeeds,
 # `deployed` reads the decision and is not materialized, and the run is tagged flywheel/gate=kept.
 GATE = dg.AssetCheckSpec("gate", asset="evaluation",
-                         description="Challenger beats the champion by the margin and regresses no slice")  # fmt: skip
+                         description="Challenger shows a gain beyond the margin and every gated slice non-inferior")  # fmt: skip
 GATE_TAG = "flywheel/gate"  # promoted | kept | forced, on the run that judged the challenger
 
 
@@ -159,8 +159,11 @@ def evaluation(context: dg.AssetExecutionContext, settings: SettingsResource, st
         description=gate["reason"],
         metadata={
             "forced": bool(gate.get("forced")),
-            "slices (challenger - champion, paired interval)": table_md(
-                gate.get("slices", []), ["slice", "n", "challenger", "champion", "delta", "low", "high", "gated", "regressed"]
+            "rule that promoted (superior, no worse on newer data, floor, forced)": str(gate.get("rule")),
+            "overall gain (paired interval)": f"[{_num(gate['primary'].get('low'))}, {_num(gate['primary'].get('high'))}]",
+            "slices (challenger - champion, paired interval; inconclusive: too few frames)": table_md(
+                gate.get("slices", []),
+                ["slice", "n", "challenger", "champion", "delta", "low", "high", "critical", "status", "blocks"],
             ),
         },
     )
@@ -210,3 +213,7 @@ def deployed(context: dg.AssetExecutionContext, config: ApprovalConfig, settings
             ),
         }
     )
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:+.4f}"

@@ -7,6 +7,7 @@ A command imports its benchmark (and with it torch, dagster or mlflow) only when
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +39,37 @@ def _csv(kind):
             raise click.BadParameter(f"{value!r}: {e}") from None
 
     return parse
+
+
+def _provenance(result: dict) -> dict:
+    """A result with where it came from: the command line, the commit (and whether the tree had
+    uncommitted changes), the host and when."""
+    import platform
+    import subprocess
+    import sys
+    from datetime import UTC, datetime
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"command": "flywheel " + " ".join(sys.argv[1:]), "commit": git("rev-parse", "HEAD") or None,
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "host": {"processor": platform.machine(), "system": platform.system(), "cpus": os.cpu_count(),
+                     "python": platform.python_version()},
+            "at": datetime.now(UTC).isoformat(timespec="seconds"), **result}  # fmt: skip
+
+
+def _write(path: str | Path, content: dict | str) -> None:
+    """Write a result (JSON) or table (text) through a temporary name, then rename: never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = content if isinstance(content, str) else json.dumps(content, indent=1, default=str)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text.rstrip("\n") + "\n")
+    tmp.replace(path)
 
 
 @click.group()
@@ -78,6 +110,40 @@ def worker_start(repeats: int):
     from benchmarks.worker_start import bench_worker_start
 
     _echo_json(bench_worker_start(repeats=repeats))
+
+
+@bench.command()
+@click.option("--reps", type=click.IntRange(min=10), default=200, show_default=True, help="Replayed turns per scenario.")
+@click.option("--sizes", callback=_csv(int), default="100,300", show_default=True,
+              help="Test frames per condition (and about as many per class).")  # fmt: skip
+@click.option("--tolerances", callback=_csv(float), default="0.05,0.10", show_default=True,
+              help="gate.slice_tolerance values of the new rule.")  # fmt: skip
+@click.option("--min-frames", type=click.IntRange(min=1), default=100, show_default=True,
+              help="gate.min_slice_frames of the new rule.")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default="benchmarks/results/gate.json", show_default=True)
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default="benchmarks/results/gate.md",
+              show_default=True)  # fmt: skip
+def gate(reps: int, sizes: tuple[int, ...], tolerances: tuple[float, ...], min_frames: int, seed: int, out: str,
+         markdown_path: str):  # fmt: skip
+    """The promotion gate's old and new rules on replayed turns with known effects: promotion rates
+    per scenario, false-promotion and false-block rates, and the frames one slice needs.
+
+    \b
+    Example: flywheel bench gate --reps 50 --out /tmp/gate.json --markdown /tmp/gate.md
+    """
+    from benchmarks.gate_sim import bench_gate, markdown
+
+    def row_done(row: dict) -> None:
+        click.echo(f"{row['frames_per_condition']} frames, {row['scenario']}: "
+                   + ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k == "old" or k.startswith("new")), err=True)  # fmt: skip
+
+    result = _provenance(bench_gate(reps=reps, sizes=sizes, tolerances=tolerances, min_frames=min_frames, seed=seed,
+                                    on_row=row_done))  # fmt: skip
+    _write(out, result)
+    table = markdown(result)
+    _write(markdown_path, table)
+    click.echo(table, err=True)
 
 
 @bench.command("train-step")

@@ -204,13 +204,20 @@ class TrainSettings(_Section):
 
 
 class GateSettings(_Section):
+    """The promotion gate (flywheel/gate.py): the challenger must show its gain and that no slice got worse."""
+
     metric: Literal["accuracy", "macro_f1"] = "macro_f1"
-    margin: float = 0.0  # the challenger must beat the champion by more than this
-    slice_tolerance: float = Field(0.05, ge=0)  # a slice regresses when its whole interval lies below -this
+    margin: float = 0.0  # the lower end of the overall gain's paired interval must be above this
+    # superior: the gain must clear the margin; no_worse_on_newer_data (opt-in): a challenger trained on a
+    # newer dataset version may also pass when it is shown no worse than -slice_tolerance overall
+    promote: Literal["superior", "no_worse_on_newer_data"] = "superior"
+    slice_tolerance: float = Field(0.05, ge=0)  # a gated slice passes when its interval's lower end is above -this
     floor: float = Field(0.4, ge=0, le=1)  # first model: reach this absolute score
-    min_slice_frames: int = Field(30, ge=1)  # smaller slices are reported, not gated ...
-    critical_slices: list[str] = []  # ... except these (e.g. "condition=fog"): too few frames fails the gate
-    confidence: float = Field(0.95, gt=0, lt=1)  # of the paired bootstrap interval of each slice's difference
+    min_slice_frames: int = Field(100, ge=1)  # smaller slices are inconclusive: shown, not gated ...
+    # ... except these (fnmatch patterns; condition=* is every condition the frames name, class=* every
+    # class): an inconclusive critical slice fails the gate closed
+    critical_slices: list[str] = ["condition=*", "class=*"]
+    confidence: float = Field(0.95, gt=0, lt=1)  # of the paired bootstrap intervals
     resamples: int = Field(1000, ge=100)  # bootstrap resamples
     allow_new_classes: bool = False  # a challenger with another class list than the champion's may pass
     require_approval: bool = False  # a passed challenger deploys only once a person approved it (flywheel approve)

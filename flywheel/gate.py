@@ -1,26 +1,36 @@
 """The promotion gate (DESIGN.md §4): does the challenger replace the champion?
 
-- With a champion: the challenger's primary metric must beat the champion's by more than
-  `margin`, and no slice may regress. Both models are scored on the same frames, so each slice's
-  difference is judged with a paired bootstrap interval (`confidence`, `resamples`): a slice
-  regresses when its whole interval lies below -`slice_tolerance`. Slices with fewer than
-  `min_slice_frames` frames are reported, not gated, except `critical_slices`: a critical slice
-  with too few frames fails the gate ("not enough fog frames to judge (31 < 100)") — it fails
-  closed rather than pass a model nobody could judge there.
-- First model (no champion): the primary metric must reach the absolute `floor`, and every
-  critical slice needs its frames too.
+The burden of proof is on the challenger. Both models are scored on the same frames, so every
+difference is judged with a paired bootstrap interval (`confidence`, `resamples`):
+
+- Promotion: the lower end of the overall difference's interval must clear `margin` (the gain is
+  shown, not a point estimate that noise can produce). `promote: no_worse_on_newer_data` adds an
+  opt-in rule for ties: a challenger trained on a newer dataset version than the champion's passes
+  when the lower end is above -`slice_tolerance`. The decision records which rule promoted.
+- Every slice (`column=value`; `class=<name>` is judged on recall, the rest on `metric`) is
+  *non-inferior* when the lower end of its interval is above -`slice_tolerance`. A slice with at
+  least `min_slice_frames` frames is gated: it must be non-inferior, and a drop that is merely not
+  proven (the interval straddles -tolerance) fails as surely as a proven one. A smaller slice is
+  *inconclusive*: shown with its n, not gated, except the `critical_slices` (`condition=*` is every
+  condition the frames name, `class=*` every class), where inconclusive fails closed
+  ("condition=fog: inconclusive, 29 frames < 100").
+- First model (no champion): the primary metric must reach the absolute `floor`; critical slices
+  with too few frames are listed (there is no served model they could regress from).
 - A challenger whose class list differs from the champion's is not comparable: it fails unless
   `allow_new_classes` is set, and then it is judged like a first model (the floor).
 - Forced (`force` with `force_reason`): passes, and the decision records it was forced, why,
   and what the gate would have said.
 
-A failed gate is a normal outcome: `decide` returns `passed=False` with the reason. It raises
-only for input it cannot read (a report without the metric, predictions of different lengths).
+The defaults were chosen by simulation (`flywheel bench gate`, BENCHMARKS.md): replayed turns with
+known effects, the old and the new rule's false-promotion and false-block rates, and the frames a
+slice needs. A failed gate is a normal outcome: `decide` returns `passed=False` with the reason. It
+raises only for input it cannot read (a report without the metric, predictions of different lengths).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import NamedTuple
 
 import numpy as np
@@ -28,6 +38,9 @@ import numpy as np
 from flywheel.config import GateSettings
 
 EPS = 1e-9  # metrics closer than this are equal: a float tie is not a win
+OVERALL = "overall"
+# a slice's status: non-inferior, proven worse, drop neither shown nor ruled out, too few frames
+NON_INFERIOR, REGRESSED, UNPROVEN, INCONCLUSIVE = "non-inferior", "regressed", "not shown non-inferior", "inconclusive"
 
 
 class PrimaryScore(NamedTuple):
@@ -35,6 +48,8 @@ class PrimaryScore(NamedTuple):
     challenger: float
     champion: float | None
     margin: float
+    low: float | None = None  # paired interval of challenger - champion over all frames
+    high: float | None = None
 
 
 class SliceDelta(NamedTuple):
@@ -47,19 +62,26 @@ class SliceDelta(NamedTuple):
     delta: float  # challenger - champion
     low: float  # paired bootstrap interval of delta
     high: float
-    gated: bool
-    regressed: bool
+    gated: bool  # judged: enough frames, or critical
+    critical: bool
+    status: str  # NON_INFERIOR, REGRESSED, UNPROVEN or INCONCLUSIVE
+
+    @property
+    def blocks(self) -> bool:
+        """Whether this slice stops the promotion: gated and not shown non-inferior."""
+        return self.gated and self.status != NON_INFERIOR
 
 
 @dataclass(frozen=True)
 class PairedPredictions:
-    """Both models' predicted classes on the same evaluation frames: the evidence for slice intervals."""
+    """Both models' predicted classes on the same evaluation frames: the evidence for the intervals."""
 
     labels: np.ndarray  # (N,) true class index
     challenger: np.ndarray  # (N,) predicted class index
     champion: np.ndarray  # (N,)
     slices: dict[str, list[str]]  # metadata column -> N values; each value is a slice "<column>=<value>"
     num_classes: int
+    class_names: list[str] | None = None  # adds the slices class=<name> (judged on recall)
 
     def __post_init__(self):
         n = len(self.labels)
@@ -69,6 +91,14 @@ class PairedPredictions:
         for column, values in self.slices.items():
             if len(values) != n:
                 raise ValueError(f"slice column {column!r} has {len(values)} values for {n} frames")
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
+
+    def columns(self) -> dict[str, list[str]]:
+        """The slice columns, with `class` (each frame's true class name) when the names are known."""
+        if self.class_names is None:
+            return self.slices
+        return {**self.slices, "class": [self.class_names[int(k)] for k in self.labels]}
 
 
 @dataclass(frozen=True)
@@ -81,8 +111,14 @@ class GateDecision:
     details: dict = field(default_factory=dict)
 
     @property
+    def blocking(self) -> tuple[SliceDelta, ...]:
+        """The slices that stop the promotion (gated, not shown non-inferior)."""
+        return tuple(s for s in self.slices if s.blocks)
+
+    @property
     def slice_regressions(self) -> tuple[SliceDelta, ...]:
-        return tuple(s for s in self.slices if s.regressed)
+        """The slices proven worse than -slice_tolerance."""
+        return tuple(s for s in self.slices if s.status == REGRESSED)
 
     def to_dict(self) -> dict:
         """JSON-able form, for the deploy manifest, MLflow tags and asset check metadata."""
@@ -90,51 +126,65 @@ class GateDecision:
             "passed": self.passed,
             "forced": self.forced,
             "reason": self.reason,
+            "rule": self.details.get("rule"),
             "primary": self.primary._asdict(),
-            "slices": [s._asdict() for s in self.slices],
+            "slices": [{**s._asdict(), "blocks": s.blocks} for s in self.slices],
+            "blocking": [s.slice for s in self.blocking],
             "slice_regressions": [s._asdict() for s in self.slice_regressions],
             "details": self.details,
         }
 
 
 def decide(challenger: dict, champion: dict | None, settings: GateSettings, *,
-           paired: PairedPredictions | None = None, classes_changed: bool = False) -> GateDecision:  # fmt: skip
+           paired: PairedPredictions | None = None, classes_changed: bool = False,
+           newer_data: bool = False) -> GateDecision:  # fmt: skip
     """Gate `challenger` (an evaluation report) against `champion` (its report, or None).
 
     With a champion, `paired` (both models' predictions on the frames of the reports) is required:
-    slices are judged on it. `classes_changed`: the champion predicts another class list.
+    the overall gain and every slice are judged on it. `classes_changed`: the champion predicts
+    another class list. `newer_data`: the challenger trained on a newer dataset version than the
+    champion (the opt-in tie rule needs it).
     """
     metric = settings.metric
     ch_value = _metric(challenger, metric, "challenger")
-    details: dict = {"min_slice_frames": settings.min_slice_frames, "critical_slices": list(settings.critical_slices)}
+    details: dict = {"min_slice_frames": settings.min_slice_frames, "critical_slices": list(settings.critical_slices),
+                     "promote": settings.promote}  # fmt: skip
     slices: tuple[SliceDelta, ...] = ()
     if classes_changed and not settings.allow_new_classes:
         primary = PrimaryScore(metric, ch_value, None, settings.margin)
         passed, reason = False, ("the challenger's class list differs from the champion's: not comparable; "
                                  "set gate.allow_new_classes to judge it against the floor instead")  # fmt: skip
+        details["rule"] = None
     elif champion is None or classes_changed:
         primary = PrimaryScore(metric, ch_value, None, settings.margin)
         passed = ch_value >= settings.floor - EPS
         what = "new class list" if classes_changed else "first model"
         reason = f"{what}: {metric} {ch_value:.4f} {'reaches' if passed else 'is below'} the floor {settings.floor:.4f}"
-        details["floor"] = settings.floor
+        short = _critical_shortfalls(challenger, settings)
+        if short:
+            reason += f" (too few frames to judge, listed: {'; '.join(short)})"
+        details |= {"floor": settings.floor, "rule": "floor" if passed else None, "inconclusive_critical": short}
     else:
         if paired is None:
             raise ValueError("comparing with a champion needs both models' predictions on the same frames (paired)")
         cp_value = _metric(champion, metric, "champion")
-        primary = PrimaryScore(metric, ch_value, cp_value, settings.margin)
+        low, high = overall_interval(paired, settings)
+        primary = PrimaryScore(metric, ch_value, cp_value, settings.margin, low, high)
         slices = slice_deltas(paired, settings)
-        beats = ch_value - cp_value > settings.margin + EPS
-        regressions = [s for s in slices if s.regressed]
-        passed = beats and not regressions
-        reason = _comparison_reason(primary, beats, regressions, settings.slice_tolerance)
+        blocking = [s for s in slices if s.blocks]
+        rule = None
+        if low > settings.margin + EPS:
+            rule = "superior"
+        elif settings.promote == "no_worse_on_newer_data" and newer_data and low > -settings.slice_tolerance + EPS:
+            rule = "no worse on newer data"
+        passed = rule is not None and not blocking
+        reason = _comparison_reason(primary, rule, blocking, settings, newer_data)
         details |= {"delta": ch_value - cp_value, "slice_tolerance": settings.slice_tolerance,
-                    "confidence": settings.confidence, "slices_not_gated": [s.slice for s in slices if not s.gated]}  # fmt: skip
-    short = _critical_shortfalls(challenger, settings)
-    if short and not (classes_changed and not settings.allow_new_classes):
-        passed, reason = False, f"{'; '.join(short)}; {reason}"
+                    "confidence": settings.confidence, "rule": rule if passed else None,
+                    "newer_data": newer_data,
+                    "inconclusive": [f"{s.slice} ({s.n})" for s in slices if s.status == INCONCLUSIVE]}  # fmt: skip
     if settings.force:
-        details = {**details, "would_have_passed": passed, "gate_reason": reason}
+        details = {**details, "would_have_passed": passed, "gate_reason": reason, "rule": "forced"}
         return GateDecision(True, True, f"forced: {settings.force_reason} (gate: {reason})", primary, slices, details)
     return GateDecision(passed, False, reason, primary, slices, details)
 
@@ -146,43 +196,71 @@ def forced_by(settings: GateSettings) -> dict:
     return {"who": who.strip() if sep else "config", "why": settings.force_reason}
 
 
+def is_critical(name: str, settings: GateSettings) -> bool:
+    """Whether slice `name` ("condition=fog") matches one of `critical_slices` ("condition=*", "class=car")."""
+    return any(fnmatchcase(name, pattern) for pattern in settings.critical_slices)
+
+
+def overall_interval(paired: PairedPredictions, settings: GateSettings, *, seed: int = 0) -> tuple[float, float]:
+    """The paired bootstrap interval of challenger - champion on the metric over all frames."""
+    idx = np.arange(len(paired.labels))
+    return _interval(paired, idx, settings.metric, settings, np.random.default_rng(seed))
+
+
 def slice_deltas(paired: PairedPredictions, settings: GateSettings, *, seed: int = 0) -> tuple[SliceDelta, ...]:
-    """Every slice's challenger - champion difference on the metric, with its paired bootstrap interval.
+    """Every slice's challenger - champion difference, its paired bootstrap interval and status.
 
     Paired: each resample draws frames (with replacement) and scores both models on the same
     draw, so the interval reflects the difference, not two independent noises. Seeded: the same
-    evidence always gives the same decision. Worst (lowest upper bound) first.
+    evidence always gives the same decision. Worst (lowest lower bound) first.
     """
     rng = np.random.default_rng(seed)
-    alpha = (1.0 - settings.confidence) / 2
     y, a, b = (np.asarray(x, np.int64) for x in (paired.labels, paired.challenger, paired.champion))
-    out = []
-    for column, values in sorted(paired.slices.items()):
+    tol, out = settings.slice_tolerance, []
+    for column, values in sorted(paired.columns().items()):
+        metric = "accuracy" if column == "class" else settings.metric  # a class's slice: its recall
         values = np.asarray([str(v) for v in values])
         for value in np.unique(values).tolist():
             idx = np.flatnonzero(values == value)
             name, n = f"{column}={value}", len(idx)
-            ch = _score(y[idx], a[idx], settings.metric, paired.num_classes)
-            cp = _score(y[idx], b[idx], settings.metric, paired.num_classes)
-            draws = idx[rng.integers(0, n, (settings.resamples, n))]  # (R, n) frame indices
-            deltas = (_score_rows(y[draws], a[draws], settings.metric, paired.num_classes)
-                      - _score_rows(y[draws], b[draws], settings.metric, paired.num_classes))  # fmt: skip
-            low, high = np.quantile(deltas, [alpha, 1 - alpha]).tolist()
-            gated = n >= settings.min_slice_frames
-            regressed = gated and high < -settings.slice_tolerance - EPS
-            out.append(SliceDelta(name, n, ch, cp, ch - cp, low, high, gated, regressed))
-    return tuple(sorted(out, key=lambda s: (s.high, s.slice)))
+            ch = _score(y[idx], a[idx], metric, paired.num_classes)
+            cp = _score(y[idx], b[idx], metric, paired.num_classes)
+            low, high = _interval(paired, idx, metric, settings, rng)
+            critical = is_critical(name, settings)
+            enough = n >= settings.min_slice_frames
+            if not enough:
+                status = INCONCLUSIVE
+            elif low > -tol + EPS:
+                status = NON_INFERIOR
+            elif high < -tol - EPS:
+                status = REGRESSED
+            else:
+                status = UNPROVEN
+            out.append(SliceDelta(name, n, ch, cp, ch - cp, low, high, enough or critical, critical, status))
+    return tuple(sorted(out, key=lambda s: (s.low, s.slice)))
+
+
+def _interval(paired: PairedPredictions, idx: np.ndarray, metric: str, settings: GateSettings,
+              rng: np.random.Generator) -> tuple[float, float]:  # fmt: skip
+    y, a, b = (np.asarray(x, np.int64) for x in (paired.labels, paired.challenger, paired.champion))
+    draws = idx[rng.integers(0, len(idx), (settings.resamples, len(idx)))]  # (R, n) frame indices
+    deltas = (_score_rows(y[draws], a[draws], metric, paired.num_classes)
+              - _score_rows(y[draws], b[draws], metric, paired.num_classes))  # fmt: skip
+    alpha = (1.0 - settings.confidence) / 2
+    low, high = np.quantile(deltas, [alpha, 1 - alpha]).tolist()
+    return low, high
 
 
 def _critical_shortfalls(report: dict, settings: GateSettings) -> list[str]:
-    """One "not enough fog frames to judge (31 < 100)" per critical slice below min_slice_frames."""
+    """One "condition=fog: 31 < 100 frames" per critical slice of the report below min_slice_frames;
+    a named critical slice the report lacks counts 0 frames."""
     per_slice = report.get("per_slice") or {}
+    names = set(per_slice) | {p for p in settings.critical_slices if not any(c in p for c in "*?[")}
     out = []
-    for name in settings.critical_slices:
+    for name in sorted(n for n in names if is_critical(n, settings)):
         n = int((per_slice.get(name) or {}).get("n", 0))
         if n < settings.min_slice_frames:
-            label = name.split("=", 1)[-1]
-            out.append(f"not enough {label} frames to judge ({n} < {settings.min_slice_frames})")
+            out.append(f"{name}: {n} < {settings.min_slice_frames} frames")
     return out
 
 
@@ -213,18 +291,33 @@ def _metric(report: dict, metric: str, who: str) -> float:
     return float(report[metric])
 
 
-def _comparison_reason(primary: PrimaryScore, beats: bool, regressions: list[SliceDelta], tolerance: float) -> str:
+def _comparison_reason(primary: PrimaryScore, rule: str | None, blocking: list[SliceDelta],
+                       settings: GateSettings, newer_data: bool) -> str:  # fmt: skip
     delta = primary.challenger - primary.champion
+    pct = round(settings.confidence * 100)
     head = (
         f"{primary.name} {primary.challenger:.4f} vs champion {primary.champion:.4f} "
-        f"(delta {delta:+.4f}, margin {primary.margin:.4f})"
+        f"(delta {delta:+.4f}, {pct} % interval [{primary.low:+.4f}, {primary.high:+.4f}], margin {primary.margin:.4f})"
     )
-    if not beats:
-        head += ": does not beat the champion by more than the margin"
-    if regressions:
-        worst = ", ".join(f"{r.slice} {r.delta:+.4f} [{r.low:+.3f}, {r.high:+.3f}]" for r in regressions[:3])
-        more = f" and {len(regressions) - 3} more" if len(regressions) > 3 else ""
-        head += f"; {len(regressions)} slice(s) regress beyond {tolerance:.4f}: {worst}{more}"
-    if beats and not regressions:
-        head += ": beats the champion, no slice regression"
+    if rule == "superior":
+        head += ": the gain clears the margin"
+    elif rule is not None:
+        head += f": no worse than -{settings.slice_tolerance:.4f}, trained on newer data"
+    else:
+        head += ": the gain does not clear the margin"
+        if settings.promote == "no_worse_on_newer_data":
+            head += " and " + ("it is not shown no worse" if newer_data else "it was not trained on newer data")
+    if blocking:
+        shown = ", ".join(_slice_words(s, settings.min_slice_frames) for s in blocking[:3])
+        more = f" and {len(blocking) - 3} more" if len(blocking) > 3 else ""
+        head += (f"; {len(blocking)} slice(s) not shown non-inferior at -{settings.slice_tolerance:.4f}: "
+                 f"{shown}{more}")  # fmt: skip
+    elif rule is not None:
+        head += "; every gated slice non-inferior"
     return head
+
+
+def _slice_words(s: SliceDelta, min_frames: int) -> str:
+    if s.status == INCONCLUSIVE:
+        return f"{s.slice} inconclusive, critical ({s.n} < {min_frames} frames)"
+    return f"{s.slice} {s.delta:+.4f} [{s.low:+.3f}, {s.high:+.3f}] {s.status} (n={s.n})"

@@ -315,9 +315,10 @@ def evaluate_challenger(store: Store, settings: Settings, tracker: Tracker, *, d
     if champ_report is not None:  # both on the same frames: the gate judges each slice on the pairs
         sets = {"set": np.where(golden, "golden", "test").tolist()}
         paired = PairedPredictions(labels, probs[challenger].argmax(1), probs[champ].argmax(1), {**slices, **sets},
-                                   num_classes=len(settings.classes))  # fmt: skip
+                                   num_classes=len(settings.classes), class_names=settings.classes)  # fmt: skip
     decision = decide(ch, champ_report, settings.gate, paired=paired,
-                      classes_changed=has_champion and champ_report is None)  # fmt: skip
+                      classes_changed=has_champion and champ_report is None,
+                      newer_data=has_champion and _newer_data(tracker, challenger, champ))  # fmt: skip
     on_fixed = {"challenger": models[challenger], "champion": models[champ] if champ_report else None}
     fixed = _on_fixed_set(store, settings, manifest, on_fixed, dev)
     result = {
@@ -362,6 +363,12 @@ def _on_fixed_set(store: Store, settings: Settings, manifest: dict, models: dict
               for role, m in models.items() if m is not None}  # fmt: skip
     return {"frames": int(len(labels)), "dataset_version": fixed["dataset_version"], "challenger": scores["challenger"],
             "champion": scores.get("champion"), "note": None}  # fmt: skip
+
+
+def _newer_data(tracker: Tracker, challenger: str, champ: str) -> bool:
+    """Whether the challenger trained on a newer dataset version than the champion (the gate's tie rule)."""
+    versions = [tracker.version_tags(v).get("dataset_version") for v in (challenger, champ)]
+    return all(v is not None and v.isdigit() for v in versions) and int(versions[0]) > int(versions[1])
 
 
 def _saliency(model: FrameClassifier, images: np.ndarray, labels: np.ndarray, probs: np.ndarray, slices: dict, settings: Settings,

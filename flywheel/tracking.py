@@ -163,6 +163,10 @@ class Tracker:
     def version_run(self, version: str) -> str:
         return self.client.get_model_version(self.model_name, str(version)).run_id
 
+    def version_tags(self, version: str) -> dict[str, str]:
+        """A registered model version's tags (dataset_version, ...)."""
+        return dict(self.client.get_model_version(self.model_name, str(version)).tags)
+
 
 class MlflowError(RuntimeError):
     """MLflow failed to answer (unreachable, broken): a stage that needs the answer fails closed."""
