@@ -1,7 +1,8 @@
 """Real services for the production-profile tests, all on 127.0.0.1.
 
 PostgreSQL, RabbitMQ and Redis are expected to run already (CI starts them as service
-containers); where one is not reachable its tests skip with a message saying how to start it.
+containers); where one is not reachable its tests skip with a message saying how to start it, or
+fail when FLYWHEEL_REQUIRE_SERVICES=1 (as in CI).
 What the tests need beyond that (an S3-compatible server, an MLflow server, Celery workers)
 they start themselves and stop. Every session gets databases and buckets of its own.
 """
@@ -50,8 +51,13 @@ def _reachable(url: str, default_port: int) -> bool:
 
 
 def _require(url: str, port: int, what: str) -> None:
+    """A service the test needs: a skip saying how to start it where it is not reachable, a failure
+    when FLYWHEEL_REQUIRE_SERVICES=1 (CI: a missing service must not pass as skipped tests)."""
     if not _reachable(url, port):
-        pytest.skip(f"{what} is not reachable at {url}: {_HOW_TO_START[what]}")
+        why = f"{what} is not reachable at {url}: {_HOW_TO_START[what]}"
+        if os.environ.get("FLYWHEEL_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"{why} (FLYWHEEL_REQUIRE_SERVICES=1 requires it)", pytrace=False)
+        pytest.skip(why)
 
 
 _HOW_TO_START = {
