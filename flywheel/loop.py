@@ -443,7 +443,8 @@ def deploy_challenger(store: Store, settings: Settings, tracker: Tracker) -> dic
     model, classes = load_weights(tracker.weights(version))
     onnx_bytes = deploy.export_onnx(model, image_size=size)
     manifest = dataset.load_manifest(store, settings.dataset.name, evaluation["dataset_version"])
-    images, labels, meta = load_arrays(store, manifest, split="test", image_size=size)
+    # the frames the gate judged on (test split + golden set, without auto labels): int8 is held to the same
+    images, labels, meta, _ = evalset.evaluation_frames(store, settings.dataset.name, manifest, image_size=size)
     max_diff = deploy.check_parity(model, onnx_bytes, images[:64])
     int8 = _int8(store, settings, manifest, onnx_bytes, images, labels, meta) if settings.deploy.int8 else None
     serve = "int8" if settings.deploy.serve == "int8" and int8 and int8["check"]["passed"] else "fp32"
@@ -468,8 +469,8 @@ def deploy_challenger(store: Store, settings: Settings, tracker: Tracker) -> dic
 
 def _int8(store: Store, settings: Settings, manifest: dict, onnx_bytes: bytes, images: np.ndarray,
           labels: np.ndarray, meta: dict) -> dict | None:  # fmt: skip
-    """The int8 graph of `onnx_bytes` (flywheel/quantize.py), checked against it on the test frames
-    (`images`, `labels`, `meta`) and timed; None when the version has no train frames to calibrate on."""
+    """The int8 graph of `onnx_bytes` (flywheel/quantize.py), checked against it on the evaluation frames
+    (`images`, `labels`, `meta`: the test split and golden set without auto labels, as the gate) and timed; None when the version has no train frames to calibrate on."""
     # imported here: onnxruntime's quantization tools take ~0.8 s to import, and most callers never quantize
     from flywheel import quantize
 

@@ -52,10 +52,11 @@ def test_two_iterations_materialize_the_whole_graph(flywheel_home, monkeypatch):
         tracker = tracker_for(settings)
         assert tracker.alias(CHALLENGER) == tracker.alias(CHAMPION) == "1"
         assert deploy.current(store, settings.mlflow.model_name)["version"] == "v1"
-        # an int8 graph beside the fp32 one, checked on the same test frames and timed
+        # an int8 graph beside the fp32 one, checked on the frames the gate judged on and timed
         published = store.read_json(layout.deploy_manifest_key(settings.mlflow.model_name, "v1"))
         int8 = published["int8"]
-        assert int8["check"]["frames"] > 0 and (store.exists(int8["key"]) if int8["check"]["passed"] else int8["key"] is None)
+        judged = store.read_json(layout.evaluation_key(settings.mlflow.model_name, "1"))["frames"]
+        assert int8["check"]["frames"] == judged > 0 and (store.exists(int8["key"]) if int8["check"]["passed"] else int8["key"] is None)
         assert published["serve"] == ("int8" if int8["check"]["passed"] else "fp32")
         assert set(published["latency_ms"]) == {"fp32", "int8"}
         checks = [e.event_specific_data for e in first.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
