@@ -51,15 +51,50 @@ def _provenance(result: dict) -> dict:
 
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10).stdout.strip()
+            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                                  cwd=Path(__file__).parent).stdout.strip()  # the code's commit, wherever it runs
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    return {"command": "flywheel " + " ".join(sys.argv[1:]), "commit": git("rev-parse", "HEAD") or None,
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:  # the command and every parameter it ran with, defaults included
+        words = ["flywheel", *ctx.command_path.split()[1:]]
+        for param in ctx.command.params:
+            value = ctx.params.get(param.name)
+            if isinstance(value, bool):  # a flag: named when on, or by its --no- form
+                words += [param.opts[0]] if value else param.secondary_opts[:1]
+            elif value is not None and value != ():
+                words.append(f"{max(param.opts, key=len)}={_word(value)}")
+        command = " ".join(words)
+    else:
+        command = " ".join(sys.argv)
+    return {"command": command, "commit": git("rev-parse", "HEAD") or None,
             "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
             "host": {"processor": platform.machine(), "system": platform.system(), "cpus": os.cpu_count(),
                      "python": platform.python_version()},
             "at": datetime.now(UTC).isoformat(timespec="seconds"), **result}  # fmt: skip
+
+
+def _word(value) -> str:
+    if isinstance(value, tuple | list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _result_file(name: str):
+    """The --out option of a benchmark: its result file under benchmarks/results/ by default."""
+    return click.option("--out", type=click.Path(dir_okay=False), default=f"benchmarks/results/{name}.json",
+                        show_default=True, help="The JSON result file, with the command, commit and host ('-': none).")  # fmt: skip
+
+
+def _emit(result: dict, out: str | None) -> dict:
+    """A result with its provenance: printed as JSON and written to `out` (none for '-' or None)."""
+    result = _provenance(result)
+    _echo_json(result)
+    if out and out != "-":
+        _write(out, result)
+        click.echo(f"written to {out}", err=True)
+    return result
 
 
 def _write(path: str | Path, content: dict | str) -> None:
@@ -85,9 +120,10 @@ def bench():
 @click.option("--clips", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--repeats", type=click.IntRange(min=1), default=4, show_default=True,
               help="Interleaved rounds (the order of the 1- and 2-process runs alternates); each figure is the best round.")
+@_result_file("ingest")
 @WORKDIR
 @click.pass_obj
-def ingest(obj: Ctx, clips: int, repeats: int, workdir: str | None):
+def ingest(obj: Ctx, clips: int, repeats: int, out: str, workdir: str | None):
     """Frames/s and MB/s from landing MCAP to frames Parquet, beside the raw MCAP read rate.
 
     \b
@@ -95,12 +131,13 @@ def ingest(obj: Ctx, clips: int, repeats: int, workdir: str | None):
     """
     from benchmarks.ingest import bench_ingest
 
-    _echo_json(bench_ingest(obj.settings, clips=clips, workdir=workdir, repeats=repeats))
+    _emit(bench_ingest(obj.settings, clips=clips, workdir=workdir, repeats=repeats), out)
 
 
 @bench.command("worker-start")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
-def worker_start(repeats: int):
+@_result_file("worker_start")
+def worker_start(repeats: int, out: str):
     """Seconds to a cold ingest worker's first clip inside a Dagster step: flywheel.workers vs a
     forkserver pool, under a console-script main and under `python -m dagster`.
 
@@ -109,7 +146,7 @@ def worker_start(repeats: int):
     """
     from benchmarks.worker_start import bench_worker_start
 
-    _echo_json(bench_worker_start(repeats=repeats))
+    _emit(bench_worker_start(repeats=repeats), out)
 
 
 @bench.command()
@@ -121,7 +158,7 @@ def worker_start(repeats: int):
 @click.option("--min-frames", type=click.IntRange(min=1), default=100, show_default=True,
               help="gate.min_slice_frames of the new rule.")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False), default="benchmarks/results/gate.json", show_default=True)
+@_result_file("gate")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default="benchmarks/results/gate.md",
               show_default=True)  # fmt: skip
 def gate(reps: int, sizes: tuple[int, ...], tolerances: tuple[float, ...], min_frames: int, seed: int, out: str,
@@ -138,9 +175,8 @@ def gate(reps: int, sizes: tuple[int, ...], tolerances: tuple[float, ...], min_f
         click.echo(f"{row['frames_per_condition']} frames, {row['scenario']}: "
                    + ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k == "old" or k.startswith("new")), err=True)  # fmt: skip
 
-    result = _provenance(bench_gate(reps=reps, sizes=sizes, tolerances=tolerances, min_frames=min_frames, seed=seed,
-                                    on_row=row_done))  # fmt: skip
-    _write(out, result)
+    result = _emit(bench_gate(reps=reps, sizes=sizes, tolerances=tolerances, min_frames=min_frames, seed=seed,
+                              on_row=row_done), out)  # fmt: skip
     table = markdown(result)
     _write(markdown_path, table)
     click.echo(table, err=True)
@@ -149,8 +185,7 @@ def gate(reps: int, sizes: tuple[int, ...], tolerances: tuple[float, ...], min_f
 @bench.command("train-step")
 @click.option("--sizes", callback=_csv(int), default="64,96", show_default=True, help="Input sides in pixels.")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Also write the JSON result to this file.")  # fmt: skip
+@_result_file("train_throughput_heads")
 def train_step(sizes: tuple[int, ...], threads: int, out: str | None):
     """Training-step throughput of the default model per head (forward, backward, AdamW), images/s.
 
@@ -159,17 +194,15 @@ def train_step(sizes: tuple[int, ...], threads: int, out: str | None):
     """
     from benchmarks.train_step import bench_train_step
 
-    result = bench_train_step(sizes=sizes, threads=threads)
-    _echo_json(result)
-    if out:
-        Path(out).write_text(json.dumps(result, indent=1) + "\n")
+    _emit(bench_train_step(sizes=sizes, threads=threads), out)
 
 
 @bench.command()
 @click.option("--frames", type=click.IntRange(min=64), default=2000, show_default=True)
+@_result_file("loader")
 @WORKDIR
 @click.pass_obj
-def loader(obj: Ctx, frames: int, workdir: str | None):
+def loader(obj: Ctx, frames: int, out: str, workdir: str | None):
     """Images/s into uint8 tensors: shard reader vs ImageFolder-style files vs tar vs ceiling.
 
     \b
@@ -178,12 +211,14 @@ def loader(obj: Ctx, frames: int, workdir: str | None):
     from benchmarks.loader import bench_loader
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        _echo_json(bench_loader(tmp, frames=frames, image_size=obj.settings.image_size))
+        result = bench_loader(tmp, frames=frames, image_size=obj.settings.image_size)
+    _emit(result, out)
 
 
 @bench.command()
+@_result_file("append")
 @WORKDIR
-def append(workdir: str | None):
+def append(out: str, workdir: str | None):
     """Time and bytes to add 10% new data as a dataset version, vs a full rebuild.
 
     \b
@@ -192,7 +227,8 @@ def append(workdir: str | None):
     from benchmarks.loader import bench_append
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        _echo_json(bench_append(tmp))
+        result = bench_append(tmp)
+    _emit(result, out)
 
 
 @bench.command()
@@ -239,7 +275,8 @@ def engine(seeds: tuple[int, ...], iterations: int, clips: int, label_budget: in
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     name = "engine_ab_quick" if quick else "engine_ab"
-    (folder / f"{name}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    result = _provenance(result)
+    _write(folder / f"{name}.json", result)
     png = plots.label_efficiency_png(result["curves"], rare=result["config"]["rare"], chance=result["chance"],
                                      ratios=result["label_ratio"])  # fmt: skip
     (folder / f"{name}.png").write_bytes(png)
@@ -251,8 +288,9 @@ def engine(seeds: tuple[int, ...], iterations: int, clips: int, label_budget: in
 @bench.command()
 @click.option("--clips", type=click.IntRange(min=1), default=60, show_default=True)
 @click.option("--iterations", type=click.IntRange(min=1), default=2, show_default=True)
+@_result_file("cycle")
 @click.pass_obj
-def cycle(obj: Ctx, clips: int, iterations: int):
+def cycle(obj: Ctx, clips: int, iterations: int, out: str):
     """Latency from landing to deployed, per stage, in a fresh temporary FLYWHEEL_HOME.
 
     \b
@@ -260,7 +298,7 @@ def cycle(obj: Ctx, clips: int, iterations: int):
     """
     from benchmarks.cycle import bench_cycle
 
-    _echo_json(bench_cycle(obj, clips=clips, iterations=iterations))
+    _emit(bench_cycle(obj, clips=clips, iterations=iterations), out)
 
 
 def _row_done(row: dict) -> None:
@@ -306,7 +344,8 @@ def _overrides(ctx, param, values) -> dict:
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes, each training one (dataset, seed) at a time.")  # fmt: skip
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Also write the JSON result to this file (e.g. benchmarks/results/recipe.json).")  # fmt: skip
+              help="The JSON result file ('-': none) [default: benchmarks/results/recipe.json, recipe_quick.json "
+                   "with --quick]")  # fmt: skip
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the Markdown table to this file.")  # fmt: skip
 @WORKDIR
@@ -331,13 +370,10 @@ def recipe(obj: Ctx, datasets: tuple[str, ...], sizes: tuple[int, ...], heldout:
                               threads=threads, jobs=jobs, on_row=_row_done)  # fmt: skip
     except ValueError as e:  # an unknown dataset, a bad override: say which
         raise click.ClickException(str(e)) from None
-    _echo_json(result)
+    _emit(result, out or f"benchmarks/results/recipe{'_quick' if quick else ''}.json")
     click.echo(result["markdown"], err=True)
-    if out:
-        Path(out).write_text(json.dumps(result, indent=1, default=str) + "\n")
     if markdown_path:
-        with open(markdown_path, "w") as f:
-            f.write(result["markdown"] + "\n")
+        _write(markdown_path, result["markdown"])
 
 
 @bench.command()
@@ -348,8 +384,9 @@ def recipe(obj: Ctx, datasets: tuple[str, ...], sizes: tuple[int, ...], heldout:
               help="torch threads while training (default: one per core).")  # fmt: skip
 @click.option("--set", "overrides", multiple=True, callback=_overrides, metavar="KEY=VALUE",
               help="Settings override (repeatable): --set train.steps=300.")  # fmt: skip
+@_result_file("int8")
 @WORKDIR
-def int8(frames: int, widths: tuple[int, ...], threads: int | None, overrides: dict, workdir: str | None):
+def int8(frames: int, widths: tuple[int, ...], threads: int | None, overrides: dict, out: str, workdir: str | None):
     """The deployed model in fp32 and int8: size, latency at batch 1 and 32, accuracy and per-condition
     drop on held-out frames; JSON on stdout, a Markdown table on stderr.
 
@@ -366,7 +403,7 @@ def int8(frames: int, widths: tuple[int, ...], threads: int | None, overrides: d
         result = bench_int8(workdir, frames=frames, widths=widths, overrides=overrides)
     finally:
         torch.set_num_threads(before)
-    _echo_json(result)
+    _emit(result, out)
     click.echo(result["markdown"], err=True)
 
 
@@ -386,9 +423,11 @@ def int8(frames: int, widths: tuple[int, ...], threads: int | None, overrides: d
 @click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True,
               help="loop: train.steps of each champion (300: the demo's budget; a dataset trains at the defaults).")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="The JSON result file ('-': none) [default: benchmarks/results/label_errors_<dataset>_seed<seed>.json]")
 @WORKDIR
 def label_errors(dataset: str, batches: int, clips: int, label_budget: int, frames: int, error_rate: float,
-                 steps: int, seed: int, workdir: str | None):  # fmt: skip
+                 steps: int, seed: int, out: str | None, workdir: str | None):  # fmt: skip
     """Precision and recall of the label-error check against errors the simulated labeling team makes at
     a known rate, per minimum score.
 
@@ -400,10 +439,11 @@ def label_errors(dataset: str, batches: int, clips: int, label_budget: int, fram
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         if dataset == "loop":
-            _echo_json(bench_label_errors(tmp, batches=batches, clips=clips, label_budget=label_budget,
-                                          error_rate=error_rate, steps=steps, seed=seed))  # fmt: skip
+            result = bench_label_errors(tmp, batches=batches, clips=clips, label_budget=label_budget,
+                                        error_rate=error_rate, steps=steps, seed=seed)  # fmt: skip
         else:
-            _echo_json(bench_label_errors_frames(dataset, tmp, frames=frames, error_rate=error_rate, seed=seed))
+            result = bench_label_errors_frames(dataset, tmp, frames=frames, error_rate=error_rate, seed=seed)
+    _emit(result, out or f"benchmarks/results/label_errors_{dataset}_seed{seed}.json")
 
 
 @bench.command()
@@ -441,12 +481,8 @@ def sensor(sizes: tuple[int, ...], max_clips: int, ticks: int, threads: int, lis
                               list_pages=list_pages, on_row=row_done)  # fmt: skip
     except ValueError as e:
         raise click.ClickException(str(e)) from None
-    path = Path(out) if out else RESULTS
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    _echo_json(result)
+    _emit(result, str(Path(out) if out else RESULTS))
     click.echo(result["markdown"], err=True)
-    click.echo(f"written to {path}", err=True)
 
 
 @bench.group()
@@ -466,7 +502,8 @@ def scale():
 @click.option("--batches", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--clips", type=click.IntRange(min=1), default=6, show_default=True,
               help="Clips per batch.")  # fmt: skip
-def scale_ingest(pg: str, broker: str, batches: int, clips: int):
+@_result_file("scale_ingest")
+def scale_ingest(pg: str, broker: str, batches: int, clips: int, out: str):
     """Fleet batches ingested through Celery with 1 and 2 workers: step span, speed-up.
 
     \b
@@ -474,13 +511,14 @@ def scale_ingest(pg: str, broker: str, batches: int, clips: int):
     """
     from benchmarks.scale import bench_celery_ingest
 
-    _echo_json(bench_celery_ingest(pg=pg, broker=broker, batches=batches, clips=clips))
+    _emit(bench_celery_ingest(pg=pg, broker=broker, batches=batches, clips=clips), out)
 
 
 @scale.command("ddp")
 @click.option("--clips", type=click.IntRange(min=1), default=96, show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=4, show_default=True)
-def scale_ddp(clips: int, epochs: int):
+@_result_file("scale_ddp")
+def scale_ddp(clips: int, epochs: int, out: str):
     """Training images/s with torchrun 1 and 2 ranks on CPU (gloo).
 
     \b
@@ -488,4 +526,4 @@ def scale_ddp(clips: int, epochs: int):
     """
     from benchmarks.scale import bench_ddp
 
-    _echo_json(bench_ddp(clips=clips, epochs=epochs))
+    _emit(bench_ddp(clips=clips, epochs=epochs), out)

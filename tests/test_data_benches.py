@@ -11,9 +11,13 @@ from flywheel.cli import main
 
 def test_bench_ingest_times_one_and_two_processes_on_the_same_batch(tmp_path, monkeypatch):
     monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path / "home"))
-    out = CliRunner().invoke(main, ["bench", "ingest", "--clips", "40", "--repeats", "1", "--workdir", str(tmp_path)])
+    stored = tmp_path / "ingest.json"
+    out = CliRunner().invoke(main, ["bench", "ingest", "--clips", "40", "--repeats", "1", "--workdir", str(tmp_path),
+                                    "--out", str(stored)])  # fmt: skip
     assert out.exit_code == 0, out.output
     result = json.loads(out.stdout[out.stdout.index("{") :])
+    assert json.loads(stored.read_text()) == result  # the result file is what was printed, with where it came from
+    assert result["command"].startswith("flywheel bench ingest") and len(result["commit"]) == 40 and result["host"]
     one, two = result["ingest_1_process"], result["ingest_2_processes"]
     assert result["clips"] == 40 and one["frames"] == two["frames"] == result["frames"] > 0
     assert one["quarantined"] == two["quarantined"] == 0
@@ -25,7 +29,7 @@ def test_bench_ingest_times_one_and_two_processes_on_the_same_batch(tmp_path, mo
 
 def test_bench_loader_runs_every_path_over_the_same_frames(tmp_path, monkeypatch):
     monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path / "home"))
-    out = CliRunner().invoke(main, ["bench", "loader", "--frames", "128", "--workdir", str(tmp_path)])
+    out = CliRunner().invoke(main, ["bench", "loader", "--frames", "128", "--workdir", str(tmp_path), "--out", "-"])
     assert out.exit_code == 0, out.output
     result = json.loads(out.stdout[out.stdout.index("{") :])
     rates = result["images_per_s_per_core"]
@@ -36,8 +40,8 @@ def test_bench_loader_runs_every_path_over_the_same_frames(tmp_path, monkeypatch
     assert not (tmp_path / "bench_loader").exists()
 
 
-def test_bench_worker_start_checks_a_clip_each_way_in_a_dagster_step_under_both_mains():
-    out = CliRunner().invoke(main, ["bench", "worker-start", "--repeats", "1"])
+def test_bench_worker_start_checks_a_clip_each_way_in_a_dagster_step_under_both_mains(tmp_path):
+    out = CliRunner().invoke(main, ["bench", "worker-start", "--repeats", "1", "--out", str(tmp_path / "w.json")])
     assert out.exit_code == 0, out.output
     result = json.loads(out.stdout[out.stdout.index("{") :])["seconds_to_first_clip (best)"]
     assert len(result) == 2  # the console-script main and `python -m dagster`
