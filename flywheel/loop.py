@@ -295,9 +295,12 @@ def evaluate_challenger(store: Store, settings: Settings, tracker: Tracker, *, d
     dev = str(pick_device(device))
     probs: dict[str, np.ndarray] = {}
     models: dict = {}
+    shas: dict[str, str] = {}
 
     def report(version: str) -> dict | None:
-        model, classes = load_weights(tracker.weights(version))
+        weights = tracker.weights(version)  # raises if not the bytes registered
+        shas[version] = hashlib.sha256(weights).hexdigest()
+        model, classes = load_weights(weights)
         if classes != settings.classes:
             return None  # another class list: its scores on these labels mean nothing
         models[version], probs[version] = model, predict(model, images, device=dev).probs
@@ -326,6 +329,8 @@ def evaluate_challenger(store: Store, settings: Settings, tracker: Tracker, *, d
         "dataset_version": manifest["version"], "frames": int(len(labels)), "golden_frames": int(golden.sum()),
         "challenger": ch, "champion": champ_report, "gate": decision.to_dict(), "device": dev,
         "champion_repair": repair, "fixed_set": fixed,
+        # the bytes judged: deploy and approval hold the challenger to them
+        "weights_sha256": {"challenger": shas[challenger], "champion": shas.get(champ)},
     }  # fmt: skip
     store.write_json(layout.evaluation_key(settings.mlflow.model_name, challenger), result)
     run_id = tracker.version_run(challenger)
@@ -403,7 +408,9 @@ def approve(store: Store, settings: Settings, tracker: Tracker, version: str, *,
         raise ValueError(f"v{version} is not the current challenger (v{current}): only the challenger can be approved")
     if not gate["passed"]:
         raise ValueError(f"challenger v{version} did not pass the gate, so there is nothing to approve: {gate['reason']}")
-    record = {"version": version, "by": by.strip(), "reason": reason.strip(), "at": datetime.now(UTC).isoformat()}
+    judged = store.read_json(layout.evaluation_key(settings.mlflow.model_name, version)).get("weights_sha256") or {}
+    record = {"version": version, "by": by.strip(), "reason": reason.strip(), "at": datetime.now(UTC).isoformat(),
+              "weights_sha256": judged.get("challenger")}  # the weights approved, not only a version number  # fmt: skip
     key = layout.approval_key(settings.mlflow.model_name, version)
     store.create(key, json.dumps(record, indent=2).encode())  # create-exclusive: a second approval does not rewrite the first
     tracker.set_tags(tracker.version_run(version), {"approved_by": record["by"]})
@@ -440,7 +447,12 @@ def deploy_challenger(store: Store, settings: Settings, tracker: Tracker) -> dic
     cur = deploy.current(store, model_name)
     if cur is not None and cur["version"] == f"v{version}" and tracker.alias(CHAMPION) == version:
         return {**store.read_json(cur["manifest"]), "already_deployed": True}  # a rerun: nothing to move
-    model, classes = load_weights(tracker.weights(version))
+    judged = (evaluation.get("weights_sha256") or {}).get("challenger")
+    approved = approval(store, settings, version)
+    if approved and approved.get("weights_sha256") and judged and approved["weights_sha256"] != judged:
+        raise ValueError(f"the approval of v{version} names other weights ({approved['weights_sha256'][:12]}...) "
+                         f"than the gate judged ({judged[:12]}...): refusing to deploy")  # fmt: skip
+    model, classes = load_weights(tracker.weights(version, sha256=judged))  # the gated bytes, or it raises
     onnx_bytes = deploy.export_onnx(model, image_size=size)
     manifest = dataset.load_manifest(store, settings.dataset.name, evaluation["dataset_version"])
     # the frames the gate judged on (test split + golden set, without auto labels): int8 is held to the same

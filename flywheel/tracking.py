@@ -7,6 +7,7 @@ $FLYWHEEL_HOME; any tracking server works by URI. Models are registered from pla
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from flywheel.recovery import created_once
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 WEIGHTS = "model/weights.pt"
+WEIGHTS_SHA256 = "weights_sha256"  # model version tag: the sha256 of the weights registered
 # MLflow 3's UI opens an experiment without this tag in its GenAI view; ours trains models.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
@@ -118,7 +120,8 @@ class Tracker:
             if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
                 raise
         source = f"{self.client.get_run(run_id).info.artifact_uri}/model"
-        mv = self.client.create_model_version(self.model_name, source, run_id=run_id, tags=tags or {},
+        tags = {**(tags or {}), WEIGHTS_SHA256: hashlib.sha256(weights).hexdigest()}  # what later stages check
+        mv = self.client.create_model_version(self.model_name, source, run_id=run_id, tags=tags,
                                               description=description)  # fmt: skip
         self.set_alias(CHALLENGER, mv.version)
         return str(mv.version)
@@ -145,12 +148,18 @@ class Tracker:
             raise MlflowError(f"MLflow at {self.tracking_uri} could not say which version {alias!r} of model "
                               f"{self.model_name!r} is: {str(e).splitlines()[0]}") from e
 
-    def weights(self, version: str) -> bytes:
-        """The weights of a registered model version."""
+    def weights(self, version: str, *, sha256: str | None = None) -> bytes:
+        """The weights of a registered model version, checked against the hash recorded when it was
+        registered and, when given, against `sha256` (the bytes a gate judged): a swapped artifact raises."""
         mv = self.client.get_model_version(self.model_name, str(version))
         with tempfile.TemporaryDirectory() as tmp:
-            path = self.client.download_artifacts(mv.run_id, WEIGHTS, tmp)
-            return Path(path).read_bytes()
+            data = Path(self.client.download_artifacts(mv.run_id, WEIGHTS, tmp)).read_bytes()
+        got = hashlib.sha256(data).hexdigest()
+        for what, want in (("registered", mv.tags.get(WEIGHTS_SHA256)), ("judged by the gate", sha256)):
+            if want is not None and got != want:
+                raise WeightsChanged(f"the weights of {self.model_name} v{version} are not the ones {what} "
+                                     f"(sha256 {want[:12]}..., now {got[:12]}...): refusing to use them")  # fmt: skip
+        return data
 
     def run_tags(self, run_id: str) -> dict[str, str]:
         return dict(self.client.get_run(run_id).data.tags)
@@ -166,6 +175,10 @@ class Tracker:
     def version_tags(self, version: str) -> dict[str, str]:
         """A registered model version's tags (dataset_version, ...)."""
         return dict(self.client.get_model_version(self.model_name, str(version)).tags)
+
+
+class WeightsChanged(ValueError):
+    """A model version's weights artifact is not the bytes recorded for it (registration or gate)."""
 
 
 class MlflowError(RuntimeError):
