@@ -408,7 +408,7 @@ def int8(frames: int, widths: tuple[int, ...], threads: int | None, overrides: d
 
 
 @bench.command("label-errors")
-@click.option("--dataset", type=click.Choice(["loop", "sim", "sim96", "geometry", "digits"]), default="loop",
+@click.option("--dataset", type=click.Choice(["loop", *DATASET_NAMES]), default="loop",
               show_default=True,
               help="loop: the flywheel on the built-in simulator, the team answering the queue; another: that "
                    "dataset of `flywheel bench recipe`, a champion at the defaults checking a disjoint stream.")  # fmt: skip

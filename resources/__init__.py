@@ -14,11 +14,22 @@ from flywheel.store import Store, store_for
 from flywheel.tracking import Tracker, tracker_for
 
 
+# Settings a run's config may change when it is launched (the UI's launchpad, GraphQL): the training
+# knobs. Everything else (gate.force, store.root, compute images, MLflow, deploy, the config file)
+# is fixed where the deployment is defined, so whoever can reach the UI cannot steer it.
+LAUNCH_PREFIXES = ("train.", "tune.", "augment.")
+
+
 class SettingsResource(dg.ConfigurableResource):
     """The validated flywheel settings (`flywheel.yaml`), with dotted-key overrides."""
 
     config_path: str | None = None
     overrides: dict[str, str] = {}  # dotted key -> JSON value, e.g. {"train.epochs": "2"}
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        run = context.dagster_run
+        if run is not None:
+            check_launch_config(run.run_config)
 
     def load(self) -> Settings:
         values = {k: json.loads(v) for k, v in self.overrides.items()}
@@ -67,3 +78,19 @@ def resources_for(config_path: str | None, overrides: dict) -> dict:
         "mlflow": MlflowResource(settings=conf),
         "compute": ComputeResource(settings=conf),
     }
+
+
+def check_launch_config(run_config: dict | None) -> None:
+    """Refuse a run whose launch-time config sets resource settings outside LAUNCH_PREFIXES (or points
+    at another config file): `gate.force` or `store.root` in the launchpad must not reach a step."""
+    bad: list[str] = []
+    for name, resource in ((run_config or {}).get("resources") or {}).items():
+        config = (resource or {}).get("config") or {}
+        if config.get("config_path") is not None:
+            bad.append(f"{name}.config_path")
+        bad += [k for k in (config.get("overrides") or {}) if not str(k).startswith(LAUNCH_PREFIXES)]
+    if bad:
+        raise dg.Failure(
+            f"this run's launch config sets {sorted(bad)}, which a run may not change at launch (only "
+            f"{', '.join(p + '*' for p in LAUNCH_PREFIXES)}): set them in flywheel.yaml where the deployment is defined"
+        )
