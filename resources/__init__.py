@@ -13,7 +13,6 @@ from flywheel.config import Settings, load_settings
 from flywheel.store import Store, store_for
 from flywheel.tracking import Tracker, tracker_for
 
-
 # Settings a run's config may change when it is launched (the UI's launchpad, GraphQL): the training
 # knobs. Everything else (gate.force, store.root, compute images, MLflow, deploy, the config file)
 # is fixed where the deployment is defined, so whoever can reach the UI cannot steer it.
