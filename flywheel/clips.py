@@ -13,6 +13,7 @@ import base64
 import functools
 import io
 import json
+import re
 import struct
 import zlib
 from collections import defaultdict
@@ -39,7 +40,14 @@ ACCEPTED = {(FOXGLOVE_IMAGE, "json"), (FOXGLOVE_IMAGE, "protobuf"), (ROS2_IMAGE,
 REASONS = (
     "not_mcap", "truncated", "chunk_too_large", "no_camera", "bad_clip_id", "unsupported_schema",
     "undecodable_image", "image_too_large", "unknown_label", "bad_ground_truth",
+    "too_large", "bad_camera", "undecodable_message", "changed_since_planned",
 )  # fmt: skip
+MAX_CLIP_BYTES = 256 * 2**20  # an uploaded clip larger than this is quarantined unread (ingest.max_clip_bytes)
+# All of a clip's chunks together decompress to at most this many bytes per uploaded byte, beyond a
+# 16 MiB allowance (ingest.max_expansion): a few KB of zstd can declare GBs over many small chunks.
+MAX_EXPANSION = 64.0
+EXPANSION_ALLOWANCE = 16 * 2**20
+CAMERA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # a camera's name: a store key part and a slice value
 
 ROS2_COMPRESSED_IMAGE_MSGDEF = """std_msgs/Header header
 string format
@@ -101,15 +109,37 @@ def read_clip(
     classes: list[str],
     max_pixels: int = 4096 * 4096,
     max_chunk_bytes: int = 256 * 2**20,
+    max_clip_bytes: int = MAX_CLIP_BYTES,
+    max_expansion: float = MAX_EXPANSION,
     resize: int | None = None,
     decode_check: bool = True,
 ) -> Clip:
-    """Parse and validate one MCAP clip held in memory; raise ClipError if it is bad.
+    """Parse and validate one MCAP clip held in memory; raise ClipError if it is bad, whatever is
+    wrong with it: no malformed message escapes as another exception.
 
-    `max_chunk_bytes` bounds one decompressed chunk (`chunk_too_large` above it);
-    `decode_check` decodes every image once to prove it is whole (a cheap reduced-size decode
-    for JPEG); the header-level checks (format, size, pixel limit) always run.
+    `max_chunk_bytes` bounds one decompressed chunk (`chunk_too_large` above it); all chunks
+    together decompress to at most `max_expansion` bytes per byte of the clip beyond a 16 MiB
+    allowance (`too_large`), so memory grows with the upload, not with what it declares; a clip
+    over `max_clip_bytes` is refused. Each image is checked as it arrives. `decode_check` decodes
+    every image once to prove it is whole (a cheap reduced-size decode for JPEG); the header-level
+    checks (format, size, pixel limit) always run.
     """
+    if len(data) > max_clip_bytes:
+        raise ClipError("too_large", f"the clip is {len(data)} bytes, over the limit of {max_clip_bytes} (ingest.max_clip_bytes)")
+    try:
+        return _read_clip(data, classes=classes, max_pixels=max_pixels, max_chunk_bytes=max_chunk_bytes,
+                          budget=int(EXPANSION_ALLOWANCE + max_expansion * len(data)), resize=resize,
+                          decode_check=decode_check)  # fmt: skip
+    except (ClipError, MemoryError):  # out of memory is the worker's trouble, not a verdict on the clip
+        raise
+    except RecursionError as e:
+        raise ClipError("undecodable_message", f"a message nests too deeply to read: {e}") from e
+    except Exception as e:  # a decoder's own error (protobuf, CDR, JSON of the wrong shape, OpenCV): the clip's fault
+        raise ClipError("undecodable_message", f"{type(e).__name__}: {e}") from e
+
+
+def _read_clip(data: bytes, *, classes: list[str], max_pixels: int, max_chunk_bytes: int, budget: int,
+               resize: int | None, decode_check: bool) -> Clip:  # fmt: skip
     if not data.startswith(MCAP_MAGIC):
         raise ClipError("not_mcap", "the file does not start with the MCAP magic bytes")
     if len(data) < 2 * len(MCAP_MAGIC) or not data.endswith(MCAP_MAGIC):
@@ -119,10 +149,10 @@ def read_clip(
     channels: dict[int, _Channel] = {}
     routes: dict[int, tuple] = {}  # channel id -> (camera name or None, image decoder), once its first message came
     meta_record: dict[str, str] | None = None
-    images: dict[str, list[tuple[int, str, bytes]]] = defaultdict(list)
+    images: dict[str, list[tuple[int, str, bytes, int, int]]] = defaultdict(list)
     truth: dict[int, str] = {}
     try:
-        for record in _records(data, max_chunk_bytes):
+        for record in _records(data, max_chunk_bytes, budget):
             if type(record) is _Message:  # most records: the hot path, one dict lookup per message
                 try:
                     camera, decode = routes[record.channel_id]
@@ -130,7 +160,9 @@ def read_clip(
                     camera, decode = routes.setdefault(record.channel_id, _route(record.channel_id, channels, schemas))
                 if camera is not None:
                     fmt, img = decode(record.data)
-                    images[camera].append((record.log_time, fmt, img))
+                    fmt = _format(fmt, where=f"{camera} at {record.log_time}")
+                    img, h, w = _check_image(img, fmt, max_pixels, decode_check, where=f"{camera} at {record.log_time}")
+                    images[camera].append((record.log_time, fmt, img, h, w))  # checked as it arrives
                 elif decode is not None:
                     truth[record.log_time] = decode(record.data, classes)
             elif type(record) is _Schema:
@@ -149,8 +181,7 @@ def read_clip(
         raise ClipError("no_camera", f"no message on a channel whose topic starts with {CAMERA_PREFIX}")
     frames = []
     for camera in sorted(images):
-        for index, (log_time, fmt, img) in enumerate(sorted(images[camera], key=lambda m: m[0])):
-            img, h, w = _check_image(img, fmt, max_pixels, decode_check, where=f"{camera}[{index}]")
+        for index, (log_time, fmt, img, h, w) in enumerate(sorted(images[camera], key=lambda m: m[0])):
             if resize is not None and max(h, w) > resize:
                 img, h, w = _resize(img, fmt, resize)
             frames.append(Frame(camera, index, log_time, img, fmt, h, w, truth.get(log_time)))
@@ -192,7 +223,7 @@ _CHUNK_HEAD = struct.Struct("<QQQI")  # message start and end time, uncompressed
 _U16, _U32, _U64 = struct.Struct("<H"), struct.Struct("<I"), struct.Struct("<Q")
 
 
-def _records(data: bytes, max_chunk_bytes: int):
+def _records(data: bytes, max_chunk_bytes: int, budget: int):
     """The records of an MCAP file's data section that a clip is made of: messages (`_Message`,
     also those inside chunks), schemas, channels and metadata; every other record is skipped
     unparsed (message indexes, attachments, statistics). Each chunk's declared size is checked
@@ -202,8 +233,14 @@ def _records(data: bytes, max_chunk_bytes: int):
     Records are cut out with one struct call per field group (mcap's stream reader reads every
     field, index entries included, one stream call at a time, and its CRC a read at a time: about
     twice as slow on the demo's clips)."""
+    left = budget  # bytes the chunks may still decompress to, all together
     for opcode, start, pos in _walk(data, len(MCAP_MAGIC), len(data) - len(MCAP_MAGIC), "the file"):
         if opcode == _CHUNK:
+            if start + _CHUNK_HEAD.size <= pos and (size := _CHUNK_HEAD.unpack_from(data, start)[2]) <= max_chunk_bytes:
+                left -= size  # declared, checked before decompressing (a larger one: chunk_too_large below)
+                if left < 0:
+                    raise ClipError("too_large", f"the chunks of a {len(data)}-byte clip declare more than {budget} "
+                                                 "bytes uncompressed (ingest.max_expansion)")  # fmt: skip
             yield from _chunk_records(data, start, pos, max_chunk_bytes)
         elif opcode == _DATA_END:
             crc = _Fields(data, start, pos).number(_U32)
@@ -359,7 +396,11 @@ def _route(channel_id: int, channels: dict[int, _Channel], schemas: dict[int, _S
     if ch is None:
         raise ClipError("truncated", f"message on unknown channel {channel_id}")
     if ch.topic.startswith(CAMERA_PREFIX):
-        return ch.topic[len(CAMERA_PREFIX) :], _image_decoder(ch, schemas.get(ch.schema_id))
+        camera = ch.topic[len(CAMERA_PREFIX) :]
+        if not CAMERA_NAME.fullmatch(camera):
+            raise ClipError("bad_camera", f"camera topic {ch.topic!r}: a camera's name is 1-64 letters, digits, "
+                                          "'_' or '-', starting with a letter or digit")  # fmt: skip
+        return camera, _image_decoder(ch, schemas.get(ch.schema_id))
     if ch.topic == GROUND_TRUTH_TOPIC:
         return None, _ground_truth_label
     return None, None
@@ -414,10 +455,15 @@ def _ground_truth_label(raw: bytes, classes: list[str]) -> str:
     return label
 
 
-def _check_image(img: bytes, fmt: str, max_pixels: int, decode_check: bool, where: str):
-    fmt = fmt.lower()
-    if fmt not in FORMATS:
+def _format(fmt, where: str) -> str:
+    """A message's image format, canonical: jpeg, png or webp (JPG, jpg and Jpeg are jpeg)."""
+    name = fmt.strip().lower() if isinstance(fmt, str) else ""
+    if name not in FORMATS:
         raise ClipError("undecodable_image", f"frame {where}: format {fmt!r} is not jpeg, png or webp")
+    return "jpeg" if name == "jpg" else name
+
+
+def _check_image(img: bytes, fmt: str, max_pixels: int, decode_check: bool, where: str):
     try:
         with Image.open(io.BytesIO(img)) as im:
             if im.format != FORMATS[fmt]:

@@ -73,6 +73,10 @@ class IngestSettings(_Section):
     # Larger MCAP chunks (as declared, checked before decompressing) quarantine their clip: a few KB
     # of zstd can declare GBs.
     max_chunk_bytes: int = Field(256 * 2**20, ge=1)
+    # An uploaded clip over this many bytes is quarantined unread (too_large); all of a clip's chunks
+    # together decompress to at most max_expansion bytes per uploaded byte beyond 16 MiB.
+    max_clip_bytes: int = Field(256 * 2**20, ge=1)
+    max_expansion: float = Field(64.0, ge=1)
     resize: int | None = Field(None, ge=8)  # longest side; None keeps images as uploaded
     workers: int | None = Field(None, ge=1)  # processes reading and parsing clips; None: the number of cores
 

@@ -44,7 +44,7 @@ from itertools import chain, islice
 from typing import TYPE_CHECKING
 
 from flywheel import layout
-from flywheel.clips import ClipError, read_clip
+from flywheel.clips import MAX_CLIP_BYTES, ClipError, read_clip
 from flywheel.store import ObjectInfo, Store, check_key, is_valid_key
 
 if TYPE_CHECKING:  # a worker process imports this module: pyarrow, pydantic and tqdm load where used
@@ -123,7 +123,8 @@ class BatchPlan:
 
 
 def plan_batch(
-    store: Store, *, min_clips: int, max_clips: int, scan: LandingScan | None = None
+    store: Store, *, min_clips: int, max_clips: int, scan: LandingScan | None = None,
+    max_clip_bytes: int = MAX_CLIP_BYTES,
 ) -> BatchPlan | None:
     """The next batch to commit, or None. Does not commit it.
 
@@ -141,8 +142,8 @@ def plan_batch(
     if scan is None:
         landing = store.list(layout.LANDING)
         _quarantine_bad_names(store, landing)
-        return _plan(store, iter(_fresh(landing, _claimed_keys(store))), min_clips, max_clips)[0]
-    plan, scan.taken, gone = _plan(store, iter(scan), min_clips, max_clips)
+        return _plan(store, iter(_fresh(landing, _claimed_keys(store))), min_clips, max_clips, max_clip_bytes)[0]
+    plan, scan.taken, gone = _plan(store, iter(scan), min_clips, max_clips, max_clip_bytes)
     scan.gone |= gone
     _quarantine_bad_names(store, scan.bad)
     return plan
@@ -315,7 +316,7 @@ def _read_options(settings: Settings) -> dict:
     """`read_clip`'s keyword arguments from the settings: plain values, sent to worker processes."""
     i = settings.ingest
     return {"classes": list(settings.classes), "max_pixels": i.max_pixels, "max_chunk_bytes": i.max_chunk_bytes,
-            "resize": i.resize}  # fmt: skip
+            "max_clip_bytes": i.max_clip_bytes, "max_expansion": i.max_expansion, "resize": i.resize}  # fmt: skip
 
 
 def _check_clips(store: Store, options: dict, ours: list[str] | None, batch_id: str, clips: list[dict]):
@@ -338,10 +339,16 @@ def _check_clip(store: Store, options: dict, ours: list[str] | None, batch_id: s
     key = clip["key"]
     if ours is not None and _holder(store, key) not in ours:
         return "done", _earlier_verdict(store, key, batch_id), 0, None
+    limit = options.get("max_clip_bytes", MAX_CLIP_BYTES)
+    if clip.get("size", 0) > limit:  # not read: memory is bounded by the limit, not by the upload
+        return "bad", ("too_large", f"the clip is {clip['size']} bytes, over the limit of {limit} (ingest.max_clip_bytes)"), 0, None
     try:
         data = store.read_bytes(key)
     except FileNotFoundError:  # moved since its claim was read (a rerun quarantined it, say)
         return "done", _earlier_verdict(store, key, batch_id), 0, None
+    if clip.get("sha256") and len(data) <= limit and sha256(data) != clip["sha256"]:
+        return "bad", ("changed_since_planned", f"the bytes read now are not the ones planned (sha256 "
+                                                f"{clip['sha256'][:12]}...): uploaded again over the same name?"), len(data), None  # fmt: skip
     try:
         parsed = read_clip(data, **options)
     except ClipError as e:
@@ -656,7 +663,7 @@ class LandingScan:
 
 
 def _plan(
-    store: Store, candidates: Iterator[ObjectInfo], min_clips: int, max_clips: int
+    store: Store, candidates: Iterator[ObjectInfo], min_clips: int, max_clips: int, max_clip_bytes: int = MAX_CLIP_BYTES
 ) -> tuple[BatchPlan | None, int, set[str]]:
     """The batch of the first `candidates`, how many of them it took (0 with no batch) and the keys
     of those found deleted since they were listed; None below `min_clips`. Each clip is read once for
@@ -670,6 +677,9 @@ def _plan(
         if len(clips) >= max_clips:
             break
         took.append(o)
+        if o.size > max_clip_bytes:  # not read: the batch's validation quarantines it (too_large)
+            clips.append({"key": o.key, "sha256": None, "size": o.size})
+            continue
         try:
             digest = sha256(store.read_bytes(o.key))
         except FileNotFoundError:  # deleted since it was listed (or carried): nothing to batch

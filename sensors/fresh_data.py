@@ -35,7 +35,8 @@ def fresh_fleet_data(
     # below the threshold a round over a big landing is spread over ticks, the clips seen carried on.
     after, seen = _landing_position(context)
     scan = ingest.LandingScan(st, after=after, seen=seen, max_pages=s.sensor.max_list_pages)
-    plan = ingest.plan_batch(st, min_clips=s.sensor.min_clips, max_clips=s.sensor.max_clips, scan=scan)
+    plan = ingest.plan_batch(st, min_clips=s.sensor.min_clips, max_clips=s.sensor.max_clips, scan=scan,
+                             max_clip_bytes=s.ingest.max_clip_bytes)
     # None: other batches claimed every clip of the plan first
     committed = ingest.commit_batch(st, plan) if plan else None
     if committed and committed["batch_id"] not in batches:

@@ -1,4 +1,5 @@
 import io
+import zlib
 
 import cv2
 import numpy as np
@@ -96,7 +97,58 @@ BAD = {
     "image_too_large": lambda: make_clip(image=jpeg(h=64, w=64)),
     "unknown_label": lambda: make_clip(label="unicorn"),
     "bad_ground_truth": lambda: _one_message_clip("flywheel.GroundTruth", "/ground_truth", b"[1, 2]"),
-}
+    # hostile clips: many small chunks that together declare far more than the upload could hold
+    "too_large": lambda: _many_chunks(24, 8 * 2**20),
+    "bad_camera": lambda: make_clip(cameras=("../../x",)),
+    "bad_camera-empty": lambda: make_clip(cameras=("",)),
+    "bad_camera-dot": lambda: make_clip(cameras=(".hidden",)),
+    "undecodable_message": lambda: _one_message_clip("foxglove.CompressedImage", "/camera/front", b"[1, 2]"),
+    "undecodable_message-data-type": lambda: _one_message_clip(
+        "foxglove.CompressedImage", "/camera/front", b'{"format": "jpeg", "data": 5}'),
+    "undecodable_message-nested": lambda: _one_message_clip(
+        "foxglove.CompressedImage", "/camera/front", b"[" * 100_000 + b"]" * 100_000),
+    "undecodable_message-protobuf": lambda: _garbled_protobuf(),
+}  # fmt: skip
+
+# Reasons the batch's validation gives before any parsing (tests/test_ingest.py): not read_clip's.
+INGEST_ONLY = {"changed_since_planned"}
+
+
+def _many_chunks(count: int, size: int) -> bytes:
+    """`count` zstd chunks of `size` zero bytes each, a few KB in all (a many-chunk bomb)."""
+    from mcap.data_stream import RecordBuilder
+    from mcap.records import Chunk, DataEnd, Footer, Header, Metadata
+
+    # one record of an opcode readers skip (0x80, a user opcode), `size` bytes in all
+    content = b"\x80" + (size - 9).to_bytes(8, "little") + bytes(size - 9)
+    data, crc = _zstd(content), zlib.crc32(content)
+    out = RecordBuilder()
+    out.write(b"\x89MCAP0\r\n")
+    Header(profile="", library="test").write(out)
+    for _ in range(count):
+        Chunk(compression="zstd", data=data, message_start_time=0, message_end_time=0, uncompressed_crc=crc,
+              uncompressed_size=size).write(out)  # fmt: skip
+    Metadata(name="clip", metadata={"clip_id": "bomb"}).write(out)
+    DataEnd(data_section_crc=0).write(out)
+    Footer(summary_start=0, summary_offset_start=0, summary_crc=0).write(out)
+    out.write(b"\x89MCAP0\r\n")
+    return out.end()
+
+
+def _garbled_protobuf() -> bytes:
+    """A clip on the protobuf camera schema whose message is not protobuf."""
+    from mcap.reader import make_reader
+
+    schema = next(s for s in make_reader(io.BytesIO(make_clip(n=1, encoding="protobuf"))).get_summary().schemas.values()
+                  if s.name == "foxglove.CompressedImage")  # fmt: skip
+    out = io.BytesIO()
+    w = Writer(out)
+    w.start()
+    cid = w.register_channel("/camera/front", "protobuf", w.register_schema(schema.name, schema.encoding, schema.data))
+    w.add_message(cid, log_time=1, publish_time=1, data=b"\xff\xff\xff\xff not protobuf")
+    w.add_metadata("clip", {"clip_id": "garbled"})
+    w.finish()
+    return out.getvalue()
 
 
 def _lz4(data: bytes) -> bytes:
@@ -126,7 +178,32 @@ def test_every_quarantine_reason(case):
 
 
 def test_every_reason_has_a_case():
-    assert {c.split("-")[0] for c in BAD} == set(REASONS)
+    assert {c.split("-")[0] for c in BAD} | INGEST_ONLY == set(REASONS)
+
+
+def test_a_many_chunk_bomb_is_refused_in_bounded_memory():
+    """24 chunks of 8 MiB declared in a few KB: refused before the third is decompressed."""
+    import tracemalloc
+
+    bomb = _many_chunks(24, 8 * 2**20)
+    assert len(bomb) < 64 * 1024
+    tracemalloc.start()
+    with pytest.raises(ClipError, match="too_large: the chunks of a .* clip declare more than"):
+        read_clip(bomb, classes=CLASSES)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 40 * 2**20  # two chunks at most (16 MiB) and their copies, not 192 MiB
+
+
+def test_a_clip_over_the_size_limit_is_refused_unparsed():
+    data = make_clip(n=2)
+    with pytest.raises(ClipError, match=f"too_large: the clip is {len(data)} bytes, over the limit of 100"):
+        read_clip(data, classes=CLASSES, max_clip_bytes=100)
+
+
+@pytest.mark.parametrize("fmt", ["JPG", "jpg", "Jpeg", " jpeg "])
+def test_image_formats_are_canonical(fmt):
+    assert {f.format for f in read_clip(make_clip(n=2, fmt=fmt), classes=CLASSES).frames} == {"jpeg"}
 
 
 def test_the_chunk_limit_is_a_setting():

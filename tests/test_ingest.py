@@ -478,3 +478,54 @@ def test_one_pass_on_worker_processes_gives_the_frames_of_a_second_parse(store, 
     # a retry of the frames step, the staged file gone: it parses the clips again, same frames
     retry = ingest.write_frames(store, plan.batch_id, settings)
     assert retry["source"] == "parsed again" and store.read_parquet(layout.frames_key(plan.batch_id)).equals(again)
+
+
+def test_hostile_clips_beside_good_ones_are_quarantined_and_the_good_ones_ingested(store):
+    """A many-chunk bomb, malformed JSON and protobuf messages, odd camera names and formats: each
+    quarantines its own clip with a reason, and the batch's good clips become frames."""
+    from tests.test_clips import BAD
+
+    settings = load_settings()
+    _land(store, 3)
+    hostile = {"bomb": "too_large", "undecodable_message": "undecodable_message",
+               "undecodable_message-nested": "undecodable_message", "undecodable_message-protobuf": "undecodable_message",
+               "undecodable_message-data-type": "undecodable_message", "bad_camera": "bad_camera"}  # fmt: skip
+    for case in hostile:
+        store.write_bytes(f"{DAY}{case}.mcap", BAD["too_large" if case == "bomb" else case]())
+    store.write_bytes(DAY + "upper.mcap", make_clip("upper", fmt="JPG", image=jpeg(7)))  # a format to canonicalize
+    plan = ingest.plan_batch(store, min_clips=1, max_clips=20)
+    ingest.commit_batch(store, plan)
+    report = ingest.validate_batch(store, plan.batch_id, settings)
+    assert {q["key"].removeprefix(DAY): q["reason"] for q in report["quarantined"]} == {
+        f"{case}.mcap": reason for case, reason in hostile.items()
+    }
+    assert len(report["accepted"]) == 4
+    summary = ingest.write_frames(store, plan.batch_id, settings)
+    assert summary["clips"] == 4 and summary["frames"] == 12
+    table = store.read_parquet(layout.frames_key(plan.batch_id))
+    assert set(table.column("format").to_pylist()) == {"jpeg"}
+
+
+def test_a_clip_over_the_size_limit_is_quarantined_unread(store, monkeypatch):
+    settings = load_settings(**{"ingest.max_clip_bytes": 4096})
+    _land(store, 2)
+    store.write_bytes(DAY + "big.mcap", make_clip("big", n=8, image=jpeg(h=200, w=200)))
+    read = []
+    real = store.read_bytes
+    monkeypatch.setattr(store, "read_bytes", lambda key: read.append(key) or real(key))
+    plan = ingest.plan_batch(store, min_clips=1, max_clips=10, max_clip_bytes=settings.ingest.max_clip_bytes)
+    ingest.commit_batch(store, plan)
+    report = ingest.validate_batch(store, plan.batch_id, settings)
+    assert [(q["key"], q["reason"]) for q in report["quarantined"]] == [(DAY + "big.mcap", "too_large")]
+    assert DAY + "big.mcap" not in read  # neither the plan nor the validation read it
+    assert len(report["accepted"]) == 2
+
+
+def test_a_clip_whose_bytes_changed_since_it_was_planned_is_quarantined(store):
+    settings = load_settings()
+    _land(store, 2)
+    plan = ingest.plan_batch(store, min_clips=1, max_clips=10)
+    ingest.commit_batch(store, plan)
+    store.write_bytes(DAY + "c001.mcap", make_clip("c001", image=jpeg(99)))  # overwritten after planning
+    report = ingest.validate_batch(store, plan.batch_id, settings)
+    assert [(q["key"], q["reason"]) for q in report["quarantined"]] == [(DAY + "c001.mcap", "changed_since_planned")]
