@@ -40,7 +40,7 @@ ACCEPTED = {(FOXGLOVE_IMAGE, "json"), (FOXGLOVE_IMAGE, "protobuf"), (ROS2_IMAGE,
 REASONS = (
     "not_mcap", "truncated", "chunk_too_large", "no_camera", "bad_clip_id", "unsupported_schema",
     "undecodable_image", "image_too_large", "unknown_label", "bad_ground_truth",
-    "too_large", "bad_camera", "undecodable_message", "changed_since_planned",
+    "too_large", "bad_camera", "undecodable_message", "changed_since_planned", "duplicate_clip_id",
 )  # fmt: skip
 MAX_CLIP_BYTES = 256 * 2**20  # an uploaded clip larger than this is quarantined unread (ingest.max_clip_bytes)
 # All of a clip's chunks together decompress to at most this many bytes per uploaded byte, beyond a

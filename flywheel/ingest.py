@@ -276,8 +276,12 @@ def validate_batch(
     started = time.perf_counter()
     checked = _map(check, manifest["clips"], settings, desc="validate", progress=progress)
     verdicts = [v for chunk, _ in checked for v in chunk]
+    taken = _accepted_clip_ids(store, batch_id)  # ids earlier batches made frames of
     for clip, (verdict, value, size) in zip(manifest["clips"], verdicts, strict=True):
         nbytes += size
+        if verdict == "ok" and value["clip_id"] in taken:  # its frames would inherit that clip's labels
+            verdict, value = "bad", ("duplicate_clip_id", f"clip_id {value['clip_id']!r} was ingested before from "
+                                     f"{taken[value['clip_id']]}: a clip_id names one clip, across uploads")  # fmt: skip
         if verdict == "ok":
             accepted.append(value)
             continue
@@ -289,6 +293,8 @@ def validate_batch(
         bad.append(value)
         _release(store, clip["key"], set(ours))  # a fixed upload under its key is a new clip
     table = _concat([t for _, t in checked])
+    kept = pa.array([c["key"] for c in accepted], pa.string())
+    table = table.filter(pc.is_in(table["clip_key"], kept))  # frames of accepted clips only
     ids = Counter(c["clip_id"] for c in accepted)
     # The same clip_id twice in one batch: keep the first, the clip contract makes ids unique.
     seen, unique, dropped = set(), [], []
@@ -709,6 +715,18 @@ def _quarantine_bad_names(store: Store, listed: Iterable[ObjectInfo]) -> None:
 def _claimed_keys(store: Store) -> set[str]:
     """Every landing key that a claim holds (lists all of claims/)."""
     return {layout.clip_key_of_claim(o.key) for o in store.list(layout.CLAIMS)}
+
+
+def _accepted_clip_ids(store: Store, batch_id: str) -> dict[str, str]:
+    """clip_id -> its key, of every clip a validation of another batch accepted."""
+    out: dict[str, str] = {}
+    for o in store.list(layout.BATCHES):
+        if layout.is_batch_key(o.key) and (other := layout.batch_id_of(o.key)) != batch_id:
+            report = layout.accepted_key(other)
+            if store.exists(report):
+                for c in store.read_json(report)["accepted"]:
+                    out.setdefault(c["clip_id"], c["key"])
+    return out
 
 
 def _ingested(store: Store) -> dict[str, tuple[str, str]]:

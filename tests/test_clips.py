@@ -111,7 +111,7 @@ BAD = {
 }  # fmt: skip
 
 # Reasons the batch's validation gives before any parsing (tests/test_ingest.py): not read_clip's.
-INGEST_ONLY = {"changed_since_planned"}
+INGEST_ONLY = {"changed_since_planned", "duplicate_clip_id"}
 
 
 def _many_chunks(count: int, size: int) -> bytes:

@@ -529,3 +529,26 @@ def test_a_clip_whose_bytes_changed_since_it_was_planned_is_quarantined(store):
     store.write_bytes(DAY + "c001.mcap", make_clip("c001", image=jpeg(99)))  # overwritten after planning
     report = ingest.validate_batch(store, plan.batch_id, settings)
     assert [(q["key"], q["reason"]) for q in report["quarantined"]] == [(DAY + "c001.mcap", "changed_since_planned")]
+
+
+def test_a_clip_id_reused_by_a_later_upload_is_quarantined(store):
+    """Another vehicle's clip under an id already ingested would share its frame ids, and with them
+    the first clip's human labels and golden-set membership: it is quarantined instead."""
+    settings = load_settings()
+    _land(store, 2)
+    first = ingest.plan_batch(store, min_clips=1, max_clips=10)
+    ingest.commit_batch(store, first)
+    ingest.validate_batch(store, first.batch_id, settings)
+    store.write_bytes("landing/veh-9/2026-11-02/c000.mcap", make_clip("c000", image=jpeg(50)))  # other bytes, same id
+    _land(store, 1, start=5)
+    later = ingest.plan_batch(store, min_clips=1, max_clips=10)
+    ingest.commit_batch(store, later)
+    report = ingest.validate_batch(store, later.batch_id, settings)
+    assert [(q["key"], q["reason"]) for q in report["quarantined"]] == [
+        ("landing/veh-9/2026-11-02/c000.mcap", "duplicate_clip_id")
+    ]
+    assert [c["clip_id"] for c in report["accepted"]] == ["c005"]
+    summary = ingest.write_frames(store, later.batch_id, settings)
+    assert summary["clips"] == 1 and summary["frames"] == 3  # none of the reused id's frames
+    # a retried validation of the first batch does not count its own ids against itself
+    assert len(ingest.validate_batch(store, first.batch_id, settings)["accepted"]) == 2
