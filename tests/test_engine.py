@@ -435,3 +435,19 @@ def test_label_errors_check_human_labels_only_and_name_the_classes():
     # a flag counts only when the champion prefers the other class by at least min_score
     assert label_errors(probs, fids, labels, ["road", "car"], min_score=0.95)["flagged"] == 0
     assert label_errors(probs, fids, labels, ["road", "car"], min_score=0.85)["flagged"] == 1
+
+
+def test_a_batch_export_answers_only_the_frames_its_queue_sent(tmp_path):
+    """An export for batch b1 that also labels a frame b1 never queued (another batch's, say) does
+    not reach that frame: only the queued frames take its answers, and the rest are named."""
+    store = LocalStore(tmp_path / "s")
+    frames = _batch_in_store(store, frames_table(8, truth=[CLASSES[i % 6] for i in range(8)]))
+    write_queue(store, "b1", frames, ["c0/front/0"])
+    queued = store.read_json(layout.queue_key("b1"))
+    stray = {**queued[0], "data": {**queued[0]["data"], "frame_id": "c1/front/3"}}
+    answer = {"id": 1, "result": [{"type": "choices", "value": {"choices": [CLASSES[2]]}, "from_name": "label",
+                                   "to_name": "image"}], "created_at": "2026-11-01T10:00:00Z"}  # fmt: skip
+    store.write_json(layout.done_key("b1"), [{**t, "annotations": [answer]} for t in (queued[0], stray)])
+    exports = read_exports(store)
+    assert exports[0]["not_queued"] == ["c1/front/3"]
+    assert human_labels(exports, CLASSES) == {"c0/front/0": 2}

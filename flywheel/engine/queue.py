@@ -139,19 +139,31 @@ def read_exports(store: Store) -> list[dict]:
 
     A file that is not JSON, or not a list of tasks, comes back with no tasks and `error` naming
     it, so one bad file does not hide the answers in the others: `labelstudio.human_labels` raises
-    that error, or reports it when asked to skip bad exports.
+    that error, or reports it when asked to skip bad exports. The export of a batch that has a queue
+    (`labeling/done/<batch>.json` beside `labeling/queue/<batch>.json`) answers the frames that queue
+    holds only: a task for any other frame is left out and named in `not_queued`.
     """
     exports = []
     for obj in store.list(layout.LABELING_DONE):
         if not obj.key.endswith(".json"):
             continue
-        tasks, error = [], None
+        tasks, error, foreign = [], None, []
         try:
             tasks = labelstudio.parse_export(store.read_bytes(obj.key), store.uri(obj.key))
         except ValueError as e:  # the message names the file and what is wrong with it
             error = str(e)
-        exports.append({"source": obj.key, "tasks": tasks, "error": error})
+        queue = layout.queue_key(obj.key[len(layout.LABELING_DONE) : -len(".json")])
+        if tasks and store.exists(queue):  # a batch's export answers that batch's queue, nothing else
+            queued = {_frame_id(t) for t in store.read_json(queue)}
+            foreign = [f for t in tasks if (f := _frame_id(t)) is not None and f not in queued]
+            tasks = [t for t in tasks if _frame_id(t) is None or _frame_id(t) in queued]
+        exports.append({"source": obj.key, "tasks": tasks, "error": error, "not_queued": foreign})
     return exports
+
+
+def _frame_id(task) -> str | None:
+    data = task.get("data") if isinstance(task, dict) else None
+    return data.get("frame_id") if isinstance(data, dict) else None
 
 
 def human_labels_spent(store: Store) -> int:
