@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import sys
 
 import dagster as dg
@@ -37,7 +38,15 @@ def png_md(png: bytes, alt: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
 
 
+_MARKDOWN = re.compile(r"([\\`*\[\]|<>~])")  # what Markdown (or HTML in it) would act on inside a cell
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _cell(v) -> str:
+    """A table cell: numbers formatted, anything else (clip ids, camera names, reasons from the
+    fleet) shown as text: Markdown and HTML characters escaped, control characters dropped."""
     if isinstance(v, float):
         return f"{v:.4f}"
-    return str(v).replace("|", "\\|").replace("\n", " ")
+    if isinstance(v, bool | int):
+        return str(v)
+    return _MARKDOWN.sub(r"\\\1", _CONTROL.sub(" ", str(v)))
