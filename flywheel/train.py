@@ -307,11 +307,16 @@ def _autocast(device: torch.device):
 
 
 def _progress(it, *, enabled: bool, total: int, desc: str):
-    if not enabled:
-        return it
-    from tqdm.auto import tqdm
+    return _counted(it, total=total, desc=desc) if enabled else it
 
-    return tqdm(it, total=total, desc=desc, leave=False)
+
+def _counted(it, *, total: int, desc: str):
+    from flywheel import progress as bars
+
+    with bars.bar(total=total, desc=desc, unit="batch", progress=True) as bar:
+        for item in it:
+            yield item
+            bar.update()
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -12,9 +12,9 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm import tqdm
 
 from flywheel import layout
+from flywheel import progress as bars
 from flywheel.clips import write_clip
 from flywheel.config import CONDITIONS, Settings
 from flywheel.sim.render import encode_jpeg, render_scene
@@ -64,7 +64,7 @@ def simulate(
     state = read_state(store)
     recorded = state["recorded"]
     keys: list[str] = []
-    with tqdm(total=clips, desc="simulate", unit="clip", disable=not progress) as bar:
+    with bars.bar(total=clips, desc="simulate", unit="clip", progress=bool(progress)) as bar:
         while len(keys) < clips:
             key, data = _record(recorded, seed, settings, upload_filter, extras)
             recorded += 1
