@@ -338,6 +338,8 @@ def _overrides(ctx, param, values) -> dict:
 @click.option("--yardsticks", callback=_csv(str), default="cnn,resnet18", show_default=True,
               help="Comma-separated, of: cnn, resnet18 (flywheel/baseline.py); they ignore --set.")  # fmt: skip
 @click.option("--yardstick-epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--recipe/--no-recipe", "with_recipe", default=True, show_default=True,
+              help="Train the recipe arm; --no-recipe reruns the yardsticks alone on the same seeded frames.")  # fmt: skip
 @click.option("--quick", is_flag=True, help="Smoke run: tiny sizes, 1 epoch.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch threads per process (default: one per core, 1 with --jobs).")  # fmt: skip
@@ -351,7 +353,7 @@ def _overrides(ctx, param, values) -> dict:
 @WORKDIR
 @click.pass_obj
 def recipe(obj: Ctx, datasets: tuple[str, ...], sizes: tuple[int, ...], heldout: int, seeds: tuple[int, ...],
-           overrides: dict, warm: bool, yardsticks: tuple[str, ...], yardstick_epochs: int, quick: bool,
+           overrides: dict, warm: bool, yardsticks: tuple[str, ...], yardstick_epochs: int, with_recipe: bool, quick: bool,
            threads: int | None, jobs: int, out: str | None, markdown_path: str | None,
            workdir: str | None):  # fmt: skip
     """The default training recipe vs two yardsticks (the classic script CNN, ResNet-18), same frames,
@@ -367,7 +369,7 @@ def recipe(obj: Ctx, datasets: tuple[str, ...], sizes: tuple[int, ...], heldout:
         result = bench_recipe(workdir, datasets=datasets, sizes=sizes, heldout=heldout, seeds=seeds,
                               config=obj.config, overrides=overrides, quick=quick, warm=warm,
                               yardsticks=yardsticks, yardstick_epochs=yardstick_epochs,
-                              threads=threads, jobs=jobs, on_row=_row_done)  # fmt: skip
+                              threads=threads, jobs=jobs, recipe=with_recipe, on_row=_row_done)  # fmt: skip
     except ValueError as e:  # an unknown dataset, a bad override: say which
         raise click.ClickException(str(e)) from None
     _emit(result, out or f"benchmarks/results/recipe{'_quick' if quick else ''}.json")

@@ -162,9 +162,11 @@ def _recipe_arm(result: TrainResult, images, labels, classes, seconds: float) ->
 def bench_dataset(name: str, workdir: Path, *, sizes: tuple[int, ...], heldout: int, seed: int = 0,
                   config: str | None = None, overrides: dict | None = None,
                   yardsticks: tuple[str, ...] = YARDSTICKS, yardstick_epochs: int = baseline.EPOCHS,
-                  warm: bool = False, on_row: Callable[[dict], None] | None = None) -> list[dict]:  # fmt: skip
+                  warm: bool = False, recipe: bool = True,
+                  on_row: Callable[[dict], None] | None = None) -> list[dict]:  # fmt: skip
     """One row per size: recipe, recipe_warm (from the second size, with `warm`) and each yardstick
-    on one dataset, all trained with `seed` on frames drawn with it."""
+    on one dataset, all trained with `seed` on frames drawn with it; `recipe` False: the yardsticks
+    only (a yardstick's rerun on the same seeded frames, to set beside an earlier recipe run)."""
     overrides = {"train.seed": seed, **(overrides or {})}
     settings = recipe_settings(name, workdir / f"{name}-{seed}", config=config, overrides=overrides)
     store, classes, size_px = store_for(settings), settings.classes, settings.image_size
@@ -184,18 +186,18 @@ def bench_dataset(name: str, workdir: Path, *, sizes: tuple[int, ...], heldout: 
             continue
         manifest, _ = add_batch(store, settings, new, f"b{k + 1:04d}")
         done += len(new)
-        t0 = time.perf_counter()
-        fresh = train_recipe(store, settings, manifest)
-        seconds = time.perf_counter() - t0
-        row = {"dataset": name, "size": size, "seed": seed, "pool_frames": done,
-               "recipe": _recipe_arm(fresh, test_x, test_y, classes, seconds)}  # fmt: skip
-        if warm and warm_weights is not None:
+        row = {"dataset": name, "size": size, "seed": seed, "pool_frames": done}
+        if recipe:
+            t0 = time.perf_counter()
+            fresh = train_recipe(store, settings, manifest)
+            row["recipe"] = _recipe_arm(fresh, test_x, test_y, classes, time.perf_counter() - t0)
+        if recipe and warm and warm_weights is not None:
             t0 = time.perf_counter()
             warmed = train_recipe(store, settings, manifest, warm_start=warm_weights)
             seconds = time.perf_counter() - t0
             row["recipe_warm"] = _recipe_arm(warmed, test_x, test_y, classes, seconds)
             warm_weights = warmed.weights
-        else:
+        elif recipe:
             warm_weights = fresh.weights
         x, y = baseline.train_originals(store, manifest, size_px)
         for kind in yardsticks:
@@ -213,7 +215,7 @@ def bench_dataset(name: str, workdir: Path, *, sizes: tuple[int, ...], heldout: 
             "heldout_clips": len(set(held.clips)), "heldout_sha256": heldout_sha,
             "majority_share": round(majority, 4), "image_size": size_px,
             "delta": {kind: round(row["recipe"]["accuracy"] - row[kind]["accuracy"], 4)
-                      for kind in yardsticks},
+                      for kind in yardsticks if recipe},
         })  # fmt: skip
         rows.append(row)
         if on_row is not None:
@@ -233,7 +235,7 @@ def bench_recipe(workdir: str | Path | None = None, *, datasets: tuple[str, ...]
                  config: str | None = None, overrides: dict | None = None, quick: bool = False,
                  warm: bool = False, yardsticks: tuple[str, ...] = YARDSTICKS,
                  yardstick_epochs: int = baseline.EPOCHS, threads: int | None = None, jobs: int = 1,
-                 on_row: Callable[[dict], None] | None = None) -> dict:  # fmt: skip
+                 recipe: bool = True, on_row: Callable[[dict], None] | None = None) -> dict:  # fmt: skip
     """The recipe vs the yardsticks on each dataset, size and seed, with a summary over seeds;
     `quick`: tiny sizes, 1 epoch, for a smoke run.
 
@@ -257,7 +259,8 @@ def bench_recipe(workdir: str | Path | None = None, *, datasets: tuple[str, ...]
         # OneCycleLR needs warmup_pct x steps > 1: batches of 16 give a tiny pool enough steps
         overrides.setdefault("train.batch_size", 16)
     kwargs = {"sizes": tuple(sizes), "heldout": heldout, "config": config, "overrides": overrides,
-              "yardsticks": tuple(yardsticks), "yardstick_epochs": yardstick_epochs, "warm": warm}  # fmt: skip
+              "yardsticks": tuple(yardsticks), "yardstick_epochs": yardstick_epochs, "warm": warm,
+              "recipe": recipe}  # fmt: skip
     tasks = [(name, seed) for name in datasets for seed in seeds]
     t0, rows, before = time.perf_counter(), [], torch.get_num_threads()
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
@@ -328,9 +331,11 @@ def summarize(rows: list[dict]) -> list[dict]:
             if arm in YARDSTICKS:
                 entry[arm]["learns"] = all(r[arm]["learns"] for r in group)
         sticks = [a for a in arms if a in YARDSTICKS]
-        behind = [a for a in sticks if entry["recipe"]["accuracy"] < entry[a]["accuracy"]]
+        behind = [a for a in sticks if "recipe" in entry and entry["recipe"]["accuracy"] < entry[a]["accuracy"]]
         if any(not entry[a]["learns"] for a in sticks):
             entry["verdict"] = "broken: " + ", ".join(a for a in sticks if not entry[a]["learns"]) + " did not learn"
+        elif "recipe" not in entry:
+            entry["verdict"] = "yardsticks learned (no recipe arm)"
         else:
             entry["verdict"] = f"recipe behind {', '.join(behind)}" if behind else "recipe ahead"
         out.append(entry)
