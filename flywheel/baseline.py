@@ -22,13 +22,15 @@ and the challenger on val. The check says which of three things it saw:
 
     broken   the yardstick did not clearly learn (val accuracy within LEARNED of the majority class's
              share): the comparison proves nothing, and it says so rather than "not short"
-    short    the challenger scored below the yardstick: the recipe does not fit the data, and the
-             retune sensor asks for a tune run
+    short    the challenger scored below the yardstick by more than the comparison's noise (two
+             standard errors of the paired difference on the val frames): the recipe does not fit
+             the data, and the retune sensor asks for a tune run
     ok       the challenger is at or above a yardstick that learned
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -190,14 +192,20 @@ def check_challenger(store: Store, manifest: dict, weights: bytes, *, image_size
     base = train_yardstick(x, y, num_classes=len(classes), epochs=epochs, seed=seed, device=device)
     seconds = time.perf_counter() - t0
 
-    def confusion(m: nn.Module) -> np.ndarray:
-        return confusion_matrix(predict(m, val_x, device=device).probs.argmax(1), val_y, len(classes))
-
-    ours, theirs = confusion(model), confusion(base)
+    ours_pred, theirs_pred = (predict(m, val_x, device=device).probs.argmax(1) for m in (model, base))
+    ours, theirs = (confusion_matrix(p, val_y, len(classes)) for p in (ours_pred, theirs_pred))
     challenger, baseline = round(METRICS[metric](ours), 4), round(METRICS[metric](theirs), 4)
-    verdict = "broken" if not learned(accuracy(theirs), val_y) else "short" if challenger < baseline else "ok"
+    # The noise of the comparison: two standard errors of the paired difference in accuracy on these
+    # val frames (frames exactly one of the two gets right). A challenger within it is not short.
+    discordant = int(((ours_pred == val_y) != (theirs_pred == val_y)).sum())
+    allowance = round(2 * math.sqrt(discordant) / len(val_y), 4)
+    if not learned(accuracy(theirs), val_y):
+        verdict = "broken"
+    else:
+        verdict = "short" if challenger < baseline - allowance else "ok"
     return {"metric": metric, "challenger": challenger, "baseline": baseline, "verdict": verdict,
-            "short": verdict == "short", "baseline_val_accuracy": round(accuracy(theirs), 4),
+            "short": verdict == "short", "allowance": allowance, "discordant_frames": discordant,
+            "baseline_val_accuracy": round(accuracy(theirs), 4),
             "majority_share": round(float(np.bincount(val_y).max() / len(val_y)), 4),
             "val_frames": len(val_y), "baseline_train_frames": len(y), "baseline_epochs": epochs,
             "baseline_kind": "cnn", "baseline_seconds": round(seconds, 1),

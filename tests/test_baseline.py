@@ -30,7 +30,7 @@ def test_the_check_flags_a_crippled_challenger(tmp_path):
     weak = train_recipe(store, settings, manifest)
     check = baseline.check_challenger(store, manifest, weak.weights, image_size=32, metric="accuracy", epochs=8)
     assert check["baseline_val_accuracy"] >= check["majority_share"] + 0.2  # the yardstick learned
-    assert check["challenger"] < check["baseline"]
+    assert check["challenger"] < check["baseline"] - check["allowance"]  # beyond the noise
     assert check["verdict"] == "short" and check["short"]
 
 
@@ -39,7 +39,9 @@ def test_the_check_passes_a_challenger_trained_at_the_defaults(tmp_path):
     good = train_recipe(store, settings, manifest)
     check = baseline.check_challenger(store, manifest, good.weights, image_size=32, metric="accuracy", epochs=8)
     assert check["verdict"] == "ok" and not check["short"]
-    assert check["challenger"] >= check["baseline"] > check["majority_share"]
+    # at or above the yardstick, or below it by no more than the noise of 96 val frames
+    assert check["challenger"] >= check["baseline"] - check["allowance"] and check["baseline"] > check["majority_share"]
+    assert check["allowance"] <= 0.05
 
 
 def test_a_yardstick_that_does_not_learn_is_reported_broken(tmp_path):
