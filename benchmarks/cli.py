@@ -304,7 +304,7 @@ def cycle(obj: Ctx, clips: int, iterations: int, out: str):
 def _row_done(row: dict) -> None:
     from benchmarks.recipe import ARMS
 
-    arms = ", ".join(f"{a} {row[a]['accuracy']:.3f}" for a in ARMS if a in row)
+    arms = ", ".join(f"{a} {row[a]['accuracy']:.3f} ({row[a]['seconds']:.0f} s)" for a in ARMS if a in row)
     click.echo(f"{row['dataset']} {row['pool_frames']} frames, seed {row['seed']}: {arms}", err=True)
 
 
@@ -340,6 +340,8 @@ def _overrides(ctx, param, values) -> dict:
 @click.option("--yardstick-epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--recipe/--no-recipe", "with_recipe", default=True, show_default=True,
               help="Train the recipe arm; --no-recipe reruns the yardsticks alone on the same seeded frames.")  # fmt: skip
+@click.option("--refit/--no-refit", default=False, show_default=True,
+              help="Also train the recipe again on train + val (same epochs, last weights): the refit arm.")  # fmt: skip
 @click.option("--quick", is_flag=True, help="Smoke run: tiny sizes, 1 epoch.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch threads per process (default: one per core, 1 with --jobs).")  # fmt: skip
@@ -353,8 +355,8 @@ def _overrides(ctx, param, values) -> dict:
 @WORKDIR
 @click.pass_obj
 def recipe(obj: Ctx, datasets: tuple[str, ...], sizes: tuple[int, ...], heldout: int, seeds: tuple[int, ...],
-           overrides: dict, warm: bool, yardsticks: tuple[str, ...], yardstick_epochs: int, with_recipe: bool, quick: bool,
-           threads: int | None, jobs: int, out: str | None, markdown_path: str | None,
+           overrides: dict, warm: bool, yardsticks: tuple[str, ...], yardstick_epochs: int, with_recipe: bool, refit: bool,
+           quick: bool, threads: int | None, jobs: int, out: str | None, markdown_path: str | None,
            workdir: str | None):  # fmt: skip
     """The default training recipe vs two yardsticks (the classic script CNN, ResNet-18), same frames,
     same held-out clips, per dataset, size and seed, with the mean and 95 % interval over seeds;
@@ -369,7 +371,8 @@ def recipe(obj: Ctx, datasets: tuple[str, ...], sizes: tuple[int, ...], heldout:
         result = bench_recipe(workdir, datasets=datasets, sizes=sizes, heldout=heldout, seeds=seeds,
                               config=obj.config, overrides=overrides, quick=quick, warm=warm,
                               yardsticks=yardsticks, yardstick_epochs=yardstick_epochs,
-                              threads=threads, jobs=jobs, recipe=with_recipe, on_row=_row_done)  # fmt: skip
+                              threads=threads, jobs=jobs, recipe=with_recipe, refit=refit,
+                              on_row=_row_done)  # fmt: skip
     except ValueError as e:  # an unknown dataset, a bad override: say which
         raise click.ClickException(str(e)) from None
     _emit(result, out or f"benchmarks/results/recipe{'_quick' if quick else ''}.json")

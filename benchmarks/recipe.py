@@ -12,6 +12,9 @@ a prefix of the larger, so the sizes are the flywheel's growing dataset):
   recipe_warm  the same, warm-started from the previous size's recipe_warm model (the first
                size's fresh model starts the chain), as `loop.train_challenger` warm-starts from
                the champion with `train.warm_start: true`
+  recipe_refit with `refit`: the recipe's training again on train + val (the val split's shards read
+               as train), the same number of epochs, the last epoch's weights (no val to pick a
+               best one): the common refit after model selection on small data
   cnn          the yardsticks of `flywheel.baseline`, trained the standard way on the version's
   resnet18     train originals (the same frames the recipe trains on, without its offline copies):
                the classic script CNN (flatten, fully connected) and ResNet-18 as published
@@ -21,6 +24,10 @@ apart from the training stream), decoded once through the one model-input path. 
 defaults (or `config`) with the dataset's `classes` and `image_size`, then `overrides`
 (dotted keys, as `flywheel.config.load_settings` takes them), so recipe variants are compared
 without code changes: `flywheel bench recipe --set train.epochs=12 --set augment.max_copies=0`.
+
+Time to accuracy: every arm is scored on the held-out frames after each epoch (at most ~12 times
+a run; the scoring's own time is not counted), and `seconds_to_cnn` is the training time at which
+it first reached the script CNN's final held-out accuracy on that row (None: never).
 
 Each seed draws other frames (training pool and held-out stream) and trains every arm with that
 seed; the summary gives, per dataset, size and arm, the mean over seeds with a 95 % t-interval. A
@@ -61,7 +68,7 @@ QUICK_SIZES = (96, 192)
 HELDOUT = 1000
 QUICK_HELDOUT = 48
 YARDSTICKS = ("cnn", "resnet18")
-ARMS = ("recipe", "recipe_warm", *YARDSTICKS)
+ARMS = ("recipe", "recipe_warm", "recipe_refit", *YARDSTICKS)
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}  # t(0.975, df)
 
 
@@ -110,12 +117,15 @@ def add_batch(store: Store, settings: Settings, frames: Frames, batch_id: str) -
     return manifest, augmented
 
 
-def train_recipe(
-    store: Store, settings: Settings, manifest: dict, *, warm_start: bytes | None = None
-) -> TrainResult:
-    """`loop.train_challenger`'s training, without MLflow or checkpoints."""
+def train_recipe(store: Store, settings: Settings, manifest: dict, *, warm_start: bytes | None = None,
+                 refit: bool = False, curve: Curve | None = None) -> TrainResult:  # fmt: skip
+    """`loop.train_challenger`'s training, without MLflow or checkpoints; `refit`: on train + val,
+    without a val split; `curve`: scored after epochs."""
     cfg = TrainConfig.from_settings(settings)
     dev = pick_device(cfg.device)
+    if refit:
+        manifest = {**manifest, "shards": [{**s, "split": "train" if s["split"] == "val" else s["split"]}
+                                           for s in manifest["shards"]]}  # fmt: skip
     reader = ShardReader(store, manifest, split="train", image_size=cfg.image_size, seed=cfg.seed,
                          batch_size=cfg.batch_size, geometric=settings.geometric_aug,
                          batched=True, meta=False)  # fmt: skip
@@ -123,11 +133,39 @@ def train_recipe(
                       train_aug=False, batch_size=cfg.batch_size, batched=True, meta=False)  # fmt: skip
     if len(reader) == 0:
         raise ValueError(f"dataset version v{manifest['version']} has no train rows")
+    loader = make_loader(reader, cfg=cfg, device=dev)
+    if curve is not None:
+        curve.start(cfg.epochs_for(len(loader)))
     return train(
-        train_loader=make_loader(reader, cfg=cfg, device=dev),
+        train_loader=loader,
         val_loader=make_loader(val, cfg=cfg, device=dev) if len(val) else None,
         classes=settings.classes, cfg=cfg, warm_start=warm_start, set_epoch=reader.set_epoch,
+        on_epoch_model=curve,
     )  # fmt: skip
+
+
+class Curve:
+    """Held-out accuracy against training seconds, after about `points` evenly spaced epochs and the
+    last; the time spent scoring is left out of the seconds."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, points: int = 12):
+        self.images, self.labels, self.points = images, labels, points
+        self.every, self.epochs, self.t0, self.scoring = 1, 0, 0.0, 0.0
+        self.values: list[tuple[float, float]] = []  # (seconds, accuracy)
+
+    def start(self, epochs: int) -> Curve:
+        self.epochs, self.every = epochs, max(1, math.ceil(epochs / self.points))
+        self.t0, self.scoring, self.values = time.perf_counter(), 0.0, []
+        return self
+
+    def __call__(self, epoch: int, model: nn.Module) -> None:
+        if (epoch + 1) % self.every and epoch + 1 != self.epochs:
+            return
+        t = time.perf_counter()
+        preds = predict(model, self.images, device="cpu", progress=False).probs.argmax(axis=1)
+        self.values.append((round(t - self.t0 - self.scoring, 1), round(float((preds == self.labels).mean()), 4)))
+        self.scoring += time.perf_counter() - t
+
 
 
 # ----------------------------------------------------------------------------- scores
@@ -146,10 +184,11 @@ def score(model: nn.Module, images: np.ndarray, labels: np.ndarray, classes: lis
     }
 
 
-def _recipe_arm(result: TrainResult, images, labels, classes, seconds: float) -> dict:
+def _recipe_arm(result: TrainResult, images, labels, classes, seconds: float, curve: Curve) -> dict:
     model, _ = load_weights(result.weights)
     last = result.history[-1]
-    return {**score(model, images, labels, classes), "seconds": round(seconds, 1),
+    return {**score(model, images, labels, classes), "seconds": round(seconds - curve.scoring, 1),
+            "curve": curve.values,
             "train_acc": round(last["train_acc"], 4),
             "val_acc": round(last.get("val_acc", float("nan")), 4),
             "warm_started": result.warm_started, "best_epoch": result.best_epoch,
@@ -162,10 +201,10 @@ def _recipe_arm(result: TrainResult, images, labels, classes, seconds: float) ->
 def bench_dataset(name: str, workdir: Path, *, sizes: tuple[int, ...], heldout: int, seed: int = 0,
                   config: str | None = None, overrides: dict | None = None,
                   yardsticks: tuple[str, ...] = YARDSTICKS, yardstick_epochs: int = baseline.EPOCHS,
-                  warm: bool = False, recipe: bool = True,
+                  warm: bool = False, recipe: bool = True, refit: bool = False,
                   on_row: Callable[[dict], None] | None = None) -> list[dict]:  # fmt: skip
-    """One row per size: recipe, recipe_warm (from the second size, with `warm`) and each yardstick
-    on one dataset, all trained with `seed` on frames drawn with it; `recipe` False: the yardsticks
+    """One row per size: recipe, recipe_warm (from the second size, with `warm`), recipe_refit (with
+    `refit`) and each yardstick on one dataset, all trained with `seed` on frames drawn with it; `recipe` False: the yardsticks
     only (a yardstick's rerun on the same seeded frames, to set beside an earlier recipe run)."""
     overrides = {"train.seed": seed, **(overrides or {})}
     settings = recipe_settings(name, workdir / f"{name}-{seed}", config=config, overrides=overrides)
@@ -187,27 +226,39 @@ def bench_dataset(name: str, workdir: Path, *, sizes: tuple[int, ...], heldout: 
         manifest, _ = add_batch(store, settings, new, f"b{k + 1:04d}")
         done += len(new)
         row = {"dataset": name, "size": size, "seed": seed, "pool_frames": done}
+        curve = Curve(test_x, test_y)
         if recipe:
             t0 = time.perf_counter()
-            fresh = train_recipe(store, settings, manifest)
-            row["recipe"] = _recipe_arm(fresh, test_x, test_y, classes, time.perf_counter() - t0)
+            fresh = train_recipe(store, settings, manifest, curve=curve)
+            row["recipe"] = _recipe_arm(fresh, test_x, test_y, classes, time.perf_counter() - t0, curve)
         if recipe and warm and warm_weights is not None:
             t0 = time.perf_counter()
-            warmed = train_recipe(store, settings, manifest, warm_start=warm_weights)
+            warmed = train_recipe(store, settings, manifest, warm_start=warm_weights, curve=curve)
             seconds = time.perf_counter() - t0
-            row["recipe_warm"] = _recipe_arm(warmed, test_x, test_y, classes, seconds)
+            row["recipe_warm"] = _recipe_arm(warmed, test_x, test_y, classes, seconds, curve)
             warm_weights = warmed.weights
         elif recipe:
             warm_weights = fresh.weights
+        if recipe and refit:
+            t0 = time.perf_counter()
+            refitted = train_recipe(store, settings, manifest, refit=True, curve=curve)
+            seconds = time.perf_counter() - t0
+            row["recipe_refit"] = _recipe_arm(refitted, test_x, test_y, classes, seconds, curve)
         x, y = baseline.train_originals(store, manifest, size_px)
         for kind in yardsticks:
+            curve.start(yardstick_epochs)
             t0 = time.perf_counter()
             model = baseline.train_yardstick(x, y, num_classes=len(classes), kind=kind,
-                                             epochs=yardstick_epochs, seed=seed)  # fmt: skip
-            seconds = time.perf_counter() - t0
+                                             epochs=yardstick_epochs, seed=seed, on_epoch=curve)  # fmt: skip
+            seconds = time.perf_counter() - t0 - curve.scoring
             scores = score(model, test_x, test_y, classes)
             row[kind] = {**scores, "seconds": round(seconds, 1), "epochs": yardstick_epochs,
-                         "learns": scores["accuracy"] >= majority + baseline.LEARNED}  # fmt: skip
+                         "learns": scores["accuracy"] >= majority + baseline.LEARNED,
+                         "curve": curve.values}  # fmt: skip
+        for arm in ARMS if "cnn" in row else ():  # time to accuracy: to the CNN's final held-out accuracy
+            if arm in row:
+                reached = [t for t, acc in row[arm]["curve"] if acc >= row["cnn"]["accuracy"] - 1e-9]
+                row[arm]["seconds_to_cnn"] = reached[0] if reached else None
         train_rows, copies = manifest["counts"]["split"]["train"], manifest["counts"]["augmented"]
         row.update({
             "frames": train_rows - copies.get("train", 0), "train_rows": train_rows,
@@ -235,7 +286,8 @@ def bench_recipe(workdir: str | Path | None = None, *, datasets: tuple[str, ...]
                  config: str | None = None, overrides: dict | None = None, quick: bool = False,
                  warm: bool = False, yardsticks: tuple[str, ...] = YARDSTICKS,
                  yardstick_epochs: int = baseline.EPOCHS, threads: int | None = None, jobs: int = 1,
-                 recipe: bool = True, on_row: Callable[[dict], None] | None = None) -> dict:  # fmt: skip
+                 recipe: bool = True, refit: bool = False,
+                 on_row: Callable[[dict], None] | None = None) -> dict:  # fmt: skip
     """The recipe vs the yardsticks on each dataset, size and seed, with a summary over seeds;
     `quick`: tiny sizes, 1 epoch, for a smoke run.
 
@@ -260,20 +312,21 @@ def bench_recipe(workdir: str | Path | None = None, *, datasets: tuple[str, ...]
         overrides.setdefault("train.batch_size", 16)
     kwargs = {"sizes": tuple(sizes), "heldout": heldout, "config": config, "overrides": overrides,
               "yardsticks": tuple(yardsticks), "yardstick_epochs": yardstick_epochs, "warm": warm,
-              "recipe": recipe}  # fmt: skip
+              "recipe": recipe, "refit": refit}  # fmt: skip
     tasks = [(name, seed) for name in datasets for seed in seeds]
     t0, rows, before = time.perf_counter(), [], torch.get_num_threads()
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         if jobs > 1:
             import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
+            from concurrent.futures import ProcessPoolExecutor, as_completed
 
             args = [(name, seed, tmp, threads or 1, kwargs) for name, seed in tasks]
             with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-                for done in pool.map(_bench_task, args):
-                    rows += done
-                    for row in done if on_row is not None else ():
+                futures = [pool.submit(_bench_task, a) for a in args]
+                for future in as_completed(futures):  # each task's rows as soon as it ends
+                    for row in future.result() if on_row is not None else ():
                         on_row(row)
+                rows = [row for future in futures for row in future.result()]  # in task order
         else:
             try:
                 torch.set_num_threads(threads or before)
@@ -330,6 +383,11 @@ def summarize(rows: list[dict]) -> list[dict]:
                           "seconds": round(sec, 1), "seconds_ci95": round(sec_ci, 1)}  # fmt: skip
             if arm in YARDSTICKS:
                 entry[arm]["learns"] = all(r[arm]["learns"] for r in group)
+            to_cnn = [r[arm].get("seconds_to_cnn") for r in group if "seconds_to_cnn" in r[arm]]
+            if to_cnn:  # mean over the seeds where it got there, and on how many it did
+                reached = [t for t in to_cnn if t is not None]
+                entry[arm]["seconds_to_cnn"] = round(sum(reached) / len(reached), 1) if reached else None
+                entry[arm]["reached_cnn"] = f"{len(reached)}/{len(to_cnn)}"
         sticks = [a for a in arms if a in YARDSTICKS]
         behind = [a for a in sticks if "recipe" in entry and entry["recipe"]["accuracy"] < entry[a]["accuracy"]]
         if any(not entry[a]["learns"] for a in sticks):
@@ -360,16 +418,23 @@ def markdown(summary: list[dict]) -> str:
         mark = "" if a.get("learns", True) else " (did not learn)"
         if field == "seconds":
             return f"{a['seconds']:.0f}"
+        if field == "to_cnn":
+            if "reached_cnn" not in a:
+                return "–"
+            t = a["seconds_to_cnn"]
+            return ("never" if t is None else f"{t:.0f}") + f" ({a['reached_cnn']})"
         return f"{a[field]:.3f} ± {a[field + '_ci95']:.3f}{mark}"
 
     arms = [a for a in ARMS if any(a in e for e in summary)]
     lines = [
         "| dataset | pool | train frames | seeds | majority | " + " | ".join(arms)
-        + " | verdict | seconds: " + " / ".join(arms) + " |",
-        "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in arms) + " | --- | --- |",
+        + " | verdict | seconds: " + " / ".join(arms) + " | seconds to the cnn's accuracy (seeds): "
+        + " / ".join(arms) + " |",
+        "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in arms) + " | --- | --- | --- |",
     ]
     for e in summary:
         lines.append(f"| {e['dataset']} | {e['pool_frames']:,} | {e['frames']:,} | {len(e['seeds'])} "
                      f"| {e['majority_share']:.2f} | " + " | ".join(cell(e, a) for a in arms)
-                     + f" | {e['verdict']} | " + " / ".join(cell(e, a, "seconds") for a in arms) + " |")  # fmt: skip
+                     + f" | {e['verdict']} | " + " / ".join(cell(e, a, "seconds") for a in arms)
+                     + " | " + " / ".join(cell(e, a, "to_cnn") for a in arms) + " |")  # fmt: skip
     return "\n".join(lines)

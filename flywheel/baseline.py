@@ -119,10 +119,12 @@ YARDSTICKS: dict[str, tuple[Callable[[int, int], nn.Module], Callable]] = {
 
 def train_yardstick(images: np.ndarray, labels: np.ndarray, *, num_classes: int, kind: str = "cnn",
                     epochs: int = EPOCHS, batch_size: int = 64, seed: int = 0,
-                    device: str | torch.device = "cpu") -> nn.Module:  # fmt: skip
+                    device: str | torch.device = "cpu",
+                    on_epoch: Callable[[int, nn.Module], None] | None = None) -> nn.Module:  # fmt: skip
     """A yardstick (`kind`, see YARDSTICKS) trained the standard way on uint8 images (N, 3, S, S) and
     labels (N,): a one-cycle schedule stepped per batch, label smoothing 0.1, shuffled batches, no
-    augmentation. Returns the model in eval mode, on the CPU."""
+    augmentation. `on_epoch(epoch, model)` after each epoch, the model in eval mode (to look at).
+    Returns the model in eval mode, on the CPU."""
     if kind not in YARDSTICKS:
         raise ValueError(f"yardstick must be one of {sorted(YARDSTICKS)}, got {kind!r}")
     if len(labels) == 0:
@@ -142,7 +144,7 @@ def train_yardstick(images: np.ndarray, labels: np.ndarray, *, num_classes: int,
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     g = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in range(epochs):
+    for epoch in range(epochs):
         order = torch.randperm(len(y_all), generator=g)
         for i in range(steps):
             idx = order[i * batch_size : (i + 1) * batch_size]
@@ -154,6 +156,9 @@ def train_yardstick(images: np.ndarray, labels: np.ndarray, *, num_classes: int,
             loss.backward()
             opt.step()
             schedule.step()
+        if on_epoch is not None:
+            on_epoch(epoch, model.eval())
+            model.train()
     return model.cpu().eval()
 
 

@@ -439,6 +439,7 @@ def train(
     warm_start: bytes | None = None,
     set_epoch: Callable[[int], None] | None = None,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    on_epoch_model: Callable[[int, nn.Module], None] | None = None,
     steps_per_epoch: int | None = None,
     progress: bool = False,
 ) -> TrainResult:
@@ -446,7 +447,9 @@ def train(
 
     `warm_start`: champion weights (`save_weights` bytes), used only when classes and model config
     match. `set_epoch(epoch)` is called before each epoch (0-based) so the reader reshuffles;
-    `on_epoch_end(epoch, metrics)` after the epoch's checkpoint is written (rank 0 only).
+    `on_epoch_end(epoch, metrics)` after the epoch's checkpoint is written (rank 0 only);
+    `on_epoch_model(epoch, model)` then, with the model in eval mode, to look at, not to change
+    (a benchmark scores it on held-out frames: time to accuracy).
     Under torchrun each rank passes its own share of the data.
     """
     if len(classes) < 2 or len(set(classes)) != len(classes):
@@ -463,6 +466,7 @@ def train(
             warm_start=warm_start,
             set_epoch=set_epoch,
             on_epoch_end=on_epoch_end,
+            on_epoch_model=on_epoch_model,
             steps_per_epoch=steps_per_epoch,
             progress=progress,
             device=device,
@@ -483,6 +487,7 @@ def _train(
     warm_start: bytes | None,
     set_epoch: Callable[[int], None] | None,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None,
+    on_epoch_model: Callable[[int, nn.Module], None] | None,
     steps_per_epoch: int | None,
     progress: bool,
     device: torch.device,
@@ -602,6 +607,8 @@ def _train(
             )
         if ddp.is_main and on_epoch_end is not None:
             on_epoch_end(epoch, dict(metrics))
+        if ddp.is_main and on_epoch_model is not None:
+            on_epoch_model(epoch, plain.eval())
 
     if best is not None:  # the best val epoch's weights, not the last epoch's
         plain.load_state_dict(best["model"])
