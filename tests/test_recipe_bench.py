@@ -36,7 +36,7 @@ from flywheel.sim.render import encode_jpeg
 def test_bench_recipe_quick_through_the_cli(tmp_path):
     out_file = tmp_path / "recipe.json"
     args = ["bench", "recipe", "--quick", "--datasets", "geometry,digits", "--seeds", "0,1", "--threads", "1",
-            "--warm", "--set", "train.width=8", "--workdir", str(tmp_path), "--out", str(out_file)]  # fmt: skip
+            "--warm", "--refit", "--set", "train.width=8", "--workdir", str(tmp_path), "--out", str(out_file)]  # fmt: skip
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
@@ -49,13 +49,24 @@ def test_bench_recipe_quick_through_the_cli(tmp_path):
     ]  # fmt: skip
     for r in rows:
         classes = DATASETS[r["dataset"]].classes
-        arms = ["recipe", "cnn", "resnet18"] + (["recipe_warm"] if r["size"] == 192 else [])
+        arms = ["recipe", "recipe_refit", "cnn", "resnet18"] + (["recipe_warm"] if r["size"] == 192 else [])
         assert sorted(a for a in ARMS if a in r) == sorted(arms)
         for arm in arms:
             assert 0 <= r[arm]["accuracy"] <= 1 and 0 <= r[arm]["macro_f1"] <= 1
             assert list(r[arm]["recall"]) == classes
             assert all(0 <= v <= 1 for v in r[arm]["recall"].values())
             assert r[arm]["frames"] == r["heldout_frames"]  # every arm scored on the same frames
+            # time to accuracy: a curve in training seconds, the time to the cnn's accuracy a point on it
+            seconds = [t for t, _ in r[arm]["curve"]]
+            assert seconds == sorted(seconds) and all(0 <= acc <= 1 for _, acc in r[arm]["curve"])
+            target = r["cnn"]["accuracy"]
+            expected = next((t for t, acc in r[arm]["curve"] if acc >= target), None)
+            assert r[arm]["seconds_to_cnn"] == expected
+        for arm in ("cnn", "resnet18", "recipe_refit"):  # the last point is the model it returns
+            assert r[arm]["curve"][-1][1] == r[arm]["accuracy"]
+        assert r["cnn"]["seconds_to_cnn"] is not None  # the cnn reaches its own final accuracy
+        # the refit arm has no val split to pick a best epoch on; the recipe keeps its best val epoch
+        assert r["recipe_refit"]["best_epoch"] is None and r["recipe"]["best_epoch"] is not None
         for kind in ("cnn", "resnet18"):
             assert r["delta"][kind] == pytest.approx(r["recipe"]["accuracy"] - r[kind]["accuracy"], abs=1e-4)
             assert r[kind]["learns"] == (r[kind]["accuracy"] >= r["majority_share"] + 0.05)
@@ -93,6 +104,15 @@ def test_the_summary_calls_a_row_broken_when_a_yardstick_did_not_learn(rows, ver
     [entry] = summarize(rows)
     assert entry["verdict"] == verdict
     assert entry["cnn"]["learns"] == all(r["cnn"]["learns"] for r in rows)
+
+
+def test_the_summary_gives_the_time_to_the_cnns_accuracy_over_the_seeds_that_reached_it():
+    rows = [_row(0, 0.9, 0.8), _row(1, 0.7, 0.75), _row(2, 0.8, 0.8)]
+    for r, t in zip(rows, (10.0, None, 20.0), strict=True):
+        r["recipe"]["seconds_to_cnn"], r["cnn"]["seconds_to_cnn"] = t, 5.0
+    [entry] = summarize(rows)
+    assert entry["recipe"]["seconds_to_cnn"] == 15.0 and entry["recipe"]["reached_cnn"] == "2/3"
+    assert entry["cnn"]["seconds_to_cnn"] == 5.0 and entry["cnn"]["reached_cnn"] == "3/3"
 
 
 def test_the_command_line_knows_every_dataset():
