@@ -124,7 +124,7 @@ def evaluation(context: dg.AssetExecutionContext, settings: SettingsResource, st
     s = settings.load()
     out = loop.evaluate_challenger(store.open(), s, mlflow.tracker(context), device=compute.device)
     ch, gate = out["challenger"], out["gate"]
-    outcome = "forced" if gate.get("forced") else "promoted" if gate["passed"] else "kept"
+    outcome = "promoted" if gate["passed"] else "kept"
     context.instance.add_run_tags(context.run_id, {GATE_TAG: outcome})
     say(context, f"gate: challenger v{out['challenger_version']} "
                      f"{'is promoted' if gate['passed'] else 'is not promoted, the champion is kept'}: {gate['reason']}")  # fmt: skip
@@ -158,8 +158,7 @@ def evaluation(context: dg.AssetExecutionContext, settings: SettingsResource, st
         severity=dg.AssetCheckSeverity.WARN,  # the champion is kept: nothing is broken
         description=gate["reason"],
         metadata={
-            "forced": bool(gate.get("forced")),
-            "rule that promoted (superior, no worse on newer data, floor, forced)": str(gate.get("rule")),
+            "rule that promoted (superior, no worse on newer data, floor)": str(gate.get("rule")),
             "overall gain (paired interval)": f"[{_num(gate['primary'].get('low'))}, {_num(gate['primary'].get('high'))}]",
             "slices (challenger - champion, paired interval; inconclusive: too few frames)": table_md(
                 gate.get("slices", []),
@@ -173,7 +172,7 @@ class ApprovalConfig(dg.Config):
     """Launched from the UI with these set: approve the challenger (gate.require_approval), then deploy it."""
 
     approve_version: str | None = None  # the challenger's version, e.g. "7"
-    approved_by: str | None = None
+    approved_by: str | None = None  # default: the account the step runs as (recorded beside it in any case)
     reason: str | None = None
 
 
@@ -181,12 +180,14 @@ class ApprovalConfig(dg.Config):
 def deployed(context: dg.AssetExecutionContext, config: ApprovalConfig, settings: SettingsResource,
              store: StoreResource, mlflow: MlflowResource):  # fmt: skip
     """The champion as ONNX under deploy/ (one folder per model and version) with its manifest; MLflow alias `champion`.
-    Not materialized when the gate kept the champion, or while a required approval is missing."""
+    Not materialized when the gate kept the champion (unless `flywheel force` forced that version), or while
+    a required approval is missing."""
     st, s, tracker = store.open(), settings.load(), mlflow.tracker()
     if config.approve_version:
-        record = loop.approve(st, s, tracker, config.approve_version, by=config.approved_by or "",
-                              reason=config.reason or "")  # fmt: skip
-        say(context, f"approved by {record['by']} at {record['at']}: {record['reason']}")
+        record = loop.approve(st, s, tracker, config.approve_version, by=config.approved_by,
+                              reason=config.reason or "", via=f"dagster run {context.run_id}")  # fmt: skip
+        say(context, f"approved by {record['by']} (account {record['account']}@{record['host']}) "
+                     f"at {record['at']}: {record['reason']}")  # fmt: skip
     held = loop.held_back(st, s, tracker)
     if held is not None:
         outcome, why = held
@@ -203,7 +204,8 @@ def deployed(context: dg.AssetExecutionContext, config: ApprovalConfig, settings
             "onnx_bytes": dg.MetadataValue.int(out["onnx"]["bytes"]),
             "onnx_max_abs_diff": out.get("onnx_max_abs_diff"),  # None: already deployed, nothing exported
             "already_deployed": bool(out.get("already_deployed")),
-            "forced": bool(out.get("forced_by")),
+            "forced (flywheel force: who, why)": (f"{out['forced_by']['who']}: {out['forced_by']['why']}"
+                                                  if out.get("forced_by") else "no"),
             "approved_by": (out.get("approval") or {}).get("by", "-"),
             "serve (the graph the fleet runs)": out.get("serve", "fp32"),
             "int8_check": out["int8"]["check"]["reason"] if out.get("int8")

@@ -481,27 +481,61 @@ def requeue(obj: Ctx, key: str):
 
 @main.command()
 @click.argument("version")
-@click.option("--by", "by", required=True, help="Who approves (recorded with the deploy).")
+@click.option("--by", "by", default=None,
+              help="Who approves (default: your account; the account is recorded beside it in any case).")  # fmt: skip
 @click.option("--reason", required=True, help="Why (recorded with the deploy).")
 @click.pass_obj
-def approve(obj: Ctx, version: str, by: str, reason: str):
+def approve(obj: Ctx, version: str, by: str | None, reason: str):
     """Approve the challenger VERSION that passed the gate (gate.require_approval) and deploy it, through
     Dagster in process (the `deployed` asset, with the approval as its config).
 
     \b
-    Example: flywheel approve v7 --by alice --reason "checked the fog frames"
+    Example: flywheel approve v7 --reason "checked the fog frames"
     """
-    import dagster as dg
-
+    from flywheel import layout
 
     config = {"approve_version": version.removeprefix("v"), "approved_by": by, "reason": reason}
-    result = obj.definitions().resolve_job_def("train_and_deploy").execute_in_process(
-        instance=obj.instance(), asset_selection=[dg.AssetKey("deployed")], raise_on_error=False,
-        run_config={**RUN_LOGS, "ops": {"deployed": {"config": config}}},
-        tags={"flywheel/trigger": "approve", **cli_run_tags()},
-    )  # fmt: skip
+    result = _deploy_run(obj, "approve", {"config": config})
     _check_run(result, f"approving v{config['approve_version']}")
-    click.echo(f"v{config['approve_version']} approved by {by} and deployed (run {result.run_id})")
+    record = obj.store().read_json(layout.approval_key(obj.settings.mlflow.model_name, config["approve_version"]))
+    click.echo(f"v{config['approve_version']} approved by {record['by']} (account {record['account']}) "
+               f"and deployed (run {result.run_id})")  # fmt: skip
+
+
+@main.command()
+@click.argument("version")
+@click.option("--reason", required=True, help="Why the gate's judgement is overruled (recorded with the deploy).")
+@click.pass_obj
+def force(obj: Ctx, version: str, reason: str):
+    """Deploy the challenger VERSION although the gate kept the champion: for this version and the
+    weights the gate judged only (the next challenger faces the gate as usual). Recorded with your
+    account, host and reason (forces/, the deploy manifest's forced_by, MLflow tags); a forced version
+    needs no approval. Runs the `deployed` asset through Dagster in process.
+
+    \b
+    Example: flywheel force v7 --reason "the fog drop is a labelling error, see ticket 412"
+    """
+    from flywheel import loop
+    from flywheel.tracking import tracker_for
+
+    try:
+        record = loop.force(obj.store(), obj.settings, tracker_for(obj.settings), version, reason=reason)
+    except ValueError as e:  # not the challenger, passed anyway, no reason
+        raise click.ClickException(str(e)) from None
+    result = _deploy_run(obj, "force", {})
+    _check_run(result, f"deploying forced v{record['version']}")
+    click.echo(f"v{record['version']} forced by {record['account']}@{record['host']} and deployed (run {result.run_id})")
+
+
+def _deploy_run(obj: Ctx, trigger: str, op_config: dict):
+    """The `deployed` asset, executed in process in the instance the UI reads."""
+    import dagster as dg
+
+    return obj.definitions().resolve_job_def("train_and_deploy").execute_in_process(
+        instance=obj.instance(), asset_selection=[dg.AssetKey("deployed")], raise_on_error=False,
+        run_config={**RUN_LOGS, "ops": {"deployed": op_config}} if op_config else RUN_LOGS,
+        tags={"flywheel/trigger": trigger, **cli_run_tags()},
+    )  # fmt: skip
 
 
 @main.command()

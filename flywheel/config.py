@@ -225,14 +225,16 @@ class GateSettings(_Section):
     resamples: int = Field(1000, ge=100)  # bootstrap resamples
     allow_new_classes: bool = False  # a challenger with another class list than the champion's may pass
     require_approval: bool = False  # a passed challenger deploys only once a person approved it (flywheel approve)
-    force: bool = False
-    force_reason: str | None = None
 
-    @model_validator(mode="after")
-    def _forced_needs_reason(self) -> GateSettings:
-        if self.force and not self.force_reason:
-            raise ValueError("gate.force needs gate.force_reason (who and why)")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _no_standing_force(cls, data):
+        # A force in the settings stayed on for every later challenger and anyone who could set config
+        # could set it; a force is now a record for one named version (`flywheel force`).
+        if isinstance(data, dict) and ({"force", "force_reason"} & set(data)):
+            raise ValueError("gate.force and gate.force_reason are no longer settings: a force names one "
+                             "challenger and is recorded with who forced it: flywheel force vN --reason WHY")
+        return data
 
 
 class TuneSettings(_Section):

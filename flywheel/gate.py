@@ -18,8 +18,8 @@ difference is judged with a paired bootstrap interval (`confidence`, `resamples`
   with too few frames are listed (there is no served model they could regress from).
 - A challenger whose class list differs from the champion's is not comparable: it fails unless
   `allow_new_classes` is set, and then it is judged like a first model (the floor).
-- Forced (`force` with `force_reason`): passes, and the decision records it was forced, why,
-  and what the gate would have said.
+- The gate only judges: a person may still deploy a challenger it kept, for that one version, with
+  `flywheel force vN --reason WHY` (`loop.force`, recorded with the account that forced it).
 
 The defaults were chosen by simulation (`flywheel bench gate`, BENCHMARKS.md): replayed turns with
 known effects, the old and the new rule's false-promotion and false-block rates, and the frames a
@@ -104,7 +104,6 @@ class PairedPredictions:
 @dataclass(frozen=True)
 class GateDecision:
     passed: bool
-    forced: bool
     reason: str
     primary: PrimaryScore
     slices: tuple[SliceDelta, ...] = ()
@@ -124,7 +123,6 @@ class GateDecision:
         """JSON-able form, for the deploy manifest, MLflow tags and asset check metadata."""
         return {
             "passed": self.passed,
-            "forced": self.forced,
             "reason": self.reason,
             "rule": self.details.get("rule"),
             "primary": self.primary._asdict(),
@@ -183,17 +181,7 @@ def decide(challenger: dict, champion: dict | None, settings: GateSettings, *,
                     "confidence": settings.confidence, "rule": rule if passed else None,
                     "newer_data": newer_data,
                     "inconclusive": [f"{s.slice} ({s.n})" for s in slices if s.status == INCONCLUSIVE]}  # fmt: skip
-    if settings.force:
-        details = {**details, "would_have_passed": passed, "gate_reason": reason, "rule": "forced"}
-        return GateDecision(True, True, f"forced: {settings.force_reason} (gate: {reason})", primary, slices, details)
-    return GateDecision(passed, False, reason, primary, slices, details)
-
-
-def forced_by(settings: GateSettings) -> dict:
-    """Who forced a promotion and why, from `gate.force_reason` ("alice: hotfix ..." names alice)."""
-    reason = settings.force_reason or ""
-    who, sep, _ = reason.partition(":")
-    return {"who": who.strip() if sep else "config", "why": settings.force_reason}
+    return GateDecision(passed, reason, primary, slices, details)
 
 
 def is_critical(name: str, settings: GateSettings) -> bool:

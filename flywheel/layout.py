@@ -211,6 +211,11 @@ def campaign_query_key(name: str) -> str:
     return f"{CAMPAIGNS}{check_name(name, 'campaign name')}/query.npz"
 
 
+def force_key(model_name: str, version: str) -> str:
+    """Who forced the deploy of a model version the gate kept, when and why (`flywheel force`)."""
+    return f"forces/{check_name(model_name, 'model name')}/v{check_name(str(version), 'version')}.json"
+
+
 def approval_key(model_name: str, version: str) -> str:
     """Who approved the promotion of a model version, when and why (`gate.require_approval`)."""
     return f"approvals/{check_name(model_name, 'model name')}/v{check_name(str(version), 'version')}.json"

@@ -17,6 +17,8 @@ import hashlib
 import itertools
 import json
 import math
+import os
+import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -40,7 +42,7 @@ from flywheel.config import Settings
 from flywheel.engine.quality import auto_accuracy_vs_truth, label_errors
 from flywheel.engine.queue import queue_batch, read_exports
 from flywheel.evaluate import evaluate_model, flat_metrics, score
-from flywheel.gate import PairedPredictions, decide, forced_by
+from flywheel.gate import PairedPredictions, decide
 from flywheel.labels import build_labels, fingerprint, hide_ground_truth
 from flywheel.model import FrameClassifier, load_weights
 from flywheel.predict import predict
@@ -396,25 +398,53 @@ def gate_decision(store: Store, settings: Settings, tracker: Tracker) -> dict:
     return store.read_json(layout.evaluation_key(settings.mlflow.model_name, version))["gate"]
 
 
-def approve(store: Store, settings: Settings, tracker: Tracker, version: str, *, by: str, reason: str) -> dict:
-    """Record that `by` approves promoting challenger `version` (`gate.require_approval`), and why; the
-    first approval of a version stands. Only the current challenger, once it passed the gate."""
-    version = str(version).removeprefix("v")
-    if not by.strip() or not reason.strip():
-        raise ValueError("an approval needs who approves (--by) and why (--reason)")
+def identity() -> dict:
+    """Who writes a record, as the system knows it: the login of this process's effective user id and
+    the host. Through the command line that is the person's account; through a run launched from the
+    UI it is the service's, and the stated name (`by`) is only vouched for by whoever guards the UI."""
+    try:
+        import pwd
+
+        account = pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):  # no passwd entry for this uid (a container): the uid itself
+        account = f"uid {os.getuid()}" if hasattr(os, "getuid") else "unknown"
+    return {"account": account, "host": socket.gethostname()}
+
+
+def _current_judged(store: Store, settings: Settings, tracker: Tracker, version: str, what: str) -> tuple[dict, str]:
+    """(the gate's decision, the sha256 of the weights it judged) of `version`, which must be the current
+    challenger."""
     gate = gate_decision(store, settings, tracker)  # raises when there is no challenger yet
     current = tracker.alias(CHALLENGER)
     if version != current:
-        raise ValueError(f"v{version} is not the current challenger (v{current}): only the challenger can be approved")
+        raise ValueError(f"v{version} is not the current challenger (v{current}): only the challenger can be {what}")
+    judged = store.read_json(layout.evaluation_key(settings.mlflow.model_name, version)).get("weights_sha256") or {}
+    return gate, judged.get("challenger")
+
+
+def _record(store: Store, key: str, record: dict) -> dict:
+    store.create(key, json.dumps(record, indent=2).encode())  # create-exclusive: a second one does not rewrite the first
+    return store.read_json(key)
+
+
+def approve(store: Store, settings: Settings, tracker: Tracker, version: str, *, by: str | None = None,
+            reason: str, via: str = "command line") -> dict:  # fmt: skip
+    """Record that `by` (default: the account, `identity`) approves promoting challenger `version`
+    (`gate.require_approval`), and why, with the account that wrote it; the first approval of a
+    version stands. Only the current challenger, once it passed the gate."""
+    version = str(version).removeprefix("v")
+    if not reason.strip():
+        raise ValueError("an approval needs why (--reason)")
+    gate, judged = _current_judged(store, settings, tracker, version, "approved")
     if not gate["passed"]:
         raise ValueError(f"challenger v{version} did not pass the gate, so there is nothing to approve: {gate['reason']}")
-    judged = store.read_json(layout.evaluation_key(settings.mlflow.model_name, version)).get("weights_sha256") or {}
-    record = {"version": version, "by": by.strip(), "reason": reason.strip(), "at": datetime.now(UTC).isoformat(),
-              "weights_sha256": judged.get("challenger")}  # the weights approved, not only a version number  # fmt: skip
-    key = layout.approval_key(settings.mlflow.model_name, version)
-    store.create(key, json.dumps(record, indent=2).encode())  # create-exclusive: a second approval does not rewrite the first
+    who = identity()
+    record = {"version": version, "by": (by or "").strip() or who["account"], **who, "via": via,
+              "reason": reason.strip(), "at": datetime.now(UTC).isoformat(),
+              "weights_sha256": judged}  # the weights approved, not only a version number  # fmt: skip
+    record = _record(store, layout.approval_key(settings.mlflow.model_name, version), record)
     tracker.set_tags(tracker.version_run(version), {"approved_by": record["by"]})
-    return store.read_json(key)
+    return record
 
 
 def approval(store: Store, settings: Settings, version: str) -> dict | None:
@@ -423,16 +453,44 @@ def approval(store: Store, settings: Settings, version: str) -> dict | None:
     return store.read_json(key) if store.exists(key) else None
 
 
+def force(store: Store, settings: Settings, tracker: Tracker, version: str, *, reason: str) -> dict:
+    """Record that the account running this (`identity`) forces the deploy of challenger `version`,
+    which the gate kept, and why: for that version and the weights the gate judged, nothing else (the
+    next challenger faces the gate as usual). The first force of a version stands; a forced version
+    needs no approval."""
+    version = str(version).removeprefix("v")
+    if not reason.strip():
+        raise ValueError("a force needs why (--reason)")
+    gate, judged = _current_judged(store, settings, tracker, version, "forced")
+    if gate["passed"]:
+        raise ValueError(f"challenger v{version} passed the gate: there is nothing to force"
+                         + (" (it waits for flywheel approve)" if settings.gate.require_approval else ""))  # fmt: skip
+    record = {"version": version, **identity(), "reason": reason.strip(), "at": datetime.now(UTC).isoformat(),
+              "gate_reason": gate["reason"], "weights_sha256": judged}  # fmt: skip
+    record = _record(store, layout.force_key(settings.mlflow.model_name, version), record)
+    tracker.set_tags(tracker.version_run(version), {"forced_by": record["account"], "forced_why": record["reason"]})
+    return record
+
+
+def forced(store: Store, settings: Settings, version: str) -> dict | None:
+    """The force record of a model version, or None."""
+    key = layout.force_key(settings.mlflow.model_name, str(version).removeprefix("v"))
+    return store.read_json(key) if store.exists(key) else None
+
+
 def held_back(store: Store, settings: Settings, tracker: Tracker) -> tuple[str, str] | None:
     """Why the current challenger is not to be deployed now: ("kept", the gate's reason) or
-    ("awaiting-approval", what to do); None when it may be deployed."""
+    ("awaiting-approval", what to do); None when it may be deployed (passed and approved where
+    approval is required, or forced for this version)."""
     gate = gate_decision(store, settings, tracker)
+    version = tracker.alias(CHALLENGER)
+    if forced(store, settings, version) is not None:
+        return None
     if not gate["passed"]:
         return "kept", f"the gate kept the champion ({gate['reason']})"
-    version = tracker.alias(CHALLENGER)
-    if settings.gate.require_approval and not gate.get("forced") and approval(store, settings, version) is None:
+    if settings.gate.require_approval and approval(store, settings, version) is None:
         return "awaiting-approval", (f"challenger v{version} passed the gate and waits for approval "
-                                     f"(gate.require_approval): flywheel approve v{version} --by NAME --reason WHY")  # fmt: skip
+                                     f"(gate.require_approval): flywheel approve v{version} --reason WHY")  # fmt: skip
     return None
 
 
@@ -442,16 +500,18 @@ def deploy_challenger(store: Store, settings: Settings, tracker: Tracker) -> dic
     model_name, size = settings.mlflow.model_name, settings.image_size
     evaluation = store.read_json(layout.evaluation_key(model_name, version))
     gate = evaluation["gate"]
-    if not gate["passed"]:
+    force_record = forced(store, settings, version)
+    if not gate["passed"] and force_record is None:
         raise ValueError(f"challenger v{version} did not pass the gate: {gate['reason']}")
     cur = deploy.current(store, model_name)
     if cur is not None and cur["version"] == f"v{version}" and tracker.alias(CHAMPION) == version:
         return {**store.read_json(cur["manifest"]), "already_deployed": True}  # a rerun: nothing to move
     judged = (evaluation.get("weights_sha256") or {}).get("challenger")
     approved = approval(store, settings, version)
-    if approved and approved.get("weights_sha256") and judged and approved["weights_sha256"] != judged:
-        raise ValueError(f"the approval of v{version} names other weights ({approved['weights_sha256'][:12]}...) "
-                         f"than the gate judged ({judged[:12]}...): refusing to deploy")  # fmt: skip
+    for what, record in (("approval", approved), ("force", force_record)):
+        if record and record.get("weights_sha256") and judged and record["weights_sha256"] != judged:
+            raise ValueError(f"the {what} of v{version} names other weights ({record['weights_sha256'][:12]}...) "
+                             f"than the gate judged ({judged[:12]}...): refusing to deploy")  # fmt: skip
     model, classes = load_weights(tracker.weights(version, sha256=judged))  # the gated bytes, or it raises
     onnx_bytes = deploy.export_onnx(model, image_size=size)
     manifest = dataset.load_manifest(store, settings.dataset.name, evaluation["dataset_version"])
@@ -460,22 +520,20 @@ def deploy_challenger(store: Store, settings: Settings, tracker: Tracker) -> dic
     max_diff = deploy.check_parity(model, onnx_bytes, images[:64])
     int8 = _int8(store, settings, manifest, onnx_bytes, images, labels, meta) if settings.deploy.int8 else None
     serve = "int8" if settings.deploy.serve == "int8" and int8 and int8["check"]["passed"] else "fp32"
-    forced = forced_by(settings.gate) if gate.get("forced") else None
-    approved = approval(store, settings, version)
-    if settings.gate.require_approval and approved is None and not forced:
+    by = ({"who": force_record["account"], "why": force_record["reason"], "host": force_record["host"],
+           "at": force_record["at"], "gate_reason": force_record["gate_reason"]} if force_record else None)  # fmt: skip
+    if settings.gate.require_approval and approved is None and by is None:
         raise ValueError(f"challenger v{version} waits for approval (gate.require_approval): flywheel approve v{version}")
     deployed = champion.promote(  # current.json and the `champion` alias, under one lease
         store, settings, tracker, version=version, onnx_bytes=onnx_bytes, classes=classes,
         metrics=flat_metrics(evaluation["challenger"]),
         dataset={"name": settings.dataset.name, "version": evaluation["dataset_version"],
                  "manifest_sha256": dataset.manifest_sha256(manifest)},
-        gate=gate, forced_by=forced, int8=int8, serve=serve, approval=approved,
+        gate=gate, forced_by=by, int8=int8, serve=serve, approval=approved,
     )  # fmt: skip
     run_id = tracker.version_run(version)
     tracker.log_bytes(run_id, "model/model.onnx", onnx_bytes)  # beside the MLflow model it was exported from
     tracker.set_tags(run_id, {"deployed": "true", "onnx_max_abs_diff": f"{max_diff:.2e}"})
-    if forced:
-        tracker.set_tags(run_id, {"forced_by": forced["who"], "forced_why": forced["why"]})
     return {**deployed, "onnx_max_abs_diff": max_diff, "onnx_bytes": len(onnx_bytes)}
 
 

@@ -70,7 +70,7 @@ def test_simulate_ingest_status(tmp_path, flywheel_home, monkeypatch):
 
 def test_demo_end_to_end_then_rollback(tmp_path, flywheel_home):
     cfg = tmp_path / "flywheel.yaml"
-    cfg.write_text(SMALL + "gate: {floor: 0.0, min_slice_frames: 1000, force: true, force_reason: 'ci: demo smoke'}\n"
+    cfg.write_text(SMALL + "gate: {floor: 0.0, margin: -1.0, min_slice_frames: 1000, critical_slices: []}\n"
                    "eval: {fixed_set_min_frames: 4}\n")  # fmt: skip
     out = flywheel("demo", "--iterations", "2", "--clips", "8", home=flywheel_home, config=cfg)
     assert "iteration 2/2" in out.stdout and "2 deployed" in out.stdout
@@ -201,3 +201,9 @@ def test_approve_without_a_challenger_says_so(tmp_path, flywheel_home):
     cfg.write_text(SMALL + "gate: {require_approval: true}\n")
     out = flywheel("approve", "v3", "--by", "alice", "--reason", "checked", home=flywheel_home, config=cfg, check=False)
     assert out.returncode == 1 and "approving v3 (run " in out.stderr and "has no challenger" in out.stderr
+
+
+def test_force_without_a_challenger_says_so_and_nothing_is_recorded(tmp_path, flywheel_home):
+    out = flywheel("force", "v3", "--reason", "hotfix", home=flywheel_home, check=False)
+    assert out.returncode == 1 and "has no challenger" in out.stderr
+    assert not (flywheel_home / "forces").exists()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from flywheel import evaluate
-from flywheel.config import GateSettings
+from flywheel.config import ConfigError, GateSettings, load_settings
 from flywheel.gate import (
     INCONCLUSIVE,
     NON_INFERIOR,
@@ -92,7 +92,7 @@ def test_gate_table(slices, settings, passed, reason, blocking):
     ch, cp, paired = case(slices)
     d = decide(ch, cp, settings, paired=paired)
     assert isinstance(d, GateDecision)
-    assert d.passed is passed and d.forced is False
+    assert d.passed is passed
     assert reason in d.reason
     assert [s.slice for s in d.blocking] == blocking
     assert d.details["rule"] == ("superior" if passed else None)
@@ -221,14 +221,11 @@ def test_a_first_model_lists_its_inconclusive_critical_slices():
     assert "too few frames to judge, listed: condition=fog: 12 < 100 frames" in d.reason
 
 
-@pytest.mark.parametrize("champion", [False, True], ids=["first model", "with champion"])
-def test_forced_promotion_passes_and_records_why(champion):
-    settings = SETTINGS.model_copy(update={"force": True, "force_reason": "alice: hotfix for fog"})
-    ch, cp, paired = case({"day": (100, 0.1, 0.9)}, champion=champion)
-    d = decide(ch, cp, settings, paired=paired)
-    assert d.passed is True and d.forced is True
-    assert "alice: hotfix for fog" in d.reason
-    assert d.details["would_have_passed"] is False
+def test_a_standing_force_in_the_settings_is_refused_and_names_what_to_do_instead():
+    # it stayed on for every later challenger, and whoever could set config could set it
+    for keys in ({"gate.force": True, "gate.force_reason": "alice: hotfix"}, {"gate.force_reason": "x"}):
+        with pytest.raises(ConfigError, match=r"gate.force.*no longer settings.*flywheel force vN --reason"):
+            load_settings(**keys)
 
 
 def test_decision_is_json_able_with_every_slice():

@@ -139,20 +139,38 @@ def test_two_iterations_materialize_the_whole_graph(flywheel_home, monkeypatch):
         assert "**perception v1 → v2**" in meta["vs_parent"].value
 
 
-def test_forced_promotion_and_rollback(flywheel_home):
-    forced = {**TINY, "gate.floor": 1.0, "gate.force": True, "gate.force_reason": "alice: hotfix for a sensor change"}
-    settings = load_settings(**forced)
+def test_a_force_deploys_the_one_version_it_names_and_records_the_account(flywheel_home):
+    strict = {**TINY, "gate.floor": 1.0}  # no model reaches it: the gate keeps every challenger
+    settings = load_settings(**strict)
     store = open_store(settings.store_root)
-    defs = build_definitions(settings, overrides=forced)
-    with dg.instance_for_test() as instance:
-        for seed in (1, 2):
-            _ingest_new_batch(store, settings, instance, defs, seed=seed)
-            assert defs.resolve_job_def("train_and_deploy").execute_in_process(instance=instance).success
+    defs = build_definitions(settings, overrides=strict)
+    job = defs.resolve_job_def("train_and_deploy")
     tracker = tracker_for(settings)
+    with dg.instance_for_test() as instance:
+        _ingest_new_batch(store, settings, instance, defs, seed=1)
+        kept = job.execute_in_process(instance=instance)
+        assert kept.success and instance.get_run_by_id(kept.run_id).tags["flywheel/gate"] == "kept"
+        with pytest.raises(ValueError, match="v2 is not the current challenger"):
+            loop.force(store, settings, tracker, "v2", reason="hotfix")
+        with pytest.raises(ValueError, match="needs why"):
+            loop.force(store, settings, tracker, "v1", reason=" ")
+        record = loop.force(store, settings, tracker, "v1", reason="hotfix for a sensor change")
+        assert record["account"] == loop.identity()["account"] and record["weights_sha256"]
+        assert "below the floor" in record["gate_reason"]
+        deployed = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("deployed")])
+        assert deployed.success and tracker.alias(CHAMPION) == "1"
+        # the next challenger faces the gate as usual: the force named v1 only
+        _ingest_new_batch(store, settings, instance, defs, seed=2)
+        assert job.execute_in_process(instance=instance).success
+        assert tracker.alias(CHALLENGER) == "2" and tracker.alias(CHAMPION) == "1"
+        assert loop.held_back(store, settings, tracker)[0] == "kept"
+        loop.force(store, settings, tracker, "v2", reason="second hotfix")
+        assert job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("deployed")]).success
     cur = deploy.current(store, settings.mlflow.model_name)
     manifest = store.read_json(cur["manifest"])
-    assert cur["version"] == "v2" and manifest["forced_by"] == {"who": "alice", "why": forced["gate.force_reason"]}
-    assert tracker.client.get_run(tracker.version_run("2")).data.tags["forced_by"] == "alice"
+    assert cur["version"] == "v2" and manifest["forced_by"]["who"] == loop.identity()["account"]
+    assert manifest["forced_by"]["why"] == "second hotfix"
+    assert tracker.client.get_run(tracker.version_run("2")).data.tags["forced_by"] == loop.identity()["account"]
     assert champion.rollback(store, settings, tracker) == ("v2", "v1")
     assert tracker.alias(CHAMPION) == "1"
     assert champion_status(store, settings)["version"] == "v1"
@@ -244,3 +262,6 @@ def test_a_required_approval_holds_the_deploy_until_a_person_approves(flywheel_h
         assert approved.success and tracker.alias(CHAMPION) == "1"
     manifest = store.read_json(layout.deploy_manifest_key(settings.mlflow.model_name, "v1"))
     assert manifest["approval"]["by"] == "alice" and manifest["approval"]["reason"] == "checked the fog frames"
+    # beside the stated name, the account and host the system knows, and the run it came through
+    assert manifest["approval"]["account"] == loop.identity()["account"] and manifest["approval"]["host"]
+    assert manifest["approval"]["via"] == f"dagster run {approved.run_id}"

@@ -34,7 +34,7 @@ sensor: {ingest_retry_s: 0}
 tune: {baseline_epochs: 0}
 """
 GATE = "gate: {floor: 0.0}\n"
-FORCED = "gate: {floor: 0.0, force: true, force_reason: 'faults: every model deploys'}\n"
+FORCED = "gate: {floor: 0.0, margin: -1.0, min_slice_frames: 1000, critical_slices: []}\n"  # every challenger passes: each one deploys
 ENGINE = "engine: {enabled: true, label_budget: 8}\n"
 
 INGEST_POINTS = ["batch_committed", "clip_claimed", "quarantine_reason_written", "frames_staged", "accepted_written", "frames_written",
