@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -308,6 +309,9 @@ class LabelStudioSettings(_Section):
     settle_s: float = Field(120.0, ge=0)  # a half-answered batch is exported once untouched this long
     # the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, for a local store; None: the store's folder
     document_root: str | None = None
+    # how long an S3 store's presigned image URL lives; each sync renews those of unanswered tasks
+    # that are past half of it, so an annotator always finds a working image and a leaked URL dies soon
+    url_lifetime_s: int = Field(24 * 3600, ge=300, le=7 * 24 * 3600)
 
 
 class Settings(_Section):
@@ -339,6 +343,21 @@ class Settings(_Section):
             raise ValueError("class names must be unique")
         return v
 
+    @model_validator(mode="after")
+    def _no_secrets(self) -> Settings:
+        # Settings travel whole: to MLflow (params, config/settings.json), the training command, a pod
+        # spec, the run config. A password in one of them would go wherever they go.
+        for field, value in _strings(self.model_dump()):
+            try:
+                password = urlsplit(value).password if "@" in value else None
+            except ValueError:
+                password = None
+            if password:
+                raise ValueError(f"{field} holds a password in its URL: settings are copied to MLflow, the "
+                                 f"training command and pod specs, so they hold no secrets. Give the "
+                                 f"credential through the environment instead ({SECRET_ENV.get(field, SECRET_ENV['*'])})")
+        return self
+
     @property
     def home(self) -> Path:
         """`$FLYWHEEL_HOME` as it was when these settings were loaded."""
@@ -359,6 +378,27 @@ class Settings(_Section):
     @property
     def tracking_uri(self) -> str:
         return self.mlflow.tracking_uri or f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}"
+
+
+SECRET_ENV = {  # where a credential goes instead of a settings URL
+    "mlflow.tracking_uri": "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD",
+    "tune.storage": "PGPASSWORD, or ~/.pgpass, for PostgreSQL",
+    "store.endpoint_url": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+    "labelstudio.url": "the token in the variable labelstudio.api_key_env names",
+    "*": "a variable the client reads, not the URL",
+}
+
+
+def _strings(value, prefix: str = ""):
+    """(dotted field, value) of every string in a settings dump."""
+    if isinstance(value, str):
+        yield prefix, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _strings(v, f"{prefix}[{i}]")
 
 
 def flywheel_home() -> Path:

@@ -7,10 +7,12 @@ labels stage reads both the same way.
 
     push   every queued task not yet in the project is imported, with the champion's guess as a
            pre-annotation; images come from the store (local-files serving for a local store,
-           presigned URLs for S3)
+           presigned URLs for S3, living `url_lifetime_s` and renewed on unanswered tasks each
+           push past half of it)
     pull   a batch's annotations are written as its export once they settle (all its tasks
            answered, or no change for `settle_s`); the export changes only when an answer did,
-           so its sha256 names the answers a relabel run folds in
+           so its sha256 names the answers a relabel run folds in; an export names each image as
+           queued (the store's key), never by the URL the server was given
 
 Sync is idempotent: tasks are matched by `data.frame_id`, exports are compared before they are
 written. The SDK is `label-studio-sdk`; the server is started by flywheel/labelstudio_server.py
@@ -26,14 +28,14 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from flywheel import labelstudio, layout
 from flywheel.engine.queue import read_queue
 from flywheel.store import LocalStore, S3Store, Store
 
-PRESIGN_S = 7 * 24 * 3600  # the longest an S3 presigned URL may live
+PRESIGN_S = 7 * 24 * 3600  # the longest an S3 presigned URL may live (SigV4)
 PAGE = 100
 
 
@@ -56,13 +58,17 @@ class LabelStudioSync:
     """
 
     def __init__(self, url: str, api_key: str, *, title: str, classes: Sequence[str],
-                 settle_s: float = 120.0, document_root: Path | None = None, timeout_s: float = 60.0) -> None:  # fmt: skip
+                 settle_s: float = 120.0, document_root: Path | None = None, timeout_s: float = 60.0,
+                 url_lifetime_s: int = 24 * 3600) -> None:  # fmt: skip
         if not api_key:
             raise ValueError(f"Label Studio at {url}: no access token (set labelstudio.api_key_env's variable)")
         from label_studio_sdk import LabelStudio
 
         self.url, self.title, self.classes, self.settle_s = url.rstrip("/"), title, list(classes), settle_s
         self.document_root = document_root  # the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT; None: the store
+        if not 0 < url_lifetime_s <= PRESIGN_S:
+            raise ValueError(f"url_lifetime_s must be in (0, {PRESIGN_S}], got {url_lifetime_s}")
+        self.url_lifetime_s = url_lifetime_s
         self.client = LabelStudio(base_url=self.url, api_key=api_key, timeout=timeout_s)
         self._project: int | None = None
 
@@ -112,21 +118,31 @@ class LabelStudioSync:
 
     # -- push -------------------------------------------------------------------------------
 
-    def push(self, store: Store) -> dict[str, int]:
-        """Import every queued task that is not in the project yet; {batch_id: tasks imported}."""
+    def push(self, store: Store, *, now: float | None = None) -> dict[str, int]:
+        """Import every queued task that is not in the project yet, and renew the presigned image URLs
+        of unanswered tasks past half their lifetime; {batch_id: tasks imported}."""
         pid = self.project_id()
         if isinstance(store, LocalStore):
             self.connect_local_files(store)
-        present = {t["data"].get("frame_id") for t in self._tasks(pid)}
+        tasks = self._tasks(pid)
+        present = {t["data"].get("frame_id") for t in tasks}
         imported: dict[str, int] = {}
-        for q in read_queue(store):
+        queue = read_queue(store)
+        for q in queue:
             todo = [t for t in q["tasks"] if t["data"]["frame_id"] not in present]
             if not todo:
                 continue
-            tasks = [{**t, "data": {**t["data"], "image": self.image_ref(store, t)}} for t in todo]
-            self.client.projects.import_tasks(id=pid, request=tasks, commit_to_project=True)
-            imported[q["batch_id"]] = len(tasks)
+            new = [{**t, "data": {**t["data"], "image": self.image_ref(store, t)}} for t in todo]
+            self.client.projects.import_tasks(id=pid, request=new, commit_to_project=True)
+            imported[q["batch_id"]] = len(new)
             present |= {t["data"]["frame_id"] for t in todo}
+        if isinstance(store, S3Store):
+            queued = {t["data"]["frame_id"]: t for q in queue for t in q["tasks"]}
+            for task in stale(tasks, self.url_lifetime_s, time.time() if now is None else now):
+                fid = task["data"].get("frame_id")
+                if fid in queued:
+                    data = {**task["data"], "image": self.image_ref(store, queued[fid])}
+                    self.client.tasks.update(id=str(task["id"]), data=data)
         return imported
 
     def image_ref(self, store: Store, task: dict) -> str:
@@ -141,7 +157,7 @@ class LabelStudioSync:
             return f"/data/local-files/?d={rel.as_posix()}"
         if isinstance(store, S3Store):
             return store.client.generate_presigned_url(
-                "get_object", Params={"Bucket": store.bucket, "Key": store._k(key)}, ExpiresIn=PRESIGN_S
+                "get_object", Params={"Bucket": store.bucket, "Key": store._k(key)}, ExpiresIn=self.url_lifetime_s
             )
         return ref
 
@@ -151,7 +167,9 @@ class LabelStudioSync:
         """Write the export of each batch whose answers settled and changed; the batches written."""
         pid, now = self.project_id(), time.time() if now is None else now
         by_batch: dict[str, list[dict]] = defaultdict(list)
-        queued = {q["batch_id"]: len(q["tasks"]) for q in read_queue(store)}
+        queue = read_queue(store)
+        queued = {q["batch_id"]: len(q["tasks"]) for q in queue}
+        image_of = {t["data"]["frame_id"]: t["data"].get("image") for q in queue for t in q["tasks"]}
         for task in self._tasks(pid):
             if task.get("annotations"):
                 by_batch[str(task["data"].get("batch_id"))].append(task)
@@ -162,7 +180,7 @@ class LabelStudioSync:
             newest = max(_when(a) for t in tasks for a in t["annotations"])
             if len(tasks) < queued[batch_id] and now - newest < self.settle_s:
                 continue  # a person is still on this batch
-            export = [_export_task(t) for t in sorted(tasks, key=lambda t: t["id"])]
+            export = [_export_task(t, image_of) for t in sorted(tasks, key=lambda t: t["id"])]
             key = layout.done_key(batch_id)
             if store.exists(key) and store.read_json(key) == export:
                 continue
@@ -207,17 +225,48 @@ def from_settings(settings) -> LabelStudioSync | None:
     title = ls.project or f"flywheel {settings.dataset.name}"
     root = Path(ls.document_root).expanduser().resolve() if ls.document_root else None
     return LabelStudioSync(url, os.environ.get(ls.api_key_env, ""), title=title, classes=settings.classes,
-                           settle_s=ls.settle_s, document_root=root)  # fmt: skip
+                           settle_s=ls.settle_s, document_root=root, url_lifetime_s=ls.url_lifetime_s)  # fmt: skip
 
 
-def _export_task(task: dict) -> dict:
-    """A task as Label Studio's JSON export writes it (what labelstudio.human_labels reads)."""
+def _export_task(task: dict, image_of: dict[str, str]) -> dict:
+    """A task as Label Studio's JSON export writes it (what labelstudio.human_labels reads), its image
+    named as queued (`image_of`: frame_id -> the queue's image), not by the URL the server had."""
     keep = ("id", "result", "was_cancelled", "ground_truth", "created_at", "updated_at", "completed_by")
+    data = dict(task["data"])
+    if data.get("frame_id") in image_of:
+        data["image"] = image_of[data["frame_id"]]
     return {
         "id": task["id"],
-        "data": task["data"],
+        "data": data,
         "annotations": [{k: a.get(k) for k in keep} for a in task["annotations"]],
     }
+
+
+def expires_at(url: str) -> float | None:
+    """When a presigned S3 URL stops working (epoch seconds), from its query (SigV4: X-Amz-Date +
+    X-Amz-Expires; SigV2: Expires); None: not a presigned URL."""
+    from urllib.parse import parse_qs, urlsplit
+
+    query = {k.lower(): v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+    try:
+        if "x-amz-date" in query and "x-amz-expires" in query:
+            signed = datetime.strptime(query["x-amz-date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+            return signed.timestamp() + int(query["x-amz-expires"])
+        if "expires" in query and "signature" in query:
+            return float(query["expires"])
+    except ValueError:
+        return None
+    return None
+
+
+def stale(tasks: list[dict], lifetime_s: float, now: float) -> list[dict]:
+    """The unanswered tasks whose presigned image URL has less than half `lifetime_s` left."""
+    out = []
+    for task in tasks:
+        end = expires_at(str(task.get("data", {}).get("image", "")))
+        if end is not None and not task.get("annotations") and end - now < lifetime_s / 2:
+            out.append(task)
+    return out
 
 
 def _when(annotation: dict) -> float:

@@ -49,3 +49,23 @@ def test_geometric_augmentation_is_opt_in_except_for_the_built_in_road_classes()
     assert not load_settings(classes=own).geometric_aug  # another task: only when it says so
     assert load_settings(classes=own, **{"augment.geometric": True}).geometric_aug
     assert not load_settings(**{"augment.geometric": False}).geometric_aug
+
+
+@pytest.mark.parametrize(
+    ("key", "url", "env"),
+    [
+        ("tune.storage", "postgresql+psycopg2://optuna:hunter2@db:5432/optuna", "PGPASSWORD"),
+        ("mlflow.tracking_uri", "https://alice:hunter2@mlflow.internal", "MLFLOW_TRACKING_PASSWORD"),
+        ("store.endpoint_url", "http://key:hunter2@127.0.0.1:9000", "AWS_SECRET_ACCESS_KEY"),
+    ],
+)
+def test_a_password_in_a_settings_url_is_refused_without_repeating_it(key, url, env):
+    # settings go to MLflow params, the training command line and pod specs: they must hold no secret
+    with pytest.raises(ConfigError, match=rf"{key} holds a password.*{env}") as e:
+        load_settings(**{key: url})
+    assert "hunter2" not in str(e.value)
+
+
+def test_a_url_with_a_user_and_no_password_is_fine():
+    s = load_settings(**{"tune.storage": "postgresql+psycopg2://postgres@127.0.0.1:5432/optuna"})
+    assert s.tune.storage.startswith("postgresql+psycopg2://postgres@")

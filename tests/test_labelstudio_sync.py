@@ -2,13 +2,23 @@
 answers are not in their labels yet, and the labeling config read back. The round trip
 through a real server is tests/integration/test_labelstudio.py."""
 
+import json
+import time
+
 import pyarrow as pa
 import pytest
 import requests
 
 from flywheel import labelstudio, layout
 from flywheel.engine.queue import write_queue
-from flywheel.labelstudio_sync import LabelStudioSync, _choices, unfolded
+from flywheel.labelstudio_sync import (
+    LabelStudioSync,
+    _choices,
+    _export_task,
+    expires_at,
+    stale,
+    unfolded,
+)
 from flywheel.schema import LABELS
 from flywheel.store import open_store
 from tests.conftest import jpeg
@@ -41,6 +51,28 @@ def test_images_are_local_files_urls_for_a_local_store_and_presigned_urls_for_s3
     url = _sync().image_ref(s3, task)
     assert url.startswith(s3_endpoint) and "Signature" in url
     assert requests.get(url, timeout=30).content == jpeg(1)  # what the annotator's browser fetches
+
+
+def test_presigned_urls_live_the_set_lifetime_are_renewed_past_half_and_stay_out_of_exports(s3_root, s3_endpoint):
+    s3 = open_store(s3_root, endpoint_url=s3_endpoint)
+    write_queue(s3, "b1", _frames(), ["c1/front/2"])
+    [task] = s3.read_json(layout.queue_key("b1"))
+    sync = _sync(url_lifetime_s=3600)
+    before = time.time()
+    url = sync.image_ref(s3, task)
+    end = expires_at(url)
+    assert end is not None and before - 2 <= end - 3600 <= time.time() + 1  # an hour, not a week
+    assert expires_at("/data/local-files/?d=labeling/images/b1/c1/front/2.jpg") is None
+    served = {"id": 7, "data": {**task["data"], "image": url}, "annotations": []}
+    assert stale([served], 3600, now=end - 3600 + 60) == []  # fresh
+    assert stale([served], 3600, now=end - 1700) == [served]  # under half its life left: renewed
+    answered = {**served, "annotations": [{"result": []}]}
+    assert stale([answered], 3600, now=end + 10) == []  # answered: nobody needs the image any more
+    # an export names the image as queued (the store's key), never by a URL that opens it
+    exported = _export_task(answered, {task["data"]["frame_id"]: task["data"]["image"]})
+    assert exported["data"]["image"] == task["data"]["image"] and "Signature" not in json.dumps(exported)
+    with pytest.raises(ValueError, match="url_lifetime_s"):
+        _sync(url_lifetime_s=8 * 24 * 3600)
 
 
 def test_unfolded_lists_batches_whose_labels_lack_an_answer(tmp_path):
