@@ -721,18 +721,21 @@ def ui(obj: Ctx, host: str, port: int, label_studio: bool, label_studio_port: in
 def _start_label_studio(obj: Ctx, env: dict, port: int):
     """Start Label Studio beside Dagster and point the sensor at it (LABEL_STUDIO_URL and its token)."""
     from flywheel import labelstudio_server
+    from flywheel.labelstudio_sync import local_files_root
     from flywheel.store import LocalStore
 
     st, s = obj.store(), obj.settings
-    root = Path(s.labelstudio.document_root) if s.labelstudio.document_root else (
-        st.path if isinstance(st, LocalStore) else flywheel_home())  # fmt: skip
     data = flywheel_home() / "labelstudio"
+    # what the server may hand out: the queued images alone (S3 stores serve them by presigned URL)
+    root = Path(s.labelstudio.document_root) if s.labelstudio.document_root else (
+        local_files_root(st) if isinstance(st, LocalStore) else data / "local-files")  # fmt: skip
+    root.mkdir(parents=True, exist_ok=True)
     click.echo(f"starting Label Studio (data in {data}; the first start sets up its database, about a minute)")
     server = labelstudio_server.start(data_dir=data, port=port, document_root=root,
                                       exe=labelstudio_server.ensure_installed(echo=click.echo))  # fmt: skip
     env.update(LABEL_STUDIO_URL=server.url, **{s.labelstudio.api_key_env: server.token})
-    click.echo(f"Label Studio on {server.url}: log in as {labelstudio_server.USER}, password "
-               f"{labelstudio_server.password_for(server.token)}")  # fmt: skip
+    click.echo(f"Label Studio on {server.url}: log in as {labelstudio_server.USER}, with the password in "
+               f"{labelstudio_server.password_file(data)}")  # fmt: skip
     return server
 
 

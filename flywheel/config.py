@@ -307,7 +307,8 @@ class LabelStudioSettings(_Section):
     api_key_env: str = "LABEL_STUDIO_API_KEY"  # the variable holding its access token (never the token itself)
     project: str | None = None  # the project's title; None: "flywheel <dataset name>"
     settle_s: float = Field(120.0, ge=0)  # a half-answered batch is exported once untouched this long
-    # the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, for a local store; None: the store's folder
+    # the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, for a local store; None: the store's
+    # labeling/images/ (the queued images alone: the server may hand out anything under it)
     document_root: str | None = None
     # how long an S3 store's presigned image URL lives; each sync renews those of unanswered tasks
     # that are past half of it, so an annotator always finds a working image and a leaked URL dies soon

@@ -7,7 +7,10 @@ the first user and the access token, so only the first start runs its migrations
 The access token: Label Studio 1.23 turns legacy tokens off for new organizations; the server is
 started with one created here (`--user-token`, `--enable-legacy-api-token`), which the SDK takes as
 its `api_key`. A team's own server can use a personal access token instead.
-The queued images are served by Label Studio's local-files storage from `document_root`.
+The queued images are served by Label Studio's local-files storage from `document_root` (by default
+the store's `labeling/images/` alone: whatever lies under it, the server can hand out). The password
+and the token reach the server through its environment (LABEL_STUDIO_PASSWORD,
+LABEL_STUDIO_USER_TOKEN), never its command line, which every user of the machine can read.
 """
 
 from __future__ import annotations
@@ -92,6 +95,17 @@ def password_for(token: str) -> str:
     return token[:16]
 
 
+def password_file(data_dir: Path) -> Path:
+    """The first user's password in a file only its owner reads (mode 0600), for a person to log in
+    with: the terminal and the run log never show it."""
+    path = data_dir / "flywheel-password"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(password_for(token_for(data_dir)) + "\n")
+    return path
+
+
 def start(*, data_dir: Path, port: int, document_root: Path, exe: Path | None = None,
           timeout_s: float = 600.0) -> Server:  # fmt: skip
     """Start Label Studio on 127.0.0.1:`port` and wait until it answers with the token."""
@@ -104,11 +118,11 @@ def start(*, data_dir: Path, port: int, document_root: Path, exe: Path | None = 
         "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(document_root),
         "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
         "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+        "LABEL_STUDIO_PASSWORD": password_for(token),  # the first user's, read by `label-studio start`
+        "LABEL_STUDIO_USER_TOKEN": token,
     }
-    password = password_for(token)
     cmd = [str(exe), "start", "--no-browser", "--data-dir", str(data_dir), "--internal-host", "127.0.0.1",
-           "-p", str(port), "--host", url, "--username", USER, "--password", password,
-           "--user-token", token, "--enable-legacy-api-token"]  # fmt: skip
+           "-p", str(port), "--host", url, "--username", USER, "--enable-legacy-api-token"]  # fmt: skip
     log = data_dir / "server.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -65,7 +65,7 @@ class LabelStudioSync:
         from label_studio_sdk import LabelStudio
 
         self.url, self.title, self.classes, self.settle_s = url.rstrip("/"), title, list(classes), settle_s
-        self.document_root = document_root  # the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT; None: the store
+        self.document_root = document_root  # the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT; None: local_files_root
         if not 0 < url_lifetime_s <= PRESIGN_S:
             raise ValueError(f"url_lifetime_s must be in (0, {PRESIGN_S}], got {url_lifetime_s}")
         self.url_lifetime_s = url_lifetime_s
@@ -101,9 +101,9 @@ class LabelStudioSync:
         """Let the project serve the store's queued images (Label Studio's local-files storage).
 
         The server must run with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and
-        LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT at `document_root` (None: the store's folder) or above.
+        LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT at `document_root` (None: `local_files_root`) or above.
         """
-        document_root = self.document_root or store.path
+        document_root = self.document_root or local_files_root(store)
         images = store.path / layout.LABELING_IMAGES
         images.mkdir(parents=True, exist_ok=True)
         pid = self.project_id()
@@ -153,7 +153,7 @@ class LabelStudioSync:
             return ref  # an inline data: URI or a team's own URL
         key = ref[at:]
         if isinstance(store, LocalStore):
-            rel = (store.path / key).relative_to(self.document_root or store.path)
+            rel = (store.path / key).relative_to(self.document_root or local_files_root(store))
             return f"/data/local-files/?d={rel.as_posix()}"
         if isinstance(store, S3Store):
             return store.client.generate_presigned_url(
@@ -214,6 +214,13 @@ def unfolded(store: Store, classes: Sequence[str]) -> list[Answered]:
             sha = hashlib.sha256(json.dumps(export, sort_keys=True).encode()).hexdigest()
             out.append(Answered(batch_id=q["batch_id"], key=key, tasks=len(answers), sha256=sha))
     return out
+
+
+def local_files_root(store: LocalStore) -> Path:
+    """The default document root of Label Studio's local-files serving: the store's queued images and
+    nothing else (not the store's folder: it may hold MLflow's database, Dagster's storage, the
+    server's own data)."""
+    return store.path / layout.LABELING_IMAGES
 
 
 def from_settings(settings) -> LabelStudioSync | None:

@@ -42,7 +42,7 @@ def test_images_are_local_files_urls_for_a_local_store_and_presigned_urls_for_s3
     local = open_store(str(tmp_path / "store"))
     write_queue(local, "b1", _frames(), ["c1/front/0"])
     [task] = local.read_json(layout.queue_key("b1"))
-    assert _sync().image_ref(local, task) == "/data/local-files/?d=labeling/images/b1/c1/front/0.jpg"
+    assert _sync().image_ref(local, task) == "/data/local-files/?d=b1/c1/front/0.jpg"  # root: the images alone
     assert _sync(document_root=tmp_path).image_ref(local, task) == "/data/local-files/?d=store/labeling/images/b1/c1/front/0.jpg"
 
     s3 = open_store(s3_root, endpoint_url=s3_endpoint)

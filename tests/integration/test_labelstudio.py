@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -42,6 +43,17 @@ def label_studio(tmp_path_factory):
                                       document_root=tmp_path_factory.getbasetemp(), exe=exe)  # fmt: skip
     yield server
     server.stop()
+
+
+def _cmdlines() -> list[bytes]:
+    """Every process's command line on this machine (what `ps` shows anyone)."""
+    out = []
+    for path in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            out.append(path.read_bytes())
+        except OSError:  # gone since the listing
+            pass
+    return out
 
 
 def _tick(instance, overrides):
@@ -135,6 +147,11 @@ def test_ui_starts_label_studio_beside_dagster_and_stops_both(flywheel_home, lab
         projects = requests.get(f"http://127.0.0.1:{ls_port}/api/projects",
                                 headers={"Authorization": f"Token {token}"}, timeout=30)  # fmt: skip
         assert projects.status_code == 200
+        # secrets stay off every command line (anyone on the machine can read those)
+        cmdlines = _cmdlines()
+        assert any(b"label-studio" in c for c in cmdlines) and not any(token.encode() in c for c in cmdlines)
+        password = labelstudio_server.password_file(flywheel_home / "labelstudio")
+        assert password.stat().st_mode & 0o777 == 0o600
         query = "{ sensorsOrError(repositorySelector: {repositoryName: \"__repository__\", " \
                 "repositoryLocationName: \"flywheel.definitions\"}) { ... on Sensors { results { name } } } }"
         deadline, names = time.monotonic() + 120, []
@@ -148,5 +165,6 @@ def test_ui_starts_label_studio_beside_dagster_and_stops_both(flywheel_home, lab
         out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     assert f"Label Studio on http://127.0.0.1:{ls_port}" in out
+    assert password.read_text().strip() not in out and token not in out  # the terminal shows where, not what
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", ls_port)) != 0  # stopped with the UI
