@@ -236,7 +236,8 @@ def run_sensor_once(obj: Ctx) -> list[dict]:
     job = defs.resolve_job_def("ingest_batch")
     out = []
     for rr in result.run_requests or []:
-        res = job.execute_in_process(
+        res = _execute(
+            job,
             instance=instance,
             partition_key=rr.partition_key,
             tags={
@@ -245,7 +246,6 @@ def run_sensor_once(obj: Ctx) -> list[dict]:
                 **cli_run_tags(),
             },
             run_config=RUN_LOGS,
-            raise_on_error=False,
         )
         out.append({"batch_id": rr.partition_key, "run_key": rr.run_key, "run_id": res.run_id,
                     "ok": res.success, "error": None if res.success else _failure(res)})  # fmt: skip
@@ -260,6 +260,13 @@ def _failure(result) -> str:
     if not failed:
         return f"the run (no step failed; see it in `{command('ui')}`)"
     return "; ".join(failure_line(e.step_key, e.event_specific_data.error) for e in failed)
+
+
+def _execute(job_def, **kwargs):
+    """Run `job_def` in this process as a run of the instance the UI can re-execute (flywheel/driver.py)."""
+    from flywheel.driver import execute
+
+    return execute(job_def, **kwargs)
 
 
 class Interrupted(click.ClickException):
@@ -325,11 +332,11 @@ def run_iteration(obj: Ctx, *, annotate: bool = False) -> dict:
             f"a training run is in progress ({busy[0]}); one at a time (if its process died on another "
             f"machine, or was the daemon's, terminate the run in `{command('ui')}` first)"
         )
-    result = defs.resolve_job_def("train_and_deploy").execute_in_process(
+    result = _execute(
+        defs.resolve_job_def("train_and_deploy"),
         instance=instance,
         tags={**TRAINING_TAGS, "flywheel/trigger": "cli", **cli_run_tags()},
         run_config=RUN_LOGS,
-        raise_on_error=False,
     )
     _check_run(result, "the iteration")  # a crash; a kept champion is a successful run (flywheel/gate=kept)
     summary = iteration_summary(obj.store(), obj.settings, tracker_for(obj.settings))
@@ -353,9 +360,10 @@ def answer_and_relabel(obj: Ctx) -> list[str]:
     relabel = [b for b in answered if b in waiting]
     instance, job = obj.instance(), obj.definitions().resolve_job_def("ingest_batch")
     for batch_id in relabel:
-        res = job.execute_in_process(
+        res = _execute(
+            job,
             instance=instance, partition_key=batch_id, asset_selection=[dg.AssetKey("labels"), dg.AssetKey("augmented")],
-            tags={"flywheel/trigger": "labels-answered", **cli_run_tags()}, run_config=RUN_LOGS, raise_on_error=False,
+            tags={"flywheel/trigger": "labels-answered", **cli_run_tags()}, run_config=RUN_LOGS,
         )  # fmt: skip
         if not res.success:
             raise click.ClickException(f"relabeling batch {batch_id} failed; see `{command('ui')}` for run {res.run_id}")
@@ -423,8 +431,9 @@ def tune_command(obj: Ctx, trials: int | None, minutes: float | None):
     if busy:  # tuning trains too: one training run at a time, as for `iterate`
         raise click.ClickException(f"a training run is in progress ({busy[0]}); one at a time")
     budget = {k: v for k, v in {"trials": trials, "minutes": minutes}.items() if v is not None}
-    result = defs.resolve_job_def("tune").execute_in_process(
-        instance=instance, tags={**TRAINING_TAGS, "flywheel/trigger": "cli", **cli_run_tags()}, raise_on_error=False,
+    result = _execute(
+        defs.resolve_job_def("tune"),
+        instance=instance, tags={**TRAINING_TAGS, "flywheel/trigger": "cli", **cli_run_tags()},
         run_config={**RUN_LOGS, "ops": {"trainer_config": {"config": budget}}},
     )  # fmt: skip
     _check_run(result, "tuning")
@@ -531,8 +540,9 @@ def _deploy_run(obj: Ctx, trigger: str, op_config: dict):
     """The `deployed` asset, executed in process in the instance the UI reads."""
     import dagster as dg
 
-    return obj.definitions().resolve_job_def("train_and_deploy").execute_in_process(
-        instance=obj.instance(), asset_selection=[dg.AssetKey("deployed")], raise_on_error=False,
+    return _execute(
+        obj.definitions().resolve_job_def("train_and_deploy"),
+        instance=obj.instance(), asset_selection=[dg.AssetKey("deployed")],
         run_config={**RUN_LOGS, "ops": {"deployed": op_config}} if op_config else RUN_LOGS,
         tags={"flywheel/trigger": trigger, **cli_run_tags()},
     )  # fmt: skip
@@ -601,8 +611,9 @@ def campaign_start(obj: Ctx, name: str, slice_: str | None, frame_ids: str | Non
               "max_frames": max_frames, "match_share": match_share}  # fmt: skip
     instance = obj.instance()
     instance.add_dynamic_partitions(mining_campaigns.name, [name])
-    result = obj.definitions().resolve_job_def("mining_campaign").execute_in_process(
-        instance=instance, partition_key=name, tags=cli_run_tags(), raise_on_error=False,
+    result = _execute(
+        obj.definitions().resolve_job_def("mining_campaign"),
+        instance=instance, partition_key=name, tags=cli_run_tags(),
         run_config={**RUN_LOGS, "ops": {"campaign": {"config": config}}},
     )  # fmt: skip
     if not result.success and not obj.store().exists(campaign_key(name)):  # nothing started: no partition left behind

@@ -17,8 +17,6 @@ import hashlib
 import itertools
 import json
 import math
-import os
-import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -47,6 +45,7 @@ from flywheel.labels import build_labels, fingerprint, hide_ground_truth
 from flywheel.model import FrameClassifier, load_weights
 from flywheel.predict import predict
 from flywheel.reader import ShardReader, load_arrays
+from flywheel.recovery import identity
 from flywheel.schema import DATASET
 from flywheel.store import Store
 from flywheel.tracking import CHALLENGER, CHAMPION, Tracker
@@ -396,19 +395,6 @@ def gate_decision(store: Store, settings: Settings, tracker: Tracker) -> dict:
     if version is None:
         raise ValueError(f"model {settings.mlflow.model_name!r} has no challenger: train one first")
     return store.read_json(layout.evaluation_key(settings.mlflow.model_name, version))["gate"]
-
-
-def identity() -> dict:
-    """Who writes a record, as the system knows it: the login of this process's effective user id and
-    the host. Through the command line that is the person's account; through a run launched from the
-    UI it is the service's, and the stated name (`by`) is only vouched for by whoever guards the UI."""
-    try:
-        import pwd
-
-        account = pwd.getpwuid(os.geteuid()).pw_name
-    except (ImportError, KeyError):  # no passwd entry for this uid (a container): the uid itself
-        account = f"uid {os.getuid()}" if hasattr(os, "getuid") else "unknown"
-    return {"account": account, "host": socket.gethostname()}
 
 
 def _current_judged(store: Store, settings: Settings, tracker: Tracker, version: str, what: str) -> tuple[dict, str]:

@@ -134,10 +134,25 @@ def failure_line(step_key: str | None, error) -> str:
 # ---------------------------------------------------------------- orphaned runs
 
 
+def identity() -> dict:
+    """Who writes a record, as the system knows it: the login of this process's effective user id and
+    the host. Through the command line that is the person's account; through a run launched from the
+    UI it is the service's, and the stated name (`by`) is only vouched for by whoever guards the UI."""
+    try:
+        import pwd
+
+        account = pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):  # no passwd entry for this uid (a container): the uid itself
+        account = f"uid {os.getuid()}" if hasattr(os, "getuid") else "unknown"
+    return {"account": account, "host": socket.gethostname()}
+
+
 def process_tags() -> dict[str, str]:
-    """Tags that name this process, for the runs it executes in process."""
+    """Tags that name this process, for the runs it executes in process, and its account (`user`: the
+    UI's "Launched by")."""
     pid = os.getpid()
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), PID_START_TAG: _start_time(pid)}
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), PID_START_TAG: _start_time(pid),
+            "user": identity()["account"]}  # fmt: skip
 
 
 def process_gone(tags: Mapping[str, str]) -> bool:

@@ -1,0 +1,99 @@
+"""Runs the command line started are runs the UI can re-execute: `flywheel iterate` fails in its
+training step (its config asks for a Kubernetes pod it cannot have), then the UI (`flywheel ui`:
+webserver and daemon, with a config that trains in a subprocess) re-executes that run from failure
+and the ingest run with all steps, through the webserver's GraphQL as its buttons do."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import requests
+
+from tests.conftest import free_port, wait_for_port
+
+SMALL = """
+sim: {frames_per_clip: 4, width: 48, height: 36}
+image_size: 16
+train: {epochs: 1, width: 4, depth: 1, batch_size: 32}
+dataset: {golden_size: 8, split: {train: 0.5, val: 0.1, test: 0.4}}
+tune: {baseline_epochs: 0}
+deploy: {int8: false}
+gate: {floor: 0.0}
+"""
+RUNS = """query($job: String!) { runsOrError(filter: {pipelineName: $job}) { ... on Runs { results {
+    runId status tags { key value } } } } }"""
+REEXECUTE = """mutation($parent: String!, $strategy: ReexecutionStrategy!) {
+  launchPipelineReexecution(reexecutionParams: {parentRunId: $parent, strategy: $strategy}) {
+    __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } ... on RunConfigValidationInvalid { errors { message } }
+    ... on InvalidStepError { invalidStepKey } ... on InvalidSubsetError { message } } }"""
+
+
+def _graphql(port: int, query: str, **variables) -> dict:
+    body = requests.post(f"http://127.0.0.1:{port}/graphql", json={"query": query, "variables": variables}, timeout=60).json()
+    assert "errors" not in body, body
+    return body["data"]
+
+
+def _runs(port: int, job: str) -> list[dict]:
+    return _graphql(port, RUNS, job=job)["runsOrError"].get("results", [])
+
+
+def _reexecute_and_wait(port: int, parent: str, strategy: str, timeout: float = 420.0) -> str:
+    launched = _graphql(port, REEXECUTE, parent=parent, strategy=strategy)["launchPipelineReexecution"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id, deadline, status = launched["run"]["runId"], time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        status = next(r["status"] for r in _runs(port, "train_and_deploy") + _runs(port, "ingest_batch")
+                      if r["runId"] == run_id)  # fmt: skip
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            break
+        time.sleep(2)
+    return status
+
+
+def test_the_ui_re_executes_runs_the_command_line_started(tmp_path, flywheel_home):
+    home = flywheel_home
+    ui_cfg, cli_cfg = tmp_path / "ui.yaml", tmp_path / "cli.yaml"
+    ui_cfg.write_text(SMALL)
+    cli_cfg.write_text(SMALL + "compute: {launcher: k8s, k8s_image: flywheel:none}\n")  # no cluster here: training fails
+    env = {**os.environ, "FLYWHEEL_HOME": str(home)}
+    env.pop("DAGSTER_HOME", None)
+    env.pop("FLYWHEEL_CONFIG", None)
+
+    def cli(*args, config=cli_cfg):
+        return subprocess.run([sys.executable, "-m", "flywheel.cli", "--config", str(config), *args], env=env,
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+
+    assert cli("simulate", "--clips", "12").returncode == 0
+    failed = cli("iterate")
+    assert failed.returncode == 1 and "the iteration (run " in failed.stderr, failed.stdout + failed.stderr
+
+    port = free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "flywheel.cli", "--config", str(ui_cfg), "ui", "--port", str(port)],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        wait_for_port(port, timeout=180, proc=ui)
+        deadline, training = time.monotonic() + 120, []
+        while not training and time.monotonic() < deadline:  # the code location may still be loading
+            try:
+                training = _runs(port, "train_and_deploy")
+            except (AssertionError, KeyError, requests.RequestException):
+                pass
+            time.sleep(1)
+        [run] = training
+        tags = {t["key"]: t["value"] for t in run["tags"]}
+        assert run["status"] == "FAILURE" and tags["user"] and tags["flywheel/trigger"] == "cli"  # "Launched by"
+        # from failure: the dataset step is not run again, training and the rest are, with the UI's config
+        assert _reexecute_and_wait(port, run["runId"], "FROM_FAILURE") == "SUCCESS"
+        [ingest] = _runs(port, "ingest_batch")
+        assert ingest["status"] == "SUCCESS"
+        assert _reexecute_and_wait(port, ingest["runId"], "ALL_STEPS") == "SUCCESS"
+    finally:
+        ui.send_signal(signal.SIGINT)
+        out, _ = ui.communicate(timeout=120)
+    status = cli("status", config=ui_cfg)
+    assert status.returncode == 0 and "v1" in status.stdout, status.stdout + status.stderr + out
