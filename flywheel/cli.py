@@ -107,7 +107,7 @@ def fail_orphaned_runs(instance) -> list[str]:
         why = f"its process (pid {run.tags[PID_TAG]} on this host) is gone: killed or crashed"
         instance.report_run_failed(run, f"flywheel: {why}")
         click.echo(f"note: run {run.run_id} of {run.job_name} was left {run.status.value}; {why}; "
-                   "marked it failed")  # fmt: skip
+                   "marked it failed", err=True)  # fmt: skip  (stdout may be --json)
     return [run.run_id for run in gone]
 
 
@@ -682,6 +682,9 @@ def status(obj: Ctx, as_json: bool):
     from flywheel.report import status as status_report
 
     report = status_report(obj.store(), obj.settings)
+    states = _ingest_states(obj, [b["batch_id"] for b in report["batches"]])
+    for b in report["batches"]:
+        b["ingest"] = states.get(b["batch_id"], {"state": "not started"})
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -694,6 +697,10 @@ def status(obj: Ctx, as_json: bool):
         click.echo("champion    none deployed yet")
     click.echo(f"dataset     v{report['dataset_version']}" if report["dataset_version"] else "dataset     none yet")
     click.echo(f"batches     {len(report['batches'])}  frames {report['frames']}")
+    for b in report["batches"]:  # those not done: a frame count alone would read as done
+        ingest = b["ingest"]
+        if ingest["state"] != "done":
+            click.echo(f"  {b['batch_id']}: ingest {_ingest_line(ingest)}")
     click.echo(f"parked      {len(report['parked'])} batch(es) whose ingest kept failing")
     for p in report["parked"]:
         click.echo(f"  {p['batch_id']}: {p['failures']} failed runs, the last in {p['error']}")
@@ -701,6 +708,34 @@ def status(obj: Ctx, as_json: bool):
     click.echo(f"quarantined {report['quarantined']} clip(s)")
     for q in report["quarantine"][:20]:
         click.echo(f"  {q['key']}: {q['reason']} ({q['detail']})")
+
+
+def _ingest_states(obj: Ctx, batch_ids: list[str]) -> dict[str, dict]:
+    """Each batch's ingest state from the instance's runs (a run whose process died is failed first)."""
+    import time
+
+    from sensors.fresh_data import ingest_states
+
+    instance = obj.instance()
+    fail_orphaned_runs(instance)
+    return ingest_states(instance, obj.store(), obj.settings.sensor, batch_ids, now=time.time())
+
+
+def _ingest_line(ingest: dict) -> str:
+    from datetime import datetime
+
+    state, error = ingest["state"], ingest.get("error")
+    if state == "waiting":
+        at = datetime.fromtimestamp(ingest["retry_at"]).strftime("%H:%M:%S")
+        line = f"failed {ingest['failures']}x, the sensor retries it at {at}"
+    elif state == "due":
+        line = f"failed {ingest['failures']}x, the sensor's next tick retries it"
+    elif state == "parked":
+        line = f"parked after {ingest['failures']} failed runs"
+    else:
+        line = state
+    hint = f" (or run its partition from `{command('ui')}`: ingest_batch)" if state in ("waiting", "parked", "due") else ""
+    return line + (f"; last error: {error}" if error else "") + hint
 
 
 @main.command()

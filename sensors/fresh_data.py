@@ -92,6 +92,44 @@ def _landing_position(context: dg.SensorEvaluationContext) -> tuple[str, list[Ob
     return "", []
 
 
+def ingest_runs(instance: dg.DagsterInstance, batch_id: str) -> list[recovery.IngestRun]:
+    """Every ingest run of a batch so far, as plain data (whoever launched it: sensor, UI, CLI)."""
+    records = instance.get_run_records(dg.RunsFilter(job_name=ingest_batch.name, tags={"dagster/partition": batch_id}))
+    return [
+        recovery.IngestRun(
+            run_id=r.dagster_run.run_id,
+            status=r.dagster_run.status.value,
+            updated_at=r.end_time or r.update_timestamp.timestamp(),
+            will_retry=r.dagster_run.tags.get("dagster/will_retry") == "true",
+        )
+        for r in records
+    ]
+
+
+def ingest_states(instance: dg.DagsterInstance, st, sensor, batch_ids: list[str], *, now: float) -> dict[str, dict]:
+    """Where each batch's ingest stands, as `flywheel status` shows it: {batch_id: {state, failures,
+    retry_at, error}}; state is done, running, waiting (to retry, at retry_at), due (the sensor's next
+    tick starts it), parked, or not started."""
+    done = instance.get_materialized_partitions(augmented.key)
+    parked = recovery.parked_batches(st, batch_ids)
+    out = {}
+    for b in batch_ids:
+        if b in done:
+            out[b] = {"state": "done"}
+            continue
+        if b in parked:
+            out[b] = {"state": "parked", "failures": parked[b]["failures"], "error": parked[b]["error"]}
+            continue
+        runs = ingest_runs(instance, b)
+        d = recovery.next_ingest(b, runs, now=now, max_attempts=sensor.max_ingest_attempts, backoff_s=sensor.ingest_retry_s)
+        failed = [r for r in runs if r.status in recovery.FAILED]
+        error = _error(instance, max(failed, key=lambda r: r.updated_at).run_id) if failed else None
+        state = {"wait": "waiting" if d.retry_at is not None else "running", "run": "due" if runs else "not started",
+                 "park": "parked", "done": "done"}[d.action]  # fmt: skip
+        out[b] = {"state": state, "failures": d.failures, "retry_at": d.retry_at, "error": error}
+    return out
+
+
 def _retries(context, st, sensor, known: set[str]) -> tuple[list[dg.RunRequest], list[float], int]:
     """Run requests for the batches whose ingest needs another run, the times the waiting ones may
     retry, and how many batches are parked. Batches whose last asset is materialized are done."""
@@ -101,18 +139,7 @@ def _retries(context, st, sensor, known: set[str]) -> tuple[list[dg.RunRequest],
         recovery.unpark(st, b)
     requests, waiting, now = [], [], time.time()
     for b in sorted(known - done - parked.keys()):
-        records = context.instance.get_run_records(
-            dg.RunsFilter(job_name=ingest_batch.name, tags={"dagster/partition": b})
-        )
-        runs = [
-            recovery.IngestRun(
-                run_id=r.dagster_run.run_id,
-                status=r.dagster_run.status.value,
-                updated_at=r.end_time or r.update_timestamp.timestamp(),
-                will_retry=r.dagster_run.tags.get("dagster/will_retry") == "true",
-            )
-            for r in records
-        ]
+        runs = ingest_runs(context.instance, b)
         limits = {"max_attempts": sensor.max_ingest_attempts, "backoff_s": sensor.ingest_retry_s}
         d = recovery.next_ingest(b, runs, now=now, **limits)
         if d.action == "run":

@@ -1,19 +1,25 @@
 """Runs the command line started are runs the UI can re-execute: `flywheel iterate` fails in its
 training step (its config asks for a Kubernetes pod it cannot have), then the UI (`flywheel ui`:
 webserver and daemon, with a config that trains in a subprocess) re-executes that run from failure
-and the ingest run with all steps, through the webserver's GraphQL as its buttons do."""
+and the ingest run with all steps, through the webserver's GraphQL as its buttons do. A second
+batch's ingest is killed (-9): `flywheel status` says it failed and when the sensor retries it,
+and a run of its partition launched from the UI completes it."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import requests
 
 from tests.conftest import free_port, wait_for_port
+
+REPO = Path(__file__).resolve().parents[1]
 
 SMALL = """
 sim: {frames_per_clip: 4, width: 48, height: 36}
@@ -24,12 +30,19 @@ tune: {baseline_epochs: 0}
 deploy: {int8: false}
 gate: {floor: 0.0}
 """
+UI_SENSORS = "sensor: {ingest_retry_s: 3600, min_clips: 100000, min_new_frames: 100000}\n"  # the sensors stay out of it
 RUNS = """query($job: String!) { runsOrError(filter: {pipelineName: $job}) { ... on Runs { results {
     runId status tags { key value } } } } }"""
 REEXECUTE = """mutation($parent: String!, $strategy: ReexecutionStrategy!) {
   launchPipelineReexecution(reexecutionParams: {parentRunId: $parent, strategy: $strategy}) {
     __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } ... on RunConfigValidationInvalid { errors { message } }
     ... on InvalidStepError { invalidStepKey } ... on InvalidSubsetError { message } } }"""
+
+
+LAUNCH = """mutation($batch: String!) { launchRun(executionParams: {
+    selector: {repositoryLocationName: "flywheel.definitions", repositoryName: "__repository__", jobName: "ingest_batch"},
+    runConfigData: "{}", executionMetadata: {tags: [{key: "dagster/partition", value: $batch}]}}) {
+    __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
 
 
 def _graphql(port: int, query: str, **variables) -> dict:
@@ -43,7 +56,10 @@ def _runs(port: int, job: str) -> list[dict]:
 
 
 def _reexecute_and_wait(port: int, parent: str, strategy: str, timeout: float = 420.0) -> str:
-    launched = _graphql(port, REEXECUTE, parent=parent, strategy=strategy)["launchPipelineReexecution"]
+    return _wait(port, _graphql(port, REEXECUTE, parent=parent, strategy=strategy)["launchPipelineReexecution"], timeout)
+
+
+def _wait(port: int, launched: dict, timeout: float = 420.0) -> str:
     assert launched["__typename"] == "LaunchRunSuccess", launched
     run_id, deadline, status = launched["run"]["runId"], time.monotonic() + timeout, None
     while time.monotonic() < deadline:
@@ -58,7 +74,7 @@ def _reexecute_and_wait(port: int, parent: str, strategy: str, timeout: float = 
 def test_the_ui_re_executes_runs_the_command_line_started(tmp_path, flywheel_home):
     home = flywheel_home
     ui_cfg, cli_cfg = tmp_path / "ui.yaml", tmp_path / "cli.yaml"
-    ui_cfg.write_text(SMALL)
+    ui_cfg.write_text(SMALL + UI_SENSORS)
     cli_cfg.write_text(SMALL + "compute: {launcher: k8s, k8s_image: flywheel:none}\n")  # no cluster here: training fails
     env = {**os.environ, "FLYWHEEL_HOME": str(home)}
     env.pop("DAGSTER_HOME", None)
@@ -71,6 +87,17 @@ def test_the_ui_re_executes_runs_the_command_line_started(tmp_path, flywheel_hom
     assert cli("simulate", "--clips", "12").returncode == 0
     failed = cli("iterate")
     assert failed.returncode == 1 and "the iteration (run " in failed.stderr, failed.stdout + failed.stderr
+    # a second batch whose ingest dies with its frames written, labels not yet
+    assert cli("simulate", "--clips", "6").returncode == 0
+    killed = subprocess.run([sys.executable, "-m", "tests.faults.driver", "frames_written", "--config", str(cli_cfg),
+                             "ingest", "--min-clips", "1"], env={**env, "PYTHONPATH": str(REPO)}, cwd=REPO,
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    before = json.loads(cli("status", "--json", config=ui_cfg).stdout)
+    second = before["batches"][1]
+    assert second["frames"] > 0 and second["ingest"]["state"] == "waiting", second  # frames, yet not done
+    assert second["ingest"]["failures"] == 1 and "process" in second["ingest"]["error"]
+    assert "the sensor retries it at" in cli("status", config=ui_cfg).stdout
 
     port = free_port()
     ui = subprocess.Popen([sys.executable, "-m", "flywheel.cli", "--config", str(ui_cfg), "ui", "--port", str(port)],
@@ -89,11 +116,13 @@ def test_the_ui_re_executes_runs_the_command_line_started(tmp_path, flywheel_hom
         assert run["status"] == "FAILURE" and tags["user"] and tags["flywheel/trigger"] == "cli"  # "Launched by"
         # from failure: the dataset step is not run again, training and the rest are, with the UI's config
         assert _reexecute_and_wait(port, run["runId"], "FROM_FAILURE") == "SUCCESS"
-        [ingest] = _runs(port, "ingest_batch")
-        assert ingest["status"] == "SUCCESS"
+        [ingest] = [r for r in _runs(port, "ingest_batch") if r["status"] == "SUCCESS"]
         assert _reexecute_and_wait(port, ingest["runId"], "ALL_STEPS") == "SUCCESS"
+        # the killed batch: a run of its partition, as the job's launchpad starts one
+        assert _wait(port, _graphql(port, LAUNCH, batch=second["batch_id"])["launchRun"]) == "SUCCESS"
     finally:
         ui.send_signal(signal.SIGINT)
         out, _ = ui.communicate(timeout=120)
-    status = cli("status", config=ui_cfg)
-    assert status.returncode == 0 and "v1" in status.stdout, status.stdout + status.stderr + out
+    after = json.loads(cli("status", "--json", config=ui_cfg).stdout)
+    assert after["champion"]["version"] == "v1", out
+    assert [b["ingest"]["state"] for b in after["batches"]] == ["done", "done"]
