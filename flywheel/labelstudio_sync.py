@@ -223,6 +223,24 @@ def local_files_root(store: LocalStore) -> Path:
     return store.path / layout.LABELING_IMAGES
 
 
+def trouble(e: Exception, url: str) -> str | None:
+    """One line on why Label Studio could not be synced with (down, refusing the token, answering an
+    error), or None for an exception that is not about reaching it (a bug: let it raise)."""
+    import httpx
+    from label_studio_sdk.core.api_error import ApiError
+
+    if isinstance(e, ApiError):
+        if e.status_code in (401, 403):
+            return (f"Label Studio at {url} refused the access token (HTTP {e.status_code}): check the variable "
+                    "labelstudio.api_key_env names")  # fmt: skip
+        return f"Label Studio at {url} answered HTTP {e.status_code}: {str(e.body)[:200]}"
+    if isinstance(e, httpx.TimeoutException):
+        return f"Label Studio at {url} did not answer in time ({type(e).__name__})"
+    if isinstance(e, httpx.HTTPError | OSError):
+        return f"Label Studio at {url} cannot be reached ({type(e).__name__}: {str(e)[:200]})"
+    return None
+
+
 def from_settings(settings) -> LabelStudioSync | None:
     """The sync the settings ask for, or None when no Label Studio is configured (the file exchange)."""
     ls = settings.labelstudio

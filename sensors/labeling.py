@@ -21,12 +21,21 @@ def label_studio_answers(
     context: dg.SensorEvaluationContext, settings: SettingsResource, store: StoreResource
 ) -> dg.SensorResult | dg.SkipReason:
     s = settings.load()
-    sync = labelstudio_sync.from_settings(s)
+    try:
+        sync = labelstudio_sync.from_settings(s)
+    except ValueError as e:  # a server but no token
+        return _trouble(context, str(e))
     if sync is None:
         return dg.SkipReason("no Label Studio set (labelstudio.url or LABEL_STUDIO_URL): the queue is the files "
                              "under labeling/")  # fmt: skip
     st = store.open()
-    pushed, written = sync.push(st), sync.pull(st)
+    try:
+        pushed, written = sync.push(st), sync.pull(st)
+    except Exception as e:  # down or refusing: one line, not a stack trace in every tick
+        line = labelstudio_sync.trouble(e, sync.url)
+        if line is None:
+            raise
+        return _trouble(context, line)
     known = set(context.instance.get_dynamic_partitions(fleet_batches.name))
     # every batch whose answers its labels do not hold yet, written by this tick or by one whose result was lost
     todo = [r for r in labelstudio_sync.unfolded(st, s.classes) if r.batch_id in known]
@@ -40,3 +49,9 @@ def label_studio_answers(
             for r in todo
         ],  # fmt: skip
     )
+
+
+def _trouble(context: dg.SensorEvaluationContext, line: str) -> dg.SkipReason:
+    """The tick says what is wrong in one line (and logs it); the next tick tries again."""
+    context.log.warning(line)
+    return dg.SkipReason(f"not synced: {line}; the next tick tries again")
