@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from flywheel.cli import Ctx
+    from flywheel.cli.base import Ctx
 
 WORKDIR = click.option("--workdir", type=click.Path(file_okay=False), default=None,
                        help="Folder for the temporary files (default: the system's).")  # fmt: skip

@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING
 from benchmarks.steps import step_timings
 
 if TYPE_CHECKING:
-    from flywheel.cli import Ctx
+    from flywheel.cli.base import Ctx
 
 
 def bench_cycle(obj: Ctx, *, clips: int, iterations: int) -> list[dict]:
     """`iterations` iterations of `clips` clips each with the config of `obj`; one row each."""
-    from flywheel.cli import Ctx, run_iteration
+    from flywheel.cli.base import Ctx
+    from flywheel.cli.driver import run_iteration
     from flywheel.sim import simulate
 
     rows = []
