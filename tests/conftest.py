@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -59,20 +60,26 @@ def flywheel_home(tmp_path, monkeypatch):
     return home
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint():
-    """A moto S3 server on 127.0.0.1, started for the test session and stopped after it."""
+@contextlib.contextmanager
+def moto_server(env: dict | None = None):
+    """A moto S3 (and IAM) server on 127.0.0.1 for the `with` block: its endpoint URL."""
     port = free_port()
     exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
-    proc = subprocess.Popen(
-        [exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], env={**os.environ, **(env or {})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         wait_for_port(port, proc=proc)
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto S3 server on 127.0.0.1, started for the test session and stopped after it."""
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

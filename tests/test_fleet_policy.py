@@ -2,10 +2,6 @@
 server that enforces IAM (moto with authentication on), a vehicle's key against the flywheel's."""
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import boto3
@@ -14,7 +10,7 @@ from botocore.exceptions import ClientError
 
 from flywheel import layout
 from flywheel.store import open_store
-from tests.conftest import free_port, wait_for_port
+from tests.conftest import moto_server
 
 POLICY = Path(__file__).parents[1] / "production" / "fleet-policy.json"
 ALL = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
@@ -30,17 +26,8 @@ def _user(iam, name: str, policy: dict) -> dict:
 @pytest.fixture
 def enforcing_s3():
     """A moto server that checks every request's key against IAM, after the first three (the admin's setup)."""
-    port = free_port()
-    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        wait_for_port(port, proc=proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "3"}) as endpoint:
+        yield endpoint
 
 
 def test_a_vehicle_key_under_the_fleet_policy_can_upload_clips_and_nothing_else(enforcing_s3, monkeypatch):
