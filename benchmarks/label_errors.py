@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.datasets import make_frames
-from benchmarks.engine import _home, _ingest
+from benchmarks.engine import EVERY_MODEL_PROMOTED, _home, _ingest
 from benchmarks.recipe import add_batch, recipe_settings, train_recipe
 from flywheel import champion, layout, loop, sim
 from flywheel.config import Settings
@@ -45,7 +45,7 @@ def bench_settings(root: Path, *, label_budget: int, steps: int, seed: int) -> S
         return Settings.model_validate({
             "train": {"steps": steps, "device": "cpu", "seed": seed},
             "engine": {"enabled": True, "label_budget": label_budget, "seed": seed},
-            "gate": {"force": True, "force_reason": "benchmark: every model is promoted"},
+            "gate": EVERY_MODEL_PROMOTED,
             "tune": {"baseline_epochs": 0},
         })  # fmt: skip
 

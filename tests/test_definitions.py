@@ -12,13 +12,13 @@ from flywheel.store import open_store
 from tests.conftest import jpeg, make_clip
 
 ROOT = Path(__file__).resolve().parent.parent
-ENTRY_POINTS = {"definitions.py", "cli.py"}
+ENTRY_POINTS = {"definitions.py"}  # and the command line, flywheel/cli/ (it drives Dagster)
 
 
 def test_domain_library_never_imports_dagster():
     offenders = []
     for path in (ROOT / "flywheel").rglob("*.py"):
-        if path.name in ENTRY_POINTS:
+        if path.name in ENTRY_POINTS or path.parent.name == "cli":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             names = []
