@@ -381,6 +381,34 @@ def recipe(obj: Ctx, datasets: tuple[str, ...], sizes: tuple[int, ...], heldout:
         _write(markdown_path, result["markdown"])
 
 
+@bench.command("recipe-merge")
+@click.argument("base", type=click.Path(exists=True, dir_okay=False))
+@click.argument("reruns", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--arm", default="resnet18", show_default=True, help="The arm the reruns replace.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="The merged JSON result file.")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the merged Markdown table to this file.")  # fmt: skip
+def recipe_merge(base: str, reruns: tuple[str, ...], arm: str, out: str, markdown_path: str | None):
+    """A `bench recipe` result (BASE) with one arm taken from reruns of it on the same seeded frames
+    (`bench recipe --no-recipe`, RERUNS), matched by dataset, size and seed and refused where the
+    held-out frames differ; summary and table recomputed.
+
+    \b
+    Example: flywheel bench recipe-merge benchmarks/results/recipe.json rerun.json --out merged.json
+    """
+    from benchmarks.recipe import merge_rerun
+
+    try:
+        result = merge_rerun(json.loads(Path(base).read_text()), [json.loads(Path(r).read_text()) for r in reruns], arm)
+    except (ValueError, KeyError) as e:
+        raise click.ClickException(f"cannot merge: {e}") from None
+    result["merged"]["files"] = [base, *reruns]
+    _emit(result, out)
+    click.echo(result["markdown"], err=True)
+    if markdown_path:
+        _write(markdown_path, result["markdown"])
+
+
 @bench.command()
 @click.option("--frames", type=click.IntRange(min=64), default=2000, show_default=True,
               help="Simulator frames the model trains on.")  # fmt: skip

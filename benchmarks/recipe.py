@@ -352,6 +352,37 @@ def bench_recipe(workdir: str | Path | None = None, *, datasets: tuple[str, ...]
     }  # fmt: skip
 
 
+def merge_rerun(base: dict, reruns: list[dict], arm: str) -> dict:
+    """`base` (a bench recipe result) with `arm` of each row replaced by the same arm of a rerun on the
+    same seeded frames (`bench recipe --no-recipe`): matched by (dataset, size, seed), refused when the
+    held-out sets' hashes differ (other frames), the summary and table recomputed. A rerun row
+    without an arm result or without a hash (rows kept from an interrupted run's progress lines:
+    `{dataset, seed, <arm>_heldout_accuracy}`) replaces accuracy alone and is marked so."""
+    rows = [dict(r) for r in base["rows"]]
+    by_key = {(r["dataset"], r["size"], r["seed"]): r for r in rows}
+    replaced = []
+    for rerun in reruns:
+        for new in rerun["rows"]:
+            key = (new["dataset"], new.get("size", next(iter(base["config"]["sizes"]))), new["seed"])
+            old = by_key.get(key)
+            if old is None:
+                raise ValueError(f"{key}: no such row in the base result")
+            if arm in new:
+                if new.get("heldout_sha256") != old["heldout_sha256"]:
+                    raise ValueError(f"{key}: the rerun scored other held-out frames than the base")
+                old[arm] = {**new[arm], "rerun": True}
+            else:
+                acc = new[f"{arm}_heldout_accuracy"]
+                old[arm] = {"accuracy": acc, "macro_f1": None, "seconds": None, "rerun": True,
+                            "learns": acc >= old["majority_share"] + baseline.LEARNED, "from_progress_line": True}  # fmt: skip
+            if "recipe" in old:
+                old["delta"] = {**old.get("delta", {}), arm: round(old["recipe"]["accuracy"] - old[arm]["accuracy"], 4)}
+            replaced.append(key)
+    summary = summarize(rows)
+    return {**base, "rows": rows, "summary": summary, "markdown": markdown(summary),
+            "merged": {"arm": arm, "rows_replaced": [list(k) for k in replaced]}}
+
+
 def interval(values: list[float]) -> tuple[float, float]:
     """Mean and the half-width of its 95 % t-interval (0 for a single value)."""
     n = len(values)
@@ -375,12 +406,14 @@ def summarize(rows: list[dict]) -> list[dict]:
                  "frames": round(sum(r["frames"] for r in group) / len(group)),
                  "majority_share": round(sum(r["majority_share"] for r in group) / len(group), 4)}  # fmt: skip
         for arm in arms:
-            acc, acc_ci = interval([r[arm]["accuracy"] for r in group])
-            f1, f1_ci = interval([r[arm]["macro_f1"] for r in group])
-            sec, sec_ci = interval([r[arm]["seconds"] for r in group])
-            entry[arm] = {"accuracy": round(acc, 4), "accuracy_ci95": round(acc_ci, 4),
-                          "macro_f1": round(f1, 4), "macro_f1_ci95": round(f1_ci, 4),
-                          "seconds": round(sec, 1), "seconds_ci95": round(sec_ci, 1)}  # fmt: skip
+            entry[arm] = {}
+            for field, digits in (("accuracy", 4), ("macro_f1", 4), ("seconds", 1)):
+                values = [r[arm][field] for r in group if r[arm].get(field) is not None]  # None: not recorded
+                mean, ci = interval(values) if values else (None, None)
+                entry[arm][field] = None if mean is None else round(mean, digits)
+                entry[arm][field + "_ci95"] = None if ci is None else round(ci, digits)
+                if values and len(values) < len(group):
+                    entry[arm][field + "_seeds"] = len(values)
             if arm in YARDSTICKS:
                 entry[arm]["learns"] = all(r[arm]["learns"] for r in group)
             to_cnn = [r[arm].get("seconds_to_cnn") for r in group if "seconds_to_cnn" in r[arm]]
@@ -417,7 +450,7 @@ def markdown(summary: list[dict]) -> str:
         a = entry[arm]
         mark = "" if a.get("learns", True) else " (did not learn)"
         if field == "seconds":
-            return f"{a['seconds']:.0f}"
+            return "–" if a["seconds"] is None else f"{a['seconds']:.0f}"
         if field == "to_cnn":
             if "reached_cnn" not in a:
                 return "–"

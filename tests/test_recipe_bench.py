@@ -28,7 +28,7 @@ from benchmarks.datasets import (
     render_headway,
     shape_centre_x,
 )
-from benchmarks.recipe import ARMS, summarize
+from benchmarks.recipe import ARMS, merge_rerun, summarize
 from flywheel.cli import main
 from flywheel.sim.render import encode_jpeg
 
@@ -246,3 +246,21 @@ def test_bench_train_step_times_every_head(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [r["head"] for r in rows] == ["both", "spatial", "coord", "pool"]
     assert all(r["image_size"] == 32 and r["images_per_s"] > 0 for r in rows)
+
+
+def test_a_rerun_arm_replaces_the_base_arm_only_on_the_same_held_out_frames():
+    base_rows = [{**_row(seed, 0.8, 0.7), "heldout_sha256": f"h{seed}", "resnet18": {"accuracy": 0.3, "macro_f1": 0.1,
+                  "seconds": 5.0, "learns": False}} for seed in (0, 1)]  # fmt: skip
+    base = {"config": {"sizes": [10]}, "rows": base_rows}
+    rerun = {"rows": [{"dataset": "d", "size": 10, "seed": 0, "heldout_sha256": "h0",
+                       "resnet18": {"accuracy": 0.75, "macro_f1": 0.7, "seconds": 9.0, "learns": True}},
+                      {"dataset": "d", "seed": 1, "resnet18_heldout_accuracy": 0.65}]}  # a progress line  # fmt: skip
+    merged = merge_rerun(base, [rerun], "resnet18")
+    [entry] = merged["summary"]
+    assert entry["resnet18"]["accuracy"] == pytest.approx(0.70) and entry["resnet18"]["learns"] is True
+    assert entry["resnet18"]["seconds"] == 9.0 and entry["resnet18"]["seconds_seeds"] == 1  # one seed timed
+    assert entry["verdict"] == "recipe ahead" and merged["rows"][1]["resnet18"]["from_progress_line"]
+    assert base["rows"][0]["resnet18"]["accuracy"] == 0.3  # the base result is left as it was
+    other = {"rows": [{**rerun["rows"][0], "heldout_sha256": "elsewhere"}]}
+    with pytest.raises(ValueError, match="other held-out frames"):
+        merge_rerun(base, [other], "resnet18")
