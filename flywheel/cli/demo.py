@@ -7,9 +7,9 @@ import json
 
 import click
 
-from flywheel.cli.base import DEMO_BUDGET, RUN_LOGS, Ctx, cli_run_tags, command, main
+from flywheel.cli.base import DEMO_BUDGET, DEMO_GATE, RUN_LOGS, Ctx, cli_run_tags, command, main
 from flywheel.cli.driver import execute, format_summary, run_iteration
-from flywheel.config import flywheel_home
+from flywheel.config import GateSettings, flywheel_home
 
 
 def answer_and_relabel(obj: Ctx) -> list[str]:
@@ -72,6 +72,8 @@ def demo(obj: Ctx, iterations: int, clips: int, label_budget: int, seed: int, en
     obj = obj.with_overrides(**{"sim.drift_clips": iterations * clips})
     if not full_recipe:
         obj = obj.with_overrides(**DEMO_BUDGET)
+    if obj.settings.gate == GateSettings():  # the config leaves the gate alone: one sized to the demo's frames
+        obj = obj.with_overrides(**DEMO_GATE)
     if engine:
         obj = obj.with_overrides(**{"engine.enabled": True, "engine.label_budget": label_budget})
     from flywheel.sim import simulate as run_sim
@@ -81,6 +83,10 @@ def demo(obj: Ctx, iterations: int, clips: int, label_budget: int, seed: int, en
     budget = f"{t.epochs} epochs" if t.epochs else f"{t.steps} steps"
     check = f"yardstick check {obj.settings.tune.baseline_epochs} epochs" if obj.settings.tune.baseline_epochs else "no yardstick check"
     click.echo(f"training: {budget} per challenger, {check}" + ("" if full_recipe else " (the demo's budget; --full-recipe for the defaults)"))
+    g = obj.settings.gate
+    click.echo(f"gate: every slice of >= {g.min_slice_frames} frames shown non-inferior at -{g.slice_tolerance}"
+               + (" (the demo's gate, for its small evaluation set; set gate: in your config for another)"
+                  if g.slice_tolerance == DEMO_GATE["gate.slice_tolerance"] else ""))  # fmt: skip
     rows, spent = [], 0
     for i in range(1, iterations + 1):
         shadow = fleet_filter(obj.store(), obj.settings)
