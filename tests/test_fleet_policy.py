@@ -9,7 +9,6 @@ import pytest
 from botocore.exceptions import ClientError
 
 from flywheel import layout
-from flywheel.store import open_store
 from tests.conftest import moto_server
 
 POLICY = Path(__file__).parents[1] / "production" / "fleet-policy.json"
@@ -30,23 +29,19 @@ def enforcing_s3():
         yield endpoint
 
 
-def test_a_vehicle_key_under_the_fleet_policy_can_upload_clips_and_nothing_else(enforcing_s3, monkeypatch):
+def test_a_vehicle_key_under_the_fleet_policy_can_upload_clips_and_nothing_else(enforcing_s3):
     where = {"endpoint_url": enforcing_s3, "region_name": "us-east-1"}
     admin = _user(boto3.client("iam", **where, aws_access_key_id="setup", aws_secret_access_key="setup"), "flywheel", ALL)
     boto3.client("s3", **where, **admin).create_bucket(Bucket="fleet-bucket")
     policy = json.loads(POLICY.read_text().replace("BUCKET", "fleet-bucket").replace("PREFIX", "fw"))
     vehicle = _user(boto3.client("iam", **where, **admin), "veh001", policy)
 
-    for name, value in {"AWS_ACCESS_KEY_ID": vehicle["aws_access_key_id"],
-                        "AWS_SECRET_ACCESS_KEY": vehicle["aws_secret_access_key"]}.items():  # fmt: skip
-        monkeypatch.setenv(name, value)  # the store takes boto3's usual chain, as a vehicle's uploader would
-    fleet = open_store("s3://fleet-bucket/fw", endpoint_url=enforcing_s3)
+    s3 = boto3.client("s3", **where, **vehicle)  # a vehicle's uploader, with its own key
     clip = layout.landing_key("veh001", "2026-01-05", "veh001-000001-s0")
-    fleet.write_bytes(clip, b"an MCAP clip")  # allowed: an upload to landing/
+    s3.put_object(Bucket="fleet-bucket", Key=f"fw/{clip}", Body=b"an MCAP clip")  # allowed: an upload to landing/
 
-    s3 = boto3.client("s3", **where, **vehicle)
     denied = {
-        "write a dataset": lambda: fleet.write_bytes("datasets/perception/v1/manifest.json", b"{}"),
+        "write a dataset": lambda: s3.put_object(Bucket="fleet-bucket", Key="fw/datasets/perception/v1/manifest.json", Body=b"{}"),
         "write beside landing": lambda: s3.put_object(Bucket="fleet-bucket", Key="fw/deploy/current.json", Body=b"{}"),
         "read a clip back": lambda: s3.get_object(Bucket="fleet-bucket", Key=f"fw/{clip}"),
         "list the bucket": lambda: s3.list_objects_v2(Bucket="fleet-bucket"),
