@@ -294,6 +294,27 @@ def test_queue_batch_sends_only_unsure_frames_within_budget(tmp_path):
     assert cold["queued"] == 7 and [q["batch_id"] for q in read_queue(store)] == ["b1", "b2", "b4", "b3"]
 
 
+def test_same_uploads_get_the_same_random_picks_and_answers_in_every_run(tmp_path):
+    # a batch id carries its upload time, so two runs of one fleet name a batch apart: the cold-start sample
+    # and the simulated team's errors must follow the frames, not the name
+    frames = frames_table(40)
+    picks, answers = [], []
+    for run, batch in (("r1", "20260101T000000-aa"), ("r2", "20261231T235959-bb")):
+        store = LocalStore(tmp_path / run)
+        _batch_in_store(store, frames, batch)
+        queue_batch(store, batch, frames.take(np.arange(40)[::-1]), None, classes=CLASSES,
+                    engine=EngineSettings(label_budget=10))  # fmt: skip
+        picks.append(sorted(t["data"]["frame_id"] for t in store.read_json(layout.queue_key(batch))))
+        answer_queue(store, classes=CLASSES, error_rate=0.5)
+        answers.append(human_labels(read_exports(store), CLASSES))
+    assert len(picks[0]) == 10 and picks[0] == picks[1]
+    assert answers[0] == answers[1] and 0 < sum(c != 0 for c in answers[0].values()) < 10  # some flipped, alike
+    other = queue_batch(LocalStore(tmp_path / "r3"), "b", frames, None, classes=CLASSES,
+                        engine=EngineSettings(label_budget=10, seed=1))  # fmt: skip
+    assert other["queued"] == 10 and sorted(
+        t["data"]["frame_id"] for t in LocalStore(tmp_path / "r3").read_json(other["key"])) != picks[0]
+
+
 # ---------------------------------------------------------------- selection
 
 

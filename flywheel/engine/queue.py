@@ -16,6 +16,7 @@ bigger task files. The formats themselves are in flywheel/labelstudio.py.
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections import Counter
 from collections.abc import Sequence
 
@@ -29,6 +30,13 @@ from flywheel.predict import Predictions
 from flywheel.store import Store
 
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
+
+
+def frames_rng(seed: int, frame_ids: Sequence[str]) -> np.random.Generator:
+    """A generator drawn from `seed` and the frames themselves, in any order: the same uploads give the same
+    draws in every run (a batch id carries the upload time, so two runs of one fleet would pick apart)."""
+    digest = hashlib.sha256("\n".join(sorted(frame_ids)).encode()).digest()
+    return np.random.default_rng([seed, *digest[:16]])
 
 
 def image_key(batch_id: str, frame_id: str, fmt: str = "jpeg") -> str:
@@ -61,9 +69,10 @@ def queue_batch(
     if store.exists(key):
         return {"key": key, "queued": len(store.read_json(key)), "strategy": "queued by an earlier run"}
     if scores is None:
-        rng = np.random.default_rng([engine.seed, *batch_id.encode()])
-        chosen = rng.choice(len(fids), size=min(engine.label_budget, len(fids)), replace=False)
-        write_queue(store, batch_id, frames, [fids[i] for i in chosen], image_url_prefix=engine.image_url_prefix)
+        ranked = sorted(fids)
+        chosen = frames_rng(engine.seed, ranked).choice(len(ranked), size=min(engine.label_budget, len(ranked)),
+                                                        replace=False)  # fmt: skip
+        write_queue(store, batch_id, frames, [ranked[i] for i in chosen], image_url_prefix=engine.image_url_prefix)
         return {"key": key, "queued": len(chosen), "candidates": len(fids), "strategy": "random (no champion)"}
     probs, emb = scores.probs, scores.embeddings
     # what the champion will auto-label needs no person; without auto labels every frame is a candidate

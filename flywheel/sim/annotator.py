@@ -43,7 +43,6 @@ def answer_queue(
         if q["done"]:
             continue
         truth = _ground_truth(store, q["batch_id"])
-        rng = np.random.default_rng([seed, *q["batch_id"].encode()])
         export = []
         for k, task in enumerate(q["tasks"]):
             fid = task["data"]["frame_id"]
@@ -52,6 +51,7 @@ def answer_queue(
                 raise ValueError(f"{store.uri(q['key'])}: queued frame {fid} has no ground truth to answer with")
             if name not in classes:
                 raise ValueError(f"ground truth of {fid} is {name!r}, not one of {list(classes)}")
+            rng = np.random.default_rng([seed, *fid.encode()])  # the frame's own draw: same in every run
             if rng.random() < error_rate:
                 name = [c for c in classes if c != name][rng.integers(len(classes) - 1)]
                 flipped += 1
