@@ -150,6 +150,23 @@ def worker_start(repeats: int, out: str):
 
 
 @bench.command()
+@click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True, help="Timed runs per way.")
+@click.option("--imports", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Cold imports of the code location timed.")  # fmt: skip
+@_result_file("launch")
+def launch(runs: int, imports: int, out: str):
+    """Seconds per run of the command line's driver (a run the UI can re-execute) against Dagster's
+    execute_in_process, on a job that does nothing, and of the cold import a launched run pays first.
+
+    \b
+    Example: flywheel bench launch --runs 5 --out -
+    """
+    from benchmarks.launch import bench_launch
+
+    _emit(bench_launch(runs=runs, imports=imports), out)
+
+
+@bench.command()
 @click.option("--reps", type=click.IntRange(min=10), default=200, show_default=True, help="Replayed turns per scenario.")
 @click.option("--sizes", callback=_csv(int), default="100,300", show_default=True,
               help="Test frames per condition (and about as many per class).")  # fmt: skip
@@ -376,6 +393,42 @@ def recipe(obj: Ctx, datasets: tuple[str, ...], sizes: tuple[int, ...], heldout:
     except ValueError as e:  # an unknown dataset, a bad override: say which
         raise click.ClickException(str(e)) from None
     _emit(result, out or f"benchmarks/results/recipe{'_quick' if quick else ''}.json")
+    click.echo(result["markdown"], err=True)
+    if markdown_path:
+        _write(markdown_path, result["markdown"])
+
+
+@bench.command("recipe-compare")
+@click.argument("variants", nargs=-1, required=True, metavar="LABEL=RESULT.json...")
+@click.option("--base", required=True, help="The label whose recipe arm the others are compared with.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="The JSON result file.")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the Markdown table to this file.")  # fmt: skip
+def recipe_compare(variants: tuple[str, ...], base: str, out: str, markdown_path: str | None):
+    """`bench recipe` results of recipe variants (other --set values) side by side, row by row on the
+    same seeded frames: accuracy, the paired difference from BASE's recipe, and seconds over the CNN's.
+
+    \b
+    Example: flywheel bench recipe-compare steps800=recipe.json steps200=recipe_steps200.json --base steps800 \\
+        --out /tmp/compare.json
+    """
+    from benchmarks.recipe import compare
+
+    loaded = {}
+    for v in variants:
+        label, sep, path = v.partition("=")
+        if not sep or not label or not path:
+            raise click.BadParameter(f"{v!r}: expected LABEL=RESULT.json", param_hint="VARIANTS")
+        try:
+            loaded[label] = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise click.ClickException(f"{path}: {e}") from None
+    try:
+        result = compare(loaded, base)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    result["sources"] = {label: path for label, _, path in (v.partition("=") for v in variants)}
+    _emit(result, out)
     click.echo(result["markdown"], err=True)
     if markdown_path:
         _write(markdown_path, result["markdown"])

@@ -471,3 +471,54 @@ def markdown(summary: list[dict]) -> str:
                      + f" | {e['verdict']} | " + " / ".join(cell(e, a, "seconds") for a in arms)
                      + (" | " + " / ".join(cell(e, a, "to_cnn") for a in arms) if timed else "") + " |")  # fmt: skip
     return "\n".join(lines)
+
+
+def compare(variants: dict[str, dict], base: str, arms: tuple[str, ...] = ("recipe", "recipe_refit")) -> dict:
+    """Recipe variants (`bench recipe` results run with other `--set` values, keyed by a label) against
+    the `base` variant's `recipe` arm, row by row on the same seeded frames (held-out hashes must
+    match): per dataset and variant arm, the accuracy's mean and 95 % interval, the paired difference
+    from the base (mean, interval, seeds ahead) and the arm's seconds over the CNN's of the same run
+    (a ratio, so runs on a busier machine still compare)."""
+    keyed = {label: {(r["dataset"], r["size"], r["seed"]): r for r in result["rows"]} for label, result in variants.items()}
+    if base not in keyed:
+        raise ValueError(f"base {base!r} is not one of the variants {sorted(keyed)}")
+    out = []
+    for key in sorted(keyed[base], key=lambda k: (k[0], k[1])):
+        if any(e["dataset"] == key[0] and e["size"] == key[1] for e in out):
+            continue
+        seeds = sorted(s for (d, z, s) in keyed[base] if (d, z) == key[:2])
+        entry = {"dataset": key[0], "size": key[1], "seeds": seeds, "arms": {}}
+        base_rows = [keyed[base][(key[0], key[1], s)] for s in seeds]
+        for label, rows in keyed.items():
+            for arm in arms:
+                group = [rows.get((key[0], key[1], s)) for s in seeds]
+                if any(r is None or arm not in r for r in group):
+                    continue
+                for r, b in zip(group, base_rows, strict=True):
+                    if r["heldout_sha256"] != b["heldout_sha256"]:
+                        raise ValueError(f"{label} {key[0]} seed {r['seed']}: other held-out frames than {base}")
+                acc = [r[arm]["accuracy"] for r in group]
+                diff = [a - b["recipe"]["accuracy"] for a, b in zip(acc, base_rows, strict=True)]
+                ratio = [r[arm]["seconds"] / r["cnn"]["seconds"] for r in group
+                         if r[arm].get("seconds") and r.get("cnn", {}).get("seconds")]  # fmt: skip
+                mean, ci = interval(acc)
+                dmean, dci = interval(diff)
+                cnn = [r["cnn"]["accuracy"] for r in group if "cnn" in r]
+                entry["arms"][f"{label}:{arm}"] = {
+                    "accuracy": round(mean, 4), "accuracy_ci95": round(ci, 4),
+                    "vs_base": round(dmean, 4), "vs_base_ci95": round(dci, 4),
+                    "ahead_of_base": f"{sum(d > 0 for d in diff)}/{len(diff)}",
+                    "vs_cnn": round(sum(a - c for a, c in zip(acc, cnn, strict=True)) / len(cnn), 4) if len(cnn) == len(acc) else None,
+                    "seconds_over_cnn": round(sum(ratio) / len(ratio), 2) if ratio else None,
+                }  # fmt: skip
+        out.append(entry)
+    lines = ["| dataset | variant | accuracy | vs base (paired) | seeds ahead of base | vs cnn | seconds / cnn's |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for e in out:
+        for name, a in e["arms"].items():
+            ratio = "–" if a["seconds_over_cnn"] is None else f"{a['seconds_over_cnn']:.2f}"
+            vs_cnn = "–" if a["vs_cnn"] is None else f"{a['vs_cnn']:+.3f}"
+            lines.append(f"| {e['dataset']} | {name} | {a['accuracy']:.3f} ± {a['accuracy_ci95']:.3f} | "
+                         f"{a['vs_base']:+.3f} ± {a['vs_base_ci95']:.3f} | {a['ahead_of_base']} | {vs_cnn} | {ratio} |")  # fmt: skip
+    return {"base": f"{base}:recipe", "variants": {k: v.get("config", {}).get("overrides") for k, v in variants.items()},
+            "rows": out, "markdown": "\n".join(lines)}  # fmt: skip

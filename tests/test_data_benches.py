@@ -47,3 +47,13 @@ def test_bench_worker_start_checks_a_clip_each_way_in_a_dagster_step_under_both_
     assert len(result) == 2  # the console-script main and `python -m dagster`
     for ways in result.values():  # each way's worker returned an "ok" verdict for the clip (else the step fails)
         assert set(ways) == {"flywheel.workers, fork", "flywheel.workers, exec", "forkserver pool"} and all(s > 0 for s in ways.values())
+
+
+def test_bench_launch_records_every_run_of_both_ways(tmp_path):
+    out = tmp_path / "launch.json"
+    run = CliRunner().invoke(main, ["bench", "launch", "--runs", "2", "--imports", "1", "--out", str(out)])
+    assert run.exit_code == 0, run.output
+    result = json.loads(out.read_text())
+    assert result["runs_recorded"] == 2 * (2 + 1)  # two timed runs and a warm-up per way, all in the instance
+    assert all(len(v) == 2 and min(v) > 0 for v in result["seconds_per_run"].values())
+    assert result["cold_import_of_the_code_location_seconds"][0] > 0

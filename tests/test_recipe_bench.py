@@ -264,3 +264,29 @@ def test_a_rerun_arm_replaces_the_base_arm_only_on_the_same_held_out_frames():
     other = {"rows": [{**rerun["rows"][0], "heldout_sha256": "elsewhere"}]}
     with pytest.raises(ValueError, match="other held-out frames"):
         merge_rerun(base, [other], "resnet18")
+
+
+def test_recipe_compare_pairs_variants_with_the_base_seed_by_seed(tmp_path):
+    def result(acc: list[float], seconds: float, sha: str = "h") -> dict:
+        rows = [{"dataset": "d", "size": 10, "seed": s, "heldout_sha256": f"{sha}{s}",
+                 "recipe": {"accuracy": a, "seconds": seconds}, "cnn": {"accuracy": 0.7, "seconds": 10.0}}
+                for s, a in enumerate(acc)]  # fmt: skip
+        return {"config": {"overrides": {}}, "rows": rows}
+
+    files = {"long": result([0.8, 0.9, 0.7], 40.0), "short": result([0.82, 0.91, 0.69], 15.0),
+             "elsewhere": result([0.8, 0.9, 0.7], 40.0, sha="x")}  # fmt: skip
+    for name, content in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(content))
+    out = tmp_path / "cmp.json"
+    args = ["bench", "recipe-compare", f"long={tmp_path / 'long.json'}", f"short={tmp_path / 'short.json'}",
+            "--base", "long", "--out", str(out)]  # fmt: skip
+    run = CliRunner().invoke(main, args)
+    assert run.exit_code == 0, run.output
+    [row] = json.loads(out.read_text())["rows"]
+    short = row["arms"]["short:recipe"]
+    assert short["vs_base"] == pytest.approx(0.0067, abs=1e-4) and short["ahead_of_base"] == "2/3"
+    assert short["seconds_over_cnn"] == 1.5 and row["arms"]["long:recipe"]["seconds_over_cnn"] == 4.0
+    assert short["vs_cnn"] == pytest.approx(0.1067, abs=1e-4)
+    bad = CliRunner().invoke(main, [*args[:4], f"elsewhere={tmp_path / 'elsewhere.json'}", *args[4:]])
+    assert bad.exit_code != 0 and "other held-out frames" in bad.output
+    assert CliRunner().invoke(main, [*args[:3], "nolabel", *args[4:]]).exit_code != 0
