@@ -77,4 +77,5 @@ def bench_launch(runs: int = 20, imports: int = 3) -> dict:
         "driver_overhead_seconds_per_run": round(median["driver.execute"] - median["execute_in_process"], 4),
         "seconds_per_run": {k: [round(s, 4) for s in v] for k, v in seconds.items()},
         "cold_import_of_the_code_location_seconds": [round(s, 2) for s in cold],
+        "load_average": [round(x, 1) for x in os.getloadavg()],  # other work on the machine meanwhile
     }
