@@ -34,8 +34,8 @@ import torch
 from flywheel import ingest, layout, loop, sim
 from flywheel.config import CONDITIONS, Settings
 from flywheel.engine import campaigns
-from flywheel.engine.quality import auto_accuracy_vs_truth
 from flywheel.engine.shadow import fleet_filter
+from flywheel.labeling.quality import auto_accuracy_vs_truth
 from flywheel.model import load_weights
 from flywheel.model_input import frames_to_input
 from flywheel.predict import predict

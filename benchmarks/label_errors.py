@@ -5,7 +5,7 @@ A flywheel on the built-in simulator (demo-sized renders, the demo's training bu
 engine on: the first batch trains a champion from human labels; on each later batch the simulated
 labeling team (flywheel/sim/annotator.py) answers the queue wrong at `error_rate`, and the champion,
 which never saw that batch, scores it. Every human label whose answer differs from the clip's hidden
-ground truth is an injected error. `flywheel.engine.quality.find_label_errors` flags labels from three
+ground truth is an injected error. `flywheel.labeling.quality.find_label_errors` flags labels from three
 sources of out-of-sample probabilities: the champion's alone, a cross-validated model of the batch's own
 labels on the champion's embeddings, and their mean (the check's default); per source and minimum score
 (p[suggested] - p[given]) the benchmark reports how many flags are real errors (precision) and how
@@ -29,7 +29,7 @@ from benchmarks.engine import EVERY_MODEL_PROMOTED, _home, _ingest
 from benchmarks.recipe import add_batch, recipe_settings, train_recipe
 from flywheel import champion, layout, loop, sim
 from flywheel.config import Settings
-from flywheel.engine.quality import blended_probs, cross_validated_probs, find_label_errors
+from flywheel.labeling.quality import blended_probs, cross_validated_probs, find_label_errors
 from flywheel.model import load_weights
 from flywheel.model_input import decode_images
 from flywheel.predict import predict

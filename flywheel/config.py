@@ -300,7 +300,7 @@ class ComputeSettings(_Section):
 
 
 class LabelStudioSettings(_Section):
-    """A Label Studio server for the human queue (flywheel/labelstudio_sync.py); without one, the
+    """A Label Studio server for the human queue (flywheel/labeling/labelstudio_sync.py); without one, the
     queue is the file exchange under labeling/ alone."""
 
     url: str | None = None  # None: $LABEL_STUDIO_URL, else no server

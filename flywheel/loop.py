@@ -37,11 +37,11 @@ from flywheel import (
 )
 from flywheel.augment import balance_report, load_pipeline, oversample, sample_grid_png
 from flywheel.config import Settings
-from flywheel.engine.quality import auto_accuracy_vs_truth, label_errors
-from flywheel.engine.queue import queue_batch, read_exports
 from flywheel.evaluate import evaluate_model, flat_metrics, score
 from flywheel.gate import PairedPredictions, decide
-from flywheel.labels import build_labels, fingerprint, hide_ground_truth
+from flywheel.labeling.labels import build_labels, fingerprint, hide_ground_truth
+from flywheel.labeling.quality import auto_accuracy_vs_truth, label_errors
+from flywheel.labeling.queue import queue_batch, read_exports
 from flywheel.model import FrameClassifier, load_weights
 from flywheel.predict import predict
 from flywheel.reader import ShardReader, load_arrays

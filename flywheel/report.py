@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flywheel import dataset, deploy, layout, recovery
 from flywheel.config import Settings
-from flywheel.engine.queue import human_labels_spent
 from flywheel.ingest import list_batches, pending_clips
+from flywheel.labeling.queue import human_labels_spent
 from flywheel.store import Store
 from flywheel.tracking import CHALLENGER, Tracker
 

@@ -1,10 +1,10 @@
 """The Label Studio sensor: queued frames go to the project, settled answers come back and relabel
-their batch (flywheel/labelstudio_sync.py). Without a configured server it skips: the queue is then
+their batch (flywheel/labeling/labelstudio_sync.py). Without a configured server it skips: the queue is then
 the file exchange under labeling/."""
 
 import dagster as dg
 
-from flywheel import labelstudio_sync
+from flywheel.labeling import labelstudio_sync
 from jobs import relabel_batch
 from resources import SettingsResource, StoreResource
 from resources.partitions import fleet_batches

@@ -20,7 +20,7 @@ from flywheel.dataset import (
     verify_shards,
 )  # fmt: skip
 from flywheel.diff import diff_versions
-from flywheel.labels import build_labels
+from flywheel.labeling.labels import build_labels
 from flywheel.schema import DATASET, FRAMES
 from flywheel.store import open_store
 

@@ -9,9 +9,9 @@ import torch
 from flywheel import champion, dataset, deploy, evalset, layout, loop
 from flywheel.config import load_settings
 from flywheel.definitions import build_definitions
-from flywheel.engine.queue import human_labels_spent
 from flywheel.evaluate import score
 from flywheel.ingest import commit_batch, plan_batch
+from flywheel.labeling.queue import human_labels_spent
 from flywheel.model import load_weights
 from flywheel.predict import predict
 from flywheel.reader import load_arrays

@@ -227,7 +227,7 @@ def auto_label_accuracy(store, settings, batch_ids: list[str]) -> dict:
     """The champion's auto labels of these batches against the clips' hidden ground truth (the
     simulator's): {"compared", "correct", "accuracy"}; accuracy None when nothing compares."""
     from flywheel import layout
-    from flywheel.engine.quality import auto_accuracy_vs_truth
+    from flywheel.labeling.quality import auto_accuracy_vs_truth
 
     compared = correct = 0
     for b in batch_ids:

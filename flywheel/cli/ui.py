@@ -42,8 +42,8 @@ def ui(obj: Ctx, host: str, port: int, label_studio: bool, label_studio_port: in
 
 def _start_label_studio(obj: Ctx, env: dict, port: int):
     """Start Label Studio beside Dagster and point the sensor at it (LABEL_STUDIO_URL and its token)."""
-    from flywheel import labelstudio_server
-    from flywheel.labelstudio_sync import local_files_root
+    from flywheel.labeling import labelstudio_server
+    from flywheel.labeling.labelstudio_sync import local_files_root
     from flywheel.store import LocalStore
 
     st, s = obj.store(), obj.settings

@@ -1,10 +1,8 @@
-"""The data engine: shadow-mode upload triggers, the human queue, active selection, label quality.
+"""The data engine: which clips the fleet uploads and which frames are worth a person's time.
 
     shadow     the deployed model flags clips the fleet should upload (`low_confidence`)
-    queue      which frames of a batch go to people; Label Studio tasks out, exports back
     select     which frames a human labels within a budget; confidence measures
-    quality    auto-label accuracy, label errors by confident learning
+    campaigns  targeted collection: clips like a given few, asked of the fleet
 
-Auto-labels themselves are `labels.build_labels(..., auto_probs=...)`: the champion's scores,
-computed once per batch by the labels stage (flywheel/loop.py).
+The human queue itself, the auto labels and their quality are flywheel/labeling/.
 """

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from flywheel import labelstudio, layout
-from flywheel.engine.queue import read_queue
+from flywheel import layout
+from flywheel.labeling import labelstudio
+from flywheel.labeling.queue import read_queue
 from flywheel.store import Store
 
 ANNOTATOR = "simulated-annotator"

@@ -18,11 +18,12 @@ import dagster as dg
 import pytest
 import requests
 
-from flywheel import dataset, labelstudio, labelstudio_server, labelstudio_sync, layout, loop
+from flywheel import dataset, layout, loop
 from flywheel.config import load_settings
 from flywheel.definitions import build_definitions
 from flywheel.diff import diff_versions
 from flywheel.ingest import commit_batch, plan_batch
+from flywheel.labeling import labelstudio, labelstudio_server, labelstudio_sync
 from flywheel.sim import simulate
 from flywheel.store import open_store
 from resources import resources_for

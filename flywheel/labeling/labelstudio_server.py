@@ -155,5 +155,5 @@ def wait_ready(server: Server, *, timeout_s: float) -> None:
     raise RuntimeError(f"Label Studio at {server.url} did not answer within {timeout_s:.0f} s; its log: {server.log}")
 
 
-if __name__ == "__main__":  # python -m flywheel.labelstudio_server: build the environment now (needs only Python)
+if __name__ == "__main__":  # python -m flywheel.labeling.labelstudio_server: build the environment now (needs only Python)
     print(ensure_installed())

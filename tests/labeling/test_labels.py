@@ -11,9 +11,9 @@ import pytest
 
 from flywheel import layout, loop
 from flywheel.config import load_settings
-from flywheel.engine.queue import read_exports
-from flywheel.labels import build_labels, unlabeled_frame_ids
-from flywheel.labelstudio import human_labels
+from flywheel.labeling.labels import build_labels, unlabeled_frame_ids
+from flywheel.labeling.labelstudio import human_labels
+from flywheel.labeling.queue import read_exports
 from flywheel.schema import FRAMES, LABELS
 from flywheel.store import open_store
 

@@ -10,7 +10,7 @@ LOCAL_FILES_DOCUMENT_ROOT at the store's parent, or `https://cdn.example/` in fr
 bucket), else the store URI of the image (`s3://bucket/prefix/labeling/images/...`, which
 Label Studio resolves through a connected S3 source storage, or a local path). With
 `inline_images=True` the image is a `data:` URI in the task itself: no storage to connect,
-bigger task files. The formats themselves are in flywheel/labelstudio.py.
+bigger task files. The formats themselves are in flywheel/labeling/labelstudio.py.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
-from flywheel import labelstudio, layout
+from flywheel import layout
 from flywheel.config import EngineSettings
 from flywheel.engine.select import select_for_labeling
+from flywheel.labeling import labelstudio
 from flywheel.predict import Predictions
 from flywheel.store import Store
 

@@ -3,7 +3,7 @@
 Precedence is human > ground_truth > auto: a person who looked at the frame in Label Studio
 overrides the annotation that came with the clip, and both override the model. Frames that no
 source labels are left out (and counted), so they can be queued for a human. Human answers come
-in Label Studio's export format (flywheel/labelstudio.py); an export file or task that cannot be
+in Label Studio's export format (flywheel/labeling/labelstudio.py); an export file or task that cannot be
 read is skipped and listed in the stats (`skipped_exports`: file, task, why), so one bad export
 never fails a batch and the good answers still count.
 
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from flywheel.labelstudio import human_labels
+from flywheel.labeling.labelstudio import human_labels
 from flywheel.schema import LABELS
 
 

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pytest
 import requests
 
-from flywheel import labelstudio, layout
-from flywheel.engine.queue import write_queue
-from flywheel.labelstudio_sync import (
+from flywheel import layout
+from flywheel.labeling import labelstudio
+from flywheel.labeling.labelstudio_sync import (
     LabelStudioSync,
     _choices,
     _export_task,
@@ -19,6 +19,7 @@ from flywheel.labelstudio_sync import (
     stale,
     unfolded,
 )
+from flywheel.labeling.queue import write_queue
 from flywheel.schema import LABELS
 from flywheel.store import open_store
 from tests.conftest import jpeg

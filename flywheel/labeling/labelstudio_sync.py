@@ -1,6 +1,6 @@
 """The human queue on a real Label Studio server: queued tasks in, finished annotations back out.
 
-The queue files (`labeling/queue/<batch>.json`, flywheel/engine/queue.py) stay the source of
+The queue files (`labeling/queue/<batch>.json`, flywheel/labeling/queue.py) stay the source of
 truth; this module mirrors them into one Label Studio project and mirrors its answers back as
 exports under `labeling/done/<batch>.json`, the same files the no-server exchange uses, so the
 labels stage reads both the same way.
@@ -15,7 +15,7 @@ labels stage reads both the same way.
            queued (the store's key), never by the URL the server was given
 
 Sync is idempotent: tasks are matched by `data.frame_id`, exports are compared before they are
-written. The SDK is `label-studio-sdk`; the server is started by flywheel/labelstudio_server.py
+written. The SDK is `label-studio-sdk`; the server is started by flywheel/labeling/labelstudio_server.py
 or is any Label Studio a team runs.
 """
 
@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from flywheel import labelstudio, layout
-from flywheel.engine.queue import read_queue
+from flywheel import layout
+from flywheel.labeling import labelstudio
+from flywheel.labeling.queue import read_queue
 from flywheel.store import LocalStore, S3Store, Store
 
 PRESIGN_S = 7 * 24 * 3600  # the longest an S3 presigned URL may live (SigV4)
