@@ -4,7 +4,7 @@ import dagster as dg
 
 from assets.ingest import STORE_RETRY, frames
 from assets.ui import counts_md, png_md, table_md
-from flywheel import loop
+from flywheel import stages
 from flywheel.diff import diff_versions
 from flywheel.diff import markdown as diff_markdown
 from flywheel.plots import diff_png
@@ -20,7 +20,7 @@ LABEL_ERRORS = dg.AssetCheckSpec("likely_label_errors", asset="labels", blocking
 def labels(context: dg.AssetExecutionContext, settings: SettingsResource, store: StoreResource):
     """The label of each frame of a batch: human (Label Studio) > ground truth > auto, with confidence."""
     st = store.open()
-    stats = loop.label_batch(st, settings.load(), context.partition_key)
+    stats = stages.label_batch(st, settings.load(), context.partition_key)
     found = stats["label_errors"]
     auto = stats.get("auto_accuracy") or {}
     yield dg.MaterializeResult(
@@ -53,7 +53,7 @@ def labels(context: dg.AssetExecutionContext, settings: SettingsResource, store:
 def augmented(context: dg.AssetExecutionContext, settings: SettingsResource, store: StoreResource) -> dg.MaterializeResult:
     """Labeled rows of a batch with its split, plus augmented copies of rare train groups."""
     s = settings.load()
-    out = loop.augment_batch(store.open(), s, context.partition_key)
+    out = stages.augment_batch(store.open(), s, context.partition_key)
     balance = out["balance"]
     named = [{**g["group"], "label": s.classes[g["group"]["label"]]} if "label" in g["group"] else g["group"]
              for g in balance["groups"]]  # class names, not indices
@@ -78,7 +78,7 @@ def augmented(context: dg.AssetExecutionContext, settings: SettingsResource, sto
 def training_dataset(settings: SettingsResource, store: StoreResource) -> dg.MaterializeResult:
     """The versioned, sharded training dataset: version N+1 = version N's shards + shards of new batches."""
     st, s = store.open(), settings.load()
-    manifest, created = loop.build_dataset_version(st, s)
+    manifest, created = stages.build_dataset_version(st, s)
     counts = manifest.get("counts", {})
     changes = {}
     if manifest.get("parent"):  # what this version adds to its parent

@@ -6,7 +6,7 @@ import dagster as dg
 from assets.dataset import training_dataset
 from assets.training import train_through_pipes
 from assets.ui import png_md, say, table_md
-from flywheel import loop, plots, tune
+from flywheel import approvals, plots, stages, tune
 from flywheel.engine import campaigns
 from flywheel.evaluate import compare, compare_markdown
 from flywheel.tracking import ui_urls
@@ -63,7 +63,7 @@ def challenger(
     ranks) launched through Dagster Pipes; MLflow alias `challenger`. With nothing new to learn from,
     the challenger is kept without launching anything."""
     tracker, s = mlflow.tracker(context), settings.load()
-    out = loop.kept_challenger(store.open(), s, tracker, device=compute.device, world_size=s.compute.nproc_per_node)
+    out = stages.kept_challenger(store.open(), s, tracker, device=compute.device, world_size=s.compute.nproc_per_node)
     if out is None:
         out = train_through_pipes(context, s, device=compute.device)
     else:
@@ -122,7 +122,7 @@ def evaluation(context: dg.AssetExecutionContext, settings: SettingsResource, st
                mlflow: MlflowResource, compute: ComputeResource):  # fmt: skip
     """Challenger and champion scored on the same frames (test split + golden set), and the gate."""
     s = settings.load()
-    out = loop.evaluate_challenger(store.open(), s, mlflow.tracker(context), device=compute.device)
+    out = stages.evaluate_challenger(store.open(), s, mlflow.tracker(context), device=compute.device)
     ch, gate = out["challenger"], out["gate"]
     outcome = "promoted" if gate["passed"] else "kept"
     context.instance.add_run_tags(context.run_id, {GATE_TAG: outcome})
@@ -184,18 +184,18 @@ def deployed(context: dg.AssetExecutionContext, config: ApprovalConfig, settings
     a required approval is missing."""
     st, s, tracker = store.open(), settings.load(), mlflow.tracker()
     if config.approve_version:
-        record = loop.approve(st, s, tracker, config.approve_version, by=config.approved_by,
+        record = approvals.approve(st, s, tracker, config.approve_version, by=config.approved_by,
                               reason=config.reason or "", via=f"dagster run {context.run_id}")  # fmt: skip
         say(context, f"approved by {record['by']} (account {record['account']}@{record['host']}) "
                      f"at {record['at']}: {record['reason']}")  # fmt: skip
-    held = loop.held_back(st, s, tracker)
+    held = approvals.held_back(st, s, tracker)
     if held is not None:
         outcome, why = held
         if outcome == "awaiting-approval":  # the evaluation step tagged the gate's own outcome
             context.instance.add_run_tags(context.run_id, {GATE_TAG: outcome})
         say(context, f"not deployed: {why}")
         return
-    out = loop.deploy_challenger(st, s, tracker)
+    out = stages.deploy_challenger(st, s, tracker)
     yield dg.MaterializeResult(
         metadata={
             "version": out["version"],

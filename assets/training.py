@@ -14,7 +14,7 @@ from flywheel.config import Settings
 
 
 def train_through_pipes(context: dg.AssetExecutionContext, s: Settings, *, device: str) -> dict:
-    """What `loop.train_challenger` returns, from rank 0 of a torchrun launched through Pipes."""
+    """What `stages.train_challenger` returns, from rank 0 of a torchrun launched through Pipes."""
     c = s.compute
     if c.launcher == "k8s":
         from dagster_k8s import PipesK8sClient

@@ -2,7 +2,7 @@
 
 Flywheels from the same seeds, each in its own home (store + MLflow), with the same human-label
 budget and the same uploads per iteration, all driven through the production stage functions
-(flywheel/ingest.py, flywheel/loop.py) and the simulated labeling team (flywheel/sim/annotator.py),
+(flywheel/ingest.py, flywheel/stages.py) and the simulated labeling team (flywheel/sim/annotator.py),
 so the benchmark measures the pipeline a user runs. An arm is a set of the engine's parts:
   shadow:   the deployed model picks the fleet's uploads (low_confidence triggers)
   select:   active selection (hybrid) of the frames people label; without it, uniformly random frames
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flywheel import ingest, layout, loop, sim
+from flywheel import ingest, layout, sim, stages
 from flywheel.config import CONDITIONS, Settings
 from flywheel.engine import campaigns
 from flywheel.engine.shadow import fleet_filter
@@ -144,15 +144,15 @@ def run_arm(arm: str, workdir: Path, *, iterations: int, clips_per_iteration: in
         shadow = fleet_filter(store, settings) if {"shadow", "campaign"} & set(parts) else None
         sim.simulate(store, settings, clips=clips_per_iteration, seed=seed, upload_filter=shadow)
         batch_id = _ingest(store, settings)
-        queued = loop.label_batch(store, settings, batch_id)["queued"]
+        queued = stages.label_batch(store, settings, batch_id)["queued"]
         answered = answer_queue(store, classes=settings.classes, seed=seed)["answered"]
-        stats = loop.label_batch(store, settings, batch_id)  # again, with the answers
-        loop.augment_batch(store, settings, batch_id)
-        manifest, _ = loop.build_dataset_version(store, settings)
-        loop.train_challenger(store, settings, tracker, device="cpu")
+        stats = stages.label_batch(store, settings, batch_id)  # again, with the answers
+        stages.augment_batch(store, settings, batch_id)
+        manifest, _ = stages.build_dataset_version(store, settings)
+        stages.train_challenger(store, settings, tracker, device="cpu")
         if parts:  # the new model decides the next uploads, labels or auto labels
-            loop.evaluate_challenger(store, settings, tracker, device="cpu")
-            loop.deploy_challenger(store, settings, tracker)
+            stages.evaluate_challenger(store, settings, tracker, device="cpu")
+            stages.deploy_challenger(store, settings, tracker)
         if "campaign" in parts and not campaigns.list_campaigns(store):  # the team mines for the rare slice
             try:
                 campaigns.create(store, settings, f"more-{RARE}", slice=f"condition={RARE}", match_share=0.02, seed=seed)

@@ -3,7 +3,7 @@ and 32, accuracy and per-condition deltas on held-out frames, at the default wid
 
 Each width trains with the recipe (benchmarks/recipe.py's `add_batch` + `train_recipe`: the
 pipeline's own stages) on `frames` frames of the built-in simulator, exports ONNX, builds the int8
-graph calibrated on `deploy.calibration_frames` train frames as `loop.deploy_challenger` does, and
+graph calibrated on `deploy.calibration_frames` train frames as `stages.deploy_challenger` does, and
 scores both graphs on the same held-out clips.
 """
 

@@ -27,7 +27,7 @@ import numpy as np
 from benchmarks.datasets import make_frames
 from benchmarks.engine import EVERY_MODEL_PROMOTED, _home, _ingest
 from benchmarks.recipe import add_batch, recipe_settings, train_recipe
-from flywheel import champion, layout, loop, sim
+from flywheel import champion, layout, sim, stages
 from flywheel.config import Settings
 from flywheel.labeling.quality import blended_probs, cross_validated_probs, find_label_errors
 from flywheel.model import load_weights
@@ -59,9 +59,9 @@ def bench_label_errors(workdir: str | Path, *, batches: int = 3, clips: int = 25
     for b in range(batches):
         sim.simulate(store, settings, clips=clips, seed=seed, upload_filter=None)
         batch_id = _ingest(store, settings)
-        loop.label_batch(store, settings, batch_id)  # queues frames for the team
+        stages.label_batch(store, settings, batch_id)  # queues frames for the team
         answer_queue(store, classes=classes, error_rate=error_rate if b else 0.0, seed=seed + b)
-        loop.label_batch(store, settings, batch_id)  # with the answers
+        stages.label_batch(store, settings, batch_id)  # with the answers
         champ = champion.deployed(store, settings)
         if champ is not None:  # the champion never trained on this batch: its scores are out of sample
             frames = store.read_parquet(layout.frames_key(batch_id))
@@ -78,11 +78,11 @@ def bench_label_errors(workdir: str | Path, *, batches: int = 3, clips: int = 25
             for name, values in _flag_scores(probs, emb, given, len(classes), seed=seed).items():
                 scores.setdefault(name, []).extend(values)
             wrong += is_wrong.tolist()
-        loop.augment_batch(store, settings, batch_id)
-        loop.build_dataset_version(store, settings)
-        loop.train_challenger(store, settings, tracker, device="cpu")
-        loop.evaluate_challenger(store, settings, tracker, device="cpu")
-        loop.deploy_challenger(store, settings, tracker)
+        stages.augment_batch(store, settings, batch_id)
+        stages.build_dataset_version(store, settings)
+        stages.train_challenger(store, settings, tracker, device="cpu")
+        stages.evaluate_challenger(store, settings, tracker, device="cpu")
+        stages.deploy_challenger(store, settings, tracker)
     return {"config": {"batches": batches, "clips": clips, "label_budget": label_budget, "error_rate": error_rate,
                        "steps": steps, "seed": seed},
             **_precision_recall(scores, wrong), "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip

@@ -4,13 +4,13 @@ For each dataset (benchmarks/datasets.py) and each size, in increasing order (th
 a prefix of the larger, so the sizes are the flywheel's growing dataset):
 
   recipe       what the pipeline does with a fleet batch, through its own stage functions: frames
-               Parquet -> `loop.label_batch` (labels, split by clip) -> `loop.augment_batch`
+               Parquet -> `stages.label_batch` (labels, split by clip) -> `stages.augment_batch`
                (offline oversampling, settings.augment) -> `dataset.append_version` (v1 = the first
                size, v2 = v1 + the frames the next size adds, ...) -> `ShardReader` (online
                augmentation) + `train.make_loader` -> `train.train(TrainConfig.from_settings)`,
                trained from scratch on the version
   recipe_warm  the same, warm-started from the previous size's recipe_warm model (the first
-               size's fresh model starts the chain), as `loop.train_challenger` warm-starts from
+               size's fresh model starts the chain), as `stages.train_challenger` warm-starts from
                the champion with `train.warm_start: true`
   recipe_refit with `refit`: the recipe's training again on train + val (the val split's shards read
                as train), the same number of epochs, the last epoch's weights (no val to pick a
@@ -52,7 +52,7 @@ import torch
 import torch.nn as nn
 
 from benchmarks.datasets import DATASETS, Frames, make_frames
-from flywheel import baseline, dataset, layout, loop
+from flywheel import baseline, dataset, layout, stages
 from flywheel.config import Settings, load_settings
 from flywheel.evaluate import accuracy, confusion_matrix, macro_f1, per_class_scores
 from flywheel.model import load_weights
@@ -107,8 +107,8 @@ def add_batch(store: Store, settings: Settings, frames: Frames, batch_id: str) -
     """One fleet batch through the pipeline's stages after ingest: labels, augmented rows, and the
     next dataset version. Returns (manifest, augment_batch's report)."""
     store.write_parquet(layout.frames_key(batch_id), frames_table(frames, batch_id))
-    loop.label_batch(store, settings, batch_id)
-    augmented = loop.augment_batch(store, settings, batch_id)
+    stages.label_batch(store, settings, batch_id)
+    augmented = stages.augment_batch(store, settings, batch_id)
     d = settings.dataset
     manifest = dataset.append_version(
         store, name=d.name, batches={batch_id: store.read_parquet(layout.augmented_key(batch_id))},
@@ -119,7 +119,7 @@ def add_batch(store: Store, settings: Settings, frames: Frames, batch_id: str) -
 
 def train_recipe(store: Store, settings: Settings, manifest: dict, *, warm_start: bytes | None = None,
                  refit: bool = False, curve: Curve | None = None) -> TrainResult:  # fmt: skip
-    """`loop.train_challenger`'s training, without MLflow or checkpoints; `refit`: on train + val,
+    """`stages.train_challenger`'s training, without MLflow or checkpoints; `refit`: on train + val,
     without a val split; `curve`: scored after epochs."""
     cfg = TrainConfig.from_settings(settings)
     dev = pick_device(cfg.device)

@@ -248,7 +248,7 @@ def bench_celery_ingest(
 
 def bench_ddp(*, clips: int = 96, epochs: int = 4, nprocs=(1, 2)) -> dict:
     """Training throughput with 1 and 2 torchrun ranks on the same dataset version (CPU, gloo)."""
-    from flywheel import loop
+    from flywheel import stages
     from flywheel.config import load_settings
     from flywheel.distributed import train_challenger_torchrun
     from flywheel.ingest import validate_batch, write_frames
@@ -271,9 +271,9 @@ def bench_ddp(*, clips: int = 96, epochs: int = 4, nprocs=(1, 2)) -> dict:
         for batch_id in _commit_batches(config, batches=1, clips=clips):
             validate_batch(store, batch_id, settings)
             write_frames(store, batch_id, settings)
-            loop.label_batch(store, settings, batch_id)
-            loop.augment_batch(store, settings, batch_id)
-        manifest, _ = loop.build_dataset_version(store, settings)
+            stages.label_batch(store, settings, batch_id)
+            stages.augment_batch(store, settings, batch_id)
+        manifest, _ = stages.build_dataset_version(store, settings)
         for n in nprocs:
             env = {
                 "FLYWHEEL_HOME": str(work / f"home-{n}"),

@@ -5,7 +5,7 @@
 
 Every rank reads the same settings and the same dataset version; the shard reader gives each
 rank its own slice and `flywheel.train` all-reduces the gradients. Rank 0 registers the model
-in MLflow (alias `challenger`) and writes the result (what `loop.train_challenger` returns) to
+in MLflow (alias `challenger`) and writes the result (what `stages.train_challenger` returns) to
 `--out`. `train_challenger_torchrun` starts such a run from Python and returns that result.
 
 Launched by Dagster Pipes (the `challenger` asset), rank 0 also reports through the Pipes channel:
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from flywheel import loop
+from flywheel import stages
 from flywheel.config import Settings, load_settings, quiet_telemetry
 from flywheel.store import store_for
 from flywheel.tracking import tracker_for
@@ -61,7 +61,7 @@ def train_rank(settings: Settings, *, device: str | None = None, log=None, run_t
                progress: bool = False) -> dict:  # fmt: skip
     """This process's share of a DDP training run; rank 0's return value describes the model."""
     rank, world = rank_from_env()
-    return loop.train_challenger(
+    return stages.train_challenger(
         store_for(settings), settings, tracker_for(settings, run_tags=run_tags), device=device, rank=rank,
         world_size=world, log=log, progress=progress,
     )  # fmt: skip

@@ -19,7 +19,7 @@ difference is judged with a paired bootstrap interval (`confidence`, `resamples`
 - A challenger whose class list differs from the champion's is not comparable: it fails unless
   `allow_new_classes` is set, and then it is judged like a first model (the floor).
 - The gate only judges: a person may still deploy a challenger it kept, for that one version, with
-  `flywheel force vN --reason WHY` (`loop.force`, recorded with the account that forced it).
+  `flywheel force vN --reason WHY` (`approvals.force`, recorded with the account that forced it).
 
 The defaults were chosen by simulation (`flywheel bench gate`, BENCHMARKS.md): replayed turns with
 known effects, the old and the new rule's false-promotion and false-block rates, and the frames a

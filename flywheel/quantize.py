@@ -9,6 +9,7 @@ median of timed onnxruntime runs on the CPU, one thread, at batch 1 and 32.
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,8 +20,12 @@ import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from flywheel import deploy
+from flywheel.config import Settings
 from flywheel.model_input import INPUT_NAME
-from flywheel.predict import OUTPUT_NAME
+from flywheel.predict import OUTPUT_NAME, predict
+from flywheel.reader import ShardReader
+from flywheel.store import Store
 
 CALIBRATION_BATCH = 32
 LATENCY_BATCHES = (1, 32)
@@ -103,3 +108,22 @@ def check_int8(fp32_preds: np.ndarray, int8_preds: np.ndarray, labels: np.ndarra
             "accuracy_int8": round(acc_int8, 4), "drop": round(drop, 4),
             "agreement": round(float((fp32_preds == int8_preds).mean()), 4), "frames": len(labels),
             "slices": rows}  # fmt: skip
+
+
+def int8_for_deploy(store: Store, settings: Settings, manifest: dict, onnx_bytes: bytes, images: np.ndarray,
+          labels: np.ndarray, meta: dict) -> dict | None:  # fmt: skip
+    """The int8 graph of `onnx_bytes` (flywheel/quantize.py), checked against it on the evaluation frames
+    (`images`, `labels`, `meta`: the test split and golden set without auto labels, as the gate) and timed; None when the version has no train frames to calibrate on."""
+    d, size = settings.deploy, settings.image_size
+    reader = ShardReader(store, manifest, split="train", image_size=size, train_aug=False)
+    calibration = [s["image"].numpy() for s in itertools.islice(reader, d.calibration_frames)]
+    if not calibration or not len(labels):
+        return None
+    int8_bytes = quantize_int8(onnx_bytes, np.stack(calibration))
+    graphs = {"fp32": onnx_bytes, "int8": int8_bytes}
+    preds = {k: predict(deploy.session(g), images).probs.argmax(1) for k, g in graphs.items()}  # (N,) each
+    check = check_int8(preds["fp32"], preds["int8"], labels, {k: meta[k] for k in ("trigger", "condition", "camera")},
+                                max_drop=d.int8_max_drop, slice_tolerance=settings.gate.slice_tolerance,
+                                min_slice_frames=settings.gate.min_slice_frames)  # fmt: skip
+    return {"bytes": int8_bytes, "check": check,
+            "latency_ms": {k: latency_ms(g, size) for k, g in graphs.items()}}  # fmt: skip

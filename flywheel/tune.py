@@ -263,7 +263,7 @@ def recipe_id(cfg: TrainConfig) -> str:
 
 def retune_check(store: Store, settings: Settings) -> tuple[str | None, str]:
     """Whether a tune run is due: the newest challenger scored below the yardstick CNN on val
-    (`loop.train_challenger`'s check) and no tune run came after it, or the class list or image
+    (`stages.train_challenger`'s check) and no tune run came after it, or the class list or image
     size changed since the newest tuned config in the store.
 
     Returns (a string naming this reason, the same for every check until a tune run or a new

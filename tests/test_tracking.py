@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from mlflow.exceptions import MlflowException
 
-from flywheel import loop
+from flywheel import stages
 from flywheel.config import load_settings
 from flywheel.store import store_for
 from flywheel.tracking import CHALLENGER, CHAMPION, MlflowError, tracker_for
@@ -29,7 +29,7 @@ def test_an_mlflow_failure_is_an_error_and_the_evaluation_fails_closed(flywheel_
     with pytest.raises(MlflowError, match="could not say which version 'challenger'.*connection refused"):
         tracker.alias(CHALLENGER)
     with pytest.raises(MlflowError):  # not "no champion, judge against the floor"
-        loop.evaluate_challenger(store_for(settings), settings, tracker, device="cpu")
+        stages.evaluate_challenger(store_for(settings), settings, tracker, device="cpu")
 
 
 def test_mlflow_ui_links_only_with_a_tracking_server():
@@ -104,5 +104,5 @@ def test_a_deploy_refuses_weights_swapped_after_the_gate(flywheel_home, tmp_path
     tracker.set_alias(CHALLENGER, version)
     _swap_artifact(tracker, version, other, tmp_path)
     with pytest.raises(WeightsChanged, match="refusing"):
-        loop.deploy_challenger(store, settings, tracker)
+        stages.deploy_challenger(store, settings, tracker)
     assert deploy.current(store, settings.mlflow.model_name) is None and tracker.alias(CHAMPION) is None

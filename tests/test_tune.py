@@ -8,7 +8,7 @@ import optuna
 import pytest
 from click.testing import CliRunner
 
-from flywheel import layout, loop, tune
+from flywheel import layout, stages, tune
 from flywheel.cli import Ctx, main
 from flywheel.config import load_settings
 from flywheel.definitions import build_definitions
@@ -47,7 +47,7 @@ def _dataset(settings, instance, defs) -> None:
     instance.add_dynamic_partitions("fleet_batches", [plan.batch_id])
     ingest = defs.resolve_job_def("ingest_batch")
     assert ingest.execute_in_process(instance=instance, partition_key=plan.batch_id).success
-    assert loop.build_dataset_version(store, settings)[0]["version"] == 1
+    assert stages.build_dataset_version(store, settings)[0]["version"] == 1
 
 
 def test_flywheel_tune_then_the_challenger_trains_with_the_best_values(tiny, monkeypatch):
@@ -84,7 +84,7 @@ def test_flywheel_tune_then_the_challenger_trains_with_the_best_values(tiny, mon
     assert len(children) == 3 and all("val_acc" in c.data.metrics for c in children)
 
     # The next challenger: the tuned values where flywheel.yaml sets none, its own where it does.
-    out = loop.train_challenger(store, settings, tracker, device="cpu")
+    out = stages.train_challenger(store, settings, tracker, device="cpu")
     trained = tracker.client.get_run(out["run_id"]).data
     assert trained.tags["trainer_config"] == "tuned v1"
     for field in ("lr", "weight_decay", "label_smoothing"):
@@ -187,7 +187,7 @@ def test_sensor_requests_a_tune_run_when_classes_or_image_size_changed(tmp_path,
 
 
 def _write_check(store, settings, *, short: bool, at: str, version: str = "4") -> None:
-    """A challenger-vs-baseline check as `loop.train_challenger` writes it."""
+    """A challenger-vs-baseline check as `stages.train_challenger` writes it."""
     check = {"metric": "macro_f1", "challenger": 0.41 if short else 0.9, "baseline": 0.62,
              "short": short, "model_version": version, "checked_at": at}  # fmt: skip
     store.write_json(layout.baseline_check_key(settings.dataset.name), check)

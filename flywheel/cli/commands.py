@@ -202,11 +202,11 @@ def force(obj: Ctx, version: str, reason: str):
     \b
     Example: flywheel force v7 --reason "the fog drop is a labelling error, see ticket 412"
     """
-    from flywheel import loop
+    from flywheel import approvals
     from flywheel.tracking import tracker_for
 
     try:
-        record = loop.force(obj.store(), obj.settings, tracker_for(obj.settings), version, reason=reason)
+        record = approvals.force(obj.store(), obj.settings, tracker_for(obj.settings), version, reason=reason)
     except ValueError as e:  # not the challenger, passed anyway, no reason
         raise click.ClickException(str(e)) from None
     result = _deploy_run(obj, "force", {})

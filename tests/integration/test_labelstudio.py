@@ -18,7 +18,7 @@ import dagster as dg
 import pytest
 import requests
 
-from flywheel import dataset, layout, loop
+from flywheel import dataset, layout, stages
 from flywheel.config import load_settings
 from flywheel.definitions import build_definitions
 from flywheel.diff import diff_versions
@@ -111,7 +111,7 @@ def test_answers_in_label_studio_reach_the_next_dataset_version(label_studio, tm
         human = {f: c for f, c, s in zip(*(labels.column(n).to_pylist() for n in ("frame_id", "label", "label_source")),
                                          strict=True) if s == "human"}  # fmt: skip
         assert human == {fid: settings.classes.index(truth[fid]) for fid in human} and len(human) == 6
-        v1, created = loop.build_dataset_version(store, settings)
+        v1, created = stages.build_dataset_version(store, settings)
         assert created and v1["counts"]["rows"] >= 6
         assert isinstance(_tick(instance, overrides), dg.SkipReason)  # every answer is in the labels now
 
@@ -123,7 +123,7 @@ def test_answers_in_label_studio_reach_the_next_dataset_version(label_studio, tm
         [request] = _tick(instance, overrides).run_requests
         _relabel(defs, instance, request)
         assert dataset.waiting_batches(store, settings.dataset.name)[1] == [batch]
-        v2, created = loop.build_dataset_version(store, settings)
+        v2, created = stages.build_dataset_version(store, settings)
         assert created and v2["revised_batches"] == [batch] and v2["new_batches"] == []
         changed = diff_versions(store, settings.dataset.name, 1, 2)
         assert changed["labels_changed"] == 1 and changed["changed"][0]["frame_id"] == fid

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from flywheel import deploy, distributed, loop
+from flywheel import deploy, distributed, stages
 from flywheel.cli import main
 from flywheel.config import load_settings
 from flywheel.model import load_weights
@@ -101,7 +101,7 @@ def test_torchrun_two_ranks_reach_the_quality_of_one(prod_config, mlflow_server,
     manifest = separable_dataset(store, settings, per_split={"train": 384, "val": 64, "test": 128})
     tracker = tracker_for(settings)
 
-    single = loop.train_challenger(store, settings, tracker, device="cpu")
+    single = stages.train_challenger(store, settings, tracker, device="cpu")
     ddp = distributed.train_challenger_torchrun(
         nproc=2, workdir=tmp_path, config_path=str(config), overrides={"train.batch_size": 16}, device="cpu",
         env={"FLYWHEEL_HOME": str(tmp_path / "ddp-home")},  # its own checkpoints: no resume from `single`'s

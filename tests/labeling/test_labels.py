@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from flywheel import layout, loop
+from flywheel import layout, stages
 from flywheel.config import load_settings
 from flywheel.labeling.labels import build_labels, unlabeled_frame_ids
 from flywheel.labeling.labelstudio import human_labels
@@ -156,7 +156,7 @@ def test_label_batch_reports_skipped_exports_and_keeps_the_good_answers(tmp_path
                       "annotations": [annotation(2, "unicorn", updated="2026-01-02T10:00:00Z")]})  # fmt: skip
     store.write_bytes("labeling/done/d-bad-tasks.json", json.dumps(bad_tasks).encode())
 
-    stats = loop.label_batch(store, settings, "b1")
+    stats = stages.label_batch(store, settings, "b1")
     assert stats["human"] == 1  # a-good.json still counts
     got = [(x["source"], x["task"]) for x in stats["skipped_exports"]]
     assert got == [("labeling/done/b-not-json.json", None), ("labeling/done/c-not-a-list.json", None),

@@ -14,7 +14,6 @@ hand over through the store and MLflow (keys in flywheel/layout.py, versions), n
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
 import time
@@ -25,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from flywheel import (
+    approvals,
     baseline,
     champion,
     dataset,
@@ -45,7 +45,6 @@ from flywheel.labeling.queue import queue_batch, read_exports
 from flywheel.model import FrameClassifier, load_weights
 from flywheel.predict import predict
 from flywheel.reader import ShardReader, load_arrays
-from flywheel.recovery import identity
 from flywheel.schema import DATASET
 from flywheel.store import Store
 from flywheel.tracking import CHALLENGER, CHAMPION, Tracker
@@ -389,111 +388,20 @@ def _saliency(model: FrameClassifier, images: np.ndarray, labels: np.ndarray, pr
     return saliency.saliency_png(images[idx], maps, captions)
 
 
-def gate_decision(store: Store, settings: Settings, tracker: Tracker) -> dict:
-    """The gate's decision on the current challenger, as `evaluate_challenger` recorded it."""
-    version = tracker.alias(CHALLENGER)
-    if version is None:
-        raise ValueError(f"model {settings.mlflow.model_name!r} has no challenger: train one first")
-    return store.read_json(layout.evaluation_key(settings.mlflow.model_name, version))["gate"]
-
-
-def _current_judged(store: Store, settings: Settings, tracker: Tracker, version: str, what: str) -> tuple[dict, str]:
-    """(the gate's decision, the sha256 of the weights it judged) of `version`, which must be the current
-    challenger."""
-    gate = gate_decision(store, settings, tracker)  # raises when there is no challenger yet
-    current = tracker.alias(CHALLENGER)
-    if version != current:
-        raise ValueError(f"v{version} is not the current challenger (v{current}): only the challenger can be {what}")
-    judged = store.read_json(layout.evaluation_key(settings.mlflow.model_name, version)).get("weights_sha256") or {}
-    return gate, judged.get("challenger")
-
-
-def _record(store: Store, key: str, record: dict) -> dict:
-    store.create(key, json.dumps(record, indent=2).encode())  # create-exclusive: a second one does not rewrite the first
-    return store.read_json(key)
-
-
-def approve(store: Store, settings: Settings, tracker: Tracker, version: str, *, by: str | None = None,
-            reason: str, via: str = "command line") -> dict:  # fmt: skip
-    """Record that `by` (default: the account, `identity`) approves promoting challenger `version`
-    (`gate.require_approval`), and why, with the account that wrote it; the first approval of a
-    version stands. Only the current challenger, once it passed the gate."""
-    version = str(version).removeprefix("v")
-    if not reason.strip():
-        raise ValueError("an approval needs why (--reason)")
-    gate, judged = _current_judged(store, settings, tracker, version, "approved")
-    if not gate["passed"]:
-        raise ValueError(f"challenger v{version} did not pass the gate, so there is nothing to approve: {gate['reason']}")
-    who = identity()
-    record = {"version": version, "by": (by or "").strip() or who["account"], **who, "via": via,
-              "reason": reason.strip(), "at": datetime.now(UTC).isoformat(),
-              "weights_sha256": judged}  # the weights approved, not only a version number  # fmt: skip
-    record = _record(store, layout.approval_key(settings.mlflow.model_name, version), record)
-    tracker.set_tags(tracker.version_run(version), {"approved_by": record["by"]})
-    return record
-
-
-def approval(store: Store, settings: Settings, version: str) -> dict | None:
-    """The approval record of a model version, or None."""
-    key = layout.approval_key(settings.mlflow.model_name, str(version).removeprefix("v"))
-    return store.read_json(key) if store.exists(key) else None
-
-
-def force(store: Store, settings: Settings, tracker: Tracker, version: str, *, reason: str) -> dict:
-    """Record that the account running this (`identity`) forces the deploy of challenger `version`,
-    which the gate kept, and why: for that version and the weights the gate judged, nothing else (the
-    next challenger faces the gate as usual). The first force of a version stands; a forced version
-    needs no approval."""
-    version = str(version).removeprefix("v")
-    if not reason.strip():
-        raise ValueError("a force needs why (--reason)")
-    gate, judged = _current_judged(store, settings, tracker, version, "forced")
-    if gate["passed"]:
-        raise ValueError(f"challenger v{version} passed the gate: there is nothing to force"
-                         + (" (it waits for flywheel approve)" if settings.gate.require_approval else ""))  # fmt: skip
-    record = {"version": version, **identity(), "reason": reason.strip(), "at": datetime.now(UTC).isoformat(),
-              "gate_reason": gate["reason"], "weights_sha256": judged}  # fmt: skip
-    record = _record(store, layout.force_key(settings.mlflow.model_name, version), record)
-    tracker.set_tags(tracker.version_run(version), {"forced_by": record["account"], "forced_why": record["reason"]})
-    return record
-
-
-def forced(store: Store, settings: Settings, version: str) -> dict | None:
-    """The force record of a model version, or None."""
-    key = layout.force_key(settings.mlflow.model_name, str(version).removeprefix("v"))
-    return store.read_json(key) if store.exists(key) else None
-
-
-def held_back(store: Store, settings: Settings, tracker: Tracker) -> tuple[str, str] | None:
-    """Why the current challenger is not to be deployed now: ("kept", the gate's reason) or
-    ("awaiting-approval", what to do); None when it may be deployed (passed and approved where
-    approval is required, or forced for this version)."""
-    gate = gate_decision(store, settings, tracker)
-    version = tracker.alias(CHALLENGER)
-    if forced(store, settings, version) is not None:
-        return None
-    if not gate["passed"]:
-        return "kept", f"the gate kept the champion ({gate['reason']})"
-    if settings.gate.require_approval and approval(store, settings, version) is None:
-        return "awaiting-approval", (f"challenger v{version} passed the gate and waits for approval "
-                                     f"(gate.require_approval): flywheel approve v{version} --reason WHY")  # fmt: skip
-    return None
-
-
 def deploy_challenger(store: Store, settings: Settings, tracker: Tracker) -> dict:
     """Export the gated challenger to ONNX, check parity, write deploy/, move `champion`."""
     version = tracker.alias(CHALLENGER)
     model_name, size = settings.mlflow.model_name, settings.image_size
     evaluation = store.read_json(layout.evaluation_key(model_name, version))
     gate = evaluation["gate"]
-    force_record = forced(store, settings, version)
+    force_record = approvals.forced(store, settings, version)
     if not gate["passed"] and force_record is None:
         raise ValueError(f"challenger v{version} did not pass the gate: {gate['reason']}")
     cur = deploy.current(store, model_name)
     if cur is not None and cur["version"] == f"v{version}" and tracker.alias(CHAMPION) == version:
         return {**store.read_json(cur["manifest"]), "already_deployed": True}  # a rerun: nothing to move
     judged = (evaluation.get("weights_sha256") or {}).get("challenger")
-    approved = approval(store, settings, version)
+    approved = approvals.approval(store, settings, version)
     for what, record in (("approval", approved), ("force", force_record)):
         if record and record.get("weights_sha256") and judged and record["weights_sha256"] != judged:
             raise ValueError(f"the {what} of v{version} names other weights ({record['weights_sha256'][:12]}...) "
@@ -504,7 +412,10 @@ def deploy_challenger(store: Store, settings: Settings, tracker: Tracker) -> dic
     # the frames the gate judged on (test split + golden set, without auto labels): int8 is held to the same
     images, labels, meta, _ = evalset.evaluation_frames(store, settings.dataset.name, manifest, image_size=size)
     max_diff = deploy.check_parity(model, onnx_bytes, images[:64])
-    int8 = _int8(store, settings, manifest, onnx_bytes, images, labels, meta) if settings.deploy.int8 else None
+    # imported here: onnxruntime's quantization tools take ~0.8 s to import, and most callers never quantize
+    from flywheel import quantize
+
+    int8 = quantize.int8_for_deploy(store, settings, manifest, onnx_bytes, images, labels, meta) if settings.deploy.int8 else None
     serve = "int8" if settings.deploy.serve == "int8" and int8 and int8["check"]["passed"] else "fp32"
     by = ({"who": force_record["account"], "why": force_record["reason"], "host": force_record["host"],
            "at": force_record["at"], "gate_reason": force_record["gate_reason"]} if force_record else None)  # fmt: skip
@@ -521,25 +432,3 @@ def deploy_challenger(store: Store, settings: Settings, tracker: Tracker) -> dic
     tracker.log_bytes(run_id, "model/model.onnx", onnx_bytes)  # beside the MLflow model it was exported from
     tracker.set_tags(run_id, {"deployed": "true", "onnx_max_abs_diff": f"{max_diff:.2e}"})
     return {**deployed, "onnx_max_abs_diff": max_diff, "onnx_bytes": len(onnx_bytes)}
-
-
-def _int8(store: Store, settings: Settings, manifest: dict, onnx_bytes: bytes, images: np.ndarray,
-          labels: np.ndarray, meta: dict) -> dict | None:  # fmt: skip
-    """The int8 graph of `onnx_bytes` (flywheel/quantize.py), checked against it on the evaluation frames
-    (`images`, `labels`, `meta`: the test split and golden set without auto labels, as the gate) and timed; None when the version has no train frames to calibrate on."""
-    # imported here: onnxruntime's quantization tools take ~0.8 s to import, and most callers never quantize
-    from flywheel import quantize
-
-    d, size = settings.deploy, settings.image_size
-    reader = ShardReader(store, manifest, split="train", image_size=size, train_aug=False)
-    calibration = [s["image"].numpy() for s in itertools.islice(reader, d.calibration_frames)]
-    if not calibration or not len(labels):
-        return None
-    int8_bytes = quantize.quantize_int8(onnx_bytes, np.stack(calibration))
-    graphs = {"fp32": onnx_bytes, "int8": int8_bytes}
-    preds = {k: predict(deploy.session(g), images).probs.argmax(1) for k, g in graphs.items()}  # (N,) each
-    check = quantize.check_int8(preds["fp32"], preds["int8"], labels, {k: meta[k] for k in ("trigger", "condition", "camera")},
-                                max_drop=d.int8_max_drop, slice_tolerance=settings.gate.slice_tolerance,
-                                min_slice_frames=settings.gate.min_slice_frames)  # fmt: skip
-    return {"bytes": int8_bytes, "check": check,
-            "latency_ms": {k: quantize.latency_ms(g, size) for k, g in graphs.items()}}  # fmt: skip

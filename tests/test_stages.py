@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from flywheel import champion, dataset, deploy, evalset, layout, loop
+from flywheel import approvals, champion, dataset, deploy, evalset, layout, stages
 from flywheel.config import load_settings
 from flywheel.definitions import build_definitions
 from flywheel.evaluate import score
@@ -151,11 +151,11 @@ def test_a_force_deploys_the_one_version_it_names_and_records_the_account(flywhe
         kept = job.execute_in_process(instance=instance)
         assert kept.success and instance.get_run_by_id(kept.run_id).tags["flywheel/gate"] == "kept"
         with pytest.raises(ValueError, match="v2 is not the current challenger"):
-            loop.force(store, settings, tracker, "v2", reason="hotfix")
+            approvals.force(store, settings, tracker, "v2", reason="hotfix")
         with pytest.raises(ValueError, match="needs why"):
-            loop.force(store, settings, tracker, "v1", reason=" ")
-        record = loop.force(store, settings, tracker, "v1", reason="hotfix for a sensor change")
-        assert record["account"] == loop.identity()["account"] and record["weights_sha256"]
+            approvals.force(store, settings, tracker, "v1", reason=" ")
+        record = approvals.force(store, settings, tracker, "v1", reason="hotfix for a sensor change")
+        assert record["account"] == approvals.identity()["account"] and record["weights_sha256"]
         assert "below the floor" in record["gate_reason"]
         deployed = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("deployed")])
         assert deployed.success and tracker.alias(CHAMPION) == "1"
@@ -163,14 +163,14 @@ def test_a_force_deploys_the_one_version_it_names_and_records_the_account(flywhe
         _ingest_new_batch(store, settings, instance, defs, seed=2)
         assert job.execute_in_process(instance=instance).success
         assert tracker.alias(CHALLENGER) == "2" and tracker.alias(CHAMPION) == "1"
-        assert loop.held_back(store, settings, tracker)[0] == "kept"
-        loop.force(store, settings, tracker, "v2", reason="second hotfix")
+        assert approvals.held_back(store, settings, tracker)[0] == "kept"
+        approvals.force(store, settings, tracker, "v2", reason="second hotfix")
         assert job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("deployed")]).success
     cur = deploy.current(store, settings.mlflow.model_name)
     manifest = store.read_json(cur["manifest"])
-    assert cur["version"] == "v2" and manifest["forced_by"]["who"] == loop.identity()["account"]
+    assert cur["version"] == "v2" and manifest["forced_by"]["who"] == approvals.identity()["account"]
     assert manifest["forced_by"]["why"] == "second hotfix"
-    assert tracker.client.get_run(tracker.version_run("2")).data.tags["forced_by"] == loop.identity()["account"]
+    assert tracker.client.get_run(tracker.version_run("2")).data.tags["forced_by"] == approvals.identity()["account"]
     assert champion.rollback(store, settings, tracker) == ("v2", "v1")
     assert tracker.alias(CHAMPION) == "1"
     assert champion_status(store, settings)["version"] == "v1"
@@ -254,7 +254,7 @@ def test_a_required_approval_holds_the_deploy_until_a_person_approves(flywheel_h
         logs = [e.message for e in instance.all_logs(waiting.run_id)]
         assert any("waits for approval" in m and "flywheel approve v1" in m for m in logs)
         with pytest.raises(ValueError, match="v2 is not the current challenger"):
-            loop.approve(store, settings, tracker, "v2", by="alice", reason="looks fine")
+            approvals.approve(store, settings, tracker, "v2", by="alice", reason="looks fine")
         # approved from the UI (or `flywheel approve`): the deployed asset with the approval as config
         config = {"ops": {"deployed": {"config": {"approve_version": "1", "approved_by": "alice",
                                                   "reason": "checked the fog frames"}}}}  # fmt: skip
@@ -263,5 +263,5 @@ def test_a_required_approval_holds_the_deploy_until_a_person_approves(flywheel_h
     manifest = store.read_json(layout.deploy_manifest_key(settings.mlflow.model_name, "v1"))
     assert manifest["approval"]["by"] == "alice" and manifest["approval"]["reason"] == "checked the fog frames"
     # beside the stated name, the account and host the system knows, and the run it came through
-    assert manifest["approval"]["account"] == loop.identity()["account"] and manifest["approval"]["host"]
+    assert manifest["approval"]["account"] == approvals.identity()["account"] and manifest["approval"]["host"]
     assert manifest["approval"]["via"] == f"dagster run {approved.run_id}"
