@@ -51,8 +51,9 @@ def _one_clip(root: Path) -> tuple:
     """A store holding one claimed clip, and the check ingest maps over clips."""
     from PIL import Image
 
-    from flywheel import ingest, layout
+    from flywheel import layout
     from flywheel.clips import write_clip
+    from flywheel.ingest import reading
     from flywheel.store import open_store
 
     buf = io.BytesIO()
@@ -63,7 +64,7 @@ def _one_clip(root: Path) -> tuple:
     store.write_bytes(key, write_clip({"clip_id": "c1"}, frames))
     store.write_bytes(layout.claim_key(key), json.dumps({"batch_id": "b"}).encode())
     options = {"classes": ["car"], "max_pixels": 4096 * 4096, "max_chunk_bytes": 2**28, "resize": None}
-    return functools.partial(ingest._check_clip, store, options, ["b"], "b"), {"key": key}
+    return functools.partial(reading.check_clip, store, options, ["b"], "b"), {"key": key}
 
 
 def _forkserver_pool(check, clip) -> float:

@@ -7,7 +7,7 @@ import time
 import dagster as dg
 
 from assets.dataset import augmented
-from flywheel import ingest, layout, recovery
+from flywheel import ingest, recovery
 from flywheel.store import ObjectInfo
 from jobs import ingest_batch
 from resources import SettingsResource, StoreResource
@@ -63,33 +63,23 @@ def _cursor(batches: list[str], scan: ingest.LandingScan) -> str:
     `flywheel ingest` or another process committed), the newest one, and the clips waiting in
     landing. Counted from the store at each tick, not kept as a tally, so it cannot drift; but a
     tick that stopped listing once it had a batch saw only some of landing: then `pending` is a
-    lower bound and `pending_exact` false. `landing_after`: where the next tick's listing resumes;
-    `landing_seen`: [key, size, mtime] of the clips a tick cut short by its page budget saw and
-    did not batch, which the next tick takes first."""
+    lower bound and `pending_exact` false. Then where the next tick's scan goes on (`scan.position`)."""
     state = {"batches": len(batches), "last_batch": batches[-1] if batches else None,
-             "pending": scan.waiting, "pending_exact": scan.complete, "landing_after": scan.after}
-    if carry := scan.carry:
-        state["landing_seen"] = [[o.key, o.size, o.mtime] for o in carry]
+             "pending": scan.waiting, "pending_exact": scan.complete, **scan.position()}  # fmt: skip
     return json.dumps(state)
 
 
 def _landing_position(context: dg.SensorEvaluationContext) -> tuple[str, list[ObjectInfo]]:
-    """The landing key the last tick's listing stopped after ("" without one) and the clips it
-    carried. A cursor that cannot be read starts from the beginning with none: any position is safe (a
-    round lists every key), only slower."""
+    """Where the last tick's scan said to go on ("" and none carried without one). A cursor that
+    cannot be read starts from the beginning: any position is safe (a round lists every key), only
+    slower."""
     if not context.cursor:
         return "", []
     try:
-        state = json.loads(context.cursor)
-        after = state.get("landing_after") or ""  # none before this field
-        seen = [ObjectInfo(k, int(size), float(mtime)) for k, size, mtime in state.get("landing_seen", [])
-                if isinstance(k, str) and k.startswith(layout.LANDING)]  # fmt: skip
-    except (ValueError, AttributeError, TypeError):  # not JSON, not an object, entries not [key, size, mtime]
-        after, seen = None, []
-    if isinstance(after, str) and (not after or after.startswith(layout.LANDING)):
-        return after, seen
-    context.log.warning(f"cursor {context.cursor!r}: no landing key to resume after; listing from the start")
-    return "", []
+        return ingest.LandingScan.resume_from(json.loads(context.cursor))
+    except ValueError as e:  # not JSON, or no position in it
+        context.log.warning(f"cursor {context.cursor!r}: {e}; listing landing from the start")
+        return "", []
 
 
 def ingest_runs(instance: dg.DagsterInstance, batch_id: str) -> list[recovery.IngestRun]:

@@ -12,6 +12,7 @@ import pytest
 
 from flywheel import ingest, layout, workers
 from flywheel.config import load_settings
+from flywheel.ingest import reading
 from flywheel.report import status as status_report
 from flywheel.store import open_store
 from tests.conftest import chunk_clip, jpeg, make_clip, put_raw
@@ -448,7 +449,7 @@ def test_one_pass_on_worker_processes_gives_the_frames_of_a_second_parse(store, 
     """40 clips and a broken one on 2 worker processes (the S3 store is pickled to them): validation
     stages the frames; they equal what parsing the accepted clips again gives; the staged file is
     gone once the frames are committed."""
-    monkeypatch.setattr(ingest, "MIN_CLIPS_PER_WORKER", {"fork": 16, "exec": 16})  # a pool for 41 clips
+    monkeypatch.setattr(reading, "MIN_CLIPS_PER_WORKER", {"fork": 16, "exec": 16})  # a pool for 41 clips
     settings = load_settings(**{"ingest.workers": 2})
     _land(store, 40)
     store.write_bytes(DAY + "broken.mcap", make_clip("broken")[:300])
@@ -460,7 +461,7 @@ def test_one_pass_on_worker_processes_gives_the_frames_of_a_second_parse(store, 
     # the worker's side in a worker process for sure (this process may have done every clip itself):
     # the S3 store and the read options travel to it, and it parses as this process does
     clip = {k: report["accepted"][0][k] for k in ("key", "sha256", "size")}
-    check = functools.partial(ingest._check_clips, store, ingest._read_options(settings), [plan.batch_id], plan.batch_id)
+    check = functools.partial(reading.check_clips, store, reading.read_options(settings), [plan.batch_id], plan.batch_id)
     for start in ("fork", "exec"):
         worker = workers.Worker(start)
         try:

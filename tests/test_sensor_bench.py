@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 from benchmarks.sensor import bench_sensor
-from flywheel import ingest
+from flywheel.ingest import landing
 
 
 def test_bench_sensor_tiny(monkeypatch):
-    monkeypatch.setattr(ingest, "LIST_PAGE", 10)  # 60 clips: six pages, so one page is not all of them
+    monkeypatch.setattr(landing, "LIST_PAGE", 10)  # 60 clips: six pages, so one page is not all of them
     out = bench_sensor(sizes=(60,), max_clips=5, min_clips=3, steady_ticks=2, threads=4, list_pages=2)
     first, steady, full, bounded, whole = out["rows"]
     assert [r["tick"] for r in out["rows"]] == ["scan, first tick", "scan, steady tick (median of 2)",

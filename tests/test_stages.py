@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from flywheel import approvals, champion, dataset, deploy, evalset, layout, stages
+from flywheel import approvals, champion, dataset, deploy, evalset, layout
 from flywheel.config import load_settings
 from flywheel.definitions import build_definitions
 from flywheel.evaluate import score

@@ -7,6 +7,7 @@ import dagster as dg
 import pytest
 
 from flywheel import ingest, layout, report
+from flywheel.ingest import landing
 from flywheel.store import open_store
 from resources import SettingsResource, StoreResource
 from resources.partitions import fleet_batches
@@ -229,7 +230,7 @@ def s3(s3_endpoint, s3_root, monkeypatch):
     pages of 4 keys, and the (prefix, StartAfter) of every ListObjectsV2 request from now on."""
     import boto3
 
-    monkeypatch.setattr(ingest, "LIST_PAGE", 4)
+    monkeypatch.setattr(landing, "LIST_PAGE", 4)
     if boto3.DEFAULT_SESSION is None:
         boto3.setup_default_session()
     requests: list[tuple[str, str]] = []
