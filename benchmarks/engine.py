@@ -2,7 +2,7 @@
 
 Flywheels from the same seeds, each in its own home (store + MLflow), with the same human-label
 budget and the same uploads per iteration, all driven through the production stage functions
-(flywheel/ingest.py, flywheel/stages.py) and the simulated labeling team (flywheel/sim/annotator.py),
+(flywheel/ingest/, flywheel/stages.py) and the simulated labeling team (flywheel/sim/annotator.py),
 so the benchmark measures the pipeline a user runs. An arm is a set of the engine's parts:
   shadow:   the deployed model picks the fleet's uploads (low_confidence triggers)
   select:   active selection (hybrid) of the frames people label; without it, uniformly random frames

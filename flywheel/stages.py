@@ -7,7 +7,7 @@
     evaluation        evaluate_challenger   (the gate check reads its decision)
     deployed          deploy_challenger
 
-(`raw_clips` and `frames` are flywheel/ingest.py's `validate_batch` and `write_frames`.) Stages
+(`raw_clips` and `frames` are flywheel/ingest/'s `validate_batch` and `write_frames`.) Stages
 hand over through the store and MLflow (keys in flywheel/layout.py, versions), never pickles.
 """
 
