@@ -5,8 +5,8 @@ import dagster as dg
 from assets.ingest import STORE_RETRY, frames
 from assets.ui import counts_md, png_md, table_md
 from flywheel import stages
-from flywheel.diff import diff_versions
-from flywheel.diff import markdown as diff_markdown
+from flywheel.data.diff import diff_versions
+from flywheel.data.diff import markdown as diff_markdown
 from flywheel.plots import diff_png
 from resources import SettingsResource, StoreResource
 from resources.partitions import fleet_batches

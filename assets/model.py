@@ -6,10 +6,12 @@ import dagster as dg
 from assets.dataset import training_dataset
 from assets.training import train_through_pipes
 from assets.ui import png_md, say, table_md
-from flywheel import approvals, plots, stages, tune
+from flywheel import plots, stages
 from flywheel.engine import campaigns
-from flywheel.evaluate import compare, compare_markdown
+from flywheel.evaluation import approvals
+from flywheel.evaluation.evaluate import compare, compare_markdown
 from flywheel.tracking import ui_urls
+from flywheel.training import tune
 from resources import ComputeResource, MlflowResource, SettingsResource, StoreResource
 
 # Not blocking: a challenger that does not beat the champion is an outcome, not a crash. The run succeeds,

@@ -1,6 +1,6 @@
 """The challenger's training, launched through Dagster Pipes: `torchrun` in a subprocess beside the
 step (`compute.launcher: subprocess`, the default) or in a Kubernetes pod (`k8s`). Rank 0 reports
-per-epoch lines to the run log and its result as a Pipes message (flywheel/distributed.py)."""
+per-epoch lines to the run log and its result as a Pipes message (flywheel/training/distributed.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import tempfile
 import dagster as dg
 from dagster._core.errors import DagsterPipesExecutionError
 
-from flywheel import distributed
 from flywheel.config import Settings
+from flywheel.training import distributed
 
 
 def train_through_pipes(context: dg.AssetExecutionContext, s: Settings, *, device: str) -> dict:

@@ -353,7 +353,7 @@ def _overrides(ctx, param, values) -> dict:
 @click.option("--warm/--no-warm", default=False, show_default=True,
               help="Also train each later size warm-started from the previous one's model.")  # fmt: skip
 @click.option("--yardsticks", callback=_csv(str), default="cnn,resnet18", show_default=True,
-              help="Comma-separated, of: cnn, resnet18 (flywheel/baseline.py); they ignore --set.")  # fmt: skip
+              help="Comma-separated, of: cnn, resnet18 (flywheel/training/baseline.py); they ignore --set.")  # fmt: skip
 @click.option("--yardstick-epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--recipe/--no-recipe", "with_recipe", default=True, show_default=True,
               help="Train the recipe arm; --no-recipe reruns the yardsticks alone on the same seeded frames.")  # fmt: skip

@@ -10,11 +10,11 @@ decision is right or wrong:
     false promotion  a scenario where the challenger is truly worse somewhere (or no better) promoted
     false block      a scenario where the challenger is truly better everywhere was kept back
 
-Rules replayed on the same draws (the intervals are `flywheel.gate`'s, on accuracy):
+Rules replayed on the same draws (the intervals are `flywheel.evaluation.gate`'s, on accuracy):
 
     old   promote when the point gain is above the margin (0) and no slice of >= 30 frames is
           *proven* worse (its whole interval below -0.05); classes not gated, nothing critical
-    new   `flywheel.gate.decide` at the given tolerance and min frames, critical condition=* and
+    new   `flywheel.evaluation.gate.decide` at the given tolerance and min frames, critical condition=* and
           class=*: the overall gain's lower end above the margin, every gated slice's lower end
           above -tolerance, an inconclusive critical slice fails closed
 
@@ -30,7 +30,7 @@ from collections.abc import Callable
 import numpy as np
 
 from flywheel.config import GateSettings
-from flywheel.gate import PairedPredictions, decide, slice_deltas
+from flywheel.evaluation.gate import PairedPredictions, decide, slice_deltas
 
 CONDITIONS = ("clear", "rain", "night", "fog")
 CLASSES = 4

@@ -1,4 +1,4 @@
-"""Benchmark: the deployed model in fp32 and int8 (flywheel/quantize.py): size, latency at batch 1
+"""Benchmark: the deployed model in fp32 and int8 (flywheel/deployment/quantize.py): size, latency at batch 1
 and 32, accuracy and per-condition deltas on held-out frames, at the default width and at 32.
 
 Each width trains with the recipe (benchmarks/recipe.py's `add_batch` + `train_recipe`: the
@@ -17,11 +17,11 @@ import numpy as np
 
 from benchmarks.datasets import make_frames
 from benchmarks.recipe import add_batch, machine, recipe_settings, train_recipe
-from flywheel import deploy, quantize
+from flywheel.data.reader import load_arrays
+from flywheel.deployment import deploy, quantize
 from flywheel.model import load_weights
 from flywheel.model_input import decode_images
 from flywheel.predict import predict
-from flywheel.reader import load_arrays
 from flywheel.store import store_for
 
 

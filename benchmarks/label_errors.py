@@ -27,8 +27,9 @@ import numpy as np
 from benchmarks.datasets import make_frames
 from benchmarks.engine import EVERY_MODEL_PROMOTED, _home, _ingest
 from benchmarks.recipe import add_batch, recipe_settings, train_recipe
-from flywheel import champion, layout, sim, stages
+from flywheel import layout, sim, stages
 from flywheel.config import Settings
+from flywheel.deployment import champion
 from flywheel.labeling.quality import blended_probs, cross_validated_probs, find_label_errors
 from flywheel.model import load_weights
 from flywheel.model_input import decode_images

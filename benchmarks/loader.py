@@ -23,10 +23,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from flywheel import layout
-from flywheel.dataset import append_version
+from flywheel.data.dataset import append_version
+from flywheel.data.reader import ShardReader
+from flywheel.data.schema import DATASET
 from flywheel.model_input import decode_image, decode_into
-from flywheel.reader import ShardReader
-from flywheel.schema import DATASET
 from flywheel.store import open_store
 
 CLASSES = ["c0", "c1", "c2", "c3"]

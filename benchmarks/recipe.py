@@ -15,7 +15,7 @@ a prefix of the larger, so the sizes are the flywheel's growing dataset):
   recipe_refit with `refit`: the recipe's training again on train + val (the val split's shards read
                as train), the same number of epochs, the last epoch's weights (no val to pick a
                best one): the common refit after model selection on small data
-  cnn          the yardsticks of `flywheel.baseline`, trained the standard way on the version's
+  cnn          the yardsticks of `flywheel.training.baseline`, trained the standard way on the version's
   resnet18     train originals (the same frames the recipe trains on, without its offline copies):
                the classic script CNN (flatten, fully connected) and ResNet-18 as published
 
@@ -52,16 +52,18 @@ import torch
 import torch.nn as nn
 
 from benchmarks.datasets import DATASETS, Frames, make_frames
-from flywheel import baseline, dataset, layout, stages
+from flywheel import layout, stages
 from flywheel.config import Settings, load_settings
-from flywheel.evaluate import accuracy, confusion_matrix, macro_f1, per_class_scores
+from flywheel.data import dataset
+from flywheel.data.reader import ShardReader
+from flywheel.data.schema import FRAMES
+from flywheel.evaluation.evaluate import accuracy, confusion_matrix, macro_f1, per_class_scores
 from flywheel.model import load_weights
 from flywheel.model_input import decode_images
 from flywheel.predict import predict
-from flywheel.reader import ShardReader
-from flywheel.schema import FRAMES
 from flywheel.store import Store, store_for
-from flywheel.train import TrainConfig, TrainResult, make_loader, pick_device, train
+from flywheel.training import baseline
+from flywheel.training.train import TrainConfig, TrainResult, make_loader, pick_device, train
 
 SIZES = (1000, 3000)
 QUICK_SIZES = (96, 192)

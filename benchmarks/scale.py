@@ -12,7 +12,7 @@ database. The figure is the step span: from the first STEP_START to the last STE
 all steps of the ingest runs, as the instance's event log stamps them (read through
 `DagsterInstance.all_logs`, see benchmarks.steps), so the run processes' start-up is not counted;
 efficiency = span(1) / (k * span(k)).
-DDP: the same dataset version trained by `torchrun -m flywheel.distributed` with 1 and 2 ranks;
+DDP: the same dataset version trained by `torchrun -m flywheel.training.distributed` with 1 and 2 ranks;
 images/s is all ranks together (median over epochs after the first).
 """
 
@@ -250,10 +250,10 @@ def bench_ddp(*, clips: int = 96, epochs: int = 4, nprocs=(1, 2)) -> dict:
     """Training throughput with 1 and 2 torchrun ranks on the same dataset version (CPU, gloo)."""
     from flywheel import stages
     from flywheel.config import load_settings
-    from flywheel.distributed import train_challenger_torchrun
     from flywheel.ingest import validate_batch, write_frames
     from flywheel.store import open_store
     from flywheel.tracking import Tracker
+    from flywheel.training.distributed import train_challenger_torchrun
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -192,7 +192,7 @@ def _fill(endpoint: str, root: str, n: int, *, threads: int) -> float:
 @contextmanager
 def _moto_server() -> Iterator[str]:
     """moto's S3 server on a free port of 127.0.0.1 (the venv's `moto_server`); its endpoint URL."""
-    from flywheel.distributed import free_port
+    from flywheel.training.distributed import free_port
 
     port = free_port()
     exe = Path(sys.executable).with_name("moto_server")

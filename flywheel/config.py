@@ -115,7 +115,7 @@ class EvalSettings(_Section):
 
     per_slice_frames: int = Field(100, ge=0)  # reserve test clips while a slice has fewer labeled frames
     max_reserved_share: float = Field(0.25, ge=0, le=1)  # of a batch's train clips, at most, moved to test
-    # The fixed held-out set (flywheel/evalset.py): the labeled test frames of the first dataset version
+    # The fixed held-out set (flywheel/evaluation/evalset.py): the labeled test frames of the first dataset version
     # that has at least this many, frozen then; every later model is scored on the same frames.
     fixed_set_min_frames: int = Field(100, ge=1)
 
@@ -209,7 +209,7 @@ class TrainSettings(_Section):
 
 
 class GateSettings(_Section):
-    """The promotion gate (flywheel/gate.py): the challenger must show its gain and that no slice got worse."""
+    """The promotion gate (flywheel/evaluation/gate.py): the challenger must show its gain and that no slice got worse."""
 
     metric: Literal["accuracy", "macro_f1"] = "macro_f1"
     margin: float = 0.0  # the lower end of the overall gain's paired interval must be above this
@@ -239,14 +239,14 @@ class GateSettings(_Section):
 
 
 class TuneSettings(_Section):
-    """Hyperparameter search over the `train:` fields flywheel.yaml leaves unset (flywheel/tune.py);
+    """Hyperparameter search over the `train:` fields flywheel.yaml leaves unset (flywheel/training/tune.py);
     trials are scored on the val split by `gate.metric`."""
 
     trials: int = Field(20, ge=1)  # trials per tune run
     minutes: float = Field(30.0, gt=0)  # no trial starts after this; the one running finishes
     storage: str | None = None  # Optuna's database URL; None: SQLite under $FLYWHEEL_HOME/tune/
     cron: str = "0 3 * * 0"  # the weekly tune run: Sundays 03:00 UTC, after the nightly iteration
-    # After each training the yardstick CNN (flywheel/baseline.py) trains this many epochs on at most
+    # After each training the yardstick CNN (flywheel/training/baseline.py) trains this many epochs on at most
     # `baseline_frames` of the same train frames (a seeded sample), a quarter of the training's time or less
     # (BENCHMARKS.md); a challenger below it on val asks the retune sensor for a tune run. 0: no check.
     baseline_epochs: int = Field(4, ge=0)

@@ -194,7 +194,7 @@ def golden_key(name: str, version: int) -> str:
 
 
 def fixed_set_key(name: str) -> str:
-    """The fixed held-out set of a dataset (flywheel/evalset.py): created once, never rewritten."""
+    """The fixed held-out set of a dataset (flywheel/evaluation/evalset.py): created once, never rewritten."""
     return f"datasets/{check_name(name, 'dataset name')}/fixed_set.json"
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from flywheel.evaluate import ECE_BINS, calibration_bins, expected_calibration_error
+from flywheel.evaluation.evaluate import ECE_BINS, calibration_bins, expected_calibration_error
 
 DPI = 100
 
@@ -128,7 +128,7 @@ def demo_figure(rows: list[dict]) -> Figure:
 
 
 def diff_png(diff: dict) -> bytes:
-    """Rows a dataset version adds to another (`flywheel.diff.diff_versions`), per class and per
+    """Rows a dataset version adds to another (`flywheel.data.diff.diff_versions`), per class and per
     condition, as horizontal bars (negative: rows it no longer has)."""
     fig = Figure(figsize=(6.4, 3.2))
     panels = fig.subplots(1, 2)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from flywheel import dataset, deploy, layout, recovery
+from flywheel import layout, recovery
 from flywheel.config import Settings
+from flywheel.data import dataset
+from flywheel.deployment import deploy
 from flywheel.ingest import list_batches, pending_clips
 from flywheel.labeling.queue import human_labels_spent
 from flywheel.store import Store

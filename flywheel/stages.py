@@ -23,32 +23,25 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 
-from flywheel import (
-    approvals,
-    baseline,
-    champion,
-    dataset,
-    deploy,
-    evalset,
-    layout,
-    plots,
-    saliency,
-    tune,
-)
-from flywheel.augment import balance_report, load_pipeline, oversample, sample_grid_png
+from flywheel import layout, plots
 from flywheel.config import Settings
-from flywheel.evaluate import evaluate_model, flat_metrics, score
-from flywheel.gate import PairedPredictions, decide
+from flywheel.data import dataset
+from flywheel.data.augment import balance_report, load_pipeline, oversample, sample_grid_png
+from flywheel.data.reader import ShardReader, load_arrays
+from flywheel.data.schema import DATASET
+from flywheel.deployment import champion, deploy
+from flywheel.evaluation import approvals, evalset, saliency
+from flywheel.evaluation.evaluate import evaluate_model, flat_metrics, score
+from flywheel.evaluation.gate import PairedPredictions, decide
 from flywheel.labeling.labels import build_labels, fingerprint, hide_ground_truth
 from flywheel.labeling.quality import auto_accuracy_vs_truth, label_errors
 from flywheel.labeling.queue import queue_batch, read_exports
 from flywheel.model import FrameClassifier, load_weights
 from flywheel.predict import predict
-from flywheel.reader import ShardReader, load_arrays
-from flywheel.schema import DATASET
 from flywheel.store import Store
 from flywheel.tracking import CHALLENGER, CHAMPION, Tracker
-from flywheel.train import TrainConfig, make_loader, pick_device, train
+from flywheel.training import baseline, tune
+from flywheel.training.train import TrainConfig, make_loader, pick_device, train
 
 NO_IMAGE_STATS = [c for c in DATASET.names if c != "image"]  # image min/max would bloat footers
 
@@ -256,7 +249,7 @@ def _kept(store: Store, settings: Settings, tracker: Tracker, manifest: dict, cf
 
 def _against_baseline(store: Store, settings: Settings, tracker: Tracker, run_id: str, manifest: dict,
                       weights: bytes, cfg: TrainConfig, *, device: str, training_seconds: float) -> dict | None:  # fmt: skip
-    """The challenger and the yardstick CNN on val (flywheel/baseline.py), logged to the training run;
+    """The challenger and the yardstick CNN on val (flywheel/training/baseline.py), logged to the training run;
     None when `tune.baseline_epochs` is 0 or the version has no val rows. The run is tagged with the
     verdict (`baseline_check`: ok, short, or broken when the yardstick itself did not learn)."""
     epochs, metric = settings.tune.baseline_epochs, settings.gate.metric
@@ -378,7 +371,7 @@ def _newer_data(tracker: Tracker, challenger: str, champ: str) -> bool:
 
 def _saliency(model: FrameClassifier, images: np.ndarray, labels: np.ndarray, probs: np.ndarray, slices: dict, settings: Settings,
               device: str) -> bytes:  # fmt: skip
-    """Grad-CAM of the frames a reviewer should see (flywheel/saliency.py) as one PNG grid."""
+    """Grad-CAM of the frames a reviewer should see (flywheel/evaluation/saliency.py) as one PNG grid."""
     picked = saliency.pick_frames(probs, labels, slices, min_slice_frames=settings.gate.min_slice_frames)
     idx = np.array([i for i, _ in picked]) if picked else np.arange(min(len(labels), 8))
     preds, names = probs.argmax(1), settings.classes
@@ -413,7 +406,7 @@ def deploy_challenger(store: Store, settings: Settings, tracker: Tracker) -> dic
     images, labels, meta, _ = evalset.evaluation_frames(store, settings.dataset.name, manifest, image_size=size)
     max_diff = deploy.check_parity(model, onnx_bytes, images[:64])
     # imported here: onnxruntime's quantization tools take ~0.8 s to import, and most callers never quantize
-    from flywheel import quantize
+    from flywheel.deployment import quantize
 
     int8 = quantize.int8_for_deploy(store, settings, manifest, onnx_bytes, images, labels, meta) if settings.deploy.int8 else None
     serve = "int8" if settings.deploy.serve == "int8" and int8 and int8["check"]["passed"] else "fp32"

@@ -4,7 +4,7 @@ and the flywheel itself: `flywheel iterate` on CUDA, and with 2 GPUs a 2-rank NC
     python scripts/gpu_check.py            # full run on a CUDA GPU, about 2 minutes on an H100
     python scripts/gpu_check.py --quick    # tiny sizes; also runs (slowly) on a CPU-only machine
 
-Trains FrameClassifier with `flywheel.train.train` on synthetic separable frames held in pinned
+Trains FrameClassifier with `flywheel.training.train.train` on synthetic separable frames held in pinned
 memory (so it measures the trainer, not a data loader), prints images/s and accuracy per run,
 and writes everything to $OUT/gpu_check.json when OUT is set. Exits 1 when a check fails.
 """
@@ -31,7 +31,7 @@ sys.path.insert(
 
 from flywheel.model import load_weights  # noqa: E402
 from flywheel.predict import predict  # noqa: E402
-from flywheel.train import TrainConfig, train  # noqa: E402
+from flywheel.training.train import TrainConfig, train  # noqa: E402
 
 CLASSES = ["c0", "c1", "c2", "c3", "c4", "c5"]
 

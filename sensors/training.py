@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from flywheel import dataset
+from flywheel.data import dataset
 from jobs import TRAINING_TAGS, ingest_batch, train_and_deploy
 from resources import SettingsResource, StoreResource
 

@@ -3,7 +3,7 @@ was tuned for changed."""
 
 import dagster as dg
 
-from flywheel import tune
+from flywheel.training import tune
 from jobs import TRAINING_TAGS, tune_job
 from resources import SettingsResource, StoreResource
 

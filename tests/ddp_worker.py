@@ -1,9 +1,9 @@
-"""Two-process DDP smoke run for tests/test_train.py, launched by torchrun.
+"""Two-process DDP smoke run for tests/training/test_train.py, launched by torchrun.
 
     python -m torch.distributed.run --nproc_per_node=2 tests/ddp_worker.py OUTDIR [--device cpu]
 
 Each rank builds its own share (every world_size-th frame) of a synthetic separable set, trains
-with `flywheel.train.train`, and writes `rank<R>.json` (batches seen, history) to OUTDIR; rank 0
+with `flywheel.training.train.train`, and writes `rank<R>.json` (batches seen, history) to OUTDIR; rank 0
 also writes `weights.pt`.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from flywheel.train import TrainConfig, train
+from flywheel.training.train import TrainConfig, train
 
 CLASSES = ["red", "green", "blue"]
 COLORS = torch.tensor(

@@ -8,9 +8,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from flywheel import deploy, layout
+from flywheel import layout
+from flywheel.data.schema import FRAMES
+from flywheel.deployment import deploy
 from flywheel.model import ModelConfig, build_model
-from flywheel.schema import FRAMES
 
 CLASSES = ["clear_road", "vehicle", "pedestrian", "cyclist", "red_light", "obstacle"]
 SIZE = 16

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from flywheel import dataset
-from flywheel.schema import DATASET
+from flywheel.data import dataset
+from flywheel.data.schema import DATASET
 
 COLOURS = np.array(
     [[220, 30, 30], [30, 200, 40], [40, 50, 230], [230, 220, 40], [200, 40, 220], [40, 220, 220]]

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from flywheel import dataset, deploy, layout
+from flywheel import layout
 from flywheel.cli import Ctx, main, run_iteration
+from flywheel.data import dataset
+from flywheel.deployment import deploy
 from flywheel.engine import campaigns
 from flywheel.engine.shadow import fleet_filter, shadow_filter
 from flywheel.sim import simulate

@@ -110,7 +110,7 @@ BAD = {
     "undecodable_message-protobuf": lambda: _garbled_protobuf(),
 }  # fmt: skip
 
-# Reasons the batch's validation gives before any parsing (tests/test_ingest.py): not read_clip's.
+# Reasons the batch's validation gives before any parsing (tests/ingest/test_ingest.py): not read_clip's.
 INGEST_ONLY = {"changed_since_planned", "duplicate_clip_id"}
 
 

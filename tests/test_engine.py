@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from flywheel import deploy, layout, sim
-from flywheel.champion import Champion
+from flywheel import layout, sim
 from flywheel.config import EngineSettings, Settings
+from flywheel.deployment import deploy
+from flywheel.deployment.champion import Champion
 from flywheel.engine.select import confidence, select_for_labeling
 from flywheel.engine.shadow import DailyUploadBudget, fleet_filter, shadow_filter
 from flywheel.model_input import decode_images, frames_to_input

@@ -8,13 +8,14 @@ import pyarrow as pa
 import pytest
 import torch
 
-from flywheel import champion, deploy, model_input
-from flywheel.champion import Champion
-from flywheel.dataset import append_version
+from flywheel import model_input
+from flywheel.data.dataset import append_version
+from flywheel.data.reader import load_arrays
+from flywheel.data.schema import DATASET, FRAMES
+from flywheel.deployment import champion, deploy
+from flywheel.deployment.champion import Champion
 from flywheel.model import ModelConfig, build_model
 from flywheel.predict import Predictions
-from flywheel.reader import load_arrays
-from flywheel.schema import DATASET, FRAMES
 from flywheel.store import open_store
 
 CLASSES = ["a", "b"]

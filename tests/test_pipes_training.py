@@ -10,14 +10,14 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from flywheel import distributed
 from flywheel.config import load_settings
+from flywheel.data.reader import load_arrays
 from flywheel.definitions import build_definitions
 from flywheel.model import load_weights
 from flywheel.predict import predict
-from flywheel.reader import load_arrays
 from flywheel.store import open_store
 from flywheel.tracking import tracker_for
+from flywheel.training import distributed
 from tests.synthetic import separable_dataset
 
 FAULTS = Path(__file__).parent / "pipes_fault"  # its sitecustomize crashes a chosen rank once

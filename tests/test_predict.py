@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from flywheel import deploy
+from flywheel.deployment import deploy
 from flywheel.model import ModelConfig, build_model, load_weights, save_weights
 from flywheel.predict import predict, softmax
 from flywheel.progress import shown

@@ -6,15 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from flywheel import approvals, champion, dataset, deploy, evalset, layout
+from flywheel import layout
 from flywheel.config import load_settings
+from flywheel.data import dataset
+from flywheel.data.reader import load_arrays
 from flywheel.definitions import build_definitions
-from flywheel.evaluate import score
+from flywheel.deployment import champion, deploy
+from flywheel.evaluation import approvals, evalset
+from flywheel.evaluation.evaluate import score
 from flywheel.ingest import commit_batch, plan_batch
 from flywheel.labeling.queue import human_labels_spent
 from flywheel.model import load_weights
 from flywheel.predict import predict
-from flywheel.reader import load_arrays
 from flywheel.report import champion_status, iteration_summary
 from flywheel.sim import simulate
 from flywheel.sim.annotator import answer_queue

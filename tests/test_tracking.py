@@ -90,7 +90,8 @@ def test_a_deploy_refuses_weights_swapped_after_the_gate(flywheel_home, tmp_path
     """The gate judged some bytes; the artifact is replaced afterwards; the deploy refuses and moves nothing."""
     import hashlib
 
-    from flywheel import deploy, layout
+    from flywheel import layout
+    from flywheel.deployment import deploy
     from flywheel.tracking import WeightsChanged
 
     settings = load_settings(classes=["a", "b"], image_size=16)

@@ -134,8 +134,8 @@ def rollback(obj: Ctx):
     \b
     Example: flywheel rollback
     """
-    from flywheel import champion
-    from flywheel.deploy import RollbackError
+    from flywheel.deployment import champion
+    from flywheel.deployment.deploy import RollbackError
     from flywheel.tracking import tracker_for
 
     try:
@@ -202,7 +202,7 @@ def force(obj: Ctx, version: str, reason: str):
     \b
     Example: flywheel force v7 --reason "the fog drop is a labelling error, see ticket 412"
     """
-    from flywheel import approvals
+    from flywheel.evaluation import approvals
     from flywheel.tracking import tracker_for
 
     try:
@@ -239,7 +239,7 @@ def diff(obj: Ctx, before: str, after: str, name: str | None, as_json: bool):
     \b
     Example: flywheel diff v3 v5 --json
     """
-    from flywheel.diff import diff_versions, markdown
+    from flywheel.data.diff import diff_versions, markdown
 
     versions = []
     for v in (before, after):

@@ -18,7 +18,7 @@ def answer_and_relabel(obj: Ctx) -> list[str]:
     materialized again, so the answers count. Returns those batch ids."""
     import dagster as dg
 
-    from flywheel.dataset import waiting_batches
+    from flywheel.data.dataset import waiting_batches
     from flywheel.sim.annotator import answer_queue
 
     s, st = obj.settings, obj.store()

@@ -24,8 +24,10 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow.compute as pc
 
-from flywheel import dataset, deploy, layout
+from flywheel import layout
 from flywheel.config import Settings
+from flywheel.data import dataset
+from flywheel.deployment import deploy
 from flywheel.ingest import list_batches
 from flywheel.model_input import decode_images
 from flywheel.predict import predict
@@ -240,7 +242,7 @@ def effects(store: Store, settings: Settings) -> list[dict]:
 
 def query_grid_png(store: Store, settings: Settings, name: str) -> bytes:
     """The campaign's query frames as a captioned PNG grid."""
-    from flywheel.augment import sample_grid_png
+    from flywheel.data.augment import sample_grid_png
 
     record = load(store, name)
     manifest = dataset.load_manifest(store, settings.dataset.name, record["dataset_version"])

@@ -15,8 +15,8 @@ from collections.abc import Callable
 import numpy as np
 import onnxruntime as ort
 
-from flywheel import deploy
 from flywheel.config import Settings
+from flywheel.deployment import deploy
 from flywheel.engine.campaigns import match as campaign_match
 from flywheel.engine.campaigns import queries as campaign_queries
 from flywheel.engine.select import MEASURES, confidence

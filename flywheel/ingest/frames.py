@@ -61,7 +61,7 @@ def write_frames(
         table = frames_table(store, batch_id, settings, progress=progress)
         store.write_parquet(key, table, **frames_parquet_options())
         source = "parsed again"
-    from flywheel import schema
+    from flywheel.data import schema
 
     table = store.read_parquet(key, columns=[c for c in schema.FRAMES.names if c != "image"])
     nbytes = next(o.size for o in store.list(key) if o.key == key)

@@ -29,7 +29,7 @@ MIN_CLIPS_PER_WORKER = {"fork": 32, "exec": 128}
 
 def frames_parquet_options() -> dict:
     """How frames Parquet is written (the staged file and the committed one alike)."""
-    from flywheel import schema
+    from flywheel.data import schema
 
     return {
         "row_group_size": 1024,
@@ -120,7 +120,7 @@ def frames_of(parsed: list, clips: list[dict], batch_id: str) -> pa.Table:
     joins tables."""
     import pyarrow as pa
 
-    from flywheel import schema
+    from flywheel.data import schema
 
     cols: dict[str, list] = {name: [] for name in schema.FRAMES.names}
     for clip, p in zip(clips, parsed, strict=True):
@@ -147,7 +147,7 @@ def concat_frames(tables: list[pa.Table]) -> pa.Table:
     """The frames tables of a batch's chunks as one (no copy)."""
     import pyarrow as pa
 
-    from flywheel import schema
+    from flywheel.data import schema
 
     return pa.concat_tables(tables) if tables else schema.FRAMES.empty_table()
 

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from flywheel.data.schema import LABELS
 from flywheel.labeling.labelstudio import human_labels
-from flywheel.schema import LABELS
 
 
 def build_labels(

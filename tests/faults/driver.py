@@ -81,7 +81,7 @@ def install(point: str) -> None:
 
         cls.move = move
     wrap(store_mod.Store, "write_parquet", "parquet")
-    from flywheel import dataset
+    from flywheel.data import dataset
 
     real_shard = dataset._write_shard  # dataset shards are written by pyarrow's writer, not write_parquet
 

@@ -95,7 +95,9 @@ def snapshot(settings) -> dict:
 
 
 def check_invariants(settings, uploaded: set[str]) -> None:
-    from flywheel import dataset, deploy, ingest, layout
+    from flywheel import ingest, layout
+    from flywheel.data import dataset
+    from flywheel.deployment import deploy
     from flywheel.report import quarantined
     from flywheel.store import store_for
     from flywheel.tracking import CHAMPION, tracker_for

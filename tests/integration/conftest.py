@@ -33,7 +33,7 @@ RABBITMQ = os.environ.get("FLYWHEEL_TEST_RABBITMQ", "pyamqp://guest:guest@127.0.
 REDIS = os.environ.get("FLYWHEEL_TEST_REDIS", "redis://127.0.0.1:6379/0")
 SESSION = uuid.uuid4().hex[:8]
 
-# Small enough for two CPU cores, big enough to learn something (tests/test_loop.py's TINY).
+# Small enough for two CPU cores, big enough to learn something (tests/test_stages.py's TINY).
 TINY = {
     "sim.frames_per_clip": 4, "image_size": 32, "train.epochs": 1, "train.width": 8, "train.depth": 1,
     "train.batch_size": 32, "gate.floor": 0.0, "gate.min_slice_frames": 1000, "dataset.golden_size": 10,

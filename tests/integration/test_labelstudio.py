@@ -18,10 +18,11 @@ import dagster as dg
 import pytest
 import requests
 
-from flywheel import dataset, layout, stages
+from flywheel import layout, stages
 from flywheel.config import load_settings
+from flywheel.data import dataset
+from flywheel.data.diff import diff_versions
 from flywheel.definitions import build_definitions
-from flywheel.diff import diff_versions
 from flywheel.ingest import commit_batch, plan_batch
 from flywheel.labeling import labelstudio, labelstudio_server, labelstudio_sync
 from flywheel.sim import simulate

@@ -9,15 +9,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from flywheel import deploy, distributed, stages
+from flywheel import stages
 from flywheel.cli import main
 from flywheel.config import load_settings
+from flywheel.data.reader import load_arrays
+from flywheel.deployment import deploy
 from flywheel.model import load_weights
 from flywheel.predict import predict
-from flywheel.reader import load_arrays
 from flywheel.sim import simulate
 from flywheel.store import open_store
 from flywheel.tracking import CHALLENGER, CHAMPION, tracker_for
+from flywheel.training import distributed
 from tests.synthetic import separable_dataset
 
 pytestmark = pytest.mark.integration

@@ -11,10 +11,10 @@ import pytest
 
 from flywheel import layout, stages
 from flywheel.config import load_settings
+from flywheel.data.schema import FRAMES, LABELS
 from flywheel.labeling.labels import build_labels, unlabeled_frame_ids
 from flywheel.labeling.labelstudio import human_labels
 from flywheel.labeling.queue import read_exports
-from flywheel.schema import FRAMES, LABELS
 from flywheel.store import open_store
 
 CLASSES = ["clear_road", "vehicle", "pedestrian"]

@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from flywheel import layout
+from flywheel.data.schema import LABELS
 from flywheel.labeling import labelstudio
 from flywheel.labeling.labelstudio_sync import (
     LabelStudioSync,
@@ -20,7 +21,6 @@ from flywheel.labeling.labelstudio_sync import (
     unfolded,
 )
 from flywheel.labeling.queue import write_queue
-from flywheel.schema import LABELS
 from flywheel.store import open_store
 from tests.conftest import jpeg
 

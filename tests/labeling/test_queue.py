@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from flywheel import layout
-from flywheel.champion import Champion
 from flywheel.config import EngineSettings
+from flywheel.deployment.champion import Champion
 from flywheel.labeling.labels import build_labels, hide_ground_truth
 from flywheel.labeling.labelstudio import human_labels, label_config
 from flywheel.labeling.queue import queue_batch, read_exports, read_queue, write_queue

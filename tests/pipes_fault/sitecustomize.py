@@ -10,7 +10,7 @@ import os
 if os.environ.get("FLYWHEEL_TEST_CRASH"):
     rank, epoch, marker = os.environ["FLYWHEEL_TEST_CRASH"].split(":", 2)
     if os.environ.get("RANK") == rank:
-        from flywheel import reader
+        from flywheel.data import reader
 
         real = reader.ShardReader.set_epoch
 

@@ -1,0 +1,626 @@
+"""The trainer: one readable loop from batches of uint8 frames to `save_weights` bytes.
+
+`train()` takes any iterable of batch dicts (`{"image": uint8 (B, 3, S, S), "label": int64 (B,)}`,
+what `default_collate` makes of the reader's samples), so the dataset reader, a DataLoader over
+a TensorDataset or a list of pre-made batches all work. The recipe:
+
+- AdamW (decay on conv/linear weights only, not on BatchNorm or biases) with a one-cycle or
+  cosine schedule stepped per batch, and label smoothing. AdamW rather than SGD+nesterov: the
+  flywheel retrains on datasets from a few hundred to many thousand frames, often warm-started,
+  and Adam's per-parameter step size lets one learning rate work across dataset sizes, widths
+  and batch sizes, where SGD's learning rate has to be retuned with the batch size.
+- channels_last (NHWC) on CUDA. Not on CPU: there it was ~30% faster for width 16, but oneDNN's
+  NHWC backward in torch 2.13 aborts or segfaults for some shapes (width 8 at 32 px, odd batch sizes).
+- CUDA: bf16 autocast, TF32 matmuls, non-blocking copies from pinned memory,
+  optional `torch.compile`. CPU: fp32.
+- The best epoch kept (`keep_best`): the weights returned are those of the epoch with the best val
+  macro-F1 (the latest of equals), so a run that overfits a small dataset late does not ship its last, worse epoch.
+- A checkpoint after every epoch (model, optimizer, scheduler, RNG, loader state, history),
+  written atomically and loaded with `weights_only=True`; a rerun with the same
+  `checkpoint_dir` resumes where a crashed run stopped.
+- DDP when launched by `torchrun` (gloo on CPU, NCCL on GPU): metrics are all-reduced, only
+  rank 0 writes checkpoints and returns weights.
+
+One module over the usual size on purpose: the loop, its checkpoints and its DDP plumbing are one
+concern that a reader follows top to bottom; split, each part would be read only with the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import Field
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from flywheel.config import IMAGE_SIZE, Settings, TrainSettings
+from flywheel.evaluation.evaluate import macro_f1
+from flywheel.model import FrameClassifier, ModelConfig, build_model, load_weights, save_weights
+
+CHECKPOINT_NAME = "checkpoint.pt"
+AUTO_EPOCHS = (3, 100)  # the passes a run with `epochs: null` takes at least and at most
+SMALL_INPUT = 32  # px: inputs this small keep their full resolution in the stem (`stem_stride: null`)
+
+
+class TrainConfig(TrainSettings):
+    """The trainer's recipe: the `train:` settings (one set of defaults, flywheel/config.py) plus the
+    model's input side. Validated like the settings: a bad value raises a ValueError naming the field."""
+
+    image_size: int = Field(IMAGE_SIZE, ge=8, le=1024)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, device: str | None = None) -> TrainConfig:
+        """The recipe of these settings; `device` (e.g. the compute resource's) replaces `train.device`."""
+        values = {**settings.train.model_dump(), "image_size": settings.image_size}
+        return cls(**{**values, "device": device or values["device"]})
+
+    def epochs_for(self, steps_per_epoch: int) -> int:
+        """The passes over the data this run takes: `epochs` if set, else enough to take `steps`
+        optimizer steps, within AUTO_EPOCHS (a few hundred frames get many passes, a large
+        dataset a few)."""
+        if self.epochs is not None:
+            return self.epochs
+        if steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+        low, high = AUTO_EPOCHS
+        return min(max(math.ceil(self.steps / steps_per_epoch), low), high)
+
+    def architecture(self, num_classes: int) -> ModelConfig:
+        return ModelConfig(
+            num_classes=num_classes, image_size=self.image_size, width=self.width, depth=self.depth,
+            stem_stride=self.stem_stride or (1 if self.image_size <= SMALL_INPUT else 2),
+            head=self.head, dropout=self.dropout,
+        )
+
+
+# Fields that may change between a crashed run and its resumption without changing the result.
+_RESUME_FREE_FIELDS = ("device", "compile", "num_workers")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    weights: bytes | None  # `save_weights` bytes; None on DDP ranks other than 0
+    model_config: ModelConfig
+    classes: list[str]
+    history: list[dict[str, float]]  # one dict per epoch, see `_epoch_metrics`
+    device: str
+    world_size: int
+    resumed_from_epoch: (
+        int | None
+    )  # epochs already done in the checkpoint resumed from; None: fresh
+    warm_started: bool
+    warm_start_note: str = ""  # why a given warm start was not used
+    best_epoch: int | None = None  # the epoch (0-based) whose weights `weights` are, with `keep_best`; None: the last
+
+
+# ----------------------------------------------------------------------------- device, loaders
+
+
+def pick_device(pref: str = "auto") -> torch.device:
+    """'auto' is CUDA when available, else CPU; under torchrun the GPU is the one of LOCAL_RANK."""
+    if pref not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {pref!r}")
+    if pref == "cpu" or (pref == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch sees no CUDA GPU")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def make_loader(
+    dataset: Dataset, *, cfg: TrainConfig, device: torch.device, shuffle: bool = False
+) -> DataLoader:
+    """A DataLoader with the trainer's batch size and workers, pinned memory on CUDA.
+
+    `shuffle` is for map-style datasets only; an IterableDataset (the shard reader) shuffles itself.
+    A reader with `batched=True` hands over whole batches (no automatic batching).
+    """
+    if shuffle and isinstance(dataset, IterableDataset):
+        raise ValueError(
+            "shuffle=True needs a map-style dataset; an IterableDataset shuffles itself"
+        )
+    batched = getattr(dataset, "batched", False)  # a shard reader that yields whole batches itself
+    if batched and dataset.batch_size != cfg.batch_size:
+        raise ValueError(f"the reader yields batches of {dataset.batch_size}, the trainer wants {cfg.batch_size}")
+    return DataLoader(
+        dataset,
+        batch_size=None if batched else cfg.batch_size,
+        shuffle=shuffle,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=cfg.num_workers > 0,
+    )
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class _Dist:
+    rank: int = 0
+    world_size: int = 1
+    owns_group: bool = False  # we initialized the process group, so we tear it down
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device: torch.device) -> _Dist:
+    """Join the torchrun process group (env RANK/WORLD_SIZE) if there is one."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if world_size <= 1:
+        return _Dist()
+    owns = False
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo",
+            device_id=device if device.type == "cuda" else None,
+        )
+        owns = True
+    return _Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), owns_group=owns)
+
+
+def _all_reduce(t: torch.Tensor, ddp: _Dist, op=None) -> torch.Tensor:
+    if ddp.enabled:
+        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t
+
+
+def _agreed_steps(n: int, ddp: _Dist, device: torch.device) -> int:
+    """The fewest steps per epoch over all ranks: DDP needs every rank to take the same steps."""
+    t = torch.tensor([n], dtype=torch.int64, device=device)
+    return int(_all_reduce(t, ddp, dist.ReduceOp.MIN if ddp.enabled else None).item())
+
+
+def _next_batch_everywhere(it, ddp: _Dist, device: torch.device):
+    """The next batch, or None once any rank has run out (a rank alone would hang the all-reduce)."""
+    batch = next(it, None)
+    if ddp.enabled:
+        have = torch.tensor([batch is not None], dtype=torch.int32, device=device)
+        if _all_reduce(have, ddp, dist.ReduceOp.MIN).item() == 0:
+            return None
+    return batch
+
+
+# ----------------------------------------------------------------------------- model, optimizer
+
+
+def _build_model(
+    model_cfg: ModelConfig, classes: list[str], warm_start: bytes | None
+) -> tuple[FrameClassifier, bool, str]:
+    """A fresh model, or the champion's weights when its classes and architecture match ours."""
+    model = build_model(model_cfg)
+    if warm_start is None:
+        return model, False, ""
+    champion, champion_classes = load_weights(warm_start)
+    if champion_classes != list(classes):
+        return (
+            model,
+            False,
+            f"warm start skipped: champion classes {champion_classes} != {list(classes)}",
+        )
+    if champion.cfg != model_cfg:
+        return (
+            model,
+            False,
+            f"warm start skipped: champion model config {champion.cfg} != {model_cfg}",
+        )
+    model.load_state_dict(champion.state_dict())
+    return model, True, ""
+
+
+def _make_optimizer(
+    model: nn.Module, cfg: TrainConfig, device: torch.device
+) -> torch.optim.Optimizer:
+    """AdamW; conv kernels and the head matrix decay, BatchNorm weights and biases (1-D) do not."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
+
+
+def _make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
+    """Stepped once per batch; `total_steps` = passes * steps per epoch. A one-cycle run too short
+    for a warmup of two steps anneals from `lr` instead: OneCycleLR divides by its warmup length
+    in steps minus one (ZeroDivisionError at exactly one step), and one step is no warmup anyway."""
+    if cfg.schedule == "onecycle" and cfg.warmup_pct * total_steps >= 2:
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=cfg.warmup_pct
+        )
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+
+
+def _steps_per_epoch(loader: Iterable, steps_per_epoch: int | None) -> int:
+    """The schedule's epoch length: the explicit argument, else len(loader)."""
+    if steps_per_epoch is not None:
+        if steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+        return steps_per_epoch
+    try:
+        n = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError(
+            "train_loader has no len(); pass steps_per_epoch so the LR schedule knows its length"
+        ) from None
+    if n < 1:
+        raise ValueError("train_loader is empty (len 0)")
+    return n
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def _check_batch(batch: dict, *, image_size: int, num_classes: int, where: str) -> None:
+    """Catch wrong inputs on the CPU, before CUDA turns them into an opaque device assert."""
+    if not isinstance(batch, dict) or "image" not in batch or "label" not in batch:
+        raise ValueError(f"{where}: a batch must be a dict with 'image' and 'label'")
+    x, y = batch["image"], batch["label"]
+    if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != (3, image_size, image_size):
+        raise ValueError(
+            f"{where}: 'image' must be uint8 (B, 3, {image_size}, {image_size}), "
+            f"got {x.dtype} {tuple(x.shape)}"
+        )
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"{where}: 'label' must be (B,) = ({x.shape[0]},), got {tuple(y.shape)}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(
+            f"{where}: 'label' values must be in [0, {num_classes}), got {int(y.min())}..{int(y.max())}"
+        )
+
+
+def _to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    x = batch["image"].to(device, non_blocking=True)  # (B, 3, S, S) uint8
+    y = batch["label"].to(device, non_blocking=True).long()  # (B,)
+    return x.contiguous(memory_format=_memory_format(device)), y
+
+
+def _memory_format(device: torch.device) -> torch.memory_format:
+    """NHWC on CUDA (tensor-core convolutions); NCHW on CPU, where oneDNN's NHWC backward crashes for some shapes."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _progress(it, *, enabled: bool, total: int, desc: str):
+    return _counted(it, total=total, desc=desc) if enabled else it
+
+
+def _counted(it, *, total: int, desc: str):
+    from flywheel import progress as bars
+
+    with bars.bar(total=total, desc=desc, unit="batch", progress=True) as bar:
+        for item in it:
+            yield item
+            bar.update()
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _loader_state_owner(loader) -> Any | None:
+    """The object whose state_dict/load_state_dict resumes the data order (loader or its dataset)."""
+    for obj in (loader, getattr(loader, "dataset", None)):
+        if obj is not None and hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict"):
+            return obj
+    return None
+
+
+def _rng_state(device: torch.device) -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": _to_plain(random.getstate()),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _to_plain(obj):
+    """Tuples to lists, recursively: plain types that weights_only loading accepts."""
+    if isinstance(obj, tuple | list):
+        return [_to_plain(o) for o in obj]
+    return obj
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    """Write to a temporary name, then rename: a crash leaves the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, *, cfg: TrainConfig, classes: list[str]) -> dict:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if ckpt["classes"] != list(classes):
+        raise ValueError(f"checkpoint {path} is for classes {ckpt['classes']}, not {list(classes)}")
+    ours = {k: v for k, v in cfg.model_dump().items() if k not in _RESUME_FREE_FIELDS}
+    theirs = {k: v for k, v in ckpt["train_config"].items() if k not in _RESUME_FREE_FIELDS}
+    if ours != theirs:
+        diff = {k: (theirs.get(k), v) for k, v in ours.items() if theirs.get(k) != v}
+        raise ValueError(
+            f"checkpoint {path} was written with another TrainConfig (checkpoint, now): {diff}"
+        )
+    return ckpt
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _epoch_metrics(sums: torch.Tensor, ddp: _Dist, prefix: str) -> dict[str, float]:
+    """sums = [loss * n, correct, n] on this rank -> mean loss and accuracy over all ranks."""
+    loss_sum, correct, n = _all_reduce(sums.clone(), ddp).tolist()
+    if n == 0:
+        raise ValueError(f"{prefix}_loader yielded no batches this epoch (on any rank)")
+    return {f"{prefix}_loss": loss_sum / n, f"{prefix}_acc": correct / n}
+
+
+@torch.no_grad()
+def _evaluate(
+    model: nn.Module, loader: Iterable, *, cfg: TrainConfig, num_classes: int, device, ddp: _Dist
+) -> dict:
+    """Plain cross-entropy (no smoothing), accuracy and macro-F1 on `loader`; each rank scores its own share."""
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    cm = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)  # (true, predicted), flat
+    for batch in loader:
+        _check_batch(batch, image_size=cfg.image_size, num_classes=num_classes, where="val_loader")
+        x, y = _to_device(batch, device)
+        with _autocast(device):
+            logits = model(x).float()  # (B, C)
+        sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
+        sums[1] += (logits.argmax(1) == y).sum()
+        sums[2] += len(y)
+        cm += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes * num_classes)
+    cm = _all_reduce(cm, ddp).view(num_classes, num_classes).cpu().numpy()
+    return {**_epoch_metrics(sums, ddp, "val"), "val_macro_f1": macro_f1(cm)}
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(
+    *,
+    train_loader: Iterable[dict],
+    val_loader: Iterable[dict] | None = None,
+    classes: list[str],
+    cfg: TrainConfig,
+    checkpoint_dir: Path | None = None,
+    warm_start: bytes | None = None,
+    set_epoch: Callable[[int], None] | None = None,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    on_epoch_model: Callable[[int, nn.Module], None] | None = None,
+    steps_per_epoch: int | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Train a FrameClassifier on batches of uint8 frames; resume from `checkpoint_dir` if it holds one.
+
+    `warm_start`: champion weights (`save_weights` bytes), used only when classes and model config
+    match. `set_epoch(epoch)` is called before each epoch (0-based) so the reader reshuffles;
+    `on_epoch_end(epoch, metrics)` after the epoch's checkpoint is written (rank 0 only);
+    `on_epoch_model(epoch, model)` then, with the model in eval mode, to look at, not to change
+    (a benchmark scores it on held-out frames: time to accuracy).
+    Under torchrun each rank passes its own share of the data.
+    """
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise ValueError(f"classes must be >= 2 unique names, got {classes}")
+    device = pick_device(cfg.device)
+    ddp = _init_distributed(device)
+    try:
+        return _train(
+            train_loader=train_loader,
+            val_loader=val_loader,
+            classes=list(classes),
+            cfg=cfg,
+            checkpoint_dir=checkpoint_dir,
+            warm_start=warm_start,
+            set_epoch=set_epoch,
+            on_epoch_end=on_epoch_end,
+            on_epoch_model=on_epoch_model,
+            steps_per_epoch=steps_per_epoch,
+            progress=progress,
+            device=device,
+            ddp=ddp,
+        )
+    finally:
+        if ddp.owns_group:
+            dist.destroy_process_group()
+
+
+def _train(
+    *,
+    train_loader: Iterable[dict],
+    val_loader: Iterable[dict] | None,
+    classes: list[str],
+    cfg: TrainConfig,
+    checkpoint_dir: Path | None,
+    warm_start: bytes | None,
+    set_epoch: Callable[[int], None] | None,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None,
+    on_epoch_model: Callable[[int, nn.Module], None] | None,
+    steps_per_epoch: int | None,
+    progress: bool,
+    device: torch.device,
+    ddp: _Dist,
+) -> TrainResult:
+    """The loop of `train`, inside the process group's lifetime."""
+    torch.manual_seed(cfg.seed)  # same on every rank: identical initial weights
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in fp32
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest conv kernels
+
+    model_cfg = cfg.architecture(len(classes))
+    model, warm_started, warm_note = _build_model(model_cfg, classes, warm_start)
+    model = model.to(device).to(memory_format=_memory_format(device))
+    steps = _agreed_steps(_steps_per_epoch(train_loader, steps_per_epoch), ddp, device)
+    epochs = cfg.epochs_for(steps)
+    optimizer = _make_optimizer(model, cfg, device)
+    scheduler = _make_scheduler(optimizer, cfg, total_steps=epochs * steps)
+
+    # Resume: the checkpoint holds everything the next epoch depends on.
+    ckpt_path = checkpoint_dir / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    loader_state = _loader_state_owner(train_loader)
+    start_epoch, history, resumed_from = 0, [], None
+    best: dict | None = None  # {"epoch", "val_macro_f1", "model"}: the best val epoch so far, with `keep_best`
+    if ckpt_path is not None and ckpt_path.exists():
+        ckpt = _load_checkpoint(ckpt_path, cfg=cfg, classes=classes)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        _set_rng_state(ckpt["rng"], device)
+        if loader_state is not None and ckpt.get("loader") is not None:
+            loader_state.load_state_dict(ckpt["loader"])
+        start_epoch = resumed_from = int(ckpt["epoch"])
+        history = list(ckpt["history"])
+        warm_started, warm_note = bool(ckpt["warm_started"]), str(ckpt["warm_start_note"])
+        best = ckpt.get("best")
+
+    plain = model  # the module whose state_dict we save
+    if ddp.enabled:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if cfg.compile and device.type == "cuda":
+        model = torch.compile(model)
+
+    for epoch in range(start_epoch, epochs):
+        if set_epoch is not None:
+            set_epoch(epoch)
+        model.train()
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # [loss * n, correct, n]
+        lr = scheduler.get_last_lr()[0]
+        t0 = time.perf_counter()
+        it = iter(train_loader)
+        for _ in _progress(
+            range(steps), enabled=progress and ddp.is_main, total=steps, desc=f"epoch {epoch}"
+        ):
+            batch = _next_batch_everywhere(it, ddp, device)
+            if batch is None:
+                break  # this epoch ran short of `steps`; the schedule simply doesn't finish it
+            _check_batch(
+                batch, image_size=cfg.image_size, num_classes=len(classes), where="train_loader"
+            )
+            x, y = _to_device(batch, device)
+            with _autocast(device):
+                logits = model(x)  # (B, C)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            lr = scheduler.get_last_lr()[0]  # the lr this step used
+            scheduler.step()
+            # Accumulate on the device: no host sync per step.
+            sums[0] += loss.detach().double() * len(y)
+            sums[1] += (logits.detach().argmax(1) == y).sum()
+            sums[2] += len(y)
+        del it  # stop the loader's workers before validation starts its own
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
+        metrics = {"epoch": epoch, **_epoch_metrics(sums, ddp, "train")}
+        n_images = _all_reduce(sums[2:].clone(), ddp).item()
+        if val_loader is not None:
+            metrics.update(
+                _evaluate(
+                    plain, val_loader, cfg=cfg, num_classes=len(classes), device=device, ddp=ddp
+                )
+            )
+        metrics.update(lr=lr, images_per_s=n_images / seconds if seconds > 0 else math.nan)
+        history.append(metrics)
+        # val metrics are all-reduced, so every rank keeps the same epoch
+        # Macro-F1, not accuracy: on a small, unbalanced val split an early epoch that answers the majority
+        # class everywhere can match a later, better one on accuracy.
+        if cfg.keep_best and "val_macro_f1" in metrics and (best is None or metrics["val_macro_f1"] >= best["val_macro_f1"]):
+            best = {"epoch": epoch, "val_macro_f1": metrics["val_macro_f1"],
+                    "model": {k: v.detach().cpu().clone() for k, v in plain.state_dict().items()}}  # fmt: skip
+
+        if ddp.is_main and ckpt_path is not None:
+            _save_checkpoint(
+                ckpt_path,
+                {
+                    "model": {k: v.detach().cpu() for k, v in plain.state_dict().items()},
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch + 1,  # epochs completed
+                    "rng": _rng_state(device),
+                    "loader": loader_state.state_dict() if loader_state is not None else None,
+                    "history": history,
+                    "train_config": cfg.model_dump(),
+                    "model_config": asdict(model_cfg),
+                    "classes": classes,
+                    "warm_started": warm_started,
+                    "warm_start_note": warm_note,
+                    "best": best,
+                },
+            )
+        if ddp.is_main and on_epoch_end is not None:
+            on_epoch_end(epoch, dict(metrics))
+        if ddp.is_main and on_epoch_model is not None:
+            on_epoch_model(epoch, plain.eval())
+
+    if best is not None:  # the best val epoch's weights, not the last epoch's
+        plain.load_state_dict(best["model"])
+    return TrainResult(
+        weights=save_weights(plain, model_cfg, classes) if ddp.is_main else None,
+        model_config=model_cfg,
+        classes=classes,
+        history=history,
+        device=str(device),
+        world_size=ddp.world_size,
+        resumed_from_epoch=resumed_from,
+        warm_started=warm_started,
+        warm_start_note=warm_note,
+        best_epoch=best["epoch"] if best is not None else None,
+    )
