@@ -24,9 +24,8 @@ from flywheel.ingest.landing import (
 from flywheel.ingest.validate import quarantine
 from flywheel.store import ObjectInfo, Store
 
-if (
-    TYPE_CHECKING
-):  # a worker process imports this module: pyarrow, pydantic and tqdm load where used
+# a worker process imports this package: pyarrow, pydantic and tqdm load where used
+if TYPE_CHECKING:
     pass
 
 

@@ -18,9 +18,8 @@ from flywheel.ingest.reading import (
 )
 from flywheel.store import Store
 
-if (
-    TYPE_CHECKING
-):  # a worker process imports this module: pyarrow, pydantic and tqdm load where used
+# a worker process imports this package: pyarrow, pydantic and tqdm load where used
+if TYPE_CHECKING:
     import pyarrow as pa
 
     from flywheel.config import Settings

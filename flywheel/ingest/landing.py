@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING
 from flywheel import layout
 from flywheel.store import ObjectInfo, Store
 
-if (
-    TYPE_CHECKING
-):  # a worker process imports this module: pyarrow, pydantic and tqdm load where used
+# a worker process imports this package: pyarrow, pydantic and tqdm load where used
+if TYPE_CHECKING:
     pass
 
 

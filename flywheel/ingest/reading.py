@@ -13,9 +13,8 @@ from flywheel.clips import MAX_CLIP_BYTES, ClipError, read_clip
 from flywheel.ingest.landing import claim_holder, sha256
 from flywheel.store import Store
 
-if (
-    TYPE_CHECKING
-):  # a worker process imports this module: pyarrow, pydantic and tqdm load where used
+# a worker process imports this package: pyarrow, pydantic and tqdm load where used
+if TYPE_CHECKING:
     import pyarrow as pa
 
     from flywheel.config import Settings

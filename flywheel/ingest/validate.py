@@ -21,9 +21,8 @@ from flywheel.ingest.reading import (
 )
 from flywheel.store import Store, check_key, is_valid_key
 
-if (
-    TYPE_CHECKING
-):  # a worker process imports this module: pyarrow, pydantic and tqdm load where used
+# a worker process imports this package: pyarrow, pydantic and tqdm load where used
+if TYPE_CHECKING:
     from flywheel.config import Settings
 
 
