@@ -163,7 +163,8 @@ class LandingScan:
                 for k, size, mtime in state.get("landing_seen", [])
                 if isinstance(k, str) and k.startswith(layout.LANDING)
             ]
-        except (AttributeError, TypeError, ValueError):  # not an object, entries not [key, size, mtime]
+        # not an object, or entries that are not [key, size, mtime]
+        except (AttributeError, TypeError, ValueError):
             raise ValueError(f"{state!r} is no landing scan position") from None
         if not isinstance(after, str) or (after and not after.startswith(layout.LANDING)):
             raise ValueError(f"{state!r} names no landing key to go on after")
