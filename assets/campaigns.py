@@ -27,26 +27,28 @@ def campaign(context: dg.AssetExecutionContext, config: CampaignConfig, settings
     s, st, name = settings.load(), store.open(), context.partition_key
     record = campaigns.create(st, s, name, slice=config.slice, frame_ids=config.frame_ids or None,
                               max_frames=config.max_frames, match_share=config.match_share)  # fmt: skip
-    out = campaigns.effect(st, s, name)
-    now = campaigns.match_rates(st, s, name)
+    return dg.MaterializeResult(metadata=_campaign_metadata(st, s, name, record))
+
+
+def _campaign_metadata(st, s, name: str, record: dict) -> dict:
+    """What the UI shows of a campaign: its query, the match rates now, the clips it brought and its effect."""
+    out, now = campaigns.effect(st, s, name), campaigns.match_rates(st, s, name)
     before, after = out["before"], out["after"]
-    return dg.MaterializeResult(
-        metadata={
-            "slice": record["slice"],
-            "source": record["source"],
-            "active": record["active"],
-            "query_frames": len(record["frame_ids"]),
-            "trigger": record["trigger"],
-            "match rate under the deployed model (slice / other frames)": " / ".join(
-                "-" if r is None else f"{r:.2f}" for r in (now["in_slice"], now["outside"])
-            ),
-            "clips_brought": out["clips"],
-            "frames_brought": out["frames"],
-            f"{out['metric']} on the slice before (v{out['before_model']})": before,
-            f"{out['metric']} on the slice after": after,
-            "after (model)": f"v{out['after_model']} ({out['after_n']} frames)" if after is not None else "not trained on its clips yet",
-            "delta": out["delta"],
-            "per batch": table_md([{"batch": b, **v} for b, v in out["batches"].items()]),
-            "query": png_md(campaigns.query_grid_png(st, s, name), "query frames"),
-        }
-    )
+    return {
+        "slice": record["slice"],
+        "source": record["source"],
+        "active": record["active"],
+        "query_frames": len(record["frame_ids"]),
+        "trigger": record["trigger"],
+        "match rate under the deployed model (slice / other frames)": " / ".join(
+            "-" if r is None else f"{r:.2f}" for r in (now["in_slice"], now["outside"])
+        ),
+        "clips_brought": out["clips"],
+        "frames_brought": out["frames"],
+        f"{out['metric']} on the slice before (v{out['before_model']})": before,
+        f"{out['metric']} on the slice after": after,
+        "after (model)": f"v{out['after_model']} ({out['after_n']} frames)" if after is not None else "not trained on its clips yet",
+        "delta": out["delta"],
+        "per batch": table_md([{"batch": b, **v} for b, v in out["batches"].items()]),
+        "query": png_md(campaigns.query_grid_png(st, s, name), "query frames"),
+    }

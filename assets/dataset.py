@@ -22,23 +22,7 @@ def labels(context: dg.AssetExecutionContext, settings: SettingsResource, store:
     st = store.open()
     stats = stages.label_batch(st, settings.load(), context.partition_key)
     found = stats["label_errors"]
-    auto = stats.get("auto_accuracy") or {}
-    yield dg.MaterializeResult(
-        metadata={
-            "queued_for_humans": stats["queued"],
-            "auto_label_accuracy": auto.get("accuracy"),
-            "auto_labels_compared": auto.get("compared", 0),
-            "labeled": stats["labeled"],
-            "champion scored on": stats["scored_on"] or "no champion deployed",
-            "unlabeled (kept out of training)": stats["unlabeled"],
-            "by_source": counts_md({k: stats[k] for k in ("human", "ground_truth", "auto")}),
-            "auto_below_threshold (to the human queue)": stats["auto_below_threshold"],
-            "per_class": counts_md(stats["per_class"]),
-            "skipped_exports": len(stats["skipped_exports"]),
-            "skipped_exports (file, task, why)": table_md(stats["skipped_exports"]),
-            "uri": dg.MetadataValue.path(st.uri(stats["key"])),
-        }
-    )
+    yield dg.MaterializeResult(metadata=_labels_metadata(stats, st))
     yield dg.AssetCheckResult(
         check_name="likely_label_errors",
         passed=not found["errors"],
@@ -46,6 +30,25 @@ def labels(context: dg.AssetExecutionContext, settings: SettingsResource, store:
         description=found.get("note") or f"{found.get('flagged', 0)} of {found['checked']} labels look wrong",
         metadata={"checked": found["checked"], "frames": table_md(found["errors"])},
     )
+
+
+def _labels_metadata(stats: dict, st) -> dict:
+    """What the UI shows of a batch's labels: where they came from, what went to people, per class."""
+    auto = stats.get("auto_accuracy") or {}
+    return {
+        "queued_for_humans": stats["queued"],
+        "auto_label_accuracy": auto.get("accuracy"),
+        "auto_labels_compared": auto.get("compared", 0),
+        "labeled": stats["labeled"],
+        "champion scored on": stats["scored_on"] or "no champion deployed",
+        "unlabeled (kept out of training)": stats["unlabeled"],
+        "by_source": counts_md({k: stats[k] for k in ("human", "ground_truth", "auto")}),
+        "auto_below_threshold (to the human queue)": stats["auto_below_threshold"],
+        "per_class": counts_md(stats["per_class"]),
+        "skipped_exports": len(stats["skipped_exports"]),
+        "skipped_exports (file, task, why)": table_md(stats["skipped_exports"]),
+        "uri": dg.MetadataValue.path(st.uri(stats["key"])),
+    }
 
 
 @dg.asset(partitions_def=fleet_batches, group_name="dataset", deps=[labels], retry_policy=STORE_RETRY,
@@ -79,24 +82,26 @@ def training_dataset(settings: SettingsResource, store: StoreResource) -> dg.Mat
     """The versioned, sharded training dataset: version N+1 = version N's shards + shards of new batches."""
     st, s = store.open(), settings.load()
     manifest, created = stages.build_dataset_version(st, s)
-    counts = manifest.get("counts", {})
-    changes = {}
+    return dg.MaterializeResult(metadata=_version_metadata(st, s, manifest, created),
+                                data_version=dg.DataVersion(str(manifest["version"])))  # fmt: skip
+
+
+def _version_metadata(st, s, manifest: dict, created: bool) -> dict:
+    """What the UI shows of a dataset version: what it adds to its parent, its shards and counts."""
+    counts, changes = manifest.get("counts", {}), {}
     if manifest.get("parent"):  # what this version adds to its parent
         d = diff_versions(st, s.dataset.name, manifest["parent"], manifest["version"])
         changes = {"vs_parent": dg.MetadataValue.md(diff_markdown(d)), "labels_changed": d["labels_changed"],
                    "clips_added": d["clips_added"], "added (rows per class and condition)": png_md(diff_png(d), "added rows")}  # fmt: skip
-    return dg.MaterializeResult(
-        metadata={
-            **changes,
-            "version": manifest["version"],
-            "new_version": created,
-            "parent": str(manifest.get("parent")),
-            "batches": len(manifest["batches"]),
-            "shards": len(manifest["shards"]),
-            "rows": sum(s["rows"] for s in manifest["shards"]),
-            "per_split": counts_md(counts.get("split", {})),
-            "per_class": counts_md(counts.get("class", {})),
-            "per_condition": counts_md(counts.get("condition", {})),
-        },
-        data_version=dg.DataVersion(str(manifest["version"])),
-    )
+    return {
+        **changes,
+        "version": manifest["version"],
+        "new_version": created,
+        "parent": str(manifest.get("parent")),
+        "batches": len(manifest["batches"]),
+        "shards": len(manifest["shards"]),
+        "rows": sum(sh["rows"] for sh in manifest["shards"]),
+        "per_split": counts_md(counts.get("split", {})),
+        "per_class": counts_md(counts.get("class", {})),
+        "per_condition": counts_md(counts.get("condition", {})),
+    }

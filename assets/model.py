@@ -72,27 +72,28 @@ def challenger(
         out["ranks"] = "none (kept)"
         say(context, f"challenger v{out['version']} already trained on dataset v{out['dataset_version']} "
                      "with this recipe: kept, no training launched")  # fmt: skip
-    last = out["history"][-1]
+    return dg.MaterializeResult(metadata=_challenger_metadata(out, tracker), data_version=dg.DataVersion(out["version"]))
+
+
+def _challenger_metadata(out: dict, tracker) -> dict:
+    """What the UI shows of a challenger: its run, data, ranks, last epoch, the yardstick check, curves."""
     links = ui_urls(tracker.tracking_uri, experiment_id=tracker.experiment_id, run_id=out["run_id"],
                     model_name=tracker.model_name, version=out["version"])  # fmt: skip
-    return dg.MaterializeResult(
-        metadata={
-            "mlflow_version": out["version"],
-            "up_to_date (no new data: kept, not retrained)": out["up_to_date"],
-            "mlflow_run_id": out["run_id"],
-            "dataset_version": out["dataset_version"],
-            "device": out["device"],
-            "ranks (torchrun)": out["ranks"],
-            "train_rows": out["train_rows"],
-            "warm_started": out["warm_started"],
-            "resumed_from_epoch": str(out["resumed_from_epoch"]),
-            "final_epoch": table_md([{k: v for k, v in last.items()}]),
-            "vs_yardstick_cnn (val)": table_md([_vs_baseline(out["baseline_check"])]),
-            "learning_curves": png_md(plots.learning_curves_png(out["history"]), "learning curves"),
-            **{k: dg.MetadataValue.url(v) for k, v in links.items()},  # with a tracking server
-        },
-        data_version=dg.DataVersion(out["version"]),
-    )
+    return {
+        "mlflow_version": out["version"],
+        "up_to_date (no new data: kept, not retrained)": out["up_to_date"],
+        "mlflow_run_id": out["run_id"],
+        "dataset_version": out["dataset_version"],
+        "device": out["device"],
+        "ranks (torchrun)": out["ranks"],
+        "train_rows": out["train_rows"],
+        "warm_started": out["warm_started"],
+        "resumed_from_epoch": str(out["resumed_from_epoch"]),
+        "final_epoch": table_md([dict(out["history"][-1])]),
+        "vs_yardstick_cnn (val)": table_md([_vs_baseline(out["baseline_check"])]),
+        "learning_curves": png_md(plots.learning_curves_png(out["history"]), "learning curves"),
+        **{k: dg.MetadataValue.url(v) for k, v in links.items()},  # with a tracking server
+    }
 
 
 def _vs_baseline(check: dict | None) -> dict:
@@ -125,49 +126,54 @@ def evaluation(context: dg.AssetExecutionContext, settings: SettingsResource, st
     """Challenger and champion scored on the same frames (test split + golden set), and the gate."""
     s = settings.load()
     out = stages.evaluate_challenger(store.open(), s, mlflow.tracker(context), device=compute.device)
-    ch, gate = out["challenger"], out["gate"]
+    gate = out["gate"]
     outcome = "promoted" if gate["passed"] else "kept"
     context.instance.add_run_tags(context.run_id, {GATE_TAG: outcome})
     say(context, f"gate: challenger v{out['challenger_version']} "
                      f"{'is promoted' if gate['passed'] else 'is not promoted, the champion is kept'}: {gate['reason']}")  # fmt: skip
+    yield dg.MaterializeResult(metadata=_evaluation_metadata(out, s, store.open(), outcome))
+    yield dg.AssetCheckResult(check_name="gate", passed=bool(gate["passed"]),
+                              severity=dg.AssetCheckSeverity.WARN,  # the champion is kept: nothing is broken
+                              description=gate["reason"], metadata=_gate_metadata(gate))  # fmt: skip
+
+
+def _evaluation_metadata(out: dict, s, st, outcome: str) -> dict:
+    """What the UI shows of an evaluation: the decision, both sets, per slice, robustness, campaigns, plots."""
+    ch, gate, metric = out["challenger"], out["gate"], s.gate.metric
     slices = [{"slice": k, **{m: v.get(m) for m in ("n", "accuracy", "macro_f1")}} for k, v in ch["per_slice"].items()]
     fixed = out.get("fixed_set") or {"frames": None, "note": "not scored: evaluated before fixed sets existed"}
-    yield dg.MaterializeResult(
-        metadata={
-            "gate": f"{outcome}: {gate['reason']}",  # the decision, on the asset as well as on its check
-            "challenger_version": out["challenger_version"],
-            "champion_version": str(out["champion_version"]),
-            "champion_repair": table_md([out["champion_repair"]] if out["champion_repair"] else []),
-            "frames": out["frames"],
-            "golden_frames": out["golden_frames"],
-            s.gate.metric: ch[s.gate.metric],
-            f"fixed held-out set {s.gate.metric}": fixed["challenger"][s.gate.metric] if fixed["frames"] else None,
-            "growing evaluation set vs fixed held-out set": table_md(_on_both_sets(out, fixed, s.gate.metric)),
-            "challenger_vs_champion": dg.MetadataValue.md(compare_markdown(compare(ch, out["champion"]))),
-            "per_slice": table_md(slices),
-            "robustness": table_md([{"corruption": k, **v} for k, v in ch.get("robustness", {}).items()]),
-            "mining campaigns (clips brought, slice score before and after)": table_md(
-                campaigns.effects(store.open(), s),
-                ["name", "slice", "active", "clips", "metric", "before", "before_model", "after", "after_model", "delta"],
-            ),
-            "up_to_date (the challenger is the served model: kept)": bool(out.get("up_to_date")),
-            **{plot: png_md(png, plot) for plot, png in out["plots"].items()},  # confusion, reliability, saliency
-        }
-    )
-    yield dg.AssetCheckResult(
-        check_name="gate",
-        passed=bool(gate["passed"]),
-        severity=dg.AssetCheckSeverity.WARN,  # the champion is kept: nothing is broken
-        description=gate["reason"],
-        metadata={
-            "rule that promoted (superior, no worse on newer data, floor)": str(gate.get("rule")),
-            "overall gain (paired interval)": f"[{_num(gate['primary'].get('low'))}, {_num(gate['primary'].get('high'))}]",
-            "slices (challenger - champion, paired interval; inconclusive: too few frames)": table_md(
-                gate.get("slices", []),
-                ["slice", "n", "challenger", "champion", "delta", "low", "high", "critical", "status", "blocks"],
-            ),
-        },
-    )
+    return {
+        "gate": f"{outcome}: {gate['reason']}",  # the decision, on the asset as well as on its check
+        "challenger_version": out["challenger_version"],
+        "champion_version": str(out["champion_version"]),
+        "champion_repair": table_md([out["champion_repair"]] if out["champion_repair"] else []),
+        "frames": out["frames"],
+        "golden_frames": out["golden_frames"],
+        metric: ch[metric],
+        f"fixed held-out set {metric}": fixed["challenger"][metric] if fixed["frames"] else None,
+        "growing evaluation set vs fixed held-out set": table_md(_on_both_sets(out, fixed, metric)),
+        "challenger_vs_champion": dg.MetadataValue.md(compare_markdown(compare(ch, out["champion"]))),
+        "per_slice": table_md(slices),
+        "robustness": table_md([{"corruption": k, **v} for k, v in ch.get("robustness", {}).items()]),
+        "mining campaigns (clips brought, slice score before and after)": table_md(
+            campaigns.effects(st, s),
+            ["name", "slice", "active", "clips", "metric", "before", "before_model", "after", "after_model", "delta"],
+        ),
+        "up_to_date (the challenger is the served model: kept)": bool(out.get("up_to_date")),
+        **{plot: png_md(png, plot) for plot, png in out["plots"].items()},  # confusion, reliability, saliency
+    }
+
+
+def _gate_metadata(gate: dict) -> dict:
+    """The gate check's metadata: the rule, the overall interval, each slice's interval and status."""
+    return {
+        "rule that promoted (superior, no worse on newer data, floor)": str(gate.get("rule")),
+        "overall gain (paired interval)": f"[{_num(gate['primary'].get('low'))}, {_num(gate['primary'].get('high'))}]",
+        "slices (challenger - champion, paired interval; inconclusive: too few frames)": table_md(
+            gate.get("slices", []),
+            ["slice", "n", "challenger", "champion", "delta", "low", "high", "critical", "status", "blocks"],
+        ),
+    }
 
 
 class ApprovalConfig(dg.Config):
@@ -197,26 +203,28 @@ def deployed(context: dg.AssetExecutionContext, config: ApprovalConfig, settings
             context.instance.add_run_tags(context.run_id, {GATE_TAG: outcome})
         say(context, f"not deployed: {why}")
         return
-    out = stages.deploy_challenger(st, s, tracker)
-    yield dg.MaterializeResult(
-        metadata={
-            "version": out["version"],
-            "previous": str(out.get("previous_version")),
-            "onnx_sha256": out["onnx"]["sha256"],
-            "onnx_bytes": dg.MetadataValue.int(out["onnx"]["bytes"]),
-            "onnx_max_abs_diff": out.get("onnx_max_abs_diff"),  # None: already deployed, nothing exported
-            "already_deployed": bool(out.get("already_deployed")),
-            "forced (flywheel force: who, why)": (f"{out['forced_by']['who']}: {out['forced_by']['why']}"
-                                                  if out.get("forced_by") else "no"),
-            "approved_by": (out.get("approval") or {}).get("by", "-"),
-            "serve (the graph the fleet runs)": out.get("serve", "fp32"),
-            "int8_check": out["int8"]["check"]["reason"] if out.get("int8")
-            else "no int8 graph (deploy.int8: false, or no frames to calibrate on)",
-            "latency_ms (onnxruntime, CPU, 1 thread)": table_md(
-                [{"graph": g, **ms} for g, ms in (out.get("latency_ms") or {}).items()]
-            ),
-        }
-    )
+    yield dg.MaterializeResult(metadata=_deployed_metadata(stages.deploy_challenger(st, s, tracker)))
+
+
+def _deployed_metadata(out: dict) -> dict:
+    """What the UI shows of a deploy: the graph, its parity, who forced or approved it, int8, latency."""
+    return {
+        "version": out["version"],
+        "previous": str(out.get("previous_version")),
+        "onnx_sha256": out["onnx"]["sha256"],
+        "onnx_bytes": dg.MetadataValue.int(out["onnx"]["bytes"]),
+        "onnx_max_abs_diff": out.get("onnx_max_abs_diff"),  # None: already deployed, nothing exported
+        "already_deployed": bool(out.get("already_deployed")),
+        "forced (flywheel force: who, why)": (f"{out['forced_by']['who']}: {out['forced_by']['why']}"
+                                              if out.get("forced_by") else "no"),  # fmt: skip
+        "approved_by": (out.get("approval") or {}).get("by", "-"),
+        "serve (the graph the fleet runs)": out.get("serve", "fp32"),
+        "int8_check": out["int8"]["check"]["reason"] if out.get("int8")
+        else "no int8 graph (deploy.int8: false, or no frames to calibrate on)",
+        "latency_ms (onnxruntime, CPU, 1 thread)": table_md(
+            [{"graph": g, **ms} for g, ms in (out.get("latency_ms") or {}).items()]
+        ),
+    }
 
 
 def _num(x) -> str:
