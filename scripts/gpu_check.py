@@ -280,7 +280,7 @@ def check_iterate(quick: bool, *, nproc: int = 1) -> dict:
         wall = round(time.perf_counter() - t0, 1)
         if proc.returncode != 0:
             return {"status": "failed", "nproc": nproc, "command": "demo", "stderr": proc.stderr[-3000:]}
-        probe = ("import json, dagster as dg; from flywheel.cli import Ctx; from flywheel import champion;"
+        probe = ("import json, dagster as dg; from flywheel.cli import Ctx; from flywheel.deployment import champion;"
                  "obj = Ctx(None, {}); inst = obj.instance();"
                  "md = lambda k: inst.get_latest_materialization_event(dg.AssetKey(k)).asset_materialization.metadata;"
                  "print(json.dumps({'training': md('challenger')['device'].value,"
