@@ -15,14 +15,10 @@ a TensorDataset or a list of pre-made batches all work. The recipe:
   optional `torch.compile`. CPU: fp32.
 - The best epoch kept (`keep_best`): the weights returned are those of the epoch with the best val
   macro-F1 (the latest of equals), so a run that overfits a small dataset late does not ship its last, worse epoch.
-- A checkpoint after every epoch (model, optimizer, scheduler, RNG, loader state, history),
-  written atomically and loaded with `weights_only=True`; a rerun with the same
+- A checkpoint after every epoch (flywheel/training/checkpoint.py); a rerun with the same
   `checkpoint_dir` resumes where a crashed run stopped.
-- DDP when launched by `torchrun` (gloo on CPU, NCCL on GPU): metrics are all-reduced, only
-  rank 0 writes checkpoints and returns weights.
-
-One module over the usual size on purpose: the loop, its checkpoints and its DDP plumbing are one
-concern that a reader follows top to bottom; split, each part would be read only with the others.
+- DDP when launched by `torchrun` (gloo on CPU, NCCL on GPU; flywheel/training/ddp.py): metrics are
+  all-reduced, only rank 0 writes checkpoints and returns weights.
 """
 
 from __future__ import annotations
@@ -35,7 +31,6 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -48,8 +43,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from flywheel.config import IMAGE_SIZE, Settings, TrainSettings
 from flywheel.evaluation.evaluate import macro_f1
 from flywheel.model import FrameClassifier, ModelConfig, build_model, load_weights, save_weights
+from flywheel.training import checkpoint, ddp
 
-CHECKPOINT_NAME = "checkpoint.pt"
 AUTO_EPOCHS = (3, 100)  # the passes a run with `epochs: null` takes at least and at most
 SMALL_INPUT = 32  # px: inputs this small keep their full resolution in the stem (`stem_stride: null`)
 
@@ -85,8 +80,6 @@ class TrainConfig(TrainSettings):
         )
 
 
-# Fields that may change between a crashed run and its resumption without changing the result.
-_RESUME_FREE_FIELDS = ("device", "compile", "num_workers")
 
 
 @dataclass(frozen=True)
@@ -142,63 +135,6 @@ def make_loader(
         pin_memory=device.type == "cuda",
         persistent_workers=cfg.num_workers > 0,
     )
-
-
-# ----------------------------------------------------------------------------- distributed
-
-
-@dataclass(frozen=True)
-class _Dist:
-    rank: int = 0
-    world_size: int = 1
-    owns_group: bool = False  # we initialized the process group, so we tear it down
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(device: torch.device) -> _Dist:
-    """Join the torchrun process group (env RANK/WORLD_SIZE) if there is one."""
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    if world_size <= 1:
-        return _Dist()
-    owns = False
-    if not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(
-            backend="nccl" if device.type == "cuda" else "gloo",
-            device_id=device if device.type == "cuda" else None,
-        )
-        owns = True
-    return _Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), owns_group=owns)
-
-
-def _all_reduce(t: torch.Tensor, ddp: _Dist, op=None) -> torch.Tensor:
-    if ddp.enabled:
-        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-    return t
-
-
-def _agreed_steps(n: int, ddp: _Dist, device: torch.device) -> int:
-    """The fewest steps per epoch over all ranks: DDP needs every rank to take the same steps."""
-    t = torch.tensor([n], dtype=torch.int64, device=device)
-    return int(_all_reduce(t, ddp, dist.ReduceOp.MIN if ddp.enabled else None).item())
-
-
-def _next_batch_everywhere(it, ddp: _Dist, device: torch.device):
-    """The next batch, or None once any rank has run out (a rank alone would hang the all-reduce)."""
-    batch = next(it, None)
-    if ddp.enabled:
-        have = torch.tensor([batch is not None], dtype=torch.int32, device=device)
-        if _all_reduce(have, ddp, dist.ReduceOp.MIN).item() == 0:
-            return None
-    return batch
 
 
 # ----------------------------------------------------------------------------- model, optimizer
@@ -319,87 +255,12 @@ def _counted(it, *, total: int, desc: str):
             bar.update()
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def _loader_state_owner(loader) -> Any | None:
-    """The object whose state_dict/load_state_dict resumes the data order (loader or its dataset)."""
-    for obj in (loader, getattr(loader, "dataset", None)):
-        if obj is not None and hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict"):
-            return obj
-    return None
-
-
-def _rng_state(device: torch.device) -> dict:
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-        "python": _to_plain(random.getstate()),
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(
-        (
-            "MT19937",
-            n["keys"].numpy().astype(np.uint32),
-            n["pos"],
-            n["has_gauss"],
-            n["cached_gaussian"],
-        )
-    )
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _to_plain(obj):
-    """Tuples to lists, recursively: plain types that weights_only loading accepts."""
-    if isinstance(obj, tuple | list):
-        return [_to_plain(o) for o in obj]
-    return obj
-
-
-def _save_checkpoint(path: Path, state: dict) -> None:
-    """Write to a temporary name, then rename: a crash leaves the previous checkpoint intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def _load_checkpoint(path: Path, *, cfg: TrainConfig, classes: list[str]) -> dict:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if ckpt["classes"] != list(classes):
-        raise ValueError(f"checkpoint {path} is for classes {ckpt['classes']}, not {list(classes)}")
-    ours = {k: v for k, v in cfg.model_dump().items() if k not in _RESUME_FREE_FIELDS}
-    theirs = {k: v for k, v in ckpt["train_config"].items() if k not in _RESUME_FREE_FIELDS}
-    if ours != theirs:
-        diff = {k: (theirs.get(k), v) for k, v in ours.items() if theirs.get(k) != v}
-        raise ValueError(
-            f"checkpoint {path} was written with another TrainConfig (checkpoint, now): {diff}"
-        )
-    return ckpt
-
-
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _epoch_metrics(sums: torch.Tensor, ddp: _Dist, prefix: str) -> dict[str, float]:
+def _epoch_metrics(sums: torch.Tensor, group: ddp.Dist, prefix: str) -> dict[str, float]:
     """sums = [loss * n, correct, n] on this rank -> mean loss and accuracy over all ranks."""
-    loss_sum, correct, n = _all_reduce(sums.clone(), ddp).tolist()
+    loss_sum, correct, n = ddp.all_reduce(sums.clone(), group).tolist()
     if n == 0:
         raise ValueError(f"{prefix}_loader yielded no batches this epoch (on any rank)")
     return {f"{prefix}_loss": loss_sum / n, f"{prefix}_acc": correct / n}
@@ -407,7 +268,7 @@ def _epoch_metrics(sums: torch.Tensor, ddp: _Dist, prefix: str) -> dict[str, flo
 
 @torch.no_grad()
 def _evaluate(
-    model: nn.Module, loader: Iterable, *, cfg: TrainConfig, num_classes: int, device, ddp: _Dist
+    model: nn.Module, loader: Iterable, *, cfg: TrainConfig, num_classes: int, device, group: ddp.Dist
 ) -> dict:
     """Plain cross-entropy (no smoothing), accuracy and macro-F1 on `loader`; each rank scores its own share."""
     model.eval()
@@ -422,8 +283,8 @@ def _evaluate(
         sums[1] += (logits.argmax(1) == y).sum()
         sums[2] += len(y)
         cm += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes * num_classes)
-    cm = _all_reduce(cm, ddp).view(num_classes, num_classes).cpu().numpy()
-    return {**_epoch_metrics(sums, ddp, "val"), "val_macro_f1": macro_f1(cm)}
+    cm = ddp.all_reduce(cm, group).view(num_classes, num_classes).cpu().numpy()
+    return {**_epoch_metrics(sums, group, "val"), "val_macro_f1": macro_f1(cm)}
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -455,7 +316,7 @@ def train(
     if len(classes) < 2 or len(set(classes)) != len(classes):
         raise ValueError(f"classes must be >= 2 unique names, got {classes}")
     device = pick_device(cfg.device)
-    ddp = _init_distributed(device)
+    group = ddp.init(device)
     try:
         return _train(
             train_loader=train_loader,
@@ -470,10 +331,10 @@ def train(
             steps_per_epoch=steps_per_epoch,
             progress=progress,
             device=device,
-            ddp=ddp,
+            group=group,
         )
     finally:
-        if ddp.owns_group:
+        if group.owns_group:
             dist.destroy_process_group()
 
 
@@ -491,7 +352,7 @@ def _train(
     steps_per_epoch: int | None,
     progress: bool,
     device: torch.device,
-    ddp: _Dist,
+    group: ddp.Dist,
 ) -> TrainResult:
     """The loop of `train`, inside the process group's lifetime."""
     torch.manual_seed(cfg.seed)  # same on every rank: identical initial weights
@@ -504,22 +365,22 @@ def _train(
     model_cfg = cfg.architecture(len(classes))
     model, warm_started, warm_note = _build_model(model_cfg, classes, warm_start)
     model = model.to(device).to(memory_format=_memory_format(device))
-    steps = _agreed_steps(_steps_per_epoch(train_loader, steps_per_epoch), ddp, device)
+    steps = ddp.agreed_steps(_steps_per_epoch(train_loader, steps_per_epoch), group, device)
     epochs = cfg.epochs_for(steps)
     optimizer = _make_optimizer(model, cfg, device)
     scheduler = _make_scheduler(optimizer, cfg, total_steps=epochs * steps)
 
     # Resume: the checkpoint holds everything the next epoch depends on.
-    ckpt_path = checkpoint_dir / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    loader_state = _loader_state_owner(train_loader)
+    ckpt_path = checkpoint_dir / checkpoint.CHECKPOINT_NAME if checkpoint_dir is not None else None
+    loader_state = checkpoint.loader_state_owner(train_loader)
     start_epoch, history, resumed_from = 0, [], None
     best: dict | None = None  # {"epoch", "val_macro_f1", "model"}: the best val epoch so far, with `keep_best`
     if ckpt_path is not None and ckpt_path.exists():
-        ckpt = _load_checkpoint(ckpt_path, cfg=cfg, classes=classes)
+        ckpt = checkpoint.load(ckpt_path, train_config=cfg.model_dump(), classes=classes)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"], device)
+        checkpoint.set_rng_state(ckpt["rng"], device)
         if loader_state is not None and ckpt.get("loader") is not None:
             loader_state.load_state_dict(ckpt["loader"])
         start_epoch = resumed_from = int(ckpt["epoch"])
@@ -528,7 +389,7 @@ def _train(
         best = ckpt.get("best")
 
     plain = model  # the module whose state_dict we save
-    if ddp.enabled:
+    if group.enabled:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
@@ -544,9 +405,9 @@ def _train(
         t0 = time.perf_counter()
         it = iter(train_loader)
         for _ in _progress(
-            range(steps), enabled=progress and ddp.is_main, total=steps, desc=f"epoch {epoch}"
+            range(steps), enabled=progress and group.is_main, total=steps, desc=f"epoch {epoch}"
         ):
-            batch = _next_batch_everywhere(it, ddp, device)
+            batch = ddp.next_batch_everywhere(it, group, device)
             if batch is None:
                 break  # this epoch ran short of `steps`; the schedule simply doesn't finish it
             _check_batch(
@@ -569,12 +430,12 @@ def _train(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
-        metrics = {"epoch": epoch, **_epoch_metrics(sums, ddp, "train")}
-        n_images = _all_reduce(sums[2:].clone(), ddp).item()
+        metrics = {"epoch": epoch, **_epoch_metrics(sums, group, "train")}
+        n_images = ddp.all_reduce(sums[2:].clone(), group).item()
         if val_loader is not None:
             metrics.update(
                 _evaluate(
-                    plain, val_loader, cfg=cfg, num_classes=len(classes), device=device, ddp=ddp
+                    plain, val_loader, cfg=cfg, num_classes=len(classes), device=device, group=group
                 )
             )
         metrics.update(lr=lr, images_per_s=n_images / seconds if seconds > 0 else math.nan)
@@ -586,15 +447,15 @@ def _train(
             best = {"epoch": epoch, "val_macro_f1": metrics["val_macro_f1"],
                     "model": {k: v.detach().cpu().clone() for k, v in plain.state_dict().items()}}  # fmt: skip
 
-        if ddp.is_main and ckpt_path is not None:
-            _save_checkpoint(
+        if group.is_main and ckpt_path is not None:
+            checkpoint.save(
                 ckpt_path,
                 {
                     "model": {k: v.detach().cpu() for k, v in plain.state_dict().items()},
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "epoch": epoch + 1,  # epochs completed
-                    "rng": _rng_state(device),
+                    "rng": checkpoint.rng_state(device),
                     "loader": loader_state.state_dict() if loader_state is not None else None,
                     "history": history,
                     "train_config": cfg.model_dump(),
@@ -605,20 +466,20 @@ def _train(
                     "best": best,
                 },
             )
-        if ddp.is_main and on_epoch_end is not None:
+        if group.is_main and on_epoch_end is not None:
             on_epoch_end(epoch, dict(metrics))
-        if ddp.is_main and on_epoch_model is not None:
+        if group.is_main and on_epoch_model is not None:
             on_epoch_model(epoch, plain.eval())
 
     if best is not None:  # the best val epoch's weights, not the last epoch's
         plain.load_state_dict(best["model"])
     return TrainResult(
-        weights=save_weights(plain, model_cfg, classes) if ddp.is_main else None,
+        weights=save_weights(plain, model_cfg, classes) if group.is_main else None,
         model_config=model_cfg,
         classes=classes,
         history=history,
         device=str(device),
-        world_size=ddp.world_size,
+        world_size=group.world_size,
         resumed_from_epoch=resumed_from,
         warm_started=warm_started,
         warm_start_note=warm_note,
