@@ -357,8 +357,6 @@ def _overrides(ctx, param, values) -> dict:
 @click.option("--yardstick-epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--recipe/--no-recipe", "with_recipe", default=True, show_default=True,
               help="Train the recipe arm; --no-recipe reruns the yardsticks alone on the same seeded frames.")  # fmt: skip
-@click.option("--refit/--no-refit", default=False, show_default=True,
-              help="Also train the recipe again on train + val (same epochs, last weights): the refit arm.")  # fmt: skip
 @click.option("--quick", is_flag=True, help="Smoke run: tiny sizes, 1 epoch.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch threads per process (default: one per core, 1 with --jobs).")  # fmt: skip
@@ -372,7 +370,7 @@ def _overrides(ctx, param, values) -> dict:
 @WORKDIR
 @click.pass_obj
 def recipe(obj: Ctx, datasets: tuple[str, ...], sizes: tuple[int, ...], heldout: int, seeds: tuple[int, ...],
-           overrides: dict, warm: bool, yardsticks: tuple[str, ...], yardstick_epochs: int, with_recipe: bool, refit: bool,
+           overrides: dict, warm: bool, yardsticks: tuple[str, ...], yardstick_epochs: int, with_recipe: bool,
            quick: bool, threads: int | None, jobs: int, out: str | None, markdown_path: str | None,
            workdir: str | None):  # fmt: skip
     """The default training recipe vs two yardsticks (the classic script CNN, ResNet-18), same frames,
@@ -388,7 +386,7 @@ def recipe(obj: Ctx, datasets: tuple[str, ...], sizes: tuple[int, ...], heldout:
         result = bench_recipe(workdir, datasets=datasets, sizes=sizes, heldout=heldout, seeds=seeds,
                               config=obj.config, overrides=overrides, quick=quick, warm=warm,
                               yardsticks=yardsticks, yardstick_epochs=yardstick_epochs,
-                              threads=threads, jobs=jobs, recipe=with_recipe, refit=refit,
+                              threads=threads, jobs=jobs, recipe=with_recipe,
                               on_row=_row_done)  # fmt: skip
     except ValueError as e:  # an unknown dataset, a bad override: say which
         raise click.ClickException(str(e)) from None

@@ -35,7 +35,7 @@ def bench_int8(workdir: str | Path | None = None, *, frames: int = 2000, heldout
             settings = recipe_settings("sim", Path(tmp) / f"w{width}", overrides={**(overrides or {}), "train.width": width})
             store, size = store_for(settings), settings.image_size
             manifest, _ = add_batch(store, settings, pool, "b0001")
-            model, _ = load_weights(train_recipe(store, settings, manifest).weights)
+            model, _ = load_weights(train_recipe(store, settings, manifest)[0].final.weights)
             fp32 = deploy.export_onnx(model, image_size=size)
             calibration, _, _ = load_arrays(store, manifest, split="train", image_size=size)
             t0 = time.perf_counter()

@@ -99,7 +99,7 @@ def bench_label_errors_frames(name: str, workdir: str | Path, *, frames: int = 1
     settings = recipe_settings(name, Path(workdir) / name, overrides=overrides)
     store, classes = store_for(settings), settings.classes
     manifest, _ = add_batch(store, settings, make_frames(name, frames=frames, seed=seed), "b0001")
-    model, _ = load_weights(train_recipe(store, settings, manifest).weights)
+    model, _ = load_weights(train_recipe(store, settings, manifest)[0].final.weights)
     held = make_frames(name, frames=frames, seed=seed, heldout=True)
     images = decode_images(held.images, settings.image_size, heights=[held.height] * len(held),
                            widths=[held.width] * len(held))  # fmt: skip

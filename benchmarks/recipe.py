@@ -6,15 +6,13 @@ a prefix of the larger, so the sizes are the flywheel's growing dataset):
   recipe       what the pipeline does with a fleet batch, through its own stage functions: frames
                Parquet -> `stages.label_batch` (labels, split by clip) -> `stages.augment_batch`
                (offline oversampling, settings.augment) -> `dataset.append_version` (v1 = the first
-               size, v2 = v1 + the frames the next size adds, ...) -> `ShardReader` (online
-               augmentation) + `train.make_loader` -> `train.train(TrainConfig.from_settings)`,
-               trained from scratch on the version
+               size, v2 = v1 + the frames the next size adds, ...) -> `fit.fit_version` (the select
+               run on train, then, with `train.refit`, the refit on train + val: its weights are the
+               challenger), trained from scratch on the version; seconds are both phases
+  recipe_select the select run alone (with `train.refit`): trained on train, the best val epoch
   recipe_warm  the same, warm-started from the previous size's recipe_warm model (the first
                size's fresh model starts the chain), as `stages.train_challenger` warm-starts from
                the champion with `train.warm_start: true`
-  recipe_refit with `refit`: the recipe's training again on train + val (the val split's shards read
-               as train), the same number of epochs, the last epoch's weights (no val to pick a
-               best one): the common refit after model selection on small data
   cnn          the yardsticks of `flywheel.training.baseline`, trained the standard way on the version's
   resnet18     train originals (the same frames the recipe trains on, without its offline copies):
                the classic script CNN (flatten, fully connected) and ResNet-18 as published
@@ -55,7 +53,6 @@ from benchmarks.datasets import DATASETS, Frames, make_frames
 from flywheel import layout, stages
 from flywheel.config import Settings, load_settings
 from flywheel.data import dataset
-from flywheel.data.reader import ShardReader
 from flywheel.data.schema import FRAMES
 from flywheel.evaluation.evaluate import accuracy, confusion_matrix, macro_f1, per_class_scores
 from flywheel.model import load_weights
@@ -63,14 +60,16 @@ from flywheel.model_input import decode_images
 from flywheel.predict import predict
 from flywheel.store import Store, store_for
 from flywheel.training import baseline
-from flywheel.training.train import TrainConfig, TrainResult, make_loader, pick_device, train
+from flywheel.training.device import pick_device
+from flywheel.training.fit import Fitted, fit_version
+from flywheel.training.train import TrainConfig, TrainResult
 
 SIZES = (1000, 3000)
 QUICK_SIZES = (96, 192)
 HELDOUT = 1000
 QUICK_HELDOUT = 48
 YARDSTICKS = ("cnn", "resnet18")
-ARMS = ("recipe", "recipe_warm", "recipe_refit", *YARDSTICKS)
+ARMS = ("recipe", "recipe_select", "recipe_warm", "recipe_refit", *YARDSTICKS)  # recipe_refit: older files
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}  # t(0.975, df)
 
 
@@ -120,30 +119,26 @@ def add_batch(store: Store, settings: Settings, frames: Frames, batch_id: str) -
 
 
 def train_recipe(store: Store, settings: Settings, manifest: dict, *, warm_start: bytes | None = None,
-                 refit: bool = False, curve: Curve | None = None) -> TrainResult:  # fmt: skip
-    """`stages.train_challenger`'s training, without MLflow or checkpoints; `refit`: on train + val,
-    without a val split; `curve`: scored after epochs."""
+                 curve: Curve | None = None) -> tuple[Fitted, float | None]:  # fmt: skip
+    """`stages.train_challenger`'s training, without MLflow or checkpoints; `curve`: the challenger's
+    (the last phase's) epochs scored, its clock started before the first phase. Also returns the
+    seconds the select run took when a refit followed it."""
     cfg = TrainConfig.from_settings(settings)
-    dev = pick_device(cfg.device)
-    if refit:
-        manifest = {**manifest, "shards": [{**s, "split": "train" if s["split"] == "val" else s["split"]}
-                                           for s in manifest["shards"]]}  # fmt: skip
-    reader = ShardReader(store, manifest, split="train", image_size=cfg.image_size, seed=cfg.seed,
-                         batch_size=cfg.batch_size, geometric=settings.geometric_aug,
-                         batched=True, meta=False)  # fmt: skip
-    val = ShardReader(store, manifest, split="val", image_size=cfg.image_size, shuffle=False,
-                      train_aug=False, batch_size=cfg.batch_size, batched=True, meta=False)  # fmt: skip
-    if len(reader) == 0:
-        raise ValueError(f"dataset version v{manifest['version']} has no train rows")
-    loader = make_loader(reader, cfg=cfg, device=dev)
+    val_rows = dataset.split_rows(manifest, "val")
+    final = "refit" if cfg.refit and val_rows else "select"
+    rows = dataset.split_rows(manifest, "train") + (val_rows if final == "refit" else 0)
     if curve is not None:
-        curve.start(cfg.epochs_for(len(loader)))
-    return train(
-        train_loader=loader,
-        val_loader=make_loader(val, cfg=cfg, device=dev) if len(val) else None,
-        classes=settings.classes, cfg=cfg, warm_start=warm_start, set_epoch=reader.set_epoch,
-        on_epoch_model=curve,
-    )  # fmt: skip
+        curve.start(cfg.epochs_for(math.ceil(rows / cfg.batch_size)))
+    started, select_seconds = time.perf_counter(), []
+
+    def on_epoch_end(phase: str, epoch: int, epochs: int, metrics: dict) -> None:
+        if phase == "select" and epoch + 1 == epochs:
+            select_seconds.append(time.perf_counter() - started - (curve.scoring if curve else 0.0))
+
+    fitted = fit_version(store, manifest, settings.classes, cfg, geometric=settings.geometric_aug,
+                         warm_start=warm_start, on_epoch_end=on_epoch_end,
+                         on_epoch_model=lambda phase, e, m: curve(e, m) if curve and phase == final else None)  # fmt: skip
+    return fitted, (select_seconds[-1] if fitted.refit is not None and select_seconds else None)
 
 
 class Curve:
@@ -186,11 +181,12 @@ def score(model: nn.Module, images: np.ndarray, labels: np.ndarray, classes: lis
     }
 
 
-def _recipe_arm(result: TrainResult, images, labels, classes, seconds: float, curve: Curve) -> dict:
+def _recipe_arm(result: TrainResult, images, labels, classes, seconds: float | None, curve: Curve | None) -> dict:
+    """A recipe model's scores; `curve` None: a model whose epochs were not scored (the select run's)."""
     model, _ = load_weights(result.weights)
     last = result.history[-1]
-    return {**score(model, images, labels, classes), "seconds": round(seconds - curve.scoring, 1),
-            "curve": curve.values,
+    timing = {"seconds": None if seconds is None else round(seconds - (curve.scoring if curve else 0.0), 1)}
+    return {**score(model, images, labels, classes), **timing, **({"curve": curve.values} if curve else {}),
             "train_acc": round(last["train_acc"], 4),
             "val_acc": round(last.get("val_acc", float("nan")), 4),
             "warm_started": result.warm_started, "best_epoch": result.best_epoch,
@@ -203,10 +199,10 @@ def _recipe_arm(result: TrainResult, images, labels, classes, seconds: float, cu
 def bench_dataset(name: str, workdir: Path, *, sizes: tuple[int, ...], heldout: int, seed: int = 0,
                   config: str | None = None, overrides: dict | None = None,
                   yardsticks: tuple[str, ...] = YARDSTICKS, yardstick_epochs: int = baseline.EPOCHS,
-                  warm: bool = False, recipe: bool = True, refit: bool = False,
+                  warm: bool = False, recipe: bool = True,
                   on_row: Callable[[dict], None] | None = None) -> list[dict]:  # fmt: skip
-    """One row per size: recipe, recipe_warm (from the second size, with `warm`), recipe_refit (with
-    `refit`) and each yardstick on one dataset, all trained with `seed` on frames drawn with it; `recipe` False: the yardsticks
+    """One row per size: recipe, recipe_select (with `train.refit`), recipe_warm (from the second size,
+    with `warm`) and each yardstick on one dataset, all trained with `seed` on frames drawn with it; `recipe` False: the yardsticks
     only (a yardstick's rerun on the same seeded frames, to set beside an earlier recipe run)."""
     overrides = {"train.seed": seed, **(overrides or {})}
     settings = recipe_settings(name, workdir / f"{name}-{seed}", config=config, overrides=overrides)
@@ -231,21 +227,18 @@ def bench_dataset(name: str, workdir: Path, *, sizes: tuple[int, ...], heldout: 
         curve = Curve(test_x, test_y)
         if recipe:
             t0 = time.perf_counter()
-            fresh = train_recipe(store, settings, manifest, curve=curve)
-            row["recipe"] = _recipe_arm(fresh, test_x, test_y, classes, time.perf_counter() - t0, curve)
+            fresh, select_seconds = train_recipe(store, settings, manifest, curve=curve)
+            row["recipe"] = _recipe_arm(fresh.final, test_x, test_y, classes, time.perf_counter() - t0, curve)
+            if fresh.refit is not None:  # the select run's model, scored too: what the refit added
+                row["recipe_select"] = _recipe_arm(fresh.select, test_x, test_y, classes, select_seconds, None)
         if recipe and warm and warm_weights is not None:
             t0 = time.perf_counter()
-            warmed = train_recipe(store, settings, manifest, warm_start=warm_weights, curve=curve)
+            warmed, _ = train_recipe(store, settings, manifest, warm_start=warm_weights, curve=curve)
             seconds = time.perf_counter() - t0
-            row["recipe_warm"] = _recipe_arm(warmed, test_x, test_y, classes, seconds, curve)
-            warm_weights = warmed.weights
+            row["recipe_warm"] = _recipe_arm(warmed.final, test_x, test_y, classes, seconds, curve)
+            warm_weights = warmed.final.weights
         elif recipe:
-            warm_weights = fresh.weights
-        if recipe and refit:
-            t0 = time.perf_counter()
-            refitted = train_recipe(store, settings, manifest, refit=True, curve=curve)
-            seconds = time.perf_counter() - t0
-            row["recipe_refit"] = _recipe_arm(refitted, test_x, test_y, classes, seconds, curve)
+            warm_weights = fresh.final.weights
         x, y = baseline.train_originals(store, manifest, size_px)
         for kind in yardsticks:
             curve.start(yardstick_epochs)
@@ -258,7 +251,7 @@ def bench_dataset(name: str, workdir: Path, *, sizes: tuple[int, ...], heldout: 
                          "learns": scores["accuracy"] >= majority + baseline.LEARNED,
                          "curve": curve.values}  # fmt: skip
         for arm in ARMS if "cnn" in row else ():  # time to accuracy: to the CNN's final held-out accuracy
-            if arm in row:
+            if "curve" in row.get(arm, {}):
                 reached = [t for t, acc in row[arm]["curve"] if acc >= row["cnn"]["accuracy"] - 1e-9]
                 row[arm]["seconds_to_cnn"] = reached[0] if reached else None
         train_rows, copies = manifest["counts"]["split"]["train"], manifest["counts"]["augmented"]
@@ -288,7 +281,7 @@ def bench_recipe(workdir: str | Path | None = None, *, datasets: tuple[str, ...]
                  config: str | None = None, overrides: dict | None = None, quick: bool = False,
                  warm: bool = False, yardsticks: tuple[str, ...] = YARDSTICKS,
                  yardstick_epochs: int = baseline.EPOCHS, threads: int | None = None, jobs: int = 1,
-                 recipe: bool = True, refit: bool = False,
+                 recipe: bool = True,
                  on_row: Callable[[dict], None] | None = None) -> dict:  # fmt: skip
     """The recipe vs the yardsticks on each dataset, size and seed, with a summary over seeds;
     `quick`: tiny sizes, 1 epoch, for a smoke run.
@@ -314,7 +307,7 @@ def bench_recipe(workdir: str | Path | None = None, *, datasets: tuple[str, ...]
         overrides.setdefault("train.batch_size", 16)
     kwargs = {"sizes": tuple(sizes), "heldout": heldout, "config": config, "overrides": overrides,
               "yardsticks": tuple(yardsticks), "yardstick_epochs": yardstick_epochs, "warm": warm,
-              "recipe": recipe, "refit": refit}  # fmt: skip
+              "recipe": recipe}  # fmt: skip
     tasks = [(name, seed) for name in datasets for seed in seeds]
     t0, rows, before = time.perf_counter(), [], torch.get_num_threads()
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
@@ -475,7 +468,7 @@ def markdown(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def compare(variants: dict[str, dict], base: str, arms: tuple[str, ...] = ("recipe", "recipe_refit")) -> dict:
+def compare(variants: dict[str, dict], base: str, arms: tuple[str, ...] = ("recipe", "recipe_select", "recipe_refit")) -> dict:
     """Recipe variants (`bench recipe` results run with other `--set` values, keyed by a label) against
     the `base` variant's `recipe` arm, row by row on the same seeded frames (held-out hashes must
     match): per dataset and variant arm, the accuracy's mean and 95 % interval, the paired difference

@@ -13,8 +13,6 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     ValidationError,
@@ -22,6 +20,14 @@ from pydantic import (
     model_validator,
 )
 
+from flywheel.config_services import (
+    ComputeSettings,
+    LabelStudioSettings,
+    MlflowSettings,
+    SensorSettings,
+    StoreSettings,
+    _Section,
+)
 from flywheel.layout import check_name
 
 DEFAULT_CLASSES = ["clear_road", "vehicle", "pedestrian", "cyclist", "red_light", "obstacle"]
@@ -31,42 +37,6 @@ IMAGE_SIZE = 64  # model input side, pixels
 
 class ConfigError(ValueError):
     """A config file or value that cannot be used; the message names where and why."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class StoreSettings(_Section):
-    root: str | None = None  # None: $FLYWHEEL_HOME; or a folder; or s3://bucket/prefix
-    endpoint_url: str | None = None  # any S3-compatible server
-    region: str = "us-east-1"
-
-    @field_validator("root")
-    @classmethod
-    def _folder_or_s3(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        if v.startswith("s3://"):
-            if not v[5:].partition("/")[0]:
-                raise ValueError(f"{v!r} names no bucket: use s3://bucket/prefix")
-        elif "://" in v:
-            raise ValueError(f"{v!r} is neither a folder nor s3://bucket/prefix")
-        return v
-
-
-class SensorSettings(_Section):
-    min_clips: int = Field(20, ge=1)  # new clips in landing that make a fleet batch
-    max_clips: int = Field(500, ge=1)  # at most this many clips in one batch
-    # Pages of landing (1,000 keys each on S3) one tick lists at most: a bigger landing (it keeps every
-    # clip ever ingested) is gone round over several ticks, so that no tick grows with it.
-    max_list_pages: int = Field(50, ge=1)
-    min_new_frames: int = Field(200, ge=0)  # new labeled frames that trigger training
-    nightly_cron: str = "0 2 * * *"  # a full iteration every night, even below the thresholds
-    # A failed ingest runs again after ingest_retry_s, then twice as long after each further failure,
-    # until max_ingest_attempts runs have failed: then the batch is parked (`flywheel status`).
-    max_ingest_attempts: int = Field(5, ge=1)
-    ingest_retry_s: float = Field(60.0, ge=0)
 
 
 class IngestSettings(_Section):
@@ -179,7 +149,12 @@ class TrainSettings(_Section):
     # TrainConfig.epochs_for);
     # a number: exactly that many passes, whatever the data size.
     epochs: int | None = Field(None, ge=1)
-    steps: int = Field(800, ge=1)  # the step budget of a run whose epochs are None
+    # The step budget of a run whose epochs are None (each phase: select and refit). 200 with the refit: at or
+    # above the script CNN on six dataset families over three seeds, about half the time of 800 steps alone.
+    steps: int = Field(200, ge=1)
+    # After the select run (train, best val epoch): the same recipe again on train + val, whose last weights are
+    # the challenger (flywheel/training/fit.py). Off: the select run is the challenger, half the training time.
+    refit: bool = True
     # Start from the champion's weights (same classes and architecture) instead of from scratch. Off: at
     # the step budget, fresh runs scored higher on held-out frames than warm-started ones (BENCHMARKS.md).
     warm_start: bool = False
@@ -267,52 +242,6 @@ class DeploySettings(_Section):
     int8_max_drop: float = Field(0.005, ge=0, le=1)  # accuracy it may lose against fp32 on the test frames
     serve: Literal["int8", "fp32"] = "int8"  # int8 only when its check passed; else fp32, and the manifest says why
     calibration_frames: int = Field(256, ge=1)  # train frames that calibrate the int8 ranges
-
-
-class MlflowSettings(_Section):
-    tracking_uri: str | None = None  # None: SQLite under $FLYWHEEL_HOME
-    model_name: str = "perception"
-    experiment: str = "flywheel"
-
-    @field_validator("model_name")
-    @classmethod
-    def _model_name(cls, v: str) -> str:
-        return check_name(v, "model name")  # part of the evaluation and deploy keys
-
-
-class ComputeSettings(_Section):
-    """Where the challenger trains: a torchrun subprocess beside the Dagster step (`subprocess`), or a
-    Kubernetes pod (`k8s`); both through Dagster Pipes (DESIGN.md §5, README "Scaling out")."""
-
-    launcher: Literal["subprocess", "k8s"] = "subprocess"
-    nproc_per_node: int = Field(1, ge=1)  # torchrun ranks: one per GPU on a GPU node, 1-2 on a CPU
-    k8s_image: str | None = None  # an image with flywheel installed (required with launcher k8s)
-    k8s_namespace: str | None = None  # None: the namespace Dagster runs in
-    # the training container's resource limits (and requests), e.g. {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "8"}
-    k8s_resources: dict[str, str] = {}
-    k8s_service_account: str | None = None
-
-    @model_validator(mode="after")
-    def _k8s_needs_an_image(self) -> ComputeSettings:
-        if self.launcher == "k8s" and not self.k8s_image:
-            raise ValueError("compute.launcher k8s needs compute.k8s_image (an image with flywheel installed)")
-        return self
-
-
-class LabelStudioSettings(_Section):
-    """A Label Studio server for the human queue (flywheel/labeling/labelstudio_sync.py); without one, the
-    queue is the file exchange under labeling/ alone."""
-
-    url: str | None = None  # None: $LABEL_STUDIO_URL, else no server
-    api_key_env: str = "LABEL_STUDIO_API_KEY"  # the variable holding its access token (never the token itself)
-    project: str | None = None  # the project's title; None: "flywheel <dataset name>"
-    settle_s: float = Field(120.0, ge=0)  # a half-answered batch is exported once untouched this long
-    # the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, for a local store; None: the store's
-    # labeling/images/ (the queued images alone: the server may hand out anything under it)
-    document_root: str | None = None
-    # how long an S3 store's presigned image URL lives; each sync renews those of unanswered tasks
-    # that are past half of it, so an annotator always finds a working image and a leaked URL dies soon
-    url_lifetime_s: int = Field(24 * 3600, ge=300, le=7 * 24 * 3600)
 
 
 class Settings(_Section):

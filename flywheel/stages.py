@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -27,7 +26,7 @@ from flywheel import layout, plots
 from flywheel.config import Settings
 from flywheel.data import dataset
 from flywheel.data.augment import balance_report, load_pipeline, oversample, sample_grid_png
-from flywheel.data.reader import ShardReader, load_arrays
+from flywheel.data.reader import load_arrays
 from flywheel.data.schema import DATASET
 from flywheel.deployment import champion, deploy
 from flywheel.evaluation import approvals, evalset, saliency
@@ -41,7 +40,9 @@ from flywheel.predict import predict
 from flywheel.store import Store
 from flywheel.tracking import CHALLENGER, CHAMPION, Tracker
 from flywheel.training import baseline, tune
-from flywheel.training.train import TrainConfig, make_loader, pick_device, train
+from flywheel.training.device import pick_device
+from flywheel.training.fit import Fitted, fit_version
+from flywheel.training.train import TrainConfig
 
 NO_IMAGE_STATS = [c for c in DATASET.names if c != "image"]  # image min/max would bloat footers
 
@@ -137,15 +138,6 @@ def train_challenger(
     manifest = dataset.load_manifest(store, name)
     cfg, recipe = tune.tuned_train_config(store, settings, device=device)
     dev = pick_device(cfg.device)
-    reader = ShardReader(
-        store, manifest, split="train", image_size=cfg.image_size, seed=cfg.seed,
-        batch_size=cfg.batch_size, rank=rank, world_size=world_size, geometric=settings.geometric_aug,
-        batched=True, meta=False,
-    )  # fmt: skip
-    val = ShardReader(store, manifest, split="val", image_size=cfg.image_size, shuffle=False, train_aug=False,
-                      batch_size=cfg.batch_size, rank=rank, world_size=world_size, batched=True, meta=False)  # fmt: skip
-    if reader.num_samples() == 0:
-        raise ValueError(f"dataset {name} v{manifest['version']} has no train rows")
     sha = dataset.manifest_sha256(manifest)
     kept = _kept(store, settings, tracker, manifest, cfg, world_size=world_size)
     if kept is not None:
@@ -158,13 +150,10 @@ def train_challenger(
     folder = f"{name}-v{manifest['version']}-{sha[:8]}-w{world_size}-{tune.recipe_id(cfg)}"
     ckpt = settings.home / "checkpoints" / folder
 
-    def fit(on_epoch_end=None):
-        return train(
-            train_loader=make_loader(reader, cfg=cfg, device=dev),
-            val_loader=make_loader(val, cfg=cfg, device=dev) if len(val) else None,
-            classes=settings.classes, cfg=cfg, checkpoint_dir=ckpt, warm_start=warm,
-            set_epoch=reader.set_epoch, progress=progress and rank == 0, on_epoch_end=on_epoch_end,
-        )  # fmt: skip
+    def fit(on_epoch_end=None) -> Fitted:
+        return fit_version(store, manifest, settings.classes, cfg, geometric=settings.geometric_aug, checkpoint_dir=ckpt,
+                           warm_start=warm, rank=rank, world_size=world_size, progress=progress and rank == 0,
+                           on_epoch_end=on_epoch_end)  # fmt: skip
 
     if rank != 0:  # under DDP only rank 0 talks to MLflow; the others train their share
         fit()
@@ -175,27 +164,31 @@ def train_challenger(
         tracker.log_params(run_id, {
             "train": cfg.model_dump(), "classes": ",".join(settings.classes), "dataset.name": name,
             "dataset.version": manifest["version"], "dataset.manifest_sha256": sha,
-            "dataset.train_rows": reader.num_samples(), "warm_start_from": champ or "",
+            "dataset.train_rows": dataset.split_rows(manifest, "train") // world_size, "warm_start_from": champ or "",
         })  # fmt: skip
         tracker.log_json(run_id, "config/settings.json", settings.model_dump())
         tracker.log_json(run_id, "dataset/manifest.json", manifest)
-        epochs, started = cfg.epochs_for(math.ceil(reader.num_samples() / cfg.batch_size)), time.monotonic()
+        started = last = time.monotonic()
 
-        def on_epoch_end(epoch: int, m: dict) -> None:
-            tracker.log_metrics(run_id, m, step=epoch)
+        def on_epoch_end(phase: str, epoch: int, epochs: int, m: dict) -> None:
+            nonlocal last
+            tracker.log_metrics(run_id, {f"refit_{k}" if phase == "refit" else k: v for k, v in m.items()}, step=epoch)
+            now = time.monotonic()
+            took, last = now - last, now
             if log is not None:
-                left = (time.monotonic() - started) / (epoch + 1) * (epochs - epoch - 1)
-                val = f", val_loss {m['val_loss']:.3f}, val_acc {m['val_acc']:.3f}" if "val_acc" in m else ""
-                log(f"epoch {epoch + 1}/{epochs}: train_loss {m['train_loss']:.3f}, train_acc {m['train_acc']:.3f}"
-                    f"{val}, {m['images_per_s']:.0f} images/s, about {left:.0f} s left")  # fmt: skip
+                log(_epoch_line(phase, epoch, epochs, m, left=took * (epochs - epoch - 1)))
 
-        result = fit(on_epoch_end=on_epoch_end)
-        seconds = time.monotonic() - started
-        tracker.log_bytes(run_id, "plots/learning_curves.png", plots.learning_curves_png(result.history))
-        tracker.log_json(run_id, "history.json", result.history)
-        check = _against_baseline(store, settings, tracker, run_id, manifest, result.weights, cfg, device=str(dev),
-                                  training_seconds=seconds)  # fmt: skip
-        about = f"Trained on {name} v{manifest['version']} ({reader.num_samples()} train rows), recipe: {recipe}."
+        fitted = fit(on_epoch_end=on_epoch_end)
+        result, seconds = fitted.final, time.monotonic() - started
+        tracker.log_bytes(run_id, "plots/learning_curves.png", plots.learning_curves_png(fitted.select.history))
+        tracker.log_json(run_id, "history.json", fitted.select.history)
+        if fitted.refit is not None:
+            tracker.log_json(run_id, "refit_history.json", fitted.refit.history)
+        # the select run's weights: the refit trained on val, so val cannot judge it
+        check = _against_baseline(store, settings, tracker, run_id, manifest, fitted.select.weights, cfg,
+                                  device=str(dev), training_seconds=seconds)  # fmt: skip
+        refit = f", then refit on {fitted.refit_rows} train + val rows" if fitted.refit is not None else ""
+        about = f"Trained on {name} v{manifest['version']} ({fitted.train_rows} train rows{refit}), recipe: {recipe}."
         version = tracker.register(run_id, result.weights, tags={"dataset_version": str(manifest["version"])},
                                    description=about)  # fmt: skip
         run_name = f"{settings.mlflow.model_name} v{version} on {name} v{manifest['version']}"
@@ -205,10 +198,20 @@ def train_challenger(
         store.write_json(layout.baseline_check_key(name), check)
     return {
         "version": version, "run_id": run_id, "dataset_version": manifest["version"], "device": result.device,
-        "history": result.history, "warm_started": result.warm_started, "warm_start_note": result.warm_start_note,
-        "resumed_from_epoch": result.resumed_from_epoch, "train_rows": reader.num_samples(), "up_to_date": False,
+        "history": fitted.select.history, "refit_history": fitted.refit.history if fitted.refit else None,
+        "refit_rows": fitted.refit_rows,
+        "warm_started": result.warm_started, "warm_start_note": result.warm_start_note,
+        "resumed_from_epoch": fitted.select.resumed_from_epoch, "train_rows": fitted.train_rows, "up_to_date": False,
         "baseline_check": check,
     }  # fmt: skip
+
+
+def _epoch_line(phase: str, epoch: int, epochs: int, m: dict, *, left: float) -> str:
+    """One line of the run log per epoch; `left`: seconds this phase still needs, about."""
+    val = f", val_loss {m['val_loss']:.3f}, val_acc {m['val_acc']:.3f}" if "val_acc" in m else ""
+    return (f"{'refit on train + val, ' if phase == 'refit' else ''}epoch {epoch + 1}/{epochs}: train_loss "
+            f"{m['train_loss']:.3f}, train_acc {m['train_acc']:.3f}{val}, {m['images_per_s']:.0f} images/s, "
+            f"about {left:.0f} s left")  # fmt: skip
 
 
 def kept_challenger(store: Store, settings: Settings, tracker: Tracker, *, device: str | None = None,
@@ -240,7 +243,7 @@ def _kept(store: Store, settings: Settings, tracker: Tracker, manifest: dict, cf
     run_id = tracker.version_run(current)
     check_key = layout.baseline_check_key(settings.dataset.name)
     check = store.read_json(check_key) if store.exists(check_key) else None
-    train_rows = sum(sum(s["row_groups"]) for s in manifest["shards"] if s["split"] == "train") // world_size
+    train_rows = dataset.split_rows(manifest, "train") // world_size
     return {"version": current, "run_id": run_id, "dataset_version": manifest["version"], "device": "-",
             "history": tracker.read_json(run_id, "history.json"), "warm_started": False, "warm_start_note": "",
             "resumed_from_epoch": None, "train_rows": train_rows, "up_to_date": True,

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from mcap.writer import Writer
 
-from flywheel.clips import REASONS, ClipError, read_clip, write_clip
+from flywheel.clips import ClipError, read_clip, write_clip
+from flywheel.mcap_records import REASONS
 from tests.conftest import CLASSES, chunk_clip, jpeg, make_clip
 
 

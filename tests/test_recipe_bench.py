@@ -36,7 +36,7 @@ from flywheel.sim.render import encode_jpeg
 def test_bench_recipe_quick_through_the_cli(tmp_path):
     out_file = tmp_path / "recipe.json"
     args = ["bench", "recipe", "--quick", "--datasets", "geometry,digits", "--seeds", "0,1", "--threads", "1",
-            "--warm", "--refit", "--set", "train.width=8", "--workdir", str(tmp_path), "--out", str(out_file)]  # fmt: skip
+            "--warm", "--set", "train.width=8", "--workdir", str(tmp_path), "--out", str(out_file)]  # fmt: skip
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
@@ -49,24 +49,27 @@ def test_bench_recipe_quick_through_the_cli(tmp_path):
     ]  # fmt: skip
     for r in rows:
         classes = DATASETS[r["dataset"]].classes
-        arms = ["recipe", "recipe_refit", "cnn", "resnet18"] + (["recipe_warm"] if r["size"] == 192 else [])
+        arms = ["recipe", "recipe_select", "cnn", "resnet18"] + (["recipe_warm"] if r["size"] == 192 else [])
         assert sorted(a for a in ARMS if a in r) == sorted(arms)
         for arm in arms:
             assert 0 <= r[arm]["accuracy"] <= 1 and 0 <= r[arm]["macro_f1"] <= 1
             assert list(r[arm]["recall"]) == classes
             assert all(0 <= v <= 1 for v in r[arm]["recall"].values())
             assert r[arm]["frames"] == r["heldout_frames"]  # every arm scored on the same frames
+            if arm == "recipe_select":  # scored, not timed to accuracy: the refit is the recipe's model
+                assert "curve" not in r[arm] and r[arm]["seconds"] < r["recipe"]["seconds"]
+                continue
             # time to accuracy: a curve in training seconds, the time to the cnn's accuracy a point on it
             seconds = [t for t, _ in r[arm]["curve"]]
             assert seconds == sorted(seconds) and all(0 <= acc <= 1 for _, acc in r[arm]["curve"])
             target = r["cnn"]["accuracy"]
             expected = next((t for t, acc in r[arm]["curve"] if acc >= target), None)
             assert r[arm]["seconds_to_cnn"] == expected
-        for arm in ("cnn", "resnet18", "recipe_refit"):  # the last point is the model it returns
+        for arm in ("cnn", "resnet18", "recipe"):  # the last point is the model it returns
             assert r[arm]["curve"][-1][1] == r[arm]["accuracy"]
         assert r["cnn"]["seconds_to_cnn"] is not None  # the cnn reaches its own final accuracy
-        # the refit arm has no val split to pick a best epoch on; the recipe keeps its best val epoch
-        assert r["recipe_refit"]["best_epoch"] is None and r["recipe"]["best_epoch"] is not None
+        # the refit (the recipe's model) has no val split to pick a best epoch on; the select run keeps its best
+        assert r["recipe"]["best_epoch"] is None and r["recipe_select"]["best_epoch"] is not None
         for kind in ("cnn", "resnet18"):
             assert r["delta"][kind] == pytest.approx(r["recipe"]["accuracy"] - r[kind]["accuracy"], abs=1e-4)
             assert r[kind]["learns"] == (r[kind]["accuracy"] >= r["majority_share"] + 0.05)

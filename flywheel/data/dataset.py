@@ -257,6 +257,11 @@ def _check_shares(shares: Mapping[str, float]) -> None:
         raise ValueError(f"split shares must be >= 0 and sum to 1, got {dict(shares)}")
 
 
+def split_rows(manifest: dict, split: str) -> int:
+    """Rows of one split (train, val, test) in a dataset version, offline copies included."""
+    return sum(sum(s["row_groups"]) for s in manifest["shards"] if s["split"] == split)
+
+
 def _checked_rows(rows: pa.Table, batch_id: str, n_classes: int) -> pa.Table:
     """`rows` cast to DATASET and sorted by frame_id, or ValueError naming the batch and problem."""
     missing = set(DATASET.names) - set(rows.column_names)

@@ -23,9 +23,7 @@ a TensorDataset or a list of pre-made batches all work. The recipe:
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -38,12 +36,12 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
-from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from flywheel.config import IMAGE_SIZE, Settings, TrainSettings
 from flywheel.evaluation.evaluate import macro_f1
 from flywheel.model import FrameClassifier, ModelConfig, build_model, load_weights, save_weights
 from flywheel.training import checkpoint, ddp
+from flywheel.training import device as device_
 
 AUTO_EPOCHS = (3, 100)  # the passes a run with `epochs: null` takes at least and at most
 SMALL_INPUT = 32  # px: inputs this small keep their full resolution in the stem (`stem_stride: null`)
@@ -96,45 +94,6 @@ class TrainResult:
     warm_started: bool
     warm_start_note: str = ""  # why a given warm start was not used
     best_epoch: int | None = None  # the epoch (0-based) whose weights `weights` are, with `keep_best`; None: the last
-
-
-# ----------------------------------------------------------------------------- device, loaders
-
-
-def pick_device(pref: str = "auto") -> torch.device:
-    """'auto' is CUDA when available, else CPU; under torchrun the GPU is the one of LOCAL_RANK."""
-    if pref not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {pref!r}")
-    if pref == "cpu" or (pref == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch sees no CUDA GPU")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-
-
-def make_loader(
-    dataset: Dataset, *, cfg: TrainConfig, device: torch.device, shuffle: bool = False
-) -> DataLoader:
-    """A DataLoader with the trainer's batch size and workers, pinned memory on CUDA.
-
-    `shuffle` is for map-style datasets only; an IterableDataset (the shard reader) shuffles itself.
-    A reader with `batched=True` hands over whole batches (no automatic batching).
-    """
-    if shuffle and isinstance(dataset, IterableDataset):
-        raise ValueError(
-            "shuffle=True needs a map-style dataset; an IterableDataset shuffles itself"
-        )
-    batched = getattr(dataset, "batched", False)  # a shard reader that yields whole batches itself
-    if batched and dataset.batch_size != cfg.batch_size:
-        raise ValueError(f"the reader yields batches of {dataset.batch_size}, the trainer wants {cfg.batch_size}")
-    return DataLoader(
-        dataset,
-        batch_size=None if batched else cfg.batch_size,
-        shuffle=shuffle,
-        num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=cfg.num_workers > 0,
-    )
 
 
 # ----------------------------------------------------------------------------- model, optimizer
@@ -225,23 +184,6 @@ def _check_batch(batch: dict, *, image_size: int, num_classes: int, where: str) 
         )
 
 
-def _to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    x = batch["image"].to(device, non_blocking=True)  # (B, 3, S, S) uint8
-    y = batch["label"].to(device, non_blocking=True).long()  # (B,)
-    return x.contiguous(memory_format=_memory_format(device)), y
-
-
-def _memory_format(device: torch.device) -> torch.memory_format:
-    """NHWC on CUDA (tensor-core convolutions); NCHW on CPU, where oneDNN's NHWC backward crashes for some shapes."""
-    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def _progress(it, *, enabled: bool, total: int, desc: str):
     return _counted(it, total=total, desc=desc) if enabled else it
 
@@ -276,8 +218,8 @@ def _evaluate(
     cm = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)  # (true, predicted), flat
     for batch in loader:
         _check_batch(batch, image_size=cfg.image_size, num_classes=num_classes, where="val_loader")
-        x, y = _to_device(batch, device)
-        with _autocast(device):
+        x, y = device_.to_device(batch, device)
+        with device_.autocast(device):
             logits = model(x).float()  # (B, C)
         sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
         sums[1] += (logits.argmax(1) == y).sum()
@@ -315,7 +257,7 @@ def train(
     """
     if len(classes) < 2 or len(set(classes)) != len(classes):
         raise ValueError(f"classes must be >= 2 unique names, got {classes}")
-    device = pick_device(cfg.device)
+    device = device_.pick_device(cfg.device)
     group = ddp.init(device)
     try:
         return _train(
@@ -364,7 +306,7 @@ def _train(
 
     model_cfg = cfg.architecture(len(classes))
     model, warm_started, warm_note = _build_model(model_cfg, classes, warm_start)
-    model = model.to(device).to(memory_format=_memory_format(device))
+    model = model.to(device).to(memory_format=device_.memory_format(device))
     steps = ddp.agreed_steps(_steps_per_epoch(train_loader, steps_per_epoch), group, device)
     epochs = cfg.epochs_for(steps)
     optimizer = _make_optimizer(model, cfg, device)
@@ -413,8 +355,8 @@ def _train(
             _check_batch(
                 batch, image_size=cfg.image_size, num_classes=len(classes), where="train_loader"
             )
-            x, y = _to_device(batch, device)
-            with _autocast(device):
+            x, y = device_.to_device(batch, device)
+            with device_.autocast(device):
                 logits = model(x)  # (B, C)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)

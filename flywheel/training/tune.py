@@ -52,7 +52,8 @@ from flywheel.model import HEADS, load_weights
 from flywheel.predict import predict
 from flywheel.store import Store
 from flywheel.tracking import Tracker
-from flywheel.training.train import TrainConfig, make_loader, pick_device, train
+from flywheel.training.device import make_loader, pick_device
+from flywheel.training.train import TrainConfig, train
 
 SEARCHED = ("lr", "weight_decay", "label_smoothing", "width", "steps", "head")
 WIDTHS = (8, 16, 32)

@@ -115,6 +115,7 @@ def test_torchrun_two_ranks_reach_the_quality_of_one(prod_config, mlflow_server,
     assert single["train_rows"] // 2 <= ddp["train_rows"] <= -(-single["train_rows"] // 2)
     assert len(ddp["history"]) == len(single["history"]) == 2
     assert ddp["history"][-1]["train_loss"] < ddp["history"][0]["train_loss"]
+    assert len(ddp["refit_history"]) == 2  # every rank refit on its share of train + val, rank 0 returned it
 
     acc_single = _test_accuracy(store, settings, manifest, tracker, single["version"])
     acc_ddp = _test_accuracy(store, settings, manifest, tracker, ddp["version"])

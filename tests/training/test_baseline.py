@@ -16,8 +16,9 @@ SPLITS = {"train": 320, "val": 96}
 
 
 def _version(tmp_path, by: str, **train):
+    # refit off: the check judges the select run (trained on train, scored on val), the same with or without it
     settings = load_settings(None, **{"classes": ["a", "b", "c"], "image_size": 32, "store.root": str(tmp_path),
-                                      "train.batch_size": 32, "train.device": "cpu",
+                                      "train.batch_size": 32, "train.device": "cpu", "train.refit": False,
                                       **{f"train.{k}": v for k, v in train.items()}})  # fmt: skip
     store = open_store(settings.store_root)
     return store, settings, separable_dataset(store, settings, per_split=SPLITS, by=by)
@@ -27,7 +28,7 @@ def test_the_check_flags_a_crippled_challenger(tmp_path):
     # The label is where the square is: a plain CNN learns it in a few epochs; a challenger that
     # pools its features away and barely trains does not.
     store, settings, manifest = _version(tmp_path, "position", head="pool", lr=1e-5, epochs=1)
-    weak = train_recipe(store, settings, manifest)
+    weak = train_recipe(store, settings, manifest)[0].select
     check = baseline.check_challenger(store, manifest, weak.weights, image_size=32, metric="accuracy", epochs=8)
     assert check["baseline_val_accuracy"] >= check["majority_share"] + 0.2  # the yardstick learned
     assert check["challenger"] < check["baseline"] - check["allowance"]  # beyond the noise
@@ -36,7 +37,7 @@ def test_the_check_flags_a_crippled_challenger(tmp_path):
 
 def test_the_check_passes_a_challenger_trained_at_the_defaults(tmp_path):
     store, settings, manifest = _version(tmp_path, "position", steps=150)
-    good = train_recipe(store, settings, manifest)
+    good = train_recipe(store, settings, manifest)[0].select
     check = baseline.check_challenger(store, manifest, good.weights, image_size=32, metric="accuracy", epochs=8)
     assert check["verdict"] == "ok" and not check["short"]
     # at or above the yardstick, or below it by no more than the noise of 96 val frames
@@ -47,7 +48,7 @@ def test_the_check_passes_a_challenger_trained_at_the_defaults(tmp_path):
 def test_a_yardstick_that_does_not_learn_is_reported_broken(tmp_path):
     # Labels drawn apart from the images: whatever the challenger scores, the comparison shows nothing.
     store, settings, manifest = _version(tmp_path, "nothing", epochs=1)
-    weights = train_recipe(store, settings, manifest).weights
+    weights = train_recipe(store, settings, manifest)[0].select.weights
     check = baseline.check_challenger(store, manifest, weights, image_size=32, metric="accuracy", epochs=2)
     assert check["verdict"] == "broken" and not check["short"]
     assert check["baseline_val_accuracy"] < check["majority_share"] + baseline.LEARNED

@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from flywheel.model import load_weights
 from flywheel.predict import predict
 from flywheel.training.checkpoint import CHECKPOINT_NAME
-from flywheel.training.train import TrainConfig, pick_device, train
+from flywheel.training.device import pick_device
+from flywheel.training.train import TrainConfig, train
 
 CLASSES = ["red", "green", "blue"]
 COLORS = torch.tensor([[220, 30, 30], [30, 200, 40], [40, 50, 230]], dtype=torch.float32)  # (C, 3)
