@@ -31,7 +31,18 @@ def report_failed_runs(context: dg.RunFailureSensorContext):
     run = context.dagster_run
     failures = context.get_step_failure_events()
     steps = ", ".join(sorted({e.step_key for e in failures if e.step_key})) or "run setup"
-    context.log.error(
-        f"FLYWHEEL ALERT: run {run.run_id} of job {run.job_name} failed in {steps}: "
-        f"{context.failure_event.message}"
-    )
+    # the first failed step's own error says what went wrong; the run's message only that steps failed
+    errors = [e.step_failure_data.error for e in failures if e.step_failure_data.error is not None]
+    cause = _first_line(_root(errors[0])) if errors else context.failure_event.message
+    context.log.error(f"FLYWHEEL ALERT: run {run.run_id} of job {run.job_name} failed in {steps}: {cause}")
+
+
+def _root(error):
+    """The innermost cause of a serialized error (Dagster wraps the op's exception in its own)."""
+    while error.cause is not None:
+        error = error.cause
+    return error
+
+
+def _first_line(error) -> str:
+    return f"{error.cls_name}: {(error.message.strip().splitlines() or [''])[0].removeprefix(error.cls_name + ': ')}"
