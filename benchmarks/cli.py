@@ -326,16 +326,13 @@ def _row_done(row: dict) -> None:
 
 
 def _overrides(ctx, param, values) -> dict:
-    """`--set train.epochs=12` (repeatable) -> {"train.epochs": 12}; values are read as YAML."""
-    import yaml
+    """`--set train.epochs=12` (repeatable) -> {"train.epochs": 12}: `flywheel.config.parse_overrides`."""
+    from flywheel.config import ConfigError, parse_overrides
 
-    out = {}
-    for item in values:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"{item!r}: use KEY=VALUE, a dotted key: train.epochs=12")
-        out[key.strip()] = yaml.safe_load(raw)
-    return out
+    try:
+        return parse_overrides(values)
+    except ConfigError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 @bench.command()

@@ -6,7 +6,9 @@ file, the field and what is wrong with it.
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -372,8 +374,35 @@ def load_settings(path: str | os.PathLike | None = None, **overrides) -> Setting
         raise ConfigError(f"{where}: {problems}") from None
 
 
+def parse_overrides(items: Iterable[str] | Mapping[str, str]) -> dict:
+    """Overrides in their one spelling, a dotted key and a YAML value, as `load_settings` takes them:
+    `train.epochs=2` items (the command line's `--set`), or {dotted key: YAML text} (a resource's
+    config, `format_overrides`). A ConfigError names a bad item."""
+    if isinstance(items, Mapping):
+        pairs = list(items.items())
+    else:
+        pairs = []
+        for item in items:
+            key, sep, text = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"{item!r}: an override is KEY=VALUE with a dotted key: train.epochs=12")
+            pairs.append((key, text))
+    out = {}
+    for key, text in pairs:
+        try:
+            out[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {key}={text!r}: the value is not valid YAML ({e})") from e
+    return out
+
+
+def format_overrides(values: Mapping[str, object]) -> dict[str, str]:
+    """{dotted key: value} as {dotted key: YAML text}, what `parse_overrides` reads back."""
+    return {key: json.dumps(value) for key, value in values.items()}  # JSON is YAML
+
+
 def _set_dotted(data: dict, dotted: str, value) -> None:
-    *parents, leaf = dotted.replace("__", ".").split(".")
+    *parents, leaf = dotted.split(".")
     node = data
     for p in parents:
         node = node.setdefault(p, {})

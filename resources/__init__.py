@@ -5,11 +5,18 @@ tracker come from `flywheel.store.store_for` and `flywheel.tracking.tracker_for`
 else in the flywheel.
 """
 
-import json
+import functools
 
 import dagster as dg
 
-from flywheel.config import Settings, load_settings
+from flywheel.config import (
+    Settings,
+    config_path,
+    flywheel_home,
+    format_overrides,
+    load_settings,
+    parse_overrides,
+)
 from flywheel.store import Store, store_for
 from flywheel.tracking import Tracker, tracker_for
 
@@ -20,10 +27,12 @@ LAUNCH_PREFIXES = ("train.", "tune.", "augment.")
 
 
 class SettingsResource(dg.ConfigurableResource):
-    """The validated flywheel settings (`flywheel.yaml`), with dotted-key overrides."""
+    """The validated flywheel settings (`flywheel.yaml`), with dotted-key overrides. Read and validated
+    once per process for the same file, overrides and home (`_validated`): the settings, store, MLflow
+    and compute resources of a step all hand down that one `Settings`; an edited file is read again."""
 
     config_path: str | None = None
-    overrides: dict[str, str] = {}  # dotted key -> JSON value, e.g. {"train.epochs": "2"}
+    overrides: dict[str, str] = {}  # dotted key -> YAML value, as `--set` takes them: {"train.epochs": "2"}
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         run = context.dagster_run
@@ -31,8 +40,16 @@ class SettingsResource(dg.ConfigurableResource):
             check_launch_config(run.run_config)
 
     def load(self) -> Settings:
-        values = {k: json.loads(v) for k, v in self.overrides.items()}
-        return load_settings(self.config_path, **values)
+        source = config_path(self.config_path)
+        stamp = (str(source.resolve()) if source else None, source.stat().st_mtime_ns if source and source.exists() else None,
+                 str(flywheel_home()))  # fmt: skip
+        return _validated(self.config_path, tuple(sorted(self.overrides.items())), stamp)
+
+
+@functools.lru_cache(maxsize=16)
+def _validated(path: str | None, overrides: tuple[tuple[str, str], ...], stamp: tuple) -> Settings:
+    """`load_settings` of these inputs; `stamp` (the file in use, its mtime, the home) makes an edit a miss."""
+    return load_settings(path, **parse_overrides(dict(overrides)))
 
 
 class StoreResource(dg.ConfigurableResource):
@@ -68,9 +85,7 @@ class ComputeResource(dg.ConfigurableResource):
 def resources_for(config_path: str | None, overrides: dict) -> dict:
     """The Definitions' resources: one SettingsResource, shared by the others; each reads the settings
     from `config_path` and `overrides` when a step or sensor runs, as a worker process does."""
-    conf = SettingsResource(
-        config_path=config_path, overrides={k: json.dumps(v) for k, v in overrides.items()}
-    )
+    conf = SettingsResource(config_path=config_path, overrides=format_overrides(overrides))
     return {
         "settings": conf,
         "store": StoreResource(settings=conf),

@@ -1,8 +1,10 @@
 """Settings: values that would become bad store keys or URLs fail at load, naming the field and value."""
 
+import re
+
 import pytest
 
-from flywheel.config import ConfigError, load_settings
+from flywheel.config import ConfigError, format_overrides, load_settings, parse_overrides
 
 
 @pytest.mark.parametrize(
@@ -69,3 +71,42 @@ def test_a_password_in_a_settings_url_is_refused_without_repeating_it(key, url, 
 def test_a_url_with_a_user_and_no_password_is_fine():
     s = load_settings(**{"tune.storage": "postgresql+psycopg2://postgres@127.0.0.1:5432/optuna"})
     assert s.tune.storage.startswith("postgresql+psycopg2://postgres@")
+
+
+def test_overrides_have_one_spelling_a_dotted_key_and_a_yaml_value():
+    items = ["train.epochs=2", "store.root=s3://b/p", "train.device=cpu", "gate.critical_slices=[class=*]"]
+    parsed = parse_overrides(items)
+    assert parsed == {"train.epochs": 2, "store.root": "s3://b/p", "train.device": "cpu",
+                      "gate.critical_slices": ["class=*"]}  # fmt: skip
+    assert parse_overrides(format_overrides(parsed)) == parsed  # a resource's config reads back the same
+    assert parse_overrides({"train.epochs": "2", "train.device": '"cpu"'}) == {"train.epochs": 2, "train.device": "cpu"}
+    for bad in ("train.epochs", "=2"):
+        with pytest.raises(ConfigError, match=re.escape(repr(bad))):
+            parse_overrides([bad])
+    with pytest.raises(ConfigError, match="train.lr"):
+        parse_overrides(["train.lr=[1"])
+    assert load_settings(None, **parsed).train.epochs == 2
+
+
+def test_a_step_validates_its_settings_once_for_all_its_resources(flywheel_home, monkeypatch):
+    import dagster as dg
+
+    import resources
+
+    calls = []
+    monkeypatch.setattr(resources, "load_settings", lambda *a, **k: calls.append(a) or load_settings(*a, **k))
+    resources._validated.cache_clear()
+
+    @dg.asset
+    def uses_all(settings: resources.SettingsResource, store: resources.StoreResource,
+                 mlflow: resources.MlflowResource, compute: resources.ComputeResource) -> None:  # fmt: skip
+        assert settings.load() is mlflow.settings.load() and settings.load().train.epochs == 3
+        store.open(), compute.device
+
+    res = resources.resources_for(None, {"train.epochs": 3})
+    with dg.instance_for_test() as instance:
+        assert dg.materialize([uses_all], resources=res, instance=instance).success
+    assert len(calls) == 1
+    (flywheel_home / "flywheel.yaml").write_text("train: {epochs: 5}\n")  # an edited file is read again
+    assert resources.SettingsResource(config_path=str(flywheel_home / "flywheel.yaml")).load().train.epochs == 5
+    assert len(calls) == 2

@@ -1,18 +1,17 @@
 """A run's launch-time config (the UI's launchpad, GraphQL) may change the training knobs only: a
 run that sets gate.force, store.root or another config file is refused before any step works."""
 
-import json
 
 import dagster as dg
 import pytest
 
-from flywheel.config import load_settings
+from flywheel.config import format_overrides, load_settings
 from flywheel.definitions import build_definitions
 from resources import check_launch_config
 
 
 def _settings_config(**overrides) -> dict:
-    return {"resources": {"settings": {"config": {"overrides": {k: json.dumps(v) for k, v in overrides.items()}}}}}
+    return {"resources": {"settings": {"config": {"overrides": format_overrides(overrides)}}}}
 
 
 def test_the_allow_list():

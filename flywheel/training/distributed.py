@@ -28,25 +28,12 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
-import yaml
-
 from flywheel import stages
-from flywheel.config import Settings, load_settings, quiet_telemetry
+from flywheel.config import Settings, load_settings, parse_overrides, quiet_telemetry
 from flywheel.store import store_for
 from flywheel.tracking import tracker_for
 
 RANK_ERRORS_ENV = "FLYWHEEL_RANK_ERRORS"  # a folder where a failing rank records its error
-
-
-def parse_overrides(pairs: list[str]) -> dict:
-    """`key=value` pairs, values parsed as YAML (`train.epochs=2`, `store.root=s3://b/p`)."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects key=value, got {pair!r}")
-        out[key] = yaml.safe_load(value)
-    return out
 
 
 def rank_from_env() -> tuple[int, int]:

@@ -21,7 +21,7 @@ RETRIES = {"sensor.ingest_retry_s": "60", "sensor.max_ingest_attempts": "3"}
 
 def _resources(root: str, **overrides: str) -> dict:
     settings = SettingsResource(
-        overrides={"sensor.min_clips": "3", "store.root": json.dumps(root), **overrides}
+        overrides={"sensor.min_clips": "3", "store.root": root, **overrides}
     )
     return {"settings": settings, "store": StoreResource(settings=settings)}
 

@@ -42,7 +42,7 @@ def _tick(tmp_path, url: str, monkeypatch, token: str | None = "a-token"):
         monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
     else:
         monkeypatch.setenv("LABEL_STUDIO_API_KEY", token)
-    settings = SettingsResource(overrides={"labelstudio.url": json.dumps(url), "store.root": json.dumps(str(tmp_path / "s"))})
+    settings = SettingsResource(overrides={"labelstudio.url": url, "store.root": str(tmp_path / "s")})
     resources = {"settings": settings, "store": StoreResource(settings=settings)}
     with dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral(), resources=resources) as context:
         return label_studio_answers(context)

@@ -3,8 +3,6 @@ a failed run leaves one alert line that names its job, its failed step and the e
 
 from __future__ import annotations
 
-import json
-
 import dagster as dg
 import pytest
 
@@ -16,7 +14,7 @@ from tests.frames import batch_in_store, frames_table
 
 
 def _resources(root: str, **overrides: str) -> dict:
-    settings = SettingsResource(overrides={"store.root": json.dumps(root), **overrides})
+    settings = SettingsResource(overrides={"store.root": root, **overrides})
     return {"settings": settings, "store": StoreResource(settings=settings)}
 
 

@@ -1,7 +1,6 @@
 """Hyperparameter search: `flywheel tune` end to end, the tuned recipe in the next training, the
 retune sensor."""
 
-import json
 
 import dagster as dg
 import optuna
@@ -10,7 +9,7 @@ from click.testing import CliRunner
 
 from flywheel import layout, stages
 from flywheel.cli import Ctx, main
-from flywheel.config import load_settings
+from flywheel.config import format_overrides, load_settings
 from flywheel.definitions import build_definitions
 from flywheel.ingest import commit_batch, plan_batch
 from flywheel.sim import simulate
@@ -157,7 +156,7 @@ def test_tuned_values_apply_only_where_flywheel_yaml_sets_none():
 
 def _tick(instance, overrides: dict):
     """One evaluation of the retune sensor, with the settings of these overrides."""
-    settings = SettingsResource(overrides={k: json.dumps(v) for k, v in overrides.items()})
+    settings = SettingsResource(overrides=format_overrides(overrides))
     resources = {"settings": settings, "store": StoreResource(settings=settings)}
     with dg.build_sensor_context(instance=instance, resources=resources) as ctx:
         return retune_on_new_inputs(ctx)
