@@ -74,7 +74,9 @@ class ComputeSettings(_Section):
     @model_validator(mode="after")
     def _k8s_needs_an_image(self) -> ComputeSettings:
         if self.launcher == "k8s" and not self.k8s_image:
-            raise ValueError("compute.launcher k8s needs compute.k8s_image (an image with flywheel installed)")
+            raise ValueError(
+                "compute.launcher k8s needs compute.k8s_image (an image with flywheel installed)"
+            )
         return self
 
 
@@ -83,9 +85,13 @@ class LabelStudioSettings(_Section):
     queue is the file exchange under labeling/ alone."""
 
     url: str | None = None  # None: $LABEL_STUDIO_URL, else no server
-    api_key_env: str = "LABEL_STUDIO_API_KEY"  # the variable holding its access token (never the token itself)
+    api_key_env: str = (
+        "LABEL_STUDIO_API_KEY"  # the variable holding its access token (never the token itself)
+    )
     project: str | None = None  # the project's title; None: "flywheel <dataset name>"
-    settle_s: float = Field(120.0, ge=0)  # a half-answered batch is exported once untouched this long
+    settle_s: float = Field(
+        120.0, ge=0
+    )  # a half-answered batch is exported once untouched this long
     # the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, for a local store; None: the store's
     # labeling/images/ (the queued images alone: the server may hand out anything under it)
     document_root: str | None = None

@@ -21,10 +21,22 @@ MCAP_MAGIC = b"\x89MCAP0\r\n"
 
 # Quarantine reasons, each with a test.
 REASONS = (
-    "not_mcap", "truncated", "chunk_too_large", "no_camera", "bad_clip_id", "unsupported_schema",
-    "undecodable_image", "image_too_large", "unknown_label", "bad_ground_truth",
-    "too_large", "bad_camera", "undecodable_message", "changed_since_planned", "duplicate_clip_id",
-)  # fmt: skip
+    "not_mcap",
+    "truncated",
+    "chunk_too_large",
+    "no_camera",
+    "bad_clip_id",
+    "unsupported_schema",
+    "undecodable_image",
+    "image_too_large",
+    "unknown_label",
+    "bad_ground_truth",
+    "too_large",
+    "bad_camera",
+    "undecodable_message",
+    "changed_since_planned",
+    "duplicate_clip_id",
+)
 
 
 class ClipError(ValueError):
@@ -65,7 +77,15 @@ class Metadata(NamedTuple):
 
 
 # MCAP opcodes (https://mcap.dev/spec) of the records a clip's reader looks at
-_SCHEMA, _CHANNEL, _MESSAGE, _CHUNK, _METADATA, _DATA_END, _FOOTER = 0x03, 0x04, 0x05, 0x06, 0x0C, 0x0F, 0x02
+_SCHEMA, _CHANNEL, _MESSAGE, _CHUNK, _METADATA, _DATA_END, _FOOTER = (
+    0x03,
+    0x04,
+    0x05,
+    0x06,
+    0x0C,
+    0x0F,
+    0x02,
+)
 _RECORD_HEAD = struct.Struct("<BQ")  # opcode, content length
 _MESSAGE_HEAD = struct.Struct("<HIQQ")  # channel id, sequence, log time, publish time
 _CHUNK_HEAD = struct.Struct("<QQQI")  # message start and end time, uncompressed size and CRC
@@ -85,16 +105,25 @@ def records(data: bytes, max_chunk_bytes: int, budget: int):
     left = budget  # bytes the chunks may still decompress to, all together
     for opcode, start, pos in _walk(data, len(MCAP_MAGIC), len(data) - len(MCAP_MAGIC), "the file"):
         if opcode == _CHUNK:
-            if start + _CHUNK_HEAD.size <= pos and (size := _CHUNK_HEAD.unpack_from(data, start)[2]) <= max_chunk_bytes:
+            if (
+                start + _CHUNK_HEAD.size <= pos
+                and (size := _CHUNK_HEAD.unpack_from(data, start)[2]) <= max_chunk_bytes
+            ):
                 left -= size  # declared, checked before decompressing (a larger one: chunk_too_large below)
                 if left < 0:
-                    raise ClipError("too_large", f"the chunks of a {len(data)}-byte clip declare more than {budget} "
-                                                 "bytes uncompressed (ingest.max_expansion)")  # fmt: skip
+                    raise ClipError(
+                        "too_large",
+                        f"the chunks of a {len(data)}-byte clip declare more than {budget} "
+                        "bytes uncompressed (ingest.max_expansion)",
+                    )
             yield from _chunk_records(data, start, pos, max_chunk_bytes)
         elif opcode == _DATA_END:
             crc = _Fields(data, start, pos).number(_U32)
             if crc and crc != (actual := zlib.crc32(memoryview(data)[: start - 9])):
-                raise ClipError("truncated", f"the data section fails its CRC check (expected {crc:#010x}, got {actual:#010x})")
+                raise ClipError(
+                    "truncated",
+                    f"the data section fails its CRC check (expected {crc:#010x}, got {actual:#010x})",
+                )
             return
         elif opcode == _FOOTER:  # no Data End record: the data section ends at the summary, if any
             return
@@ -110,7 +139,10 @@ def _walk(buf: bytes, pos: int, end: int, where: str):
         opcode, length = head(buf, pos)
         start, pos = pos + 9, pos + 9 + length
         if pos > end:
-            raise ClipError("truncated", f"a record (opcode {opcode:#04x}) declares {length} bytes, past {where}'s end")
+            raise ClipError(
+                "truncated",
+                f"a record (opcode {opcode:#04x}) declares {length} bytes, past {where}'s end",
+            )
         yield opcode, start, pos
 
 
@@ -118,7 +150,9 @@ def _record(opcode: int, buf: bytes, start: int, end: int):
     """The message, schema, channel or metadata record in `buf[start:end]`; None for other opcodes."""
     if opcode == _MESSAGE:
         if end - start < 22:
-            raise ClipError("truncated", f"a message record of {end - start} bytes is shorter than its header")
+            raise ClipError(
+                "truncated", f"a message record of {end - start} bytes is shorter than its header"
+            )
         channel_id, _, log_time, _ = _MESSAGE_HEAD.unpack_from(buf, start)
         return Message(channel_id, log_time, buf[start + 22 : end])
     if opcode == _SCHEMA:
@@ -151,7 +185,9 @@ class _Fields:
         """A byte string prefixed by its `length`."""
         n = self.number(length)
         if self.pos + n > self.end:
-            raise ClipError("truncated", f"a record's field declares {n} bytes, past the record's end")
+            raise ClipError(
+                "truncated", f"a record's field declares {n} bytes, past the record's end"
+            )
         self.pos += n
         return self.buf[self.pos - n : self.pos]
 
@@ -188,10 +224,16 @@ def _chunk_records(buf: bytes, start: int, end: int, max_chunk_bytes: int):
     for opcode, start, pos in _walk(raw, 0, len(raw), "the chunk"):
         if opcode == _MESSAGE:  # most records: inline, one struct call each
             if pos - start < 22:
-                raise ClipError("truncated", f"a message record of {pos - start} bytes is shorter than its header")
+                raise ClipError(
+                    "truncated",
+                    f"a message record of {pos - start} bytes is shorter than its header",
+                )
             channel_id, _, log_time, _ = _MESSAGE_HEAD.unpack_from(raw, start)
             yield Message(channel_id, log_time, raw[start + 22 : pos])
-        elif opcode in (_SCHEMA, _CHANNEL):  # any other record type in a chunk is skipped, as the spec allows
+        elif opcode in (
+            _SCHEMA,
+            _CHANNEL,
+        ):  # any other record type in a chunk is skipped, as the spec allows
             yield _record(opcode, raw, start, pos)
 
 

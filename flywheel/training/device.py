@@ -43,7 +43,9 @@ def make_loader(
         )
     batched = getattr(dataset, "batched", False)  # a shard reader that yields whole batches itself
     if batched and dataset.batch_size != cfg.batch_size:
-        raise ValueError(f"the reader yields batches of {dataset.batch_size}, the trainer wants {cfg.batch_size}")
+        raise ValueError(
+            f"the reader yields batches of {dataset.batch_size}, the trainer wants {cfg.batch_size}"
+        )
     return DataLoader(
         dataset,
         batch_size=None if batched else cfg.batch_size,

@@ -33,7 +33,9 @@ PHASES = ("select", "refit")
 @dataclass(frozen=True)
 class Fitted:
     select: TrainResult  # on train, the best val epoch
-    refit: TrainResult | None  # on train + val, the last epoch; None: `train.refit` off, or no val rows
+    refit: (
+        TrainResult | None
+    )  # on train + val, the last epoch; None: `train.refit` off, or no val rows
     train_rows: int  # the select run's rows (this rank's share under torchrun)
     val_rows: int
     refit_rows: int = 0  # the refit's rows: train + val; 0 without a refit
@@ -46,42 +48,89 @@ class Fitted:
 
 def with_val_as_train(manifest: dict) -> dict:
     """The manifest with its val shards read as train (the refit's data); test stays apart."""
-    shards = [{**s, "split": "train" if s["split"] == "val" else s["split"]} for s in manifest["shards"]]
+    shards = [
+        {**s, "split": "train" if s["split"] == "val" else s["split"]} for s in manifest["shards"]
+    ]
     return {**manifest, "shards": shards}
 
 
 def fit_version(
-    store: Store, manifest: dict, classes: list[str], cfg: TrainConfig, *, geometric: bool = False,
-    checkpoint_dir: Path | None = None, warm_start: bytes | None = None, rank: int = 0, world_size: int = 1,
-    progress: bool = False, on_epoch_end: Callable[[str, int, int, dict], None] | None = None,
+    store: Store,
+    manifest: dict,
+    classes: list[str],
+    cfg: TrainConfig,
+    *,
+    geometric: bool = False,
+    checkpoint_dir: Path | None = None,
+    warm_start: bytes | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = False,
+    on_epoch_end: Callable[[str, int, int, dict], None] | None = None,
     on_epoch_model: Callable[[str, int, nn.Module], None] | None = None,
-) -> Fitted:  # fmt: skip
+) -> Fitted:
     """Train the select run and, with `cfg.refit` and val rows, the refit; each phase resumes from its
     own checkpoint folder (`checkpoint_dir`, `checkpoint_dir/refit`). `on_epoch_end(phase, epoch,
     epochs, metrics)` and `on_epoch_model(phase, epoch, model)` are the trainer's hooks, told the phase."""
     dev = pick_device(cfg.device)
 
     def phase(name: str, version: dict, with_val: bool) -> tuple[TrainResult, int, int]:
-        reader = ShardReader(store, version, split="train", image_size=cfg.image_size, seed=cfg.seed,
-                             batch_size=cfg.batch_size, rank=rank, world_size=world_size, geometric=geometric,
-                             batched=True, meta=False)  # fmt: skip
-        val = ShardReader(store, version, split="val", image_size=cfg.image_size, shuffle=False, train_aug=False,
-                          batch_size=cfg.batch_size, rank=rank, world_size=world_size, batched=True, meta=False)  # fmt: skip
+        reader = ShardReader(
+            store,
+            version,
+            split="train",
+            image_size=cfg.image_size,
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+            rank=rank,
+            world_size=world_size,
+            geometric=geometric,
+            batched=True,
+            meta=False,
+        )
+        val = ShardReader(
+            store,
+            version,
+            split="val",
+            image_size=cfg.image_size,
+            shuffle=False,
+            train_aug=False,
+            batch_size=cfg.batch_size,
+            rank=rank,
+            world_size=world_size,
+            batched=True,
+            meta=False,
+        )
         if reader.num_samples() == 0:
             raise ValueError(f"dataset version v{version['version']} has no train rows")
         loader = make_loader(reader, cfg=cfg, device=dev)
         epochs = cfg.epochs_for(len(loader))
         result = train(
-            train_loader=loader, val_loader=make_loader(val, cfg=cfg, device=dev) if with_val and len(val) else None,
-            classes=classes, cfg=cfg, warm_start=warm_start, set_epoch=reader.set_epoch, progress=progress,
-            checkpoint_dir=None if checkpoint_dir is None else checkpoint_dir if name == "select" else checkpoint_dir / name,
-            on_epoch_end=None if on_epoch_end is None else lambda e, m: on_epoch_end(name, e, epochs, m),
-            on_epoch_model=None if on_epoch_model is None else lambda e, m: on_epoch_model(name, e, m),
-        )  # fmt: skip
+            train_loader=loader,
+            val_loader=make_loader(val, cfg=cfg, device=dev) if with_val and len(val) else None,
+            classes=classes,
+            cfg=cfg,
+            warm_start=warm_start,
+            set_epoch=reader.set_epoch,
+            progress=progress,
+            checkpoint_dir=None
+            if checkpoint_dir is None
+            else checkpoint_dir
+            if name == "select"
+            else checkpoint_dir / name,
+            on_epoch_end=None
+            if on_epoch_end is None
+            else lambda e, m: on_epoch_end(name, e, epochs, m),
+            on_epoch_model=None
+            if on_epoch_model is None
+            else lambda e, m: on_epoch_model(name, e, m),
+        )
         return result, reader.num_samples(), val.num_samples()
 
     select, train_rows, val_rows = phase("select", manifest, with_val=True)
     if not (cfg.refit and val_rows):
         return Fitted(select=select, refit=None, train_rows=train_rows, val_rows=val_rows)
     refit, refit_rows, _ = phase("refit", with_val_as_train(manifest), with_val=False)
-    return Fitted(select=select, refit=refit, train_rows=train_rows, val_rows=val_rows, refit_rows=refit_rows)
+    return Fitted(
+        select=select, refit=refit, train_rows=train_rows, val_rows=val_rows, refit_rows=refit_rows
+    )
