@@ -135,6 +135,10 @@ class EngineSettings(_Section):
     uploads_per_day: int | None = Field(None, ge=0)  # cap on low_confidence uploads per simulated day
     auto_threshold: float = Field(0.9, ge=0, le=1)  # champion confidence at or above which a frame is auto-labeled
     auto_labels: bool = True  # off: every label comes from people, and every frame may be queued for them
+    # None: every class's confident guesses become auto labels. A number: only classes whose confident guesses
+    # on the golden set were right at least this often, over >= auto_min_support of them (labeling/trust.py).
+    auto_min_precision: float | None = Field(None, ge=0, le=1)
+    auto_min_support: int = Field(20, ge=1)
     label_budget: int = Field(64, ge=0)  # frames per fleet batch sent to humans
     strategy: Literal["uncertainty", "diversity", "balanced", "hybrid", "random"] = "hybrid"
     image_url_prefix: str | None = None  # how annotators reach queued images; None: store URIs

@@ -35,6 +35,7 @@ from flywheel.evaluation.gate import PairedPredictions, decide
 from flywheel.labeling.labels import build_labels, fingerprint, hide_ground_truth
 from flywheel.labeling.quality import auto_accuracy_vs_truth, label_errors
 from flywheel.labeling.queue import queue_batch, read_exports
+from flywheel.labeling.trust import champion_trust
 from flywheel.model import FrameClassifier, load_weights
 from flywheel.predict import predict
 from flywheel.store import Store
@@ -61,13 +62,17 @@ def label_batch(store: Store, settings: Settings, batch_id: str) -> dict:
     e, classes = settings.engine, settings.classes
     queued: dict = {}
     if e.enabled:
+        trust = champion_trust(store, settings, champ) if scores and e.auto_labels else None
+        trusted = trust["trusted"] if trust else None
         queued = queue_batch(store, batch_id, frames, scores, classes=classes, engine=e,
-                             model_version=champ and champ.version)  # fmt: skip
+                             model_version=champ and champ.version, auto_classes=trusted)  # fmt: skip
         labels, stats = build_labels(
             hide_ground_truth(frames), classes=classes, human_exports=read_exports(store),
             auto_probs=scores.probs if scores and e.auto_labels else None, auto_threshold=e.auto_threshold,
+            auto_classes=trusted,
         )  # fmt: skip
         stats["auto_accuracy"] = auto_accuracy_vs_truth(labels, frames, classes)
+        stats["auto_trust"] = trust
     else:
         labels, stats = build_labels(frames, classes=classes, human_exports=read_exports(store))
     store.write_parquet(layout.labels_key(batch_id), labels, compression="zstd")

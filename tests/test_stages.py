@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from flywheel import layout
+from flywheel import layout, stages
 from flywheel.config import load_settings
 from flywheel.data import dataset
 from flywheel.data.reader import load_arrays
@@ -217,6 +217,22 @@ def test_engine_labels_through_the_queue_only(flywheel_home):
         )
         assert check  # the non-blocking label-error check ran
     assert human_labels_spent(store) == 80
+    # Auto labels only for classes whose sure guesses on the golden set were right (labeling/trust.py): the
+    # 8 frames people did not label, labeled again with every guess "sure" and a gate of 100 % precision
+    for need in (1.0, 0.0):
+        gated = load_settings(**{**engine, "engine.auto_threshold": 0.0, "engine.auto_min_precision": need,
+                                 "engine.auto_min_support": 1})  # fmt: skip
+        stats = stages.label_batch(store, gated, second)
+        trust, labels = stats["auto_trust"], store.read_parquet(layout.labels_key(second))
+        assert 0 < trust["frames"] <= 10 and set(trust["per_class"]) == set(settings.classes)
+        shown = [k for k, c in enumerate(settings.classes) if trust["per_class"][c]["confident"]
+                 and trust["per_class"][c]["correct"] >= need * trust["per_class"][c]["confident"]]  # fmt: skip
+        assert trust["trusted"] == shown
+        autos = [lab for lab, s in zip(labels.column("label").to_pylist(), labels.column("label_source").to_pylist(),
+                                       strict=True) if s == "auto"]  # fmt: skip
+        assert set(autos) <= set(shown) and labels.num_rows == 40 + len(autos) <= 48
+        if need == 0.0:  # every class shown at all is trusted: each unlabeled frame guessed as one gets its label
+            assert len(autos) == stats["auto"] > 0
 
 
 def test_no_new_data_keeps_the_challenger_instead_of_training_a_copy(flywheel_home):

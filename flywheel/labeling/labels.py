@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,11 +33,13 @@ def build_labels(
     human_exports: Sequence[dict | list] = (),
     auto_probs: np.ndarray | None = None,
     auto_threshold: float = 0.9,
+    auto_classes: Collection[int] | None = None,
 ) -> tuple[pa.Table, dict[str, Any]]:
     """One label per frame (schema LABELS) and stats: counts per source, unlabeled frames, skipped exports.
 
     `auto_probs` (N, C), one row per frame of `frames`: the champion's probabilities; a frame no
-    other source labels takes its top class when that probability reaches `auto_threshold`.
+    other source labels takes its top class when that probability reaches `auto_threshold` and the
+    class is one of `auto_classes` (None: any class; labeling/trust.py).
     """
     if not 0.0 <= auto_threshold <= 1.0:
         raise ValueError(f"auto_threshold must be in [0, 1], got {auto_threshold}")
@@ -64,7 +66,8 @@ def build_labels(
         auto_probs = _check_probs(auto_probs, n, len(classes))
         todo = np.flatnonzero(label < 0)
         conf = auto_probs[todo].max(axis=1)
-        keep = todo[conf >= auto_threshold]
+        top = auto_probs[todo].argmax(axis=1)
+        keep = todo[(conf >= auto_threshold) & (np.isin(top, list(auto_classes)) if auto_classes is not None else True)]
         auto_rejected = len(todo) - len(keep)
         label[keep], source[keep] = auto_probs[keep].argmax(axis=1), "auto"
         confidence[keep] = auto_probs[keep].max(axis=1)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -55,6 +55,7 @@ def queue_batch(
     classes: list[str],
     engine: EngineSettings,
     model_version: str | None = None,
+    auto_classes: Collection[int] | None = None,
 ) -> dict:
     """Pick at most `engine.label_budget` frames of a batch for humans and write their Label Studio queue.
 
@@ -76,8 +77,12 @@ def queue_batch(
         write_queue(store, batch_id, frames, [ranked[i] for i in chosen], image_url_prefix=engine.image_url_prefix)
         return {"key": key, "queued": len(chosen), "candidates": len(fids), "strategy": "random (no champion)"}
     probs, emb = scores.probs, scores.embeddings
-    # what the champion will auto-label needs no person; without auto labels every frame is a candidate
-    unsure = np.flatnonzero(probs.max(axis=1) < engine.auto_threshold if engine.auto_labels else np.ones(len(fids), bool))
+    # what the champion will auto-label needs no person; without auto labels every frame is a candidate, and
+    # a confident guess of a class whose auto labels are not trusted (`auto_classes`) is one too
+    auto = probs.max(axis=1) >= engine.auto_threshold if engine.auto_labels else np.zeros(len(fids), bool)
+    if auto_classes is not None:
+        auto &= np.isin(probs.argmax(axis=1), list(auto_classes))
+    unsure = np.flatnonzero(~auto)
     meta = {"condition": [frames.column("condition")[int(i)].as_py() for i in unsure]}
     picks = unsure[select_for_labeling(probs[unsure], emb[unsure], meta, budget=engine.label_budget,
                                        strategy=engine.strategy, seed=engine.seed)]  # fmt: skip
