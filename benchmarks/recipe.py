@@ -25,7 +25,8 @@ without code changes: `flywheel bench recipe --set train.epochs=12 --set augment
 
 Time to accuracy: every arm is scored on the held-out frames after each epoch (at most ~12 times
 a run; the scoring's own time is not counted), and `seconds_to_cnn` is the training time at which
-it first reached the script CNN's final held-out accuracy on that row (None: never).
+it first reached the script CNN's final held-out accuracy on that row (None: never). For the
+recipe the scored epochs are the challenger's (the refit's), on a clock started with the select run.
 
 Each seed draws other frames (training pool and held-out stream) and trains every arm with that
 seed; the summary gives, per dataset, size and arm, the mean over seeds with a 95 % t-interval. A
