@@ -156,7 +156,7 @@ class TrainSettings(_Section):
     # a number: exactly that many passes, whatever the data size.
     epochs: int | None = Field(None, ge=1)
     # The step budget of a run whose epochs are None (each phase: select and refit). 200 with the refit: at or
-    # above the script CNN on six dataset families over three seeds, about half the time of 800 steps alone.
+    # above the script CNN on six dataset families over three seeds, in 0.4-0.7 of the time of 800 steps alone.
     steps: int = Field(200, ge=1)
     # After the select run (train, best val epoch): the same recipe again on train + val, whose last weights are
     # the challenger (flywheel/training/fit.py). Off: the select run is the challenger, half the training time.

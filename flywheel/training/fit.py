@@ -8,9 +8,9 @@
    pick one). These weights are the challenger. The common practice on small data: once the
    recipe is chosen, every labeled frame outside the test split teaches the model.
 
-Measured over three seeds on six dataset families (BENCHMARKS.md, "The training recipe"): at 200
-steps per phase the refit's mean was above the select run's on every family and above the script
-CNN's and ResNet-18's, and the two phases together took about half the time of one 800-step run.
+Measured over three seeds on six dataset families (BENCHMARKS.md, "The default since this commit"):
+at 200 steps per phase the refit's mean was above the select run's and at or above the script
+CNN's and ResNet-18's on every family, and the two phases took 0.4-0.7 of one 800-step run's time.
 Without val rows there is nothing to add: the select run is the challenger.
 """
 
