@@ -155,12 +155,11 @@ class TrainSettings(_Section):
     # TrainConfig.epochs_for);
     # a number: exactly that many passes, whatever the data size.
     epochs: int | None = Field(None, ge=1)
-    # The step budget of a run whose epochs are None (each phase: select and refit). 200 with the refit: at or
-    # above the script CNN on six dataset families over three seeds, in 0.4-0.7 of the time of 800 steps alone.
-    steps: int = Field(200, ge=1)
+    steps: int = Field(800, ge=1)  # the step budget of a run whose epochs are None (each phase, with refit)
     # After the select run (train, best val epoch): the same recipe again on train + val, whose last weights are
-    # the challenger (flywheel/training/fit.py). Off: the select run is the challenger, half the training time.
-    refit: bool = True
+    # the challenger (flywheel/training/fit.py). Off by default: at 200 steps it won on ~900 train rows but lost
+    # to the select run on the demo's ~4,000 (BENCHMARKS.md, "Refit on train + val at 200 steps").
+    refit: bool = False
     # Start from the champion's weights (same classes and architecture) instead of from scratch. Off: at
     # the step budget, fresh runs scored higher on held-out frames than warm-started ones (BENCHMARKS.md).
     warm_start: bool = False

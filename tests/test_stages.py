@@ -45,9 +45,10 @@ def _ingest_new_batch(store, settings, instance, defs, seed, *, annotate=False):
 
 
 def test_two_iterations_materialize_the_whole_graph(flywheel_home, monkeypatch):
-    settings = load_settings(**TINY)
+    refit = {**TINY, "train.refit": True}  # the two-phase training, through the Pipes training process
+    settings = load_settings(**refit)
     store = open_store(settings.store_root)
-    defs = build_definitions(settings, overrides=TINY)
+    defs = build_definitions(settings, overrides=refit)
     with dg.instance_for_test() as instance:
         _ingest_new_batch(store, settings, instance, defs, seed=1)
         first = defs.resolve_job_def("train_and_deploy").execute_in_process(instance=instance)

@@ -49,7 +49,7 @@ def answer_and_relabel(obj: Ctx) -> list[str]:
               help="Shadow-mode uploads, auto-labels and the human queue (answered by a simulated annotator); "
                    "--no-engine labels every frame from the clips' ground truth.")  # fmt: skip
 @click.option("--full-recipe", is_flag=True,
-              help="Also run the per-turn yardstick check the demo leaves out ("
+              help="Train with the recipe's defaults instead of the demo's lighter budget ("
                    + ", ".join(f"{k}={v}" for k, v in DEMO_BUDGET.items()) + "), which keeps the demo to "
                    "minutes on a laptop's CPU.")  # fmt: skip
 @click.pass_obj
@@ -82,7 +82,7 @@ def demo(obj: Ctx, iterations: int, clips: int, label_budget: int, seed: int, en
     t = obj.settings.train
     budget = (f"{t.epochs} epochs" if t.epochs else f"{t.steps} steps") + (", then the refit on train + val" if t.refit else "")
     check = f"yardstick check {obj.settings.tune.baseline_epochs} epochs" if obj.settings.tune.baseline_epochs else "no yardstick check"
-    click.echo(f"training: {budget} per challenger, {check}" + ("" if full_recipe else " (--full-recipe adds the check)"))
+    click.echo(f"training: {budget} per challenger, {check}" + ("" if full_recipe else " (the demo's budget; --full-recipe for the defaults)"))
     g = obj.settings.gate
     click.echo(f"gate: every slice of >= {g.min_slice_frames} frames shown non-inferior at -{g.slice_tolerance}"
                + (" (the demo's gate, for its small evaluation set; set gate: in your config for another)"

@@ -3,14 +3,15 @@
 1. **select**: the recipe on the train split, scored on val after every epoch; the best val epoch
    is kept (`train.keep_best`). Val has not been trained on, so this is the model the per-turn
    yardstick check judges and the one whose curves the run shows.
-2. **refit** (`train.refit`, on by default): the same recipe again from the same start (seed,
+2. **refit** (`train.refit`, off by default): the same recipe again from the same start (seed,
    warm start) on train + val, the same step budget, the last epoch's weights (no val is left to
    pick one). These weights are the challenger. The common practice on small data: once the
    recipe is chosen, every labeled frame outside the test split teaches the model.
 
-Measured over three seeds on six dataset families (BENCHMARKS.md, "The default since this commit"):
-at 200 steps per phase the refit's mean was above the select run's and at or above the script
-CNN's and ResNet-18's on every family, and the two phases took 0.4-0.7 of one 800-step run's time.
+Measured (BENCHMARKS.md, "Refit on train + val at 200 steps"): on six dataset families of ~900
+train rows, over three seeds, 200 steps per phase with the refit was above the select run and both
+yardsticks on every family's mean, in 0.4-0.7 of an 800-step run's time. On the demo's dataset of
+~4,000 train rows it lost to its own select run (and to 300 steps without it), so it is not the default.
 Without val rows there is nothing to add: the select run is the challenger.
 """
 
