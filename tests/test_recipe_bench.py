@@ -36,7 +36,7 @@ from flywheel.sim.render import encode_jpeg
 def test_bench_recipe_quick_through_the_cli(tmp_path):
     out_file = tmp_path / "recipe.json"
     args = ["bench", "recipe", "--quick", "--datasets", "geometry,digits", "--seeds", "0,1", "--threads", "1",
-            "--warm", "--set", "train.width=8", "--workdir", str(tmp_path), "--out", str(out_file)]  # fmt: skip
+            "--warm", "--set", "train.width=8", "--set", "train.refit=true", "--workdir", str(tmp_path), "--out", str(out_file)]  # fmt: skip
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)

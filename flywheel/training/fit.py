@@ -21,10 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch.distributed as dist
 import torch.nn as nn
 
 from flywheel.data.reader import ShardReader
 from flywheel.store import Store
+from flywheel.training import ddp
 from flywheel.training.device import make_loader, pick_device
 from flywheel.training.train import TrainConfig, TrainResult, train
 
@@ -128,10 +130,19 @@ def fit_version(
         )
         return result, reader.num_samples(), val.num_samples()
 
-    select, train_rows, val_rows = phase("select", manifest, with_val=True)
-    if not (cfg.refit and val_rows):
-        return Fitted(select=select, refit=None, train_rows=train_rows, val_rows=val_rows)
-    refit, refit_rows, _ = phase("refit", with_val_as_train(manifest), with_val=False)
-    return Fitted(
-        select=select, refit=refit, train_rows=train_rows, val_rows=val_rows, refit_rows=refit_rows
-    )
+    group = ddp.init(dev)  # under torchrun: one process group for both phases, not one each
+    try:
+        select, train_rows, val_rows = phase("select", manifest, with_val=True)
+        if not (cfg.refit and val_rows):
+            return Fitted(select=select, refit=None, train_rows=train_rows, val_rows=val_rows)
+        refit, refit_rows, _ = phase("refit", with_val_as_train(manifest), with_val=False)
+        return Fitted(
+            select=select,
+            refit=refit,
+            train_rows=train_rows,
+            val_rows=val_rows,
+            refit_rows=refit_rows,
+        )
+    finally:
+        if group.owns_group:
+            dist.destroy_process_group()

@@ -32,6 +32,7 @@ def _version(tmp_path, splits=SPLITS, **train):
                     "width": 8,
                     "depth": 1,
                     "device": "cpu",
+                    "refit": True,
                     **train,
                 }.items()
             },
