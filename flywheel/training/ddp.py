@@ -8,6 +8,8 @@ once) and reduce metrics over them. Outside torchrun they are no-ops.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +46,18 @@ def init(device: torch.device) -> Dist:
         )
         owns = True
     return Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), owns_group=owns)
+
+
+@contextmanager
+def joined(device: torch.device) -> Iterator[Dist]:
+    """`init`, and leave the process group at the end if this call set it up (an outer `joined`, e.g.
+    both phases of a challenger's training, keeps one group for everything inside it)."""
+    group = init(device)
+    try:
+        yield group
+    finally:
+        if group.owns_group:
+            dist.destroy_process_group()
 
 
 def all_reduce(t: torch.Tensor, ddp: Dist, op=None) -> torch.Tensor:

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch.distributed as dist
 import torch.nn as nn
 
 from flywheel.data.reader import ShardReader
@@ -130,8 +129,7 @@ def fit_version(
         )
         return result, reader.num_samples(), val.num_samples()
 
-    group = ddp.init(dev)  # under torchrun: one process group for both phases, not one each
-    try:
+    with ddp.joined(dev):  # under torchrun: one process group for both phases, not one each
         select, train_rows, val_rows = phase("select", manifest, with_val=True)
         if not (cfg.refit and val_rows):
             return Fitted(select=select, refit=None, train_rows=train_rows, val_rows=val_rows)
@@ -143,6 +141,3 @@ def fit_version(
             val_rows=val_rows,
             refit_rows=refit_rows,
         )
-    finally:
-        if group.owns_group:
-            dist.destroy_process_group()

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
@@ -258,8 +257,7 @@ def train(
     if len(classes) < 2 or len(set(classes)) != len(classes):
         raise ValueError(f"classes must be >= 2 unique names, got {classes}")
     device = device_.pick_device(cfg.device)
-    group = ddp.init(device)
-    try:
+    with ddp.joined(device) as group:
         return _train(
             train_loader=train_loader,
             val_loader=val_loader,
@@ -275,9 +273,6 @@ def train(
             device=device,
             group=group,
         )
-    finally:
-        if group.owns_group:
-            dist.destroy_process_group()
 
 
 def _train(
