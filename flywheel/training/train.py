@@ -42,7 +42,7 @@ from flywheel.model import FrameClassifier, ModelConfig, build_model, load_weigh
 from flywheel.training import checkpoint, ddp
 from flywheel.training import device as device_
 
-AUTO_EPOCHS = (3, 100)  # the passes a run with `epochs: null` takes at least and at most
+MAX_AUTO_EPOCHS = 100  # the passes a run with `epochs: null` takes at most
 SMALL_INPUT = 32  # px: inputs this small keep their full resolution in the stem (`stem_stride: null`)
 
 
@@ -60,14 +60,13 @@ class TrainConfig(TrainSettings):
 
     def epochs_for(self, steps_per_epoch: int) -> int:
         """The passes over the data this run takes: `epochs` if set, else enough to take `steps`
-        optimizer steps, within AUTO_EPOCHS (a few hundred frames get many passes, a large
-        dataset a few)."""
+        optimizer steps, at least `min_passes` and at most MAX_AUTO_EPOCHS (a few hundred frames
+        get many passes; a large dataset `min_passes`, so its step budget grows with it)."""
         if self.epochs is not None:
             return self.epochs
         if steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
-        low, high = AUTO_EPOCHS
-        return min(max(math.ceil(self.steps / steps_per_epoch), low), high)
+        return min(max(math.ceil(self.steps / steps_per_epoch), self.min_passes), MAX_AUTO_EPOCHS)
 
     def architecture(self, num_classes: int) -> ModelConfig:
         return ModelConfig(

@@ -134,6 +134,8 @@ def test_a_run_of_a_few_steps_gets_a_schedule(epochs, steps, warmup_pct):
 def test_epochs_unset_take_the_step_budget_within_bounds():
     auto = tiny_cfg(epochs=None, steps=800)
     assert [auto.epochs_for(n) for n in (14, 37, 400, 5000, 1)] == [58, 22, 3, 3, 100]
+    floor = tiny_cfg(epochs=None, steps=400, min_passes=12)  # the budget grows with the data past 400 / 12 batches
+    assert [floor.epochs_for(n) for n in (14, 33, 34, 65, 5000)] == [29, 13, 12, 12, 12]
     assert tiny_cfg(epochs=4).epochs_for(14) == 4  # a number is a number, whatever the data
     with pytest.raises(ValueError, match="steps_per_epoch"):
         auto.epochs_for(0)
