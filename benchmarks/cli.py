@@ -258,15 +258,20 @@ def append(out: str, workdir: str | None):
 @click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True,
               help="Training steps per challenger (train.steps; the demo's budget).")  # fmt: skip
 @click.option("--arms", callback=_csv(str), default="random,engine", show_default=True,
-              help="Comma-separated arms: random, engine, shadow_only, selection_only, auto_labels_only.")
+              help="Comma-separated arms: random, engine, engine_novelty, mining, shadow_only, novelty_only, "
+                   "selection_only, auto_labels_only, campaign_only (benchmarks/engine.py).")
 @click.option("--ablation", is_flag=True,
-              help="All five arms: also one part of the engine each (shadow only, selection only, auto labels only).")
+              help="The main arms and one part of the engine each (shadow, novelty, selection, auto labels, campaign).")
 @click.option("--quick", is_flag=True, help="Smoke run: one seed, 2 tiny iterations (the models do not learn).")
 @click.option("--out", type=click.Path(file_okay=False), default="benchmarks/results", show_default=True,
-              help="Folder for engine_ab.json and engine_ab.png.")  # fmt: skip
+              help="Folder for NAME.json and NAME.png.")  # fmt: skip
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes, each running one (seed, arm) flywheel at a time with one torch thread.")
+@click.option("--name", default="engine_ab", show_default=True,
+              help="Result file name (without extension); --quick adds _quick.")  # fmt: skip
 @WORKDIR
 def engine(seeds: tuple[int, ...], iterations: int, clips: int, label_budget: int, steps: int, arms: tuple[str, ...],
-           ablation: bool, quick: bool, out: str, workdir: str | None):  # fmt: skip
+           ablation: bool, quick: bool, out: str, jobs: int, name: str, workdir: str | None):  # fmt: skip
     """The data engine (shadow mode + active selection + auto labels) vs random uploads and random
     labels, same human-label budget per iteration, over seeds: label-efficiency curves (PNG), the
     label ratio against its goal (JSON on stdout, a Markdown table on stderr).
@@ -286,12 +291,12 @@ def engine(seeds: tuple[int, ...], iterations: int, clips: int, label_budget: in
         arms = MAIN_ARMS + ABLATION_ARMS
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         try:
-            result = bench_engine(tmp, arms=arms, progress=lambda line: click.echo(line, err=True), **sizes)
+            result = bench_engine(tmp, arms=arms, jobs=jobs, progress=lambda line: click.echo(line, err=True), **sizes)
         except ValueError as e:  # an unknown arm: say which
             raise click.BadParameter(str(e), param_hint="--arms") from None
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    name = "engine_ab_quick" if quick else "engine_ab"
+    name = f"{name}_quick" if quick else name
     result = _provenance(result)
     _write(folder / f"{name}.json", result)
     png = plots.label_efficiency_png(result["curves"], rare=result["config"]["rare"], chance=result["chance"],

@@ -130,9 +130,14 @@ class EngineSettings(_Section):
     """The data engine: shadow-mode uploads, auto-labels, the human queue (off: labels from the clips)."""
 
     enabled: bool = False
+    # What flags a clip for upload in shadow mode (flywheel/engine/shadow.py): `confidence`, any frame below
+    # shadow_threshold (trigger low_confidence); `novelty`, unlike the champion's training data, where about
+    # novelty_share of the training set's own clips would be flagged (trigger novel).
+    shadow_trigger: Literal["confidence", "novelty"] = "confidence"
     shadow_threshold: float = Field(0.6, ge=0, le=1)  # any frame below this confidence: upload as low_confidence
+    novelty_share: float = Field(0.1, gt=0, lt=1)
     shadow_measure: Literal["max_softmax", "margin", "entropy"] = "max_softmax"
-    uploads_per_day: int | None = Field(None, ge=0)  # cap on low_confidence uploads per simulated day
+    uploads_per_day: int | None = Field(None, ge=0)  # cap on shadow-mode uploads per simulated day
     auto_threshold: float = Field(0.9, ge=0, le=1)  # champion confidence at or above which a frame is auto-labeled
     auto_labels: bool = True  # off: every label comes from people, and every frame may be queued for them
     # None: every class's confident guesses become auto labels. A number: only classes whose confident guesses

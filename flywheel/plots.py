@@ -145,8 +145,9 @@ def diff_png(diff: dict) -> bytes:
 
 
 def label_efficiency_png(curves: dict, *, rare: str, chance: float, ratios: dict | None = None) -> bytes:
-    """Accuracy against human labels spent, per arm: `curves[arm][key]` = {labels, mean, min, max} over
-    seeds for key `<rare>_accuracy` (left) and `accuracy` (right); the band is the seeds' min to max.
+    """Accuracy against human labels spent, per arm: `curves[arm][key]` = {labels, mean, min, max[, half]}
+    over seeds for key `<rare>_accuracy` (left) and `accuracy` (right); the band is the mean's 95 %
+    interval (mean ± half) where `half` is given, else the seeds' min to max.
     `ratios[arm]` (`target`, `engine_labels`, `ratio`) marks where an arm reaches the first arm's final
     rare-slice accuracy."""
     fig = Figure(figsize=(9, 3.6))
@@ -154,7 +155,9 @@ def label_efficiency_png(curves: dict, *, rare: str, chance: float, ratios: dict
     for ax, key, title in zip(panels, (f"{rare}_accuracy", "accuracy"), (f"{rare} (rare slice)", "all conditions"), strict=True):
         for arm, c in curves.items():
             line = ax.plot(c[key]["labels"], c[key]["mean"], "o-", markersize=4, label=arm)[0]
-            ax.fill_between(c[key]["labels"], c[key]["min"], c[key]["max"], color=line.get_color(), alpha=0.15)
+            lo, hi = ((np.subtract(c[key]["mean"], c[key]["half"]), np.add(c[key]["mean"], c[key]["half"]))
+                      if "half" in c[key] else (c[key]["min"], c[key]["max"]))  # fmt: skip
+            ax.fill_between(c[key]["labels"], lo, hi, color=line.get_color(), alpha=0.15)
         ax.axhline(chance, color="gray", linestyle="--", linewidth=0.8, label="chance")
         ax.set_title(f"accuracy, {title}", fontsize=10)
         ax.set_xlabel("human labels spent")
@@ -167,7 +170,8 @@ def label_efficiency_png(curves: dict, *, rare: str, chance: float, ratios: dict
             if r["engine_labels"] is not None:
                 panels[0].annotate(f"{arm}: {r['ratio']:.2f} of the labels", (r["engine_labels"], r["target"]),
                                    textcoords="offset points", xytext=(4, 6), fontsize=7)  # fmt: skip
-    panels[0].set_ylabel("accuracy (mean over seeds; band: min to max)")
+    band = "95 % interval" if all("half" in c[f"{rare}_accuracy"] for c in curves.values()) else "min to max"
+    panels[0].set_ylabel(f"accuracy (mean over seeds; band: {band})")
     panels[0].set_ylim(0, 1.02)
     panels[0].legend(fontsize=7, loc="lower right")
     return _png(fig)

@@ -12,6 +12,7 @@ from flywheel import layout, sim
 from flywheel.config import EngineSettings, Settings
 from flywheel.deployment import deploy
 from flywheel.deployment.champion import Champion
+from flywheel.engine import novelty
 from flywheel.engine.select import confidence, select_for_labeling
 from flywheel.engine.shadow import DailyUploadBudget, fleet_filter, shadow_filter
 from flywheel.model_input import decode_images, frames_to_input
@@ -170,3 +171,73 @@ def test_diversity_covers_every_cluster():
     assert sorted(cluster[idx].tolist()) == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError, match="needs embeddings"):
         select_for_labeling(probs, None, None, budget=5, strategy="hybrid")
+
+
+# ---------------------------------------------------------------- novelty
+
+
+def _clips(rng: np.random.Generator, centre: np.ndarray, clips: int, per_clip: int = 4) -> tuple[np.ndarray, list[str]]:
+    """Embeddings of `clips` clips near `centre` (each clip's frames near-copies of each other), and clip ids."""
+    z, ids = [], []
+    for c in range(clips):
+        base = centre + 0.1 * rng.standard_normal(len(centre))
+        z.append(base + 0.02 * rng.standard_normal((per_clip, len(centre))))
+        ids += [f"{centre.argmax()}-{c}"] * per_clip
+    return np.concatenate(z), ids
+
+
+def test_novelty_is_high_where_the_reference_is_sparse_and_calibrated_by_clip():
+    rng = np.random.default_rng(0)
+    e = np.eye(16)
+    common, common_ids = _clips(rng, e[0], 45)
+    rare, rare_ids = _clips(rng, e[1], 2)  # two clips: a rare condition in the training data
+    ref = novelty.normalized(np.concatenate([common, rare]))
+    threshold, n = novelty.calibrate(ref, np.array(common_ids + rare_ids), share=0.1)
+    assert n == 47
+    reference = novelty.NoveltyReference(embeddings=ref, threshold=threshold, share=0.1, clips=n, dataset_version=1)
+    fresh_common = [reference.clip_novelty(_clips(rng, e[0], 1)[0]) for _ in range(20)]
+    fresh_rare = [reference.clip_novelty(_clips(rng, e[1], 1)[0]) for _ in range(20)]
+    unseen = [reference.clip_novelty(_clips(rng, e[2], 1)[0]) for _ in range(20)]
+    assert np.mean(np.array(fresh_common) >= threshold) <= 0.25  # about `share` of clips like the common ones
+    assert np.mean(fresh_rare) > np.mean(fresh_common) and min(unseen) > max(fresh_rare)  # sparse, then absent
+    assert all(u >= threshold for u in unseen)
+    # calibrated clip by clip: a clip's own near-copies do not make it look familiar
+    ref_scores = novelty.knn_novelty(ref, ref, exclude=np.equal.outer(common_ids + rare_ids, common_ids + rare_ids))
+    assert ref_scores[-8:].mean() > ref_scores[:-8].mean()
+    with pytest.raises(ValueError, match="share"):
+        novelty.calibrate(ref, np.array(common_ids + rare_ids), share=1.0)
+    with pytest.raises(ValueError, match="2 clips"):
+        novelty.calibrate(ref[:4], np.array(common_ids[:4]), share=0.1)
+
+
+def test_shadow_mode_by_novelty_uploads_clips_unlike_the_training_data(flywheel_home, monkeypatch):
+    """A champion trained on day clips only; the fleet then records day and night: `novel` clips are night."""
+    from flywheel.cli import Ctx, run_iteration
+    from flywheel.clips import read_clip
+
+    monkeypatch.setenv("DAGSTER_HOME", str(flywheel_home / "dagster"))
+    (flywheel_home / "dagster").mkdir()
+    day = {"day": 1.0, "night": 0.0, "rain": 0.0, "fog": 0.0}
+    obj = Ctx(None, {"sim.frames_per_clip": 4, "image_size": 32, "train.epochs": 3, "train.width": 8,
+                     "train.depth": 1, "train.batch_size": 32, "dataset.golden_size": 0, "deploy.int8": False,
+                     "dataset.split": {"train": 0.6, "val": 0.1, "test": 0.3}, "gate.floor": 0.0,
+                     "gate.min_slice_frames": 1000, "gate.critical_slices": [], "tune.baseline_epochs": 0,
+                     "sim.conditions_start": day, "sim.conditions_end": day})  # fmt: skip
+    store = obj.store()
+    sim.simulate(store, obj.settings, clips=30, seed=1)
+    run_iteration(obj)  # v1, trained on day clips
+    mixed = {"day": 0.5, "night": 0.5, "rain": 0.0, "fog": 0.0}
+    later = obj.settings.model_copy(update={
+        "sim": obj.settings.sim.model_copy(update={"conditions_start": mixed, "conditions_end": mixed}),
+        "engine": EngineSettings(enabled=True, shadow_trigger="novelty", novelty_share=0.1),
+    })  # fmt: skip
+    before = {o.key for o in store.list(layout.LANDING)}
+    upload = fleet_filter(store, later)
+    sim.simulate(store, later, clips=24, seed=2, upload_filter=upload)
+    uploaded = [read_clip(store.read_bytes(o.key), classes=CLASSES).meta for o in store.list(layout.LANDING)
+                if o.key not in before]  # fmt: skip
+    novel = [m.extra.get("condition") for m in uploaded if m.trigger == "novel"]
+    assert len(novel) >= 5, [(m.trigger, m.condition) for m in uploaded]
+    assert novel.count("night") / len(novel) >= 0.8  # the recorded stream is half night
+    # with the confidence trigger the same champion flags clips by its own doubt, not by what it lacks
+    assert fleet_filter(store, later.model_copy(update={"engine": EngineSettings(enabled=True)})) is not None

@@ -6,19 +6,24 @@ import json
 
 from click.testing import CliRunner
 
-from benchmarks.engine import curve, label_ratio, markdown
+from benchmarks.engine import curve, label_ratio, markdown, paired
+from benchmarks.recipe import interval
 from flywheel.cli import main
 
 
 def test_bench_engine_quick_runs_the_arms_through_the_pipeline_and_writes_curves_and_plot(tmp_path):
-    result = CliRunner().invoke(main, ["bench", "engine", "--quick", "--arms", "engine,auto_labels_only,random",
+    result = CliRunner().invoke(main, ["bench", "engine", "--quick", "--arms", "engine,auto_labels_only,random,engine_novelty",
                                        "--out", str(tmp_path / "out"), "--workdir", str(tmp_path)])  # fmt: skip
     assert result.exit_code == 0, result.output
     out = json.loads((tmp_path / "out" / "engine_ab_quick.json").read_text())
     assert (tmp_path / "out" / "engine_ab_quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert out["config"]["seeds"] == [0] and list(out["curves"]) == ["random", "engine", "auto_labels_only"]
+    assert out["config"]["seeds"] == [0]
+    assert list(out["curves"]) == ["random", "engine", "auto_labels_only", "engine_novelty"]
     runs = out["runs"]
     random, engine, auto_only = runs["random"][0], runs["engine"][0], runs["auto_labels_only"][0]
+    novelty = runs["engine_novelty"][0]
+    # paired arms: before any model is deployed every arm uploads, labels and trains the same frames
+    assert len({(r[0]["accuracy"], r[0]["fog_accuracy"], r[0]["train_frames"]) for r in (random, engine, novelty)}) == 1
     assert [r["human_labels_total"] for r in random] == [32, 64]  # the whole budget, every iteration
     for rows in (engine, auto_only):  # at most the budget: frames the champion auto-labels are not queued
         spent = [r["human_labels_total"] for r in rows]
@@ -27,15 +32,33 @@ def test_bench_engine_quick_runs_the_arms_through_the_pipeline_and_writes_curves
     assert all(r["auto_labels"] == 0 for r in random)  # the random arm labels by hand only
     assert engine[0]["triggers"].keys() <= {"random", "hard_brake"}  # no champion yet: no shadow mode
     assert engine[1]["triggers"].keys() <= {"random", "hard_brake", "low_confidence"}
+    assert novelty[1]["triggers"].keys() <= {"random", "hard_brake", "novel"}
     # only the arms with shadow mode let the deployed model pick uploads
     assert "low_confidence" not in random[1]["triggers"] and "low_confidence" not in auto_only[1]["triggers"]
     c = out["curves"]["random"]["fog_accuracy"]
     assert c["labels"] == [32, 64] and c["mean"] == c["min"] == c["max"] == [r["fog_accuracy"] for r in random]
     assert out["label_ratio"]["engine"]["target"] == random[-1]["fog_accuracy"]
-    assert set(out["label_ratio"]) == {"engine", "auto_labels_only"}
+    assert set(out["label_ratio"]) == {"engine", "auto_labels_only", "engine_novelty"}
+    step = out["paired"]["engine"]["fog_accuracy"][1]  # one seed: a difference, no interval
+    assert step["mean"] == round(engine[1]["fog_accuracy"] - random[1]["fog_accuracy"], 4) and step["half"] == 0
+    assert not step["below"] and not step["above"]
     assert "| engine |" in markdown(out)
     wrong = CliRunner().invoke(main, ["bench", "engine", "--quick", "--arms", "engine,bogus", "--workdir", str(tmp_path)])
     assert wrong.exit_code == 2 and "bogus" in wrong.output
+
+
+def test_paired_differences_flag_an_arm_significantly_below_random():
+    def rows(values):
+        return [{"human_labels_total": 100 * (i + 1), "fog_accuracy": v} for i, v in enumerate(values)]
+
+    random = [rows([0.2, 0.4]), rows([0.3, 0.5]), rows([0.1, 0.6])]
+    worse = [rows([0.2, 0.30]), rows([0.3, 0.41]), rows([0.1, 0.49])]  # the same first iteration, then ~0.1 below
+    noisy = [rows([0.2, 0.6]), rows([0.3, 0.3]), rows([0.1, 0.6])]
+    first, second = paired(worse, random, "fog_accuracy")
+    assert first == {"iteration": 1, "mean": 0.0, "half": 0.0, "seeds": 3, "below": False, "above": False}
+    assert second["below"] and second["mean"] == -0.1 and 0 < second["half"] < 0.1
+    assert not any(p["below"] or p["above"] for p in paired(noisy, random, "fog_accuracy"))
+    assert curve(worse, "fog_accuracy")["half"][0] == round(interval([0.2, 0.3, 0.1])[1], 4)
 
 
 def test_label_ratio_reads_the_mean_curves_at_the_iterations():

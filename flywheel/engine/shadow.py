@@ -1,10 +1,11 @@
-"""Shadow mode: the deployed model runs on every recorded clip in the car and flags the ones it is unsure of.
+"""Shadow mode: the deployed model runs on every recorded clip in the car and flags the ones worth uploading.
 
-The simulator (`sim.simulate(..., upload_filter=...)`) uploads a flagged clip with trigger
-`low_confidence` (or `campaign:<name>`, for a clip like a mining campaign's frames), and a random
-share of the others as `random`. A clip is flagged when any of
-its frames scores below `threshold` on the chosen confidence measure; all measures are in
-[0, 1], higher meaning surer, so one threshold semantics fits all three.
+The simulator (`sim.simulate(..., upload_filter=...)`) uploads a flagged clip with its trigger
+(`campaign:<name>` for a clip like a mining campaign's frames, else `low_confidence` or `novel`),
+and a random share of the others as `random`. `engine.shadow_trigger` picks what flags a clip:
+`confidence`, when any of its frames scores below `threshold` on the chosen confidence measure (all
+measures are in [0, 1], higher meaning surer, so one threshold semantics fits all three), or
+`novelty`, when it looks unlike the champion's training data (flywheel/engine/novelty.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from flywheel.config import Settings
 from flywheel.deployment import deploy
 from flywheel.engine.campaigns import match as campaign_match
 from flywheel.engine.campaigns import queries as campaign_queries
+from flywheel.engine.novelty import NOVEL, NoveltyReference
+from flywheel.engine.novelty import reference as novelty_reference
 from flywheel.engine.select import MEASURES, confidence
 from flywheel.model_input import frames_to_input
 from flywheel.predict import predict
@@ -63,10 +66,11 @@ def shadow_filter(
     measure: str = "max_softmax",
     budget: DailyUploadBudget | None = None,
     campaigns: list[tuple[str, np.ndarray, float]] | None = None,
+    novelty: NoveltyReference | None = None,
 ) -> UploadFilter:
-    """An upload filter that flags a clip `low_confidence` when any frame's confidence < `threshold`
-    (None: never), and `campaign:<name>` first when a frame looks like an active mining campaign's
-    query (`campaigns.queries`).
+    """An upload filter that flags a clip `campaign:<name>` when a frame looks like an active mining
+    campaign's query (`campaigns.queries`), else `low_confidence` when any frame's confidence <
+    `threshold` (None: never), else `novel` when its novelty reaches `novelty`'s threshold.
 
     `manifest` is the deployed model's (deploy.load_deployed): its `image_size` sets the
     resize. With a `budget`, flagged clips beyond the day's budget are not flagged (the
@@ -79,10 +83,12 @@ def shadow_filter(
     size = int(manifest["image_size"])
 
     def upload_filter(frames: np.ndarray, meta: dict) -> str | None:
-        out = predict(session, frames_to_input(frames, size), embeddings=bool(campaigns))  # (N, C), (N, D)
+        out = predict(session, frames_to_input(frames, size), embeddings=bool(campaigns) or novelty is not None)
         trigger = campaign_match(out.embeddings, campaigns) if campaigns else None
         if trigger is None and threshold is not None and confidence(out.probs, measure).min() < threshold:
             trigger = LOW_CONFIDENCE
+        if trigger is None and novelty is not None and novelty.clip_novelty(out.embeddings) >= novelty.threshold:
+            trigger = NOVEL
         if trigger is None or (budget is not None and not budget.take(meta)):
             return None
         return trigger
@@ -102,5 +108,9 @@ def fleet_filter(store: Store, settings: Settings) -> UploadFilter | None:
     if not e.enabled and not mining:
         return None
     budget = DailyUploadBudget(e.uploads_per_day) if e.uploads_per_day is not None else None
-    return shadow_filter(session, manifest, threshold=e.shadow_threshold if e.enabled else None,
-                         measure=e.shadow_measure, budget=budget, campaigns=mining)  # fmt: skip
+    by_confidence = e.enabled and e.shadow_trigger == "confidence"
+    novelty = (novelty_reference(store, session, manifest, dataset_name=settings.dataset.name,
+                                 share=e.novelty_share, seed=e.seed)
+               if e.enabled and e.shadow_trigger == "novelty" else None)  # fmt: skip
+    return shadow_filter(session, manifest, threshold=e.shadow_threshold if by_confidence else None,
+                         measure=e.shadow_measure, budget=budget, campaigns=mining, novelty=novelty)  # fmt: skip
