@@ -258,10 +258,11 @@ def append(out: str, workdir: str | None):
 @click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True,
               help="Training steps per challenger (train.steps; the demo's budget).")  # fmt: skip
 @click.option("--arms", callback=_csv(str), default="random,engine", show_default=True,
-              help="Comma-separated arms: random, engine, engine_novelty, mining, shadow_only, novelty_only, "
-                   "selection_only, auto_labels_only, campaign_only (benchmarks/engine.py).")
+              help="Comma-separated arms: random, engine, engine_novelty, engine_typical, mining, shadow_only, "
+                   "novelty_only, selection_only, typical_only, auto_labels_only, campaign_only (benchmarks/engine.py).")
 @click.option("--ablation", is_flag=True,
-              help="The main arms and one part of the engine each (shadow, novelty, selection, auto labels, campaign).")
+              help="The main arms and one part of the engine each (shadow, novelty, selection, typical, auto labels, "
+                   "campaign).")
 @click.option("--quick", is_flag=True, help="Smoke run: one seed, 2 tiny iterations (the models do not learn).")
 @click.option("--out", type=click.Path(file_okay=False), default="benchmarks/results", show_default=True,
               help="Folder for NAME.json and NAME.png.")  # fmt: skip

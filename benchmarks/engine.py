@@ -7,11 +7,12 @@ so the benchmark measures the pipeline a user runs. An arm is a set of the engin
   shadow:   the deployed model picks the fleet's uploads (low_confidence triggers)
   novelty:  the deployed model picks the fleet's uploads by novelty against its training data (novel triggers)
   select:   active selection (hybrid) of the frames people label; without it, uniformly random frames
+  typical:  active selection by typicality (TypiClust, `engine.strategy: typical`) instead of hybrid
   auto:     the deployed model labels the frames it is sure of; without it, people label everything
   campaign: a mining campaign for the rare slice (`flywheel campaign start --slice condition=fog`),
             started once the dataset holds a labeled frame of it: the fleet uploads clips like them
-`engine` is shadow + select + auto, `engine_novelty` novelty + select + auto, `mining` is campaign + select +
-auto, `random` none (random
+`engine` is shadow + select + auto, `engine_novelty` novelty + select + auto, `engine_typical` novelty +
+typical + auto, `mining` is campaign + select + auto, `random` none (random
 uploads, random frames, nothing deployed); the ablation arms have one part each. An arm with any part deploys every model it trains (a gate that passes every challenger),
 so that model drives the next iteration. Each iteration: simulate -> ingest -> labels (queue) ->
 annotator answers -> labels again -> augmented -> dataset version -> train -> score on one fixed
@@ -53,20 +54,22 @@ EVERY_MODEL_PROMOTED = {"floor": 0.0, "margin": -1.0, "min_slice_frames": 10**9,
 
 RARE = "fog"
 MIX = {"day": 0.70, "night": 0.13, "rain": 0.12, "fog": 0.05}
-PARTS = ("shadow", "novelty", "select", "auto", "campaign")
+PARTS = ("shadow", "novelty", "select", "typical", "auto", "campaign")
 ARMS: dict[str, tuple[str, ...]] = {
     "random": (),
     "engine": ("shadow", "select", "auto"),
     "engine_novelty": ("novelty", "select", "auto"),
+    "engine_typical": ("novelty", "typical", "auto"),
     "mining": ("campaign", "select", "auto"),
     "shadow_only": ("shadow",),
     "novelty_only": ("novelty",),
+    "typical_only": ("typical",),
     "selection_only": ("select",),
     "auto_labels_only": ("auto",),
     "campaign_only": ("campaign",),
 }
 MAIN_ARMS = ("random", "engine")
-ABLATION_ARMS = ("shadow_only", "novelty_only", "selection_only", "auto_labels_only", "campaign_only")
+ABLATION_ARMS = ("shadow_only", "novelty_only", "selection_only", "typical_only", "auto_labels_only", "campaign_only")
 # the engine should reach the random arm's final rare-slice accuracy with at most this share of its labels
 # (and never be significantly below it at any iteration); 0.5 would be the stretch
 GOAL = 0.6
@@ -97,6 +100,8 @@ def bench_settings(root: Path, *, parts: tuple[str, ...] = (), image_size: int =
         raise ValueError(f"unknown engine part(s) {sorted(unknown)}; known: {PARTS}")
     if {"shadow", "novelty"} <= set(parts):
         raise ValueError("an arm's shadow mode flags clips by confidence (shadow) or by novelty, not both")
+    if {"select", "typical"} <= set(parts):
+        raise ValueError("an arm selects frames by hybrid (select) or typical, not both")
     with _home(root):
         return Settings.model_validate({
             "image_size": image_size,
@@ -109,7 +114,8 @@ def bench_settings(root: Path, *, parts: tuple[str, ...] = (), image_size: int =
             "engine": {"enabled": True, "label_budget": label_budget, "seed": seed,
                        "shadow_trigger": "novelty" if "novelty" in parts else "confidence",
                        "shadow_threshold": 0.6 if "shadow" in parts else 0.0,
-                       "strategy": "hybrid" if "select" in parts else "random", "auto_labels": "auto" in parts},
+                       "strategy": "typical" if "typical" in parts else "hybrid" if "select" in parts else "random",
+                       "auto_labels": "auto" in parts},
             "gate": EVERY_MODEL_PROMOTED,
             "deploy": {"int8": False},
             # scored on the benchmark's own test set: no clips moved from train to the evaluation split

@@ -145,7 +145,7 @@ class EngineSettings(_Section):
     auto_min_precision: float | None = Field(None, ge=0, le=1)
     auto_min_support: int = Field(20, ge=1)
     label_budget: int = Field(64, ge=0)  # frames per fleet batch sent to humans
-    strategy: Literal["uncertainty", "diversity", "balanced", "hybrid", "random"] = "hybrid"
+    strategy: Literal["uncertainty", "diversity", "balanced", "hybrid", "typical", "random"] = "hybrid"
     image_url_prefix: str | None = None  # how annotators reach queued images; None: store URIs
     # A label is flagged as a likely error only when the evidence (the champion's probabilities blended with a
     # cross-validated model of the batch's own labels) prefers another class by this margin (p[suggested] -

@@ -130,7 +130,7 @@ def _pool(n=400, c=6, d=8, seed=0):
     return probs, emb, {"condition": cond}
 
 
-@pytest.mark.parametrize("strategy", ["uncertainty", "diversity", "balanced", "hybrid", "random"])
+@pytest.mark.parametrize("strategy", ["uncertainty", "diversity", "balanced", "hybrid", "typical", "random"])
 @pytest.mark.parametrize("budget", [0, 1, 30, 1000])
 def test_selection_respects_the_budget(strategy, budget):
     probs, emb, meta = _pool()
@@ -171,6 +171,30 @@ def test_diversity_covers_every_cluster():
     assert sorted(cluster[idx].tolist()) == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError, match="needs embeddings"):
         select_for_labeling(probs, None, None, budget=5, strategy="hybrid")
+
+
+def test_typical_takes_the_core_of_each_cluster_not_its_outliers():
+    """TypiClust: one pick per dense region, the frame nearest its region's centre; far-off frames
+    (which k-center would take first) only once every dense region has one."""
+    rng = np.random.default_rng(4)
+    centers = np.eye(16)[:3] * 10
+    sizes = [120, 60, 30]
+    emb = np.concatenate([c + rng.normal(0, 1.0, (n, 16)) for c, n in zip(centers, sizes, strict=True)])
+    cluster = np.repeat(np.arange(3), sizes)
+    outliers = rng.normal(0, 1, (6, 16)) * 10  # scattered frames, each alone
+    emb = np.concatenate([emb, outliers])
+    probs = np.full((len(emb), 3), 1 / 3)
+    idx = select_for_labeling(probs, emb, None, budget=3, strategy="typical", seed=0)
+    assert sorted(cluster[idx].tolist()) == [0, 1, 2]  # no outlier, one per region
+    for i in idx:  # each pick is among its region's most central frames
+        members = np.flatnonzero(cluster == cluster[i])
+        spread = np.linalg.norm(emb[members] / np.linalg.norm(emb[members], axis=1, keepdims=True)
+                                - centers[cluster[i]] / 10, axis=1)  # fmt: skip
+        assert (spread < spread[members == i]).mean() < 0.25
+    far = select_for_labeling(probs, emb, None, budget=3, strategy="diversity")
+    assert (far >= len(cluster)).any()  # the contrast: k-center reaches for the outliers
+    again = select_for_labeling(probs, emb, None, budget=3, strategy="typical", seed=0)
+    np.testing.assert_array_equal(idx, again)
 
 
 # ---------------------------------------------------------------- novelty

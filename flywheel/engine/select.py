@@ -10,9 +10,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-STRATEGIES = ("uncertainty", "diversity", "balanced", "hybrid", "random")
+STRATEGIES = ("uncertainty", "diversity", "balanced", "hybrid", "typical", "random")
 MEASURES = ("max_softmax", "margin", "entropy")  # confidence measures, all in [0, 1]
 HYBRID_POOL = 4  # hybrid draws from the budget x this most uncertain frames
+TYPICAL_NEIGHBOURS = 20  # typicality: inverse mean distance to this many nearest frames of the cluster
 
 
 def confidence(probs: np.ndarray, measure: str = "max_softmax") -> np.ndarray:
@@ -75,6 +76,35 @@ def k_center_greedy(embeddings: np.ndarray, budget: int, *, candidates: np.ndarr
     return cand[np.array(picks, np.int64)]
 
 
+def typical(embeddings: np.ndarray, budget: int, *, seed: int = 0,
+            neighbours: int = TYPICAL_NEIGHBOURS) -> np.ndarray:  # fmt: skip
+    """TypiClust (Hacohen et al., 2022) within the candidates: k-means their L2-normalized embeddings
+    into `budget` clusters and take each cluster's most typical frame (the highest inverse mean
+    distance to its `neighbours` nearest frames in the cluster), largest clusters first. For small
+    budgets, where typical frames teach a young model more than its uncertain ones."""
+    from sklearn.cluster import KMeans
+
+    budget = min(budget, len(embeddings))
+    if budget <= 0:
+        return np.zeros(0, np.int64)
+    z = embeddings.astype(np.float64)
+    z /= np.linalg.norm(z, axis=1, keepdims=True) + 1e-12
+    clusters = KMeans(n_clusters=budget, n_init=3, random_state=seed).fit_predict(z)
+    picks = []
+    for c in np.argsort(-np.bincount(clusters, minlength=budget), kind="stable"):
+        members = np.flatnonzero(clusters == c)
+        if len(members) == 0:
+            continue
+        d = np.linalg.norm(z[members, None] - z[None, members], axis=2)  # (m, m)
+        k = min(neighbours, len(members) - 1)
+        if k == 0:
+            picks.append(int(members[0]))
+            continue
+        near = np.sort(d, axis=1)[:, 1 : k + 1]  # each frame's k nearest others
+        picks.append(int(members[np.argmin(near.mean(axis=1))]))
+    return np.array(picks, np.int64)
+
+
 def balance_groups(probs: np.ndarray, meta: Mapping[str, Sequence], keys: Sequence[str]) -> np.ndarray:
     """(N,) group id per frame: predicted class x the metadata `keys` present in `meta`."""
     n = len(probs)
@@ -117,7 +147,8 @@ def select_for_labeling(
     uncertainty: the least sure first. diversity: k-center greedy on embeddings. balanced:
     round-robin over (predicted class x `balance_by`) groups, least sure first in each.
     hybrid: among the `HYBRID_POOL` x budget least sure, k-center round-robin over the same
-    groups (uncertain, spread out, and covering every class/condition). random: uniform.
+    groups (uncertain, spread out, and covering every class/condition). typical: TypiClust, one
+    typical frame per cluster (`typical`). random: uniform.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; known: {STRATEGIES}")
@@ -126,7 +157,7 @@ def select_for_labeling(
     n = len(probs)
     if embeddings is not None and len(embeddings) != n:
         raise ValueError(f"embeddings has {len(embeddings)} rows for {n} probs rows")
-    if strategy in ("diversity", "hybrid") and embeddings is None:
+    if strategy in ("diversity", "hybrid", "typical") and embeddings is None:
         raise ValueError(f"strategy {strategy!r} needs embeddings")
     budget = min(budget, n)
     rng = np.random.default_rng(seed)
@@ -137,6 +168,8 @@ def select_for_labeling(
         return np.argsort(-u, kind="stable")[:budget].astype(np.int64)
     if strategy == "diversity":
         return k_center_greedy(embeddings, budget, first=int(np.argmax(u)))
+    if strategy == "typical":
+        return typical(embeddings, budget, seed=seed)
     groups = balance_groups(probs, meta or {}, balance_by)
     if strategy == "balanced":
         return round_robin(groups, u, budget, rng)
