@@ -423,6 +423,8 @@ def summarize(rows: list[dict]) -> list[dict]:
             entry["verdict"] = "broken: " + ", ".join(a for a in sticks if not entry[a]["learns"]) + " did not learn"
         elif "recipe" not in entry:
             entry["verdict"] = "yardsticks learned (no recipe arm)"
+        elif not sticks:  # a recipe variant alone: compared with `recipe-compare`, not judged here
+            entry["verdict"] = "no yardstick in this run"
         else:
             entry["verdict"] = f"recipe behind {', '.join(behind)}" if behind else "recipe ahead"
         out.append(entry)

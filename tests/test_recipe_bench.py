@@ -109,6 +109,12 @@ def test_the_summary_calls_a_row_broken_when_a_yardstick_did_not_learn(rows, ver
     assert entry["cnn"]["learns"] == all(r["cnn"]["learns"] for r in rows)
 
 
+def test_a_recipe_run_without_yardsticks_is_not_called_ahead():
+    rows = [{k: v for k, v in _row(seed, 0.9, 0.8).items() if k != "cnn"} for seed in (0, 1)]
+    [entry] = summarize(rows)
+    assert entry["verdict"] == "no yardstick in this run"
+
+
 def test_the_summary_gives_the_time_to_the_cnns_accuracy_over_the_seeds_that_reached_it():
     rows = [_row(0, 0.9, 0.8), _row(1, 0.7, 0.75), _row(2, 0.8, 0.8)]
     for r, t in zip(rows, (10.0, None, 20.0), strict=True):
