@@ -44,7 +44,7 @@ def test_a_campaign_brings_clips_like_its_slice_and_reports_its_effect(flywheel_
     record = campaigns.load(store, "fog-hunt")
     v1 = store.read_json(layout.evaluation_key(settings.mlflow.model_name, "1"))
     assert record["before"]["value"] == v1["challenger"]["per_slice"]["condition=fog"][settings.gate.metric]
-    rows = campaigns._originals(store, dataset.load_manifest(store, settings.dataset.name))
+    rows = campaigns.originals(store, dataset.load_manifest(store, settings.dataset.name))
     fog = set(np.asarray(rows.column("frame_id"))[np.asarray(rows.column("condition")) == "fog"])
     assert len(record["frame_ids"]) == 16 and set(record["frame_ids"]) <= fog  # the query: fog frames
 
@@ -86,7 +86,7 @@ def test_named_frames_and_bad_input(flywheel_home, monkeypatch):
     store, settings = obj.store(), obj.settings
     simulate(store, settings, clips=20, seed=2)
     run_iteration(obj)
-    rows = campaigns._originals(store, dataset.load_manifest(store, settings.dataset.name))
+    rows = campaigns.originals(store, dataset.load_manifest(store, settings.dataset.name))
     fids, conds = rows.column("frame_id").to_pylist(), rows.column("condition").to_pylist()
     night = [f for f, c in zip(fids, conds, strict=True) if c == "night"][:3]
     night += [f for f, c in zip(fids, conds, strict=True) if c != "night"][:1]  # most, not all, are night

@@ -93,7 +93,7 @@ def create(store: Store, settings: Settings, name: str, *, slice: str | None = N
         parse_slice(slice)  # a bad slice is named before anything is read
     evaluation = champion_evaluation(store, settings)
     manifest = dataset.load_manifest(store, settings.dataset.name)
-    rows = _originals(store, manifest)
+    rows = originals(store, manifest)
     fids = rows.column("frame_id").to_pylist()
     rng = np.random.default_rng(seed)
     if frame_ids:
@@ -246,7 +246,7 @@ def query_grid_png(store: Store, settings: Settings, name: str) -> bytes:
 
     record = load(store, name)
     manifest = dataset.load_manifest(store, settings.dataset.name, record["dataset_version"])
-    return sample_grid_png(_originals(store, manifest, record["frame_ids"]), n=16, classes=settings.classes)
+    return sample_grid_png(originals(store, manifest, record["frame_ids"]), n=16, classes=settings.classes)
 
 
 def _after(store: Store, settings: Settings, record: dict, batches: set[str]) -> dict | None:
@@ -264,7 +264,7 @@ def _after(store: Store, settings: Settings, record: dict, batches: set[str]) ->
     return None
 
 
-def _originals(store: Store, manifest: dict, frame_ids: list[str] | None = None):
+def originals(store: Store, manifest: dict, frame_ids: list[str] | None = None):
     """The version's original frames (no augmented copies): what a query needs, without the images
     unless `frame_ids` names the frames to read them for."""
     columns = ["frame_id", "label", *SLICE_COLUMNS, "augmentation"]
@@ -277,7 +277,7 @@ def _originals(store: Store, manifest: dict, frame_ids: list[str] | None = None)
 
 def _decode(store: Store, manifest: dict, frame_ids: list[str], size: int) -> np.ndarray:
     """Model input (N, 3, size, size) of these frames of the version, in this order."""
-    rows = _originals(store, manifest, frame_ids)
+    rows = originals(store, manifest, frame_ids)
     at = {f: i for i, f in enumerate(rows.column("frame_id").to_pylist())}
     pick = rows.take([at[f] for f in frame_ids])
     return decode_images(pick.column("image").to_pylist(), size, frame_ids=frame_ids,

@@ -22,6 +22,7 @@ import numpy as np
 from flywheel import layout
 from flywheel.data import dataset
 from flywheel.data.reader import load_arrays
+from flywheel.engine.campaigns import originals
 from flywheel.predict import predict
 from flywheel.store import Store
 
@@ -82,7 +83,8 @@ def reference(store: Store, session, manifest: dict, *, dataset_name: str, share
               frames: int = REFERENCE_FRAMES, seed: int = 0) -> NoveltyReference | None:  # fmt: skip
     """The deployed model's (`session`, its deploy `manifest`) novelty reference: a seeded sample of
     at most `frames` train originals of the dataset version it was trained on (the newest when that
-    one is gone), embedded by it. None when there is no dataset version to compare with."""
+    one is gone), embedded by it. None (no novelty flags) when there is no such version or its train
+    split holds fewer than 2 clips."""
     version = (manifest.get("dataset") or {}).get("version")
     if version is None or not store.exists(layout.manifest_key(dataset_name, int(version))):
         # the champion's version is gone: the newest
@@ -90,15 +92,25 @@ def reference(store: Store, session, manifest: dict, *, dataset_name: str, share
     if version is None:
         return None
     data = dataset.load_manifest(store, dataset_name, int(version))
-    size = int(manifest["image_size"])
-    images, _, meta = load_arrays(store, data, split="train", image_size=size)
-    keep = np.flatnonzero(["#aug" not in f for f in meta["frame_id"]])
-    if len(keep) > frames:
-        keep = np.sort(np.random.default_rng(seed).choice(keep, frames, replace=False))
-    clips = np.asarray(meta["clip_id"], dtype=object)[keep]
+    train = {**data, "shards": [s for s in data["shards"] if s["split"] == "train"]}
+    if not train["shards"]:
+        return None
+    # the sample from the metadata alone; only the sampled frames are read and decoded
+    fids = originals(store, train).column("frame_id").to_pylist()
+    if len(fids) > frames:
+        fids = [
+            fids[i]
+            for i in np.sort(np.random.default_rng(seed).choice(len(fids), frames, replace=False))
+        ]
+    if len(fids) < 2:
+        return None
+    images, _, meta = load_arrays(
+        store, train, frame_ids=fids, image_size=int(manifest["image_size"])
+    )
+    clips = np.asarray(meta["clip_id"], dtype=object)
     if len(set(clips)) < 2:
         return None
-    z = normalized(predict(session, images[keep], embeddings=True).embeddings)
+    z = normalized(predict(session, images, embeddings=True).embeddings)
     threshold, n_clips = calibrate(z, clips, share)
     return NoveltyReference(embeddings=z, threshold=threshold, share=share, clips=n_clips,
                             dataset_version=int(data["version"]))  # fmt: skip
