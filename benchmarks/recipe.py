@@ -501,22 +501,33 @@ def compare(variants: dict[str, dict], base: str, arms: tuple[str, ...] = ("reci
                          if r[arm].get("seconds") and r.get("cnn", {}).get("seconds")]  # fmt: skip
                 mean, ci = interval(acc)
                 dmean, dci = interval(diff)
-                cnn = [r["cnn"]["accuracy"] for r in group if "cnn" in r]
+                # A recipe-only variant (`--yardsticks ""`) is set against the base run's CNN: the same
+                # seeded train frames and held-out set (checked above), so the same yardstick.
+                own = all("cnn" in r for r in group)
+                cnn = [(r if own else b).get("cnn", {}).get("accuracy") for r, b in zip(group, base_rows, strict=True)]
+                cnn = [c for c in cnn if c is not None]
                 entry["arms"][f"{label}:{arm}"] = {
                     "accuracy": round(mean, 4), "accuracy_ci95": round(ci, 4),
                     "vs_base": round(dmean, 4), "vs_base_ci95": round(dci, 4),
                     "ahead_of_base": f"{sum(d > 0 for d in diff)}/{len(diff)}",
                     "vs_cnn": round(sum(a - c for a, c in zip(acc, cnn, strict=True)) / len(cnn), 4) if len(cnn) == len(acc) else None,
+                    "ahead_of_cnn": f"{sum(a >= c for a, c in zip(acc, cnn, strict=True))}/{len(acc)}" if len(cnn) == len(acc) else None,
+                    "cnn_of": "this run" if own else f"{base}'s run",
                     "seconds_over_cnn": round(sum(ratio) / len(ratio), 2) if ratio else None,
                 }  # fmt: skip
         out.append(entry)
-    lines = ["| dataset | variant | accuracy | vs base (paired) | seeds ahead of base | vs cnn | seconds / cnn's |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| dataset | pool | variant | accuracy | vs base (paired) | seeds ahead of base | vs cnn (seeds at or above) "
+             "| seconds / cnn's |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    borrowed = False
     for e in out:
         for name, a in e["arms"].items():
             ratio = "–" if a["seconds_over_cnn"] is None else f"{a['seconds_over_cnn']:.2f}"
-            vs_cnn = "–" if a["vs_cnn"] is None else f"{a['vs_cnn']:+.3f}"
-            lines.append(f"| {e['dataset']} | {name} | {a['accuracy']:.3f} ± {a['accuracy_ci95']:.3f} | "
+            mark = "" if a["cnn_of"] == "this run" else "*"
+            borrowed |= bool(mark) and a["vs_cnn"] is not None
+            vs_cnn = "–" if a["vs_cnn"] is None else f"{a['vs_cnn']:+.3f}{mark} ({a['ahead_of_cnn']})"
+            lines.append(f"| {e['dataset']} | {e['size']:,} | {name} | {a['accuracy']:.3f} ± {a['accuracy_ci95']:.3f} | "
                          f"{a['vs_base']:+.3f} ± {a['vs_base_ci95']:.3f} | {a['ahead_of_base']} | {vs_cnn} | {ratio} |")  # fmt: skip
+    if borrowed:
+        lines += ["", f"\\* against the CNN of {base}'s run on the same seeded frames (this variant ran without one)"]
     return {"base": f"{base}:recipe", "variants": {k: v.get("config", {}).get("overrides") for k, v in variants.items()},
             "rows": out, "markdown": "\n".join(lines)}  # fmt: skip

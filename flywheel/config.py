@@ -180,6 +180,8 @@ class TrainSettings(_Section):
     # 2 halves the input at once (4x fewer FLOPs); 1 keeps a small input's detail. None: 1 for inputs of
     # 32 px or less (a stride-2 stem leaves their last stage 4x4), else 2 (TrainConfig.architecture).
     stem_stride: Literal[1, 2] | None = None
+    # A halving stem that convolves at full resolution and max-pools (flywheel/model.py), not a stride-2 conv.
+    stem_pool: bool = False
     # What the network does with its last feature map: `spatial` flattens it (a hidden layer sees where each
     # feature is: the label when it is the distance to the car ahead or a side); `coord` adds each position's
     # (x, y) before averaging (fewer weights); `pool` averages position away (flywheel/model.py).

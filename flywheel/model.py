@@ -38,6 +38,9 @@ class ModelConfig:
     width: int = 32  # channels of the first stage; doubled at each later stage
     depth: int = 2  # residual blocks per stage (3 stages)
     stem_stride: int = 2  # 2 halves the resolution at once: ~4x fewer FLOPs, fine for small inputs
+    # With stem_stride 2: convolve at full resolution, then max-pool (the script CNN's first block), not a
+    # stride-2 conv that reads every other position; a few % more FLOPs, small objects keep their detail.
+    stem_pool: bool = False
     head: Literal["both", "spatial", "coord", "pool"] = "both"
     hidden: int = 128  # features of the spatial head's hidden layer (the embedding)
     dropout: float = 0.3  # before the spatial head's hidden layer
@@ -113,8 +116,10 @@ class FrameClassifier(nn.Module):
         w = cfg.width
         self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1) * 255, persistent=False)
+        pool = cfg.stem_pool and cfg.stem_stride == 2
         self.stem = nn.Sequential(
-            nn.Conv2d(3, w, 3, cfg.stem_stride, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU()
+            nn.Conv2d(3, w, 3, 1 if pool else cfg.stem_stride, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
+            *([nn.MaxPool2d(2, ceil_mode=True)] if pool else []),
         )
         stages, c = [], w
         for i, c_out in enumerate((w, 2 * w, 4 * w)):

@@ -295,7 +295,17 @@ def test_recipe_compare_pairs_variants_with_the_base_seed_by_seed(tmp_path):
     short = row["arms"]["short:recipe"]
     assert short["vs_base"] == pytest.approx(0.0067, abs=1e-4) and short["ahead_of_base"] == "2/3"
     assert short["seconds_over_cnn"] == 1.5 and row["arms"]["long:recipe"]["seconds_over_cnn"] == 4.0
-    assert short["vs_cnn"] == pytest.approx(0.1067, abs=1e-4)
+    assert short["vs_cnn"] == pytest.approx(0.1067, abs=1e-4) and short["cnn_of"] == "this run"
+    alone = result([0.6, 0.75, 0.72], 15.0)  # a recipe-only variant: the base run's CNN on the same frames
+    for r in alone["rows"]:
+        del r["cnn"]
+    (tmp_path / "alone.json").write_text(json.dumps(alone))
+    run = CliRunner().invoke(main, [*args[:4], f"alone={tmp_path / 'alone.json'}", *args[4:]])
+    assert run.exit_code == 0, run.output
+    [row] = json.loads(out.read_text())["rows"]
+    solo = row["arms"]["alone:recipe"]
+    assert solo["vs_cnn"] == pytest.approx(-0.01, abs=1e-4) and solo["ahead_of_cnn"] == "2/3"
+    assert solo["cnn_of"] == "long's run" and solo["seconds_over_cnn"] is None
     bad = CliRunner().invoke(main, [*args[:4], f"elsewhere={tmp_path / 'elsewhere.json'}", *args[4:]])
     assert bad.exit_code != 0 and "other held-out frames" in bad.output
     assert CliRunner().invoke(main, [*args[:3], "nolabel", *args[4:]]).exit_code != 0

@@ -72,7 +72,7 @@ class TrainConfig(TrainSettings):
         return ModelConfig(
             num_classes=num_classes, image_size=self.image_size, width=self.width, depth=self.depth,
             stem_stride=self.stem_stride or (1 if self.image_size <= SMALL_INPUT else 2),
-            head=self.head, dropout=self.dropout,
+            stem_pool=self.stem_pool, head=self.head, dropout=self.dropout,
         )
 
 

@@ -398,6 +398,42 @@ def test_small_inputs_keep_their_resolution_in_the_stem():
     assert tiny_cfg(image_size=32, stem_stride=2).architecture(3).stem_stride == 2  # a set value wins
 
 
+@pytest.mark.parametrize("size", [32, 33, 96])
+def test_a_pooled_stem_convolves_every_pixel_then_halves_like_the_strided_one(size):
+    import numpy as np
+    import onnxruntime as ort
+
+    from flywheel.deployment.deploy import export_onnx
+    from flywheel.model import build_model, save_weights
+
+    cfg = tiny_cfg(image_size=size, stem_stride=2, stem_pool=True).architecture(3)
+    model = build_model(cfg).eval()
+    stem = model.stem
+    assert isinstance(stem[-1], torch.nn.MaxPool2d) and stem[0].stride == (1, 1)
+    x = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
+    with torch.no_grad():
+        features = model.stages(model.stem((x.float() - model.mean) / model.std))
+    assert features.shape[-1] == cfg.feature_side  # odd sides round up as the strided stem's do
+    again, _ = load_weights(save_weights(model, cfg, ["a", "b", "c"]))
+    assert again.cfg.stem_pool and isinstance(again.stem[-1], torch.nn.MaxPool2d)
+    images = x.numpy()
+    session = ort.InferenceSession(export_onnx(model, image_size=size), providers=["CPUExecutionProvider"])
+    session_probs = predict(session, images).probs  # the deployed graph answers as the trained model
+    np.testing.assert_allclose(session_probs, predict(model, images).probs, atol=1e-4)
+
+
+def test_weights_saved_before_the_pooled_stem_load_with_the_strided_one():
+    from flywheel.model import build_model, save_weights
+
+    cfg = tiny_cfg(image_size=64).architecture(3)
+    blob = torch.load(io.BytesIO(save_weights(build_model(cfg), cfg, ["a", "b", "c"])), weights_only=True)
+    del blob["config"]["stem_pool"]  # the config of a model saved before the choice existed
+    buf = io.BytesIO()
+    torch.save(blob, buf)
+    model, _ = load_weights(buf.getvalue())
+    assert not model.cfg.stem_pool and model.stem[0].stride == (2, 2)
+
+
 class TurnsBad(StreamedFrames):
     """Frames whose labels are shifted by one class from epoch `turn` on: the model unlearns them."""
 
