@@ -39,7 +39,7 @@ class ModelConfig:
     depth: int = 2  # residual blocks per stage (3 stages)
     stem_stride: int = 2  # 2 halves the resolution at once: ~4x fewer FLOPs, fine for small inputs
     # With stem_stride 2: convolve at full resolution, then max-pool (the script CNN's first block), not a
-    # stride-2 conv that reads every other position; a few % more FLOPs, small objects keep their detail.
+    # stride-2 conv that computes only every other position; a few % more FLOPs, small objects keep their detail.
     stem_pool: bool = False
     head: Literal["both", "spatial", "coord", "pool"] = "both"
     hidden: int = 128  # features of the spatial head's hidden layer (the embedding)
