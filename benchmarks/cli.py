@@ -407,7 +407,9 @@ def recipe(obj: Ctx, datasets: tuple[str, ...], sizes: tuple[int, ...], heldout:
               help="Also write the Markdown table to this file.")  # fmt: skip
 def recipe_compare(variants: tuple[str, ...], base: str, out: str, markdown_path: str | None):
     """`bench recipe` results of recipe variants (other --set values) side by side, row by row on the
-    same seeded frames: accuracy, the paired difference from BASE's recipe, and seconds over the CNN's.
+    same seeded frames: accuracy, the paired difference from BASE's recipe, the difference from the CNN
+    (a variant run without yardsticks is set against BASE's CNN on the same frames, marked *) and
+    seconds over the CNN's of the same run.
 
     \b
     Example: flywheel bench recipe-compare steps800=recipe.json steps200=recipe_steps200.json --base steps800 \\
