@@ -324,6 +324,15 @@ def cycle(obj: Ctx, clips: int, iterations: int, out: str):
     _emit(bench_cycle(obj, clips=clips, iterations=iterations), out)
 
 
+def _partial_result(rows: list[dict]) -> dict:
+    """The rows a `bench recipe` run has finished so far, summarized, with their provenance: what an
+    interrupted run leaves beside its result file (OUT.partial.json) for `recipe-compare` to read."""
+    from benchmarks.recipe import markdown, summarize
+
+    summary = summarize(rows)
+    return _provenance({"partial": True, "rows": rows, "summary": summary, "markdown": markdown(summary)})
+
+
 def _row_done(row: dict) -> None:
     from benchmarks.recipe import ARMS
 
@@ -367,7 +376,7 @@ def _overrides(ctx, param, values) -> dict:
               help="Processes, each training one (dataset, seed) at a time.")  # fmt: skip
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="The JSON result file ('-': none) [default: benchmarks/results/recipe.json, recipe_quick.json "
-                   "with --quick]")  # fmt: skip
+                   "with --quick]; until it is written, the rows finished so far are kept in OUT.partial.json")  # fmt: skip
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the Markdown table to this file.")  # fmt: skip
 @WORKDIR
@@ -385,15 +394,27 @@ def recipe(obj: Ctx, datasets: tuple[str, ...], sizes: tuple[int, ...], heldout:
     """
     from benchmarks.recipe import bench_recipe
 
+    out = out or f"benchmarks/results/recipe{'_quick' if quick else ''}.json"
+    partial = None if out == "-" else Path(out).with_suffix(".partial.json")
+    done: list[dict] = []
+
+    def row_done(row: dict) -> None:  # each finished row at once, and the rows so far kept beside OUT
+        _row_done(row)
+        done.append(row)
+        if partial is not None:
+            _write(partial, _partial_result(done))
+
     try:
         result = bench_recipe(workdir, datasets=datasets, sizes=sizes, heldout=heldout, seeds=seeds,
                               config=obj.config, overrides=overrides, quick=quick, warm=warm,
                               yardsticks=yardsticks, yardstick_epochs=yardstick_epochs,
                               threads=threads, jobs=jobs, recipe=with_recipe,
-                              on_row=_row_done)  # fmt: skip
+                              on_row=row_done)  # fmt: skip
     except ValueError as e:  # an unknown dataset, a bad override: say which
         raise click.ClickException(str(e)) from None
-    _emit(result, out or f"benchmarks/results/recipe{'_quick' if quick else ''}.json")
+    _emit(result, out)
+    if partial is not None:
+        partial.unlink(missing_ok=True)  # the whole result is in OUT now
     click.echo(result["markdown"], err=True)
     if markdown_path:
         _write(markdown_path, result["markdown"])

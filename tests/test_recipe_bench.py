@@ -41,6 +41,7 @@ def test_bench_recipe_quick_through_the_cli(tmp_path):
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert json.loads(out_file.read_text()) == out  # the stored result is what was printed
+    assert not (tmp_path / "recipe.partial.json").exists()  # the rows so far: gone once the whole is written
     assert out["config"]["overrides"]["train.width"] == 8 and out["config"]["train"]["width"] == 8
     assert out["config"]["seeds"] == [0, 1] and out["config"]["yardsticks"] == ["cnn", "resnet18"]
     rows = out["rows"]
@@ -87,6 +88,29 @@ def test_bench_recipe_quick_through_the_cli(tmp_path):
         assert e["seeds"] == [0, 1] and e["recipe"]["accuracy"] == pytest.approx(sum(accs) / 2, abs=1e-4)
         assert e["recipe"]["accuracy_ci95"] == pytest.approx(12.71 * abs(accs[0] - accs[1]) / 2, abs=1e-3)
     assert "| geometry | " in out["markdown"]
+
+
+def test_an_interrupted_bench_recipe_keeps_the_rows_it_finished(tmp_path, monkeypatch):
+    import benchmarks.recipe
+
+    finish = benchmarks.recipe.bench_dataset
+
+    def bench_dataset(name, *args, **kwargs):
+        if name == "digits":
+            raise KeyboardInterrupt  # as a person stopping a long run after its first task
+        return finish(name, *args, **kwargs)
+
+    monkeypatch.setattr(benchmarks.recipe, "bench_dataset", bench_dataset)
+    out_file = tmp_path / "recipe.json"
+    args = ["bench", "recipe", "--quick", "--datasets", "geometry,digits", "--seeds", "0", "--threads", "1",
+            "--yardsticks", "cnn", "--workdir", str(tmp_path), "--out", str(out_file)]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0 and not out_file.exists()
+    kept = json.loads((tmp_path / "recipe.partial.json").read_text())
+    assert kept["partial"] and [(r["dataset"], r["size"]) for r in kept["rows"]] == [("geometry", 96), ("geometry", 192)]
+    assert all(r["heldout_sha256"] and {"recipe", "cnn"} <= set(r) for r in kept["rows"])
+    assert [(e["dataset"], e["size"]) for e in kept["summary"]] == [("geometry", 96), ("geometry", 192)]
+    assert kept["command"].startswith("flywheel bench recipe")  # where the rows came from, as in a whole result
 
 
 def _row(seed: int, recipe: float, cnn: float, *, learns: bool = True) -> dict:
