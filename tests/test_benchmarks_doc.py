@@ -17,10 +17,8 @@ def sections(text: str) -> list[tuple[str, str]]:
 
 
 def matches(name: str) -> list[Path]:
-    """The result files a name stands for (`label_errors_<dataset>_seed<k>.json` is a pattern); a
-    `bench recipe --out X.json` stopped before the end stands for the rows it kept, X.partial.json."""
-    pattern = re.sub(r"<[^>]+>", "*", name)
-    return sorted(RESULTS.glob(pattern)) or sorted(RESULTS.glob(re.sub(r"\.json$", ".partial.json", pattern)))
+    """The result files a name stands for (`label_errors_<dataset>_seed<k>.json` is a pattern)."""
+    return sorted(RESULTS.glob(re.sub(r"<[^>]+>", "*", name)))
 
 
 def test_every_result_file_named_in_benchmarks_md_is_stored():
