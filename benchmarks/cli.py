@@ -264,6 +264,9 @@ def append(out: str, workdir: str | None):
               help="The main arms and one part of the engine each (shadow, novelty, selection, typical, auto labels, "
                    "campaign).")
 @click.option("--quick", is_flag=True, help="Smoke run: one seed, 2 tiny iterations (the models do not learn).")
+@click.option("--world", type=click.Choice(["road", "digits"]), default="road", show_default=True,
+              help="What the fleet sees: the road simulator, or handwritten digits under the same four conditions "
+                   "(benchmarks/worlds.py), a dataset of another character.")
 @click.option("--out", type=click.Path(file_okay=False), default="benchmarks/results", show_default=True,
               help="Folder for NAME.json and NAME.png.")  # fmt: skip
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
@@ -272,7 +275,7 @@ def append(out: str, workdir: str | None):
               help="Result file name (without extension); --quick adds _quick.")  # fmt: skip
 @WORKDIR
 def engine(seeds: tuple[int, ...], iterations: int, clips: int, label_budget: int, steps: int, arms: tuple[str, ...],
-           ablation: bool, quick: bool, out: str, jobs: int, name: str, workdir: str | None):  # fmt: skip
+           ablation: bool, quick: bool, world: str, out: str, jobs: int, name: str, workdir: str | None):  # fmt: skip
     """The data engine (shadow mode + active selection + auto labels) vs random uploads and random
     labels, same human-label budget per iteration, over seeds: label-efficiency curves (PNG), the
     label ratio against its goal (JSON on stdout, a Markdown table on stderr).
@@ -292,7 +295,8 @@ def engine(seeds: tuple[int, ...], iterations: int, clips: int, label_budget: in
         arms = MAIN_ARMS + ABLATION_ARMS
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         try:
-            result = bench_engine(tmp, arms=arms, jobs=jobs, progress=lambda line: click.echo(line, err=True), **sizes)
+            result = bench_engine(tmp, arms=arms, jobs=jobs, world=world,
+                                  progress=lambda line: click.echo(line, err=True), **sizes)  # fmt: skip
         except ValueError as e:  # an unknown arm: say which
             raise click.BadParameter(str(e), param_hint="--arms") from None
     folder = Path(out)

@@ -20,7 +20,9 @@ test set shared by every arm and seed (equal frames per condition, rendered apar
 
 The scale is the demo's (96x72 renders, 64 px, the default model, the demo's 300-step training
 budget) with fewer human labels per iteration, so that the random arm learns the task and the
-comparison means something; the condition mix is held fixed (no drift) with fog rare.
+comparison means something; the condition mix is held fixed (no drift) with fog rare. `world`: what
+the fleet sees, the road simulator or a world of another character (benchmarks/worlds.py: `digits`,
+32x32 renders at 32 px, its test set drawn from digits the fleet never sees).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 
 from benchmarks.recipe import interval
+from benchmarks.worlds import world_for
 from flywheel import ingest, layout, sim, stages
 from flywheel.config import CONDITIONS, Settings
 from flywheel.engine import campaigns
@@ -78,6 +81,11 @@ GOAL = 0.6
 QUICK = dict(seeds=(0,), iterations=2, clips_per_iteration=8, label_budget=32, steps=10, image_size=32,
              test_per_condition=8, render=(48, 36), split={"train": 0.5, "val": 0.1, "test": 0.4})  # fmt: skip
 SPLIT = {"train": 0.8, "val": 0.1, "test": 0.1}
+# per world: the model input side and the renders' (width, height) unless given
+# and the frames per clip of the test set (a digit clip is one digit: one frame each spreads the test set over
+# as many digits as frames)
+WORLD_SCALE = {"road": {"image_size": 64, "render": (96, 72), "test_per_clip": None},
+               "digits": {"image_size": 32, "render": (32, 32), "test_per_clip": 1}}
 
 
 @contextmanager
@@ -93,7 +101,7 @@ def _home(root: Path):
 
 def bench_settings(root: Path, *, parts: tuple[str, ...] = (), image_size: int = 64, steps: int = 300,
                    label_budget: int = 100, seed: int = 0, render: tuple[int, int] = (96, 72),
-                   split: dict[str, float] = SPLIT) -> Settings:  # fmt: skip
+                   split: dict[str, float] = SPLIT, world: str = "road") -> Settings:  # fmt: skip
     """One arm's settings, its home at `root`; every model passes the gate (the comparison is about data)."""
     unknown = set(parts) - set(PARTS)
     if unknown:
@@ -104,6 +112,7 @@ def bench_settings(root: Path, *, parts: tuple[str, ...] = (), image_size: int =
         raise ValueError("an arm selects frames by hybrid (select) or typical, not both")
     with _home(root):
         return Settings.model_validate({
+            "classes": list(world_for(world).classes),
             "image_size": image_size,
             "sim": {"width": render[0], "height": render[1], "frames_per_clip": 8, "vehicles": 4,
                     "conditions_start": MIX, "conditions_end": MIX, "drift_clips": 1},
@@ -124,13 +133,16 @@ def bench_settings(root: Path, *, parts: tuple[str, ...] = (), image_size: int =
         })  # fmt: skip
 
 
-def test_set(settings: Settings, *, per_condition: int, seed: int = 7919) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Equal frames per condition, rendered apart from any fleet: images (N, 3, S, S), labels, conditions."""
+def test_set(settings: Settings, *, per_condition: int, seed: int = 7919,
+             world: str = "road", per_clip: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Equal frames per condition, rendered apart from any fleet (from the world's held-out share where it
+    has one), in clips of `per_clip` frames (None: the fleet's): images (N, 3, S, S), labels, conditions."""
+    held = world_for(world, heldout=True)
     images, labels, conds = [], [], []
     for k, cond in enumerate(CONDITIONS):
         rng = np.random.default_rng([seed, k])
-        f, names = sim.render_frames(rng, per_condition, cond, settings, per_clip=settings.sim.frames_per_clip,
-                                     jpeg_quality=sim.EXTRAS.jpeg_quality)  # fmt: skip
+        f, names = sim.render_frames(rng, per_condition, cond, settings, per_clip=per_clip or settings.sim.frames_per_clip,
+                                     jpeg_quality=sim.EXTRAS.jpeg_quality, world=held)  # fmt: skip
         images.append(frames_to_input(f, settings.image_size))
         labels += [settings.classes.index(n) for n in names]
         conds += [cond] * per_condition
@@ -152,6 +164,7 @@ def run_arm(arm: str, workdir: Path, *, iterations: int, clips_per_iteration: in
     """One flywheel; per iteration: uploads, labels spent, train frames, accuracy overall and on fog."""
     parts = ARMS[arm]
     settings = bench_settings(workdir / f"{arm}-{seed}", parts=parts, seed=seed, **settings_kw)
+    world = world_for(settings_kw.get("world", "road"))
     store, tracker = store_for(settings), tracker_for(settings)
     test_x, test_y, test_c = test
     rows, spent = [], 0
@@ -159,7 +172,7 @@ def run_arm(arm: str, workdir: Path, *, iterations: int, clips_per_iteration: in
         t0 = time.perf_counter()
         recorded0 = sim.read_state(store)["recorded"]
         shadow = fleet_filter(store, settings) if {"shadow", "novelty", "campaign"} & set(parts) else None
-        sim.simulate(store, settings, clips=clips_per_iteration, seed=seed, upload_filter=shadow)
+        sim.simulate(store, settings, clips=clips_per_iteration, seed=seed, upload_filter=shadow, world=world)
         batch_id = _ingest(store, settings)
         queued = stages.label_batch(store, settings, batch_id)["queued"]
         answered = answer_queue(store, classes=settings.classes, seed=seed)["answered"]
@@ -254,8 +267,8 @@ def label_ratio(engine: dict, random: dict) -> dict:
 
 def bench_engine(workdir: str | Path, *, arms: tuple[str, ...] = MAIN_ARMS, seeds: tuple[int, ...] = (0, 1, 2),
                  iterations: int = 5, clips_per_iteration: int = 48, label_budget: int = 100, steps: int = 300,
-                 image_size: int = 64, test_per_condition: int = 150, render: tuple[int, int] = (96, 72),
-                 split: dict[str, float] = SPLIT, jobs: int = 1, progress=None) -> dict:  # fmt: skip
+                 image_size: int | None = None, test_per_condition: int = 150, render: tuple[int, int] | None = None,
+                 split: dict[str, float] = SPLIT, world: str = "road", jobs: int = 1, progress=None) -> dict:  # fmt: skip
     """The arms over the seeds; per-iteration rows, mean curves, paired differences from the random arm,
     and the label ratio against the goal. `jobs` > 1: (seed, arm) flywheels in that many processes of
     one torch thread each (on a small machine faster than one process of several threads)."""
@@ -263,10 +276,16 @@ def bench_engine(workdir: str | Path, *, arms: tuple[str, ...] = MAIN_ARMS, seed
     if unknown or "random" not in arms:
         raise ValueError(f"arms must include 'random' and come from {list(ARMS)}; got {list(arms)}")
     arms = ("random", *(a for a in dict.fromkeys(arms) if a != "random"))  # the baseline first
+    if world not in WORLD_SCALE:
+        raise ValueError(f"unknown world {world!r}; known: {list(WORLD_SCALE)}")
+    image_size = image_size or WORLD_SCALE[world]["image_size"]
+    render = tuple(render or WORLD_SCALE[world]["render"])
     workdir = Path(workdir)
     t0 = time.perf_counter()
-    settings_kw = dict(image_size=image_size, steps=steps, label_budget=label_budget, render=render, split=split)
-    test = test_set(bench_settings(workdir / "test", **settings_kw), per_condition=test_per_condition)
+    settings_kw = dict(image_size=image_size, steps=steps, label_budget=label_budget, render=render, split=split,
+                       world=world)  # fmt: skip
+    test = test_set(bench_settings(workdir / "test", **settings_kw), per_condition=test_per_condition, world=world,
+                    per_clip=WORLD_SCALE[world]["test_per_clip"])  # fmt: skip
     runs: dict[str, list[list[dict]]] = {arm: [] for arm in arms}
     tasks = [(seed, arm) for seed in seeds for arm in arms]
     kw = dict(iterations=iterations, clips_per_iteration=clips_per_iteration, test=test, **settings_kw)
@@ -290,7 +309,7 @@ def bench_engine(workdir: str | Path, *, arms: tuple[str, ...] = MAIN_ARMS, seed
     per_seed = {arm: [label_ratio(curve([runs[arm][i]], "fog_accuracy"), curve([runs["random"][i]], "fog_accuracy"))["ratio"]
                       for i in range(len(seeds))] for arm in arms if arm != "random"}  # fmt: skip
     return {
-        "config": {"arms": list(arms), "seeds": list(seeds), "iterations": iterations,
+        "config": {"world": world, "arms": list(arms), "seeds": list(seeds), "iterations": iterations,
                    "clips_per_iteration": clips_per_iteration, "label_budget": label_budget, "steps": steps,
                    "image_size": image_size, "render": list(render), "split": split, "test_per_condition": test_per_condition,
                    "mix": MIX, "rare": RARE, "torch_threads": 1 if jobs > 1 else torch.get_num_threads(), "jobs": jobs},

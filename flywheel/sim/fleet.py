@@ -17,8 +17,8 @@ from flywheel import layout
 from flywheel import progress as bars
 from flywheel.clips import write_clip
 from flywheel.config import CONDITIONS, Settings
-from flywheel.sim.render import encode_jpeg, render_scene
-from flywheel.sim.scene import EXTRAS, SimExtras, _scene_for, check_classes, condition_mix
+from flywheel.sim.render import RoadWorld, World, check_world_classes, encode_jpeg
+from flywheel.sim.scene import EXTRAS, SimExtras, condition_mix
 from flywheel.store import Store
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ def simulate(
     upload_filter: UploadFilter | None = None,
     progress: bool = False,
     extras: SimExtras = EXTRAS,
+    world: World | None = None,
 ) -> list[str]:
     """Drive the fleet until `clips` clips are uploaded (`layout.landing_key`); returns their keys.
 
@@ -57,8 +58,10 @@ def simulate(
     else the `upload_filter`'s answer (shadow mode, e.g. `low_confidence`), else `random`
     (always without a filter; for `random_upload_share` of the clips with one). Clips
     without a trigger are recorded (they advance the drift and the clock) but not uploaded.
+    `world`: what the fleet sees; None: the built-in road scenes (`RoadWorld`).
     """
-    check_classes(settings.classes)
+    world = world if world is not None else RoadWorld(extras)
+    check_world_classes(world, settings.classes)
     if clips < 0 or seed < 0:
         raise ValueError(f"simulate needs clips >= 0 and seed >= 0, got clips={clips}, seed={seed}")
     state = read_state(store)
@@ -66,7 +69,7 @@ def simulate(
     keys: list[str] = []
     with bars.bar(total=clips, desc="simulate", unit="clip", progress=bool(progress)) as bar:
         while len(keys) < clips:
-            key, data = _record(recorded, seed, settings, upload_filter, extras)
+            key, data = _record(recorded, seed, settings, upload_filter, extras, world)
             recorded += 1
             if key is None:
                 continue
@@ -80,14 +83,13 @@ def simulate(
     return keys
 
 
-def _record(index: int, seed: int, settings: Settings, upload_filter, extras: SimExtras):
+def _record(index: int, seed: int, settings: Settings, upload_filter, extras: SimExtras, world: World):
     """Record clip number `index`: (key, MCAP bytes), or (None, None) when nothing triggers its upload."""
     sim = settings.sim
     rng = np.random.default_rng([seed, index])
     mix = condition_mix(sim, index)
     condition = CONDITIONS[rng.choice(len(CONDITIONS), p=np.array([mix[c] for c in CONDITIONS]))]
-    scene = _scene_for(rng, condition, index)
-    r = render_scene(rng, scene, settings, extras=extras)
+    r = world.record(rng, condition, index, settings)
     vehicle_id = f"veh{index % sim.vehicles:03d}"
     start = _clock(rng, index, condition, extras)
     meta = {

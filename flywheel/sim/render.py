@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Protocol
 
 import cv2
 import numpy as np
 
-from flywheel.config import Settings
+from flywheel.config import DEFAULT_CLASSES, Settings
 from flywheel.sim.draw import (
     _AA,
     _ONE,
@@ -265,6 +266,49 @@ def render_scene(
     return Rendering(frames, labels, ahead_m)
 
 
+class World(Protocol):
+    """What a simulated fleet sees: the `classes` its frames are labelled with, and one clip recorded
+    in a condition. `RoadWorld` is the built-in one; a benchmark can bring a world of another character
+    (benchmarks/worlds.py) and the fleet, shadow mode and labeling team work on it unchanged."""
+
+    classes: list[str]
+
+    def record(self, rng: np.random.Generator, condition: str, index: int, settings: Settings, *,
+               cameras: list[str] | None = None) -> Rendering:  # fmt: skip
+        """Clip number `index` (the fleet's running count) in `condition`: frames_per_clip frames for
+        `cameras` (default: all of settings.sim.cameras) at settings.sim.width x height, a label per frame,
+        and per frame the distance of what is ahead (inf: nothing; drives the fleet's hard-brake trigger)."""
+        ...
+
+
+class RoadWorld:
+    """The built-in forward-camera road scenes (scene.py, draw.py, this module)."""
+
+    classes = DEFAULT_CLASSES
+
+    def __init__(self, extras: SimExtras = EXTRAS):
+        self.extras = extras
+
+    def record(self, rng: np.random.Generator, condition: str, index: int, settings: Settings, *,
+               cameras: list[str] | None = None) -> Rendering:  # fmt: skip
+        return render_scene(rng, _scene_for(rng, condition, index), settings, cameras=cameras, extras=self.extras)
+
+
+ROAD = RoadWorld()
+
+
+def check_world_classes(world: World, classes: list[str]) -> None:
+    """Raise ValueError unless `classes` are exactly the world's classes (any order)."""
+    if world is ROAD or isinstance(world, RoadWorld):
+        check_classes(classes)  # its messages name the renderer
+        return
+    unknown = [c for c in classes if c not in world.classes]
+    missing = [c for c in world.classes if c not in classes]
+    if unknown or missing:
+        raise ValueError(f"settings.classes must be the world's classes {list(world.classes)}: "
+                         f"{unknown or 'none'} unknown to it, {missing or 'none'} missing")  # fmt: skip
+
+
 def render_clip(
     rng: np.random.Generator,
     *,
@@ -295,8 +339,10 @@ def render_frames(
     *,
     per_clip: int = 4,
     jpeg_quality: int | None = None,
+    world: World = ROAD,
 ) -> tuple[np.ndarray, list[str]]:
-    """`n` frames (n, H, W, 3) uint8 and their labels, from short clips of `per_clip` frames (first camera).
+    """`n` frames (n, H, W, 3) uint8 and their labels, from short clips of `per_clip` frames (first camera)
+    of `world`.
 
     For tests and benchmarks: no MCAP. With `jpeg_quality`, each frame is JPEG round-tripped
     like the frames of `simulate`.
@@ -305,13 +351,13 @@ def render_frames(
         raise ValueError(
             f"render_frames needs n >= 0 and per_clip >= 1, got n={n}, per_clip={per_clip}"
         )
-    check_classes(settings.classes)
+    check_world_classes(world, settings.classes)
     sim = settings.sim.model_copy(update={"frames_per_clip": per_clip})
     short = settings.model_copy(update={"sim": sim})
     frames, labels = [], []
     index = 0
     while len(frames) < n:
-        r = render_scene(rng, _scene_for(rng, condition, index), short, cameras=sim.cameras[:1])
+        r = world.record(rng, condition, index, short, cameras=sim.cameras[:1])
         frames += r.frames[sim.cameras[0]]
         labels += r.labels
         index += 1
