@@ -248,13 +248,23 @@ def append(out: str, workdir: str | None):
     _emit(result, out)
 
 
+def _overrides(ctx, param, values) -> dict:
+    """`--set train.epochs=12` (repeatable) -> {"train.epochs": 12}: `flywheel.config.parse_overrides`."""
+    from flywheel.config import ConfigError, parse_overrides
+
+    try:
+        return parse_overrides(values)
+    except ConfigError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 @bench.command()
 @click.option("--seeds", callback=_csv(int), default="0,1,2", show_default=True, help="Comma-separated seeds.")
 @click.option("--iterations", type=click.IntRange(min=1), default=5, show_default=True)
-@click.option("--clips", type=click.IntRange(min=1), default=48, show_default=True,
-              help="Clips uploaded per iteration.")  # fmt: skip
-@click.option("--label-budget", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Frames people label per iteration, in every arm.")  # fmt: skip
+@click.option("--clips", type=click.IntRange(min=1), default=None,
+              help="Clips uploaded per iteration.  [default: 48 on the road world, 96 on digits]")  # fmt: skip
+@click.option("--label-budget", type=click.IntRange(min=1), default=None,
+              help="Frames people label per iteration, in every arm.  [default: 100 on the road world, 200 on digits]")  # fmt: skip
 @click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True,
               help="Training steps per challenger (train.steps; the demo's budget).")  # fmt: skip
 @click.option("--arms", callback=_csv(str), default="random,engine", show_default=True,
@@ -267,6 +277,8 @@ def append(out: str, workdir: str | None):
 @click.option("--world", type=click.Choice(["road", "digits"]), default="road", show_default=True,
               help="What the fleet sees: the road simulator, or handwritten digits under the same four conditions "
                    "(benchmarks/worlds.py), a dataset of another character.")
+@click.option("--set", "overrides", multiple=True, callback=_overrides, metavar="KEY=VALUE",
+              help="Settings override of every arm, a dotted key (repeatable): --set train.keep_best=false.")
 @click.option("--out", type=click.Path(file_okay=False), default="benchmarks/results", show_default=True,
               help="Folder for NAME.json and NAME.png.")  # fmt: skip
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
@@ -274,8 +286,9 @@ def append(out: str, workdir: str | None):
 @click.option("--name", default="engine_ab", show_default=True,
               help="Result file name (without extension); --quick adds _quick.")  # fmt: skip
 @WORKDIR
-def engine(seeds: tuple[int, ...], iterations: int, clips: int, label_budget: int, steps: int, arms: tuple[str, ...],
-           ablation: bool, quick: bool, world: str, out: str, jobs: int, name: str, workdir: str | None):  # fmt: skip
+def engine(seeds: tuple[int, ...], iterations: int, clips: int | None, label_budget: int | None, steps: int, arms: tuple[str, ...],
+           ablation: bool, quick: bool, world: str, overrides: dict, out: str, jobs: int, name: str,
+           workdir: str | None):  # fmt: skip
     """The data engine (shadow mode + active selection + auto labels) vs random uploads and random
     labels, same human-label budget per iteration, over seeds: label-efficiency curves (PNG), the
     label ratio against its goal (JSON on stdout, a Markdown table on stderr).
@@ -295,7 +308,7 @@ def engine(seeds: tuple[int, ...], iterations: int, clips: int, label_budget: in
         arms = MAIN_ARMS + ABLATION_ARMS
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         try:
-            result = bench_engine(tmp, arms=arms, jobs=jobs, world=world,
+            result = bench_engine(tmp, arms=arms, jobs=jobs, world=world, overrides=overrides,
                                   progress=lambda line: click.echo(line, err=True), **sizes)  # fmt: skip
         except ValueError as e:  # an unknown arm: say which
             raise click.BadParameter(str(e), param_hint="--arms") from None
@@ -342,16 +355,6 @@ def _row_done(row: dict) -> None:
 
     arms = ", ".join(f"{a} {row[a]['accuracy']:.3f} ({row[a]['seconds']:.0f} s)" for a in ARMS if a in row)
     click.echo(f"{row['dataset']} {row['pool_frames']} frames, seed {row['seed']}: {arms}", err=True)
-
-
-def _overrides(ctx, param, values) -> dict:
-    """`--set train.epochs=12` (repeatable) -> {"train.epochs": 12}: `flywheel.config.parse_overrides`."""
-    from flywheel.config import ConfigError, parse_overrides
-
-    try:
-        return parse_overrides(values)
-    except ConfigError as e:
-        raise click.BadParameter(str(e)) from None
 
 
 @bench.command()

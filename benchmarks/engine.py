@@ -40,7 +40,7 @@ import torch
 from benchmarks.recipe import interval
 from benchmarks.worlds import world_for
 from flywheel import ingest, layout, sim, stages
-from flywheel.config import CONDITIONS, Settings
+from flywheel.config import CONDITIONS, Settings, set_dotted
 from flywheel.engine import campaigns
 from flywheel.engine.shadow import fleet_filter
 from flywheel.labeling.quality import auto_accuracy_vs_truth
@@ -81,11 +81,14 @@ GOAL = 0.6
 QUICK = dict(seeds=(0,), iterations=2, clips_per_iteration=8, label_budget=32, steps=10, image_size=32,
              test_per_condition=8, render=(48, 36), split={"train": 0.5, "val": 0.1, "test": 0.4})  # fmt: skip
 SPLIT = {"train": 0.8, "val": 0.1, "test": 0.1}
-# per world: the model input side and the renders' (width, height) unless given
-# and the frames per clip of the test set (a digit clip is one digit: one frame each spreads the test set over
-# as many digits as frames)
-WORLD_SCALE = {"road": {"image_size": 64, "render": (96, 72), "test_per_clip": None},
-               "digits": {"image_size": 32, "render": (32, 32), "test_per_clip": 1}}
+# per world, unless given: the model input side, the renders' (width, height), the clips uploaded and the
+# frames people label per iteration (ten classes of digits need more labels than six road classes before the
+# random arm learns: at 100 a turn it was at chance until 300 labels), and the frames per clip of the test
+# set (a digit clip is one digit: one frame each spreads the test set over as many digits as frames)
+WORLD_SCALE = {"road": {"image_size": 64, "render": (96, 72), "clips_per_iteration": 48, "label_budget": 100,
+                        "test_per_clip": None},
+               "digits": {"image_size": 32, "render": (32, 32), "clips_per_iteration": 96, "label_budget": 200,
+                          "test_per_clip": 1}}  # fmt: skip
 
 
 @contextmanager
@@ -101,8 +104,9 @@ def _home(root: Path):
 
 def bench_settings(root: Path, *, parts: tuple[str, ...] = (), image_size: int = 64, steps: int = 300,
                    label_budget: int = 100, seed: int = 0, render: tuple[int, int] = (96, 72),
-                   split: dict[str, float] = SPLIT, world: str = "road") -> Settings:  # fmt: skip
-    """One arm's settings, its home at `root`; every model passes the gate (the comparison is about data)."""
+                   split: dict[str, float] = SPLIT, world: str = "road", overrides: dict | None = None) -> Settings:  # fmt: skip
+    """One arm's settings, its home at `root`; every model passes the gate (the comparison is about data);
+    `overrides`: dotted keys set last (`bench engine --set`), the same in every arm."""
     unknown = set(parts) - set(PARTS)
     if unknown:
         raise ValueError(f"unknown engine part(s) {sorted(unknown)}; known: {PARTS}")
@@ -111,7 +115,7 @@ def bench_settings(root: Path, *, parts: tuple[str, ...] = (), image_size: int =
     if {"select", "typical"} <= set(parts):
         raise ValueError("an arm selects frames by hybrid (select) or typical, not both")
     with _home(root):
-        return Settings.model_validate({
+        data = {
             "classes": list(world_for(world).classes),
             "image_size": image_size,
             "sim": {"width": render[0], "height": render[1], "frames_per_clip": 8, "vehicles": 4,
@@ -130,7 +134,10 @@ def bench_settings(root: Path, *, parts: tuple[str, ...] = (), image_size: int =
             # scored on the benchmark's own test set: no clips moved from train to the evaluation split
             "eval": {"per_slice_frames": 0},
             "dataset": {"golden_size": 0, "split": split},
-        })  # fmt: skip
+        }  # fmt: skip
+        for dotted, value in (overrides or {}).items():
+            set_dotted(data, dotted, value)
+        return Settings.model_validate(data)
 
 
 def test_set(settings: Settings, *, per_condition: int, seed: int = 7919,
@@ -266,9 +273,10 @@ def label_ratio(engine: dict, random: dict) -> dict:
 
 
 def bench_engine(workdir: str | Path, *, arms: tuple[str, ...] = MAIN_ARMS, seeds: tuple[int, ...] = (0, 1, 2),
-                 iterations: int = 5, clips_per_iteration: int = 48, label_budget: int = 100, steps: int = 300,
+                 iterations: int = 5, clips_per_iteration: int | None = None, label_budget: int | None = None, steps: int = 300,
                  image_size: int | None = None, test_per_condition: int = 150, render: tuple[int, int] | None = None,
-                 split: dict[str, float] = SPLIT, world: str = "road", jobs: int = 1, progress=None) -> dict:  # fmt: skip
+                 split: dict[str, float] = SPLIT, world: str = "road", overrides: dict | None = None, jobs: int = 1,
+                 progress=None) -> dict:  # fmt: skip
     """The arms over the seeds; per-iteration rows, mean curves, paired differences from the random arm,
     and the label ratio against the goal. `jobs` > 1: (seed, arm) flywheels in that many processes of
     one torch thread each (on a small machine faster than one process of several threads)."""
@@ -279,11 +287,13 @@ def bench_engine(workdir: str | Path, *, arms: tuple[str, ...] = MAIN_ARMS, seed
     if world not in WORLD_SCALE:
         raise ValueError(f"unknown world {world!r}; known: {list(WORLD_SCALE)}")
     image_size = image_size or WORLD_SCALE[world]["image_size"]
+    clips_per_iteration = clips_per_iteration or WORLD_SCALE[world]["clips_per_iteration"]
+    label_budget = label_budget or WORLD_SCALE[world]["label_budget"]
     render = tuple(render or WORLD_SCALE[world]["render"])
     workdir = Path(workdir)
     t0 = time.perf_counter()
     settings_kw = dict(image_size=image_size, steps=steps, label_budget=label_budget, render=render, split=split,
-                       world=world)  # fmt: skip
+                       world=world, overrides=dict(overrides or {}))  # fmt: skip
     test = test_set(bench_settings(workdir / "test", **settings_kw), per_condition=test_per_condition, world=world,
                     per_clip=WORLD_SCALE[world]["test_per_clip"])  # fmt: skip
     runs: dict[str, list[list[dict]]] = {arm: [] for arm in arms}
@@ -309,7 +319,7 @@ def bench_engine(workdir: str | Path, *, arms: tuple[str, ...] = MAIN_ARMS, seed
     per_seed = {arm: [label_ratio(curve([runs[arm][i]], "fog_accuracy"), curve([runs["random"][i]], "fog_accuracy"))["ratio"]
                       for i in range(len(seeds))] for arm in arms if arm != "random"}  # fmt: skip
     return {
-        "config": {"world": world, "arms": list(arms), "seeds": list(seeds), "iterations": iterations,
+        "config": {"world": world, "overrides": dict(overrides or {}), "arms": list(arms), "seeds": list(seeds), "iterations": iterations,
                    "clips_per_iteration": clips_per_iteration, "label_budget": label_budget, "steps": steps,
                    "image_size": image_size, "render": list(render), "split": split, "test_per_condition": test_per_condition,
                    "mix": MIX, "rare": RARE, "torch_threads": 1 if jobs > 1 else torch.get_num_threads(), "jobs": jobs},

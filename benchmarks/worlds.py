@@ -1,7 +1,7 @@
 """Worlds of another character than the road simulator's, for the fleet (`sim.simulate(world=...)`).
 
 `digits`: a fleet of cameras reading handwritten digits (scikit-learn's `load_digits`, 1,797 of them)
-on cards of random ink and paper colours; ten classes, small frames, nothing of the road scenes.
+on tinted cards, light ink on dark or dark on light; ten classes, small frames, nothing of the road scenes.
 A clip is one digit seen over the clip's frames with camera shake. The conditions act on the whole
 clip: day (as drawn, mild sensor noise), night (dark, strong noise), rain (bright streaks, a slight
 blur) and fog (a grey haze over most of the contrast, blurred). The fleet's clips draw from 1,300 of
@@ -50,9 +50,10 @@ class DigitsWorld:
         k = int(rng.integers(len(inks)))
         side = max(8, round(0.75 * min(W, H)))
         ink = np.clip(cv2.resize(inks[k], (side, side), interpolation=cv2.INTER_CUBIC), 0, 1)
-        paper, pen = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-        while np.abs(paper - pen).sum() < 200:  # legible as drawn; the condition may take that away
-            pen = rng.uniform(0, 255, 3)
+        # tinted cards, light ink on dark or dark on light: legible in brightness as drawn (the condition may
+        # take that away), whatever the colours
+        light, dark = rng.uniform(150, 255) * rng.uniform(0.7, 1.0, 3), rng.uniform(0, 90) * rng.uniform(0.5, 1.0, 3)
+        paper, pen = (light, dark) if rng.random() < 0.5 else (dark, light)
         x0, y0 = rng.uniform(0, W - side), rng.uniform(0, H - side)
         frames = []
         for _ in range(n):

@@ -375,7 +375,7 @@ def load_settings(path: str | os.PathLike | None = None, **overrides) -> Setting
         if not isinstance(data, dict):
             raise ConfigError(f"config file {source}: the top level must be a mapping")
     for dotted, value in overrides.items():
-        _set_dotted(data, dotted, value)
+        set_dotted(data, dotted, value)
     try:
         return Settings.model_validate(data)
     except ValidationError as e:
@@ -414,7 +414,8 @@ def format_overrides(values: Mapping[str, object]) -> dict[str, str]:
     return {key: json.dumps(value) for key, value in values.items()}  # JSON is YAML
 
 
-def _set_dotted(data: dict, dotted: str, value) -> None:
+def set_dotted(data: dict, dotted: str, value) -> None:
+    """data[a][b][c] = value for `a.b.c`, making the mappings on the way."""
     *parents, leaf = dotted.split(".")
     node = data
     for p in parents:
