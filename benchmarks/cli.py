@@ -284,7 +284,8 @@ def _overrides(ctx, param, values) -> dict:
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes, each running one (seed, arm) flywheel at a time with one torch thread.")
 @click.option("--name", default="engine_ab", show_default=True,
-              help="Result file name (without extension); --quick adds _quick.")  # fmt: skip
+              help="Result file name (without extension); --quick adds _quick. Until NAME.json is written, the "
+                   "flywheels finished so far are kept in NAME.partial.json.")  # fmt: skip
 @WORKDIR
 def engine(seeds: tuple[int, ...], iterations: int, clips: int | None, label_budget: int | None, steps: int, arms: tuple[str, ...],
            ablation: bool, quick: bool, world: str, overrides: dict, out: str, jobs: int, name: str,
@@ -306,17 +307,26 @@ def engine(seeds: tuple[int, ...], iterations: int, clips: int | None, label_bud
         sizes = dict(QUICK)
     if ablation:
         arms = MAIN_ARMS + ABLATION_ARMS
+    folder = Path(out)
+    name = f"{name}_quick" if quick else name
+    partial, finished = folder / f"{name}.partial.json", {}
+
+    def flywheel_done(arm: str, seed: int, rows: list[dict]) -> None:  # the flywheels so far, kept beside NAME.json
+        finished.setdefault(arm, {})[seed] = rows
+        folder.mkdir(parents=True, exist_ok=True)
+        _write(partial, _provenance({"partial": True, "config": {"world": world, "arms": list(arms), "seeds": list(sizes["seeds"])},
+                                     "runs": {a: [by_seed[k] for k in sorted(by_seed)] for a, by_seed in finished.items()}}))  # fmt: skip
+
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         try:
-            result = bench_engine(tmp, arms=arms, jobs=jobs, world=world, overrides=overrides,
+            result = bench_engine(tmp, arms=arms, jobs=jobs, world=world, overrides=overrides, on_done=flywheel_done,
                                   progress=lambda line: click.echo(line, err=True), **sizes)  # fmt: skip
         except ValueError as e:  # an unknown arm: say which
             raise click.BadParameter(str(e), param_hint="--arms") from None
-    folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    name = f"{name}_quick" if quick else name
     result = _provenance(result)
     _write(folder / f"{name}.json", result)
+    partial.unlink(missing_ok=True)  # the whole result is in NAME.json now
     png = plots.label_efficiency_png(result["curves"], rare=result["config"]["rare"], chance=result["chance"],
                                      ratios=result["label_ratio"])  # fmt: skip
     (folder / f"{name}.png").write_bytes(png)

@@ -31,6 +31,7 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -276,10 +277,11 @@ def bench_engine(workdir: str | Path, *, arms: tuple[str, ...] = MAIN_ARMS, seed
                  iterations: int = 5, clips_per_iteration: int | None = None, label_budget: int | None = None, steps: int = 300,
                  image_size: int | None = None, test_per_condition: int = 150, render: tuple[int, int] | None = None,
                  split: dict[str, float] = SPLIT, world: str = "road", overrides: dict | None = None, jobs: int = 1,
-                 progress=None) -> dict:  # fmt: skip
+                 progress=None, on_done: Callable[[str, int, list[dict]], None] | None = None) -> dict:  # fmt: skip
     """The arms over the seeds; per-iteration rows, mean curves, paired differences from the random arm,
     and the label ratio against the goal. `jobs` > 1: (seed, arm) flywheels in that many processes of
-    one torch thread each (on a small machine faster than one process of several threads)."""
+    one torch thread each (on a small machine faster than one process of several threads). `on_done(arm,
+    seed, rows)`: each flywheel's rows as soon as it has finished."""
     unknown = set(arms) - set(ARMS)
     if unknown or "random" not in arms:
         raise ValueError(f"arms must include 'random' and come from {list(ARMS)}; got {list(arms)}")
@@ -301,13 +303,20 @@ def bench_engine(workdir: str | Path, *, arms: tuple[str, ...] = MAIN_ARMS, seed
     kw = dict(iterations=iterations, clips_per_iteration=clips_per_iteration, test=test, **settings_kw)
     if jobs > 1:
         import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import ProcessPoolExecutor, as_completed
 
         with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(_arm_task, arm, workdir, seed, bool(progress), kw) for seed, arm in tasks]
+            futures = {pool.submit(_arm_task, arm, workdir, seed, bool(progress), kw): (seed, arm) for seed, arm in tasks}
+            for f in as_completed(futures):
+                if on_done is not None:
+                    on_done(futures[f][1], futures[f][0], f.result())
             done = [f.result() for f in futures]  # in task order: seed by seed, the arms in order
     else:
-        done = [run_arm(arm, workdir, seed=seed, progress=progress, **kw) for seed, arm in tasks]
+        done = []
+        for seed, arm in tasks:
+            done.append(run_arm(arm, workdir, seed=seed, progress=progress, **kw))
+            if on_done is not None:
+                on_done(arm, seed, done[-1])
     for (_, arm), rows in zip(tasks, done, strict=True):
         runs[arm].append(rows)
     curves = {arm: {"accuracy": curve(runs[arm], "accuracy"), "fog_accuracy": curve(runs[arm], "fog_accuracy")}

@@ -43,6 +43,7 @@ def test_bench_engine_quick_runs_the_arms_through_the_pipeline_and_writes_curves
     assert step["mean"] == round(engine[1]["fog_accuracy"] - random[1]["fog_accuracy"], 4) and step["half"] == 0
     assert not step["below"] and not step["above"]
     assert "| engine |" in markdown(out)
+    assert not (tmp_path / "out" / "engine_ab_quick.partial.json").exists()  # gone once the whole is written
     wrong = CliRunner().invoke(main, ["bench", "engine", "--quick", "--arms", "engine,bogus", "--workdir", str(tmp_path)])
     assert wrong.exit_code == 2 and "bogus" in wrong.output
 
@@ -103,3 +104,24 @@ def test_bench_label_errors_on_another_dataset_flips_its_labels_and_scores_the_f
         for r in rows:
             assert 0 <= r["true_errors_flagged"] <= min(r["flagged"], out["injected_errors"])
     assert 0 <= out["champion_accuracy"] <= 1
+
+
+def test_an_interrupted_bench_engine_keeps_the_flywheels_it_finished(tmp_path, monkeypatch):
+    import benchmarks.engine
+
+    finish = benchmarks.engine.run_arm
+
+    def run_arm(arm, *args, **kwargs):
+        if arm == "engine_novelty":
+            raise KeyboardInterrupt  # as a person stopping a long run after its first flywheel
+        return finish(arm, *args, **kwargs)
+
+    monkeypatch.setattr(benchmarks.engine, "run_arm", run_arm)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["bench", "engine", "--quick", "--arms", "random,engine_novelty",
+                                       "--out", str(out), "--workdir", str(tmp_path)])  # fmt: skip
+    assert result.exit_code != 0 and not (out / "engine_ab_quick.json").exists()
+    kept = json.loads((out / "engine_ab_quick.partial.json").read_text())
+    assert kept["partial"] and list(kept["runs"]) == ["random"] and kept["config"]["seeds"] == [0]
+    assert [r["iteration"] for r in kept["runs"]["random"][0]] == [1, 2]
+    assert kept["command"].startswith("flywheel bench engine")
