@@ -299,6 +299,8 @@ def engine(seeds: tuple[int, ...], iterations: int, clips: int | None, label_bud
     """
     from pathlib import Path
 
+    from pydantic import ValidationError
+
     from benchmarks.engine import ABLATION_ARMS, MAIN_ARMS, QUICK, bench_engine, markdown
     from flywheel import plots
 
@@ -321,6 +323,8 @@ def engine(seeds: tuple[int, ...], iterations: int, clips: int | None, label_bud
         try:
             result = bench_engine(tmp, arms=arms, jobs=jobs, world=world, overrides=overrides, on_done=flywheel_done,
                                   progress=lambda line: click.echo(line, err=True), **sizes)  # fmt: skip
+        except ValidationError as e:  # a bad --set: the settings say which
+            raise click.BadParameter(str(e), param_hint="--set") from None
         except ValueError as e:  # an unknown arm: say which
             raise click.BadParameter(str(e), param_hint="--arms") from None
     folder.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,8 @@ def test_bench_engine_quick_runs_the_arms_through_the_pipeline_and_writes_curves
     assert not (tmp_path / "out" / "engine_ab_quick.partial.json").exists()  # gone once the whole is written
     wrong = CliRunner().invoke(main, ["bench", "engine", "--quick", "--arms", "engine,bogus", "--workdir", str(tmp_path)])
     assert wrong.exit_code == 2 and "bogus" in wrong.output
+    bad_set = CliRunner().invoke(main, ["bench", "engine", "--quick", "--set", "train.bogus=1", "--workdir", str(tmp_path)])
+    assert bad_set.exit_code == 2 and "--set" in bad_set.output and "bogus" in bad_set.output
 
 
 def test_paired_differences_flag_an_arm_significantly_below_random():
