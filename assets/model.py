@@ -91,7 +91,8 @@ def _challenger_metadata(out: dict, tracker) -> dict:
         "resumed_from_epoch": str(out["resumed_from_epoch"]),
         "final_epoch": table_md([dict(out["history"][-1])]),
         "weights": (f"refit on train + val ({out['refit_rows']} rows), its last epoch" if out.get("refit_history")
-                    else "the select run's: train only, its best val epoch"),
+                    else "the select run's: train only, " + (f"its best val epoch ({out['best_epoch'] + 1} of {len(out['history'])})"
+                                                              if out.get("best_epoch") is not None else "its last epoch")),
         "refit_final_epoch": table_md([dict(out["refit_history"][-1])] if out.get("refit_history") else []),
         "vs_yardstick_cnn (val)": table_md([_vs_baseline(out["baseline_check"])]),
         "learning_curves": png_md(plots.learning_curves_png(out["history"]), "learning curves"),

@@ -202,16 +202,35 @@ def gate(reps: int, sizes: tuple[int, ...], tolerances: tuple[float, ...], min_f
 @bench.command("train-step")
 @click.option("--sizes", callback=_csv(int), default="64,96", show_default=True, help="Input sides in pixels.")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--heads", callback=_csv(str), default="both,spatial,coord,pool", show_default=True)
+@click.option("--variant", "variants", multiple=True, metavar="NAME=KEY:VALUE,...",
+              help="A model variant timed beside the default (repeatable): --variant wide=width:24,stem_pool:true.")
+@click.option("--cnn", is_flag=True, help="Time the script CNN yardstick too.")
 @_result_file("train_throughput_heads")
-def train_step(sizes: tuple[int, ...], threads: int, out: str | None):
-    """Training-step throughput of the default model per head (forward, backward, AdamW), images/s.
+def train_step(sizes: tuple[int, ...], threads: int, heads: tuple[str, ...], variants: tuple[str, ...], cnn: bool,
+               out: str | None):  # fmt: skip
+    """Training-step throughput of the model per head and variant (forward, backward, AdamW), images/s.
 
     \b
     Example: flywheel bench train-step --out benchmarks/results/train_throughput_heads.json
+             flywheel bench train-step --sizes 96 --heads both --threads 1 --cnn --variant stages4=stages:4
     """
+    import yaml
+
     from benchmarks.train_step import bench_train_step
 
-    _emit(bench_train_step(sizes=sizes, threads=threads), out)
+    parsed = {"default": {}}
+    for text in variants:
+        name, sep, body = text.partition("=")
+        pairs = [p.partition(":") for p in body.split(",") if p.strip()]
+        if not sep or not name.strip() or not pairs or any(not k.strip() or not c for k, c, _ in pairs):
+            raise click.BadParameter(f"{text!r}: expected NAME=KEY:VALUE[,KEY:VALUE...]", param_hint="--variant")
+        parsed[name.strip()] = {k.strip(): yaml.safe_load(v) for k, _, v in pairs}
+    try:
+        result = bench_train_step(sizes=sizes, heads=heads, threads=threads, variants=parsed, cnn=cnn)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--variant/--heads") from None
+    _emit(result, out)
 
 
 @bench.command()

@@ -4,7 +4,7 @@ The model takes uint8 images (B, 3, S, S) and normalizes them itself, so the dep
 graph, the trainer and the fleet simulator all feed it raw pixels. Weights are stored as a
 plain state dict beside a JSON-able config and loaded with `weights_only=True`: no pickles.
 
-Heads on the last feature map (B, 4w, s, s), `ModelConfig.head`:
+Heads on the last feature map (B, C, s, s), `ModelConfig.head`:
 - `spatial`: a 1x1 squeeze to w channels, flatten, dropout, a hidden layer. It sees *where* each
   feature is relative to the others: the label when it is the distance to the car ahead, or a
   letter's strokes. On small data it overfits where position matters less.
@@ -36,7 +36,8 @@ class ModelConfig:
     num_classes: int
     image_size: int = 64
     width: int = 32  # channels of the first stage; doubled at each later stage
-    depth: int = 2  # residual blocks per stage (3 stages)
+    depth: int = 2  # residual blocks per stage
+    stages: int = 3  # stages of residual blocks; stage i has width * 2**i channels, each after the first halves the map
     stem_stride: int = 2  # 2 halves the resolution at once: ~4x fewer FLOPs, fine for small inputs
     # With stem_stride 2: convolve at full resolution, then max-pool (the script CNN's first block), not a
     # stride-2 conv that computes only every other position; a few % more FLOPs, small objects keep their detail.
@@ -47,9 +48,9 @@ class ModelConfig:
 
     @property
     def feature_side(self) -> int:
-        """The side of the last feature map: the stem and two stride-2 stages, each ceil(n / 2)."""
+        """The side of the last feature map: the stem and `stages - 1` stride-2 stages, each ceil(n / 2)."""
         side = -(-self.image_size // self.stem_stride)
-        for _ in range(2):
+        for _ in range(self.stages - 1):
             side = -(-side // 2)
         return side
 
@@ -122,7 +123,7 @@ class FrameClassifier(nn.Module):
             *([nn.MaxPool2d(2, ceil_mode=True)] if pool else []),
         )
         stages, c = [], w
-        for i, c_out in enumerate((w, 2 * w, 4 * w)):
+        for i, c_out in enumerate(w * 2**i for i in range(cfg.stages)):
             for j in range(cfg.depth):
                 stages.append(Block(c, c_out, stride=2 if (j == 0 and i > 0) else 1))
                 c = c_out
@@ -142,10 +143,10 @@ class FrameClassifier(nn.Module):
         self.head = nn.Linear(c, cfg.num_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate-layer features (B, hidden) or, with the pool head, (B, 4*width), for uint8 or
+        """Penultimate-layer features (B, hidden) or, with the pool head, (B, width * 2**(stages-1)), for uint8 or
         float images (B, 3, S, S)."""
         x = (x.to(self.mean.dtype) - self.mean) / self.std
-        x = self.stages(self.stem(x))  # (B, 4w, s, s), s = cfg.feature_side
+        x = self.stages(self.stem(x))  # (B, C, s, s), s = cfg.feature_side
         return self.neck(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -204,7 +204,7 @@ def train_challenger(
     return {
         "version": version, "run_id": run_id, "dataset_version": manifest["version"], "device": result.device,
         "history": fitted.select.history, "refit_history": fitted.refit.history if fitted.refit else None,
-        "refit_rows": fitted.refit_rows,
+        "refit_rows": fitted.refit_rows, "best_epoch": fitted.select.best_epoch,
         "warm_started": result.warm_started, "warm_start_note": result.warm_start_note,
         "resumed_from_epoch": fitted.select.resumed_from_epoch, "train_rows": fitted.train_rows, "up_to_date": False,
         "baseline_check": check,

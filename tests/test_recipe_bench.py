@@ -36,7 +36,7 @@ from flywheel.sim.render import encode_jpeg
 def test_bench_recipe_quick_through_the_cli(tmp_path):
     out_file = tmp_path / "recipe.json"
     args = ["bench", "recipe", "--quick", "--datasets", "geometry,digits", "--seeds", "0,1", "--threads", "1",
-            "--warm", "--set", "train.width=8", "--set", "train.refit=true", "--workdir", str(tmp_path), "--out", str(out_file)]  # fmt: skip
+            "--warm", "--set", "train.width=8", "--set", "train.refit=true", "--set", "train.keep_best=true", "--workdir", str(tmp_path), "--out", str(out_file)]  # fmt: skip
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
@@ -70,6 +70,7 @@ def test_bench_recipe_quick_through_the_cli(tmp_path):
             assert r[arm]["curve"][-1][1] == r[arm]["accuracy"]
         assert r["cnn"]["seconds_to_cnn"] is not None  # the cnn reaches its own final accuracy
         # the refit (the recipe's model) has no val split to pick a best epoch on; the select run keeps its best
+        # (train.keep_best, set above: off by default)
         assert r["recipe"]["best_epoch"] is None and r["recipe_select"]["best_epoch"] is not None
         for kind in ("cnn", "resnet18"):
             assert r["delta"][kind] == pytest.approx(r["recipe"]["accuracy"] - r[kind]["accuracy"], abs=1e-4)
@@ -279,6 +280,22 @@ def test_bench_train_step_times_every_head(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [r["head"] for r in rows] == ["both", "spatial", "coord", "pool"]
     assert all(r["image_size"] == 32 and r["images_per_s"] > 0 for r in rows)
+
+
+def test_bench_train_step_times_variants_and_the_script_cnn(tmp_path):
+    out = tmp_path / "steps.json"
+    args = ["bench", "train-step", "--sizes", "32", "--threads", "1", "--heads", "both", "--cnn",
+            "--variant", "wide=width:24,stages:2", "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert [(r.get("variant"), r.get("model")) for r in data["rows"]] == [("default", None), ("wide", None),
+                                                                          (None, "script_cnn")]  # fmt: skip
+    assert data["config"]["variants"]["wide"] == {"width": 24, "stages": 2}
+    bad = CliRunner().invoke(main, ["bench", "train-step", "--sizes", "32", "--variant", "x=wdth:24"])
+    assert bad.exit_code != 0 and "wdth" in bad.output and "--variant" in bad.output
+    bad = CliRunner().invoke(main, ["bench", "train-step", "--sizes", "32", "--variant", "width24"])
+    assert bad.exit_code != 0 and "NAME=KEY:VALUE" in bad.output
 
 
 def test_a_rerun_arm_replaces_the_base_arm_only_on_the_same_held_out_frames():

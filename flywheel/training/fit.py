@@ -1,8 +1,8 @@
 """A challenger's training on one dataset version: the select run, then the refit on train + val.
 
-1. **select**: the recipe on the train split, scored on val after every epoch; the best val epoch
-   is kept (`train.keep_best`). Val has not been trained on, so this is the model the per-turn
-   yardstick check judges and the one whose curves the run shows.
+1. **select**: the recipe on the train split, scored on val after every epoch; its last epoch is
+   kept (or, with `train.keep_best`, its best val epoch). Val has not been trained on, so this is
+   the model the per-turn yardstick check judges and the one whose curves the run shows.
 2. **refit** (`train.refit`, off by default): the same recipe again from the same start (seed,
    warm start) on train + val, the same step budget, the last epoch's weights (no val is left to
    pick one). These weights are the challenger. The common practice on small data: once the

@@ -13,8 +13,9 @@ a TensorDataset or a list of pre-made batches all work. The recipe:
   NHWC backward in torch 2.13 aborts or segfaults for some shapes (width 8 at 32 px, odd batch sizes).
 - CUDA: bf16 autocast, TF32 matmuls, non-blocking copies from pinned memory,
   optional `torch.compile`. CPU: fp32.
-- The best epoch kept (`keep_best`): the weights returned are those of the epoch with the best val
-  macro-F1 (the latest of equals), so a run that overfits a small dataset late does not ship its last, worse epoch.
+- The last epoch's weights, the one-cycle schedule's end; with `keep_best` the epoch with the best val
+  macro-F1 (the latest of equals). Off by default: on held-out frames the last epoch scored higher over
+  120 benchmark rows (BENCHMARKS.md, "The last epoch, not the best val epoch").
 - A checkpoint after every epoch (flywheel/training/checkpoint.py); a rerun with the same
   `checkpoint_dir` resumes where a crashed run stopped.
 - DDP when launched by `torchrun` (gloo on CPU, NCCL on GPU; flywheel/training/ddp.py): metrics are
@@ -72,7 +73,7 @@ class TrainConfig(TrainSettings):
         return ModelConfig(
             num_classes=num_classes, image_size=self.image_size, width=self.width, depth=self.depth,
             stem_stride=self.stem_stride or (1 if self.image_size <= SMALL_INPUT else 2),
-            stem_pool=self.stem_pool, head=self.head, dropout=self.dropout,
+            stem_pool=self.stem_pool, head=self.head, dropout=self.dropout, stages=self.stages,
         )
 
 

@@ -52,7 +52,7 @@ def _same_weights(a: bytes, b: bytes) -> bool:
 
 
 def test_the_refit_trains_on_train_and_val_and_its_weights_are_the_challenger(tmp_path):
-    store, settings, manifest, cfg = _version(tmp_path)
+    store, settings, manifest, cfg = _version(tmp_path, keep_best=True)  # off by default: the last epoch
     seen = []
     fitted = fit_version(
         store, manifest, settings.classes, cfg, on_epoch_end=lambda *a: seen.append(a[:3])

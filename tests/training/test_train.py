@@ -434,6 +434,40 @@ def test_weights_saved_before_the_pooled_stem_load_with_the_strided_one():
     assert not model.cfg.stem_pool and model.stem[0].stride == (2, 2)
 
 
+@pytest.mark.parametrize(("size", "stages", "side"), [(32, 3, 8), (64, 4, 4), (96, 4, 6), (96, 2, 24)])
+def test_each_stage_halves_the_map_and_doubles_the_channels(size, stages, side):
+    import numpy as np
+    import onnxruntime as ort
+
+    from flywheel.deployment.deploy import export_onnx
+    from flywheel.model import build_model, save_weights
+
+    assert tiny_cfg(image_size=size).architecture(3).stages == 3  # the default
+    cfg = tiny_cfg(image_size=size, stages=stages).architecture(3)
+    assert (cfg.stages, cfg.feature_side) == (stages, side)
+    model = build_model(cfg).eval()
+    x = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
+    with torch.no_grad():
+        features = model.stages(model.stem((x.float() - model.mean) / model.std))
+    assert features.shape[1:] == (cfg.width * 2 ** (stages - 1), side, side)
+    again, _ = load_weights(save_weights(model, cfg, ["a", "b", "c"]))  # saves, loads and exports as 3 stages do
+    assert again.cfg.stages == stages
+    session = ort.InferenceSession(export_onnx(model, image_size=size), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(predict(session, x.numpy()).probs, predict(model, x.numpy()).probs, atol=1e-4)
+
+
+def test_weights_saved_before_stages_were_a_choice_load_with_three():
+    from flywheel.model import build_model, save_weights
+
+    cfg = tiny_cfg(image_size=64).architecture(3)
+    blob = torch.load(io.BytesIO(save_weights(build_model(cfg), cfg, ["a", "b", "c"])), weights_only=True)
+    del blob["config"]["stages"]
+    buf = io.BytesIO()
+    torch.save(blob, buf)
+    model, _ = load_weights(buf.getvalue())
+    assert model.cfg.stages == 3 and model.cfg.feature_side == 8
+
+
 class TurnsBad(StreamedFrames):
     """Frames whose labels are shifted by one class from epoch `turn` on: the model unlearns them."""
 
