@@ -466,11 +466,14 @@ def recipe(obj: Ctx, datasets: tuple[str, ...], sizes: tuple[int, ...], heldout:
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="The JSON result file.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the Markdown table to this file.")  # fmt: skip
-def recipe_compare(variants: tuple[str, ...], base: str, out: str, markdown_path: str | None):
+@click.option("--last-epoch", is_flag=True,
+              help="Score every arm at its last epoch (its curve's last point), also rows run with train.keep_best on.")
+def recipe_compare(variants: tuple[str, ...], base: str, out: str, markdown_path: str | None, last_epoch: bool):
     """`bench recipe` results of recipe variants (other --set values) side by side, row by row on the
     same seeded frames: accuracy, the paired difference from BASE's recipe, the difference from the CNN
     (a variant run without yardsticks is set against BASE's CNN on the same frames, marked *) and
-    seconds over the CNN's of the same run.
+    seconds over the CNN's of the same run. A label given more than once takes the rows of all its
+    files (runs of one variant on other datasets, sizes or seeds).
 
     \b
     Example: flywheel bench recipe-compare steps800=recipe.json steps200=recipe_steps200.json --base steps800 \\
@@ -478,20 +481,30 @@ def recipe_compare(variants: tuple[str, ...], base: str, out: str, markdown_path
     """
     from benchmarks.recipe import compare
 
-    loaded = {}
+    loaded: dict[str, dict] = {}
+    sources: dict[str, list[str]] = {}
     for v in variants:
         label, sep, path = v.partition("=")
         if not sep or not label or not path:
             raise click.BadParameter(f"{v!r}: expected LABEL=RESULT.json", param_hint="VARIANTS")
         try:
-            loaded[label] = json.loads(Path(path).read_text())
+            result = json.loads(Path(path).read_text())
         except (OSError, ValueError) as e:
             raise click.ClickException(f"{path}: {e}") from None
+        rows = [r for r in result.get("rows", []) if "dataset" in r and "size" in r]
+        if label in loaded:
+            have = {(r["dataset"], r["size"], r["seed"]) for r in loaded[label]["rows"]}
+            if twice := sorted(f"{d} {z} seed {s}" for d, z, s in have & {(r["dataset"], r["size"], r["seed"]) for r in rows}):
+                raise click.ClickException(f"{path}: {label} already has {', '.join(twice)} from {sources[label][0]}")
+            loaded[label]["rows"] += rows
+        else:
+            loaded[label] = {**result, "rows": rows}
+        sources.setdefault(label, []).append(path)
     try:
-        result = compare(loaded, base)
+        result = compare(loaded, base, last_epoch=last_epoch)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
-    result["sources"] = {label: path for label, _, path in (v.partition("=") for v in variants)}
+    result["sources"] = sources
     _emit(result, out)
     click.echo(result["markdown"], err=True)
     if markdown_path:

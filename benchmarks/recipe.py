@@ -471,13 +471,24 @@ def markdown(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def compare(variants: dict[str, dict], base: str, arms: tuple[str, ...] = ("recipe", "recipe_select", "recipe_refit")) -> dict:
+def compare(variants: dict[str, dict], base: str, arms: tuple[str, ...] = ("recipe", "recipe_select", "recipe_refit"),
+            *, last_epoch: bool = False) -> dict:
     """Recipe variants (`bench recipe` results run with other `--set` values, keyed by a label) against
     the `base` variant's `recipe` arm, row by row on the same seeded frames (held-out hashes must
     match): per dataset and variant arm, the accuracy's mean and 95 % interval, the paired difference
     from the base (mean, interval, seeds ahead) and the arm's seconds over the CNN's of the same run
-    (a ratio, so runs on a busier machine still compare)."""
+    (a ratio, so runs on a busier machine still compare). `last_epoch`: score each arm by its curve's
+    last point, the last epoch's held-out accuracy, also in rows run with `train.keep_best` on."""
     keyed = {label: {(r["dataset"], r["size"], r["seed"]): r for r in result["rows"]} for label, result in variants.items()}
+
+    def accuracy(label: str, row: dict, arm: str) -> float:
+        if not last_epoch:
+            return row[arm]["accuracy"]
+        if not row[arm].get("curve"):
+            raise ValueError(f"{label} {row['dataset']} {row['size']} seed {row['seed']}: {arm} has no curve, "
+                             "so no last epoch to score")  # fmt: skip
+        return row[arm]["curve"][-1][1]
+
     if base not in keyed:
         raise ValueError(f"base {base!r} is not one of the variants {sorted(keyed)}")
     out = []
@@ -495,8 +506,8 @@ def compare(variants: dict[str, dict], base: str, arms: tuple[str, ...] = ("reci
                 for r, b in zip(group, base_rows, strict=True):
                     if r["heldout_sha256"] != b["heldout_sha256"]:
                         raise ValueError(f"{label} {key[0]} seed {r['seed']}: other held-out frames than {base}")
-                acc = [r[arm]["accuracy"] for r in group]
-                diff = [a - b["recipe"]["accuracy"] for a, b in zip(acc, base_rows, strict=True)]
+                acc = [accuracy(label, r, arm) for r in group]
+                diff = [a - accuracy(base, b, "recipe") for a, b in zip(acc, base_rows, strict=True)]
                 ratio = [r[arm]["seconds"] / r["cnn"]["seconds"] for r in group
                          if r[arm].get("seconds") and r.get("cnn", {}).get("seconds")]  # fmt: skip
                 mean, ci = interval(acc)
@@ -529,5 +540,7 @@ def compare(variants: dict[str, dict], base: str, arms: tuple[str, ...] = ("reci
                          f"{a['vs_base']:+.3f} ± {a['vs_base_ci95']:.3f} | {a['ahead_of_base']} | {vs_cnn} | {ratio} |")  # fmt: skip
     if borrowed:
         lines += ["", f"\\* against the CNN of {base}'s run on the same seeded frames (this variant ran without one)"]
-    return {"base": f"{base}:recipe", "variants": {k: v.get("config", {}).get("overrides") for k, v in variants.items()},
+    if last_epoch:
+        lines += ["", "Each arm scored at its last epoch (its curve's last point)."]
+    return {"base": f"{base}:recipe", "epoch": "last" if last_epoch else "as run", "variants": {k: v.get("config", {}).get("overrides") for k, v in variants.items()},
             "rows": out, "markdown": "\n".join(lines)}  # fmt: skip

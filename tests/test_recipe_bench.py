@@ -350,3 +350,39 @@ def test_recipe_compare_pairs_variants_with_the_base_seed_by_seed(tmp_path):
     bad = CliRunner().invoke(main, [*args[:4], f"elsewhere={tmp_path / 'elsewhere.json'}", *args[4:]])
     assert bad.exit_code != 0 and "other held-out frames" in bad.output
     assert CliRunner().invoke(main, [*args[:3], "nolabel", *args[4:]]).exit_code != 0
+
+
+def test_recipe_compare_joins_a_label_s_files_and_scores_last_epochs(tmp_path):
+    def result(dataset: str, acc: list[float], last: list[float] | None = None) -> dict:
+        rows = [{"dataset": dataset, "size": 10, "seed": s, "heldout_sha256": f"{dataset}{s}",
+                 "recipe": {"accuracy": a, "seconds": 20.0, **({"curve": [[1.0, 0.5], [2.0, last[s]]]} if last else {})},
+                 "cnn": {"accuracy": 0.7, "seconds": 10.0}} for s, a in enumerate(acc)]  # fmt: skip
+        return {"config": {"overrides": {}}, "rows": [*rows, {"dataset": dataset, "seed": 9, "progress": True}]}
+
+    files = {"base_a": result("a", [0.8, 0.9], last=[0.84, 0.86]), "base_b": result("b", [0.6, 0.7], last=[0.6, 0.8]),
+             "var_a": result("a", [0.85, 0.85], last=[0.85, 0.85]), "var_b": result("b", [0.65, 0.75], last=[0.65, 0.75]),
+             "nocurve": result("b", [0.65, 0.75])}  # fmt: skip
+    for name, content in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(content))
+    out = tmp_path / "cmp.json"
+
+    def compare(*variants: str, last: bool = False):
+        args = ["bench", "recipe-compare", *(f"{v.split(':')[0]}={tmp_path / v.split(':')[1]}.json" for v in variants),
+                "--base", "base", "--out", str(out), *(["--last-epoch"] if last else [])]  # fmt: skip
+        return CliRunner().invoke(main, args)
+
+    run = compare("base:base_a", "base:base_b", "new:var_a", "new:var_b")
+    assert run.exit_code == 0, run.output
+    rows = {r["dataset"]: r for r in json.loads(out.read_text())["rows"]}
+    assert sorted(rows) == ["a", "b"]  # both files of each label, the progress lines left out
+    assert rows["a"]["arms"]["new:recipe"]["vs_base"] == pytest.approx(0.0) and rows["a"]["arms"]["new:recipe"]["ahead_of_base"] == "1/2"
+    run = compare("base:base_a", "base:base_b", "new:var_a", "new:var_b", last=True)
+    assert run.exit_code == 0, run.output
+    cmp = json.loads(out.read_text())
+    rows = {r["dataset"]: r for r in cmp["rows"]}
+    assert cmp["epoch"] == "last" and rows["a"]["arms"]["base:recipe"]["accuracy"] == pytest.approx(0.85)
+    assert rows["b"]["arms"]["new:recipe"]["vs_base"] == pytest.approx(0.0) and rows["b"]["arms"]["new:recipe"]["ahead_of_base"] == "1/2"
+    twice = compare("base:base_a", "base:base_a", "new:var_a")
+    assert twice.exit_code != 0 and "already has a 10 seed 0" in twice.output
+    blind = compare("base:base_a", "base:base_b", "new:nocurve", last=True)
+    assert blind.exit_code != 0 and "no curve" in blind.output
