@@ -85,6 +85,10 @@ def iteration_summary(store: Store, settings: Settings, tracker: Tracker) -> dic
     on_fixed = {f"v{ev['champion_version']}": fixed_champ, f"v{version}": fixed_ch}
     # the rare slice as the gate judged it: its frames, and challenger - champion's paired interval
     judged = next((x for x in ev["gate"].get("slices", []) if x["slice"] == rare), None)
+    # the per-turn yardstick check of this challenger (tune.baseline_epochs): its verdict and what it cost
+    check_key = layout.baseline_check_key(settings.dataset.name)
+    check = store.read_json(check_key) if store.exists(check_key) else None
+    check = check if check and check.get("model_version") == version else None
     return {
         "human_labels": human_labels_spent(store),
         "dataset_version": ev["dataset_version"],
@@ -112,4 +116,6 @@ def iteration_summary(store: Store, settings: Settings, tracker: Tracker) -> dic
         "fixed_champion": fixed_champ,
         "fixed_deployed": on_fixed.get(deployed),
         "fixed_note": fixed["note"],
+        "yardstick": check and {k: check.get(k) for k in ("verdict", "challenger", "baseline", "baseline_seconds",
+                                                          "training_seconds", "share_of_training")},
     }

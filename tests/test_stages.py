@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from flywheel import layout, stages
+from flywheel.cli.driver import format_summary
 from flywheel.config import load_settings
 from flywheel.data import dataset
 from flywheel.data.reader import load_arrays
@@ -110,6 +111,11 @@ def test_two_iterations_materialize_the_whole_graph(flywheel_home, monkeypatch):
         assert tracker.alias(CHALLENGER) == "2" and tracker.alias(CHAMPION) == "1"
         summary = iteration_summary(store, settings, tracker)
         assert summary["dataset_version"] == 2 and summary["champion_version"] == "1" and not summary["gate_passed"]
+        # the turn's yardstick check, read back for v2: its verdict and its cost beside the training's
+        check = store.read_json(layout.baseline_check_key(settings.dataset.name))
+        assert check["model_version"] == "2" and summary["yardstick"]["verdict"] == check["verdict"]
+        assert summary["yardstick"]["share_of_training"] == check["share_of_training"] > 0
+        assert "yardstick CNN on val: " + check["verdict"] in format_summary(summary)
         # v2 is the first version with `least` labeled test frames: the fixed set is frozen from it, and
         # challenger and champion are both scored on those frames, read back by frame id
         fixed = store.read_json(layout.evaluation_key(settings.mlflow.model_name, "2"))["fixed_set"]

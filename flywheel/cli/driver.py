@@ -250,9 +250,13 @@ def format_summary(s: dict) -> str:
         fixed = (f"{s['metric']} on the fixed held-out set (n={s['fixed_frames']}, frozen from dataset "
                  f"v{s['fixed_from_version']}): deployed {s['deployed'] or '-'} {f(s['fixed_deployed'])} | "
                  f"challenger {f(s['fixed_challenger'])} vs champion {f(s['fixed_champion'])}")  # fmt: skip
+    y = s.get("yardstick")
+    yardstick = "" if not y else (
+        f"\n  yardstick CNN on val: {y['verdict']} (challenger {f(y['challenger'])} vs CNN {f(y['baseline'])}; "
+        f"{y['baseline_seconds']:.0f} s against the training's {y['training_seconds']:.0f} s)")  # fmt: skip
     return (
         f"{autos}dataset v{s['dataset_version']} ({s['frames']} rows, {s['eval_frames']} in the growing "
         f"evaluation set) | {s['metric']}: challenger v{s['challenger_version']} {f(s['challenger'])} vs champion "
         f"{f(s['champion'])} | {s['rare_slice']}: {f(s['challenger_rare'])} vs {f(s['champion_rare'])} | "
-        f"gate {gate} | deployed {s['deployed'] or '-'}\n  {fixed}"
+        f"gate {gate} | deployed {s['deployed'] or '-'}\n  {fixed}{yardstick}"
     )
