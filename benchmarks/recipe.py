@@ -353,7 +353,8 @@ def merge_rerun(base: dict, reruns: list[dict], arm: str) -> dict:
     same seeded frames (`bench recipe --no-recipe`): matched by (dataset, size, seed), refused when the
     held-out sets' hashes differ (other frames), the summary and table recomputed. A rerun row
     without an arm result or without a hash (rows kept from an interrupted run's progress lines:
-    `{dataset, seed, <arm>_heldout_accuracy}`) replaces accuracy alone and is marked so."""
+    `{dataset, seed, <arm>_heldout_accuracy}`) replaces accuracy alone and is marked so. With `arm`
+    "recipe" (a recipe-only rerun with other code or settings) the yardsticks stay and every delta is redone."""
     rows = [dict(r) for r in base["rows"]]
     by_key = {(r["dataset"], r["size"], r["seed"]): r for r in rows}
     replaced = []
@@ -371,8 +372,9 @@ def merge_rerun(base: dict, reruns: list[dict], arm: str) -> dict:
                 acc = new[f"{arm}_heldout_accuracy"]
                 old[arm] = {"accuracy": acc, "macro_f1": None, "seconds": None, "rerun": True,
                             "learns": acc >= old["majority_share"] + baseline.LEARNED, "from_progress_line": True}  # fmt: skip
-            if "recipe" in old:
-                old["delta"] = {**old.get("delta", {}), arm: round(old["recipe"]["accuracy"] - old[arm]["accuracy"], 4)}
+            if "recipe" in old:  # the recipe less each yardstick: all of them when the recipe arm is the one replaced
+                others = [a for a in YARDSTICKS if a in old] if arm == "recipe" else [arm]
+                old["delta"] = {**old.get("delta", {}), **{a: round(old["recipe"]["accuracy"] - old[a]["accuracy"], 4) for a in others}}
             replaced.append(key)
     summary = summarize(rows)
     return {**base, "rows": rows, "summary": summary, "markdown": markdown(summary),

@@ -314,6 +314,14 @@ def test_a_rerun_arm_replaces_the_base_arm_only_on_the_same_held_out_frames():
     other = {"rows": [{**rerun["rows"][0], "heldout_sha256": "elsewhere"}]}
     with pytest.raises(ValueError, match="other held-out frames"):
         merge_rerun(base, [other], "resnet18")
+    # a recipe-only rerun (other code or settings) replaces the recipe arm; both yardsticks stay, their deltas are redone
+    again = {"rows": [{"dataset": "d", "size": 10, "seed": s, "heldout_sha256": f"h{s}",
+                       "recipe": {"accuracy": 0.6, "macro_f1": 0.5, "seconds": 2.0}} for s in (0, 1)]}  # fmt: skip
+    merged = merge_rerun(base, [again], "recipe")
+    row = merged["rows"][0]
+    assert row["recipe"]["accuracy"] == 0.6 and row["recipe"]["rerun"] and row["cnn"]["accuracy"] == 0.7
+    assert row["delta"] == {"cnn": pytest.approx(-0.1), "resnet18": pytest.approx(0.3)}
+    assert merged["summary"][0]["recipe"]["accuracy"] == pytest.approx(0.6)
 
 
 def test_recipe_compare_pairs_variants_with_the_base_seed_by_seed(tmp_path):
