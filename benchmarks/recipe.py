@@ -377,7 +377,9 @@ def merge_rerun(base: dict, reruns: list[dict], arm: str) -> dict:
                 old["delta"] = {**old.get("delta", {}), **{a: round(old["recipe"]["accuracy"] - old[a]["accuracy"], 4) for a in others}}
             replaced.append(key)
     summary = summarize(rows)
-    return {**base, "rows": rows, "summary": summary, "markdown": markdown(summary),
+    note = (f"\n\n`{arm}` on these rows comes from another run than the other arms: its seconds compare with theirs "
+            "only as far as the two runs' loads matched.")  # fmt: skip
+    return {**base, "rows": rows, "summary": summary, "markdown": markdown(summary) + note,
             "merged": {"arm": arm, "rows_replaced": [list(k) for k in replaced]}}
 
 
@@ -510,8 +512,10 @@ def compare(variants: dict[str, dict], base: str, arms: tuple[str, ...] = ("reci
                         raise ValueError(f"{label} {key[0]} seed {r['seed']}: other held-out frames than {base}")
                 acc = [accuracy(label, r, arm) for r in group]
                 diff = [a - accuracy(base, b, "recipe") for a, b in zip(acc, base_rows, strict=True)]
+                # seconds over the CNN's of the same run only: an arm merged in from a rerun ran under another load
                 ratio = [r[arm]["seconds"] / r["cnn"]["seconds"] for r in group
-                         if r[arm].get("seconds") and r.get("cnn", {}).get("seconds")]  # fmt: skip
+                         if r[arm].get("seconds") and r.get("cnn", {}).get("seconds")
+                         and not r[arm].get("rerun") and not r["cnn"].get("rerun")]  # fmt: skip
                 mean, ci = interval(acc)
                 dmean, dci = interval(diff)
                 # A recipe-only variant (`--yardsticks ""`) is set against the base run's CNN: the same

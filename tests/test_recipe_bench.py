@@ -384,10 +384,17 @@ def test_recipe_compare_joins_a_label_s_files_and_scores_last_epochs(tmp_path):
     rows = {r["dataset"]: r for r in json.loads(out.read_text())["rows"]}
     assert sorted(rows) == ["a", "b"]  # both files of each label, the progress lines left out
     assert rows["a"]["arms"]["new:recipe"]["vs_base"] == pytest.approx(0.0) and rows["a"]["arms"]["new:recipe"]["ahead_of_base"] == "1/2"
+    assert rows["a"]["arms"]["new:recipe"]["seconds_over_cnn"] == 2.0
+    for name in ("var_a", "var_b"):  # merged in from a recipe-only rerun: not timed beside this CNN, so no ratio
+        for r in files[name]["rows"]:
+            if "recipe" in r:
+                r["recipe"]["rerun"] = True
+        (tmp_path / f"{name}.json").write_text(json.dumps(files[name]))
     run = compare("base:base_a", "base:base_b", "new:var_a", "new:var_b", last=True)
     assert run.exit_code == 0, run.output
     cmp = json.loads(out.read_text())
     rows = {r["dataset"]: r for r in cmp["rows"]}
+    assert rows["a"]["arms"]["new:recipe"]["seconds_over_cnn"] is None
     assert cmp["epoch"] == "last" and rows["a"]["arms"]["base:recipe"]["accuracy"] == pytest.approx(0.85)
     assert rows["b"]["arms"]["new:recipe"]["vs_base"] == pytest.approx(0.0) and rows["b"]["arms"]["new:recipe"]["ahead_of_base"] == "1/2"
     twice = compare("base:base_a", "base:base_a", "new:var_a")
