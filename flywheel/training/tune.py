@@ -4,7 +4,7 @@
 The search space is small on purpose, every trial being a whole training:
 
     lr               log-uniform 3e-4 .. 3e-2    AdamW's peak rate in the one-cycle schedule
-    weight_decay     log-uniform 1e-5 .. 1e-2
+    weight_decay     log-uniform 1e-4 .. 1e-1       the default, 0.05, inside
     label_smoothing  uniform     0 .. 0.2
     width            8, 16 or 32                 channels of the model's first stage
     steps            log-int  half to twice the step budget train.steps
@@ -310,7 +310,7 @@ def _suggest(trial: optuna.Trial, searched: list[str], settings: Settings) -> di
     steps = settings.train.steps
     space = {
         "lr": lambda: trial.suggest_float("lr", 3e-4, 3e-2, log=True),
-        "weight_decay": lambda: trial.suggest_float("weight_decay", 1e-5, 1e-2, log=True),
+        "weight_decay": lambda: trial.suggest_float("weight_decay", 1e-4, 1e-1, log=True),
         "label_smoothing": lambda: trial.suggest_float("label_smoothing", 0.0, 0.2),
         "width": lambda: trial.suggest_categorical("width", WIDTHS),
         "steps": lambda: trial.suggest_int("steps", max(1, steps // 2), 2 * steps, log=True),
