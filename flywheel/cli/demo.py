@@ -80,7 +80,8 @@ def demo(obj: Ctx, iterations: int, clips: int, label_budget: int, seed: int, en
 
     click.echo(f"flywheel home: {home}")
     t = obj.settings.train
-    budget = (f"{t.epochs} epochs" if t.epochs else f"{t.steps} steps") + (", then the refit on train + val" if t.refit else "")
+    budget = (f"{t.epochs} epochs" if t.epochs else f"{t.steps} steps, at least {t.min_passes} passes") + (
+        ", then the refit on train + val" if t.refit else "")
     check = f"yardstick check {obj.settings.tune.baseline_epochs} epochs" if obj.settings.tune.baseline_epochs else "no yardstick check"
     click.echo(f"training: {budget} per challenger, {check}" + ("" if full_recipe else " (the demo's budget; --full-recipe for the defaults)"))
     g = obj.settings.gate
