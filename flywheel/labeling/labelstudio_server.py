@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 VERSION = "1.23.2"
+# What its environment is built from: sentry-sdk 3 refuses the `send_default_pii` option label-studio 1.23
+# passes it at start (the server exits), and label-studio does not bound it.
+REQUIREMENTS = (f"label-studio=={VERSION}", "sentry-sdk<3")
 USER = "flywheel@localhost"
 
 
@@ -54,26 +57,35 @@ def default_venv() -> Path:
 
 
 def ensure_installed(venv: Path | None = None, *, echo=print) -> Path:
-    """The `label-studio` executable, installing label-studio==VERSION into `venv` on first use.
+    """The `label-studio` executable, installing REQUIREMENTS into `venv` on first use.
 
     Under a lock beside the folder: a second caller waits for the first one's install (CI starts
-    it in the background while the tests run); a finished install is marked, a half one redone."""
+    it in the background while the tests run); a finished install is marked with its requirements, a
+    half one redone, one marked with other requirements brought up to these."""
     venv = venv or default_venv()
     exe, done_mark = venv / "bin" / "label-studio", venv / ".flywheel-installed"
-    if done_mark.exists():
+    wanted = " ".join(REQUIREMENTS)
+
+    def installed() -> bool:
+        return done_mark.exists() and done_mark.read_text() == wanted
+
+    if installed():
         return exe
     venv.parent.mkdir(parents=True, exist_ok=True)
     with open(venv.parent / f".{venv.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if done_mark.exists():  # another process installed it while this one waited
+        if installed():  # another process installed it while this one waited
             return exe
-        echo(f"first use: installing label-studio {VERSION} into {venv} (its own environment; about 3 minutes)")
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        if done_mark.exists() and exe.exists():
+            echo(f"bringing {venv} up to {wanted}")
+        else:
+            echo(f"first use: installing label-studio {VERSION} into {venv} (its own environment; about 3 minutes)")
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
         pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-        done = subprocess.run([*pip, f"label-studio=={VERSION}"], capture_output=True, text=True)
+        done = subprocess.run([*pip, *REQUIREMENTS], capture_output=True, text=True)
         if done.returncode != 0 or not exe.exists():
-            raise RuntimeError(f"installing label-studio {VERSION} into {venv} failed:\n{done.stderr[-2000:]}")
-        done_mark.write_text(VERSION)
+            raise RuntimeError(f"installing {wanted} into {venv} failed:\n{done.stderr[-2000:]}")
+        done_mark.write_text(wanted)
     return exe
 
 

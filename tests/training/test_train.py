@@ -132,8 +132,8 @@ def test_a_run_of_a_few_steps_gets_a_schedule(epochs, steps, warmup_pct):
 
 
 def test_epochs_unset_take_the_step_budget_within_bounds():
-    auto = tiny_cfg(epochs=None, steps=800)
-    assert [auto.epochs_for(n) for n in (14, 37, 400, 5000, 1)] == [58, 22, 3, 3, 100]
+    auto = tiny_cfg(epochs=None, steps=800)  # the default floor of 20 passes bites past 800 / 20 = 40 batches
+    assert [auto.epochs_for(n) for n in (14, 37, 400, 5000, 1)] == [58, 22, 20, 20, 100]
     floor = tiny_cfg(epochs=None, steps=400, min_passes=12)  # the budget grows with the data past 400 / 12 batches
     assert [floor.epochs_for(n) for n in (14, 33, 34, 65, 5000)] == [29, 13, 12, 12, 12]
     assert tiny_cfg(epochs=4).epochs_for(14) == 4  # a number is a number, whatever the data
@@ -144,7 +144,7 @@ def test_epochs_unset_take_the_step_budget_within_bounds():
 def test_a_run_with_epochs_unset_takes_its_step_budget():
     images, labels = frames(32, seed=0)
     batches = [{"image": images[i : i + 8], "label": labels[i : i + 8]} for i in range(0, 32, 8)]
-    result = train(train_loader=batches, classes=CLASSES, cfg=tiny_cfg(epochs=None, steps=20))
+    result = train(train_loader=batches, classes=CLASSES, cfg=tiny_cfg(epochs=None, steps=20, min_passes=1))
     assert len(result.history) == 5  # 4 steps per pass, 20 steps
     lrs = [m["lr"] for m in result.history]
     assert lrs[-1] < 0.1 * max(lrs)  # one schedule over all five passes

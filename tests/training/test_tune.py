@@ -74,7 +74,7 @@ def test_flywheel_tune_then_the_challenger_trains_with_the_best_values(tiny, mon
     study = optuna.load_study(study_name=tuned["study"], storage=tune.storage_url(settings))
     assert len(study.trials) == 3
     # the recipe itself is the first trial
-    assert study.trials[0].params == {"lr": 3e-3, "weight_decay": 5e-4, "label_smoothing": 0.1, "head": "both"}
+    assert study.trials[0].params == {"lr": 3e-3, "weight_decay": 0.05, "label_smoothing": 0.1, "head": "both"}
 
     tracker = tracker_for(settings)
     [parent] = tracker.client.search_runs([tracker.experiment_id], "tags.stage = 'tune'")
