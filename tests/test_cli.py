@@ -207,3 +207,18 @@ def test_force_without_a_challenger_says_so_and_nothing_is_recorded(tmp_path, fl
     out = flywheel("force", "v3", "--reason", "hotfix", home=flywheel_home, check=False)
     assert out.returncode == 1 and "has no challenger" in out.stderr
     assert not (flywheel_home / "forces").exists()
+
+
+def test_the_turn_line_names_the_yardstick_check_and_its_cost_where_it_was_kept():
+    from flywheel.cli.driver import format_summary
+
+    turn = {"gate_passed": True, "gate_reason": "", "fixed_frames": None, "fixed_note": "no fixed set yet",
+            "dataset_version": 2, "frames": 100, "eval_frames": 20, "metric": "macro_f1", "challenger_version": "2",
+            "challenger": 0.8, "champion": 0.7, "rare_slice": "condition=fog", "challenger_rare": None,
+            "champion_rare": None, "deployed": "v2"}  # fmt: skip
+    check = {"verdict": "short", "challenger": 0.61, "baseline": 0.72, "baseline_seconds": 9.2, "training_seconds": 59.4}
+    line = format_summary({**turn, "yardstick": check})
+    assert "yardstick CNN on val: short (challenger 0.610 vs CNN 0.720; 9 s against the training's 59 s)" in line
+    older = format_summary({**turn, "yardstick": {**check, "baseline_seconds": None, "training_seconds": None}})
+    assert "yardstick CNN on val: short (challenger 0.610 vs CNN 0.720)" in older
+    assert "yardstick" not in format_summary({**turn, "yardstick": None})

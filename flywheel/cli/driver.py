@@ -251,9 +251,11 @@ def format_summary(s: dict) -> str:
                  f"v{s['fixed_from_version']}): deployed {s['deployed'] or '-'} {f(s['fixed_deployed'])} | "
                  f"challenger {f(s['fixed_challenger'])} vs champion {f(s['fixed_champion'])}")  # fmt: skip
     y = s.get("yardstick")
+    # a check written before its times were kept has none: the verdict and scores alone
+    cost = ("" if not y or y.get("baseline_seconds") is None or y.get("training_seconds") is None
+            else f"; {y['baseline_seconds']:.0f} s against the training's {y['training_seconds']:.0f} s")  # fmt: skip
     yardstick = "" if not y else (
-        f"\n  yardstick CNN on val: {y['verdict']} (challenger {f(y['challenger'])} vs CNN {f(y['baseline'])}; "
-        f"{y['baseline_seconds']:.0f} s against the training's {y['training_seconds']:.0f} s)")  # fmt: skip
+        f"\n  yardstick CNN on val: {y['verdict']} (challenger {f(y['challenger'])} vs CNN {f(y['baseline'])}{cost})")
     return (
         f"{autos}dataset v{s['dataset_version']} ({s['frames']} rows, {s['eval_frames']} in the growing "
         f"evaluation set) | {s['metric']}: challenger v{s['challenger_version']} {f(s['challenger'])} vs champion "
