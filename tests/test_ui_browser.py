@@ -30,7 +30,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 TINY = """
 sim: {frames_per_clip: 2}
 image_size: 16
-train: {steps: 4, width: 4, depth: 1, batch_size: 16}
+train: {steps: 4, min_passes: 1, width: 4, depth: 1, batch_size: 16}  # a short run log: its first epoch line stays in view
 tune: {baseline_epochs: 0}
 deploy: {int8: false}
 dataset: {golden_size: 4, split: {train: 0.5, val: 0.1, test: 0.4}}
