@@ -513,26 +513,37 @@ def recipe_compare(variants: tuple[str, ...], base: str, out: str, markdown_path
 
 @bench.command("recipe-merge")
 @click.argument("base", type=click.Path(exists=True, dir_okay=False))
-@click.argument("reruns", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("reruns", nargs=-1, type=click.Path(exists=True, dir_okay=False))
 @click.option("--arm", default="resnet18", show_default=True, help="The arm the reruns replace.")
+@click.option("--add", "additions", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="A run of further seeds whose rows join the result with all their arms (repeatable).")  # fmt: skip
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="The merged JSON result file.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the merged Markdown table to this file.")  # fmt: skip
-def recipe_merge(base: str, reruns: tuple[str, ...], arm: str, out: str, markdown_path: str | None):
+def recipe_merge(base: str, reruns: tuple[str, ...], arm: str, additions: tuple[str, ...], out: str,
+                 markdown_path: str | None):
     """A `bench recipe` result (BASE) with one arm taken from reruns of it on the same seeded frames
     (`bench recipe --no-recipe`, RERUNS), matched by dataset, size and seed and refused where the
-    held-out frames differ; summary and table recomputed.
+    held-out frames differ, and with the rows of runs of further seeds added (--add); summary and
+    table recomputed.
 
     \b
     Example: flywheel bench recipe-merge benchmarks/results/recipe.json rerun.json --out merged.json
     """
-    from benchmarks.recipe import merge_rerun
+    from benchmarks.recipe import add_rows, merge_rerun
 
+    if not reruns and not additions:
+        raise click.UsageError("nothing to merge: give RERUNS, --add or both")
+    read = lambda path: json.loads(Path(path).read_text())  # noqa: E731
     try:
-        result = merge_rerun(json.loads(Path(base).read_text()), [json.loads(Path(r).read_text()) for r in reruns], arm)
+        result = merge_rerun(read(base), [read(r) for r in reruns], arm) if reruns else read(base)
+        if additions:
+            result = add_rows(result, [read(a) for a in additions])
+            result["added"]["files"] = list(additions)
     except (ValueError, KeyError) as e:
         raise click.ClickException(f"cannot merge: {e}") from None
-    result["merged"]["files"] = [base, *reruns]
+    if reruns:
+        result["merged"]["files"] = [base, *reruns]
     _emit(result, out)
     click.echo(result["markdown"], err=True)
     if markdown_path:

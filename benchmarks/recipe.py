@@ -348,6 +348,30 @@ def bench_recipe(workdir: str | Path | None = None, *, datasets: tuple[str, ...]
     }  # fmt: skip
 
 
+def add_rows(base: dict, extra: list[dict]) -> dict:
+    """`base` (a bench recipe result, merged or not) with the rows of other runs added: more seeds of the
+    same rows, every arm as that run trained it. A (dataset, size, seed) already there is refused (another
+    run of the same seed is a rerun: `merge_rerun`); the summary and table are recomputed."""
+    rows = [dict(r) for r in base["rows"]]
+    seen = {(r["dataset"], r["size"], r["seed"]) for r in rows}
+    added = []
+    for other in extra:
+        for new in other["rows"]:
+            key = (new["dataset"], new["size"], new["seed"])
+            if key in seen:
+                raise ValueError(f"{key}: already a row of the base result (a rerun replaces an arm: --arm)")
+            seen.add(key)
+            rows.append(dict(new))
+            added.append(key)
+    summary = summarize(rows)
+    table = markdown(base["summary"])
+    notes = base.get("markdown", "")[len(table):] if base.get("markdown", "").startswith(table) else ""  # e.g. a merge's
+    note = ("\n\nThese seeds come from another run than the rows beside them, with all their arms: "
+            + ", ".join(f"{d} {n:,} seed {s}" for d, n, s in added) + ".")  # fmt: skip
+    return {**base, "rows": rows, "summary": summary, "markdown": markdown(summary) + notes + note,
+            "added": {"rows": [list(k) for k in added]}}
+
+
 def merge_rerun(base: dict, reruns: list[dict], arm: str) -> dict:
     """`base` (a bench recipe result) with `arm` of each row replaced by the same arm of a rerun on the
     same seeded frames (`bench recipe --no-recipe`): matched by (dataset, size, seed), refused when the
@@ -400,23 +424,24 @@ def summarize(rows: list[dict]) -> list[dict]:
     out = []
     for key in dict.fromkeys((r["dataset"], r["size"]) for r in rows):
         group = [r for r in rows if (r["dataset"], r["size"]) == key]
-        arms = [a for a in ARMS if all(a in r for r in group)]
+        arms = [a for a in ARMS if any(a in r for r in group)]  # an arm some seeds lack: over those that have it
         entry = {"dataset": key[0], "size": key[1], "seeds": [r["seed"] for r in group],
                  "pool_frames": round(sum(r["pool_frames"] for r in group) / len(group)),
                  "frames": round(sum(r["frames"] for r in group) / len(group)),
                  "majority_share": round(sum(r["majority_share"] for r in group) / len(group), 4)}  # fmt: skip
         for arm in arms:
             entry[arm] = {}
+            had = [r for r in group if arm in r]
             for field, digits in (("accuracy", 4), ("macro_f1", 4), ("seconds", 1)):
-                values = [r[arm][field] for r in group if r[arm].get(field) is not None]  # None: not recorded
+                values = [r[arm][field] for r in had if r[arm].get(field) is not None]  # None: not recorded
                 mean, ci = interval(values) if values else (None, None)
                 entry[arm][field] = None if mean is None else round(mean, digits)
                 entry[arm][field + "_ci95"] = None if ci is None else round(ci, digits)
                 if values and len(values) < len(group):
                     entry[arm][field + "_seeds"] = len(values)
             if arm in YARDSTICKS:
-                entry[arm]["learns"] = all(r[arm]["learns"] for r in group)
-            to_cnn = [r[arm].get("seconds_to_cnn") for r in group if "seconds_to_cnn" in r[arm]]
+                entry[arm]["learns"] = all(r[arm]["learns"] for r in had)
+            to_cnn = [r[arm].get("seconds_to_cnn") for r in had if "seconds_to_cnn" in r[arm]]
             if to_cnn:  # mean over the seeds where it got there, and on how many it did
                 reached = [t for t in to_cnn if t is not None]
                 entry[arm]["seconds_to_cnn"] = round(sum(reached) / len(reached), 1) if reached else None
@@ -458,7 +483,8 @@ def markdown(summary: list[dict]) -> str:
                 return "–"
             t = a["seconds_to_cnn"]
             return ("never" if t is None else f"{t:.0f}") + f" ({a['reached_cnn']})"
-        return f"{a[field]:.3f} ± {a[field + '_ci95']:.3f}{mark}"
+        seeds = f" ({a[field + '_seeds']} seeds)" if field + "_seeds" in a else ""
+        return f"{a[field]:.3f} ± {a[field + '_ci95']:.3f}{seeds}{mark}"
 
     arms = [a for a in ARMS if any(a in e for e in summary)]
     timed = any("reached_cnn" in e[a] for e in summary for a in arms if a in e)  # time to accuracy was measured

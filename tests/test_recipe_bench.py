@@ -28,7 +28,7 @@ from benchmarks.datasets import (
     render_headway,
     shape_centre_x,
 )
-from benchmarks.recipe import ARMS, merge_rerun, summarize
+from benchmarks.recipe import ARMS, markdown, merge_rerun, summarize
 from flywheel.cli import main
 from flywheel.sim.render import encode_jpeg
 
@@ -322,6 +322,31 @@ def test_a_rerun_arm_replaces_the_base_arm_only_on_the_same_held_out_frames():
     assert row["recipe"]["accuracy"] == 0.6 and row["recipe"]["rerun"] and row["cnn"]["accuracy"] == 0.7
     assert row["delta"] == {"cnn": pytest.approx(-0.1), "resnet18": pytest.approx(0.3)}
     assert merged["summary"][0]["recipe"]["accuracy"] == pytest.approx(0.6)
+
+
+def test_further_seeds_join_a_result_with_their_arms_and_an_arm_some_lack_counts_its_own(tmp_path):
+    resnet = {"accuracy": 0.5, "macro_f1": 0.4, "seconds": 3.0, "learns": True}
+    base_rows = [{**_row(s, 0.8, 0.82), "resnet18": resnet} for s in (0, 1, 2)]
+    base = {"rows": base_rows, "summary": summarize(base_rows)}
+    base["markdown"] = markdown(base["summary"]) + "\n\na note of an earlier merge"
+    more = {"rows": [_row(3, 0.9, 0.8), _row(4, 0.9, 0.8)]}  # a run of two more seeds, without ResNet-18
+    path, more_path, out = tmp_path / "base.json", tmp_path / "more.json", tmp_path / "five.json"
+    path.write_text(json.dumps(base))
+    more_path.write_text(json.dumps(more))
+    result = CliRunner().invoke(main, ["bench", "recipe-merge", str(path), "--add", str(more_path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    five = json.loads(out.read_text())
+    [entry] = five["summary"]
+    assert entry["seeds"] == [0, 1, 2, 3, 4] and entry["verdict"] == "recipe ahead"  # 0.84 against 0.812: was behind
+    assert entry["recipe"]["accuracy"] == pytest.approx(0.84) and entry["cnn"]["accuracy"] == pytest.approx(0.812)
+    assert entry["resnet18"]["accuracy"] == 0.5 and entry["resnet18"]["accuracy_seeds"] == 3  # over its own seeds
+    assert "0.500 ± 0.000 (3 seeds)" in five["markdown"] and "a note of an earlier merge" in five["markdown"]
+    assert "d 10 seed 3, d 10 seed 4" in five["markdown"] and five["added"]["files"] == [str(more_path)]
+    assert summarize(base_rows)[0]["verdict"] == "recipe behind cnn"
+    again = CliRunner().invoke(main, ["bench", "recipe-merge", str(out), "--add", str(more_path), "--out", str(out)])
+    assert again.exit_code != 0 and "('d', 10, 3): already a row" in again.output  # a seed twice is refused
+    bare = CliRunner().invoke(main, ["bench", "recipe-merge", str(path), "--out", str(out)])
+    assert bare.exit_code != 0 and "nothing to merge" in bare.output
 
 
 def test_recipe_compare_pairs_variants_with_the_base_seed_by_seed(tmp_path):
