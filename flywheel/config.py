@@ -189,6 +189,9 @@ class TrainSettings(_Section):
     stem_stride: Literal[1, 2] | None = None
     # A halving stem that convolves at full resolution and max-pools (flywheel/model.py), not a stride-2 conv.
     stem_pool: bool = False
+    # The stem conv's side. 7 (ResNet's stem) lifted sim96 at ~1,800 train frames by 0.9 points but lost 2.9 on
+    # headway at ~900 (BENCHMARKS.md, "sim96 at 3,000 frames over five seeds, and three probes").
+    stem_kernel: Literal[3, 5, 7] = 3
     # What the network does with its last feature map: `spatial` flattens it (a hidden layer sees where each
     # feature is: the label when it is the distance to the car ahead or a side); `coord` adds each position's
     # (x, y) before averaging (fewer weights); `pool` averages position away (flywheel/model.py).
@@ -199,6 +202,10 @@ class TrainSettings(_Section):
     # on held-out frames over 120 benchmark rows (69 above, 27 below; BENCHMARKS.md, "The last epoch, not the
     # best val epoch"): a val split of a few hundred frames picks noise.
     keep_best: bool = False
+    # A number: the challenger is an exponential moving average of the weights (and BatchNorm statistics),
+    # updated after every step with this decay (0.99 averages over ~100 steps); None: the weights as trained.
+    # Off: 0.998 moved sim96 by -0.3 and -0.2 points (two seeds): the one-cycle run already ends annealed.
+    ema: float | None = Field(None, gt=0, lt=1)
     num_workers: int = Field(0, ge=0)
     compile: bool = False
     seed: int = 0

@@ -42,6 +42,7 @@ class ModelConfig:
     # With stem_stride 2: convolve at full resolution, then max-pool (the script CNN's first block), not a
     # stride-2 conv that computes only every other position; a few % more FLOPs, small objects keep their detail.
     stem_pool: bool = False
+    stem_kernel: int = 3  # the stem conv's side: 5 or 7 (ResNet's stem) see more context before the stride drops pixels
     head: Literal["both", "spatial", "coord", "pool"] = "both"
     hidden: int = 128  # features of the spatial head's hidden layer (the embedding)
     dropout: float = 0.3  # before the spatial head's hidden layer
@@ -119,7 +120,8 @@ class FrameClassifier(nn.Module):
         self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1) * 255, persistent=False)
         pool = cfg.stem_pool and cfg.stem_stride == 2
         self.stem = nn.Sequential(
-            nn.Conv2d(3, w, 3, 1 if pool else cfg.stem_stride, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
+            nn.Conv2d(3, w, cfg.stem_kernel, 1 if pool else cfg.stem_stride, cfg.stem_kernel // 2, bias=False),
+            nn.BatchNorm2d(w), nn.ReLU(),
             *([nn.MaxPool2d(2, ceil_mode=True)] if pool else []),
         )
         stages, c = [], w

@@ -15,7 +15,8 @@ a TensorDataset or a list of pre-made batches all work. The recipe:
   optional `torch.compile`. CPU: fp32.
 - The last epoch's weights, the one-cycle schedule's end; with `keep_best` the epoch with the best val
   macro-F1 (the latest of equals). Off by default: on held-out frames the last epoch scored higher over
-  120 benchmark rows (BENCHMARKS.md, "The last epoch, not the best val epoch").
+  120 benchmark rows (BENCHMARKS.md, "The last epoch, not the best val epoch"). With `ema`, those of an
+  exponential moving average of the weights, which is also what val scores.
 - A checkpoint after every epoch (flywheel/training/checkpoint.py); a rerun with the same
   `checkpoint_dir` resumes where a crashed run stopped.
 - DDP when launched by `torchrun` (gloo on CPU, NCCL on GPU; flywheel/training/ddp.py): metrics are
@@ -73,7 +74,7 @@ class TrainConfig(TrainSettings):
         return ModelConfig(
             num_classes=num_classes, image_size=self.image_size, width=self.width, depth=self.depth,
             stem_stride=self.stem_stride or (1 if self.image_size <= SMALL_INPUT else 2),
-            stem_pool=self.stem_pool, head=self.head, dropout=self.dropout, stages=self.stages,
+            stem_pool=self.stem_pool, stem_kernel=self.stem_kernel, head=self.head, dropout=self.dropout, stages=self.stages,
         )
 
 
@@ -143,6 +144,25 @@ def _make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: i
             opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=cfg.warmup_pct
         )
     return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+
+
+def _make_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of `model`'s weights and buffers (BatchNorm statistics too, so the
+    averaged network needs no recalibration pass). Step t mixes in the new weights with 1 - min(decay,
+    (1 + t) / (10 + t)): early on the average follows the weights, so the random start never lingers
+    in it, however short the run (the warmup of TensorFlow's ExponentialMovingAverage)."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+        t = float(n)
+        weight = 1.0 - min(decay, (1.0 + t) / (10.0 + t))
+        for a, c in zip(averaged, current, strict=True):
+            if a.is_floating_point():
+                a.lerp_(c, weight)
+            else:  # BatchNorm's batch counter
+                a.copy_(c)
+
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
 
 def _steps_per_epoch(loader: Iterable, steps_per_epoch: int | None) -> int:
@@ -325,7 +345,12 @@ def _train(
         warm_started, warm_note = bool(ckpt["warm_started"]), str(ckpt["warm_start_note"])
         best = ckpt.get("best")
 
-    plain = model  # the module whose state_dict we save
+    # With `ema`: the running average of the weights and BatchNorm statistics, what is scored and returned.
+    ema = _make_ema(model, cfg.ema) if cfg.ema is not None else None
+    if ema is not None and resumed_from is not None:
+        ema.load_state_dict(ckpt["ema"])
+    plain = model  # the module whose state_dict we train
+    scored = ema.module if ema is not None else plain  # the module we validate, keep and return
     if group.enabled:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
@@ -359,6 +384,8 @@ def _train(
             optimizer.step()
             lr = scheduler.get_last_lr()[0]  # the lr this step used
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(plain)
             # Accumulate on the device: no host sync per step.
             sums[0] += loss.detach().double() * len(y)
             sums[1] += (logits.detach().argmax(1) == y).sum()
@@ -372,7 +399,7 @@ def _train(
         if val_loader is not None:
             metrics.update(
                 _evaluate(
-                    plain, val_loader, cfg=cfg, num_classes=len(classes), device=device, group=group
+                    scored, val_loader, cfg=cfg, num_classes=len(classes), device=device, group=group
                 )
             )
         metrics.update(lr=lr, images_per_s=n_images / seconds if seconds > 0 else math.nan)
@@ -382,7 +409,7 @@ def _train(
         # class everywhere can match a later, better one on accuracy.
         if cfg.keep_best and "val_macro_f1" in metrics and (best is None or metrics["val_macro_f1"] >= best["val_macro_f1"]):
             best = {"epoch": epoch, "val_macro_f1": metrics["val_macro_f1"],
-                    "model": {k: v.detach().cpu().clone() for k, v in plain.state_dict().items()}}  # fmt: skip
+                    "model": {k: v.detach().cpu().clone() for k, v in scored.state_dict().items()}}  # fmt: skip
 
         if group.is_main and ckpt_path is not None:
             checkpoint.save(
@@ -401,17 +428,18 @@ def _train(
                     "warm_started": warm_started,
                     "warm_start_note": warm_note,
                     "best": best,
+                    "ema": ema.state_dict() if ema is not None else None,
                 },
             )
         if group.is_main and on_epoch_end is not None:
             on_epoch_end(epoch, dict(metrics))
         if group.is_main and on_epoch_model is not None:
-            on_epoch_model(epoch, plain.eval())
+            on_epoch_model(epoch, scored.eval())
 
     if best is not None:  # the best val epoch's weights, not the last epoch's
-        plain.load_state_dict(best["model"])
+        scored.load_state_dict(best["model"])
     return TrainResult(
-        weights=save_weights(plain, model_cfg, classes) if group.is_main else None,
+        weights=save_weights(scored, model_cfg, classes) if group.is_main else None,
         model_config=model_cfg,
         classes=classes,
         history=history,

@@ -422,16 +422,37 @@ def test_a_pooled_stem_convolves_every_pixel_then_halves_like_the_strided_one(si
     np.testing.assert_allclose(session_probs, predict(model, images).probs, atol=1e-4)
 
 
+@pytest.mark.parametrize(("size", "kernel"), [(32, 7), (96, 7), (65, 5)])
+def test_a_wider_stem_kernel_keeps_the_map_sides_and_exports(size, kernel):
+    import numpy as np
+    import onnxruntime as ort
+
+    from flywheel.deployment.deploy import export_onnx
+    from flywheel.model import build_model, save_weights
+
+    cfg = tiny_cfg(image_size=size, stem_kernel=kernel).architecture(3)
+    assert cfg.feature_side == tiny_cfg(image_size=size).architecture(3).feature_side  # as the 3x3 stem's
+    model = build_model(cfg).eval()
+    assert model.stem[0].kernel_size == (kernel, kernel)
+    x = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
+    with torch.no_grad():
+        assert model.stages(model.stem((x.float() - model.mean) / model.std)).shape[-1] == cfg.feature_side
+    again, _ = load_weights(save_weights(model, cfg, ["a", "b", "c"]))
+    assert again.cfg.stem_kernel == kernel
+    session = ort.InferenceSession(export_onnx(model, image_size=size), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(predict(session, x.numpy()).probs, predict(model, x.numpy()).probs, atol=1e-4)
+
+
 def test_weights_saved_before_the_pooled_stem_load_with_the_strided_one():
     from flywheel.model import build_model, save_weights
 
     cfg = tiny_cfg(image_size=64).architecture(3)
     blob = torch.load(io.BytesIO(save_weights(build_model(cfg), cfg, ["a", "b", "c"])), weights_only=True)
-    del blob["config"]["stem_pool"]  # the config of a model saved before the choice existed
+    del blob["config"]["stem_pool"], blob["config"]["stem_kernel"]  # the config of a model saved before the choices
     buf = io.BytesIO()
     torch.save(blob, buf)
     model, _ = load_weights(buf.getvalue())
-    assert not model.cfg.stem_pool and model.stem[0].stride == (2, 2)
+    assert not model.cfg.stem_pool and model.stem[0].stride == (2, 2) and model.stem[0].kernel_size == (3, 3)
 
 
 @pytest.mark.parametrize(("size", "stages", "side"), [(32, 3, 8), (64, 4, 4), (96, 4, 6), (96, 2, 24)])
@@ -500,3 +521,47 @@ def test_the_best_val_epoch_is_kept_not_the_last(keep_best):
         assert float((probs.argmax(1) == labels.numpy()).mean()) == pytest.approx(val_acc[best])
     else:
         assert result.best_epoch is None and accuracy(result.weights) < 0.4
+
+
+def test_ema_returns_the_running_average_of_every_steps_weights():
+    """One step per epoch: the plain run's weights after each step, averaged by hand with the warmup, are the EMA run's."""
+    images, labels = frames(96, seed=0)
+    batches = [{"image": images[i : i + 32], "label": labels[i : i + 32]} for i in range(0, 96, 32)]
+    steps = []  # the plain run's weights and BatchNorm statistics after each of its steps
+    plain = train(train_loader=batches, classes=CLASSES, cfg=tiny_cfg(epochs=6), steps_per_epoch=1,
+                  on_epoch_model=lambda e, m: steps.append({k: v.clone() for k, v in m.state_dict().items()}))  # fmt: skip
+    averaged = train(train_loader=batches, classes=CLASSES, cfg=tiny_cfg(epochs=6, ema=0.3), steps_per_epoch=1)
+    expected = dict(steps[0])
+    for t, state in enumerate(steps[1:], start=1):
+        decay = min(0.3, (1 + t) / (10 + t))  # 0.18, 0.25, then 0.3
+        for k, v in state.items():
+            expected[k] = decay * expected[k] + (1 - decay) * v if v.is_floating_point() else v
+    got, _ = load_weights(averaged.weights)
+    last, _ = load_weights(plain.weights)
+    for name, value in got.state_dict().items():
+        assert torch.allclose(value, expected[name], atol=1e-6), name
+    assert not torch.equal(got.state_dict()["stem.0.weight"], last.state_dict()["stem.0.weight"])
+
+
+def test_ema_is_what_val_scores_and_a_resumed_run_keeps_it(tmp_path):
+    cfg = tiny_cfg(epochs=2, ema=0.9)
+    full = train(train_loader=loaders()[0], val_loader=loaders()[1], classes=CLASSES, cfg=cfg,
+                 checkpoint_dir=tmp_path / "full")  # fmt: skip
+    model, _ = load_weights(full.weights)
+    images, labels = frames(96, seed=1)  # the val frames
+    probs = predict(model, images.numpy(), device="cpu").probs
+    assert float((probs.argmax(1) == labels.numpy()).mean()) == pytest.approx(full.history[-1]["val_acc"])
+
+    def crash(epoch, metrics):
+        raise Crash("simulated crash after epoch 0")
+
+    with pytest.raises(Crash):
+        train(train_loader=loaders()[0], val_loader=loaders()[1], classes=CLASSES, cfg=cfg,
+              checkpoint_dir=tmp_path / "crashy", on_epoch_end=crash)  # fmt: skip
+    resumed = train(train_loader=loaders()[0], val_loader=loaders()[1], classes=CLASSES, cfg=cfg,
+                    checkpoint_dir=tmp_path / "crashy")  # fmt: skip
+    assert resumed.resumed_from_epoch == 1
+    a, _ = load_weights(full.weights)
+    b, _ = load_weights(resumed.weights)
+    for (name, ta), tb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(ta, tb), name
