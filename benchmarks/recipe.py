@@ -348,6 +348,14 @@ def bench_recipe(workdir: str | Path | None = None, *, datasets: tuple[str, ...]
     }  # fmt: skip
 
 
+def _notes(result: dict) -> str:
+    """What a result's Markdown says below its table (an earlier merge's notes), to carry into a new merge."""
+    if "summary" not in result:
+        return ""
+    table, text = markdown(result["summary"]), result.get("markdown", "")
+    return text[len(table):] if text.startswith(table) else ""
+
+
 def add_rows(base: dict, extra: list[dict]) -> dict:
     """`base` (a bench recipe result, merged or not) with the rows of other runs added: more seeds of the
     same rows, every arm as that run trained it. A (dataset, size, seed) already there is refused (another
@@ -364,8 +372,7 @@ def add_rows(base: dict, extra: list[dict]) -> dict:
             rows.append(dict(new))
             added.append(key)
     summary = summarize(rows)
-    table = markdown(base["summary"])
-    notes = base.get("markdown", "")[len(table):] if base.get("markdown", "").startswith(table) else ""  # e.g. a merge's
+    notes = _notes(base)
     note = ("\n\nThese seeds come from another run than the rows beside them, with all their arms: "
             + ", ".join(f"{d} {n:,} seed {s}" for d, n, s in added) + ".")  # fmt: skip
     return {**base, "rows": rows, "summary": summary, "markdown": markdown(summary) + notes + note,
@@ -403,7 +410,7 @@ def merge_rerun(base: dict, reruns: list[dict], arm: str) -> dict:
     summary = summarize(rows)
     note = (f"\n\n`{arm}` on these rows comes from another run than the other arms: its seconds compare with theirs "
             "only as far as the two runs' loads matched.")  # fmt: skip
-    return {**base, "rows": rows, "summary": summary, "markdown": markdown(summary) + note,
+    return {**base, "rows": rows, "summary": summary, "markdown": markdown(summary) + _notes(base) + note,
             "merged": {"arm": arm, "rows_replaced": [list(k) for k in replaced]}}
 
 
