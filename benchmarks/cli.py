@@ -529,6 +529,9 @@ def recipe_merge(base: str, reruns: tuple[str, ...], arm: str, additions: tuple[
 
     \b
     Example: flywheel bench recipe-merge benchmarks/results/recipe.json rerun.json --out merged.json
+
+    \b
+    Example: flywheel bench recipe-merge merged.json --add seeds34.json --out five_seeds.json
     """
     from benchmarks.recipe import add_rows, merge_rerun
 
