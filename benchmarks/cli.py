@@ -287,11 +287,12 @@ def _overrides(ctx, param, values) -> dict:
 @click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True,
               help="Training steps per challenger (train.steps; the demo's budget).")  # fmt: skip
 @click.option("--arms", callback=_csv(str), default="random,engine", show_default=True,
-              help="Comma-separated arms: random, engine, engine_novelty, engine_typical, mining, shadow_only, "
-                   "novelty_only, selection_only, typical_only, auto_labels_only, campaign_only (benchmarks/engine.py).")
+              help="Comma-separated arms: random, engine, engine_novelty, engine_typical, mining, engine_scarce, "
+                   "shadow_only, novelty_only, selection_only, typical_only, auto_labels_only, campaign_only, "
+                   "scarce_only (benchmarks/engine.py).")
 @click.option("--ablation", is_flag=True,
               help="The main arms and one part of the engine each (shadow, novelty, selection, typical, auto labels, "
-                   "campaign).")
+                   "campaign, scarce-slice mining).")
 @click.option("--quick", is_flag=True, help="Smoke run: one seed, 2 tiny iterations (the models do not learn).")
 @click.option("--world", type=click.Choice(["road", "digits"]), default="road", show_default=True,
               help="What the fleet sees: the road simulator, or handwritten digits under the same four conditions "

@@ -11,8 +11,10 @@ so the benchmark measures the pipeline a user runs. An arm is a set of the engin
   auto:     the deployed model labels the frames it is sure of; without it, people label everything
   campaign: a mining campaign for the rare slice (`flywheel campaign start --slice condition=fog`),
             started once the dataset holds a labeled frame of it: the fleet uploads clips like them
+  scarce:   the engine mines for every condition below 10 % of the labeled frames by itself
+            (`engine.scarce_share: 0.1`), its query renewed with each dataset version; nobody names fog
 `engine` is shadow + select + auto, `engine_novelty` novelty + select + auto, `engine_typical` novelty +
-typical + auto, `mining` is campaign + select + auto, `random` none (random
+typical + auto, `mining` is campaign + select + auto, `engine_scarce` scarce + select + auto, `random` none (random
 uploads, random frames, nothing deployed); the ablation arms have one part each. An arm with any part deploys every model it trains (a gate that passes every challenger),
 so that model drives the next iteration. Each iteration: simulate -> ingest -> labels (queue) ->
 annotator answers -> labels again -> augmented -> dataset version -> train -> score on one fixed
@@ -58,13 +60,16 @@ EVERY_MODEL_PROMOTED = {"floor": 0.0, "margin": -1.0, "min_slice_frames": 10**9,
 
 RARE = "fog"
 MIX = {"day": 0.70, "night": 0.13, "rain": 0.12, "fog": 0.05}
-PARTS = ("shadow", "novelty", "select", "typical", "auto", "campaign")
+PARTS = ("shadow", "novelty", "select", "typical", "auto", "campaign", "scarce")
+SCARCE_SHARE = 0.1  # the scarce part: mine for a condition below this share of the labeled frames
 ARMS: dict[str, tuple[str, ...]] = {
     "random": (),
     "engine": ("shadow", "select", "auto"),
     "engine_novelty": ("novelty", "select", "auto"),
     "engine_typical": ("novelty", "typical", "auto"),
     "mining": ("campaign", "select", "auto"),
+    "engine_scarce": ("scarce", "select", "auto"),
+    "scarce_only": ("scarce",),
     "shadow_only": ("shadow",),
     "novelty_only": ("novelty",),
     "typical_only": ("typical",),
@@ -73,7 +78,8 @@ ARMS: dict[str, tuple[str, ...]] = {
     "campaign_only": ("campaign",),
 }
 MAIN_ARMS = ("random", "engine")
-ABLATION_ARMS = ("shadow_only", "novelty_only", "selection_only", "typical_only", "auto_labels_only", "campaign_only")
+ABLATION_ARMS = ("shadow_only", "novelty_only", "selection_only", "typical_only", "auto_labels_only", "campaign_only",
+                 "scarce_only")
 # the engine should reach the random arm's final rare-slice accuracy with at most this share of its labels
 # (and never be significantly below it at any iteration); 0.5 would be the stretch
 GOAL = 0.6
@@ -129,7 +135,8 @@ def bench_settings(root: Path, *, parts: tuple[str, ...] = (), image_size: int =
                        "shadow_trigger": "novelty" if "novelty" in parts else "confidence",
                        "shadow_threshold": 0.6 if "shadow" in parts else 0.0,
                        "strategy": "typical" if "typical" in parts else "hybrid" if "select" in parts else "random",
-                       "auto_labels": "auto" in parts},
+                       "auto_labels": "auto" in parts,
+                       "scarce_share": SCARCE_SHARE if "scarce" in parts else None},
             "gate": EVERY_MODEL_PROMOTED,
             "deploy": {"int8": False},
             # scored on the benchmark's own test set: no clips moved from train to the evaluation split
@@ -179,7 +186,7 @@ def run_arm(arm: str, workdir: Path, *, iterations: int, clips_per_iteration: in
     for it in range(1, iterations + 1):
         t0 = time.perf_counter()
         recorded0 = sim.read_state(store)["recorded"]
-        shadow = fleet_filter(store, settings) if {"shadow", "novelty", "campaign"} & set(parts) else None
+        shadow = fleet_filter(store, settings) if {"shadow", "novelty", "campaign", "scarce"} & set(parts) else None
         sim.simulate(store, settings, clips=clips_per_iteration, seed=seed, upload_filter=shadow, world=world)
         batch_id = _ingest(store, settings)
         queued = stages.label_batch(store, settings, batch_id)["queued"]
@@ -196,6 +203,7 @@ def run_arm(arm: str, workdir: Path, *, iterations: int, clips_per_iteration: in
                 campaigns.create(store, settings, f"more-{RARE}", slice=f"condition={RARE}", match_share=0.02, seed=seed)
             except ValueError:  # no labeled frame of it yet: next iteration
                 pass
+        mined = campaigns.mine_scarce(store, settings) if "scarce" in parts else {}
         model, _ = load_weights(tracker.weights(tracker.alias(CHALLENGER)))
         probs = predict(model, test_x).probs
         pred = probs.argmax(axis=1)
@@ -217,6 +225,7 @@ def run_arm(arm: str, workdir: Path, *, iterations: int, clips_per_iteration: in
             "accuracy": float((pred == test_y).mean()), "fog_accuracy": float((pred[rare] == test_y[rare]).mean()),
             # what shadow mode sees: the model's mean top probability per condition (sure of fog, it uploads no fog)
             "confidence_by_condition": {c: round(float(probs[test_c == c].max(axis=1).mean()), 3) for c in CONDITIONS},
+            "campaigns_started": mined.get("started", []), "campaigns_stopped": mined.get("stopped", []),
             "seconds": round(time.perf_counter() - t0, 1),
         })  # fmt: skip
         if progress:

@@ -22,6 +22,8 @@ def _commands(group: click.Group, path: tuple[str, ...] = ()):
 def test_every_command_help_has_an_example(path):
     result = CliRunner().invoke(main, [*path, "--help"])
     assert result.exit_code == 0, result.output
-    [line] = [ln.strip() for ln in result.output.splitlines() if ln.strip().startswith("Example:")]
-    # the example runs the command it documents
-    assert line.removeprefix("Example: ").split("flywheel ", 1)[1].startswith(" ".join(path))
+    lines = [ln.strip() for ln in result.output.splitlines() if ln.strip().startswith("Example:")]
+    assert lines, f"no 'Example:' line in {' '.join(path)} --help"
+    # every example runs the command it documents
+    for line in lines:
+        assert line.removeprefix("Example: ").split("flywheel ", 1)[1].startswith(" ".join(path)), line

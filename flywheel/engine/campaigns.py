@@ -137,6 +137,39 @@ def create(store: Store, settings: Settings, name: str, *, slice: str | None = N
     return record
 
 
+SCARCE_PREFIX = "scarce-"
+
+
+def mine_scarce(store: Store, settings: Settings, *, column: str = "condition") -> dict:
+    """Campaigns for the scarce values of `column` (below `engine.scarce_share` of the newest dataset
+    version's original frames): each gets a campaign named `scarce-<column>-<value>-v<version>` whose
+    query is that version's frames of it, and the older campaign of the same slice stops; a slice no
+    longer scarce stops mining. Nothing happens with `engine.scarce_share` unset. Returns
+    `{"started": [names], "stopped": [names], "shares": {value: share}}`."""
+    share = settings.engine.scarce_share
+    out: dict = {"started": [], "stopped": [], "shares": {}}
+    if share is None:
+        return out
+    if column not in ("condition", "camera"):
+        raise ValueError(f"scarce slices are mined by condition or camera, not {column!r}")
+    manifest = dataset.load_manifest(store, settings.dataset.name)
+    counts = Counter(originals(store, manifest).column(column).to_pylist())
+    total = sum(counts.values())
+    out["shares"] = {v: round(n / total, 4) for v, n in sorted(counts.items())} if total else {}
+    scarce = {f"{column}={v}": f"{SCARCE_PREFIX}{column}-{v}-v{manifest['version']}"
+              for v, n in sorted(counts.items()) if n / total < share}  # fmt: skip
+    for record in list_campaigns(store):
+        mine = record["name"].startswith(SCARCE_PREFIX) and record["slice"].startswith(f"{column}=")
+        if mine and record["active"] and scarce.get(record["slice"]) != record["name"]:
+            out["stopped"].append(stop(store, record["name"])["name"])
+    for slice_name, name in scarce.items():
+        if not store.exists(layout.campaign_key(name)):
+            create(store, settings, name, slice=slice_name, match_share=settings.engine.scarce_match_share,
+                   seed=settings.engine.seed)  # fmt: skip
+            out["started"].append(name)
+    return out
+
+
 def load(store: Store, name: str) -> dict:
     key = layout.campaign_key(layout.check_name(name, "campaign name"))
     if not store.exists(key):
