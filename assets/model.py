@@ -13,6 +13,7 @@ from flywheel.evaluation.evaluate import compare, compare_markdown
 from flywheel.tracking import ui_urls
 from flywheel.training import tune
 from resources import ComputeResource, MlflowResource, SettingsResource, StoreResource
+from resources.partitions import mining_campaigns
 
 # Not blocking: a challenger that does not beat the champion is an outcome, not a crash. The run succeeds,
 # `deployed` reads the decision and is not materialized, and the run is tagged flywheel/gate=kept.
@@ -207,7 +208,26 @@ def deployed(context: dg.AssetExecutionContext, config: ApprovalConfig, settings
             context.instance.add_run_tags(context.run_id, {GATE_TAG: outcome})
         say(context, f"not deployed: {why}")
         return
-    yield dg.MaterializeResult(metadata=_deployed_metadata(stages.deploy_challenger(st, s, tracker)))
+    out = stages.deploy_challenger(st, s, tracker)
+    # the new champion embeds the queries: mining for scarce conditions starts (or renews) now
+    mined = campaigns.mine_scarce(st, s)
+    if mined["started"]:
+        context.instance.add_dynamic_partitions(mining_campaigns.name, mined["started"])
+    if mined["started"] or mined["stopped"]:
+        say(context, f"scarce-slice campaigns started: {mined['started'] or 'none'}; stopped: {mined['stopped'] or 'none'}")
+    yield dg.MaterializeResult(metadata={**_deployed_metadata(out), **_scarce_metadata(s, mined)})
+
+
+def _scarce_metadata(s, mined: dict) -> dict:
+    """What the UI shows of scarce-slice mining (`engine.scarce_share`): each condition's share, and the campaigns."""
+    if s.engine.scarce_share is None:
+        return {"scarce-slice mining": "off (engine.scarce_share unset)"}
+    return {
+        "scarce-slice mining": f"conditions below {s.engine.scarce_share:.0%} of the labeled frames",
+        "condition shares (labeled originals)": table_md([{"condition": c, "share": v} for c, v in mined["shares"].items()]),
+        "scarce-slice campaigns started": ", ".join(mined["started"]) or "none",
+        "scarce-slice campaigns stopped": ", ".join(mined["stopped"]) or "none",
+    }
 
 
 def _deployed_metadata(out: dict) -> dict:

@@ -112,3 +112,43 @@ def test_named_frames_and_bad_input(flywheel_home, monkeypatch):
     query_frames = arrays["query"][:1].transpose(0, 2, 3, 1)  # (1, S, S, 3) as a camera gives them
     upload = shadow_filter(session, manifest, threshold=None, campaigns=mining[:1])
     assert upload(query_frames, {"recorded_at": "2026-01-01T00:00:00"}) == "campaign:night-like"
+
+
+def test_scarce_conditions_are_mined_without_anyone_naming_them(flywheel_home, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(flywheel_home / "dagster"))
+    (flywheel_home / "dagster").mkdir()
+    share = 0.2
+    obj = Ctx(None, {**SMALL, "engine.scarce_share": share, "engine.scarce_match_share": 0.05})
+    store, settings = obj.store(), obj.settings
+
+    def expected(version: int) -> set[str]:
+        rows = campaigns.originals(store, dataset.load_manifest(store, settings.dataset.name, version))
+        conds = rows.column("condition").to_pylist()
+        return {f"scarce-condition-{c}-v{version}" for c in set(conds) if conds.count(c) / len(conds) < share}
+
+    simulate(store, settings, clips=40, seed=1)
+    run_iteration(obj)  # v1 deployed; the deployed step mines for what is scarce in v1
+    first = expected(1)
+    assert first and "scarce-condition-day-v1" not in first  # the test means something: some, not all, are scarce
+    records = {c["name"]: c for c in campaigns.list_campaigns(store)}
+    assert set(records) == first and all(r["active"] and r["match_share"] == 0.05 for r in records.values())
+    rows = campaigns.originals(store, dataset.load_manifest(store, settings.dataset.name, 1))
+    cond = dict(zip(rows.column("frame_id").to_pylist(), rows.column("condition").to_pylist(), strict=True))
+    for r in records.values():  # each query holds frames of its own condition only
+        assert {cond[f] for f in r["frame_ids"]} == {r["slice"].removeprefix("condition=")}
+
+    simulate(store, settings, clips=30, seed=2, upload_filter=fleet_filter(store, settings))
+    run_iteration(obj)  # v2: every scarce condition's campaign is renewed with v2's frames, the v1 ones stop
+    second = expected(2)
+    records = {c["name"]: c for c in campaigns.list_campaigns(store)}
+    assert {n for n, r in records.items() if r["active"]} == second
+    assert set(records) == first | second and not any(records[n]["active"] for n in first)
+    with dg.DagsterInstance.get() as instance:  # each one a partition of the campaign asset, as in the UI
+        assert set(instance.get_dynamic_partitions("campaigns")) == first | second
+        mat = instance.get_latest_materialization_event(dg.AssetKey("deployed")).asset_materialization
+        assert mat.metadata["scarce-slice campaigns started"].value == ", ".join(sorted(second))
+
+    off = settings.model_copy(update={"engine": settings.engine.model_copy(update={"scarce_share": None})})
+    assert campaigns.mine_scarce(store, off) == {"started": [], "stopped": [], "shares": {}}
+    with pytest.raises(ValueError, match="not 'trigger'"):
+        campaigns.mine_scarce(store, settings, column="trigger")
