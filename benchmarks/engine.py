@@ -11,8 +11,8 @@ so the benchmark measures the pipeline a user runs. An arm is a set of the engin
   auto:     the deployed model labels the frames it is sure of; without it, people label everything
   campaign: a mining campaign for the rare slice (`flywheel campaign start --slice condition=fog`),
             started once the dataset holds a labeled frame of it: the fleet uploads clips like them
-  scarce:   the engine mines for every condition below 10 % of the labeled frames by itself
-            (`engine.scarce_share: 0.1`), its query renewed with each dataset version; nobody names fog
+  scarce:   the engine mines for the rarest condition while it is below 20 % of the labeled frames, by
+            itself (`engine.scarce_share: 0.2`), its query renewed with each dataset version; nobody names fog
 `engine` is shadow + select + auto, `engine_novelty` novelty + select + auto, `engine_typical` novelty +
 typical + auto, `mining` is campaign + select + auto, `engine_scarce` scarce + select + auto, `random` none (random
 uploads, random frames, nothing deployed); the ablation arms have one part each. An arm with any part deploys every model it trains (a gate that passes every challenger),
@@ -61,7 +61,7 @@ EVERY_MODEL_PROMOTED = {"floor": 0.0, "margin": -1.0, "min_slice_frames": 10**9,
 RARE = "fog"
 MIX = {"day": 0.70, "night": 0.13, "rain": 0.12, "fog": 0.05}
 PARTS = ("shadow", "novelty", "select", "typical", "auto", "campaign", "scarce")
-SCARCE_SHARE = 0.1  # the scarce part: mine for a condition below this share of the labeled frames
+SCARCE_SHARE = 0.2  # the scarce part: mine for the rarest condition while below this share of the labeled frames
 ARMS: dict[str, tuple[str, ...]] = {
     "random": (),
     "engine": ("shadow", "select", "auto"),

@@ -145,9 +145,9 @@ class EngineSettings(_Section):
     auto_min_precision: float | None = Field(None, ge=0, le=1)
     auto_min_support: int = Field(20, ge=1)
     label_budget: int = Field(64, ge=0)  # frames per fleet batch sent to humans
-    # Mining for scarce slices: after each deployment, a campaign (flywheel/engine/campaigns.py) for every
-    # condition below this share of the newest dataset version's labeled originals, renewed with each version's
-    # frames of it and stopped once the condition is no longer scarce; None: campaigns only when people start one.
+    # Mining for scarce slices: after each deployment, a campaign (flywheel/engine/campaigns.py) for the rarest
+    # condition while it is below this share of the newest dataset version's labeled originals, renewed with each
+    # version's frames of it; None: campaigns only when people start one.
     scarce_share: float | None = Field(None, gt=0, lt=1)
     scarce_match_share: float = Field(0.02, gt=0, lt=1)  # the share of ordinary frames a scarce-slice query matches
     strategy: Literal["uncertainty", "diversity", "balanced", "hybrid", "typical", "random"] = "hybrid"

@@ -141,11 +141,11 @@ SCARCE_PREFIX = "scarce-"
 
 
 def mine_scarce(store: Store, settings: Settings, *, column: str = "condition") -> dict:
-    """Campaigns for the scarce values of `column` (below `engine.scarce_share` of the newest dataset
-    version's original frames): each gets a campaign named `scarce-<column>-<value>-v<version>` whose
-    query is that version's frames of it, and the older campaign of the same slice stops; a slice no
-    longer scarce stops mining. Nothing happens with `engine.scarce_share` unset. Returns
-    `{"started": [names], "stopped": [names], "shares": {value: share}}`."""
+    """A campaign for the scarcest value of `column`, while it is below `engine.scarce_share` of the newest
+    dataset version's original (labeled) frames: named `scarce-<column>-<value>-v<version>`, its query that
+    version's frames of it; the older scarce-slice campaigns stop. One at a time: the fleet's uploads go to
+    the one slice the data lacks most, and once it is no longer scarce, to the next. Nothing happens with
+    `engine.scarce_share` unset. Returns `{"started": [names], "stopped": [names], "shares": {value: share}}`."""
     share = settings.engine.scarce_share
     out: dict = {"started": [], "stopped": [], "shares": {}}
     if share is None:
@@ -156,8 +156,9 @@ def mine_scarce(store: Store, settings: Settings, *, column: str = "condition") 
     counts = Counter(originals(store, manifest).column(column).to_pylist())
     total = sum(counts.values())
     out["shares"] = {v: round(n / total, 4) for v, n in sorted(counts.items())} if total else {}
-    scarce = {f"{column}={v}": f"{SCARCE_PREFIX}{column}-{v}-v{manifest['version']}"
-              for v, n in sorted(counts.items()) if n / total < share}  # fmt: skip
+    rarest = min(sorted(counts), key=counts.__getitem__) if total else None
+    scarce = ({f"{column}={rarest}": f"{SCARCE_PREFIX}{column}-{rarest}-v{manifest['version']}"}
+              if rarest is not None and counts[rarest] / total < share else {})  # fmt: skip
     for record in list_campaigns(store):
         mine = record["name"].startswith(SCARCE_PREFIX) and record["slice"].startswith(f"{column}=")
         if mine and record["active"] and scarce.get(record["slice"]) != record["name"]:
