@@ -209,8 +209,13 @@ def deployed(context: dg.AssetExecutionContext, config: ApprovalConfig, settings
         say(context, f"not deployed: {why}")
         return
     out = stages.deploy_challenger(st, s, tracker)
-    # the new champion embeds the queries: mining for scarce conditions starts (or renews) now
-    mined = campaigns.mine_scarce(st, s)
+    # the new champion embeds the queries: mining for scarce conditions starts (or renews) now; the model is
+    # deployed whatever happens here, so a mining error is reported, not raised
+    try:
+        mined = campaigns.mine_scarce(st, s)
+    except ValueError as e:
+        say(context, f"scarce-slice mining failed: {e}")
+        mined = {"started": [], "stopped": [], "shares": {}, "error": str(e)}
     if mined["started"]:
         context.instance.add_dynamic_partitions(mining_campaigns.name, mined["started"])
     if mined["started"] or mined["stopped"]:
@@ -223,7 +228,7 @@ def _scarce_metadata(s, mined: dict) -> dict:
     if s.engine.scarce_share is None:
         return {"scarce-slice mining": "off (engine.scarce_share unset)"}
     return {
-        "scarce-slice mining": f"conditions below {s.engine.scarce_share:.0%} of the labeled frames",
+        "scarce-slice mining": mined.get("error") or f"the rarest condition, while below {s.engine.scarce_share:.0%} of the labeled frames",
         "condition shares (labeled originals)": table_md([{"condition": c, "share": v} for c, v in mined["shares"].items()]),
         "scarce-slice campaigns started": ", ".join(mined["started"]) or "none",
         "scarce-slice campaigns stopped": ", ".join(mined["stopped"]) or "none",
