@@ -215,9 +215,11 @@ def deployed(context: dg.AssetExecutionContext, config: ApprovalConfig, settings
         mined = campaigns.mine_scarce(st, s)
     except ValueError as e:
         say(context, f"scarce-slice mining failed: {e}")
-        mined = {"started": [], "stopped": [], "shares": {}, "error": str(e)}
-    if mined["started"]:
-        context.instance.add_dynamic_partitions(mining_campaigns.name, mined["started"])
+        mined = {"started": [], "stopped": [], "active": [], "shares": {}, "error": str(e)}
+    # every running one a partition, also one a killed run had started before it could add it
+    missing = [n for n in mined.get("active", []) if not context.instance.has_dynamic_partition(mining_campaigns.name, n)]
+    if missing:
+        context.instance.add_dynamic_partitions(mining_campaigns.name, missing)
     if mined["started"] or mined["stopped"]:
         say(context, f"scarce-slice campaigns started: {mined['started'] or 'none'}; stopped: {mined['stopped'] or 'none'}")
     yield dg.MaterializeResult(metadata={**_deployed_metadata(out), **_scarce_metadata(s, mined)})

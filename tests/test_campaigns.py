@@ -134,7 +134,8 @@ def test_scarce_conditions_are_mined_without_anyone_naming_them(flywheel_home, m
     first = expected(1)
     assert len(first) == 1 and "scarce-condition-day-v1" not in first
     records = {c["name"]: c for c in campaigns.list_campaigns(store)}
-    assert set(records) == first and all(r["active"] and r["match_share"] == 0.05 for r in records.values())
+    assert set(records) == first and all(r["active"] and r["match_share"] == 0.05 and r["source"] == "scarce slice"
+                                         for r in records.values())  # fmt: skip
     rows = campaigns.originals(store, dataset.load_manifest(store, settings.dataset.name, 1))
     cond = dict(zip(rows.column("frame_id").to_pylist(), rows.column("condition").to_pylist(), strict=True))
     for r in records.values():  # each query holds frames of its own condition only
@@ -162,8 +163,12 @@ def test_scarce_conditions_are_mined_without_anyone_naming_them(flywheel_home, m
     assert {n for n, r in records.items() if r["active"]} == second
     assert set(records) == first | second and not any(records[n]["active"] for n in first)
     assert campaigns.mine_scarce(store, settings)["started"] == []  # once per version
+    # a campaign people started is theirs: the engine neither counts nor stops it
+    people = campaigns.create(store, settings, "scarce-by-hand", slice="condition=day")
+    assert people["source"] == "slice" and campaigns.mine_scarce(store, settings)["stopped"] == []
+    assert campaigns.load(store, "scarce-by-hand")["active"]
 
     off = settings.model_copy(update={"engine": settings.engine.model_copy(update={"scarce_share": None})})
-    assert campaigns.mine_scarce(store, off) == {"started": [], "stopped": [], "shares": {}}
+    assert campaigns.mine_scarce(store, off) == {"started": [], "stopped": [], "active": [], "shares": {}}
     with pytest.raises(ValueError, match="not 'trigger'"):
         campaigns.mine_scarce(store, settings, column="trigger")

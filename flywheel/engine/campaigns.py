@@ -78,10 +78,10 @@ def champion_evaluation(store: Store, settings: Settings) -> dict:
 
 def create(store: Store, settings: Settings, name: str, *, slice: str | None = None,
            frame_ids: list[str] | None = None, max_frames: int = 32, match_share: float = 0.05,
-           seed: int = 0) -> dict:  # fmt: skip
+           seed: int = 0, source_name: str | None = None) -> dict:  # fmt: skip
     """Start campaign `name` from a slice (`"condition=fog"`), named frames, or (neither) the champion's
     worst slice; writes its query and returns its record. Creating an existing campaign again returns
-    it unchanged."""
+    it unchanged. `source_name` names who started it in the record (default: how its frames were picked)."""
     layout.check_name(name, "campaign name")
     if store.exists(layout.campaign_key(name)):
         return load(store, name)
@@ -127,7 +127,7 @@ def create(store: Store, settings: Settings, name: str, *, slice: str | None = N
     store.write_bytes(layout.campaign_query_key(name), buf.getvalue())
     before = evaluation["challenger"]["per_slice"].get(slice_name, {})
     record = {
-        "name": name, "trigger": trigger_of(name), "source": source, "slice": slice_name,
+        "name": name, "trigger": trigger_of(name), "source": source_name or source, "slice": slice_name,
         "frame_ids": [fids[i] for i in query], "reference_frames": len(reference), "match_share": match_share,
         "dataset_version": manifest["version"], "created_at": datetime.now(UTC).isoformat(), "active": True,
         "before": {"model_version": evaluation["challenger_version"], "metric": settings.gate.metric,
@@ -138,6 +138,7 @@ def create(store: Store, settings: Settings, name: str, *, slice: str | None = N
 
 
 SCARCE_PREFIX = "scarce-"
+SCARCE_SOURCE = "scarce slice"  # the record's source of the campaigns the engine starts by itself
 
 
 def mine_scarce(store: Store, settings: Settings, *, column: str = "condition") -> dict:
@@ -145,9 +146,10 @@ def mine_scarce(store: Store, settings: Settings, *, column: str = "condition") 
     dataset version's original (labeled) frames: named `scarce-<column>-<value>-v<version>`, its query that
     version's frames of it; the older scarce-slice campaigns stop. One at a time: the fleet's uploads go to
     the one slice the data lacks most, and once it is no longer scarce, to the next. Nothing happens with
-    `engine.scarce_share` unset. Returns `{"started": [names], "stopped": [names], "shares": {value: share}}`."""
+    `engine.scarce_share` unset; campaigns people started are left alone. Returns `{"started": [names],
+    "stopped": [names], "active": [names], "shares": {value: share}}`."""
     share = settings.engine.scarce_share
-    out: dict = {"started": [], "stopped": [], "shares": {}}
+    out: dict = {"started": [], "stopped": [], "active": [], "shares": {}}
     if share is None:
         return out
     if column not in ("condition", "camera"):
@@ -160,14 +162,15 @@ def mine_scarce(store: Store, settings: Settings, *, column: str = "condition") 
     scarce = ({f"{column}={rarest}": f"{SCARCE_PREFIX}{column}-{rarest}-v{manifest['version']}"}
               if rarest is not None and counts[rarest] / total < share else {})  # fmt: skip
     for record in list_campaigns(store):
-        mine = record["name"].startswith(SCARCE_PREFIX) and record["slice"].startswith(f"{column}=")
+        mine = record["source"] == SCARCE_SOURCE and record["slice"].startswith(f"{column}=")  # not people's
         if mine and record["active"] and scarce.get(record["slice"]) != record["name"]:
             out["stopped"].append(stop(store, record["name"])["name"])
     for slice_name, name in scarce.items():
         if not store.exists(layout.campaign_key(name)):
             create(store, settings, name, slice=slice_name, match_share=settings.engine.scarce_match_share,
-                   seed=settings.engine.seed)  # fmt: skip
+                   seed=settings.engine.seed, source_name=SCARCE_SOURCE)  # fmt: skip
             out["started"].append(name)
+    out["active"] = list(scarce.values())
     return out
 
 
