@@ -282,6 +282,9 @@ def _overrides(ctx, param, values) -> dict:
 @click.option("--iterations", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--clips", type=click.IntRange(min=1), default=None,
               help="Clips uploaded per iteration.  [default: 48 on the road world, 96 on digits]")  # fmt: skip
+@click.option("--recorded", type=click.IntRange(min=1), default=None,
+              help="Clips the fleet records per iteration, the same in every arm; hard brakes and the shadow filter's "
+                   "picks share the --clips uploads.  [default: twice --clips]")  # fmt: skip
 @click.option("--label-budget", type=click.IntRange(min=1), default=None,
               help="Frames people label per iteration, in every arm.  [default: 100 on the road world, 200 on digits]")  # fmt: skip
 @click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True,
@@ -307,7 +310,7 @@ def _overrides(ctx, param, values) -> dict:
               help="Result file name (without extension); --quick adds _quick. Until NAME.json is written, the "
                    "flywheels finished so far are kept in NAME.partial.json.")  # fmt: skip
 @WORKDIR
-def engine(seeds: tuple[int, ...], iterations: int, clips: int | None, label_budget: int | None, steps: int, arms: tuple[str, ...],
+def engine(seeds: tuple[int, ...], iterations: int, clips: int | None, recorded: int | None, label_budget: int | None, steps: int, arms: tuple[str, ...],
            ablation: bool, quick: bool, world: str, overrides: dict, out: str, jobs: int, name: str,
            workdir: str | None):  # fmt: skip
     """The data engine (shadow mode + active selection + auto labels) vs random uploads and random
@@ -324,7 +327,8 @@ def engine(seeds: tuple[int, ...], iterations: int, clips: int | None, label_bud
     from benchmarks.engine import ABLATION_ARMS, MAIN_ARMS, QUICK, bench_engine, markdown
     from flywheel import plots
 
-    sizes = dict(seeds=seeds, iterations=iterations, clips_per_iteration=clips, label_budget=label_budget, steps=steps)
+    sizes = dict(seeds=seeds, iterations=iterations, clips_per_iteration=clips, recorded_per_iteration=recorded,
+                 label_budget=label_budget, steps=steps)  # fmt: skip
     if quick:
         sizes = dict(QUICK)
     if ablation:

@@ -1,7 +1,7 @@
 """Benchmark: does the data engine buy the rare slice with fewer human labels than random sampling?
 
 Flywheels from the same seeds, each in its own home (store + MLflow), with the same human-label
-budget and the same uploads per iteration, all driven through the production stage functions
+budget and the same recorded clips and upload budget per iteration, all driven through the production stage functions
 (flywheel/ingest/, flywheel/stages.py) and the simulated labeling team (flywheel/sim/annotator.py),
 so the benchmark measures the pipeline a user runs. An arm is a set of the engine's parts:
   shadow:   the deployed model picks the fleet's uploads (low_confidence triggers)
@@ -88,6 +88,10 @@ GOAL = 0.6
 QUICK = dict(seeds=(0,), iterations=2, clips_per_iteration=8, label_budget=32, steps=10, image_size=32,
              test_per_condition=8, render=(48, 36), split={"train": 0.5, "val": 0.1, "test": 0.4})  # fmt: skip
 SPLIT = {"train": 0.8, "val": 0.1, "test": 0.1}
+# The fleet records this many clips per clip it may upload, the same recordings in every arm (`sim.simulate(record=)`):
+# hard brakes and the shadow filter's picks share one upload budget, so an arm with a filter does not record more
+# clips, and with them upload more hard brakes, than the random arm (21-35 of 48 uploads against 9-18 before).
+RECORDED_PER_UPLOAD = 2
 # per world, unless given: the model input side, the renders' (width, height), the clips uploaded and the
 # frames people label per iteration (ten classes of digits need more labels than six road classes before the
 # random arm learns: at 100 a turn it was at chance until 300 labels), and the frames per clip of the test
@@ -175,8 +179,10 @@ def _ingest(store, settings: Settings) -> str:
 
 
 def run_arm(arm: str, workdir: Path, *, iterations: int, clips_per_iteration: int, seed: int, test: tuple,
-            progress=None, **settings_kw) -> list[dict]:  # fmt: skip
-    """One flywheel; per iteration: uploads, labels spent, train frames, accuracy overall and on fog."""
+            recorded_per_iteration: int | None = None, progress=None, **settings_kw) -> list[dict]:  # fmt: skip
+    """One flywheel; per iteration: uploads, labels spent, train frames, accuracy overall and on fog.
+    `recorded_per_iteration`: the fleet records that many clips and uploads `clips_per_iteration` of them;
+    None: it records until a filter has flagged enough (the simulator's own mode)."""
     parts = ARMS[arm]
     settings = bench_settings(workdir / f"{arm}-{seed}", parts=parts, seed=seed, **settings_kw)
     world = world_for(settings_kw.get("world", "road"))
@@ -187,7 +193,8 @@ def run_arm(arm: str, workdir: Path, *, iterations: int, clips_per_iteration: in
         t0 = time.perf_counter()
         recorded0 = sim.read_state(store)["recorded"]
         shadow = fleet_filter(store, settings) if {"shadow", "novelty", "campaign", "scarce"} & set(parts) else None
-        sim.simulate(store, settings, clips=clips_per_iteration, seed=seed, upload_filter=shadow, world=world)
+        sim.simulate(store, settings, clips=clips_per_iteration, seed=seed, upload_filter=shadow, world=world,
+                     record=recorded_per_iteration)  # fmt: skip
         batch_id = _ingest(store, settings)
         queued = stages.label_batch(store, settings, batch_id)["queued"]
         answered = answer_queue(store, classes=settings.classes, seed=seed)["answered"]
@@ -283,7 +290,8 @@ def label_ratio(engine: dict, random: dict) -> dict:
 
 
 def bench_engine(workdir: str | Path, *, arms: tuple[str, ...] = MAIN_ARMS, seeds: tuple[int, ...] = (0, 1, 2),
-                 iterations: int = 5, clips_per_iteration: int | None = None, label_budget: int | None = None, steps: int = 300,
+                 iterations: int = 5, clips_per_iteration: int | None = None, recorded_per_iteration: int | None = None,
+                 label_budget: int | None = None, steps: int = 300,
                  image_size: int | None = None, test_per_condition: int = 150, render: tuple[int, int] | None = None,
                  split: dict[str, float] = SPLIT, world: str = "road", overrides: dict | None = None, jobs: int = 1,
                  progress=None, on_done: Callable[[str, int, list[dict]], None] | None = None) -> dict:  # fmt: skip
@@ -299,6 +307,7 @@ def bench_engine(workdir: str | Path, *, arms: tuple[str, ...] = MAIN_ARMS, seed
         raise ValueError(f"unknown world {world!r}; known: {list(WORLD_SCALE)}")
     image_size = image_size or WORLD_SCALE[world]["image_size"]
     clips_per_iteration = clips_per_iteration or WORLD_SCALE[world]["clips_per_iteration"]
+    recorded_per_iteration = recorded_per_iteration or RECORDED_PER_UPLOAD * clips_per_iteration
     label_budget = label_budget or WORLD_SCALE[world]["label_budget"]
     render = tuple(render or WORLD_SCALE[world]["render"])
     workdir = Path(workdir)
@@ -309,7 +318,8 @@ def bench_engine(workdir: str | Path, *, arms: tuple[str, ...] = MAIN_ARMS, seed
                     per_clip=WORLD_SCALE[world]["test_per_clip"])  # fmt: skip
     runs: dict[str, list[list[dict]]] = {arm: [] for arm in arms}
     tasks = [(seed, arm) for seed in seeds for arm in arms]
-    kw = dict(iterations=iterations, clips_per_iteration=clips_per_iteration, test=test, **settings_kw)
+    kw = dict(iterations=iterations, clips_per_iteration=clips_per_iteration, recorded_per_iteration=recorded_per_iteration,
+              test=test, **settings_kw)  # fmt: skip
     if jobs > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -338,7 +348,8 @@ def bench_engine(workdir: str | Path, *, arms: tuple[str, ...] = MAIN_ARMS, seed
                       for i in range(len(seeds))] for arm in arms if arm != "random"}  # fmt: skip
     return {
         "config": {"world": world, "overrides": dict(overrides or {}), "arms": list(arms), "seeds": list(seeds), "iterations": iterations,
-                   "clips_per_iteration": clips_per_iteration, "label_budget": label_budget, "steps": steps,
+                   "clips_per_iteration": clips_per_iteration, "recorded_per_iteration": recorded_per_iteration,
+                   "label_budget": label_budget, "steps": steps,
                    "image_size": image_size, "render": list(render), "split": split, "test_per_condition": test_per_condition,
                    "mix": MIX, "rare": RARE, "torch_threads": 1 if jobs > 1 else torch.get_num_threads(), "jobs": jobs},
         "runs": runs, "curves": curves, "paired": pairs, "label_ratio": ratios, "label_ratio_per_seed": per_seed, "goal": GOAL,

@@ -33,6 +33,11 @@ def test_bench_engine_quick_runs_the_arms_through_the_pipeline_and_writes_curves
     assert engine[0]["triggers"].keys() <= {"random", "hard_brake"}  # no champion yet: no shadow mode
     assert engine[1]["triggers"].keys() <= {"random", "hard_brake", "low_confidence"}
     assert novelty[1]["triggers"].keys() <= {"random", "hard_brake", "novel"}
+    # one upload budget: every arm records the same clips and uploads the same hard brakes among them
+    assert out["config"]["recorded_per_iteration"] == 16
+    for it in (0, 1):
+        assert {r[it]["recorded"] for r in (random, engine, novelty)} == {16}
+        assert len({r[it]["triggers"].get("hard_brake", 0) for r in (random, engine, novelty)}) == 1
     # only the arms with shadow mode let the deployed model pick uploads
     assert "low_confidence" not in random[1]["triggers"] and "low_confidence" not in auto_only[1]["triggers"]
     c = out["curves"]["random"]["fog_accuracy"]

@@ -231,6 +231,36 @@ def test_upload_filter_decides_in_shadow_mode(tmp_path):
     )  # unflagged day clips were not all uploaded
 
 
+def test_a_fixed_upload_budget_records_the_same_clips_whatever_the_filter(tmp_path):
+    """record=: every fleet records the same clips and the same hard brakes, and uploads exactly `clips`
+    of them: hard brakes first, then the filter's picks beside a random share, then random ones."""
+    settings = small(conditions_start={"day": 0.5, "night": 0.5})
+
+    def at_night(frames, meta):
+        return "low_confidence" if meta["condition"] == "night" else None
+
+    def uploads(name, upload_filter):
+        store = open_store(str(tmp_path / name))
+        keys = sim.simulate(store, settings, clips=12, seed=2, record=40, upload_filter=upload_filter)
+        assert sim.read_state(store) == {"recorded": 40, "uploaded": 12}
+        return {k: read_clip(store.read_bytes(k), classes=settings.classes).meta for k in keys}
+
+    plain, shadow = uploads("plain", None), uploads("shadow", at_night)
+    assert len(plain) == len(shadow) == 12
+    brakes = {k for k, m in plain.items() if m.trigger == "hard_brake"}
+    assert brakes and brakes == {k for k, m in shadow.items() if m.trigger == "hard_brake"}
+    assert {m.trigger for m in plain.values()} == {"hard_brake", "random"}
+    triggers = Counter(m.trigger for m in shadow.values())
+    room = 12 - len(brakes)
+    # the random share of the room stays unflagged; the rest is the filter's
+    assert triggers["random"] == round(room * sim.EXTRAS.random_upload_share)
+    assert triggers["low_confidence"] == room - triggers["random"]
+    assert all(m.extra["condition"] == "night" for m in shadow.values() if m.trigger == "low_confidence")
+    assert all(m.extra["condition"] == "day" for m in shadow.values() if m.trigger == "random")
+    with pytest.raises(ValueError, match="record >= clips"):
+        sim.simulate(open_store(str(tmp_path / "bad")), settings, clips=5, record=4)
+
+
 def test_upload_filter_must_return_a_trigger_name(tmp_path):
     with pytest.raises(ValueError, match="trigger name"):
         sim.simulate(open_store(str(tmp_path)), small(), clips=2, upload_filter=lambda f, m: 1)
