@@ -12,23 +12,21 @@ from flywheel.cli import main
 
 
 def test_bench_engine_quick_runs_the_arms_through_the_pipeline_and_writes_curves_and_plot(tmp_path):
-    result = CliRunner().invoke(main, ["bench", "engine", "--quick", "--arms", "engine,auto_labels_only,random,engine_novelty",
+    result = CliRunner().invoke(main, ["bench", "engine", "--quick", "--arms", "engine,random,engine_novelty",
                                        "--out", str(tmp_path / "out"), "--workdir", str(tmp_path)])  # fmt: skip
     assert result.exit_code == 0, result.output
     out = json.loads((tmp_path / "out" / "engine_ab_quick.json").read_text())
     assert (tmp_path / "out" / "engine_ab_quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out["config"]["seeds"] == [0]
-    assert list(out["curves"]) == ["random", "engine", "auto_labels_only", "engine_novelty"]
+    assert list(out["curves"]) == ["random", "engine", "engine_novelty"]
     runs = out["runs"]
-    random, engine, auto_only = runs["random"][0], runs["engine"][0], runs["auto_labels_only"][0]
-    novelty = runs["engine_novelty"][0]
+    random, engine, novelty = runs["random"][0], runs["engine"][0], runs["engine_novelty"][0]
     # paired arms: before any model is deployed every arm uploads, labels and trains the same frames
     assert len({(r[0]["accuracy"], r[0]["fog_accuracy"], r[0]["train_frames"]) for r in (random, engine, novelty)}) == 1
     assert [r["human_labels_total"] for r in random] == [32, 64]  # the whole budget, every iteration
-    for rows in (engine, auto_only):  # at most the budget: frames the champion auto-labels are not queued
-        spent = [r["human_labels_total"] for r in rows]
-        assert spent[0] == 32 and 32 < spent[1] <= 64
-        assert all(0 <= r["accuracy"] <= 1 and 0 <= r["fog_accuracy"] <= 1 for r in rows)
+    spent = [r["human_labels_total"] for r in engine]  # at most the budget: frames the champion auto-labels are not queued
+    assert spent[0] == 32 and 32 < spent[1] <= 64
+    assert all(0 <= r["accuracy"] <= 1 and 0 <= r["fog_accuracy"] <= 1 for r in engine)
     assert all(r["auto_labels"] == 0 for r in random)  # the random arm labels by hand only
     assert engine[0]["triggers"].keys() <= {"random", "hard_brake"}  # no champion yet: no shadow mode
     assert engine[1]["triggers"].keys() <= {"random", "hard_brake", "low_confidence"}
@@ -38,12 +36,12 @@ def test_bench_engine_quick_runs_the_arms_through_the_pipeline_and_writes_curves
     for it in (0, 1):
         assert {r[it]["recorded"] for r in (random, engine, novelty)} == {16}
         assert len({r[it]["triggers"].get("hard_brake", 0) for r in (random, engine, novelty)}) == 1
-    # only the arms with shadow mode let the deployed model pick uploads
-    assert "low_confidence" not in random[1]["triggers"] and "low_confidence" not in auto_only[1]["triggers"]
+    # only shadow mode by confidence uploads low_confidence clips
+    assert "low_confidence" not in random[1]["triggers"] and "low_confidence" not in novelty[1]["triggers"]
     c = out["curves"]["random"]["fog_accuracy"]
     assert c["labels"] == [32, 64] and c["mean"] == c["min"] == c["max"] == [r["fog_accuracy"] for r in random]
     assert out["label_ratio"]["engine"]["target"] == random[-1]["fog_accuracy"]
-    assert set(out["label_ratio"]) == {"engine", "auto_labels_only", "engine_novelty"}
+    assert set(out["label_ratio"]) == {"engine", "engine_novelty"}
     step = out["paired"]["engine"]["fog_accuracy"][1]  # one seed: a difference, no interval
     assert step["mean"] == round(engine[1]["fog_accuracy"] - random[1]["fog_accuracy"], 4) and step["half"] == 0
     assert not step["below"] and not step["above"]

@@ -39,9 +39,11 @@ ENGINE = "engine: {enabled: true, label_budget: 8}\n"
 
 INGEST_POINTS = ["batch_committed", "clip_claimed", "quarantine_reason_written", "frames_staged", "accepted_written", "frames_written",
                  "labels_written", "augmented_written"]  # fmt: skip
-TRAIN_POINTS = ["dataset_shard_written", "dataset_manifest_written", "golden_written", "evaluation_written",
-                "onnx_written", "deploy_manifest_written", "current_moved", "champion_alias_moved"]  # fmt: skip
-SECOND_ITERATION = {"dataset_shard_written", "dataset_manifest_written", "current_moved", "champion_alias_moved"}
+# An iterate killed at each point of a chain in turn: each rerun recovers from the kill before it and is killed
+# at the next point, later in the iteration; the first chain on the first iteration, the second on top of a
+# deployed first iteration (the move from one dataset version and champion to the next).
+TRAIN_CHAINS = {"first": ["golden_written", "evaluation_written", "onnx_written", "deploy_manifest_written"],
+                "second": ["dataset_shard_written", "dataset_manifest_written", "current_moved", "champion_alias_moved"]}  # fmt: skip
 
 
 def killed_at(point: str, *args: str, home: Path, config: Path, timeout: float = 600, sig: str = "KILL"):
@@ -176,18 +178,19 @@ def test_kill_while_writing_the_human_queue_then_rerun(flywheel_home, template_h
     _rerun_twice(settings, uploaded, "ingest", "--min-clips", "1")
 
 
-@pytest.mark.parametrize("point", TRAIN_POINTS)
-def test_kill_during_training_and_deploy_then_rerun(point, flywheel_home, template_home, monkeypatch):
+@pytest.mark.parametrize("iteration", TRAIN_CHAINS)
+def test_kills_during_training_and_deploy_then_reruns(iteration, flywheel_home, template_home, monkeypatch):
     home, config, settings, uploaded = _setup(flywheel_home, template_home, monkeypatch, FORCED)
-    if point in SECOND_ITERATION:  # on top of a deployed first iteration: the move from one champion to the next
+    if iteration == "second":
         flywheel("iterate")
         from flywheel.sim import simulate
         from flywheel.store import store_for
 
         simulate(store_for(settings), settings, clips=6, seed=1)
         uploaded = {str(p.relative_to(home)) for p in (home / "landing").rglob("*.mcap")}
-    killed = killed_at(point, "iterate", home=home, config=config)
-    assert killed.returncode == -signal.SIGKILL, f"{point} was not reached: {killed.stdout}{killed.stderr}"
+    for point in TRAIN_CHAINS[iteration]:
+        killed = killed_at(point, "iterate", home=home, config=config)
+        assert killed.returncode == -signal.SIGKILL, f"{point} was not reached: {killed.stdout}{killed.stderr}"
     _rerun_twice(settings, uploaded, "iterate")
 
 
