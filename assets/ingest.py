@@ -48,6 +48,7 @@ def frames(
             "frames": summary["frames"],
             "clips": summary["clips"],
             "with_ground_truth": summary["with_ground_truth"],
+            "with_boxes": summary["with_boxes"],
             "bytes": dg.MetadataValue.int(summary["bytes"]),
             "uri": dg.MetadataValue.path(st.uri(summary["key"])),
             "per_condition": counts_md(summary["per_condition"]),

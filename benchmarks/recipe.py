@@ -100,7 +100,7 @@ def frames_table(frames: Frames, batch_id: str) -> pa.Table:
         "timestamp_ns": [i * 200_000_000 for i in index], "image": frames.images,
         "format": [frames.format] * n, "height": [frames.height] * n, "width": [frames.width] * n,
         "ground_truth": [frames.classes[k] for k in frames.labels], "batch_id": [batch_id] * n,
-        "clip_key": [""] * n,
+        "clip_key": [""] * n, "boxes": [None] * n,
     }  # fmt: skip
     return pa.table(columns, schema=FRAMES)
 

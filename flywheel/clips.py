@@ -13,9 +13,11 @@ import base64
 import functools
 import io
 import json
+import math
 import re
 import struct
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -35,6 +37,15 @@ FOXGLOVE_IMAGE = "foxglove.CompressedImage"
 ROS2_IMAGE = "sensor_msgs/msg/CompressedImage"
 GROUND_TRUTH = "flywheel.GroundTruth"
 GROUND_TRUTH_TOPIC = "/ground_truth"
+# Boxes (the detection task): one channel per camera, `/ground_truth/boxes/<camera>`, a message per annotated
+# frame matched to that camera's frame by log_time; flywheel's own JSON schema, or Foxglove ImageAnnotations.
+BOXES_PREFIX = "/ground_truth/boxes/"
+GROUND_TRUTH_BOXES = "flywheel.GroundTruthBoxes"
+FOXGLOVE_ANNOTATIONS = "foxglove.ImageAnnotations"
+BOX_SCHEMAS = {(GROUND_TRUTH_BOXES, "json"), (FOXGLOVE_ANNOTATIONS, "json"), (FOXGLOVE_ANNOTATIONS, "protobuf")}
+BOX_ENCODINGS = ("json", "foxglove", "foxglove-json")  # write_clip: flywheel JSON, ImageAnnotations protobuf or JSON
+MAX_BOXES = 1000  # per frame: more is a bad clip, not a memory bill
+LINE_LOOP = 2  # foxglove.PointsAnnotation.Type: a box is a closed loop of its four corners
 CAMERA_PREFIX = "/camera/"
 FORMATS = {"jpeg": "JPEG", "jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 ACCEPTED = {(FOXGLOVE_IMAGE, "json"), (FOXGLOVE_IMAGE, "protobuf"), (ROS2_IMAGE, "cdr")}
@@ -70,6 +81,18 @@ class ClipMeta:
 
 
 @dataclass(frozen=True)
+class Box:
+    """One object in a frame: its class and its box in pixels of that frame (x, y: the top-left corner)."""
+
+    label: str
+    x: float
+    y: float
+    w: float
+    h: float
+    track_id: str | None = None  # the same object across a clip's frames, where the producer knows it
+
+
+@dataclass(frozen=True)
 class Frame:
     camera: str
     index: int  # position in its camera's stream, by log_time
@@ -79,6 +102,7 @@ class Frame:
     height: int
     width: int
     ground_truth: str | None = None  # class name from /ground_truth, if any
+    boxes: tuple[Box, ...] | None = None  # from /ground_truth/boxes/<camera>; None: not annotated, (): nothing there
 
 
 @dataclass(frozen=True)
@@ -138,6 +162,7 @@ def _read_clip(data: bytes, *, classes: list[str], max_pixels: int, max_chunk_by
     meta_record: dict[str, str] | None = None
     images: dict[str, list[tuple[int, str, bytes, int, int]]] = defaultdict(list)
     truth: dict[int, str] = {}
+    boxes: dict[tuple[str, int], tuple[Box, ...]] = {}  # (camera, log_time) -> the frame's boxes
     try:
         for record in records(data, max_chunk_bytes, budget):
             if type(record) is Message:  # most records: the hot path, one dict lookup per message
@@ -150,6 +175,11 @@ def _read_clip(data: bytes, *, classes: list[str], max_pixels: int, max_chunk_by
                     fmt = _format(fmt, where=f"{camera} at {record.log_time}")
                     img, h, w = _check_image(img, fmt, max_pixels, decode_check, where=f"{camera} at {record.log_time}")
                     images[camera].append((record.log_time, fmt, img, h, w))  # checked as it arrives
+                elif type(decode) is _BoxChannel:
+                    where = (decode.camera, record.log_time)
+                    if where in boxes:
+                        raise ClipError("bad_boxes", f"two box messages on {BOXES_PREFIX}{decode.camera} at {record.log_time}")
+                    boxes[where] = decode.read(record.data, classes)
                 elif decode is not None:
                     truth[record.log_time] = decode(record.data, classes)
             elif type(record) is Schema:
@@ -169,10 +199,32 @@ def _read_clip(data: bytes, *, classes: list[str], max_pixels: int, max_chunk_by
     frames = []
     for camera in sorted(images):
         for index, (log_time, fmt, img, h, w) in enumerate(sorted(images[camera], key=lambda m: m[0])):
+            objects = boxes.pop((camera, log_time), None)
+            if objects is not None:
+                _check_boxes(objects, w, h, where=f"{camera} at {log_time}")
             if resize is not None and max(h, w) > resize:
-                img, h, w = _resize(img, fmt, resize)
-            frames.append(Frame(camera, index, log_time, img, fmt, h, w, truth.get(log_time)))
+                img, h2, w2 = _resize(img, fmt, resize)
+                objects = None if objects is None else tuple(_scaled(b, w2 / w, h2 / h) for b in objects)
+                h, w = h2, w2
+            frames.append(Frame(camera, index, log_time, img, fmt, h, w, truth.get(log_time), objects))
+    if boxes:  # boxes for a frame the clip does not have
+        camera, log_time = min(boxes)
+        raise ClipError("bad_boxes", f"boxes on {BOXES_PREFIX}{camera} at {log_time} match no frame of camera "
+                                     f"{camera!r} (matched by log_time)")  # fmt: skip
     return Clip(meta, frames)
+
+
+def _check_boxes(objects: tuple[Box, ...], width: int, height: int, where: str) -> None:
+    """Every box lies inside its frame (to a thousandth of a pixel) with a positive width and height."""
+    for b in objects:
+        inside = b.x >= -1e-3 and b.y >= -1e-3 and b.x + b.w <= width + 1e-3 and b.y + b.h <= height + 1e-3
+        if not inside:
+            raise ClipError("bad_boxes", f"frame {where}: the {b.label} box x={b.x:g} y={b.y:g} w={b.w:g} h={b.h:g} "
+                                         f"is not inside the {width}x{height} frame")  # fmt: skip
+
+
+def _scaled(b: Box, sx: float, sy: float) -> Box:
+    return Box(b.label, b.x * sx, b.y * sy, b.w * sx, b.h * sy, b.track_id)
 
 
 def _clip_meta(record: dict[str, str] | None) -> ClipMeta:
@@ -206,7 +258,89 @@ def _route(channel_id: int, channels: dict[int, Channel], schemas: dict[int, Sch
         return camera, _image_decoder(ch, schemas.get(ch.schema_id))
     if ch.topic == GROUND_TRUTH_TOPIC:
         return None, _ground_truth_label
+    if ch.topic.startswith(BOXES_PREFIX):
+        camera = ch.topic[len(BOXES_PREFIX) :]
+        if not CAMERA_NAME.fullmatch(camera):
+            raise ClipError("bad_boxes", f"box topic {ch.topic!r} does not end in a camera's name")
+        schema = schemas.get(ch.schema_id)
+        key = (schema.name if schema else "", ch.message_encoding)
+        if key not in BOX_SCHEMAS:
+            raise ClipError("unsupported_schema", f"box channel {ch.topic} has schema {key[0]!r} with encoding "
+                                                  f"{key[1]!r}; accepted: {sorted(BOX_SCHEMAS)}")  # fmt: skip
+        parse = _box_parser(key[0], key[1], schema.encoding, bytes(schema.data))
+        return None, _BoxChannel(camera, parse)
     return None, None
+
+
+@dataclass(frozen=True)
+class _BoxChannel:
+    """A camera's box channel: `read(message bytes, classes)` -> that frame's boxes, validated."""
+
+    camera: str
+    parse: object  # message bytes -> [(label, x, y, w, h, track_id)]
+
+    def read(self, raw: bytes, classes: list[str]) -> tuple[Box, ...]:
+        try:
+            objects = self.parse(raw)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ClipError("bad_boxes", f"a box message on {BOXES_PREFIX}{self.camera} is not valid: {e}") from e
+        if len(objects) > MAX_BOXES:
+            raise ClipError("bad_boxes", f"{len(objects)} boxes in one frame on {BOXES_PREFIX}{self.camera}, over {MAX_BOXES}")
+        out = []
+        for label, *numbers, track in objects:
+            if label not in classes:
+                raise ClipError("unknown_label", f"box label {label!r} on {BOXES_PREFIX}{self.camera} is not one of {classes}")
+            if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
+                raise ClipError("bad_boxes", f"a {label} box on {BOXES_PREFIX}{self.camera} has x, y, w, h {numbers}: "
+                                             "they must be finite numbers")  # fmt: skip
+            x, y, w, h = (float(v) for v in numbers)
+            if w <= 0 or h <= 0:
+                raise ClipError("bad_boxes", f"a {label} box on {BOXES_PREFIX}{self.camera} has w={w:g}, h={h:g}: both must be > 0")
+            out.append(Box(label, x, y, w, h, None if track in (None, "") else str(track)))
+        return tuple(out)
+
+
+@functools.lru_cache(maxsize=16)
+def _box_parser(name: str, message_encoding: str, schema_encoding: str, schema_data: bytes):
+    """Message bytes -> [(label, x, y, w, h, track_id)] for one box schema (DESIGN.md §1)."""
+    if name == GROUND_TRUTH_BOXES:
+
+        def flywheel_json(raw: bytes) -> list[tuple]:
+            return [(o["label"], o["x"], o["y"], o["w"], o["h"], o.get("track_id")) for o in json.loads(raw)["objects"]]
+
+        return flywheel_json
+    if message_encoding == "json":
+        return lambda raw: _annotation_boxes(json.loads(raw))
+    from mcap.records import Schema
+    from mcap_protobuf.decoder import DecoderFactory as ProtobufDecoders
+
+    pb = ProtobufDecoders().decoder_for("protobuf", Schema(id=0, name=name, encoding=schema_encoding, data=schema_data))
+
+    def foxglove_protobuf(raw: bytes) -> list[tuple]:
+        m = pb(raw)
+        points = [{"type": p.type, "points": [{"x": q.x, "y": q.y} for q in p.points]} for p in m.points]
+        return _annotation_boxes({"points": points, "texts": [{"text": t.text} for t in m.texts]})
+
+    return foxglove_protobuf
+
+
+def _annotation_boxes(msg: Mapping) -> list[tuple]:
+    """Foxglove ImageAnnotations as boxes: each LINE_LOOP points annotation of four axis-aligned corners is
+    a box, named by the text annotation of the same rank (`<class>` or `<class>#<track_id>`); other
+    annotations are drawing, not boxes."""
+    loops = [p for p in msg.get("points", []) if p.get("type") in (LINE_LOOP, "LINE_LOOP")]
+    texts = [t["text"] for t in msg.get("texts", [])]
+    if len(texts) != len(loops):
+        raise ValueError(f"{len(loops)} LINE_LOOP boxes but {len(texts)} texts to name them (one each, in order)")
+    out = []
+    for loop, text in zip(loops, texts, strict=True):
+        corners = [(q["x"], q["y"]) for q in loop["points"]]
+        xs, ys = [c[0] for c in corners], [c[1] for c in corners]
+        if len(corners) != 4 or set(corners) != {(x, y) for x in (min(xs), max(xs)) for y in (min(ys), max(ys))}:
+            raise ValueError(f"the {text!r} box is not four axis-aligned corners: {corners}")
+        label, _, track = str(text).partition("#")
+        out.append((label, min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys), track or None))
+    return out
 
 
 def _image_decoder(channel: Channel, schema: Schema | None):
@@ -312,12 +446,19 @@ def write_clip(
     ground_truth: list[tuple[int, str]] = (),
     *,
     encoding: str = "protobuf",
+    boxes: Sequence[tuple[str, int, Sequence[Mapping]]] = (),
+    box_encoding: str = "json",
 ) -> bytes:
     """Encode one clip as MCAP bytes.
 
     `frames`: (camera, log_time_ns, format, image bytes); `ground_truth`: (log_time_ns, label);
     `encoding`: `json` or `protobuf` (foxglove.CompressedImage) or `cdr` (ROS 2).
+    `boxes`: (camera, log_time_ns, objects) per annotated frame, each object a mapping with `label`,
+    `x`, `y`, `w`, `h` (pixels, x/y the top-left corner) and optionally `track_id`; `box_encoding`:
+    `json` (flywheel.GroundTruthBoxes), `foxglove` or `foxglove-json` (foxglove.ImageAnnotations).
     """
+    if box_encoding not in BOX_ENCODINGS:
+        raise ValueError(f"unknown box encoding {box_encoding!r}: use one of {BOX_ENCODINGS}")
     # imported here: reading clips (all a worker process does) needs no writer
     from mcap.writer import CompressionType, Writer
 
@@ -343,9 +484,56 @@ def write_clip(
             sec, nsec = divmod(log_time, 1_000_000_000)
             body = json.dumps({"timestamp": {"sec": sec, "nsec": nsec}, "label": label}).encode()
             writer.add_message(gt, log_time=log_time, publish_time=log_time, data=body)
+    if boxes:
+        _write_boxes(writer, boxes, box_encoding)
     writer.add_metadata("clip", {k: str(v) for k, v in meta.items()})
     writer.finish()
     return out.getvalue()
+
+
+def _write_boxes(writer, boxes: Sequence[tuple[str, int, Sequence[Mapping]]], box_encoding: str) -> None:
+    """One box channel per camera, one message per annotated frame (`write_clip`'s `boxes`)."""
+    if box_encoding == "foxglove":
+        from foxglove_schemas_protobuf.ImageAnnotations_pb2 import ImageAnnotations
+        from google.protobuf.json_format import ParseDict
+        from mcap_protobuf.schema import build_file_descriptor_set
+
+        schema_id = writer.register_schema(FOXGLOVE_ANNOTATIONS, "protobuf",
+                                           build_file_descriptor_set(ImageAnnotations).SerializeToString())  # fmt: skip
+        encoding = "protobuf"
+
+        def body(log_time, objects):
+            return ParseDict(_annotations(objects), ImageAnnotations()).SerializeToString()
+    else:
+        name = GROUND_TRUTH_BOXES if box_encoding == "json" else FOXGLOVE_ANNOTATIONS
+        schema_id = writer.register_schema(name, "jsonschema", json.dumps({"title": name, "type": "object"}).encode())
+        encoding = "json"
+
+        def body(log_time, objects):
+            sec, nsec = divmod(log_time, 1_000_000_000)
+            if box_encoding == "foxglove-json":
+                return json.dumps(_annotations(objects) | {"timestamp": {"sec": sec, "nsec": nsec}}).encode()
+            fields = ("label", "x", "y", "w", "h", "track_id")
+            rows = [{k: o[k] for k in fields if o.get(k) is not None} for o in objects]
+            return json.dumps({"timestamp": {"sec": sec, "nsec": nsec}, "objects": rows}).encode()
+
+    channels: dict[str, int] = {}
+    for camera, log_time, objects in boxes:
+        if camera not in channels:
+            channels[camera] = writer.register_channel(BOXES_PREFIX + camera, encoding, schema_id)
+        writer.add_message(channels[camera], log_time=log_time, publish_time=log_time, data=body(log_time, objects))
+
+
+def _annotations(objects: Sequence[Mapping]) -> dict:
+    """Boxes as Foxglove ImageAnnotations (the dict form): a LINE_LOOP of four corners and a text per box."""
+    points, texts = [], []
+    for o in objects:
+        x0, y0, x1, y1 = o["x"], o["y"], o["x"] + o["w"], o["y"] + o["h"]
+        corners = [{"x": x, "y": y} for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))]
+        points.append({"type": LINE_LOOP, "points": corners, "thickness": 1})
+        track = o.get("track_id")
+        texts.append({"position": {"x": x0, "y": y0}, "text": o["label"] + (f"#{track}" if track not in (None, "") else "")})
+    return {"points": points, "texts": texts}
 
 
 def _image_encoder(writer, encoding: str):  # writer: mcap.writer.Writer

@@ -31,6 +31,7 @@ REASONS = (
     "image_too_large",
     "unknown_label",
     "bad_ground_truth",
+    "bad_boxes",
     "too_large",
     "bad_camera",
     "undecodable_message",

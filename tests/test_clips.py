@@ -109,7 +109,31 @@ BAD = {
     "undecodable_message-nested": lambda: _one_message_clip(
         "foxglove.CompressedImage", "/camera/front", b"[" * 100_000 + b"]" * 100_000),
     "undecodable_message-protobuf": lambda: _garbled_protobuf(),
+    # boxes (the detection task): each names the frame and the box
+    "bad_boxes-outside": lambda: _boxed([{"label": "vehicle", "x": 40, "y": 2, "w": 10, "h": 5}]),  # 48 px wide
+    "bad_boxes-negative": lambda: _boxed([{"label": "vehicle", "x": -2, "y": 2, "w": 10, "h": 5}]),
+    "bad_boxes-empty": lambda: _boxed([{"label": "vehicle", "x": 2, "y": 2, "w": 0, "h": 5}]),
+    "bad_boxes-nan": lambda: _boxed([{"label": "vehicle", "x": float("nan"), "y": 2, "w": 3, "h": 5}]),
+    "bad_boxes-string": lambda: _boxed([{"label": "vehicle", "x": "2", "y": 2, "w": 3, "h": 5}]),
+    "bad_boxes-no-frame": lambda: _boxed([], log_time=999),
+    "bad_boxes-no-camera": lambda: _boxed([], camera="rear"),
+    "bad_boxes-not-json": lambda: _one_message_clip("flywheel.GroundTruthBoxes", "/ground_truth/boxes/front", b"[1]"),
+    "bad_boxes-unnamed": lambda: _one_message_clip("foxglove.ImageAnnotations", "/ground_truth/boxes/front",
+                                                   b'{"points": [{"type": 2, "points": [{"x": 0, "y": 0}]}]}'),
+    "bad_boxes-not-a-box": lambda: _one_message_clip(
+        "foxglove.ImageAnnotations", "/ground_truth/boxes/front",
+        b'{"points": [{"type": 2, "points": [{"x": 0, "y": 0}, {"x": 3, "y": 1}, {"x": 3, "y": 4}, {"x": 0, "y": 4}]}],'
+        b' "texts": [{"text": "vehicle"}]}'),
+    "bad_boxes-too-many": lambda: _boxed([{"label": "vehicle", "x": 1, "y": 1, "w": 1, "h": 1}] * 1001),
+    "unknown_label-box": lambda: _boxed([{"label": "unicorn", "x": 2, "y": 2, "w": 3, "h": 5}]),
+    "unsupported_schema-boxes": lambda: _one_message_clip("foxglove.SceneUpdate", "/ground_truth/boxes/front", b"{}"),
 }  # fmt: skip
+
+
+def _boxed(objects: list[dict], *, log_time: int = 0, camera: str = "front", encoding: str = "json") -> bytes:
+    """A two-frame clip (48x36 frames at log times 0 and 1) with `objects` as the boxes of `camera` at `log_time`."""
+    frames = [("front", t, "jpeg", jpeg(h=36, w=48)) for t in (0, 1)]
+    return write_clip({"clip_id": "boxed"}, frames, boxes=[(camera, log_time, objects)], box_encoding=encoding)
 
 # Reasons the batch's validation gives before any parsing (tests/ingest/test_ingest.py): not read_clip's.
 INGEST_ONLY = {"changed_since_planned", "duplicate_clip_id"}
@@ -309,3 +333,24 @@ def test_top_level_records_that_do_not_add_up_are_truncated(records, detail):
     with pytest.raises(ClipError, match=detail) as e:
         read_clip(_MAGIC + records + _MAGIC, classes=CLASSES)
     assert e.value.reason == "truncated"
+
+
+@pytest.mark.parametrize("encoding", ["json", "foxglove", "foxglove-json"])
+def test_boxes_read_back_in_every_encoding_and_follow_a_resize(encoding):
+    """Boxes per frame by log_time: a frame without a box message has none (None), an empty message means
+    nothing there (()); a resized frame's boxes are scaled with it."""
+    objects = [{"label": "vehicle", "x": 1.5, "y": 2, "w": 10, "h": 5, "track_id": "7"},
+               {"label": "pedestrian", "x": 30, "y": 10, "w": 18, "h": 26}]  # fmt: skip
+    frames = [("front", t, "jpeg", jpeg(h=36, w=48)) for t in (0, 1, 2)]
+    data = write_clip({"clip_id": "boxed"}, frames, boxes=[("front", 0, objects), ("front", 1, [])], box_encoding=encoding)
+    got = [f.boxes for f in read_clip(data, classes=CLASSES).frames]
+    assert got[1:] == [(), None]
+    assert [vars(b) for b in got[0]] == [{**objects[0]}, {**objects[1], "x": 30.0, "y": 10.0, "track_id": None}]
+    half = read_clip(data, classes=CLASSES, resize=24).frames[0]
+    assert (half.width, half.height) == (24, 18)
+    assert [(b.x, b.y, b.w, b.h) for b in half.boxes] == [(0.75, 1.0, 5.0, 2.5), (15.0, 5.0, 9.0, 13.0)]
+
+
+def test_write_clip_refuses_an_unknown_box_encoding():
+    with pytest.raises(ValueError, match="box encoding 'xml'"):
+        write_clip({"clip_id": "c"}, [("front", 0, "jpeg", jpeg())], boxes=[("front", 0, [])], box_encoding="xml")

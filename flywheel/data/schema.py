@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+# One frame's objects (the detection task): class name and box in pixels of the frame, x/y its top-left corner.
+BOXES = pa.list_(pa.struct([("label", pa.string()), ("x", pa.float32()), ("y", pa.float32()), ("w", pa.float32()),
+                            ("h", pa.float32()), ("track_id", pa.string())]))  # fmt: skip
+
 # frames/batch=<id>/*.parquet: one row per camera frame of an accepted clip.
 FRAMES = pa.schema([
     ("frame_id", pa.string()),  # <clip_id>/<camera>/<index>
@@ -21,6 +25,7 @@ FRAMES = pa.schema([
     ("ground_truth", pa.string()),  # class name from /ground_truth, null if none
     ("batch_id", pa.string()),
     ("clip_key", pa.string()),  # landing key the clip came from
+    ("boxes", BOXES),  # objects from /ground_truth/boxes/<camera>, null where the frame has no box message
 ])  # fmt: skip
 
 # labels/batch=<id>/*.parquet: the chosen label of each labeled frame.

@@ -83,6 +83,7 @@ def summarize_frames(table: pa.Table) -> dict:
         "frames": table.num_rows,
         "clips": len(set(table.column("clip_id").to_pylist())),
         "with_ground_truth": table.num_rows - table.column("ground_truth").null_count,
+        "with_boxes": table.num_rows - table.column("boxes").null_count,
         "per_camera": counts("camera"),
         "per_condition": counts("condition"),
         "per_trigger": counts("trigger"),

@@ -139,6 +139,7 @@ def frames_of(parsed: list, clips: list[dict], batch_id: str) -> pa.Table:
             "ground_truth",
         ):
             cols[name] += [getattr(f, name) for f in fs]
+        cols["boxes"] += [None if f.boxes is None else [vars(b) for b in f.boxes] for f in fs]
     return pa.table(cols, schema=schema.FRAMES)
 
 

@@ -553,3 +553,61 @@ def test_a_clip_id_reused_by_a_later_upload_is_quarantined(store):
     assert summary["clips"] == 1 and summary["frames"] == 3  # none of the reused id's frames
     # a retried validation of the first batch does not count its own ids against itself
     assert len(ingest.validate_batch(store, first.batch_id, settings)["accepted"]) == 2
+
+
+def _outside_clip(clip_id: str, boxes: list[tuple[float, float, float, float, str]]) -> bytes:
+    """A clip as a fleet's own logger writes it, with the public libraries only (no flywheel code):
+    two 48x48 protobuf camera frames, a ground-truth label per frame, and Foxglove ImageAnnotations
+    boxes on the first frame, a LINE_LOOP and a text (`<class>` or `<class>#<track>`) per object."""
+    from foxglove_schemas_protobuf.CompressedImage_pb2 import CompressedImage
+    from foxglove_schemas_protobuf.ImageAnnotations_pb2 import ImageAnnotations
+    from foxglove_schemas_protobuf.PointsAnnotation_pb2 import PointsAnnotation
+    from mcap.writer import Writer
+    from mcap_protobuf.schema import build_file_descriptor_set
+
+    out = io.BytesIO()
+    w = Writer(out)
+    w.start()
+
+    def channel(topic, encoding, name, schema_encoding, schema):
+        return w.register_channel(topic, encoding, w.register_schema(name, schema_encoding, schema))
+
+    camera = channel("/camera/front", "protobuf", "foxglove.CompressedImage", "protobuf",
+                     build_file_descriptor_set(CompressedImage).SerializeToString())  # fmt: skip
+    shapes = channel("/ground_truth/boxes/front", "protobuf", "foxglove.ImageAnnotations", "protobuf",
+                     build_file_descriptor_set(ImageAnnotations).SerializeToString())  # fmt: skip
+    truth = channel("/ground_truth", "json", "flywheel.GroundTruth", "jsonschema", b"{}")
+    for t in (1_000, 2_000):
+        image = CompressedImage(frame_id="front", format="jpeg", data=jpeg(t, h=48, w=48))
+        w.add_message(camera, log_time=t, publish_time=t, data=image.SerializeToString())
+        w.add_message(truth, log_time=t, publish_time=t, data=json.dumps({"label": "vehicle"}).encode())
+    annotations = ImageAnnotations()
+    for x, y, bw, bh, text in boxes:
+        loop = annotations.points.add(type=PointsAnnotation.LINE_LOOP)
+        for px, py in ((x, y), (x + bw, y), (x + bw, y + bh), (x, y + bh)):
+            loop.points.add(x=px, y=py)
+        annotations.texts.add(text=text)
+    w.add_message(shapes, log_time=1_000, publish_time=1_000, data=annotations.SerializeToString())
+    w.add_metadata("clip", {"clip_id": clip_id, "vehicle_id": "veh-1"})
+    w.finish()
+    return out.getvalue()
+
+
+def test_clips_with_boxes_from_an_outside_writer_ingest_and_a_bad_box_is_quarantined(store):
+    settings = load_settings()
+    store.write_bytes(DAY + "boxed.mcap", _outside_clip("boxed", [(4, 6, 20, 12.5, "vehicle#3"), (30, 2, 8, 30, "pedestrian")]))
+    store.write_bytes(DAY + "off.mcap", _outside_clip("off", [(40, 6, 20, 12, "vehicle")]))  # 48 px wide: beyond its edge
+    plan = ingest.plan_batch(store, min_clips=2, max_clips=10)
+    ingest.commit_batch(store, plan)
+    report = ingest.validate_batch(store, plan.batch_id, settings)
+    [bad] = report["quarantined"]
+    assert bad["reason"] == "bad_boxes" and "is not inside the 48x48 frame" in bad["detail"]
+    assert store.exists("quarantine/veh-1/2026-11-01/off.mcap")
+    summary = ingest.write_frames(store, plan.batch_id, settings)
+    assert summary["frames"] == 2 and summary["with_boxes"] == 1 and summary["with_ground_truth"] == 2
+    table = store.read_parquet(layout.frames_key(plan.batch_id), columns=["frame_id", "boxes"])
+    assert table.column("boxes").to_pylist() == [
+        [{"label": "vehicle", "x": 4.0, "y": 6.0, "w": 20.0, "h": 12.5, "track_id": "3"},
+         {"label": "pedestrian", "x": 30.0, "y": 2.0, "w": 8.0, "h": 30.0, "track_id": None}],
+        None,  # the second frame has no box message: not annotated
+    ]  # fmt: skip
