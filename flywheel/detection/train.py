@@ -1,0 +1,79 @@
+"""Training and scoring of the CenterNet detector (flywheel/detection/model.py) on frames with boxes.
+
+Frames come as uint8 arrays (N, 3, S, S) already at the model's input side, boxes per frame as
+[(class index, x, y, w, h)] in those pixels (`to_input` scales a frame's boxes with its resize).
+Augmentation: a horizontal flip, the boxes flipped with it. AdamW with a one-cycle schedule, a
+fixed number of steps; deterministic for a seed on CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from flywheel.detection.metrics import coco_map
+from flywheel.detection.model import CenterNet, DetectorConfig, collate, decode, encode, loss
+
+
+def to_input(boxes: Sequence[tuple], width: int, height: int, side: int) -> list[tuple]:
+    """A frame's boxes [(class, x, y, w, h)] in pixels of a width x height frame, in pixels of its resize to side x side."""
+    sx, sy = side / width, side / height
+    return [(c, x * sx, y * sy, w * sx, h * sy) for c, x, y, w, h in boxes]
+
+
+def _flipped(boxes: Sequence[tuple], side: int) -> list[tuple]:
+    return [(c, side - x - w, y, w, h) for c, x, y, w, h in boxes]
+
+
+def train_detector(images: np.ndarray, boxes: Sequence[Sequence[tuple]], cfg: DetectorConfig, *, steps: int = 600,
+                   batch_size: int = 32, lr: float = 3e-3, weight_decay: float = 1e-4, seed: int = 0,
+                   progress=None) -> tuple[CenterNet, list[float]]:  # fmt: skip
+    """A detector trained for `steps` steps on `images` (N, 3, S, S) uint8 with their `boxes`; the model (in
+    eval mode) and the loss of every step. `progress(step, loss)` is called every 50 steps."""
+    if images.ndim != 4 or images.shape[1:] != (3, cfg.image_size, cfg.image_size):
+        raise ValueError(f"images must be (N, 3, {cfg.image_size}, {cfg.image_size}), got {images.shape}")
+    if len(images) != len(boxes) or not len(images):
+        raise ValueError(f"{len(images)} images and {len(boxes)} box lists: need as many, at least one")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = CenterNet(cfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
+    plain = [encode(b, cfg) for b in boxes]
+    flipped = [encode(_flipped(b, cfg.image_size), cfg) for b in boxes]
+    x_all = torch.from_numpy(np.ascontiguousarray(images))
+    losses = []
+    for step in range(steps):
+        idx = rng.choice(len(images), size=min(batch_size, len(images)), replace=False)
+        flip = rng.random(len(idx)) < 0.5
+        x = x_all[idx]
+        x = torch.where(torch.from_numpy(flip).view(-1, 1, 1, 1), x.flip(-1), x)
+        targets = collate([flipped[i] if f else plain[i] for i, f in zip(idx, flip, strict=True)])
+        total, _ = loss(model(x), targets)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        opt.step()
+        sched.step()
+        losses.append(float(total.detach()))
+        if progress is not None and (step + 1) % 50 == 0:
+            progress(step + 1, float(np.mean(losses[-50:])))
+    return model.eval(), losses
+
+
+@torch.no_grad()
+def detect(model: CenterNet, images: np.ndarray, *, batch_size: int = 64, k: int = 50) -> list[list[tuple]]:
+    """Per image: [(class, score, x, y, w, h)] in input pixels."""
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        out += decode(model(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size]))), k=k)
+    return out
+
+
+def score_detector(model: CenterNet, images: np.ndarray, boxes: Sequence[Sequence[tuple]], classes: Sequence[str],
+                   *, slices: dict[str, Sequence[str]] | None = None) -> dict:  # fmt: skip
+    """COCO mAP of the model's detections on `images` against `boxes` (metrics.coco_map)."""
+    return coco_map(boxes, detect(model, images), classes, slices=slices)
