@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections import Counter
 
@@ -12,7 +13,8 @@ from mcap.reader import make_reader
 from flywheel import layout, sim
 from flywheel.clips import read_clip
 from flywheel.config import CONDITIONS, DEFAULT_CLASSES, Settings
-from flywheel.sim.scene import _ahead, _light_top, _sample_main_actor
+from flywheel.sim.draw import Painter, _box, _draw_actor
+from flywheel.sim.scene import Actor, _ahead, _light_top, _sample_main_actor
 from flywheel.store import open_store
 
 
@@ -339,3 +341,177 @@ def test_red_lights_ahead_show_their_red_lamp():
                 top = _light_top(light.look)
                 _, v = cam.project(d, x, top - 0.42, 0.0)  # the bottom of the red (top) lamp
                 assert v >= 0  # in the image, not above it
+
+
+# ---------------------------------------------------------------- 2-D boxes
+
+
+def test_boxes_lie_in_their_frame_with_a_class_and_a_size():
+    settings = small(width=48, height=36, frames_per_clip=6, cameras=["front", "wide"])
+    rng = np.random.default_rng(12)
+    seen = Counter()
+    for i, cond in enumerate(CONDITIONS * 5):
+        r = sim.render_scene(rng, sim.sample_scene(rng, cond, urban=i % 2 == 0), settings)
+        assert set(r.boxes) == {"front", "wide"}
+        for cam, per_frame in r.boxes.items():
+            assert len(per_frame) == len(r.frames[cam]) == 6
+            for objects in per_frame:
+                tracks = [o["track_id"] for o in objects]
+                assert len(tracks) == len(set(tracks))  # one box per object and frame
+                for o in objects:
+                    assert o["label"] in DEFAULT_CLASSES and o["label"] != "clear_road"
+                    assert o["w"] >= 1 and o["h"] >= 1
+                    assert 0 <= o["x"] and o["x"] + o["w"] <= 48
+                    assert 0 <= o["y"] and o["y"] + o["h"] <= 36
+                    seen[o["label"]] += 1
+    assert set(seen) == set(DEFAULT_CLASSES) - {"clear_road"}
+
+
+def _covered(box: dict, others: list[dict]) -> float:
+    """Share of `box`'s area that lies in the union of `others`, on a quarter-pixel grid."""
+    xs = box["x"] + (np.arange(int(box["w"] * 4)) + 0.5) / 4
+    ys = box["y"] + (np.arange(int(box["h"] * 4)) + 0.5) / 4
+    inside = np.zeros((len(ys), len(xs)), bool)
+    for o in others:
+        rows = (ys >= o["y"]) & (ys <= o["y"] + o["h"])
+        cols = (xs >= o["x"]) & (xs <= o["x"] + o["w"])
+        inside |= rows[:, None] & cols
+    return float(inside.mean())
+
+
+def _nearer(boxes: list[dict], scene, t: float, d: float) -> list[dict]:
+    """The boxes of the things less than `d` metres away at time t."""
+    return [o for o in boxes if scene.actors[int(o["track_id"])].at(t)[0] < d]
+
+
+def test_a_track_is_one_object_drawn_alone_or_among_others():
+    """An object's box (and track_id: its index in the scene) is the one it has when its scene holds
+    it alone; among others it only goes missing where nearer things hide it: their boxes cover it."""
+    settings = small(width=48, height=36, frames_per_clip=6)
+    rng = np.random.default_rng(13)
+    kept = hidden = 0
+    for i in range(16):
+        scene = sim.sample_scene(rng, "day", urban=i % 2 == 0)
+        among = sim.render_scene(rng, scene, settings).boxes["front"]
+        for k, actor in enumerate(scene.actors):
+            only = dataclasses.replace(scene, actors=[actor])
+            alone = sim.render_scene(rng, only, settings).boxes["front"]
+            for f, (others, by_itself) in enumerate(zip(among, alone, strict=True)):
+                mine = [o for o in others if o["track_id"] == str(k)]
+                if not by_itself:
+                    assert not mine
+                    continue
+                (box,) = by_itself
+                if mine:
+                    assert mine == [box | {"track_id": str(k)}]
+                    kept += 1
+                else:
+                    t = f / settings.sim.fps
+                    assert _covered(box, _nearer(others, scene, t, actor.at(t)[0])) > 0.5
+                    hidden += 1
+    assert kept > 100 and hidden > 0, (kept, hidden)
+
+
+def test_an_object_hidden_behind_a_nearer_one_has_no_box():
+    truck = Actor("vehicle", 8.0, 0.0, look={"w": 2.5, "h": 3.4, "body": (200.0, 175.0, 60.0),
+                                             "brake": 0.5})  # fmt: skip
+    look = {"h": 1.7, "skin": (200.0, 150.0, 110.0), "shirt": (30.0, 60.0, 220.0),
+            "legs": (40.0, 40.0, 40.0), "phase": 0.0}  # fmt: skip
+    settings = small(width=48, height=36, frames_per_clip=1)
+    scene = sim.sample_scene(np.random.default_rng(0), "day", urban=False)
+    # 14 m ahead: right behind the truck, then on the verge beside it
+    for x, seen in ((0.0, {}), (2.5, {"1": "pedestrian"})):
+        actors = [truck, Actor("pedestrian", 14.0, x, look=look)]
+        road = dataclasses.replace(scene, curve=0.0, actors=actors)
+        (boxes,) = sim.render_scene(np.random.default_rng(0), road, settings).boxes["front"]
+        assert {o["track_id"]: o["label"] for o in boxes} == {"0": "vehicle"} | seen
+
+
+def test_a_red_light_has_a_box_while_it_is_red():
+    look = {"overhead": False, "state": "red", "switch": 0.5, "pole": 3.0}  # green from 0.5 s
+    scene = sim.sample_scene(np.random.default_rng(0), "day", urban=False)
+    road = dataclasses.replace(scene, actors=[Actor("red_light", 12.0, 2.5, look=look)])
+    settings = small(width=48, height=36, frames_per_clip=5)  # 5 fps
+    r = sim.render_scene(np.random.default_rng(0), road, settings)
+    assert r.labels == ["red_light"] * 3 + ["clear_road"] * 2
+    labels = [[o["label"] for o in objects] for objects in r.boxes["front"]]
+    assert labels == [["red_light"]] * 3 + [[]] * 2
+
+
+@pytest.mark.parametrize("kind", ["vehicle", "pedestrian", "cyclist", "red_light", "obstacle"])
+def test_a_box_is_the_box_of_what_is_painted(monkeypatch, kind):
+    """Painted on black and on white, an object shows how much of each pixel it covers, whatever its
+    colours: its box is the box of the pixels it covers at least half, to about a pixel, also where
+    the frame edge cuts it. Its shadow and a light's pole are not part of it: not painted here."""
+    real_box = Painter.box
+    monkeypatch.setattr(Painter, "ground", lambda *a, **k: None)
+    monkeypatch.setattr(Painter, "box", lambda self, *a, body=True, **k: real_box(self, *a, **k) if body else None)  # fmt: skip
+    cam = sim.camera_for(small(width=48, height=36), "front")
+    rng = np.random.default_rng(14)
+    errors = []
+    for _ in range(40):
+        (actor,) = _sample_main_actor(rng, kind, ego=4.0)
+        t, curve = rng.uniform(0, 1.4), rng.uniform(-0.0015, 0.0015)
+        painted = []
+        for background in (0, 255):
+            albedo = np.full((36, 48, 3), background, np.uint8)
+            pt = Painter(cam, curve, albedo, np.full((36, 48), 1e3, np.float32))
+            extent = _draw_actor(pt, actor, t)
+            painted.append(pt.albedo.astype(np.float32))
+        coverage = 1 - (painted[1] - painted[0]).min(axis=2) / 255  # (H, W)
+        rows, cols = np.nonzero(coverage >= 0.5)
+        box = _box(extent, actor.at(t)[0], pt.depth)
+        if box is None:  # nothing of it in view, or a sliver at the frame edge
+            assert len(rows) == 0 or min(np.ptp(rows), np.ptp(cols)) == 0
+            continue
+        x, y, w, h = box
+        half_covered = [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]
+        errors.append(np.subtract([x, y, x + w, y + h], half_covered))
+    errors = np.array(errors)  # (N, 4): left, top, right, bottom edge; box minus painted, pixels
+    assert len(errors) > 20
+    # thin parts (a wheel, a handlebar) cover under half of their pixels, yet they are in the box
+    assert np.abs(errors).max() <= 1.25 and np.abs(errors.mean(axis=0)).max() < 0.5
+
+
+def test_the_labelled_thing_has_a_box_unless_something_nearer_hides_it():
+    """A frame's label is the nearest thing ahead in the first camera's view: that thing has a box of
+    the label's class there, unless something nearer (closer than ahead_range, or beside the lane)
+    hides it, which is rare. The label's class may then still have a box: another thing's."""
+    settings = small(width=48, height=36, frames_per_clip=8)
+    cam = sim.camera_for(settings, "front")
+    rng = np.random.default_rng(15)
+    labelled = hidden = 0
+    for i in range(100):
+        scene = sim.sample_scene(rng, "day", urban=i % 2 == 0)
+        r = sim.render_scene(rng, scene, settings)
+        for f, (label, boxes) in enumerate(zip(r.labels, r.boxes["front"], strict=True)):
+            if label == "clear_road":
+                continue
+            t = f / settings.sim.fps
+            d, k = min((d, k) for k, a in enumerate(scene.actors)
+                       if (d := _ahead(a, t, cam, scene.curve, sim.EXTRAS)) is not None)  # fmt: skip
+            labelled += 1
+            mine = [o["label"] for o in boxes if o["track_id"] == str(k)]
+            if mine:
+                assert mine == [label]
+                continue
+            only = dataclasses.replace(scene, actors=[scene.actors[k]])
+            (box,) = sim.render_scene(rng, only, settings).boxes["front"][f]
+            assert _covered(box, _nearer(boxes, scene, t, d)) > 0.5
+            hidden += 1
+    assert labelled > 400 and hidden < 0.01 * labelled, (labelled, hidden)
+
+
+def test_simulated_clips_carry_the_boxes_of_every_frame(tmp_path):
+    settings = small(cameras=["front", "wide"])
+    store = open_store(str(tmp_path))
+    keys = sim.simulate(store, settings, clips=6, seed=4)
+    n = Counter()
+    for key in keys:
+        # read_clip checks that every box lies in its frame
+        for f in read_clip(store.read_bytes(key), classes=settings.classes).frames:
+            assert f.boxes is not None  # annotated: () where nothing is in view
+            assert all(b.label in DEFAULT_CLASSES and b.label != "clear_road" for b in f.boxes)
+            assert all(b.track_id for b in f.boxes)
+            n[f.camera] += len(f.boxes)
+    assert n["front"] > 0 and n["wide"] > 0

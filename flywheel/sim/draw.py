@@ -1,11 +1,13 @@
 """The camera and the painter: how the things of a scene are drawn into one frame's layers.
 
 Geometry is drawn with OpenCV at sub-pixel precision into three layers: albedo, light sources
-and depth in metres (`Painter`); render.py adds the background and the weather.
+and depth in metres (`Painter`); render.py adds the background and the weather. The painter also
+measures the image extent of each object it draws, from which `_box` makes its 2-D box.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -61,14 +63,19 @@ def camera_for(settings: Settings, camera: str, *, extras: SimExtras = EXTRAS) -
 _SHIFT = 4  # OpenCV fixed-point bits: coordinates at 1/16 pixel
 _ONE = 1 << _SHIFT
 _AA = cv2.LINE_AA
+# pixels: how far OpenCV's anti-aliased fills paint beyond a shape's edge, as coverage (measured
+# with OpenCV 4.x: 0.63-0.74 for polygons, 0.56-0.81 for discs)
+_AA_SPREAD = 0.7
+_NOTHING = [math.inf, math.inf, -math.inf, -math.inf]  # the extent (x0, y0, x1, y1) of nothing
 
 
 class Painter:
     """Three layers for one frame: albedo (H, W, 3) uint8, light sources (H, W, 3) uint8, depth (H, W) float32 metres.
 
     Shapes go to albedo (anti-aliased, sub-pixel); each object also marks its bounding box in
-    depth once (`occlude`). Coordinates are plain Python floats: these images are small, and
-    numpy's per-call overhead would cost more than the drawing.
+    depth once (`occlude`), and `extent` grows to hold the part in the frame of every shape of its
+    body (not its shadow on the road, nor a light's pole). Coordinates are plain Python floats:
+    these images are small, and numpy's per-call overhead would cost more than the drawing.
     """
 
     def __init__(self, cam: Camera, curve: float, albedo: np.ndarray, depth: np.ndarray):
@@ -76,35 +83,73 @@ class Painter:
         self.albedo, self.depth = albedo, depth
         self.light = np.zeros_like(albedo)
         self.limit = 4.0 * max(cam.width, cam.height)
+        # x0, y0, x1, y1: the part in the frame of what `_draw_actor` is drawing
+        self.extent = _NOTHING.copy()
+
+    # `extent` is in box coordinates, pixel i spanning i .. i + 1; OpenCV puts pixel centres on
+    # integers, hence the half pixel. Shapes count as painted, anti-aliased: _AA_SPREAD larger.
+
+    def _grow(self, u0: float, v0: float, u1: float, v1: float):
+        """Add the part in the frame of a polygon with these bounds (OpenCV coordinates) to `extent`."""
+        s0, s1 = 0.5 - _AA_SPREAD, 0.5 + _AA_SPREAD
+        self._add(u0 + s0, v0 + s0, u1 + s1, v1 + s1)
+
+    def _grow_disc(self, u: float, v: float, r: float):
+        """Add the part in the frame of a disc of radius r centred at (u, v) (pixels, OpenCV coordinates)."""
+        x, y, r = u + 0.5, v + 0.5, r + _AA_SPREAD
+        dx = max(0.0, -x, x - self.cam.width)  # how far the centre is outside the frame
+        dy = max(0.0, -y, y - self.cam.height)
+        if dx * dx + dy * dy < r * r:  # a disc cut by the frame edge reaches less far along it
+            half_w, half_h = math.sqrt(r * r - dy * dy), math.sqrt(r * r - dx * dx)
+            self._add(x - half_w, y - half_h, x + half_w, y + half_h)
+
+    def _add(self, x0: float, y0: float, x1: float, y1: float):
+        x0, y0 = max(0.0, x0), max(0.0, y0)
+        x1, y1 = min(self.cam.width, x1), min(self.cam.height, y1)
+        if x0 < x1 and y0 < y1:  # some of it is in the frame
+            e = self.extent
+            e[0], e[1], e[2], e[3] = min(e[0], x0), min(e[1], y0), max(e[2], x1), max(e[3], y1)
 
     def _fix(self, u: float, v: float) -> tuple[int, int]:
         """Image coordinates to OpenCV fixed point, clamped far outside the image."""
         lim = self.limit
         return int(min(max(u, -lim), lim) * _ONE + 0.5), int(min(max(v, -lim), lim) * _ONE + 0.5)
 
-    def poly(self, uv, colour, light=None):
-        """A filled convex polygon in image coordinates (albedo; light if given)."""
+    def _fill(self, uv, colour, light):
         pts = np.array([self._fix(u, v) for u, v in uv], np.int32)
         cv2.fillConvexPoly(self.albedo, pts, colour, _AA, _SHIFT)
         if light is not None:
             cv2.fillConvexPoly(self.light, pts, light, _AA, _SHIFT)
 
-    def box(self, d, x0, x1, y0, y1, colour, light=None):
-        """An upright rectangle facing the camera at distance d: x0..x1 across, y0..y1 up (metres)."""
+    def poly(self, uv, colour, light=None):
+        """A filled convex polygon in image coordinates (albedo; light if given)."""
+        us, vs = [u for u, _ in uv], [v for _, v in uv]
+        self._grow(min(us), min(vs), max(us), max(vs))
+        self._fill(uv, colour, light)
+
+    def box(self, d, x0, x1, y0, y1, colour, light=None, *, body=True):
+        """An upright rectangle facing the camera at distance d: x0..x1 across, y0..y1 up (metres);
+        `body`: part of the object's `extent` (not a light's pole)."""
         p, c = self.cam.project, self.curve
         (ua, va), (ub, vb) = p(d, x0, y0, c), p(d, x1, y1, c)
-        self.poly(((ua, va), (ub, va), (ub, vb), (ua, vb)), colour, light)
+        if body:
+            self._grow(min(ua, ub), min(va, vb), max(ua, ub), max(va, vb))
+        self._fill(((ua, va), (ub, va), (ub, vb), (ua, vb)), colour, light)
 
     def ground(self, d0, d1, x0, x1, colour):
-        """A flat patch on the road (lane marking, shadow) from d0 to d1 ahead."""
+        """A flat patch on the road (lane marking, shadow) from d0 to d1 ahead: never part of `extent`."""
         p, c = self.cam.project, self.curve
-        self.poly((p(d0, x0, 0, c), p(d0, x1, 0, c), p(d1, x1, 0, c), p(d1, x0, 0, c)), colour)
+        uv = (p(d0, x0, 0, c), p(d0, x1, 0, c), p(d1, x1, 0, c), p(d1, x0, 0, c))
+        self._fill(uv, colour, None)
 
     def disc(self, d, x, y, r, colour, light=None, thickness=-1.0):
         """A disc (or a ring `thickness` metres wide) of radius r metres, upright at distance d."""
-        centre = self._fix(*self.cam.project(d, x, y, self.curve))
+        u, v = self.cam.project(d, x, y, self.curve)
+        centre = self._fix(u, v)
         radius = max(1, int(self.cam.focal * r / d * _ONE))
         th = -1 if thickness < 0 else max(1, int(self.cam.focal * thickness / d + 0.5))
+        # a ring's line is centred on the radius
+        self._grow_disc(u, v, radius / _ONE + max(th, 0) / 2)
         cv2.circle(self.albedo, centre, radius, colour, th, _AA, _SHIFT)
         if light is not None:
             cv2.circle(self.light, centre, radius, light, th, _AA, _SHIFT)
@@ -189,10 +234,10 @@ _POLE = (70.0, 70.0, 72.0)
 def _draw_light(pt: Painter, d, x, look, t):
     top = _light_top(look)
     pt.occlude(d, x - 0.28, x + 0.28, top - 1.2, top)
-    if look["overhead"]:
-        pt.box(d, x - 0.04, x + 3.5, top + 0.05, top + 0.2, _POLE)  # gantry arm
+    if look["overhead"]:  # the box of a light is its housing: pole and gantry are not in it
+        pt.box(d, x - 0.04, x + 3.5, top + 0.05, top + 0.2, _POLE, body=False)  # gantry arm
     else:
-        pt.box(d, x - 0.06, x + 0.06, 0.0, top, _POLE)
+        pt.box(d, x - 0.06, x + 0.06, 0.0, top, _POLE, body=False)
     y0 = top - 1.2  # housing 0.56 x 1.2 m with three 0.4 m lamps (larger than life: small images)
     pt.box(d, x - 0.28, x + 0.28, y0, top, (25.0, 25.0, 25.0))
     state = _light_state(look, t)
@@ -255,10 +300,12 @@ def _draw_tree(pt: Painter, d, x, look):
     pt.disc(d, x, crown, r, look["green"])
 
 
-def _draw_actor(pt: Painter, a: Actor, t: float):
+def _draw_actor(pt: Painter, a: Actor, t: float) -> list[float] | None:
+    """Draw `a` as it is at time t; returns the extent of its body (`Painter.extent`), None if not drawn."""
     d, x = a.at(t)
     if d < 1.0 or d > 120:
-        return
+        return None
+    pt.extent = _NOTHING.copy()
     if a.kind in ("vehicle", "parked", "oncoming"):
         _draw_car(pt, d, x, a.look, front=a.kind == "oncoming", lit=a.kind != "parked")
     elif a.kind in ("pedestrian", "walker"):
@@ -271,6 +318,26 @@ def _draw_actor(pt: Painter, a: Actor, t: float):
         _draw_obstacle(pt, d, x, a.look)
     elif a.kind == "tree":
         _draw_tree(pt, d, x, a.look)
+    return pt.extent
+
+
+def _box(extent: list[float], d: float, depth: np.ndarray) -> tuple[float, ...] | None:
+    """The 2-D box (x, y, w, h) in pixels of the frame, x/y the top-left corner, of an object drawn `d`
+    metres away with this `extent` (`Painter.extent`): the box of its part in the frame. None where
+    that is under a pixel wide or high, or where the object is hidden: no pixel of its box still holds
+    its depth mark (`Painter.occlude`), all were marked again by nearer objects.
+
+    Corners are rounded to 1/16 pixel, as OpenCV draws: sums of such numbers are exact, so x + w is
+    the right edge exactly, never a rounding error outside the frame.
+    """
+    if extent[0] > extent[2]:  # nothing of it in the frame
+        return None
+    x0, y0, x1, y1 = (round(c * _ONE) / _ONE for c in extent)
+    if x1 - x0 < 1 or y1 - y0 < 1:
+        return None
+    if not (depth[int(y0) : math.ceil(y1), int(x0) : math.ceil(x1)] == np.float32(d)).any():
+        return None
+    return x0, y0, x1 - x0, y1 - y0
 
 
 def _draw_lane_dashes(pt: Painter, travelled: float):

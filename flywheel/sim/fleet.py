@@ -179,7 +179,12 @@ def _encode(index: int, r, meta: dict, start: datetime, trigger: str, settings: 
         for i, f in enumerate(r.frames[cam])
     ]
     encoding = sim.encodings[index % len(sim.encodings)]
-    data = write_clip(meta, frames, list(zip(times, r.labels, strict=True)), encoding=encoding)
+    boxes = []  # where the world reports boxes: every frame annotated, [] where nothing is in view
+    if r.boxes is not None:
+        boxes = [(cam, times[i], r.boxes[cam][i]) for cam in sim.cameras for i in range(len(times))]
+    data = write_clip(
+        meta, frames, list(zip(times, r.labels, strict=True)), encoding=encoding, boxes=boxes
+    )
     return layout.landing_key(meta["vehicle_id"], start.date().isoformat(), meta["clip_id"]), data
 
 

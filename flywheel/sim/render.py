@@ -23,11 +23,20 @@ from flywheel.sim.draw import (
     _SHIFT,
     Camera,
     Painter,
+    _box,
     _draw_actor,
     _draw_lane_dashes,
     camera_for,
 )
-from flywheel.sim.scene import EXTRAS, Scene, SimExtras, _label, _scene_for, check_classes
+from flywheel.sim.scene import (
+    EXTRAS,
+    Scene,
+    SimExtras,
+    _box_class,
+    _label,
+    _scene_for,
+    check_classes,
+)
 
 SKY_DEPTH = 1000.0  # metres; "infinitely far" in the depth layer
 
@@ -224,6 +233,9 @@ class Rendering:
     frames: dict[str, list[np.ndarray]]  # camera -> N frames (H, W, 3) uint8 RGB
     labels: list[str]  # per frame, shared by all cameras (what is ahead of the vehicle)
     ahead_m: list[float]  # per frame: distance of the labelled object, inf for clear_road
+    # camera -> per frame, the objects in view: {"label", "x", "y", "w", "h" (pixels, x/y the top-left
+    # corner), "track_id"}; None: the world reports no boxes
+    boxes: dict[str, list[list[dict]]] | None = None
 
 
 def render_scene(
@@ -237,7 +249,9 @@ def render_scene(
     """Draw one scene over frames_per_clip frames for `cameras` (default: all of settings.sim.cameras).
 
     Labels are what is ahead of the vehicle, judged in the first configured camera's view, and
-    shared by all cameras.
+    shared by all cameras. Boxes are per camera: every thing of a class in view (`_box_class`,
+    scenery included) that is not hidden behind nearer things (`_box`); its track_id is its index
+    in scene.actors.
     """
     sim = settings.sim
     n = sim.frames_per_clip
@@ -248,22 +262,38 @@ def render_scene(
         label, dist = _label(scene, t, reference, extras)
         labels.append(label)
         ahead_m.append(dist)
-    frames = {}
+    frames, boxes = {}, {}
     for name in cameras or sim.cameras:
         cam = camera_for(settings, name, extras=extras)
         bg_albedo, bg_depth = _background(scene, cam, extras)
         albedo = np.empty((n, cam.height, cam.width, 3), np.uint8)
         light = np.empty_like(albedo)
         depth = np.empty((n, cam.height, cam.width), np.float32)
+        boxes[name] = []
         for i, t in enumerate(times):
             pt = Painter(cam, scene.curve, bg_albedo.copy(), bg_depth.copy())
             _draw_lane_dashes(pt, scene.ego_speed * t)
-            for a in sorted(scene.actors, key=lambda a: -a.at(t)[0]):  # far to near
-                _draw_actor(pt, a, t)
+            drawn = []  # (track, class, distance, extent) of the things with a class
+            far_to_near = sorted(enumerate(scene.actors), key=lambda ka: -ka[1].at(t)[0])
+            for k, a in far_to_near:
+                extent = _draw_actor(pt, a, t)
+                if extent is not None and (cls := _box_class(a, t)) is not None:
+                    drawn.append((str(k), cls, a.at(t)[0], extent))
             albedo[i], light[i], depth[i] = pt.albedo, pt.light, pt.depth
+            boxes[name].append(_frame_boxes(drawn, pt.depth))
         out = _expose(rng, _weather(rng, scene, albedo, light, depth), scene.weather["noise"])
         frames[name] = list(out)
-    return Rendering(frames, labels, ahead_m)
+    return Rendering(frames, labels, ahead_m, boxes)
+
+
+def _frame_boxes(drawn: list[tuple[str, str, float, list[float]]], depth: np.ndarray) -> list[dict]:
+    """The boxes of one frame, nearest last, from what was drawn into it and its final depth layer."""
+    out = []
+    for track, cls, d, extent in drawn:
+        if (box := _box(extent, d, depth)) is not None:
+            x, y, w, h = box
+            out.append({"label": cls, "x": x, "y": y, "w": w, "h": h, "track_id": track})
+    return out
 
 
 class World(Protocol):
@@ -277,7 +307,8 @@ class World(Protocol):
                cameras: list[str] | None = None) -> Rendering:  # fmt: skip
         """Clip number `index` (the fleet's running count) in `condition`: frames_per_clip frames for
         `cameras` (default: all of settings.sim.cameras) at settings.sim.width x height, a label per frame,
-        and per frame the distance of what is ahead (inf: nothing; drives the fleet's hard-brake trigger)."""
+        per frame the distance of what is ahead (inf: nothing; drives the fleet's hard-brake trigger) and,
+        optionally, per camera and frame the 2-D boxes of the objects in view (`Rendering.boxes`)."""
         ...
 
 

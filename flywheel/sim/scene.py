@@ -357,6 +357,20 @@ def _ahead(a: Actor, t: float, cam: Camera, curve: float, extras: SimExtras) -> 
     return d if cam.sees(d, x - 0.3, x + 0.3, 0.0, 1.0, curve) else None
 
 
+# The class of each kind of thing for its 2-D box: scenery cars and people are vehicles and
+# pedestrians too, though never "ahead" (a detector must find them all); trees and lights that are
+# not red have no class.
+_BOX_CLASS = {"vehicle": "vehicle", "parked": "vehicle", "oncoming": "vehicle", "pedestrian": "pedestrian",
+              "walker": "pedestrian", "cyclist": "cyclist", "red_light": "red_light", "obstacle": "obstacle"}  # fmt: skip
+
+
+def _box_class(a: Actor, t: float) -> str | None:
+    """The class of `a`'s 2-D box at time t, None for none (a red light that has turned green has none)."""
+    if a.kind == "red_light" and _light_state(a.look, t) != "red":
+        return None
+    return _BOX_CLASS.get(a.kind)
+
+
 def _label(scene: Scene, t: float, cam: Camera, extras: SimExtras) -> tuple[str, float]:
     """The nearest thing ahead at time t and its distance (m); clear_road and inf if none."""
     best = ("clear_road", float("inf"))
