@@ -364,6 +364,40 @@ def engine(seeds: tuple[int, ...], iterations: int, clips: int | None, recorded:
 
 
 @bench.command()
+@click.option("--pool-clips", callback=_csv(int), default="50,200", show_default=True,
+              help="Training-set sizes in simulated clips of 8 frames (prefixes of one pool).")  # fmt: skip
+@click.option("--test-clips", type=click.IntRange(min=1), default=60, show_default=True,
+              help="Held-out clips, from another fleet seed.")  # fmt: skip
+@click.option("--seeds", callback=_csv(int), default="0", show_default=True, help="Comma-separated seeds.")
+@click.option("--steps", type=click.IntRange(min=1), default=600, show_default=True, help="Training steps per detector.")
+@click.option("--image-size", type=click.IntRange(min=16), default=96, show_default=True,
+              help="The detector's square input side (a multiple of 8).")  # fmt: skip
+@click.option("--quick", is_flag=True, help="Smoke run: tiny pool, 20 steps (the detector does not learn at this size).")
+@_result_file("detect")
+@WORKDIR
+def detect(pool_clips: tuple[int, ...], test_clips: int, seeds: tuple[int, ...], steps: int, image_size: int,
+           quick: bool, out: str, workdir: str | None):  # fmt: skip
+    """The CenterNet detector on the simulator's boxes, through the production ingest: COCO mAP on held-out
+    clips (overall, per class, per condition) by training-set size, against the untrained model.
+
+    \b
+    Example: flywheel bench detect --quick --out -
+    """
+    from benchmarks.detect import bench_detect, markdown
+
+    if quick:
+        pool_clips, test_clips, steps, image_size = (4,), 4, 20, 32
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        try:
+            result = bench_detect(tmp, pool_clips=pool_clips, test_clips=test_clips, seeds=seeds, steps=steps,
+                                  image_size=image_size, progress=lambda line: click.echo(line, err=True))  # fmt: skip
+        except ValueError as e:
+            raise click.UsageError(str(e)) from None
+    _emit(result, out)
+    click.echo(markdown(result), err=True)
+
+
+@bench.command()
 @click.option("--clips", type=click.IntRange(min=1), default=60, show_default=True)
 @click.option("--iterations", type=click.IntRange(min=1), default=2, show_default=True)
 @_result_file("cycle")
