@@ -95,3 +95,22 @@ def test_boxes_scale_with_the_resize_and_bad_input_is_named():
         encode([(5, 1, 1, 4, 4)], cfg)
     with pytest.raises(ValueError, match=r"images must be \(N, 3, 32, 32\)"):
         train_detector(np.zeros((2, 3, 16, 16), np.uint8), [[], []], cfg, steps=1)
+
+
+def test_the_onnx_graph_finds_the_same_boxes_and_a_changed_graph_is_caught():
+    import onnx
+
+    from flywheel.detection.export import check_parity, export_onnx
+
+    cfg = DetectorConfig(num_classes=3, image_size=32, width=8, head_channels=32)
+    train_x, train_b = scenes(200, seed=0, side=32)
+    model, _ = train_detector(train_x, train_b, cfg, steps=40, batch_size=32, seed=0)
+    test_x, _ = scenes(16, seed=1, side=32)
+    data = export_onnx(model)
+    ok = check_parity(model, data, test_x, min_score=0.05)
+    assert ok["ok"] and ok["boxes"] > 0 and ok["max_corner_diff"] < 0.05, ok
+    graph = onnx.load_from_string(data)  # the size head's last bias moved: boxes of another size
+    bias = next(t for t in graph.graph.initializer if t.name == "size.2.bias")
+    bias.raw_data = (np.frombuffer(bias.raw_data, np.float32) + 1.0).astype(np.float32).tobytes()
+    bad = check_parity(model, graph.SerializeToString(), test_x, min_score=0.05)
+    assert not bad["ok"] and "corners by 4 px" in bad["mismatch"], bad
