@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,11 +34,11 @@ def coco_map(truth: Sequence[Sequence[tuple]], detections: Sequence[Sequence[tup
     return out
 
 
-def _evaluate(truth, detections, classes, images) -> dict:
+def _coco_eval(truth, detections, classes, images):
+    """COCOeval over `images` after evaluate() (the per-image matching), or None when they hold no true box."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    images = list(images)
     gt = {"images": [{"id": i} for i in images], "categories": [{"id": c, "name": n} for c, n in enumerate(classes)],
           "annotations": []}  # fmt: skip
     dets = []
@@ -48,10 +49,8 @@ def _evaluate(truth, detections, classes, images) -> dict:
         for cls, score, x, y, w, h in detections[i]:
             dets.append({"image_id": i, "category_id": int(cls), "score": float(score),
                          "bbox": [float(x), float(y), float(w), float(h)]})  # fmt: skip
-    result = {"images": len(images), "boxes": len(gt["annotations"]), "map": None, "map50": None,
-              "per_class": {n: {"map": None, "map50": None} for n in classes}}  # fmt: skip
     if not gt["annotations"]:
-        return result
+        return None
     with contextlib.redirect_stdout(io.StringIO()):  # COCOeval prints its progress and table
         coco = COCO()
         coco.dataset = gt
@@ -64,8 +63,18 @@ def _evaluate(truth, detections, classes, images) -> dict:
         ev.params.imgIds = images
         ev.params.maxDets = [1, 10, 100]
         ev.evaluate()
+    return ev
+
+
+def _evaluate(truth, detections, classes, images) -> dict:
+    images = list(images)
+    result = {"images": len(images), "boxes": sum(len(truth[i]) for i in images), "map": None, "map50": None,
+              "per_class": {n: {"map": None, "map50": None} for n in classes}}  # fmt: skip
+    ev = _coco_eval(truth, detections, classes, images)
+    if ev is None:
+        return result
+    with contextlib.redirect_stdout(io.StringIO()):
         ev.accumulate()
-        ev.summarize()
     precision = ev.eval["precision"]  # (iou thresholds, recall points, classes, areas, max dets)
     result["map"], result["map50"] = _mean(precision[:, :, :, 0, -1]), _mean(precision[0, :, :, 0, -1])
     for c, name in enumerate(classes):
@@ -77,3 +86,99 @@ def _mean(p: np.ndarray) -> float | None:
     """COCOeval's mean over the precision cells that exist (-1: no true box of that class)."""
     valid = p[p > -1]
     return round(float(valid.mean()), 4) if valid.size else None
+
+
+@dataclass(frozen=True)
+class Matches:
+    """COCOeval's matching of detections to true boxes, done once, per class: every detection (at most 100
+    per image, all images) sorted by score as COCOeval sorts them, the image it is in, whether it is a true
+    positive or ignored at each IoU threshold (T, D), and the true boxes per image."""
+
+    images: int
+    per_class: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None]  # image, tp, ignored, gts per image
+
+
+def match(truth: Sequence[Sequence[tuple]], detections: Sequence[Sequence[tuple]], classes: Sequence[str]) -> Matches:
+    if len(truth) != len(detections):
+        raise ValueError(f"{len(truth)} images of ground truth but {len(detections)} of detections")
+    n = len(truth)
+    ev = _coco_eval(truth, detections, classes, range(n))
+    per_class: list = [None] * len(classes)
+    if ev is None:
+        return Matches(n, per_class)
+    areas = len(ev.params.areaRng)
+    for k in range(len(classes)):
+        found = [(i, e) for i in range(n) if (e := ev.evalImgs[k * areas * n + i]) is not None]  # area range "all"
+        if not found:
+            continue
+        image = np.concatenate([np.full(len(e["dtScores"]), i) for i, e in found]).astype(np.int64)
+        scores = np.concatenate([e["dtScores"] for _, e in found])
+        order = np.argsort(-scores, kind="mergesort")
+        tp = np.concatenate([e["dtMatches"] for _, e in found], axis=1)[:, order] > 0
+        ignored = np.concatenate([e["dtIgnore"] for _, e in found], axis=1)[:, order].astype(bool)
+        gts = np.zeros(n)
+        for i, e in found:
+            gts[i] = np.count_nonzero(np.asarray(e["gtIgnore"]) == 0)
+        per_class[k] = (image[order], tp, ignored, gts)
+    return Matches(n, per_class)
+
+
+RECALLS = np.linspace(0, 1, 101)  # COCOeval's recall thresholds
+
+
+def weighted_map(m: Matches, weights: np.ndarray, *, iou50: bool = False) -> float | None:
+    """mAP (mAP@.5 with `iou50`) over images counted `weights` times each (a bootstrap resample; all ones:
+    COCOeval's own figure), as COCOeval accumulates it: per class and IoU threshold, the precision
+    envelope at 101 recall points, averaged over the classes with a true box among the weighted images."""
+    aps = []
+    for entry in m.per_class:
+        if entry is None:
+            continue
+        image, tp, ignored, gts = entry
+        npig = float(weights @ gts)
+        if npig == 0:
+            continue
+        w = weights[image]
+        for t in range(1 if iou50 else len(tp)):
+            keep = ~ignored[t]
+            tps = np.cumsum(w * (tp[t] & keep))
+            fps = np.cumsum(w * (~tp[t] & keep))
+            if not len(tps):
+                aps.append(0.0)
+                continue
+            recall, precision = tps / npig, tps / (tps + fps + np.spacing(1))
+            envelope = np.maximum.accumulate(precision[::-1])[::-1]
+            at = np.searchsorted(recall, RECALLS, side="left")
+            aps.append(float(np.where(at < len(envelope), envelope[np.minimum(at, len(envelope) - 1)], 0.0).mean()))
+    return float(np.mean(aps)) if aps else None
+
+
+def paired_bootstrap(truth: Sequence[Sequence[tuple]], before: Sequence[Sequence[tuple]], after: Sequence[Sequence[tuple]],
+                     classes: Sequence[str], *, iou50: bool = True, images: Sequence[int] | None = None,
+                     resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict:  # fmt: skip
+    """`after`'s mAP (mAP@.5 with `iou50`) minus `before`'s on the same frames, with a percentile interval
+    from resampling the frames (`images`: a slice's; default all) with replacement, the same resample
+    for both: {"before", "after", "diff", "low", "high", "frames", "boxes", "resamples"}; None values
+    where the frames hold no true box."""
+    if not 0 < confidence < 1 or resamples < 1:
+        raise ValueError(f"paired_bootstrap needs 0 < confidence < 1 and resamples >= 1, got {confidence}, {resamples}")
+    a, b = match(truth, before, classes), match(truth, after, classes)
+    chosen = np.arange(len(truth)) if images is None else np.asarray(images, dtype=np.int64)
+    ones = np.zeros(len(truth))
+    ones[chosen] = 1
+    base_a, base_b = weighted_map(a, ones, iou50=iou50), weighted_map(b, ones, iou50=iou50)
+    out = {"before": base_a, "after": base_b, "diff": None, "low": None, "high": None, "frames": len(chosen),
+           "boxes": sum(len(truth[i]) for i in chosen), "resamples": resamples}  # fmt: skip
+    if base_a is None or base_b is None:
+        return out
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(resamples):
+        w = np.zeros(len(truth))
+        np.add.at(w, rng.choice(chosen, size=len(chosen)), 1)
+        x, y = weighted_map(a, w, iou50=iou50), weighted_map(b, w, iou50=iou50)
+        if x is not None and y is not None:
+            diffs.append(y - x)
+    low, high = np.quantile(diffs, [(1 - confidence) / 2, (1 + confidence) / 2])
+    out.update(diff=round(base_b - base_a, 4), low=round(float(low), 4), high=round(float(high), 4))
+    return out

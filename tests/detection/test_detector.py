@@ -114,3 +114,38 @@ def test_the_onnx_graph_finds_the_same_boxes_and_a_changed_graph_is_caught():
     bias.raw_data = (np.frombuffer(bias.raw_data, np.float32) + 1.0).astype(np.float32).tobytes()
     bad = check_parity(model, graph.SerializeToString(), test_x, min_score=0.05)
     assert not bad["ok"] and "corners by 4 px" in bad["mismatch"], bad
+
+
+def _noisy(truth, rng, jitter: float, false_per_image: int = 1):
+    """Detections of `truth`: each box moved by up to `jitter` of its size, scored at random, plus false ones."""
+    out = []
+    for boxes in truth:
+        dets = [(c, float(rng.uniform(0.3, 1)), x + jitter * w * rng.uniform(-1, 1), y + jitter * h * rng.uniform(-1, 1), w, h)
+                for c, x, y, w, h in boxes]  # fmt: skip
+        dets += [(int(rng.integers(3)), float(rng.uniform(0, 0.6)), *rng.uniform(0, 30, 2), 8.0, 8.0)
+                 for _ in range(false_per_image)]  # fmt: skip
+        out.append(dets)
+    return out
+
+
+def test_the_weighted_map_is_cocoevals_and_the_paired_bootstrap_sees_a_better_detector():
+    from flywheel.detection.metrics import match, paired_bootstrap, weighted_map
+
+    rng = np.random.default_rng(0)
+    _, truth = scenes(60, seed=3, side=48)
+    sloppy, sharp = _noisy(truth, rng, jitter=0.3), _noisy(truth, rng, jitter=0.03)
+    for dets in (sloppy, sharp):
+        coco, m = coco_map(truth, dets, CLASSES), match(truth, dets, CLASSES)
+        ones = np.ones(len(truth))
+        assert round(weighted_map(m, ones), 4) == coco["map"] and round(weighted_map(m, ones, iou50=True), 4) == coco["map50"]
+    twice = np.r_[np.full(30, 2.0), np.zeros(30)]  # the first half counted twice is the first half
+    first = coco_map(truth[:30], sloppy[:30], CLASSES)["map"]
+    assert round(weighted_map(match(truth, sloppy, CLASSES), twice), 4) == first
+    better = paired_bootstrap(truth, sloppy, sharp, CLASSES, iou50=False, resamples=200)
+    assert better["diff"] > 0 and better["low"] > 0 and better["low"] <= better["diff"] <= better["high"], better
+    same = paired_bootstrap(truth, sharp, sharp, CLASSES, resamples=50)
+    assert same["diff"] == same["low"] == same["high"] == 0.0
+    part = paired_bootstrap(truth, sloppy, sharp, CLASSES, images=range(10), resamples=50)
+    assert part["frames"] == 10 and part["boxes"] == sum(len(b) for b in truth[:10])
+    with pytest.raises(ValueError, match="confidence"):
+        paired_bootstrap(truth, sloppy, sharp, CLASSES, confidence=1.5)
