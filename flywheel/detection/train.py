@@ -2,8 +2,9 @@
 
 Frames come as uint8 arrays (N, 3, S, S) already at the model's input side, boxes per frame as
 [(class index, x, y, w, h)] in those pixels (`to_input` scales a frame's boxes with its resize).
-Augmentation: a horizontal flip, the boxes flipped with it. AdamW with a one-cycle schedule, a
-fixed number of steps; deterministic for a seed on CPU.
+Augmentation: `augment.box_pipeline` (flip, scale, shift and the project's photometric transforms,
+the boxes moved with the pixels), a fresh draw for every frame of every step. AdamW with a one-cycle
+schedule, a fixed number of steps; deterministic for a seed on CPU.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from flywheel.detection.augment import augment, box_pipeline
 from flywheel.detection.metrics import coco_map
 from flywheel.detection.model import CenterNet, DetectorConfig, collate, decode, encode, loss
 
@@ -23,15 +25,12 @@ def to_input(boxes: Sequence[tuple], width: int, height: int, side: int) -> list
     return [(c, x * sx, y * sy, w * sx, h * sy) for c, x, y, w, h in boxes]
 
 
-def _flipped(boxes: Sequence[tuple], side: int) -> list[tuple]:
-    return [(c, side - x - w, y, w, h) for c, x, y, w, h in boxes]
-
-
 def train_detector(images: np.ndarray, boxes: Sequence[Sequence[tuple]], cfg: DetectorConfig, *, steps: int = 600,
                    batch_size: int = 32, lr: float = 3e-3, weight_decay: float = 1e-4, seed: int = 0,
-                   progress=None) -> tuple[CenterNet, list[float]]:  # fmt: skip
+                   augmentation: bool = True, progress=None) -> tuple[CenterNet, list[float]]:  # fmt: skip
     """A detector trained for `steps` steps on `images` (N, 3, S, S) uint8 with their `boxes`; the model (in
-    eval mode) and the loss of every step. `progress(step, loss)` is called every 50 steps."""
+    eval mode) and the loss of every step. `augmentation`: `augment.box_pipeline` on every frame drawn.
+    `progress(step, loss)` is called every 50 steps."""
     if images.ndim != 4 or images.shape[1:] != (3, cfg.image_size, cfg.image_size):
         raise ValueError(f"images must be (N, 3, {cfg.image_size}, {cfg.image_size}), got {images.shape}")
     if len(images) != len(boxes) or not len(images):
@@ -41,16 +40,17 @@ def train_detector(images: np.ndarray, boxes: Sequence[Sequence[tuple]], cfg: De
     model = CenterNet(cfg).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
-    plain = [encode(b, cfg) for b in boxes]
-    flipped = [encode(_flipped(b, cfg.image_size), cfg) for b in boxes]
-    x_all = torch.from_numpy(np.ascontiguousarray(images))
+    pipeline = box_pipeline(seed=seed) if augmentation else None
+    plain = None if augmentation else [encode(b, cfg) for b in boxes]
     losses = []
     for step in range(steps):
         idx = rng.choice(len(images), size=min(batch_size, len(images)), replace=False)
-        flip = rng.random(len(idx)) < 0.5
-        x = x_all[idx]
-        x = torch.where(torch.from_numpy(flip).view(-1, 1, 1, 1), x.flip(-1), x)
-        targets = collate([flipped[i] if f else plain[i] for i, f in zip(idx, flip, strict=True)])
+        if pipeline is None:
+            x, targets = torch.from_numpy(images[idx]), collate([plain[i] for i in idx])
+        else:
+            drawn = [augment(pipeline, images[i], boxes[i]) for i in idx]
+            x = torch.from_numpy(np.stack([d[0] for d in drawn]))
+            targets = collate([encode(d[1], cfg) for d in drawn])
         total, _ = loss(model(x), targets)
         opt.zero_grad(set_to_none=True)
         total.backward()

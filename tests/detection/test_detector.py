@@ -149,3 +149,22 @@ def test_the_weighted_map_is_cocoevals_and_the_paired_bootstrap_sees_a_better_de
     assert part["frames"] == 10 and part["boxes"] == sum(len(b) for b in truth[:10])
     with pytest.raises(ValueError, match="confidence"):
         paired_bootstrap(truth, sloppy, sharp, CLASSES, confidence=1.5)
+
+
+def test_augmentation_moves_the_boxes_with_the_pixels():
+    import albumentations as A
+
+    from flywheel.detection.augment import augment, box_pipeline
+
+    images, boxes = scenes(60, seed=5, side=48)
+    single = [(img, b) for img, b in zip(images, boxes, strict=True) if len(b) == 1]  # no rectangle over another
+    pipeline = box_pipeline(A.Compose([]), seed=0)  # geometry only: the colours stay
+    moved = 0
+    for img, b in single:
+        out, got = augment(pipeline, img, b)
+        assert out.shape == img.shape and len(got) <= 1
+        for c, x, y, w, h in got:
+            inner = out[:, int(y) + 2 : int(y + h) - 1, int(x) + 2 : int(x + w) - 1]
+            assert inner.size and (np.abs(inner.astype(int) - np.array(COLOURS[c])[:, None, None]).max(axis=0) < 40).mean() > 0.9
+            moved += not np.allclose((x, y, w, h), b[0][1:], atol=0.5)
+    assert moved >= len(single) // 2  # most draws flip, scale or shift
