@@ -113,7 +113,7 @@ def test_the_onnx_graph_finds_the_same_boxes_and_a_changed_graph_is_caught():
     bias = next(t for t in graph.graph.initializer if t.name == "size.2.bias")
     bias.raw_data = (np.frombuffer(bias.raw_data, np.float32) + 1.0).astype(np.float32).tobytes()
     bad = check_parity(model, graph.SerializeToString(), test_x, min_score=0.05)
-    assert not bad["ok"] and "corners by 4 px" in bad["mismatch"], bad
+    assert not bad["ok"] and bad["max_corner_diff"] >= 2 and "corners by" in bad["mismatch"], bad  # w, h + 4 px
 
 
 def _noisy(truth, rng, jitter: float, false_per_image: int = 1):
