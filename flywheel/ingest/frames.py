@@ -62,7 +62,9 @@ def write_frames(
         source = "parsed again"
     from flywheel.data import schema
 
-    table = store.read_parquet(key, columns=[c for c in schema.FRAMES.names if c != "image"])
+    # a batch staged before frames had a `boxes` column (an upgrade mid-batch) lacks it: read what is there
+    present = set(store.parquet_file(key).schema_arrow.names)
+    table = store.read_parquet(key, columns=[c for c in schema.FRAMES.names if c != "image" and c in present])
     nbytes = next(o.size for o in store.list(key) if o.key == key)
     return summarize_frames(table) | {
         "batch_id": batch_id,
@@ -83,7 +85,7 @@ def summarize_frames(table: pa.Table) -> dict:
         "frames": table.num_rows,
         "clips": len(set(table.column("clip_id").to_pylist())),
         "with_ground_truth": table.num_rows - table.column("ground_truth").null_count,
-        "with_boxes": table.num_rows - table.column("boxes").null_count,
+        "with_boxes": table.num_rows - table.column("boxes").null_count if "boxes" in table.column_names else 0,
         "per_camera": counts("camera"),
         "per_condition": counts("condition"),
         "per_trigger": counts("trigger"),

@@ -611,3 +611,19 @@ def test_clips_with_boxes_from_an_outside_writer_ingest_and_a_bad_box_is_quarant
          {"label": "pedestrian", "x": 30.0, "y": 2.0, "w": 8.0, "h": 30.0, "track_id": None}],
         None,  # the second frame has no box message: not annotated
     ]  # fmt: skip
+
+
+def test_a_batch_staged_before_frames_had_boxes_still_writes_its_frames(store):
+    """An upgrade mid-batch: the validation staged frames without the `boxes` column; write_frames moves
+    them into place and summarizes them (no frame with boxes) instead of failing on the missing column."""
+    settings = load_settings()
+    _land(store, 2)
+    plan = ingest.plan_batch(store, min_clips=2, max_clips=10)
+    ingest.commit_batch(store, plan)
+    ingest.validate_batch(store, plan.batch_id, settings)
+    staged = [o.key for o in store.list("") if plan.batch_id in o.key and o.key.endswith(".parquet")]
+    assert staged, "validation stages the frames"
+    for key in staged:
+        store.write_parquet(key, store.read_parquet(key).drop_columns(["boxes"]))
+    summary = ingest.write_frames(store, plan.batch_id, settings)
+    assert summary["frames"] == 6 and summary["with_boxes"] == 0 and summary["source"].startswith("staged")
