@@ -19,10 +19,15 @@ LABEL_ERRORS = dg.AssetCheckSpec("likely_label_errors", asset="labels", blocking
           kinds={"parquet"}, check_specs=[LABEL_ERRORS])  # fmt: skip
 def labels(context: dg.AssetExecutionContext, settings: SettingsResource, store: StoreResource):
     """The label of each frame of a batch: human (Label Studio) > ground truth > auto, with confidence."""
-    st = store.open()
-    stats = stages.label_batch(st, settings.load(), context.partition_key)
+    st, s = store.open(), settings.load()
+    stats = stages.label_batch(st, s, context.partition_key)
+    if s.task == "detection":
+        yield dg.MaterializeResult(metadata=_box_labels_metadata(stats, st))
+        yield dg.AssetCheckResult(check_name="likely_label_errors", passed=True, severity=dg.AssetCheckSeverity.WARN,
+                                  description="not checked: confident learning judges one class per frame, not box sets")  # fmt: skip
+        return
     found = stats["label_errors"]
-    yield dg.MaterializeResult(metadata=_labels_metadata(stats, st, settings.load().classes))
+    yield dg.MaterializeResult(metadata=_labels_metadata(stats, st, s.classes))
     yield dg.AssetCheckResult(
         check_name="likely_label_errors",
         passed=not found["errors"],
@@ -52,6 +57,25 @@ def _labels_metadata(stats: dict, st, classes: list[str]) -> dict:
     }
 
 
+def _box_labels_metadata(stats: dict, st) -> dict:
+    """What the UI shows of a batch's box labels (task: detection): sources, boxes per class, the queue."""
+    auto = stats.get("auto_vs_truth") or {}
+    return {
+        "labeled frames": stats["labeled"],
+        "boxes": stats["boxes"],
+        "unlabeled (kept out of training)": stats["unlabeled"],
+        "by_source (frames)": counts_md({k: stats[k] for k in ("human", "ground_truth", "auto")}),
+        "boxes per class": counts_md(stats["per_class"]),
+        "queued_for_humans": stats["queued"],
+        "champion scored on": stats["scored_on"] or "no champion deployed (or the engine is off)",
+        "auto labels' mAP@.5 vs the clips' hidden boxes": auto.get("map50"),
+        "auto-labeled frames compared": auto.get("frames", 0),
+        "not auto-labeled (an unsure detection: to the human queue)": stats["auto_below_threshold"],
+        "skipped_exports (file, task, why)": table_md(stats["skipped_exports"]),
+        "uri": dg.MetadataValue.path(st.uri(stats["key"])),
+    }
+
+
 def _auto_per_class(stats: dict, classes: list[str]) -> list[dict]:
     """One row per class: its auto labels' accuracy against the clips' hidden truth (simulated fleets), and
     with `engine.auto_min_precision` whether its auto labels were taken, by the champion's golden-set precision."""
@@ -70,6 +94,14 @@ def augmented(context: dg.AssetExecutionContext, settings: SettingsResource, sto
     """Labeled rows of a batch with its split, plus augmented copies of rare train groups."""
     s = settings.load()
     out = stages.augment_batch(store.open(), s, context.partition_key)
+    if s.task == "detection":
+        return dg.MaterializeResult(metadata={
+            "originals": out["originals"], "augmented (copies of frames holding rare classes)": out["augmented"],
+            "reserved_for_test (clips, frames)": f"{out['reserved_for_test']['clips']}, {out['reserved_for_test']['frames']}",
+            "bytes": dg.MetadataValue.int(out["bytes"]),
+            "train boxes per class (before, after the copies)": table_md(
+                [{"class": c, "before": out["boxes_before"].get(c, 0), "after": n} for c, n in out["boxes_after"].items()]),
+        })  # fmt: skip
     balance = out["balance"]
     named = [{**g["group"], "label": s.classes[g["group"]["label"]]} if "label" in g["group"] else g["group"]
              for g in balance["groups"]]  # class names, not indices

@@ -73,13 +73,38 @@ def challenger(
         out["ranks"] = "none (kept)"
         say(context, f"challenger v{out['version']} already trained on dataset v{out['dataset_version']} "
                      "with this recipe: kept, no training launched")  # fmt: skip
-    return dg.MaterializeResult(metadata=_challenger_metadata(out, tracker), data_version=dg.DataVersion(out["version"]))
+    metadata = _detector_metadata(out, tracker) if s.task == "detection" else _challenger_metadata(out, tracker)
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(out["version"]))
+
+
+def _links(out: dict, tracker) -> dict:
+    links = ui_urls(tracker.tracking_uri, experiment_id=tracker.experiment_id, run_id=out["run_id"],
+                    model_name=tracker.model_name, version=out["version"])  # fmt: skip
+    return {k: dg.MetadataValue.url(v) for k, v in links.items()}  # with a tracking server
+
+
+def _detector_metadata(out: dict, tracker) -> dict:
+    """What the UI shows of a detector challenger (task: detection): its run, data, val mAP, loss curve."""
+    val = out.get("val") or {}
+    return {
+        "mlflow_version": out["version"],
+        "up_to_date (no new data: kept, not retrained)": out["up_to_date"],
+        "mlflow_run_id": out["run_id"],
+        "dataset_version": out["dataset_version"],
+        "train_rows": out["train_rows"],
+        "ranks (torchrun)": out.get("ranks", 1),
+        "val mAP@.5": val.get("map50"),
+        "val mAP@[.5:.95]": val.get("map"),
+        "training_seconds": out.get("training_seconds"),
+        "vs_yardstick_detector (val mAP@.5)": table_md([out["yardstick"] or {"check": "not checked (no val boxes, or "
+                                                                                  "detection.yardstick_steps is 0)"}]),
+        **({"learning_curves": png_md(plots.learning_curves_png(out["history"]), "loss per step")} if out["history"] else {}),
+        **_links(out, tracker),
+    }
 
 
 def _challenger_metadata(out: dict, tracker) -> dict:
     """What the UI shows of a challenger: its run, data, ranks, last epoch, the yardstick check, curves."""
-    links = ui_urls(tracker.tracking_uri, experiment_id=tracker.experiment_id, run_id=out["run_id"],
-                    model_name=tracker.model_name, version=out["version"])  # fmt: skip
     return {
         "mlflow_version": out["version"],
         "up_to_date (no new data: kept, not retrained)": out["up_to_date"],
@@ -97,7 +122,7 @@ def _challenger_metadata(out: dict, tracker) -> dict:
         "refit_final_epoch": table_md([dict(out["refit_history"][-1])] if out.get("refit_history") else []),
         "vs_yardstick_cnn (val)": table_md([_vs_baseline(out["baseline_check"])]),
         "learning_curves": png_md(plots.learning_curves_png(out["history"]), "learning curves"),
-        **{k: dg.MetadataValue.url(v) for k, v in links.items()},  # with a tracking server
+        **_links(out, tracker),
     }
 
 
@@ -136,7 +161,8 @@ def evaluation(context: dg.AssetExecutionContext, settings: SettingsResource, st
     context.instance.add_run_tags(context.run_id, {GATE_TAG: outcome})
     say(context, f"gate: challenger v{out['challenger_version']} "
                      f"{'is promoted' if gate['passed'] else 'is not promoted, the champion is kept'}: {gate['reason']}")  # fmt: skip
-    yield dg.MaterializeResult(metadata=_evaluation_metadata(out, s, store.open(), outcome))
+    metadata = _box_evaluation_metadata(out, outcome) if s.task == "detection" else _evaluation_metadata(out, s, store.open(), outcome)
+    yield dg.MaterializeResult(metadata=metadata)
     yield dg.AssetCheckResult(check_name="gate", passed=bool(gate["passed"]),
                               severity=dg.AssetCheckSeverity.WARN,  # the champion is kept: nothing is broken
                               description=gate["reason"], metadata=_gate_metadata(gate))  # fmt: skip
@@ -166,6 +192,31 @@ def _evaluation_metadata(out: dict, s, st, outcome: str) -> dict:
         ),
         "up_to_date (the challenger is the served model: kept)": bool(out.get("up_to_date")),
         **{plot: png_md(png, plot) for plot, png in out["plots"].items()},  # confusion, reliability, saliency
+    }
+
+
+def _box_evaluation_metadata(out: dict, outcome: str) -> dict:
+    """What the UI shows of a detector's evaluation: the decision, mAP overall, per class and slice, boxes drawn."""
+    ch, cp, gate = out["challenger"], out["champion"] or {}, out["gate"]
+    fixed = out.get("fixed_set") or {"frames": None}
+    per_class = [{"class": c, "challenger AP@.5": v["map50"], "champion AP@.5": (cp.get("per_class") or {}).get(c, {}).get("map50"),
+                  "challenger AP@[.5:.95]": v["map"]} for c, v in ch["per_class"].items()]  # fmt: skip
+    slices = [{"slice": k, "frames": v["n"], "challenger mAP@.5": v["map50"],
+               "champion mAP@.5": (cp.get("per_slice") or {}).get(k, {}).get("map50")} for k, v in ch["per_slice"].items()]  # fmt: skip
+    return {
+        "gate": f"{outcome}: {gate['reason']}",
+        "challenger_version": out["challenger_version"],
+        "champion_version": str(out["champion_version"]),
+        "frames": out["frames"],
+        "golden_frames": out["golden_frames"],
+        "map50": ch["map50"],
+        "map (.5:.95)": ch["map"],
+        "champion map50": cp.get("map50"),
+        "fixed held-out set map50": (fixed.get("challenger") or {}).get("map50") if fixed["frames"] else fixed.get("note"),
+        "per_class": table_md(per_class),
+        "per_slice": table_md(slices),
+        "up_to_date (the challenger is the served model: kept)": bool(out.get("up_to_date")),
+        **{plot: png_md(png, plot) for plot, png in out["plots"].items()},  # per-class mAP, predicted boxes
     }
 
 

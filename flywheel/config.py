@@ -280,8 +280,32 @@ class DeploySettings(_Section):
     calibration_frames: int = Field(256, ge=1)  # train frames that calibrate the int8 ranges
 
 
+class DetectionSettings(_Section):
+    """The detection task (`task: detection`): a CenterNet detector (flywheel/detection/) trained on the
+    frames' boxes, judged by COCO mAP. The model's input side is `image_size` (a multiple of 8)."""
+
+    steps: int = Field(600, ge=1)  # optimizer steps per challenger (mAP@.5 0.43 at 400 frames: BENCHMARKS.md)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    width: int = Field(16, ge=4)  # the backbone's first stage
+    augmentation: bool = True  # flip, scale, shift and photometric transforms, boxes moved with the pixels
+    # A detection at or above this score is a box the model reports (auto labels, the pre-filled boxes
+    # people correct in Label Studio, the fleet's shadow trigger); COCO mAP scores every detection.
+    min_score: float = Field(0.4, gt=0, lt=1)
+    # Per-frame uncertainty for the engine: detections between these scores are ones the model is unsure of.
+    unsure_band: tuple[float, float] = (0.15, 0.4)
+    floor: float = Field(0.2, ge=0, le=1)  # the first model's mAP@.5 must reach this (the gate)
+    # The per-turn yardstick: the same detector trained the plain way (no augmentation, this many steps) on the
+    # same train frames, both scored on val; it must beat the untrained model (else "broken": it did not learn).
+    # 0: no check.
+    yardstick_steps: int = Field(150, ge=0)
+
+
 class Settings(_Section):
     store: StoreSettings = StoreSettings()
+    # classification: one class per frame (`classes`); detection: boxes of `classes` per frame
+    # (the clips' /ground_truth/boxes/<camera> channels), a detector judged by mAP
+    task: Literal["classification", "detection"] = "classification"
     classes: list[str] = DEFAULT_CLASSES
     image_size: int = Field(IMAGE_SIZE, ge=8, le=1024)
     sensor: SensorSettings = SensorSettings()
@@ -298,6 +322,7 @@ class Settings(_Section):
     labelstudio: LabelStudioSettings = LabelStudioSettings()
     compute: ComputeSettings = ComputeSettings()
     tune: TuneSettings = TuneSettings()
+    detection: DetectionSettings = DetectionSettings()
     _home: Path = PrivateAttr(default_factory=lambda: flywheel_home())  # resolved once, when loaded
 
     @field_validator("classes")
@@ -308,6 +333,13 @@ class Settings(_Section):
         if len(set(v)) != len(v):
             raise ValueError("class names must be unique")
         return v
+
+    @model_validator(mode="after")
+    def _detector_input(self) -> Settings:
+        if self.task == "detection" and (self.image_size % 8 or self.image_size < 16):
+            raise ValueError(f"task: detection needs an image_size that is a multiple of 8, at least 16 (the "
+                             f"detector's stride), got {self.image_size}")
+        return self
 
     @model_validator(mode="after")
     def _no_secrets(self) -> Settings:
@@ -328,6 +360,11 @@ class Settings(_Section):
     def home(self) -> Path:
         """`$FLYWHEEL_HOME` as it was when these settings were loaded."""
         return self._home
+
+    @property
+    def metric(self) -> str:
+        """The score a model is judged by: `gate.metric` for classification, mAP@.5 (`map50`) for detection."""
+        return "map50" if self.task == "detection" else self.gate.metric
 
     @property
     def geometric_aug(self) -> bool:

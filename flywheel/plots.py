@@ -232,6 +232,50 @@ def reliability_png(probs: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BIN
     return _png(fig)
 
 
+def per_class_map_png(challenger: dict, champion: dict | None = None) -> bytes:
+    """Per-class AP@.5 (detection reports, `coco_map`) of the challenger, beside the champion's when given;
+    classes without a true box are left out."""
+    names = [c for c, v in challenger["per_class"].items() if v["map50"] is not None]
+    fig = Figure(figsize=(max(4.0, 0.9 * len(names) + 1.5), 3.2))
+    ax = fig.add_subplot(1, 1, 1)
+    x, width = np.arange(len(names)), 0.4 if champion else 0.7
+    ax.bar(x - (width / 2 if champion else 0), [challenger["per_class"][c]["map50"] for c in names], width,
+           label=f"challenger (mAP@.5 {challenger['map50']:.3f})")  # fmt: skip
+    if champion:
+        ax.bar(x + width / 2, [champion["per_class"].get(c, {}).get("map50") or 0 for c in names], width,
+               label=f"champion (mAP@.5 {champion['map50']:.3f})")  # fmt: skip
+    ax.set_xticks(x, names, rotation=20, fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("AP@.5")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def boxes_png(images: np.ndarray, truth: list, detections: list, classes: list[str], *, min_score: float = 0.3) -> bytes:
+    """Model-input frames (N, 3, S, S) with their true boxes (green) and the detections at or above
+    `min_score` (orange, with class and score): a grid of at most 8."""
+    from matplotlib.patches import Rectangle
+
+    n = min(len(images), 8)
+    if not n:
+        raise ValueError("no frames to draw")
+    cols = min(n, 4)
+    rows = (n + cols - 1) // cols
+    fig = Figure(figsize=(2.6 * cols, 2.6 * rows))
+    for i in range(n):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.imshow(images[i].transpose(1, 2, 0))
+        for _, x, y, w, h in truth[i]:
+            ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="lime", linewidth=1))
+        for c, score, x, y, w, h in (d for d in detections[i] if d[1] >= min_score):
+            ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="orange", linewidth=1, linestyle="--"))
+            ax.text(x, y, f"{classes[c]} {score:.2f}", color="orange", fontsize=5, va="bottom")
+        ax.set_axis_off()
+    fig.suptitle("true boxes (green), detections (orange)", fontsize=8)
+    return _png(fig)
+
+
 def markdown_image(png: bytes, alt: str = "plot") -> str:
     """Inline Markdown image (base64 data URI), for Dagster `MetadataValue.md`."""
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"

@@ -47,7 +47,7 @@ def champion_status(store: Store, settings: Settings) -> dict | None:
     if cur is None:
         return None
     m = store.read_json(cur["manifest"])
-    keys = ("accuracy", "macro_f1", "ece")
+    keys = ("accuracy", "macro_f1", "ece", "map50", "map")
     return {
         "version": cur["version"], "dataset": m.get("dataset"), "deployed_at": m.get("deployed_at"),
         "metrics": {k: m["metrics"][k] for k in keys if k in m.get("metrics", {})},
@@ -67,7 +67,7 @@ def iteration_summary(store: Store, settings: Settings, tracker: Tracker) -> dic
     that model was not scored on it; `fixed_note` says why there is no set)."""
     version = tracker.alias(CHALLENGER)
     ev = store.read_json(layout.evaluation_key(settings.mlflow.model_name, version))
-    metric, rare = settings.gate.metric, f"condition={rare_condition(settings)}"
+    metric, rare = settings.metric, f"condition={rare_condition(settings)}"
     manifest = dataset.load_manifest(store, settings.dataset.name, ev["dataset_version"])
 
     def scores(report: dict | None) -> tuple[float | None, float | None]:

@@ -29,6 +29,7 @@ from flywheel.data.augment import balance_report, load_pipeline, oversample, sam
 from flywheel.data.reader import load_arrays
 from flywheel.data.schema import DATASET
 from flywheel.deployment import champion, deploy
+from flywheel.detection import stages as boxes
 from flywheel.evaluation import approvals, evalset, saliency
 from flywheel.evaluation.evaluate import evaluate_model, flat_metrics, score
 from flywheel.evaluation.gate import PairedPredictions, decide
@@ -56,6 +57,8 @@ def label_batch(store: Store, settings: Settings, batch_id: str) -> dict:
     auto-labels the frames it is sure of, the most useful of the rest go to the Label Studio
     queue, and the clip's ground truth is hidden so it cannot leak into training labels.
     """
+    if settings.task == "detection":
+        return boxes.label_batch(store, settings, batch_id)
     frames = store.read_parquet(layout.frames_key(batch_id))
     champ = champion.deployed(store, settings)
     scores = champ.score(frames) if champ is not None and frames.num_rows else None
@@ -88,6 +91,8 @@ def label_batch(store: Store, settings: Settings, batch_id: str) -> dict:
 
 def augment_batch(store: Store, settings: Settings, batch_id: str) -> dict:
     """Labeled frames of a batch with their split, plus offline augmented copies of rare train groups."""
+    if settings.task == "detection":
+        return boxes.augment_batch(store, settings, batch_id)
     frames = store.read_parquet(layout.frames_key(batch_id))
     labels = store.read_parquet(layout.labels_key(batch_id))
     rows = dataset.to_dataset_rows(frames, labels, settings.classes, settings.dataset.split)
@@ -139,6 +144,8 @@ def train_challenger(
 ) -> dict:  # fmt: skip
     """Train on the latest dataset version, log the run to MLflow, register it as `challenger`.
     `log` gets one line per epoch (the orchestrator's run log)."""
+    if settings.task == "detection":
+        return boxes.train_challenger(store, settings, tracker, device=device, progress=progress, rank=rank, world_size=world_size, log=log)
     name = settings.dataset.name
     manifest = dataset.load_manifest(store, name)
     cfg, recipe = tune.tuned_train_config(store, settings, device=device)
@@ -224,6 +231,8 @@ def kept_challenger(store: Store, settings: Settings, tracker: Tracker, *, devic
     """What `train_challenger` returns when there is nothing new to learn from (the challenger trained
     on the latest dataset version with this very recipe), else None; cheap, so the orchestrator asks
     before it launches a training process."""
+    if settings.task == "detection":
+        return boxes.kept_challenger(store, settings, tracker)
     manifest = dataset.load_manifest(store, settings.dataset.name)
     cfg, _ = tune.tuned_train_config(store, settings, device=device)
     return _kept(store, settings, tracker, manifest, cfg, world_size=world_size)
@@ -277,6 +286,8 @@ def evaluate_challenger(store: Store, settings: Settings, tracker: Tracker, *, d
     """Score challenger and champion on the same frames, on the compute device; decide the gate; record it all.
     Both are scored on the fixed held-out set too (made here when this version is the first with enough
     labeled test frames): it shows whether turns improve the model, where the growing set gets harder."""
+    if settings.task == "detection":
+        return boxes.evaluate_challenger(store, settings, tracker, device=device)
     challenger = tracker.alias(CHALLENGER)
     if challenger is None:
         raise ValueError(f"model {settings.mlflow.model_name!r} has no challenger: train one first")
@@ -391,6 +402,8 @@ def _saliency(model: FrameClassifier, images: np.ndarray, labels: np.ndarray, pr
 
 def deploy_challenger(store: Store, settings: Settings, tracker: Tracker) -> dict:
     """Export the gated challenger to ONNX, check parity, write deploy/, move `champion`."""
+    if settings.task == "detection":
+        return boxes.deploy_challenger(store, settings, tracker)
     version = tracker.alias(CHALLENGER)
     model_name, size = settings.mlflow.model_name, settings.image_size
     evaluation = store.read_json(layout.evaluation_key(model_name, version))

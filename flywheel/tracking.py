@@ -210,9 +210,13 @@ def save_mlflow_model(weights: bytes, path: Path) -> None:
     import torch
     from mlflow.models import infer_signature
 
+    from flywheel.detection.model import StackedHeads, is_detector, load_detector
     from flywheel.model import load_weights
 
-    model, _ = load_weights(weights)
+    if is_detector(weights):  # one output: the heads stacked, heatmap logits (C), size (2), offset (2) per cell
+        model = StackedHeads(load_detector(weights)[0])
+    else:
+        model, _ = load_weights(weights)
     size = model.cfg.image_size
     example = np.zeros((2, 3, size, size), np.uint8)
     with torch.no_grad():

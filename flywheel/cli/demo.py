@@ -11,6 +11,9 @@ from flywheel.cli.base import DEMO_BUDGET, DEMO_GATE, RUN_LOGS, Ctx, cli_run_tag
 from flywheel.cli.driver import execute, format_summary, run_iteration
 from flywheel.config import GateSettings, flywheel_home
 
+# The detection demo: the detector's input side (a multiple of its stride, 8) at the simulator's width.
+DETECTION_DEMO = {"task": "detection", "image_size": 96}
+
 
 def answer_and_relabel(obj: Ctx) -> list[str]:
     """The simulated labeling team answers the queue from outside, through labeling/ files, as people
@@ -22,7 +25,7 @@ def answer_and_relabel(obj: Ctx) -> list[str]:
     from flywheel.sim.annotator import answer_queue
 
     s, st = obj.settings, obj.store()
-    answered = answer_queue(st, classes=s.classes, error_rate=s.sim.annotator_error_rate,
+    answered = answer_queue(st, classes=s.classes, error_rate=s.sim.annotator_error_rate, task=s.task,
                             delay_batches=s.sim.annotator_delay_batches, seed=s.engine.seed)["answered_batches"]  # fmt: skip
     _, waiting = waiting_batches(st, s.dataset.name)
     relabel = [b for b in answered if b in waiting]
@@ -52,8 +55,11 @@ def answer_and_relabel(obj: Ctx) -> list[str]:
               help="Train with the recipe's defaults instead of the demo's lighter budget ("
                    + ", ".join(f"{k}={v}" for k, v in DEMO_BUDGET.items()) + "), which keeps the demo to "
                    "minutes on a laptop's CPU.")  # fmt: skip
+@click.option("--task", type=click.Choice(["classification", "detection"]), default="classification", show_default=True,
+              help="detection: the loop on the simulator's boxes (a CenterNet detector judged by mAP@.5, "
+                   f"{', '.join(f'{k}={v}' for k, v in DETECTION_DEMO.items())}).")  # fmt: skip
 @click.pass_obj
-def demo(obj: Ctx, iterations: int, clips: int, label_budget: int, seed: int, engine: bool, full_recipe: bool):
+def demo(obj: Ctx, iterations: int, clips: int, label_budget: int, seed: int, engine: bool, full_recipe: bool, task: str):
     """Turn the whole loop a few times while the fleet's conditions drift, and plot the result.
 
     \b
@@ -74,6 +80,10 @@ def demo(obj: Ctx, iterations: int, clips: int, label_budget: int, seed: int, en
         obj = obj.with_overrides(**DEMO_BUDGET)
     if obj.settings.gate == GateSettings():  # the config leaves the gate alone: one sized to the demo's frames
         obj = obj.with_overrides(**DEMO_GATE)
+        if task == "detection":  # a few hundred test frames: no condition or class could be shown non-inferior
+            obj = obj.with_overrides(**{"gate.critical_slices": []})
+    if task == "detection":
+        obj = obj.with_overrides(**DETECTION_DEMO)
     if engine:
         obj = obj.with_overrides(**{"engine.enabled": True, "engine.label_budget": label_budget})
     from flywheel.sim import simulate as run_sim
@@ -82,6 +92,8 @@ def demo(obj: Ctx, iterations: int, clips: int, label_budget: int, seed: int, en
     t = obj.settings.train
     budget = (f"{t.epochs} epochs" if t.epochs else f"{t.steps} steps, at least {t.min_passes} passes") + (
         ", then the refit on train + val" if t.refit else "")
+    if task == "detection":
+        budget = f"a CenterNet detector, {obj.settings.detection.steps} steps of {obj.settings.detection.batch_size} frames"
     check = f"yardstick check {obj.settings.tune.baseline_epochs} epochs" if obj.settings.tune.baseline_epochs else "no yardstick check"
     click.echo(f"training: {budget} per challenger, {check}" + ("" if full_recipe else " (the demo's budget; --full-recipe for the defaults)"))
     g = obj.settings.gate

@@ -36,7 +36,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from flywheel import layout
-from flywheel.data.schema import DATASET
+from flywheel.data.schema import DATASET, dataset_schema
 from flywheel.ingest import list_batches
 from flywheel.store import Store
 
@@ -138,6 +138,13 @@ def append_version(
             f"dataset {name!r} v{parent_version} has classes {parent['classes']}, got {list(classes)}: "
             "class indices would change meaning; use a new dataset name"
         )
+    tasks = {_task_of(rows) for rows in batches.values()}
+    if len(tasks) > 1:
+        raise ValueError(f"dataset {name!r}: the batches mix classification and detection rows")
+    task = tasks.pop() if tasks else (parent or {}).get("task", "classification")
+    if parent is not None and parent.get("task", "classification") != task:
+        raise ValueError(f"dataset {name!r} v{parent_version} holds {parent.get('task', 'classification')} rows, "
+                         f"these batches are {task} rows: use a new dataset name")  # fmt: skip
     included = set(parent["batches"]) if parent else set()
     known = dict(parent.get("sources", {})) if parent else {}
     sources = {b: v for b, v in (sources or {}).items() if v is not None}
@@ -153,7 +160,7 @@ def append_version(
     version = (parent_version or 0) + 1
     shards = [sh for sh in parent["shards"] if sh["batch"] not in revised] if parent else []
     for batch_id in sorted(new + revised):
-        rows = _checked_rows(batches[batch_id], batch_id, len(classes))
+        rows = _checked_rows(batches[batch_id], batch_id, classes)
         shards += _write_batch_shards(
             store, rows, prefix=layout.shards_prefix(name, version, batch_id),
             batch_id=batch_id, classes=classes, shard_bytes=int(shard_mb * MiB),
@@ -165,7 +172,8 @@ def append_version(
         "version": version,
         "parent": parent_version,
         "created_at": created_at or datetime.now(UTC).isoformat(timespec="seconds"),
-        "schema": [{"name": f.name, "type": str(f.type)} for f in DATASET],
+        "task": task,
+        "schema": [{"name": f.name, "type": str(f.type)} for f in dataset_schema(task)],
         "classes": list(classes),
         "row_group_rows": row_group_rows,
         "shards": shards,
@@ -262,18 +270,31 @@ def split_rows(manifest: dict, split: str) -> int:
     return sum(sum(s["row_groups"]) for s in manifest["shards"] if s["split"] == split)
 
 
-def _checked_rows(rows: pa.Table, batch_id: str, n_classes: int) -> pa.Table:
-    """`rows` cast to DATASET and sorted by frame_id, or ValueError naming the batch and problem."""
-    missing = set(DATASET.names) - set(rows.column_names)
+def _task_of(rows: pa.Table) -> str:
+    """detection for rows that carry box sets, else classification."""
+    return "detection" if "boxes" in rows.column_names else "classification"
+
+
+def _checked_rows(rows: pa.Table, batch_id: str, classes: Sequence[str]) -> pa.Table:
+    """`rows` cast to their task's schema (DATASET, DETECTION_DATASET) and sorted by frame_id, or ValueError
+    naming the batch and problem."""
+    schema = dataset_schema(_task_of(rows))
+    missing = set(schema.names) - set(rows.column_names)
     if missing:
         raise ValueError(f"batch {batch_id}: dataset rows lack columns {sorted(missing)}")
-    rows = rows.select(DATASET.names).cast(DATASET)
+    rows = rows.select(schema.names).cast(schema)
     bad_split = set(rows.column("split").unique().to_pylist()) - set(SPLITS)
     if bad_split:
         raise ValueError(f"batch {batch_id}: unknown split(s) {sorted(map(str, bad_split))}")
-    label = rows.column("label")
-    if rows.num_rows and (pc.min(label).as_py() < 0 or pc.max(label).as_py() >= n_classes):
-        raise ValueError(f"batch {batch_id}: label indices outside [0, {n_classes})")
+    if "label" in schema.names:
+        label, n_classes = rows.column("label"), len(classes)
+        if rows.num_rows and (pc.min(label).as_py() < 0 or pc.max(label).as_py() >= n_classes):
+            raise ValueError(f"batch {batch_id}: label indices outside [0, {n_classes})")
+    else:
+        names = set(pc.struct_field(pc.list_flatten(rows.column("boxes")), "label").unique().to_pylist())
+        if names - set(classes):
+            raise ValueError(f"batch {batch_id}: box classes {sorted(map(str, names - set(classes)))} are not "
+                             f"among the classes {list(classes)}")  # fmt: skip
     pairs = set(
         zip(rows.column("clip_id").to_pylist(), rows.column("split").to_pylist(), strict=True)
     )
@@ -309,11 +330,11 @@ def _write_batch_shards(store: Store, rows: pa.Table, *, prefix: str, batch_id: 
 def _write_shard(fs, path: str, rows: pa.Table, start: int, *, shard_bytes: int,
                  row_group_rows: int) -> tuple[int, list[int]]:  # fmt: skip
     """Write row groups from `start` until the file reaches `shard_bytes`; (next start, group sizes)."""
-    not_image = [n for n in DATASET.names if n != "image"]
+    not_image = [n for n in rows.schema.names if n != "image"]
     row_groups = []
     with fs.open_output_stream(path) as sink, pq.ParquetWriter(
-        sink, DATASET,
-        compression={n: ("none" if n == "image" else "snappy") for n in DATASET.names},
+        sink, rows.schema,
+        compression={n: ("none" if n == "image" else "snappy") for n in rows.schema.names},
         use_dictionary=not_image,  # encoded images neither compress nor repeat
         write_statistics=not_image,  # min/max of JPEG bytes is useless and bloats the footer
     ) as writer:  # fmt: skip
@@ -330,7 +351,10 @@ def _write_shard(fs, path: str, rows: pa.Table, start: int, *, shard_bytes: int,
 def _shard_entry(store: Store, key: str, split: str, batch_id: str, rows: pa.Table,
                  row_groups: list[int], classes: Sequence[str]) -> dict:  # fmt: skip
     fs, _ = store.arrow_fs()
-    labels = Counter(rows.column("label").to_pylist())
+    if "label" in rows.column_names:
+        per_class = {classes[c]: n for c, n in sorted(Counter(rows.column("label").to_pylist()).items())}
+    else:  # detection: boxes per class
+        per_class = dict(sorted(Counter(pc.struct_field(pc.list_flatten(rows.column("boxes")), "label").to_pylist()).items()))
     info, sha = fs.get_file_info(store.arrow_path(key)), _sha256(store, key)
     _verified.add((store.root, key, sha, info.size, info.mtime_ns))  # hashed just now
     return {
@@ -342,7 +366,7 @@ def _shard_entry(store: Store, key: str, split: str, batch_id: str, rows: pa.Tab
         "bytes": info.size,
         "sha256": sha,
         "counts": {
-            "class": {classes[c]: n for c, n in sorted(labels.items())},
+            "class": per_class,
             "trigger": dict(sorted(Counter(rows.column("trigger").to_pylist()).items())),
             "condition": dict(sorted(Counter(rows.column("condition").to_pylist()).items())),
             "augmented": int(pc.sum(pc.not_equal(rows.column("augmentation"), "")).as_py() or 0),

@@ -34,10 +34,8 @@ def diff_versions(store: Store, name: str, a: int, b: int) -> dict:
     clips_a = {c for c, _ in frames_a.values()}
     clips_b = {c for c, _ in frames_b.values()}
     both = frames_a.keys() & frames_b.keys()
-    classes = mb["classes"]
     changed = sorted(
-        ({"frame_id": f, "before": classes[frames_a[f][1]], "after": classes[frames_b[f][1]]}
-         for f in both if frames_a[f][1] != frames_b[f][1]),
+        ({"frame_id": f, "before": frames_a[f][1], "after": frames_b[f][1]} for f in both if frames_a[f][1] != frames_b[f][1]),
         key=lambda r: r["frame_id"],
     )  # fmt: skip
     counts = {
@@ -86,15 +84,25 @@ def markdown(diff: dict) -> str:
     return "\n".join(lines)
 
 
-def _frames(store: Store, manifest: dict) -> dict[str, tuple[str, int]]:
-    """frame_id -> (clip_id, label) of a version's original frames (offline copies left out)."""
+def _frames(store: Store, manifest: dict) -> dict[str, tuple[str, str]]:
+    """frame_id -> (clip_id, label) of a version's original frames (offline copies left out); the label as
+    shown: the class name, or for detection rows the box set (`_box_set`)."""
     keys = dataset.shard_keys(manifest)
     if not keys:
         return {}
-    t = store.read_parquet(keys, columns=["frame_id", "clip_id", "label", "augmentation"])
+    column = "boxes" if manifest.get("task") == "detection" else "label"
+    t = store.read_parquet(keys, columns=["frame_id", "clip_id", column, "augmentation"])
     t = t.filter(pc.equal(t.column("augmentation"), ""))
-    ids, clips, labels = (t.column(c).to_pylist() for c in ("frame_id", "clip_id", "label"))
-    return {f: (c, y) for f, c, y in zip(ids, clips, labels, strict=True)}
+    ids, clips, labels = (t.column(c).to_pylist() for c in ("frame_id", "clip_id", column))
+    shown = [_box_set(y) for y in labels] if column == "boxes" else [manifest["classes"][y] for y in labels]
+    return {f: (c, y) for f, c, y in zip(ids, clips, shown, strict=True)}
+
+
+def _box_set(boxes: list[dict] | None) -> str:
+    """A frame's boxes as one comparable line: `class x,y,w,h` each (whole pixels), sorted; "no objects" for none."""
+    if not boxes:
+        return "no objects"
+    return "; ".join(sorted(f"{b['label']} {b['x']:.0f},{b['y']:.0f},{b['w']:.0f},{b['h']:.0f}" for b in boxes))
 
 
 def _batch(store: Store, manifest: dict, batch_id: str) -> dict:

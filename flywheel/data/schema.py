@@ -54,3 +54,21 @@ DATASET = pa.schema([
     ("split", pa.string()),  # train | val | test
     ("augmentation", pa.string()),  # "" for originals, else the pipeline id + seed
 ])  # fmt: skip
+
+# The detection task (`task: detection`): a frame's label is its set of boxes (possibly empty: nothing there).
+DETECTION_LABELS = pa.schema([
+    ("frame_id", pa.string()),
+    ("boxes", BOXES),  # in pixels of the frame as stored; track_id null
+    ("label_source", pa.string()),  # human | ground_truth | auto
+    ("label_confidence", pa.float32()),  # auto: the lowest score of the boxes kept; else 1
+])  # fmt: skip
+
+# Dataset rows of the detection task: DATASET's columns with the box set in place of the class index.
+DETECTION_DATASET = pa.schema([f for f in DATASET if f.name != "label"] + [pa.field("boxes", BOXES)])
+
+
+def dataset_schema(task: str) -> pa.Schema:
+    """The dataset rows' schema of a task: DATASET (classification) or DETECTION_DATASET."""
+    if task not in ("classification", "detection"):
+        raise ValueError(f"unknown task {task!r}: classification or detection")
+    return DETECTION_DATASET if task == "detection" else DATASET

@@ -312,6 +312,11 @@ def _check_graph(onnx_bytes: bytes, *, classes: list[str], image_size: int) -> t
     got_in = {"name": inp["name"], "dtype": inp["dtype"], "shape": inp["shape"][1:]}
     if got_in != want_in:
         raise ValueError(f"onnx_bytes input is {inp}, expected {want_in} after the batch dim")
+    if out["name"] == "heatmap":  # a detector (flywheel/detection/export.py): per-class heatmaps at stride 4
+        side = [d if isinstance(d, str) else int(d) for d in out["shape"][2:]]  # the exporter may leave them symbolic
+        if out["shape"][1] != len(classes) or any(isinstance(d, int) and d != image_size // 4 for d in side):
+            raise ValueError(f"onnx_bytes heatmap is {out}, expected {len(classes)} classes at {image_size // 4} px")
+        return inp, out
     if out["name"] != OUTPUT_NAME or out["shape"][1:] != [len(classes)]:
         raise ValueError(
             f"onnx_bytes output is {out}, expected {OUTPUT_NAME!r} with {len(classes)} classes"

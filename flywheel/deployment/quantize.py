@@ -58,8 +58,9 @@ def quantize_int8(onnx_bytes: bytes, calibration: np.ndarray) -> bytes:
 
 
 def latency_ms(onnx_bytes: bytes, image_size: int, *, batches: Sequence[int] = LATENCY_BATCHES,
-               runs: int = 20) -> dict[str, float]:  # fmt: skip
-    """Median milliseconds of one onnxruntime run on the CPU (one thread) per batch size: {"b1": ..}."""
+               runs: int = 20, outputs: Sequence[str] = (OUTPUT_NAME,)) -> dict[str, float]:  # fmt: skip
+    """Median milliseconds of one onnxruntime run on the CPU (one thread) per batch size: {"b1": ..};
+    `outputs`: what the run computes (a classifier's logits; a detector's three heads)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1
     session = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
@@ -67,11 +68,11 @@ def latency_ms(onnx_bytes: bytes, image_size: int, *, batches: Sequence[int] = L
     out = {}
     for b in batches:
         x = rng.integers(0, 256, (b, 3, image_size, image_size), np.uint8)
-        session.run([OUTPUT_NAME], {INPUT_NAME: x})  # warm up
+        session.run(list(outputs), {INPUT_NAME: x})  # warm up
         times = []
         for _ in range(runs):
             t0 = time.perf_counter()
-            session.run([OUTPUT_NAME], {INPUT_NAME: x})
+            session.run(list(outputs), {INPUT_NAME: x})
             times.append((time.perf_counter() - t0) * 1000)
         out[f"b{b}"] = round(float(np.median(times)), 3)
     return out

@@ -42,9 +42,17 @@ def onnx_detect(data: bytes, images: np.ndarray, *, k: int = 50) -> list[list[tu
     """Per image: [(class, score, x, y, w, h)] from the ONNX graph on CPU (onnxruntime), decoded as in torch."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    heat, size, offset = session.run(list(OUTPUTS), {INPUT: np.ascontiguousarray(images, dtype=np.uint8)})
-    return decode((torch.from_numpy(heat), torch.from_numpy(size), torch.from_numpy(offset)), k=k)
+    return session_detect(ort.InferenceSession(data, providers=["CPUExecutionProvider"]), images, k=k)
+
+
+def session_detect(session, images: np.ndarray, *, k: int = 50, batch_size: int = 64) -> list[list[tuple]]:
+    """`onnx_detect` with an onnxruntime session already open (the deployed champion's)."""
+    out: list[list[tuple]] = []
+    for i in range(0, len(images), batch_size):
+        x = np.ascontiguousarray(images[i : i + batch_size], dtype=np.uint8)
+        heat, size, offset = session.run(list(OUTPUTS), {INPUT: x})
+        out += decode((torch.from_numpy(heat), torch.from_numpy(size), torch.from_numpy(offset)), k=k)
+    return out
 
 
 def check_parity(model: CenterNet, data: bytes, images: np.ndarray, *, score_tol: float = 1e-3,

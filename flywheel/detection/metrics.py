@@ -182,3 +182,38 @@ def paired_bootstrap(truth: Sequence[Sequence[tuple]], before: Sequence[Sequence
     low, high = np.quantile(diffs, [(1 - confidence) / 2, (1 + confidence) / 2])
     out.update(diff=round(base_b - base_a, 4), low=round(float(low), 4), high=round(float(high), 4))
     return out
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two (x, y, w, h) boxes."""
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+def box_trust(truth: Sequence[Sequence[tuple]], detections: Sequence[Sequence[tuple]], classes: Sequence[str], *,
+              min_score: float, min_precision: float, min_support: int, min_iou: float = 0.5) -> dict:  # fmt: skip
+    """Per class, the precision of the detections at or above `min_score` (each matched greedily, best score
+    first, to an unmatched true box of its class at IoU >= `min_iou`): the auto labels it would give.
+    `{"trusted": [class index], "per_class": {name: {"confident", "correct", "precision", "trusted"}}, "frames"}`;
+    a class is trusted with at least `min_support` such detections and a precision of `min_precision`."""
+    if len(truth) != len(detections):
+        raise ValueError(f"{len(truth)} images of ground truth but {len(detections)} of detections")
+    sure, right = np.zeros(len(classes), int), np.zeros(len(classes), int)
+    for gts, dets in zip(truth, detections, strict=True):
+        free = list(gts)
+        for c, _, *box in sorted((d for d in dets if d[1] >= min_score), key=lambda d: -d[1]):
+            sure[c] += 1
+            best = max((g for g in free if g[0] == c), key=lambda g: iou(box, g[1:]), default=None)
+            if best is not None and iou(box, best[1:]) >= min_iou:
+                right[c] += 1
+                free.remove(best)
+    per_class, trusted = {}, []
+    for k, name in enumerate(classes):
+        precision = right[k] / sure[k] if sure[k] else None
+        ok = bool(sure[k] >= min_support and precision is not None and precision >= min_precision)
+        per_class[name] = {"confident": int(sure[k]), "correct": int(right[k]), "precision": precision, "trusted": ok}
+        trusted += [k] if ok else []
+    return {"trusted": trusted, "per_class": per_class, "frames": len(truth)}

@@ -176,3 +176,24 @@ def load_detector(data: bytes) -> tuple[CenterNet, list[str]]:
     model = CenterNet(DetectorConfig(**blob["config"]))
     model.load_state_dict(blob["state_dict"])
     return model.eval(), list(blob["classes"])
+
+
+def is_detector(data: bytes) -> bool:
+    """Whether weights bytes are a detector's (`save_detector`) rather than a frame classifier's."""
+    try:
+        blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception:  # not a torch file at all: the classifier's loader names what is wrong
+        return False
+    return isinstance(blob, dict) and isinstance(blob.get("config"), dict) and "head_channels" in blob["config"]
+
+
+class StackedHeads(nn.Module):
+    """A detector with one output, (N, C + 4, S/4, S/4): heatmap logits, then size (w, h), then offset (x, y),
+    for servers that take one tensor out (the MLflow model)."""
+
+    def __init__(self, model: CenterNet):
+        super().__init__()
+        self.model, self.cfg = model, model.cfg
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat(self.model(x), dim=1)

@@ -152,6 +152,8 @@ def mine_scarce(store: Store, settings: Settings, *, column: str = "condition") 
     out: dict = {"started": [], "stopped": [], "active": [], "shares": {}}
     if share is None:
         return out
+    if settings.task == "detection":
+        raise ValueError("scarce-slice mining queries the classifier's embeddings: not available with task: detection")
     if column not in ("condition", "camera"):
         raise ValueError(f"scarce slices are mined by condition or camera, not {column!r}")
     manifest = dataset.load_manifest(store, settings.dataset.name)

@@ -5,7 +5,9 @@ The simulator (`sim.simulate(..., upload_filter=...)`) uploads a flagged clip wi
 and a random share of the others as `random`. `engine.shadow_trigger` picks what flags a clip:
 `confidence`, when any of its frames scores below `threshold` on the chosen confidence measure (all
 measures are in [0, 1], higher meaning surer, so one threshold semantics fits all three), or
-`novelty`, when it looks unlike the champion's training data (flywheel/engine/novelty.py).
+`novelty`, when it looks unlike the champion's training data (flywheel/engine/novelty.py). A deployed
+detector (`task: detection`) flags a clip `low_confidence` when a frame holds a detection it is unsure of
+(`box_shadow_filter`).
 """
 
 from __future__ import annotations
@@ -104,6 +106,11 @@ def fleet_filter(store: Store, settings: Settings) -> UploadFilter | None:
     if deploy.current(store, settings.mlflow.model_name) is None:
         return None
     session, manifest = deploy.load_deployed(store, settings.mlflow.model_name, settings.train.device)
+    if settings.task == "detection":  # box scores; no campaigns (they query the classifier's embeddings)
+        if not e.enabled:
+            return None
+        budget = DailyUploadBudget(e.uploads_per_day) if e.uploads_per_day is not None else None
+        return box_shadow_filter(session, manifest, band=settings.detection.unsure_band, budget=budget)
     mining = campaign_queries(store, session, manifest)
     if not e.enabled and not mining:
         return None
@@ -114,3 +121,23 @@ def fleet_filter(store: Store, settings: Settings) -> UploadFilter | None:
                if e.enabled and e.shadow_trigger == "novelty" else None)  # fmt: skip
     return shadow_filter(session, manifest, threshold=e.shadow_threshold if by_confidence else None,
                          measure=e.shadow_measure, budget=budget, campaigns=mining, novelty=novelty)  # fmt: skip
+
+
+def box_shadow_filter(session: ort.InferenceSession, manifest: dict, *, band: tuple[float, float],
+                      budget: DailyUploadBudget | None = None) -> UploadFilter:  # fmt: skip
+    """The detector's shadow filter (`task: detection`): a clip is `low_confidence` when any frame holds a
+    detection whose score lies in `band` (detection.unsure_band: an object the model half sees)."""
+    from flywheel.detection.export import session_detect
+
+    lo, hi = band
+    if not 0 <= lo < hi <= 1:
+        raise ValueError(f"the unsure band must be 0 <= low < high <= 1, got {band}")
+    size = int(manifest["image_size"])
+
+    def upload_filter(frames: np.ndarray, meta: dict) -> str | None:
+        found = session_detect(session, frames_to_input(frames, size))
+        if not any(lo <= d[1] < hi for dets in found for d in dets):
+            return None
+        return None if budget is not None and not budget.take(meta) else LOW_CONFIDENCE
+
+    return upload_filter

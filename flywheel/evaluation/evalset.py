@@ -143,8 +143,14 @@ def evaluation_frames(store: Store, name: str, manifest: dict, *, image_size: in
 SLICE_COLUMNS = ["clip_id", "condition", "label", "trigger", "label_source", "augmentation", "split"]
 
 
-def _slices(condition: str, label: int, trigger: str) -> tuple[str, str]:
-    return f"condition={condition},class={label}", f"trigger={trigger}"
+def _slices(condition: str, label: int | None, trigger: str) -> tuple[str, str]:
+    """A frame's slices for reserving test clips; detection rows (no class per frame) by condition alone."""
+    return f"condition={condition}" + ("" if label is None else f",class={label}"), f"trigger={trigger}"
+
+
+def _columns(names: list[str]) -> list[str]:
+    """SLICE_COLUMNS a table has (detection rows carry box sets, no `label`)."""
+    return [c for c in SLICE_COLUMNS if c in names]
 
 
 def test_counts(store: Store, name: str, batch_id: str) -> Counter:
@@ -156,18 +162,19 @@ def test_counts(store: Store, name: str, batch_id: str) -> Counter:
         manifest = load_manifest(store, name)
         included = set(manifest["batches"])
         if keys := shard_keys(manifest, "test"):
-            tables.append(store.read_parquet(keys, columns=SLICE_COLUMNS))
+            tables.append(store.read_parquet(keys, columns=_columns([f["name"] for f in manifest["schema"]])))
     for m in list_batches(store):
         b = m["batch_id"]
         if b == batch_id:
             break  # batches are listed oldest first: only those before this one count
         if b not in included and store.exists(layout.augmented_key(b)):
-            tables.append(store.read_parquet(layout.augmented_key(b), columns=SLICE_COLUMNS))
+            names = store.parquet_file(layout.augmented_key(b)).schema_arrow.names
+            tables.append(store.read_parquet(layout.augmented_key(b), columns=_columns(names)))
     counts: Counter = Counter()
     for t in tables:
         for r in t.to_pylist():
             if r["split"] == "test" and r["augmentation"] == "" and r["label_source"] != "auto":
-                counts.update(_slices(r["condition"], r["label"], r["trigger"]))
+                counts.update(_slices(r["condition"], r.get("label"), r["trigger"]))
     return counts
 
 
@@ -181,9 +188,9 @@ def reserve_test_clips(rows: pa.Table, counts: Counter, settings: EvalSettings) 
     if not settings.per_slice_frames or not budget:
         return rows, {"clips": 0, "frames": 0}
     by_clip: dict[str, list[tuple[str, str]]] = {}
-    for r in rows.select(["clip_id", "condition", "label", "trigger", "label_source", "split"]).to_pylist():
-        if r["split"] == "train" and r["label_source"] != "auto":
-            by_clip.setdefault(r["clip_id"], []).append(_slices(r["condition"], r["label"], r["trigger"]))
+    for r in rows.select(_columns(rows.column_names)).to_pylist():
+        if r["split"] == "train" and r["label_source"] != "auto" and r["augmentation"] == "":
+            by_clip.setdefault(r["clip_id"], []).append(_slices(r["condition"], r.get("label"), r["trigger"]))
     have, moved = Counter(counts), set()
     # rarest slices first: a clip is reserved for the shortest slice it can fill
     for clip in sorted(by_clip, key=lambda c: (min(have[s] for f in by_clip[c] for s in f), c)):

@@ -3,7 +3,8 @@
 The queue files (`labeling/queue/<batch>.json`, flywheel/labeling/queue.py) stay the source of
 truth; this module mirrors them into one Label Studio project and mirrors its answers back as
 exports under `labeling/done/<batch>.json`, the same files the no-server exchange uses, so the
-labels stage reads both the same way.
+labels stage reads both the same way. The project asks for what the flywheel's task needs: one class
+per frame (classification), or a labelled box around every object (detection).
 
     push   every queued task not yet in the project is imported, with the champion's guess as a
            pre-annotation; images come from the store (local-files serving for a local store,
@@ -38,6 +39,13 @@ from flywheel.store import LocalStore, S3Store, Store
 
 PRESIGN_S = 7 * 24 * 3600  # the longest an S3 presigned URL may live (SigV4)
 PAGE = 100
+# task -> (the project's labeling config, its description, the config's tag holding the classes)
+CONFIGS = {
+    "classification": (labelstudio.label_config, "Frames the flywheel's champion was unsure of. One class per frame.",
+                       "Choices"),
+    "detection": (labelstudio.box_label_config,
+                  "Frames the flywheel's champion was unsure of. Draw a box around every object.", "RectangleLabels"),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -55,14 +63,18 @@ class LabelStudioSync:
 
     `url` and `api_key` reach the server (a personal access token or, where the organization
     allows it, a legacy token: the SDK takes either). `title` names the project; it is created
-    with the flywheel's classes on first use and reused after, provided its choices still match.
+    with the flywheel's classes on first use and reused after, provided its classes still match.
+    `task`: "classification" (a choice per frame) or "detection" (a labelled rectangle per object).
     """
 
     def __init__(self, url: str, api_key: str, *, title: str, classes: Sequence[str],
                  settle_s: float = 120.0, document_root: Path | None = None, timeout_s: float = 60.0,
-                 url_lifetime_s: int = 24 * 3600) -> None:  # fmt: skip
+                 url_lifetime_s: int = 24 * 3600, task: str = "classification") -> None:  # fmt: skip
         if not api_key:
             raise ValueError(f"Label Studio at {url}: no access token (set labelstudio.api_key_env's variable)")
+        if task not in CONFIGS:
+            raise ValueError(f"Label Studio sync: unknown task {task!r}; known: {list(CONFIGS)}")
+        self.task = task
         from label_studio_sdk import LabelStudio
 
         self.url, self.title, self.classes, self.settle_s = url.rstrip("/"), title, list(classes), settle_s
@@ -76,24 +88,32 @@ class LabelStudioSync:
     # -- the project ------------------------------------------------------------------------
 
     def project_id(self) -> int:
-        """The project's id: found by title, else created with `labelstudio.label_config(classes)`."""
+        """The project's id: found by title, else created with the task's labeling config
+        (`labelstudio.label_config` or `labelstudio.box_label_config` of the classes)."""
         if self._project is not None:
             return self._project
+        config, description, tag = CONFIGS[self.task]
         for p in self.client.projects.list(title=self.title):
             if p.title == self.title:
                 found = self.client.projects.get(id=p.id)
+                kinds = _tags(found.label_config or "") & {t for _, _, t in CONFIGS.values()}
+                if tag not in kinds:
+                    raise ValueError(
+                        f"Label Studio project {self.title!r} (id {p.id}) at {self.url} is not a {self.task} project "
+                        f"(its labeling config has {sorted(kinds) or 'neither Choices nor RectangleLabels'}, not {tag}): "
+                        "rename labelstudio.project or set the flywheel's task to the project's"
+                    )
                 choices = _choices(found.label_config or "")
                 if choices != self.classes:
+                    what = "choices" if self.task == "classification" else "rectangle labels"
                     raise ValueError(
-                        f"Label Studio project {self.title!r} (id {p.id}) at {self.url} has choices {choices}, "
+                        f"Label Studio project {self.title!r} (id {p.id}) at {self.url} has {what} {choices}, "
                         f"the flywheel's classes are {self.classes}: rename labelstudio.project or fix its config"
                     )
                 self._project = p.id
                 return p.id
         created = self.client.projects.create(
-            title=self.title, label_config=labelstudio.label_config(self.classes),
-            description="Frames the flywheel's champion was unsure of. One class per frame.",
-            show_collab_predictions=True,
+            title=self.title, label_config=config(self.classes), description=description, show_collab_predictions=True,
         )  # fmt: skip
         self._project = created.id
         return created.id
@@ -207,14 +227,28 @@ def unfolded(store: Store, classes: Sequence[str]) -> list[Answered]:
         if not q["done"] or not store.exists(labels_key):
             continue
         export = store.read_json(key)
-        answers = labelstudio.human_labels([{"source": key, "tasks": labelstudio.export_tasks(export, key)}],
-                                           classes, skipped=[])  # fmt: skip
-        t = store.read_parquet(labels_key, columns=["frame_id", "label", "label_source"])
+        exports = [{"source": key, "tasks": labelstudio.export_tasks(export, key)}]
+        boxes = "boxes" in store.parquet_file(labels_key).schema_arrow.names  # task: detection
+        answers = (labelstudio.human_boxes if boxes else labelstudio.human_labels)(exports, classes, skipped=[])
+        t = store.read_parquet(labels_key, columns=["frame_id", "boxes" if boxes else "label", "label_source"])
         held = {f: (c, src) for f, c, src in zip(*(t.column(n).to_pylist() for n in t.column_names), strict=True)}
-        if any(held.get(f) != (c, "human") for f, c in answers.items()):
+        if boxes:  # a box set as held in the labels (names, pixels) against the answer's
+            answers = {f: [(classes[c], x, y, w, h) for c, x, y, w, h in b] for f, b in answers.items()}
+            held = {f: ([(x["label"], x["x"], x["y"], x["w"], x["h"]) for x in b or []], src) for f, (b, src) in held.items()}
+            changed = any(f not in held or held[f][1] != "human" or not _same_boxes(held[f][0], b) for f, b in answers.items())
+        else:
+            changed = any(held.get(f) != (c, "human") for f, c in answers.items())
+        if changed:
             sha = hashlib.sha256(json.dumps(export, sort_keys=True).encode()).hexdigest()
             out.append(Answered(batch_id=q["batch_id"], key=key, tasks=len(answers), sha256=sha))
     return out
+
+
+def _same_boxes(a: list[tuple], b: list[tuple]) -> bool:
+    """Two box sets [(class name, x, y, w, h)] alike to a hundredth of a pixel (labels store float32)."""
+    a, b = sorted(a), sorted(b)
+    return len(a) == len(b) and all(p[0] == q[0] and max(abs(x - y) for x, y in zip(p[1:], q[1:], strict=True)) < 0.01
+                                    for p, q in zip(a, b, strict=True))  # fmt: skip
 
 
 def local_files_root(store: LocalStore) -> Path:
@@ -251,12 +285,14 @@ def from_settings(settings) -> LabelStudioSync | None:
     title = ls.project or f"flywheel {settings.dataset.name}"
     root = Path(ls.document_root).expanduser().resolve() if ls.document_root else None
     return LabelStudioSync(url, os.environ.get(ls.api_key_env, ""), title=title, classes=settings.classes,
-                           settle_s=ls.settle_s, document_root=root, url_lifetime_s=ls.url_lifetime_s)  # fmt: skip
+                           settle_s=ls.settle_s, document_root=root, url_lifetime_s=ls.url_lifetime_s,
+                           task=getattr(settings, "task", "classification"))  # fmt: skip
 
 
 def _export_task(task: dict, image_of: dict[str, str]) -> dict:
-    """A task as Label Studio's JSON export writes it (what labelstudio.human_labels reads), its image
-    named as queued (`image_of`: frame_id -> the queue's image), not by the URL the server had."""
+    """A task as Label Studio's JSON export writes it (what labelstudio.human_labels and human_boxes read),
+    its image named as queued (`image_of`: frame_id -> the queue's image), not by the URL the server had.
+    Each annotation's result is kept whole: a rectangle needs its original_width/height and rotation."""
     keep = ("id", "result", "was_cancelled", "ground_truth", "created_at", "updated_at", "completed_by")
     data = dict(task["data"])
     if data.get("frame_id") in image_of:
@@ -301,11 +337,21 @@ def _when(annotation: dict) -> float:
 
 
 def _choices(label_config: str) -> list[str]:
-    """The Choice values of a labeling config, in order."""
+    """The classes of a labeling config, in order: its Choice values, then its RectangleLabels' Label values."""
+    root = _xml(label_config)
+    return ([c.get("value", "") for c in root.iter("Choice")]
+            + [c.get("value", "") for r in root.iter("RectangleLabels") for c in r.iter("Label")])  # fmt: skip
+
+
+def _tags(label_config: str) -> set[str]:
+    """The tag names of a labeling config."""
+    return {e.tag for e in _xml(label_config).iter()}
+
+
+def _xml(label_config: str):
     import xml.etree.ElementTree as ET
 
     try:
-        root = ET.fromstring(label_config)
+        return ET.fromstring(label_config)
     except ET.ParseError as e:
         raise ValueError(f"the project's labeling config is not XML: {e}") from e
-    return [c.get("value", "") for c in root.iter("Choice")]

@@ -103,14 +103,23 @@ def write_queue(
     model_version: str | None = None,
     image_url_prefix: str | None = None,
     inline_images: bool = False,
+    box_predictions: Sequence[list[tuple[str, float, float, float, float, float]]] | None = None,
+    detection: bool = False,
 ) -> str:
     """Queue `frame_ids` of a batch for a human: write their images, then the import tasks; returns the key.
 
     `frames` is the batch's frames table (schema.FRAMES); `predictions` (class name, score)
-    per queued frame become Label Studio pre-annotations from `model_version`.
+    per queued frame become Label Studio pre-annotations from `model_version`. With `detection`
+    the tasks ask for boxes (`labelstudio.import_box_task`, the frame's width and height in their
+    data) and `box_predictions`, per queued frame the champion's boxes (class name, score, x, y, w,
+    h) in pixels, pre-fill them.
     """
     if predictions is not None and len(predictions) != len(frame_ids):
         raise ValueError(f"predictions has {len(predictions)} entries for {len(frame_ids)} frame_ids")
+    if box_predictions is not None and len(box_predictions) != len(frame_ids):
+        raise ValueError(f"box_predictions has {len(box_predictions)} entries for {len(frame_ids)} frame_ids")
+    if (predictions if detection else box_predictions) is not None:
+        raise ValueError("a detection queue takes box_predictions, a classification queue predictions")
     if len(set(frame_ids)) != len(frame_ids):
         raise ValueError("frame_ids holds duplicates: queue each frame once")
     row_of = {fid: i for i, fid in enumerate(frames.column("frame_id").to_pylist())}
@@ -118,7 +127,8 @@ def write_queue(
     if missing:
         raise ValueError(f"{len(missing)} frame_id(s) to queue are not in batch {batch_id}'s frames: {missing[:5]}")
     rows = pa.array([row_of[f] for f in frame_ids], pa.int64())
-    picked = frames.select(["frame_id", "clip_id", "camera", "condition", "trigger", "image", "format"]).take(rows)
+    columns = ["frame_id", "clip_id", "camera", "condition", "trigger", "image", "format"]
+    picked = frames.select(columns + (["width", "height"] if detection else [])).take(rows)
     tasks = []
     for i, r in enumerate(picked.to_pylist()):
         key = image_key(batch_id, r["frame_id"], r["format"])
@@ -129,6 +139,11 @@ def write_queue(
             ref = f"{image_url_prefix}{key}" if image_url_prefix is not None else store.uri(key)
         data = {"image": ref, "frame_id": r["frame_id"], "batch_id": batch_id, "clip_id": r["clip_id"],
                 "camera": r["camera"], "condition": r["condition"], "trigger": r["trigger"]}  # fmt: skip
+        if detection:
+            boxes = box_predictions[i] if box_predictions is not None else None
+            tasks.append(labelstudio.import_box_task(data, boxes, width=r["width"], height=r["height"],
+                                                     model_version=model_version))  # fmt: skip
+            continue
         prediction = predictions[i] if predictions is not None else None
         tasks.append(labelstudio.import_task(data, prediction, model_version=model_version))
     store.write_json(layout.queue_key(batch_id), tasks)

@@ -18,13 +18,14 @@ import dagster as dg
 import pytest
 import requests
 
-from flywheel import layout, stages
+from flywheel import ingest, layout, stages
 from flywheel.config import load_settings
 from flywheel.data import dataset
 from flywheel.data.diff import diff_versions
 from flywheel.definitions import build_definitions
 from flywheel.ingest import commit_batch, plan_batch
 from flywheel.labeling import labelstudio, labelstudio_server, labelstudio_sync
+from flywheel.labeling.queue import read_exports, write_queue
 from flywheel.sim import simulate
 from flywheel.store import open_store
 from resources import resources_for
@@ -170,3 +171,99 @@ def test_ui_starts_label_studio_beside_dagster_and_stops_both(flywheel_home, lab
     assert password.read_text().strip() not in out and token not in out  # the terminal shows where, not what
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", ls_port)) != 0  # stopped with the UI
+
+
+def test_boxes_round_trip_through_label_studio(label_studio, tmp_path_factory):
+    """A detection queue in Label Studio: rectangles pre-filled with the champion's boxes; a person's boxes
+    (and one "nothing here") come back in pixels of the frame; a later change of class comes back too."""
+    settings = load_settings(**TINY)
+    store = open_store(settings.store_root)
+    simulate(store, settings, clips=3, seed=1)
+    plan = plan_batch(store, min_clips=1, max_clips=100)
+    commit_batch(store, plan)
+    batch = plan.batch_id
+    ingest.validate_batch(store, batch, settings)
+    ingest.write_frames(store, batch, settings)
+    frames = store.read_parquet(layout.frames_key(batch))
+    rows = {r["frame_id"]: r for r in frames.select(["frame_id", "width", "height", "boxes"]).to_pylist()}
+    truth = {f: [(b["label"], b["x"], b["y"], b["w"], b["h"]) for b in r["boxes"] or []] for f, r in rows.items()}
+    boxed = sorted(f for f, boxes in truth.items() if boxes)[:4]
+    empty = sorted(f for f in truth if f not in boxed)[0]
+    assert len(boxed) == 4, "the simulated clips should show objects"
+    ids = [*boxed, empty]
+    champion = [[(n, 0.6, x + 3, y + 2, w, h) for n, x, y, w, h in truth[f]] for f in ids]  # a little off
+    write_queue(store, batch, frames, ids, model_version="1", detection=True, box_predictions=champion)
+
+    title = f"flywheel boxes {uuid.uuid4().hex[:6]}"
+    sync = labelstudio_sync.LabelStudioSync(label_studio.url, label_studio.token, title=title, classes=settings.classes,
+                                            settle_s=0, document_root=tmp_path_factory.getbasetemp(), task="detection")  # fmt: skip
+    assert sync.push(store) == {batch: 5}
+    pid = sync.project_id()
+    assert "<RectangleLabels" in sync.client.projects.get(id=pid).label_config
+    tasks = {t["data"]["frame_id"]: t for t in sync._tasks(pid)}
+    assert sorted(tasks) == sorted(ids)
+    for fid, boxes in zip(ids, champion, strict=True):  # pre-filled with the champion's boxes
+        task, (w, h) = tasks[fid], (rows[fid]["width"], rows[fid]["height"])
+        assert (task["data"]["width"], task["data"]["height"]) == (w, h)
+        [prediction] = task["predictions"]
+        assert prediction["score"] == pytest.approx(0.6)
+        values = [r["value"] for r in prediction["result"]]
+        assert [v["rectanglelabels"] for v in values] == [[b[0]] for b in boxes]
+        assert [v["x"] * w / 100 for v in values] == pytest.approx([b[2] for b in boxes])
+    with pytest.raises(ValueError, match="is not a classification project"):  # the same title, the other task
+        labelstudio_sync.LabelStudioSync(label_studio.url, label_studio.token, title=title,
+                                         classes=settings.classes).project_id()  # fmt: skip
+
+    # a person draws the true boxes on four frames and says "nothing here" on the last
+    for fid in boxed:
+        result = labelstudio.box_result(truth[fid], rows[fid]["width"], rows[fid]["height"])
+        sync.client.annotations.create(id=tasks[fid]["id"], result=result)
+    sync.client.annotations.create(id=tasks[empty]["id"], result=[])
+    [answered] = sync.pull(store, now=time.time())
+    assert (answered.batch_id, answered.tasks) == (batch, 5)
+
+    def read_back():
+        return labelstudio.human_boxes(read_exports(store), settings.classes)
+
+    def indexed(boxes):
+        return [(settings.classes.index(n), x, y, w, h) for n, x, y, w, h in boxes]
+
+    def same(got, want):
+        return len(got) == len(want) and all(
+            g[0] == w[0] and g[1:] == pytest.approx(w[1:], abs=0.5) for g, w in zip(got, want, strict=True)
+        )
+
+    got = read_back()
+    assert got[empty] == [] and set(got) == set(ids)
+    assert all(same(got[f], indexed(truth[f])) for f in boxed)
+
+    # the labels stage of a detection flywheel with the engine on: the people's boxes are the labels of
+    # those frames (the clips' own boxes stay hidden), "nothing here" an empty box set
+    detection = load_settings(**TINY, **{"task": "detection", "engine.enabled": True})
+    stats = stages.label_batch(store, detection, batch)
+    assert stats["human"] == 5 and stats["ground_truth"] == 0
+    held = {r["frame_id"]: r for r in store.read_parquet(layout.labels_key(batch)).to_pylist()}
+    assert held[empty]["boxes"] == [] and held[empty]["label_source"] == "human"
+    assert all(same(indexed([(b["label"], b["x"], b["y"], b["w"], b["h"]) for b in held[f]["boxes"]]), indexed(truth[f]))
+               for f in boxed)  # fmt: skip
+    assert labelstudio_sync.unfolded(store, settings.classes) == []  # every answer is in the labels
+
+    # later the person changes one box's class: the export changes, and so does what it reads as
+    fid = boxed[0]
+    name, *box = truth[fid][0]
+    other = next(c for c in settings.classes if c not in (name, "clear_road"))
+    fixed = [(other, *box), *truth[fid][1:]]
+    [annotation] = next(t for t in sync._tasks(pid) if t["data"]["frame_id"] == fid)["annotations"]
+    sync.client.annotations.update(id=annotation["id"],
+                                   result=labelstudio.box_result(fixed, rows[fid]["width"], rows[fid]["height"]))  # fmt: skip
+    [again] = sync.pull(store, now=time.time())
+    assert again.sha256 != answered.sha256
+    got = read_back()
+    assert same(got[fid], indexed(fixed)) and got[empty] == []
+    assert all(same(got[f], indexed(truth[f])) for f in boxed[1:])
+    # the answers sensor's question: this batch's labels lack the correction, until it is relabeled
+    assert [a.batch_id for a in labelstudio_sync.unfolded(store, settings.classes)] == [batch]
+    stages.label_batch(store, detection, batch)
+    assert labelstudio_sync.unfolded(store, settings.classes) == []
+    relabeled = {r["frame_id"]: r for r in store.read_parquet(layout.labels_key(batch)).to_pylist()}
+    assert relabeled[fid]["boxes"][0]["label"] == other

@@ -10,13 +10,16 @@ import pytest
 import requests
 
 from flywheel import layout
+from flywheel.config import load_settings
 from flywheel.data.schema import LABELS
 from flywheel.labeling import labelstudio
 from flywheel.labeling.labelstudio_sync import (
     LabelStudioSync,
     _choices,
     _export_task,
+    _tags,
     expires_at,
+    from_settings,
     stale,
     unfolded,
 )
@@ -101,3 +104,31 @@ def test_the_labeling_config_reads_back_as_its_choices():
     assert _choices(labelstudio.label_config(CLASSES)) == CLASSES
     with pytest.raises(ValueError, match="not XML"):
         _choices("<View>")
+
+
+def test_a_detection_config_reads_back_as_its_rectangle_labels_and_its_kind():
+    boxes, choices = labelstudio.box_label_config(CLASSES), labelstudio.label_config(CLASSES)
+    assert _choices(boxes) == CLASSES
+    assert "RectangleLabels" in _tags(boxes) and "Choices" not in _tags(boxes)
+    assert "Choices" in _tags(choices) and "RectangleLabels" not in _tags(choices)
+
+
+def test_the_settings_task_picks_the_projects_kind(monkeypatch):
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "token")
+    url = {"labelstudio.url": "http://127.0.0.1:9"}  # never contacted here
+    assert from_settings(load_settings(**url)).task == "classification"
+    assert from_settings(load_settings(**url, task="detection")).task == "detection"
+    with pytest.raises(ValueError, match="unknown task 'segmentation'"):
+        _sync(task="segmentation")
+
+
+def test_an_export_keeps_rectangles_whole():
+    result = labelstudio.box_result([("car", 4.0, 6.0, 20.0, 10.0)], 64, 48)
+    served = {"id": 3, "data": {"frame_id": "c1/front/0", "image": "/data/local-files/?d=x.jpg", "width": 64,
+                                "height": 48},
+              "annotations": [{"id": 9, "result": result, "was_cancelled": False, "created_at": "2026-01-01T00:00:00Z",
+                               "lead_time": 4.2}]}  # fmt: skip
+    exported = _export_task(served, {"c1/front/0": "labeling/images/b1/c1/front/0.jpg"})
+    assert exported["annotations"][0]["result"] == result and "lead_time" not in exported["annotations"][0]
+    [(cls, *box)] = labelstudio.human_boxes([[exported]], CLASSES)["c1/front/0"]
+    assert cls == 0 and box == pytest.approx([4.0, 6.0, 20.0, 10.0])
