@@ -355,12 +355,8 @@ def evaluate_challenger(store: Store, settings: Settings, tracker: Tracker, *, d
     pngs = {"confusion": plots.confusion_png(np.array(ch["confusion"]), settings.classes),
             "reliability": plots.reliability_png(probs[challenger], labels),
             "saliency": _saliency(models[challenger], images, labels, probs[challenger], slices, settings, dev)}  # fmt: skip
-    for plot, png in pngs.items():
-        tracker.log_bytes(run_id, f"plots/{plot}.png", png)
-    tracker.log_json(run_id, "evaluation.json", result)
-    tracker.set_tags(run_id, {"gate": "passed" if decision.passed else "failed", "gate_reason": decision.reason[:500]})
-    tracker.describe(challenger, f"Gate {'passed' if decision.passed else 'kept the champion'} "
-                                 f"(v{manifest['version']} test + golden, {len(labels)} frames): {decision.reason}")  # fmt: skip
+    tracker.log_judgement(challenger, result, pngs, passed=decision.passed, reason=decision.reason,
+                          frames=f"v{manifest['version']} test + golden, {len(labels)} frames")  # fmt: skip
     return {**result, "plots": pngs}
 
 
@@ -372,9 +368,7 @@ def _on_fixed_set(store: Store, settings: Settings, manifest: dict, models: dict
     name, least = settings.dataset.name, settings.eval.fixed_set_min_frames
     fixed = evalset.fixed_set(store, name, manifest, min_frames=least)
     if fixed is None:
-        return {"frames": None, "dataset_version": None, "challenger": None, "champion": None,
-                "note": f"no fixed set yet (no dataset version up to v{manifest['version']} has {least} "
-                        "labeled test frames: eval.fixed_set_min_frames)"}  # fmt: skip
+        return evalset.no_fixed_set(manifest, least)
     images, labels, _ = load_arrays(store, manifest, frame_ids=fixed["frame_ids"], image_size=settings.image_size)
     scores = {role: score(predict(m, images, device=device).probs, labels, classes=settings.classes)
               for role, m in models.items() if m is not None}  # fmt: skip
@@ -404,23 +398,12 @@ def deploy_challenger(store: Store, settings: Settings, tracker: Tracker) -> dic
     """Export the gated challenger to ONNX, check parity, write deploy/, move `champion`."""
     if settings.task == "detection":
         return boxes.deploy_challenger(store, settings, tracker)
-    version = tracker.alias(CHALLENGER)
-    model_name, size = settings.mlflow.model_name, settings.image_size
-    evaluation = store.read_json(layout.evaluation_key(model_name, version))
-    gate = evaluation["gate"]
-    force_record = approvals.forced(store, settings, version)
-    if not gate["passed"] and force_record is None:
-        raise ValueError(f"challenger v{version} did not pass the gate: {gate['reason']}")
-    cur = deploy.current(store, model_name)
-    if cur is not None and cur["version"] == f"v{version}" and tracker.alias(CHAMPION) == version:
-        return {**store.read_json(cur["manifest"]), "already_deployed": True}  # a rerun: nothing to move
-    judged = (evaluation.get("weights_sha256") or {}).get("challenger")
-    approved = approvals.approval(store, settings, version)
-    for what, record in (("approval", approved), ("force", force_record)):
-        if record and record.get("weights_sha256") and judged and record["weights_sha256"] != judged:
-            raise ValueError(f"the {what} of v{version} names other weights ({record['weights_sha256'][:12]}...) "
-                             f"than the gate judged ({judged[:12]}...): refusing to deploy")  # fmt: skip
-    model, classes = load_weights(tracker.weights(version, sha256=judged))  # the gated bytes, or it raises
+    size = settings.image_size
+    c = approvals.clearance(store, settings, tracker)  # raises when the challenger may not deploy
+    if c.already is not None:
+        return {**c.already, "already_deployed": True}  # a rerun: nothing to move
+    version, evaluation = c.version, c.evaluation
+    model, classes = load_weights(tracker.weights(version, sha256=c.judged))  # the gated bytes, or it raises
     onnx_bytes = deploy.export_onnx(model, image_size=size)
     manifest = dataset.load_manifest(store, settings.dataset.name, evaluation["dataset_version"])
     # the frames the gate judged on (test split + golden set, without auto labels): int8 is held to the same
@@ -431,16 +414,12 @@ def deploy_challenger(store: Store, settings: Settings, tracker: Tracker) -> dic
 
     int8 = quantize.int8_for_deploy(store, settings, manifest, onnx_bytes, images, labels, meta) if settings.deploy.int8 else None
     serve = "int8" if settings.deploy.serve == "int8" and int8 and int8["check"]["passed"] else "fp32"
-    by = ({"who": force_record["account"], "why": force_record["reason"], "host": force_record["host"],
-           "at": force_record["at"], "gate_reason": force_record["gate_reason"]} if force_record else None)  # fmt: skip
-    if settings.gate.require_approval and approved is None and by is None:
-        raise ValueError(f"challenger v{version} waits for approval (gate.require_approval): flywheel approve v{version}")
     deployed = champion.promote(  # current.json and the `champion` alias, under one lease
         store, settings, tracker, version=version, onnx_bytes=onnx_bytes, classes=classes,
         metrics=flat_metrics(evaluation["challenger"]),
         dataset={"name": settings.dataset.name, "version": evaluation["dataset_version"],
                  "manifest_sha256": dataset.manifest_sha256(manifest)},
-        gate=gate, forced_by=by, int8=int8, serve=serve, approval=approved,
+        gate=evaluation["gate"], forced_by=c.forced_by, int8=int8, serve=serve, approval=c.approved,
     )  # fmt: skip
     run_id = tracker.version_run(version)
     tracker.log_bytes(run_id, "model/model.onnx", onnx_bytes)  # beside the MLflow model it was exported from

@@ -126,6 +126,17 @@ class Tracker:
         self.set_alias(CHALLENGER, mv.version)
         return str(mv.version)
 
+    def log_judgement(self, version: str, result: dict, pngs: dict[str, bytes], *, passed: bool, reason: str,
+                      frames: str) -> None:  # fmt: skip
+        """An evaluation of model `version` on its training run: the plots, the record, the gate's tags and a
+        line in the version's description (`frames`: what it was judged on)."""
+        run_id = self.version_run(version)
+        for plot, png in pngs.items():
+            self.log_bytes(run_id, f"plots/{plot}.png", png)
+        self.log_json(run_id, "evaluation.json", result)
+        self.set_tags(run_id, {"gate": "passed" if passed else "failed", "gate_reason": reason[:500]})
+        self.describe(version, f"Gate {'passed' if passed else 'kept the champion'} ({frames}): {reason}")
+
     def describe(self, version: str, line: str) -> None:
         """Add a line to a model version's description (what it was trained on, what the gate said)."""
         before = self.client.get_model_version(self.model_name, str(version)).description or ""

@@ -103,6 +103,22 @@ def test_demo_end_to_end_then_rollback(tmp_path, flywheel_home):
     assert again.returncode != 0 and "Error" in again.stderr
 
 
+def test_detection_demo_turns_the_loop_on_boxes_and_deploys_a_detector(tmp_path, flywheel_home):
+    cfg = tmp_path / "flywheel.yaml"
+    cfg.write_text(SMALL + "gate: {margin: -1.0, min_slice_frames: 1000, critical_slices: []}\n"
+                   "detection: {steps: 8, batch_size: 8, yardstick_steps: 4, floor: 0.0}\neval: {fixed_set_min_frames: 4}\n")  # fmt: skip
+    out = flywheel("demo", "--task", "detection", "--iterations", "2", "--clips", "8", home=flywheel_home, config=cfg)
+    assert "training: a CenterNet detector, 8 steps of 8 frames per challenger, yardstick detector 4 steps\n" in out.stdout
+    assert "iteration 2/2" in out.stdout and "2 deployed" in out.stdout and "| map50: challenger v2" in out.stdout
+    rows = json.loads((flywheel_home / "demo.json").read_text())
+    assert [r["dataset_version"] for r in rows] == [1, 2] and {r["metric"] for r in rows} == {"map50"}
+    assert rows[0]["labels_spent"] > 0  # the simulated team drew the boxes of the queued frames
+    assert all(0 <= r["challenger"] <= 1 for r in rows) and rows[1]["champion"] is not None
+    assert (flywheel_home / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    status = json.loads(flywheel("status", "--json", home=flywheel_home, config=cfg).stdout)
+    assert status["champion"]["version"] == "v2" and set(status["champion"]["metrics"]) == {"map50", "map"}
+
+
 def test_a_failed_ingest_says_where_and_is_retried(tmp_path, flywheel_home, monkeypatch):
     cfg = tmp_path / "flywheel.yaml"
     cfg.write_text(SMALL + GATE + "sensor: {ingest_retry_s: 0}\n")

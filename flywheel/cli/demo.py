@@ -9,9 +9,10 @@ import click
 
 from flywheel.cli.base import DEMO_BUDGET, DEMO_GATE, RUN_LOGS, Ctx, cli_run_tags, command, main
 from flywheel.cli.driver import execute, format_summary, run_iteration
-from flywheel.config import GateSettings, flywheel_home
+from flywheel.config import IMAGE_SIZE, GateSettings, flywheel_home
 
-# The detection demo: the detector's input side (a multiple of its stride, 8) at the simulator's width.
+# The detection demo: the detector's input side (a multiple of its stride, 8) at the simulator's width, where
+# the config leaves image_size at its default.
 DETECTION_DEMO = {"task": "detection", "image_size": 96}
 
 
@@ -83,7 +84,8 @@ def demo(obj: Ctx, iterations: int, clips: int, label_budget: int, seed: int, en
         if task == "detection":  # a few hundred test frames: no condition or class could be shown non-inferior
             obj = obj.with_overrides(**{"gate.critical_slices": []})
     if task == "detection":
-        obj = obj.with_overrides(**DETECTION_DEMO)
+        keep = {"image_size"} if obj.settings.image_size != IMAGE_SIZE else set()
+        obj = obj.with_overrides(**{k: v for k, v in DETECTION_DEMO.items() if k not in keep})
     if engine:
         obj = obj.with_overrides(**{"engine.enabled": True, "engine.label_budget": label_budget})
     from flywheel.sim import simulate as run_sim
@@ -92,10 +94,13 @@ def demo(obj: Ctx, iterations: int, clips: int, label_budget: int, seed: int, en
     t = obj.settings.train
     budget = (f"{t.epochs} epochs" if t.epochs else f"{t.steps} steps, at least {t.min_passes} passes") + (
         ", then the refit on train + val" if t.refit else "")
-    if task == "detection":
-        budget = f"a CenterNet detector, {obj.settings.detection.steps} steps of {obj.settings.detection.batch_size} frames"
     check = f"yardstick check {obj.settings.tune.baseline_epochs} epochs" if obj.settings.tune.baseline_epochs else "no yardstick check"
-    click.echo(f"training: {budget} per challenger, {check}" + ("" if full_recipe else " (the demo's budget; --full-recipe for the defaults)"))
+    light = "" if full_recipe else " (the demo's budget; --full-recipe for the defaults)"
+    if task == "detection":  # the detector's own budget (detection.steps): the demo's lighter one is the classifier's
+        d = obj.settings.detection
+        budget = f"a CenterNet detector, {d.steps} steps of {d.batch_size} frames"
+        check, light = f"yardstick detector {d.yardstick_steps} steps" if d.yardstick_steps else "no yardstick check", ""
+    click.echo(f"training: {budget} per challenger, {check}{light}")
     g = obj.settings.gate
     click.echo(f"gate: every slice of >= {g.min_slice_frames} frames shown non-inferior at -{g.slice_tolerance}"
                + (" (the demo's gate, for its small evaluation set; set gate: in your config for another)"

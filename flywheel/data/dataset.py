@@ -65,16 +65,20 @@ def split_for(clip_id: str, shares: Mapping[str, float]) -> str:
     return SPLITS[-1]  # u within rounding of 1.0
 
 
-def to_dataset_rows(frames: pa.Table, labels: pa.Table, classes: Sequence[str],
-                    shares: Mapping[str, float]) -> pa.Table:  # fmt: skip
-    """Labeled frames as dataset rows (schema DATASET): the label joined by frame_id, split by clip."""
+def join_labels(frames: pa.Table, labels: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """The labeled frames and their labels, row for row (joined by frame_id, in the frames' order)."""
     label_row = {fid: i for i, fid in enumerate(labels.column("frame_id").to_pylist())}
     if len(label_row) != labels.num_rows:
         raise ValueError("labels hold more than one row for some frame_id")
     fids = frames.column("frame_id").to_pylist()
     keep = [i for i, f in enumerate(fids) if f in label_row]
-    f = frames.take(pa.array(keep, pa.int64()))
-    lab = labels.take(pa.array([label_row[fids[i]] for i in keep], pa.int64()))
+    return frames.take(pa.array(keep, pa.int64())), labels.take(pa.array([label_row[fids[i]] for i in keep], pa.int64()))
+
+
+def to_dataset_rows(frames: pa.Table, labels: pa.Table, classes: Sequence[str],
+                    shares: Mapping[str, float]) -> pa.Table:  # fmt: skip
+    """Labeled frames as dataset rows (schema DATASET): the label joined by frame_id, split by clip."""
+    f, lab = join_labels(frames, labels)
     label = lab.column("label").to_numpy(zero_copy_only=False)
     if len(label) and (label.min() < 0 or label.max() >= len(classes)):
         bad = int(label[(label < 0) | (label >= len(classes))][0])

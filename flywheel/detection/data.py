@@ -53,25 +53,9 @@ def labels_table(frame_ids: Sequence[str], boxes: Sequence[list[dict]], sources:
                      "label_confidence": pa.array(list(confidence), pa.float32())}, schema=DETECTION_LABELS)  # fmt: skip
 
 
-def fingerprint_boxes(labels: pa.Table) -> str:
-    """The sha256 of a batch's box labels (frame, boxes, source), whatever order they were written in."""
-    import hashlib
-    import json
-
-    t = labels.select(["frame_id", "boxes", "label_source"]).sort_by("frame_id")
-    rows = list(zip(*(t.column(c).to_pylist() for c in t.column_names), strict=True))
-    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
-
-
 def to_rows(frames: pa.Table, labels: pa.Table, shares: Mapping[str, float]) -> pa.Table:
     """Labeled frames as detection dataset rows (DETECTION_DATASET): the box set joined by frame_id, split by clip."""
-    row_of = {fid: i for i, fid in enumerate(labels.column("frame_id").to_pylist())}
-    if len(row_of) != labels.num_rows:
-        raise ValueError("labels hold more than one row for some frame_id")
-    fids = frames.column("frame_id").to_pylist()
-    keep = [i for i, f in enumerate(fids) if f in row_of]
-    f = frames.take(pa.array(keep, pa.int64()))
-    lab = labels.take(pa.array([row_of[fids[i]] for i in keep], pa.int64()))
+    f, lab = dataset.join_labels(frames, labels)
     columns = {n: f.column(n) for n in DETECTION_DATASET.names if n in f.column_names}
     columns.update(
         boxes=lab.column("boxes"), label_source=lab.column("label_source"), label_confidence=lab.column("label_confidence"),

@@ -42,6 +42,7 @@ from flywheel.detection.model import CenterNet, DetectorConfig, load_detector, s
 from flywheel.detection.train import detect, train_detector
 from flywheel.evaluation import approvals, evalset
 from flywheel.labeling import labelstudio
+from flywheel.labeling.labels import fingerprint
 from flywheel.labeling.queue import frames_rng, read_exports, write_queue
 from flywheel.model_input import decode_images
 from flywheel.store import Store
@@ -185,7 +186,7 @@ def augment_batch(store: Store, settings: Settings, batch_id: str) -> dict:
     extra = data.rare_copies(rows, settings.classes, target_share=a.target_share, max_copies=a.max_copies,
                              seed=a.seed, pipeline=pipeline)  # fmt: skip
     out = pa.concat_tables([rows, extra]) if extra.num_rows else rows
-    out = out.replace_schema_metadata({dataset.SOURCE_KEY: data.fingerprint_boxes(labels).encode()})
+    out = out.replace_schema_metadata({dataset.SOURCE_KEY: fingerprint(labels).encode()})
     key = layout.augmented_key(batch_id)
     nbytes = store.write_parquet(key, out, compression="zstd", write_statistics=[c for c in out.column_names if c != "image"])
     return {"batch_id": batch_id, "key": key, "originals": rows.num_rows, "augmented": extra.num_rows, "bytes": nbytes,
@@ -381,12 +382,8 @@ def evaluate_challenger(store: Store, settings: Settings, tracker: Tracker, *, d
     pngs = {"per_class_map": plots.per_class_map_png(ch, cp),
             "predicted_boxes": plots.boxes_png(images[:8], truth[:8], dets[challenger][:8], classes,
                                                min_score=settings.detection.min_score)}  # fmt: skip
-    for plot, png in pngs.items():
-        tracker.log_bytes(run_id, f"plots/{plot}.png", png)
-    tracker.log_json(run_id, "evaluation.json", result)
-    tracker.set_tags(run_id, {"gate": "passed" if decision.passed else "failed", "gate_reason": decision.reason[:500]})
-    tracker.describe(challenger, f"Gate {'passed' if decision.passed else 'kept the champion'} "
-                                 f"(v{manifest['version']} test + golden, {len(images)} frames): {decision.reason}")  # fmt: skip
+    tracker.log_judgement(challenger, result, pngs, passed=decision.passed, reason=decision.reason,
+                          frames=f"v{manifest['version']} test + golden, {len(images)} frames")  # fmt: skip
     return {**result, "plots": pngs}
 
 
@@ -402,9 +399,7 @@ def _on_fixed_set(store: Store, settings: Settings, manifest: dict, models: dict
     name, least = settings.dataset.name, settings.eval.fixed_set_min_frames
     fixed = evalset.fixed_set(store, name, manifest, min_frames=least)
     if fixed is None:
-        return {"frames": None, "dataset_version": None, "challenger": None, "champion": None,
-                "note": f"no fixed set yet (no dataset version up to v{manifest['version']} has {least} "
-                        "labeled test frames: eval.fixed_set_min_frames)"}  # fmt: skip
+        return evalset.no_fixed_set(manifest, least)
     images, truth, _ = data.load_frames(store, manifest, settings.classes, image_size=settings.image_size,
                                         frame_ids=fixed["frame_ids"])  # fmt: skip
     scores = {role: {k: v for k, v in coco_map(truth, detect(m, images), settings.classes).items() if k in ("map", "map50")}
@@ -423,20 +418,10 @@ def _newer(tracker: Tracker, challenger: str, champ: str) -> bool:
 
 def deploy_challenger(store: Store, settings: Settings, tracker: Tracker) -> dict:
     """Export the gated detector to ONNX, check its boxes against torch, write deploy/, move `champion`."""
-    version = tracker.alias(CHALLENGER)
-    model_name = settings.mlflow.model_name
-    evaluation = store.read_json(layout.evaluation_key(model_name, version))
-    verdict = evaluation["gate"]
-    forced = approvals.forced(store, settings, version)
-    if not verdict["passed"] and forced is None:
-        raise ValueError(f"challenger v{version} did not pass the gate: {verdict['reason']}")
-    cur = deploy.current(store, model_name)
-    if cur is not None and cur["version"] == f"v{version}" and tracker.alias(CHAMPION) == version:
-        return {**store.read_json(cur["manifest"]), "already_deployed": True}
-    approved = approvals.approval(store, settings, version)
-    if settings.gate.require_approval and approved is None and forced is None:
-        raise ValueError(f"challenger v{version} waits for approval (gate.require_approval): flywheel approve v{version}")
-    judged = (evaluation.get("weights_sha256") or {}).get("challenger")
+    c = approvals.clearance(store, settings, tracker)  # raises when the challenger may not deploy
+    if c.already is not None:
+        return {**c.already, "already_deployed": True}
+    version, evaluation, judged = c.version, c.evaluation, c.judged
     model, classes = load_detector(tracker.weights(version, sha256=judged))
     onnx_bytes = export_onnx(model)
     manifest = dataset.load_manifest(store, settings.dataset.name, evaluation["dataset_version"])
@@ -446,14 +431,12 @@ def deploy_challenger(store: Store, settings: Settings, tracker: Tracker) -> dic
         raise ValueError(f"the ONNX graph of v{version} does not give the model's boxes: {parity['mismatch']}")
     int8 = _int8(store, settings, manifest, onnx_bytes, images, truth, meta["condition"]) if settings.deploy.int8 else None
     serve = "int8" if settings.deploy.serve == "int8" and int8 and int8["check"]["passed"] else "fp32"
-    by = ({"who": forced["account"], "why": forced["reason"], "host": forced["host"], "at": forced["at"],
-           "gate_reason": forced["gate_reason"]} if forced else None)  # fmt: skip
     metrics = {k: evaluation["challenger"][k] for k in ("map", "map50")}
     deployed = champion.promote(
         store, settings, tracker, version=version, onnx_bytes=onnx_bytes, classes=classes, metrics=metrics,
         dataset={"name": settings.dataset.name, "version": evaluation["dataset_version"],
                  "manifest_sha256": dataset.manifest_sha256(manifest)},
-        gate=verdict, forced_by=by, int8=int8, serve=serve, approval=approved,
+        gate=evaluation["gate"], forced_by=c.forced_by, int8=int8, serve=serve, approval=c.approved,
     )  # fmt: skip
     run_id = tracker.version_run(version)
     tracker.log_bytes(run_id, "model/model.onnx", onnx_bytes)

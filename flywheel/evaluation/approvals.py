@@ -11,13 +11,14 @@ Each record names the sha256 of the weights the gate judged; the deploy refuses 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from flywheel import layout
 from flywheel.config import Settings
 from flywheel.recovery import identity
 from flywheel.store import Store
-from flywheel.tracking import CHALLENGER, Tracker
+from flywheel.tracking import CHALLENGER, CHAMPION, Tracker
 
 
 def gate_decision(store: Store, settings: Settings, tracker: Tracker) -> dict:
@@ -109,3 +110,42 @@ def held_back(store: Store, settings: Settings, tracker: Tracker) -> tuple[str, 
         return "awaiting-approval", (f"challenger v{version} passed the gate and waits for approval "
                                      f"(gate.require_approval): flywheel approve v{version} --reason WHY")  # fmt: skip
     return None
+
+
+@dataclass(frozen=True)
+class Clearance:
+    """What lets the current challenger deploy: the gate's record, the weights it judged, an approval, a force."""
+
+    version: str
+    evaluation: dict
+    judged: str | None  # sha256 of the weights the gate judged
+    approved: dict | None
+    forced_by: dict | None  # {who, why, host, at, gate_reason} of a force
+    already: dict | None  # the deploy manifest when this version is deployed already (a rerun)
+
+
+def clearance(store: Store, settings: Settings, tracker: Tracker) -> Clearance:
+    """The challenger's clearance to deploy, or ValueError saying why it has none: the gate kept it and no
+    one forced it, an approval or force names other weights than the gate judged, or a required approval
+    is missing. A version deployed already comes back with its manifest in `already`."""
+    from flywheel.deployment import deploy  # imports onnxruntime: only the deploy step needs it
+
+    version, model_name = tracker.alias(CHALLENGER), settings.mlflow.model_name
+    evaluation = store.read_json(layout.evaluation_key(model_name, version))
+    gate, force_record = evaluation["gate"], forced(store, settings, version)
+    if not gate["passed"] and force_record is None:
+        raise ValueError(f"challenger v{version} did not pass the gate: {gate['reason']}")
+    cur = deploy.current(store, model_name)
+    if cur is not None and cur["version"] == f"v{version}" and tracker.alias(CHAMPION) == version:
+        return Clearance(version, evaluation, None, None, None, store.read_json(cur["manifest"]))
+    judged = (evaluation.get("weights_sha256") or {}).get("challenger")
+    approved = approval(store, settings, version)
+    for what, record in (("approval", approved), ("force", force_record)):
+        if record and record.get("weights_sha256") and judged and record["weights_sha256"] != judged:
+            raise ValueError(f"the {what} of v{version} names other weights ({record['weights_sha256'][:12]}...) "
+                             f"than the gate judged ({judged[:12]}...): refusing to deploy")  # fmt: skip
+    by = ({"who": force_record["account"], "why": force_record["reason"], "host": force_record["host"],
+           "at": force_record["at"], "gate_reason": force_record["gate_reason"]} if force_record else None)  # fmt: skip
+    if settings.gate.require_approval and approved is None and by is None:
+        raise ValueError(f"challenger v{version} waits for approval (gate.require_approval): flywheel approve v{version}")
+    return Clearance(version, evaluation, judged, approved, by, None)

@@ -109,6 +109,13 @@ def fixed_set(store: Store, name: str, manifest: dict, *, min_frames: int) -> di
     return None
 
 
+def no_fixed_set(manifest: dict, min_frames: int) -> dict:
+    """An evaluation's fixed-set record while there is no fixed set yet: no scores, and why."""
+    return {"frames": None, "dataset_version": None, "challenger": None, "champion": None,
+            "note": f"no fixed set yet (no dataset version up to v{manifest['version']} has {min_frames} "
+                    "labeled test frames: eval.fixed_set_min_frames)"}  # fmt: skip
+
+
 def latest_golden_version(store: Store, name: str) -> int | None:
     prefix = layout.golden_prefix(name)
     pattern = re.compile(rf"^{re.escape(prefix)}v(\d+)\.json$")

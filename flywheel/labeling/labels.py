@@ -143,7 +143,8 @@ def hide_ground_truth(frames: pa.Table) -> pa.Table:
 
 
 def fingerprint(labels: pa.Table) -> str:
-    """The sha256 of a batch's labels (frame, label, source), whatever order or encoding they were written in."""
-    t = labels.select(["frame_id", "label", "label_source"]).sort_by("frame_id")
+    """The sha256 of a batch's labels (frame, label or box set, source), whatever order or encoding they were
+    written in."""
+    t = labels.select(["frame_id", "boxes" if "boxes" in labels.column_names else "label", "label_source"]).sort_by("frame_id")
     rows = list(zip(*(t.column(c).to_pylist() for c in t.column_names), strict=True))
-    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
