@@ -47,6 +47,7 @@ from flywheel.labeling.queue import frames_rng, read_exports, write_queue
 from flywheel.model_input import decode_images
 from flywheel.store import Store
 from flywheel.tracking import CHALLENGER, CHAMPION, Tracker
+from flywheel.training.device import pick_device
 
 SLICES = ("condition", "camera", "trigger")
 
@@ -227,7 +228,8 @@ def train_challenger(store: Store, settings: Settings, tracker: Tracker, *, devi
                      progress: bool = False, rank: int = 0, world_size: int = 1,
                      log: Callable[[str], None] | None = None) -> dict:  # fmt: skip
     """Train a detector on the latest version's train rows (offline copies included), score it on val, log
-    the run to MLflow and register it as `challenger`. One process (compute.nproc_per_node: 1), on CPU."""
+    the run to MLflow and register it as `challenger`. One process (compute.nproc_per_node: 1), on the
+    compute device (a GPU where there is one, bf16)."""
     if world_size != 1:
         raise ValueError(f"task: detection trains in one process; set compute.nproc_per_node: 1 (got {world_size})")
     name, d = settings.dataset.name, settings.detection
@@ -260,8 +262,9 @@ def train_challenger(store: Store, settings: Settings, tracker: Tracker, *, devi
                 left = (time.monotonic() - started) / step * (d.steps - step)
                 log(f"step {step}/{d.steps}: train_loss {loss:.3f}, about {left:.0f} s left")
 
+        dev = pick_device(device or settings.train.device)
         model, _ = train_detector(images, boxes, cfg, steps=d.steps, batch_size=d.batch_size, lr=d.lr,
-                                  seed=settings.train.seed, augmentation=d.augmentation, progress=report)  # fmt: skip
+                                  seed=settings.train.seed, augmentation=d.augmentation, progress=report, device=dev)  # fmt: skip
         seconds = time.monotonic() - started
         val = coco_map(val_boxes, detect(model, val_images), settings.classes) if len(val_images) else None
         if val is not None and history:
@@ -278,9 +281,9 @@ def train_challenger(store: Store, settings: Settings, tracker: Tracker, *, devi
         about = f"CenterNet detector trained on {name} v{manifest['version']} ({len(images)} train rows, {d.steps} steps)."
         version = tracker.register(run_id, weights, tags={"dataset_version": str(manifest["version"]), "task": "detection"},
                                    description=about)  # fmt: skip
-        tracker.set_tags(run_id, {"model_version": version, "device": "cpu",
+        tracker.set_tags(run_id, {"model_version": version, "device": str(dev),
                                   "mlflow.runName": f"{settings.mlflow.model_name} v{version} on {name} v{manifest['version']}"})  # fmt: skip
-    return {"version": version, "run_id": run_id, "dataset_version": manifest["version"], "device": "cpu",
+    return {"version": version, "run_id": run_id, "dataset_version": manifest["version"], "device": str(dev),
             "history": history, "train_rows": len(images), "up_to_date": False, "task": "detection",
             "val": val and {k: val[k] for k in ("map50", "map", "images", "boxes")},
             "training_seconds": round(seconds, 1), "yardstick": check}  # fmt: skip
