@@ -36,7 +36,7 @@ from flywheel.tracking import CHALLENGER, CHAMPION, tracker_for
 
 DETECT = {"task": "detection", "image_size": 48, "sim.width": 64, "sim.height": 48, "detection.steps": 12,
           "detection.batch_size": 8, "ingest.workers": 1, "detection.floor": 0.0, "eval.fixed_set_min_frames": 8,
-          "dataset.golden_size": 8, "gate.resamples": 100}  # fmt: skip
+          "dataset.golden_size": 8, "gate.resamples": 100, "detection.yardstick_steps": 6}  # fmt: skip
 
 
 def _batch(store, settings, clips: int, seed: int) -> str:
@@ -54,7 +54,7 @@ def loop():
     return settings, open_store(settings.store_root), tracker_for(settings)
 
 
-def test_two_turns_on_boxes_label_version_train_gate_and_deploy(loop):
+def test_two_turns_on_boxes_label_version_train_gate_and_deploy_then_the_engine_labels(loop):
     settings, store, tracker = loop
     batch = _batch(store, settings, clips=16, seed=0)
     frames = store.read_parquet(layout.frames_key(batch))
@@ -108,70 +108,27 @@ def test_two_turns_on_boxes_label_version_train_gate_and_deploy(loop):
     assert manifest_v1["serve"] == ("int8" if check["passed"] else "fp32")
     assert set(manifest_v1["latency_ms"]) == {"fp32", "int8"}
 
-    second_batch = _batch(store, settings, clips=16, seed=1)
-    stages.label_batch(store, settings, second_batch)
-    stages.augment_batch(store, settings, second_batch)
-    v2, _ = stages.build_dataset_version(store, settings)
+    # the second turn with the engine on: people and the champion label the new batch
+    second_batch, engine = _engine_turn(store, settings)
+    stages.augment_batch(store, engine, second_batch)
+    v2, _ = stages.build_dataset_version(store, engine)
     assert v2["version"] == 2 and v2["task"] == "detection"
-    second = stages.train_challenger(store, settings, tracker)
+    second = stages.train_challenger(store, engine, tracker)
     assert second["version"] != first["version"]
-    ev2 = stages.evaluate_challenger(store, settings, tracker)
+    ev2 = stages.evaluate_challenger(store, engine, tracker)
     # both detect on the same frames: the gate judges the paired difference, overall and per slice
     assert ev2["champion"] is not None and ev2["champion_version"] == first["version"]
     primary = ev2["gate"]["primary"]
     assert primary["low"] <= primary["challenger"] - primary["champion"] <= primary["high"]
     assert {s["slice"].split("=")[0] for s in ev2["gate"]["slices"]} >= {"condition", "class"}
-    record = store.read_json(layout.evaluation_key(settings.mlflow.model_name, second["version"]))
+    record = store.read_json(layout.evaluation_key(engine.mlflow.model_name, second["version"]))
     assert record["fixed_set"]["frames"] and record["fixed_set"]["champion"] is not None
     assert json.loads(json.dumps(record))["task"] == "detection"
 
 
-def _dets(truth, keep: float, rng, shift: float = 0.0):
-    """Detections that find a `keep` share of the true boxes (score 0.9) and a stray box per frame (0.3)."""
-    out = []
-    for frame in truth:
-        found = [(c, 0.9, x + shift, y, w, h) for c, x, y, w, h in frame if rng.random() < keep]
-        out.append(found + [(0, 0.3, 1.0, 1.0, 4.0, 4.0)])
-    return out
-
-
-def test_the_gate_on_boxes_promotes_a_shown_gain_and_keeps_a_slice_regression():
-    rng = np.random.default_rng(0)
-    truth = [[(k % 2, 10.0, 10.0, 12.0, 12.0), (1, 30.0, 5.0, 8.0, 16.0)] for k in range(200)]
-    condition = ["day"] * 150 + ["fog"] * 50
-    classes = ["car", "person"]
-    champ, better = _dets(truth, 0.5, rng), _dets(truth, 0.95, rng)
-    settings = GateSettings(min_slice_frames=40, critical_slices=["condition=*"], resamples=200)
-
-    def judge(ch, cp):
-        from flywheel.detection.metrics import coco_map
-
-        report = lambda d: {**coco_map(truth, d, classes, slices={"condition": condition}),  # noqa: E731
-                            "per_slice": {}}  # fmt: skip
-        return decide_boxes(report(ch), report(cp), settings, floor=0.2, truth=truth, ch_dets=ch, champ_dets=cp,
-                            slices={"condition": condition}, classes=classes)  # fmt: skip
-
-    up = judge(better, champ)
-    assert up.passed and up.details["rule"] == "superior" and up.primary.low > 0
-    # better on day, but the fog frames lose their boxes: that slice is shown worse and blocks
-    fog_lost = [d if c == "day" else [(0, 0.3, 1.0, 1.0, 4.0, 4.0)] for d, c in zip(better, condition, strict=True)]
-    down = judge(fog_lost, champ)
-    assert not down.passed and "condition=fog" in [s.slice for s in down.blocking]
-    # first model: the floor
-    first = decide_boxes({"map50": 0.1, "per_slice": {}}, None, settings, floor=0.2)
-    assert not first.passed and "below the floor 0.2000" in first.reason
-
-
-def test_the_engine_on_boxes_hides_ground_truth_queues_unsure_frames_prefilled_and_auto_labels_sure_ones(loop):
-    settings, store, tracker = loop
-    batch = _batch(store, settings, clips=16, seed=0)
-    for stage in (stages.label_batch, stages.augment_batch):
-        stage(store, settings, batch)
-    stages.build_dataset_version(store, settings)
-    stages.train_challenger(store, settings, tracker)
-    stages.evaluate_challenger(store, settings, tracker)
-    stages.deploy_challenger(store, settings, tracker)
-
+def _engine_turn(store, settings) -> tuple[str, object]:
+    """With v1 deployed: a batch labeled with the engine on (queue, people's answers, auto labels, trust), and
+    the shadow trigger; returns the batch and the engine's settings."""
     engine = load_settings(**DETECT, **{"engine.enabled": True, "engine.label_budget": 10, "detection.unsure_band": (0.05, 0.4),
                                         "detection.min_score": 0.4})  # fmt: skip
     nxt = _batch(store, engine, clips=8, seed=5)
@@ -217,6 +174,43 @@ def test_the_engine_on_boxes_hides_ground_truth_queues_unsure_frames_prefilled_a
     assert box_shadow_filter(session, manifest, band=(top * 0.5, top + 1e-6))(clip, {}) == "low_confidence"
     assert box_shadow_filter(session, manifest, band=(top + 1e-6, 1.0))(clip, {}) is None
     assert fleet_filter(store, engine) is not None and fleet_filter(store, settings) is None  # engine off: random
+    return nxt, strict
+
+
+def _dets(truth, keep: float, rng, shift: float = 0.0):
+    """Detections that find a `keep` share of the true boxes (score 0.9) and a stray box per frame (0.3)."""
+    out = []
+    for frame in truth:
+        found = [(c, 0.9, x + shift, y, w, h) for c, x, y, w, h in frame if rng.random() < keep]
+        out.append(found + [(0, 0.3, 1.0, 1.0, 4.0, 4.0)])
+    return out
+
+
+def test_the_gate_on_boxes_promotes_a_shown_gain_and_keeps_a_slice_regression():
+    rng = np.random.default_rng(0)
+    truth = [[(k % 2, 10.0, 10.0, 12.0, 12.0), (1, 30.0, 5.0, 8.0, 16.0)] for k in range(200)]
+    condition = ["day"] * 150 + ["fog"] * 50
+    classes = ["car", "person"]
+    champ, better = _dets(truth, 0.5, rng), _dets(truth, 0.95, rng)
+    settings = GateSettings(min_slice_frames=40, critical_slices=["condition=*"], resamples=200)
+
+    def judge(ch, cp):
+        from flywheel.detection.metrics import coco_map
+
+        report = lambda d: {**coco_map(truth, d, classes, slices={"condition": condition}),  # noqa: E731
+                            "per_slice": {}}  # fmt: skip
+        return decide_boxes(report(ch), report(cp), settings, floor=0.2, truth=truth, ch_dets=ch, champ_dets=cp,
+                            slices={"condition": condition}, classes=classes)  # fmt: skip
+
+    up = judge(better, champ)
+    assert up.passed and up.details["rule"] == "superior" and up.primary.low > 0
+    # better on day, but the fog frames lose their boxes: that slice is shown worse and blocks
+    fog_lost = [d if c == "day" else [(0, 0.3, 1.0, 1.0, 4.0, 4.0)] for d, c in zip(better, condition, strict=True)]
+    down = judge(fog_lost, champ)
+    assert not down.passed and "condition=fog" in [s.slice for s in down.blocking]
+    # first model: the floor
+    first = decide_boxes({"map50": 0.1, "per_slice": {}}, None, settings, floor=0.2)
+    assert not first.passed and "below the floor 0.2000" in first.reason
 
 
 def test_box_trust_counts_a_class_right_only_where_its_sure_boxes_overlap_true_ones():
@@ -256,10 +250,10 @@ def test_the_yardstick_detector_learns_and_says_when_the_challenger_is_short_or_
     from flywheel.detection.stages import _against_yardstick
     from tests.detection.test_detector import CLASSES, scenes
 
-    images, boxes = scenes(160, seed=0)
+    images, boxes = scenes(96, seed=0)
     val_images, val_boxes = scenes(40, seed=1)
     cfg = DetectorConfig(num_classes=3, image_size=48)
-    settings = load_settings(**{"detection.yardstick_steps": 80, "detection.batch_size": 16, "classes": CLASSES})
+    settings = load_settings(**{"detection.yardstick_steps": 50, "detection.batch_size": 16, "classes": CLASSES})
     untrained = CenterNet(cfg).eval()
     check = _against_yardstick(settings, untrained, images, boxes, val_images, val_boxes, cfg)
     # coloured rectangles: trained the plain way, the yardstick learns them; an untrained challenger is short
