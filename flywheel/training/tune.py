@@ -93,6 +93,9 @@ def tune(
     """Run `trials` more trials (default `tune.trials`), starting none after `minutes`
     (`tune.minutes`); write the best recipe on the latest dataset version to the store and return
     it, with the history of that version's trials and its plot."""
+    if settings.task == "detection":
+        raise ValueError("flywheel tune searches the classifier's recipe (train:); with task: detection the "
+                         "detector's recipe is detection: as set")  # fmt: skip
     trials = settings.tune.trials if trials is None else trials
     minutes = settings.tune.minutes if minutes is None else minutes
     if trials < 1 or minutes <= 0:
@@ -271,6 +274,8 @@ def retune_check(store: Store, settings: Settings) -> tuple[str | None, str]:
     Returns (a string naming this reason, the same for every check until a tune run or a new
     challenger answers it, or None when no tuning is due; why).
     """
+    if settings.task == "detection":
+        return None, "task: detection: the detector's recipe (detection:) is not tuned"
     last = _newest_tuned(store)
     key = layout.baseline_check_key(settings.dataset.name)
     check = store.read_json(key) if store.exists(key) else None

@@ -262,3 +262,12 @@ def test_the_yardstick_detector_learns_and_says_when_the_challenger_is_short_or_
     assert _against_yardstick(one_step, untrained, images, boxes, val_images, val_boxes, cfg)["verdict"] == "broken"
     off = load_settings(**{"detection.yardstick_steps": 0, "classes": CLASSES})
     assert _against_yardstick(off, untrained, images, boxes, val_images, val_boxes, cfg) is None
+
+
+def test_tuning_says_it_is_for_the_classifier(loop):
+    settings, store, tracker = loop
+    from flywheel.training import tune
+
+    with pytest.raises(ValueError, match="with task: detection the detector's recipe is detection: as set"):
+        tune.tune(store, settings, tracker)
+    assert tune.retune_check(store, settings) == (None, "task: detection: the detector's recipe (detection:) is not tuned")
