@@ -271,3 +271,30 @@ def test_tuning_says_it_is_for_the_classifier(loop):
     with pytest.raises(ValueError, match="with task: detection the detector's recipe is detection: as set"):
         tune.tune(store, settings, tracker)
     assert tune.retune_check(store, settings) == (None, "task: detection: the detector's recipe (detection:) is not tuned")
+
+
+def test_clips_an_outside_script_wrote_with_boxes_ingest_train_and_score():
+    """Clips written with mcap and the Foxglove schemas only (no flywheel code), boxes as ImageAnnotations:
+    ingested, labeled by their boxes, versioned, and a detector trained and scored on them."""
+    from tests.ingest.test_ingest import DAY, _outside_clip
+
+    settings = load_settings(**DETECT, **{"dataset.split": {"train": 0.5, "val": 0.1, "test": 0.4}})
+    store, tracker = open_store(settings.store_root), tracker_for(settings)
+    for k in range(12):
+        store.write_bytes(f"{DAY}c{k}.mcap", _outside_clip(f"outside-{k}", [(2 + k, 6, 20, 12.5, "vehicle#3"),
+                                                                           (30, 2, 8, 30, "pedestrian")]))  # fmt: skip
+    plan = ingest.plan_batch(store, min_clips=12, max_clips=100)
+    ingest.commit_batch(store, plan)
+    assert not ingest.validate_batch(store, plan.batch_id, settings)["quarantined"]
+    assert ingest.write_frames(store, plan.batch_id, settings)["with_boxes"] == 12
+    stats = stages.label_batch(store, settings, plan.batch_id)
+    assert stats["ground_truth"] == 12 and stats["per_class"] == {"pedestrian": 12, "vehicle": 12}
+    stages.augment_batch(store, settings, plan.batch_id)
+    manifest, _ = stages.build_dataset_version(store, settings)
+    stages.train_challenger(store, settings, tracker)
+    ev = stages.evaluate_challenger(store, settings, tracker)
+    _, test_boxes, _ = data.load_frames(store, manifest, settings.classes, image_size=48, split="test", originals=True)
+    assert ev["frames"] >= len(test_boxes) > 0 and ev["challenger"]["boxes"] == 2 * ev["frames"]
+    assert 0 <= ev["challenger"]["map50"] <= 1 and set(ev["challenger"]["per_class"]) == set(settings.classes)
+    scored = {c for c, v in ev["challenger"]["per_class"].items() if v["map50"] is not None}
+    assert scored == {"vehicle", "pedestrian"}  # the classes the clips' boxes name, and only those
