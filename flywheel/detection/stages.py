@@ -228,10 +228,8 @@ def train_challenger(store: Store, settings: Settings, tracker: Tracker, *, devi
                      progress: bool = False, rank: int = 0, world_size: int = 1,
                      log: Callable[[str], None] | None = None) -> dict:  # fmt: skip
     """Train a detector on the latest version's train rows (offline copies included), score it on val, log
-    the run to MLflow and register it as `challenger`. One process (compute.nproc_per_node: 1), on the
-    compute device (a GPU where there is one, bf16)."""
-    if world_size != 1:
-        raise ValueError(f"task: detection trains in one process; set compute.nproc_per_node: 1 (got {world_size})")
+    the run to MLflow and register it as `challenger`; on the compute device (a GPU where there is one, bf16),
+    under torchrun DDP over `world_size` ranks (rank 0 alone talks to MLflow)."""
     name, d = settings.dataset.name, settings.detection
     manifest = dataset.load_manifest(store, name)
     kept = kept_challenger(store, settings, tracker)
@@ -241,6 +239,12 @@ def train_challenger(store: Store, settings: Settings, tracker: Tracker, *, devi
     images, boxes, _ = data.load_frames(store, manifest, settings.classes, image_size=cfg.image_size, split="train")
     if not len(images):
         raise ValueError(f"dataset {name} v{manifest['version']} has no train rows to train a detector on")
+    dev = pick_device(device or settings.train.device)
+    recipe = {"steps": d.steps, "batch_size": d.batch_size, "lr": d.lr, "seed": settings.train.seed,
+              "augmentation": d.augmentation, "device": dev, "distributed": world_size > 1}  # fmt: skip
+    if rank != 0:  # its share of every step; rank 0 reports
+        train_detector(images, boxes, cfg, **recipe)
+        return {"rank": rank}
     val_images, val_boxes, _ = data.load_frames(store, manifest, settings.classes, image_size=cfg.image_size,
                                                 split="val", originals=True, no_auto=True)  # fmt: skip
     tags = {"dataset": name, "dataset_version": str(manifest["version"]), "stage": "train", "task": "detection",
@@ -250,7 +254,7 @@ def train_challenger(store: Store, settings: Settings, tracker: Tracker, *, devi
                                     "classes": ",".join(settings.classes), "dataset.name": name,
                                     "dataset.version": manifest["version"], "seed": settings.train.seed,
                                     "dataset.manifest_sha256": dataset.manifest_sha256(manifest),
-                                    "dataset.train_rows": len(images)})  # fmt: skip
+                                    "dataset.train_rows": len(images), "ranks": world_size})  # fmt: skip
         tracker.log_json(run_id, "config/settings.json", settings.model_dump())
         tracker.log_json(run_id, "dataset/manifest.json", manifest)
         started, history = time.monotonic(), []
@@ -262,9 +266,7 @@ def train_challenger(store: Store, settings: Settings, tracker: Tracker, *, devi
                 left = (time.monotonic() - started) / step * (d.steps - step)
                 log(f"step {step}/{d.steps}: train_loss {loss:.3f}, about {left:.0f} s left")
 
-        dev = pick_device(device or settings.train.device)
-        model, _ = train_detector(images, boxes, cfg, steps=d.steps, batch_size=d.batch_size, lr=d.lr,
-                                  seed=settings.train.seed, augmentation=d.augmentation, progress=report, device=dev)  # fmt: skip
+        model, _ = train_detector(images, boxes, cfg, progress=report, **recipe)
         seconds = time.monotonic() - started
         val = coco_map(val_boxes, detect(model, val_images), settings.classes) if len(val_images) else None
         if val is not None and history:

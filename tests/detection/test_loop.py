@@ -298,3 +298,32 @@ def test_clips_an_outside_script_wrote_with_boxes_ingest_train_and_score():
     assert 0 <= ev["challenger"]["map50"] <= 1 and set(ev["challenger"]["per_class"]) == set(settings.classes)
     scored = {c for c, v in ev["challenger"]["per_class"].items() if v["map50"] is not None}
     assert scored == {"vehicle", "pedestrian"}  # the classes the clips' boxes name, and only those
+
+
+def test_two_gloo_ranks_train_the_detector_through_pipes(loop):
+    """The challenger asset launches torchrun through Dagster Pipes; with two ranks the detector trains with
+    DDP over gloo, rank 0 registers it and its step lines reach the run's log."""
+    import dagster as dg
+
+    from flywheel.definitions import build_definitions
+
+    settings, store, tracker = loop
+    batch = _batch(store, settings, clips=8, seed=0)
+    for stage in (stages.label_batch, stages.augment_batch):
+        stage(store, settings, batch)
+    stages.build_dataset_version(store, settings)
+    overrides = {**DETECT, "compute.nproc_per_node": 2, "detection.steps": 100}
+    defs = build_definitions(load_settings(**overrides), overrides=overrides)
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_job_def("train_and_deploy").execute_in_process(
+            instance=instance, asset_selection=[dg.AssetKey("challenger")], raise_on_error=False)  # fmt: skip
+        assert result.success
+        [m] = result.asset_materializations_for_node("challenger")
+        meta = {k: v.value for k, v in m.metadata.items()}
+        assert meta["ranks (torchrun)"] == 2 and meta["mlflow_version"] == tracker.alias(CHALLENGER) == "1"
+        lines = [e.message for e in instance.all_logs(result.run_id) if e.message]
+        assert any("step 100/100: train_loss" in line for line in lines), lines[-20:]
+    history = tracker.read_json(tracker.version_run("1"), "history.json")
+    assert [h["epoch"] for h in history] == [50, 100]
+    assert history[1]["train_loss"] < history[0]["train_loss"]  # the ranks' averaged loss falls: they learn together
+    assert tracker.run_tags(tracker.version_run("1"))["task"] == "detection"
