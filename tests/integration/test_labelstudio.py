@@ -37,10 +37,11 @@ from tests.integration.conftest import TINY
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("label-studio")]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def label_studio(tmp_path_factory):
-    """One server for the module, its data folder kept between tests; every store lies under its
-    local-files document root (pytest's base temp folder)."""
+    """One server for the session (the xdist group keeps these tests on one worker, but other tests may run
+    between them there: a module-scoped server was started twice), its data folder kept between tests;
+    every store lies under its local-files document root (pytest's base temp folder)."""
     exe = labelstudio_server.ensure_installed()
     server = labelstudio_server.start(data_dir=tmp_path_factory.mktemp("label-studio"), port=free_port(),
                                       document_root=tmp_path_factory.getbasetemp(), exe=exe)  # fmt: skip
