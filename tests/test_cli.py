@@ -117,6 +117,17 @@ def test_detection_demo_turns_the_loop_on_boxes_and_deploys_a_detector(tmp_path,
     assert (flywheel_home / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     status = json.loads(flywheel("status", "--json", home=flywheel_home, config=cfg).stdout)
     assert status["champion"]["version"] == "v2" and set(status["champion"]["metrics"]) == {"map50", "map"}
+    # in the UI: the evaluation's per-class mAP and a grid of true and predicted boxes, the challenger's yardstick
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(flywheel_home / "dagster")) as instance:
+        meta = instance.get_latest_materialization_event(dg.AssetKey("evaluation")).asset_materialization.metadata
+        assert "| vehicle |" in meta["per_class"].value and "condition=" in meta["per_slice"].value
+        assert meta["predicted_boxes"].value.startswith("![predicted_boxes](data:image/png;base64,")
+        assert meta["map50"].value == rows[1]["challenger"]
+        trained = instance.get_latest_materialization_event(dg.AssetKey("challenger")).asset_materialization.metadata
+        table = trained["vs_yardstick_detector (val mAP@.5)"].value
+        assert "| verdict |" in table and "| untrained |" in table, table  # the plain detector and the floor it beat
 
 
 def test_a_failed_ingest_says_where_and_is_retried(tmp_path, flywheel_home, monkeypatch):
