@@ -38,7 +38,13 @@ from flywheel.detection import data, gate
 from flywheel.detection.augment import box_pipeline
 from flywheel.detection.export import check_parity, export_onnx, session_detect
 from flywheel.detection.metrics import box_trust, coco_map
-from flywheel.detection.model import CenterNet, DetectorConfig, load_detector, save_detector
+from flywheel.detection.model import (
+    CenterNet,
+    DetectorConfig,
+    is_detector,
+    load_detector,
+    save_detector,
+)
 from flywheel.detection.train import detect, train_detector
 from flywheel.evaluation import approvals, evalset
 from flywheel.labeling import labelstudio
@@ -58,6 +64,9 @@ SLICES = ("condition", "camera", "trigger")
 def champion_boxes(champ: champion.Champion, frames: pa.Table) -> list[list[tuple]]:
     """The deployed detector's detections on every row of a frames table: [(class, score, x, y, w, h)] in
     pixels of each frame as stored."""
+    if champ.manifest["output"]["name"] != "heatmap":
+        raise ValueError(f"the deployed model {champ.version} of {champ.manifest['model_name']!r} is a frame classifier, not "
+                         "a detector: with task: detection use another mlflow.model_name")  # fmt: skip
     size = int(champ.manifest["image_size"])
     heights, widths = frames.column("height").to_pylist(), frames.column("width").to_pylist()
     images = decode_images(frames.column("image").to_pylist(), size, frame_ids=frames.column("frame_id").to_pylist(),
@@ -359,6 +368,9 @@ def evaluate_challenger(store: Store, settings: Settings, tracker: Tracker, *, d
     for version in {challenger, *([champ] if champ and champ != challenger else [])}:
         weights = tracker.weights(version)
         shas[version] = hashlib.sha256(weights).hexdigest()
+        if not is_detector(weights):
+            raise ValueError(f"{settings.mlflow.model_name} v{version} is a frame classifier, not a detector: with "
+                             "task: detection use another mlflow.model_name")  # fmt: skip
         model, their_classes = load_detector(weights)
         if their_classes == classes:
             models[version], dets[version] = model, detect(model, images)

@@ -327,3 +327,20 @@ def test_two_gloo_ranks_train_the_detector_through_pipes(loop):
     assert [h["epoch"] for h in history] == [50, 100]
     assert history[1]["train_loss"] < history[0]["train_loss"]  # the ranks' averaged loss falls: they learn together
     assert tracker.run_tags(tracker.version_run("1"))["task"] == "detection"
+
+
+def test_a_classifier_champion_under_the_same_model_name_is_refused_by_name(loop):
+    from flywheel.model import ModelConfig, build_model, save_weights
+
+    settings, store, tracker = loop
+    batch = _batch(store, settings, clips=8, seed=0)
+    for stage in (stages.label_batch, stages.augment_batch):
+        stage(store, settings, batch)
+    stages.build_dataset_version(store, settings)
+    with tracker.run("a classifier", tags={}) as run_id:
+        cfg = ModelConfig(num_classes=len(settings.classes), image_size=48)
+        classifier = save_weights(build_model(cfg), cfg, settings.classes)
+        tracker.set_alias(CHAMPION, tracker.register(run_id, classifier))
+    stages.train_challenger(store, settings, tracker)
+    with pytest.raises(ValueError, match="v1 is a frame classifier, not a detector: with task: detection use another"):
+        stages.evaluate_challenger(store, settings, tracker)
