@@ -295,6 +295,13 @@ class DetectionSettings(_Section):
     # Per-frame uncertainty for the engine: detections between these scores are ones the model is unsure of.
     unsure_band: tuple[float, float] = (0.15, 0.4)
     floor: float = Field(0.2, ge=0, le=1)  # the first model's mAP@.5 must reach this (the gate)
+
+    @field_validator("unsure_band")
+    @classmethod
+    def _band(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= v[0] < v[1] <= 1:
+            raise ValueError(f"the unsure band is [low, high) with 0 <= low < high <= 1, got {list(v)}")
+        return v
     # The per-turn yardstick: the same detector trained the plain way (no augmentation, this many steps) on the
     # same train frames, both scored on val; it must beat the untrained model (else "broken": it did not learn).
     # 0: no check.

@@ -110,6 +110,7 @@ def test_detection_demo_turns_the_loop_on_boxes_and_deploys_a_detector(tmp_path,
     out = flywheel("demo", "--task", "detection", "--iterations", "2", "--clips", "8", home=flywheel_home, config=cfg)
     assert "training: a CenterNet detector, 8 steps of 8 frames per challenger, yardstick detector 4 steps\n" in out.stdout
     assert "iteration 2/2" in out.stdout and "2 deployed" in out.stdout and "| map50: challenger v2" in out.stdout
+    assert "; critical slices: none\n" in out.stdout  # the config's gate, with no critical slice, said so
     rows = json.loads((flywheel_home / "demo.json").read_text())
     assert [r["dataset_version"] for r in rows] == [1, 2] and {r["metric"] for r in rows} == {"map50"}
     assert rows[0]["labels_spent"] > 0  # the simulated team drew the boxes of the queued frames

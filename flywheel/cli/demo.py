@@ -57,8 +57,8 @@ def answer_and_relabel(obj: Ctx) -> list[str]:
                    + ", ".join(f"{k}={v}" for k, v in DEMO_BUDGET.items()) + "), which keeps the demo to "
                    "minutes on a laptop's CPU.")  # fmt: skip
 @click.option("--task", type=click.Choice(["classification", "detection"]), default="classification", show_default=True,
-              help="detection: the loop on the simulator's boxes (a CenterNet detector judged by mAP@.5, "
-                   f"{', '.join(f'{k}={v}' for k, v in DETECTION_DEMO.items())}).")  # fmt: skip
+              help="detection: the loop on the simulator's boxes, a CenterNet detector judged by mAP@.5 (image_size "
+                   f"{DETECTION_DEMO['image_size']} unless the config sets one; the demo's gate has no critical slices).")  # fmt: skip
 @click.pass_obj
 def demo(obj: Ctx, iterations: int, clips: int, label_budget: int, seed: int, engine: bool, full_recipe: bool, task: str):
     """Turn the whole loop a few times while the fleet's conditions drift, and plot the result.
@@ -104,7 +104,8 @@ def demo(obj: Ctx, iterations: int, clips: int, label_budget: int, seed: int, en
     g = obj.settings.gate
     click.echo(f"gate: every slice of >= {g.min_slice_frames} frames shown non-inferior at -{g.slice_tolerance}"
                + (" (the demo's gate, for its small evaluation set; set gate: in your config for another)"
-                  if g.slice_tolerance == DEMO_GATE["gate.slice_tolerance"] else ""))  # fmt: skip
+                  if g.slice_tolerance == DEMO_GATE["gate.slice_tolerance"] else "")
+               + ("; critical slices: " + (", ".join(g.critical_slices) or "none")))  # fmt: skip
     rows, spent = [], 0
     for i in range(1, iterations + 1):
         shadow = fleet_filter(obj.store(), obj.settings)

@@ -344,3 +344,12 @@ def test_a_classifier_champion_under_the_same_model_name_is_refused_by_name(loop
     stages.train_challenger(store, settings, tracker)
     with pytest.raises(ValueError, match="v1 is a frame classifier, not a detector: with task: detection use another"):
         stages.evaluate_challenger(store, settings, tracker)
+
+
+def test_a_bad_detection_setting_is_named():
+    from flywheel.config import ConfigError
+
+    with pytest.raises((ValueError, ConfigError), match="unsure band is \\[low, high\\)"):
+        load_settings(**{"detection.unsure_band": (0.5, 0.2)})
+    with pytest.raises((ValueError, ConfigError), match="multiple of 8"):
+        load_settings(**{"task": "detection", "image_size": 60})
