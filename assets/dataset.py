@@ -108,6 +108,8 @@ def augmented(context: dg.AssetExecutionContext, settings: SettingsResource, sto
     metadata = {
         "originals": out["originals"],
         "augmented": out["augmented"],
+        # the engine's synthetic frames of scarce conditions (engine.synthesize_share), counted in `augmented`
+        "synthesized (frames per condition)": ", ".join(f"{c} {n}" for c, n in out["synthesized"].items()) or "none",
         "reserved_for_test (clips, frames)": f"{out['reserved_for_test']['clips']}, {out['reserved_for_test']['frames']}",
         "bytes": dg.MetadataValue.int(out["bytes"]),
         "min_group_share_before": balance["min_share_before"],

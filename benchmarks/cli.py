@@ -292,10 +292,10 @@ def _overrides(ctx, param, values) -> dict:
 @click.option("--arms", callback=_csv(str), default="random,engine", show_default=True,
               help="Comma-separated arms: random, engine, engine_novelty, engine_typical, mining, engine_scarce, "
                    "shadow_only, novelty_only, selection_only, typical_only, auto_labels_only, campaign_only, "
-                   "scarce_only (benchmarks/engine.py).")
+                   "scarce_only, engine_without_synth, synth_only (benchmarks/engine.py).")
 @click.option("--ablation", is_flag=True,
               help="The main arms and one part of the engine each (shadow, novelty, selection, typical, auto labels, "
-                   "campaign, scarce-slice mining).")
+                   "campaign, scarce-slice mining, synthetic frames of scarce conditions).")
 @click.option("--quick", is_flag=True, help="Smoke run: one seed, 2 tiny iterations (the models do not learn).")
 @click.option("--world", type=click.Choice(["road", "digits"]), default="road", show_default=True,
               help="What the fleet sees: the road simulator, or handwritten digits under the same four conditions "

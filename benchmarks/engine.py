@@ -13,7 +13,9 @@ so the benchmark measures the pipeline a user runs. An arm is a set of the engin
             started once the dataset holds a labeled frame of it: the fleet uploads clips like them
   scarce:   the engine mines for the rarest condition while it is below 20 % of the labeled frames, by
             itself (`engine.scarce_share: 0.2`), its query renewed with each dataset version; nobody names fog
-`engine` is shadow + select + auto, `engine_novelty` novelty + select + auto, `engine_typical` novelty +
+  synth:    synthetic frames of the scarce conditions (fog, night, rain below SYNTH_SHARE of a batch's labeled
+            train frames) made from its frames of the common one (`engine.synthesize_share`, flywheel/data/synth.py)
+`engine` (the default engine) is shadow + select + auto + synth, `engine_without_synth` the same without synth, `engine_novelty` novelty + select + auto, `engine_typical` novelty +
 typical + auto, `mining` is campaign + select + auto, `engine_scarce` scarce + select + auto, `random` none (random
 uploads, random frames, nothing deployed); the ablation arms have one part each. An arm with any part deploys every model it trains (a gate that passes every challenger),
 so that model drives the next iteration. Each iteration: simulate -> ingest -> labels (queue) ->
@@ -60,15 +62,18 @@ EVERY_MODEL_PROMOTED = {"floor": 0.0, "margin": -1.0, "min_slice_frames": 10**9,
 
 RARE = "fog"
 MIX = {"day": 0.70, "night": 0.13, "rain": 0.12, "fog": 0.05}
-PARTS = ("shadow", "novelty", "select", "typical", "auto", "campaign", "scarce")
+PARTS = ("shadow", "novelty", "select", "typical", "auto", "campaign", "scarce", "synth")
 SCARCE_SHARE = 0.2  # the scarce part: mine for the rarest condition while below this share of the labeled frames
+SYNTH_SHARE = 0.2  # the synth part: synthesize each scarce condition up to this share of a batch's train frames
 ARMS: dict[str, tuple[str, ...]] = {
     "random": (),
-    "engine": ("shadow", "select", "auto"),
+    "engine": ("shadow", "select", "auto", "synth"),
+    "engine_without_synth": ("shadow", "select", "auto"),
     "engine_novelty": ("novelty", "select", "auto"),
     "engine_typical": ("novelty", "typical", "auto"),
     "mining": ("campaign", "select", "auto"),
     "engine_scarce": ("scarce", "select", "auto"),
+    "synth_only": ("synth",),
     "scarce_only": ("scarce",),
     "shadow_only": ("shadow",),
     "novelty_only": ("novelty",),
@@ -79,7 +84,7 @@ ARMS: dict[str, tuple[str, ...]] = {
 }
 MAIN_ARMS = ("random", "engine")
 ABLATION_ARMS = ("shadow_only", "novelty_only", "selection_only", "typical_only", "auto_labels_only", "campaign_only",
-                 "scarce_only")
+                 "scarce_only", "synth_only")
 # the engine should reach the random arm's final rare-slice accuracy with at most this share of its labels
 # (and never be significantly below it at any iteration); 0.5 would be the stretch
 GOAL = 0.6
@@ -140,7 +145,8 @@ def bench_settings(root: Path, *, parts: tuple[str, ...] = (), image_size: int =
                        "shadow_threshold": 0.6 if "shadow" in parts else 0.0,
                        "strategy": "typical" if "typical" in parts else "hybrid" if "select" in parts else "random",
                        "auto_labels": "auto" in parts,
-                       "scarce_share": SCARCE_SHARE if "scarce" in parts else None},
+                       "scarce_share": SCARCE_SHARE if "scarce" in parts else None,
+                       "synthesize_share": SYNTH_SHARE if "synth" in parts else None},
             "gate": EVERY_MODEL_PROMOTED,
             "deploy": {"int8": False},
             # scored on the benchmark's own test set: no clips moved from train to the evaluation split
@@ -199,7 +205,7 @@ def run_arm(arm: str, workdir: Path, *, iterations: int, clips_per_iteration: in
         queued = stages.label_batch(store, settings, batch_id)["queued"]
         answered = answer_queue(store, classes=settings.classes, seed=seed)["answered"]
         stats = stages.label_batch(store, settings, batch_id)  # again, with the answers
-        stages.augment_batch(store, settings, batch_id)
+        synthesized = stages.augment_batch(store, settings, batch_id)["synthesized"]
         manifest, _ = stages.build_dataset_version(store, settings)
         stages.train_challenger(store, settings, tracker, device="cpu")
         if parts:  # the new model decides the next uploads, labels or auto labels
@@ -229,6 +235,7 @@ def run_arm(arm: str, workdir: Path, *, iterations: int, clips_per_iteration: in
             "auto_labels": stats["auto"], "auto_label_accuracy": auto_accuracy_vs_truth(labels, frames, settings.classes)["accuracy"],
             "train_frames": sum(s["rows"] for s in train),
             "train_fog_frames": sum(s["counts"]["condition"].get(RARE, 0) for s in train),  # with augmented copies
+            "synthesized": synthesized,  # synthetic frames this batch added per condition (the synth part)
             "accuracy": float((pred == test_y).mean()), "fog_accuracy": float((pred[rare] == test_y[rare]).mean()),
             # what shadow mode sees: the model's mean top probability per condition (sure of fog, it uploads no fog)
             "confidence_by_condition": {c: round(float(probs[test_c == c].max(axis=1).mean()), 3) for c in CONDITIONS},

@@ -150,6 +150,10 @@ class EngineSettings(_Section):
     # version's frames of it; None: campaigns only when people start one.
     scarce_share: float | None = Field(None, gt=0, lt=1)
     scarce_match_share: float = Field(0.02, gt=0, lt=1)  # the share of ordinary frames a scarce-slice query matches
+    # Synthetic frames for scarce conditions (flywheel/data/synth.py): each batch's train frames of the most common
+    # condition get fog, night or rain laid over them, for every such condition below this share of the batch's
+    # labeled train frames, up to that share; None: off. Classification only (detection ignores it).
+    synthesize_share: float | None = Field(0.2, gt=0, lt=1)
     strategy: Literal["uncertainty", "diversity", "balanced", "hybrid", "typical", "random"] = "hybrid"
     image_url_prefix: str | None = None  # how annotators reach queued images; None: store URIs
     # A label is flagged as a likely error only when the evidence (the champion's probabilities blended with a

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -24,7 +25,7 @@ import pyarrow as pa
 
 from flywheel import layout, plots
 from flywheel.config import Settings
-from flywheel.data import dataset
+from flywheel.data import dataset, synth
 from flywheel.data.augment import balance_report, load_pipeline, oversample, sample_grid_png
 from flywheel.data.reader import load_arrays
 from flywheel.data.schema import DATASET
@@ -101,6 +102,10 @@ def augment_batch(store: Store, settings: Settings, batch_id: str) -> dict:
     a = settings.augment
     pipeline = load_pipeline(a.pipeline, geometric=settings.geometric_aug)
     extra = oversample(rows, target_share=a.target_share, max_copies=a.max_copies, seed=a.seed, pipeline=pipeline)
+    e = settings.engine  # the engine's synthetic frames of scarce conditions, made from the common one's
+    made = synth.synthesize(rows, share=e.synthesize_share, seed=a.seed) if e.enabled and e.synthesize_share else None
+    if made is not None and made.num_rows:
+        extra = pa.concat_tables([extra.cast(rows.schema), made.cast(rows.schema)])
     out = pa.concat_tables([rows, extra.cast(rows.schema)]) if extra.num_rows else rows
     # which labels these rows carry: a relabeled batch (late human answers) is revised in the next version
     out = out.replace_schema_metadata({**(out.schema.metadata or {}), dataset.SOURCE_KEY: fingerprint(labels).encode()})
@@ -112,6 +117,7 @@ def augment_batch(store: Store, settings: Settings, batch_id: str) -> dict:
         "originals": rows.num_rows,
         "reserved_for_test": reserved,
         "augmented": extra.num_rows,
+        "synthesized": dict(Counter(made.column("condition").to_pylist())) if made is not None else {},
         "bytes": nbytes,
         "balance": balance_report(rows, out),
         "grid_png": sample_grid_png(extra, classes=settings.classes) if extra.num_rows else None,

@@ -21,8 +21,12 @@ def test_bench_engine_quick_runs_the_arms_through_the_pipeline_and_writes_curves
     assert list(out["curves"]) == ["random", "engine", "engine_novelty"]
     runs = out["runs"]
     random, engine, novelty = runs["random"][0], runs["engine"][0], runs["engine_novelty"][0]
-    # paired arms: before any model is deployed every arm uploads, labels and trains the same frames
-    assert len({(r[0]["accuracy"], r[0]["fog_accuracy"], r[0]["train_frames"]) for r in (random, engine, novelty)}) == 1
+    # paired arms: before any model is deployed every arm uploads and labels the same frames and trains on them; the
+    # default engine adds its synthetic frames of scarce conditions from the first batch on (they need no model)
+    assert len({(r[0]["accuracy"], r[0]["fog_accuracy"], r[0]["train_frames"]) for r in (random, novelty)}) == 1
+    assert random[0]["synthesized"] == novelty[0]["synthesized"] == {} and engine[0]["synthesized"]
+    assert engine[0]["train_frames"] == random[0]["train_frames"] + sum(engine[0]["synthesized"].values())
+    assert engine[0]["uploaded_fog_clips"] == random[0]["uploaded_fog_clips"]
     assert [r["human_labels_total"] for r in random] == [32, 64]  # the whole budget, every iteration
     spent = [r["human_labels_total"] for r in engine]  # at most the budget: frames the champion auto-labels are not queued
     assert spent[0] == 32 and 32 < spent[1] <= 64

@@ -1,5 +1,7 @@
 """The whole graph, materialized in a temporary instance, and the loop's stage functions."""
 
+from collections import Counter
+
 import dagster as dg
 import mlflow
 import numpy as np
@@ -218,6 +220,13 @@ def test_engine_labels_through_the_queue_only(flywheel_home):
             [dg.AssetCheckKey(dg.AssetKey("labels"), "likely_label_errors")]
         )
         assert check  # the non-blocking label-error check ran
+        # the engine's synthetic frames of scarce conditions (engine.synthesize_share, on by default), in the UI
+        rows = store.read_parquet(layout.augmented_key(second))
+        made = Counter(c for c, a in zip(rows.column("condition").to_pylist(), rows.column("augmentation").to_pylist(),
+                                         strict=True) if a.startswith("synth-"))  # fmt: skip
+        assert made and set(made) <= {"fog", "night", "rain"}
+        shown = instance.get_latest_materialization_event(dg.AssetKey("augmented")).asset_materialization
+        assert shown.metadata["synthesized (frames per condition)"].value == ", ".join(f"{c} {n}" for c, n in made.items())
     assert human_labels_spent(store) == 80
     # Auto labels only for classes whose sure guesses on the golden set were right (labeling/trust.py): the
     # 8 frames people did not label, labeled again with every guess "sure" and a gate of 100 % precision
