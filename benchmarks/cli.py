@@ -309,9 +309,12 @@ def _overrides(ctx, param, values) -> dict:
 @click.option("--name", default="engine_ab", show_default=True,
               help="Result file name (without extension); --quick adds _quick. Until NAME.json is written, the "
                    "flywheels finished so far are kept in NAME.partial.json.")  # fmt: skip
+@click.option("--resume", is_flag=True,
+              help="Take the flywheels NAME.partial.json holds from an interrupted run of the same arms, seeds, world, "
+                   "sizes and settings, and run only the others.")  # fmt: skip
 @WORKDIR
 def engine(seeds: tuple[int, ...], iterations: int, clips: int | None, recorded: int | None, label_budget: int | None, steps: int, arms: tuple[str, ...],
-           ablation: bool, quick: bool, world: str, overrides: dict, out: str, jobs: int, name: str,
+           ablation: bool, quick: bool, world: str, overrides: dict, out: str, jobs: int, name: str, resume: bool,
            workdir: str | None):  # fmt: skip
     """The data engine (shadow mode + active selection + auto labels) vs random uploads and random
     labels, same human-label budget per iteration, over seeds: label-efficiency curves (PNG), the
@@ -324,7 +327,7 @@ def engine(seeds: tuple[int, ...], iterations: int, clips: int | None, recorded:
 
     from pydantic import ValidationError
 
-    from benchmarks.engine import ABLATION_ARMS, MAIN_ARMS, QUICK, bench_engine, markdown
+    from benchmarks.engine import ABLATION_ARMS, ARMS, MAIN_ARMS, QUICK, bench_engine, markdown
     from flywheel import plots
 
     sizes = dict(seeds=seeds, iterations=iterations, clips_per_iteration=clips, recorded_per_iteration=recorded,
@@ -335,22 +338,37 @@ def engine(seeds: tuple[int, ...], iterations: int, clips: int | None, recorded:
         arms = MAIN_ARMS + ABLATION_ARMS
     folder = Path(out)
     name = f"{name}_quick" if quick else name
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown or "random" not in arms:
+        raise click.BadParameter(f"arms must include 'random' and come from {list(ARMS)}; got {list(arms)}",
+                                 param_hint="--arms")  # fmt: skip
     partial, finished = folder / f"{name}.partial.json", {}
+    config = {"world": world, "arms": list(arms), "seeds": list(sizes["seeds"]), "overrides": overrides,
+              **{k: v for k, v in sizes.items() if k != "seeds"}}  # fmt: skip
+    config = json.loads(json.dumps(config))  # as the partial file holds it (tuples as lists)
+    if resume:
+        if not partial.exists():
+            raise click.BadParameter(f"nothing to resume: {partial} does not exist", param_hint="--resume")
+        earlier = json.loads(partial.read_text())
+        differs = {k: (v, config[k]) for k, v in earlier["config"].items() if config.get(k) != v}
+        if differs:
+            raise click.BadParameter(f"{partial} is from another run: (there, here) {differs}", param_hint="--resume")
+        finished = {a: {rows[0]["seed"]: rows for rows in runs} for a, runs in earlier["runs"].items()}
+        click.echo(f"resumed from {partial}: {', '.join(f'{a} seeds {sorted(s)}' for a, s in finished.items())}", err=True)
 
     def flywheel_done(arm: str, seed: int, rows: list[dict]) -> None:  # the flywheels so far, kept beside NAME.json
         finished.setdefault(arm, {})[seed] = rows
         folder.mkdir(parents=True, exist_ok=True)
-        _write(partial, _provenance({"partial": True, "config": {"world": world, "arms": list(arms), "seeds": list(sizes["seeds"])},
+        _write(partial, _provenance({"partial": True, "config": config,
                                      "runs": {a: [by_seed[k] for k in sorted(by_seed)] for a, by_seed in finished.items()}}))  # fmt: skip
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         try:
             result = bench_engine(tmp, arms=arms, jobs=jobs, world=world, overrides=overrides, on_done=flywheel_done,
+                                  finished={a: dict(by_seed) for a, by_seed in finished.items()},
                                   progress=lambda line: click.echo(line, err=True), **sizes)  # fmt: skip
         except ValidationError as e:  # a bad --set: the settings say which
             raise click.BadParameter(str(e), param_hint="--set") from None
-        except ValueError as e:  # an unknown arm: say which
-            raise click.BadParameter(str(e), param_hint="--arms") from None
     folder.mkdir(parents=True, exist_ok=True)
     result = _provenance(result)
     _write(folder / f"{name}.json", result)

@@ -57,8 +57,10 @@ from flywheel.store import store_for
 from flywheel.tracking import CHALLENGER, tracker_for
 
 # A gate that passes every challenger (no gain needed, no slice judged): the benchmark measures the
-# data each arm brings, not the gate's choices. There is no standing force in the settings any more.
-EVERY_MODEL_PROMOTED = {"floor": 0.0, "margin": -1.0, "min_slice_frames": 10**9, "critical_slices": []}
+# data each arm brings, not the gate's choices. There is no standing force in the settings any more. The margin is
+# below any difference of two scores in [0, 1]: the gain's interval must be above it, and on a few frames its lower
+# end can be -1 itself (a road-world flywheel stopped on exactly that with a margin of -1).
+EVERY_MODEL_PROMOTED = {"floor": 0.0, "margin": -2.0, "min_slice_frames": 10**9, "critical_slices": []}
 
 RARE = "fog"
 MIX = {"day": 0.70, "night": 0.13, "rain": 0.12, "fog": 0.05}
@@ -301,11 +303,14 @@ def bench_engine(workdir: str | Path, *, arms: tuple[str, ...] = MAIN_ARMS, seed
                  label_budget: int | None = None, steps: int = 300,
                  image_size: int | None = None, test_per_condition: int = 150, render: tuple[int, int] | None = None,
                  split: dict[str, float] = SPLIT, world: str = "road", overrides: dict | None = None, jobs: int = 1,
-                 progress=None, on_done: Callable[[str, int, list[dict]], None] | None = None) -> dict:  # fmt: skip
+                 progress=None, on_done: Callable[[str, int, list[dict]], None] | None = None,
+                 finished: dict[str, dict[int, list[dict]]] | None = None) -> dict:  # fmt: skip
     """The arms over the seeds; per-iteration rows, mean curves, paired differences from the random arm,
     and the label ratio against the goal. `jobs` > 1: (seed, arm) flywheels in that many processes of
     one torch thread each (on a small machine faster than one process of several threads). `on_done(arm,
-    seed, rows)`: each flywheel's rows as soon as it has finished."""
+    seed, rows)`: each flywheel's rows as soon as it has finished. `finished[arm][seed]`: rows of flywheels an
+    earlier run of the same command finished (its NAME.partial.json), not run again (a flywheel is
+    deterministic in its seed and arm)."""
     unknown = set(arms) - set(ARMS)
     if unknown or "random" not in arms:
         raise ValueError(f"arms must include 'random' and come from {list(ARMS)}; got {list(arms)}")
@@ -324,7 +329,8 @@ def bench_engine(workdir: str | Path, *, arms: tuple[str, ...] = MAIN_ARMS, seed
     test = test_set(bench_settings(workdir / "test", **settings_kw), per_condition=test_per_condition, world=world,
                     per_clip=WORLD_SCALE[world]["test_per_clip"])  # fmt: skip
     runs: dict[str, list[list[dict]]] = {arm: [] for arm in arms}
-    tasks = [(seed, arm) for seed in seeds for arm in arms]
+    finished = finished or {}
+    tasks = [(seed, arm) for seed in seeds for arm in arms if seed not in finished.get(arm, {})]
     kw = dict(iterations=iterations, clips_per_iteration=clips_per_iteration, recorded_per_iteration=recorded_per_iteration,
               test=test, **settings_kw)  # fmt: skip
     if jobs > 1:
@@ -343,8 +349,10 @@ def bench_engine(workdir: str | Path, *, arms: tuple[str, ...] = MAIN_ARMS, seed
             done.append(run_arm(arm, workdir, seed=seed, progress=progress, **kw))
             if on_done is not None:
                 on_done(arm, seed, done[-1])
-    for (_, arm), rows in zip(tasks, done, strict=True):
-        runs[arm].append(rows)
+    ran = {(seed, arm): rows for (seed, arm), rows in zip(tasks, done, strict=True)}
+    for seed in seeds:
+        for arm in arms:
+            runs[arm].append(ran[seed, arm] if (seed, arm) in ran else finished[arm][seed])
     curves = {arm: {"accuracy": curve(runs[arm], "accuracy"), "fog_accuracy": curve(runs[arm], "fog_accuracy")}
               for arm in arms}  # fmt: skip
     ratios = {arm: label_ratio(curves[arm]["fog_accuracy"], curves["random"]["fog_accuracy"])
@@ -358,7 +366,8 @@ def bench_engine(workdir: str | Path, *, arms: tuple[str, ...] = MAIN_ARMS, seed
                    "clips_per_iteration": clips_per_iteration, "recorded_per_iteration": recorded_per_iteration,
                    "label_budget": label_budget, "steps": steps,
                    "image_size": image_size, "render": list(render), "split": split, "test_per_condition": test_per_condition,
-                   "mix": MIX, "rare": RARE, "torch_threads": 1 if jobs > 1 else torch.get_num_threads(), "jobs": jobs},
+                   "mix": MIX, "rare": RARE, "torch_threads": 1 if jobs > 1 else torch.get_num_threads(), "jobs": jobs,
+                   "resumed": {a: sorted(by_seed) for a, by_seed in finished.items() if by_seed}},
         "runs": runs, "curves": curves, "paired": pairs, "label_ratio": ratios, "label_ratio_per_seed": per_seed, "goal": GOAL,
         "chance": 1 / len(bench_settings(workdir / "test", **settings_kw).classes),
         "seconds": round(time.perf_counter() - t0, 1),

@@ -57,6 +57,33 @@ def test_bench_engine_quick_runs_the_arms_through_the_pipeline_and_writes_curves
     assert bad_set.exit_code == 2 and "--set" in bad_set.output and "bogus" in bad_set.output
 
 
+def test_resume_takes_the_finished_flywheels_of_an_interrupted_run_and_runs_the_others(tmp_path):
+    """An interrupted run leaves NAME.partial.json; --resume takes its flywheels (here a random arm whose
+    accuracy was marked, so a rerun would show) and runs only the others; a partial of another run is refused."""
+    folder = tmp_path / "out"
+    base = ["bench", "engine", "--quick", "--out", str(folder), "--workdir", str(tmp_path)]
+    first = CliRunner().invoke(main, [*base, "--arms", "random"])
+    assert first.exit_code == 0, first.output
+    random = json.loads((folder / "engine_ab_quick.json").read_text())["runs"]["random"][0]
+    marked = [{**r, "accuracy": 0.123456} for r in random]
+    config = {"world": "road", "arms": ["random", "synth_only"], "seeds": [0]}  # what an older partial holds
+    partial = folder / "engine_ab_quick.partial.json"
+    partial.write_text(json.dumps({"partial": True, "config": config, "runs": {"random": [marked]}}))
+    resumed = CliRunner().invoke(main, [*base, "--arms", "random,synth_only", "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resumed from" in resumed.output and "random seeds [0]" in resumed.output
+    out = json.loads((folder / "engine_ab_quick.json").read_text())
+    assert out["runs"]["random"] == [marked] and out["config"]["resumed"] == {"random": [0]}
+    assert [r["iteration"] for r in out["runs"]["synth_only"][0]] == [1, 2]  # run now
+    assert out["runs"]["synth_only"][0][0]["synthesized"]
+    assert not partial.exists()
+    gone = CliRunner().invoke(main, [*base, "--arms", "random,synth_only", "--resume"])
+    assert gone.exit_code == 2 and "nothing to resume" in gone.output
+    partial.write_text(json.dumps({"partial": True, "config": {**config, "seeds": [1]}, "runs": {"random": [marked]}}))
+    other = CliRunner().invoke(main, [*base, "--arms", "random,synth_only", "--resume"])
+    assert other.exit_code == 2 and "is from another run" in other.output and "seeds" in other.output
+
+
 def test_paired_differences_flag_an_arm_significantly_below_random():
     def rows(values):
         return [{"human_labels_total": 100 * (i + 1), "fog_accuracy": v} for i, v in enumerate(values)]
