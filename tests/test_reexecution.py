@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 
 import requests
+from click.testing import CliRunner
 
+from flywheel.cli import main
 from tests.conftest import free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +35,7 @@ gate: {floor: 0.0}
 UI_SENSORS = "sensor: {ingest_retry_s: 3600, min_clips: 100000, min_new_frames: 100000}\n"  # the sensors stay out of it
 RUNS = """query($job: String!) { runsOrError(filter: {pipelineName: $job}) { ... on Runs { results {
     runId status tags { key value } } } } }"""
+RUN = """query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"""
 REEXECUTE = """mutation($parent: String!, $strategy: ReexecutionStrategy!) {
   launchPipelineReexecution(reexecutionParams: {parentRunId: $parent, strategy: $strategy}) {
     __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } ... on RunConfigValidationInvalid { errors { message } }
@@ -55,20 +58,20 @@ def _runs(port: int, job: str) -> list[dict]:
     return _graphql(port, RUNS, job=job)["runsOrError"].get("results", [])
 
 
-def _reexecute_and_wait(port: int, parent: str, strategy: str, timeout: float = 420.0) -> str:
-    return _wait(port, _graphql(port, REEXECUTE, parent=parent, strategy=strategy)["launchPipelineReexecution"], timeout)
+def _reexecute(port: int, parent: str, strategy: str) -> dict:
+    return _graphql(port, REEXECUTE, parent=parent, strategy=strategy)["launchPipelineReexecution"]
 
 
-def _wait(port: int, launched: dict, timeout: float = 420.0) -> str:
-    assert launched["__typename"] == "LaunchRunSuccess", launched
-    run_id, deadline, status = launched["run"]["runId"], time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        status = next(r["status"] for r in _runs(port, "train_and_deploy") + _runs(port, "ingest_batch")
-                      if r["runId"] == run_id)  # fmt: skip
-        if status in ("SUCCESS", "FAILURE", "CANCELED"):
-            break
-        time.sleep(2)
-    return status
+def _wait(port: int, *launched: dict, timeout: float = 420.0) -> list[str]:
+    """The final status of each launched run (runs launched together run side by side)."""
+    for launch in launched:
+        assert launch["__typename"] == "LaunchRunSuccess", launch
+    run_ids, deadline = [launch["run"]["runId"] for launch in launched], time.monotonic() + timeout
+    while True:
+        statuses = [_graphql(port, RUN, id=run_id)["runOrError"]["status"] for run_id in run_ids]
+        if all(s in ("SUCCESS", "FAILURE", "CANCELED") for s in statuses) or time.monotonic() > deadline:
+            return statuses
+        time.sleep(0.5)
 
 
 def test_the_ui_re_executes_runs_the_command_line_started(tmp_path, flywheel_home):
@@ -84,20 +87,29 @@ def test_the_ui_re_executes_runs_the_command_line_started(tmp_path, flywheel_hom
         return subprocess.run([sys.executable, "-m", "flywheel.cli", "--config", str(config), *args], env=env,
                               capture_output=True, text=True, timeout=600)  # fmt: skip
 
-    assert cli("simulate", "--clips", "12").returncode == 0
+    def here(*args, config=cli_cfg) -> str:
+        """The stdout of a command that runs no job, run in this process: click's same `main`, with the
+        environment `cli` gives (what the command sets there, DAGSTER_HOME, is undone after it), without
+        a process of its own whose imports take longer than what the command does."""
+        runner = CliRunner(env={"FLYWHEEL_HOME": str(home), "DAGSTER_HOME": None, "FLYWHEEL_CONFIG": None})
+        result = runner.invoke(main, ["--config", str(config), *args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    here("simulate", "--clips", "12")
     failed = cli("iterate")
     assert failed.returncode == 1 and "the iteration (run " in failed.stderr, failed.stdout + failed.stderr
     # a second batch whose ingest dies with its frames written, labels not yet
-    assert cli("simulate", "--clips", "6").returncode == 0
+    here("simulate", "--clips", "6")
     killed = subprocess.run([sys.executable, "-m", "tests.faults.driver", "frames_written", "--config", str(cli_cfg),
                              "ingest", "--min-clips", "1"], env={**env, "PYTHONPATH": str(REPO)}, cwd=REPO,
                             capture_output=True, text=True, timeout=600)  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
-    before = json.loads(cli("status", "--json", config=ui_cfg).stdout)
+    before = json.loads(here("status", "--json", config=ui_cfg))
     second = before["batches"][1]
     assert second["frames"] > 0 and second["ingest"]["state"] == "waiting", second  # frames, yet not done
     assert second["ingest"]["failures"] == 1 and "process" in second["ingest"]["error"]
-    assert "the sensor retries it at" in cli("status", config=ui_cfg).stdout
+    assert "the sensor retries it at" in here("status", config=ui_cfg)
 
     port = free_port()
     ui = subprocess.Popen([sys.executable, "-m", "flywheel.cli", "--config", str(ui_cfg), "ui", "--port", str(port)],
@@ -105,24 +117,27 @@ def test_the_ui_re_executes_runs_the_command_line_started(tmp_path, flywheel_hom
     try:
         wait_for_port(port, timeout=180, proc=ui)
         deadline, training = time.monotonic() + 120, []
-        while not training and time.monotonic() < deadline:  # the code location may still be loading
+        while time.monotonic() < deadline:  # the code location may still be loading
             try:
                 training = _runs(port, "train_and_deploy")
             except (AssertionError, KeyError, requests.RequestException):
                 pass
-            time.sleep(1)
+            if training:
+                break
+            time.sleep(0.5)
         [run] = training
         tags = {t["key"]: t["value"] for t in run["tags"]}
         assert run["status"] == "FAILURE" and tags["user"] and tags["flywheel/trigger"] == "cli"  # "Launched by"
         # from failure: the dataset step is not run again, training and the rest are, with the UI's config
-        assert _reexecute_and_wait(port, run["runId"], "FROM_FAILURE") == "SUCCESS"
+        assert _wait(port, _reexecute(port, run["runId"], "FROM_FAILURE")) == ["SUCCESS"]
         [ingest] = [r for r in _runs(port, "ingest_batch") if r["status"] == "SUCCESS"]
-        assert _reexecute_and_wait(port, ingest["runId"], "ALL_STEPS") == "SUCCESS"
-        # the killed batch: a run of its partition, as the job's launchpad starts one
-        assert _wait(port, _graphql(port, LAUNCH, batch=second["batch_id"])["launchRun"]) == "SUCCESS"
+        # the ingest run with all steps and, beside it (the run queue runs ingest runs side by side), the
+        # killed batch: a run of its partition, as the job's launchpad starts one
+        assert _wait(port, _reexecute(port, ingest["runId"], "ALL_STEPS"),
+                     _graphql(port, LAUNCH, batch=second["batch_id"])["launchRun"]) == ["SUCCESS", "SUCCESS"]  # fmt: skip
     finally:
         ui.send_signal(signal.SIGINT)
         out, _ = ui.communicate(timeout=120)
-    after = json.loads(cli("status", "--json", config=ui_cfg).stdout)
+    after = json.loads(here("status", "--json", config=ui_cfg))
     assert after["champion"]["version"] == "v1", out
     assert [b["ingest"]["state"] for b in after["batches"]] == ["done", "done"]

@@ -91,19 +91,19 @@ class Browser:
         assert out.returncode == 0, f"chromium {args}: exit {out.returncode}\n{out.stderr[-3000:]}"
         return out.stdout
 
-    def page(self, url: str, expect: str, tries: int = 4) -> tuple[str, str]:
-        """(DOM, visible text) of `url` once the DOM holds `expect`, or as it is after `tries` loads
-        (the code location and the page's queries may still be loading)."""
+    def page(self, url: str, expect: str, tries: int = 4, screenshot: Path | None = None) -> tuple[str, str]:
+        """(DOM, visible text) of `url` once the DOM or its text holds `expect`, or as it is after
+        `tries` loads (the code location and the page's queries may still be loading). The text too:
+        the DOM escapes what the page shows ("20 < 100 frames" in a gate reason is "20 &lt; 100" there).
+        `screenshot`: a PNG of the page as its DOM was dumped, from the same load."""
+        shot = [f"--screenshot={screenshot}"] if screenshot else []
         for i in range(tries):
-            dom = self._run("--dump-dom", url)
-            if expect in dom:
+            dom = self._run("--dump-dom", *shot, url)
+            text = text_of(dom)
+            if expect in dom or expect in text:
                 break
             time.sleep(2 * (i + 1))
-        return dom, text_of(dom)
-
-    def screenshot(self, url: str, png: Path) -> bytes:
-        self._run(f"--screenshot={png}", url)
-        return png.read_bytes()
+        return dom, text
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -153,8 +153,8 @@ def test_an_iteration_from_the_command_line_shows_in_the_browser(flywheel_home, 
         # The first visit's "join the community" dialog covers the page: dismissed as its Skip does.
         assert graphql("mutation { setNuxSeen }")["data"]["setNuxSeen"] is True
 
-        runs_url = f"{base}/locations/flywheel.definitions/jobs/train_and_deploy/runs"
-        dom, text = browser.page(runs_url, run_id)
+        runs_url, png = f"{base}/locations/flywheel.definitions/jobs/train_and_deploy/runs", tmp_path / "job-runs.png"
+        dom, text = browser.page(runs_url, run_id, screenshot=png)
         # its row: the short id as text, the whole one in its link to /runs/<id>
         assert run_id in dom and run_id[:8] in text, text
         assert "train_and_deploy" in text and "Success" in text, text
@@ -167,8 +167,8 @@ def test_an_iteration_from_the_command_line_shows_in_the_browser(flywheel_home, 
         _, text = browser.page(f"{base}/runs/{run_id}", "epoch 1/")
         assert "epoch 1/" in text and "challenger" in text, text  # the training step's say() lines
 
-        png = browser.screenshot(runs_url, tmp_path / "job-runs.png")
-        assert png_size(png) == WINDOW and len(png) > 20_000, len(png)  # a rendered page, not blank
+        shot = png.read_bytes()  # the job's runs page, taken with its DOM above
+        assert png_size(shot) == WINDOW and len(shot) > 20_000, len(shot)  # a rendered page, not blank
     finally:
         proc.terminate()
         proc.wait(timeout=30)
