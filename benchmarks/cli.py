@@ -312,10 +312,14 @@ def _overrides(ctx, param, values) -> dict:
 @click.option("--resume", is_flag=True,
               help="Take the flywheels NAME.partial.json holds from an interrupted run of the same arms, seeds, world, "
                    "sizes and settings, and run only the others.")  # fmt: skip
+@click.option("--reuse", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="An earlier result (NAME.json or NAME.partial.json) of the same world, sizes and settings: take its "
+                   "flywheels of this run's arms and seeds instead of running them again (a flywheel is deterministic "
+                   "in its arm and seed), e.g. the random arm of a main run for an ablation. Repeatable.")  # fmt: skip
 @WORKDIR
 def engine(seeds: tuple[int, ...], iterations: int, clips: int | None, recorded: int | None, label_budget: int | None, steps: int, arms: tuple[str, ...],
            ablation: bool, quick: bool, world: str, overrides: dict, out: str, jobs: int, name: str, resume: bool,
-           workdir: str | None):  # fmt: skip
+           reuse: tuple[str, ...], workdir: str | None):  # fmt: skip
     """The data engine (shadow mode + active selection + auto labels) vs random uploads and random
     labels, same human-label budget per iteration, over seeds: label-efficiency curves (PNG), the
     label ratio against its goal (JSON on stdout, a Markdown table on stderr).
@@ -327,7 +331,15 @@ def engine(seeds: tuple[int, ...], iterations: int, clips: int | None, recorded:
 
     from pydantic import ValidationError
 
-    from benchmarks.engine import ABLATION_ARMS, ARMS, MAIN_ARMS, QUICK, bench_engine, markdown
+    from benchmarks.engine import (
+        ABLATION_ARMS,
+        ARMS,
+        MAIN_ARMS,
+        QUICK,
+        bench_engine,
+        comparable,
+        markdown,
+    )
     from flywheel import plots
 
     sizes = dict(seeds=seeds, iterations=iterations, clips_per_iteration=clips, recorded_per_iteration=recorded,
@@ -355,6 +367,21 @@ def engine(seeds: tuple[int, ...], iterations: int, clips: int | None, recorded:
             raise click.BadParameter(f"{partial} is from another run: (there, here) {differs}", param_hint="--resume")
         finished = {a: {rows[0]["seed"]: rows for rows in runs} for a, runs in earlier["runs"].items()}
         click.echo(f"resumed from {partial}: {', '.join(f'{a} seeds {sorted(s)}' for a, s in finished.items())}", err=True)
+    reused: dict[str, dict[str, list[int]]] = {}
+    for path in reuse:
+        earlier = json.loads(Path(path).read_text())
+        there, here = comparable(earlier["config"]), comparable(config)
+        differs = {k: (v, here[k]) for k, v in there.items() if here[k] != v}
+        if differs:
+            raise click.BadParameter(f"{path} is from a run of other sizes or settings: (there, here) {differs}",
+                                     param_hint="--reuse")  # fmt: skip
+        for arm, runs in earlier["runs"].items():
+            for rows in runs if arm in arms else ():
+                if rows and rows[0]["seed"] in config["seeds"] and rows[0]["seed"] not in finished.get(arm, {}):
+                    finished.setdefault(arm, {})[rows[0]["seed"]] = rows
+                    reused.setdefault(Path(path).name, {}).setdefault(arm, []).append(rows[0]["seed"])
+    if reused:
+        click.echo(f"reused: {reused}", err=True)
 
     def flywheel_done(arm: str, seed: int, rows: list[dict]) -> None:  # the flywheels so far, kept beside NAME.json
         finished.setdefault(arm, {})[seed] = rows
@@ -371,6 +398,7 @@ def engine(seeds: tuple[int, ...], iterations: int, clips: int | None, recorded:
             raise click.BadParameter(str(e), param_hint="--set") from None
     folder.mkdir(parents=True, exist_ok=True)
     result = _provenance(result)
+    result["config"]["reused"] = reused  # the files some flywheels were taken from (they are in "resumed" too)
     _write(folder / f"{name}.json", result)
     partial.unlink(missing_ok=True)  # the whole result is in NAME.json now
     png = plots.label_efficiency_png(result["curves"], rare=result["config"]["rare"], chance=result["chance"],

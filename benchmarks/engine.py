@@ -109,6 +109,21 @@ WORLD_SCALE = {"road": {"image_size": 64, "render": (96, 72), "clips_per_iterati
                           "test_per_clip": 1}}  # fmt: skip
 
 
+def comparable(config: dict) -> dict:
+    """What a flywheel's rows depend on besides its arm and seed, from a result's (or partial's) config with the
+    world's defaults filled in: two runs that agree on it give the same rows for the same (arm, seed)."""
+    world = config.get("world", "road")
+    scale = WORLD_SCALE.get(world, {})
+    clips = config.get("clips_per_iteration") or scale.get("clips_per_iteration")
+    return {"world": world, "overrides": config.get("overrides") or {}, "iterations": config.get("iterations"),
+            "steps": config.get("steps"), "clips_per_iteration": clips,
+            "recorded_per_iteration": config.get("recorded_per_iteration") or (clips and RECORDED_PER_UPLOAD * clips),
+            "label_budget": config.get("label_budget") or scale.get("label_budget"),
+            "image_size": config.get("image_size") or scale.get("image_size"),
+            "render": list(config.get("render") or scale.get("render") or ()), "split": config.get("split") or SPLIT,
+            "test_per_condition": config.get("test_per_condition") or 150}  # fmt: skip
+
+
 @contextmanager
 def _home(root: Path):
     """FLYWHEEL_HOME = `root` while settings are made: each arm's store and MLflow live under its own root."""

@@ -82,6 +82,16 @@ def test_resume_takes_the_finished_flywheels_of_an_interrupted_run_and_runs_the_
     partial.write_text(json.dumps({"partial": True, "config": {**config, "seeds": [1]}, "runs": {"random": [marked]}}))
     other = CliRunner().invoke(main, [*base, "--arms", "random,synth_only", "--resume"])
     assert other.exit_code == 2 and "is from another run" in other.output and "seeds" in other.output
+    # --reuse: an ablation takes the flywheels another result holds of its arms and seeds (here all of them: nothing
+    # runs again) and names the file; a result of another world or size is refused before anything runs
+    done = folder / "engine_ab_quick.json"
+    again = CliRunner().invoke(main, [*base, "--arms", "random,synth_only", "--name", "again", "--reuse", str(done)])
+    assert again.exit_code == 0, again.output
+    taken = json.loads((folder / "again_quick.json").read_text())
+    assert taken["runs"] == out["runs"] and taken["config"]["reused"] == {done.name: {"random": [0], "synth_only": [0]}}
+    digits = CliRunner().invoke(main, [*base, "--world", "digits", "--name", "digits", "--reuse", str(done)])
+    assert digits.exit_code == 2 and "--reuse" in digits.output and "'world': ('road', 'digits')" in digits.output
+    assert not (folder / "digits_quick.partial.json").exists() and not (folder / "digits_quick.json").exists()
 
 
 def test_paired_differences_flag_an_arm_significantly_below_random():
