@@ -10,9 +10,17 @@ from flywheel.config import Settings, load_settings, quiet_telemetry
 
 quiet_telemetry()
 
+# Runs launched from the UI or by sensors: each step in a process of its own (Dagster's multiprocess executor),
+# forked from a server that imported this code location once per run, not spawned to import torch, MLflow and
+# Dagster again (seconds per step). Runs of the command line execute in its process and are not affected.
+# (Named: production/definitions.py is loaded from its file, for which Dagster would preload only its own package.)
+STEP_EXECUTOR = dg.multiprocess_executor.configured(
+    {"start_method": {"forkserver": {"preload_modules": [__name__]}}}, name="multiprocess_forkserver")
+
 
 def build_definitions(
-    settings: Settings | None = None, *, config_path: str | None = None, overrides: dict | None = None
+    settings: Settings | None = None, *, config_path: str | None = None, overrides: dict | None = None,
+    executor: dg.ExecutorDefinition = STEP_EXECUTOR,
 ) -> dg.Definitions:
     from assets import campaigns, dataset, ingest, model
     from jobs import (
@@ -39,6 +47,7 @@ def build_definitions(
         sensors=[fresh_fleet_data, train_after_ingest, report_failed_runs, retune_on_new_inputs,
                  label_studio_answers],
         resources=resources_for(config_path, overrides),
+        executor=executor,
     )
 
 

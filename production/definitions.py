@@ -17,7 +17,7 @@ import os
 
 import dagster as dg
 
-from flywheel.definitions import build_definitions
+from flywheel.definitions import STEP_EXECUTOR, build_definitions
 
 EXECUTORS = ("multiprocess", "in_process", "celery", "k8s")
 
@@ -32,7 +32,8 @@ def celery_config() -> dict:
 
 
 def executor_from_env() -> dg.ExecutorDefinition | None:
-    """The executor named by FLYWHEEL_EXECUTOR; None keeps Dagster's default (multiprocess)."""
+    """The executor named by FLYWHEEL_EXECUTOR; None keeps the flywheel's (multiprocess, steps forked from a
+    server that imported the code location once)."""
     name = os.environ.get("FLYWHEEL_EXECUTOR", "multiprocess")
     if name == "multiprocess":
         return None
@@ -50,11 +51,7 @@ def executor_from_env() -> dg.ExecutorDefinition | None:
 
 
 def production_definitions() -> dg.Definitions:
-    base = build_definitions(config_path=os.environ.get("FLYWHEEL_CONFIG"))
-    executor = executor_from_env()
-    return (
-        base if executor is None else dg.Definitions.merge(base, dg.Definitions(executor=executor))
-    )
+    return build_definitions(config_path=os.environ.get("FLYWHEEL_CONFIG"), executor=executor_from_env() or STEP_EXECUTOR)
 
 
 defs = production_definitions()

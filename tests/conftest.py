@@ -31,6 +31,20 @@ from flywheel.store import open_store  # noqa: E402
 CLASSES = ["clear_road", "vehicle", "pedestrian", "cyclist", "red_light", "obstacle"]
 
 
+def pytest_configure(config):
+    """pytest-xdist up to 3.8 keeps an xdist_group on one worker by renaming its tests, which pytest 9.2 no longer
+    lets it do: the group is spread over the workers (the Label Studio tests each started a server), so such a pair
+    is refused here rather than run slowly."""
+    if config.getoption("dist", None) != "loadgroup" or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    import xdist
+    from packaging.version import Version
+
+    if Version(pytest.__version__) >= Version("9.2") and Version(xdist.__version__) <= Version("3.8.0"):
+        raise pytest.UsageError(f"pytest {pytest.__version__} with pytest-xdist {xdist.__version__} ignores "
+                                "xdist_group; install the dev extras' pytest: pip install -e '.[dev]'")  # fmt: skip
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

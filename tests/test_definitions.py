@@ -37,6 +37,9 @@ def test_dagster_definitions_validate(flywheel_home):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
+    # runs the UI or a sensor launches fork each step from a server that imported the code location once
+    assert {build_definitions().resolve_job_def(j).executor_def.name for j in ("ingest_batch", "train_and_deploy")} \
+        == {"multiprocess_forkserver"}
 
 
 def test_materialize_ingest_assets_for_a_partition(flywheel_home):
