@@ -5,9 +5,11 @@ import dagster as dg
 
 from assets.ingest import STORE_RETRY
 from assets.ui import png_md, table_md
-from flywheel.engine import campaigns
+from flywheel import lazy
 from resources import SettingsResource, StoreResource
 from resources.partitions import mining_campaigns
+
+campaigns = lazy.module("flywheel.engine.campaigns")  # torch and onnxruntime, when a step uses it
 
 
 class CampaignConfig(dg.Config):

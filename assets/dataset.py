@@ -4,12 +4,14 @@ import dagster as dg
 
 from assets.ingest import STORE_RETRY, frames
 from assets.ui import counts_md, png_md, table_md
-from flywheel import stages
+from flywheel import lazy
 from flywheel.data.diff import diff_versions
 from flywheel.data.diff import markdown as diff_markdown
-from flywheel.plots import diff_png
 from resources import SettingsResource, StoreResource
 from resources.partitions import fleet_batches
+
+# torch, albumentations, matplotlib and the rest of the stages, when a step uses them
+stages, plots = lazy.module("flywheel.stages"), lazy.module("flywheel.plots")
 
 LABEL_ERRORS = dg.AssetCheckSpec("likely_label_errors", asset="labels", blocking=False,
                                 description="Confident learning: the champion's probabilities blended with a cross-validated model of the batch's own labels")  # fmt: skip
@@ -139,7 +141,7 @@ def _version_metadata(st, s, manifest: dict, created: bool) -> dict:
     if manifest.get("parent"):  # what this version adds to its parent
         d = diff_versions(st, s.dataset.name, manifest["parent"], manifest["version"])
         changes = {"vs_parent": dg.MetadataValue.md(diff_markdown(d)), "labels_changed": d["labels_changed"],
-                   "clips_added": d["clips_added"], "added (rows per class and condition)": png_md(diff_png(d), "added rows")}  # fmt: skip
+                   "clips_added": d["clips_added"], "added (rows per class and condition)": png_md(plots.diff_png(d), "added rows")}  # fmt: skip
     return {
         **changes,
         "version": manifest["version"],

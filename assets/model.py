@@ -6,14 +6,14 @@ import dagster as dg
 from assets.dataset import training_dataset
 from assets.training import train_through_pipes
 from assets.ui import png_md, say, table_md
-from flywheel import plots, stages
-from flywheel.engine import campaigns
-from flywheel.evaluation import approvals
-from flywheel.evaluation.evaluate import compare, compare_markdown
-from flywheel.tracking import ui_urls
-from flywheel.training import tune
+from flywheel import lazy
 from resources import ComputeResource, MlflowResource, SettingsResource, StoreResource
 from resources.partitions import mining_campaigns
+
+# torch, MLflow, optuna and matplotlib, when a step uses them
+plots, stages, campaigns = (lazy.module(f"flywheel.{m}") for m in ("plots", "stages", "engine.campaigns"))
+approvals, evaluate = lazy.module("flywheel.evaluation.approvals"), lazy.module("flywheel.evaluation.evaluate")
+tracking, tune = lazy.module("flywheel.tracking"), lazy.module("flywheel.training.tune")
 
 # Not blocking: a challenger that does not beat the champion is an outcome, not a crash. The run succeeds,
 # `deployed` reads the decision and is not materialized, and the run is tagged flywheel/gate=kept.
@@ -78,7 +78,7 @@ def challenger(
 
 
 def _links(out: dict, tracker) -> dict:
-    links = ui_urls(tracker.tracking_uri, experiment_id=tracker.experiment_id, run_id=out["run_id"],
+    links = tracking.ui_urls(tracker.tracking_uri, experiment_id=tracker.experiment_id, run_id=out["run_id"],
                     model_name=tracker.model_name, version=out["version"])  # fmt: skip
     return {k: dg.MetadataValue.url(v) for k, v in links.items()}  # with a tracking server
 
@@ -183,7 +183,7 @@ def _evaluation_metadata(out: dict, s, st, outcome: str) -> dict:
         metric: ch[metric],
         f"fixed held-out set {metric}": fixed["challenger"][metric] if fixed["frames"] else None,
         "growing evaluation set vs fixed held-out set": table_md(_on_both_sets(out, fixed, metric)),
-        "challenger_vs_champion": dg.MetadataValue.md(compare_markdown(compare(ch, out["champion"]))),
+        "challenger_vs_champion": dg.MetadataValue.md(evaluate.compare_markdown(evaluate.compare(ch, out["champion"]))),
         "per_slice": table_md(slices),
         "robustness": table_md([{"corruption": k, **v} for k, v in ch.get("robustness", {}).items()]),
         "mining campaigns (clips brought, slice score before and after)": table_md(

@@ -9,8 +9,10 @@ import tempfile
 import dagster as dg
 from dagster._core.errors import DagsterPipesExecutionError
 
+from flywheel import lazy
 from flywheel.config import Settings
-from flywheel.training import distributed
+
+distributed = lazy.module("flywheel.training.distributed")  # the stages, torch and MLflow, when used
 
 
 def train_through_pipes(context: dg.AssetExecutionContext, s: Settings, *, device: str) -> dict:

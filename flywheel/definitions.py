@@ -11,11 +11,13 @@ from flywheel.config import Settings, load_settings, quiet_telemetry
 quiet_telemetry()
 
 # Runs launched from the UI or by sensors: each step in a process of its own (Dagster's multiprocess executor),
-# forked from a server that imported this code location once per run, not spawned to import torch, MLflow and
-# Dagster again (seconds per step). Runs of the command line execute in its process and are not affected.
-# (Named: production/definitions.py is loaded from its file, for which Dagster would preload only its own package.)
+# forked from a server that imported this code location and the stages (torch, MLflow, albumentations) once per
+# run, not spawned to import them again (seconds per step). The code location itself leaves those to the steps
+# that use them (flywheel/lazy.py): the webserver, the daemon, sensors and the command line start without them.
+# Runs of the command line execute in its process and are not affected.
 STEP_EXECUTOR = dg.multiprocess_executor.configured(
-    {"start_method": {"forkserver": {"preload_modules": [__name__]}}}, name="multiprocess_forkserver")
+    {"start_method": {"forkserver": {"preload_modules": [__name__, "flywheel.stages"]}}},
+    name="multiprocess_forkserver")
 
 
 def build_definitions(

@@ -6,6 +6,7 @@ else in the flywheel.
 """
 
 import functools
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
@@ -18,7 +19,9 @@ from flywheel.config import (
     parse_overrides,
 )
 from flywheel.store import Store, store_for
-from flywheel.tracking import Tracker, tracker_for
+
+if TYPE_CHECKING:
+    from flywheel.tracking import Tracker
 
 # Settings a run's config may change when it is launched (the UI's launchpad, GraphQL): the training
 # knobs. Everything else (gate.force, store.root, compute images, MLflow, deploy, the config file)
@@ -66,8 +69,11 @@ class MlflowResource(dg.ConfigurableResource):
 
     settings: SettingsResource
 
-    def tracker(self, context: dg.AssetExecutionContext | None = None) -> Tracker:
+    def tracker(self, context: dg.AssetExecutionContext | None = None) -> "Tracker":
         """With the asset's `context`, every MLflow run it starts is tagged with the Dagster run and job."""
+        # MLflow takes seconds to import: only the steps that track pay for it
+        from flywheel.tracking import tracker_for
+
         tags = {"dagster.run_id": context.run_id, "dagster.job": context.job_name} if context else None
         return tracker_for(self.settings.load(), run_tags=tags)
 

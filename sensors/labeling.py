@@ -4,10 +4,12 @@ the file exchange under labeling/."""
 
 import dagster as dg
 
-from flywheel.labeling import labelstudio_sync
+from flywheel import lazy
 from jobs import relabel_batch
 from resources import SettingsResource, StoreResource
 from resources.partitions import fleet_batches
+
+labelstudio_sync = lazy.module("flywheel.labeling.labelstudio_sync")  # the queue's scoring pulls in torch
 
 
 @dg.sensor(

@@ -3,9 +3,11 @@ was tuned for changed."""
 
 import dagster as dg
 
-from flywheel.training import tune
+from flywheel import lazy
 from jobs import TRAINING_TAGS, tune_job
 from resources import SettingsResource, StoreResource
+
+tune = lazy.module("flywheel.training.tune")  # torch and optuna, when a tick reads it
 
 
 @dg.sensor(

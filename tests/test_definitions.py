@@ -42,6 +42,16 @@ def test_dagster_definitions_validate(flywheel_home):
         == {"multiprocess_forkserver"}
 
 
+def test_the_code_location_loads_without_torch_or_mlflow():
+    """Every run, step, sensor tick and command imports the code location: torch, MLflow, optuna and
+    albumentations (seconds each) are imported by the steps that use them, not by the code location."""
+    heavy = ["torch", "mlflow", "optuna", "albumentations", "matplotlib", "onnxruntime"]
+    probe = f"import sys, flywheel.definitions as d; d.defs.resolve_all_job_defs(); print([m for m in {heavy} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_materialize_ingest_assets_for_a_partition(flywheel_home):
     store = open_store(str(flywheel_home))
     for i in range(4):
