@@ -166,10 +166,10 @@ def label_efficiency_png(curves: dict, *, rare: str, chance: float, ratios: dict
     if target is not None:
         panels[0].axhline(target["target"], color="black", linestyle=":", linewidth=1,
                           label=f"{next(iter(curves))} arm's final {rare} accuracy")  # fmt: skip
-        for arm, r in (ratios or {}).items():
-            if r["engine_labels"] is not None:
-                panels[0].annotate(f"{arm}: {r['ratio']:.2f} of the labels", (r["engine_labels"], r["target"]),
-                                   textcoords="offset points", xytext=(4, 6), fontsize=7)  # fmt: skip
+        reached = [(arm, r) for arm, r in (ratios or {}).items() if r["engine_labels"] is not None]
+        for k, (arm, r) in enumerate(reached):  # one line of text each, stacked above the target line
+            panels[0].annotate(f"{arm}: {r['ratio']:.2f} of the labels", (r["engine_labels"], r["target"]),
+                               textcoords="offset points", xytext=(4, 6 + 10 * k), fontsize=7)  # fmt: skip
     band = "95 % interval" if all("half" in c[f"{rare}_accuracy"] for c in curves.values()) else "min to max"
     panels[0].set_ylabel(f"accuracy (mean over seeds; band: {band})")
     panels[0].set_ylim(0, 1.02)
