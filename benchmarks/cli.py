@@ -312,6 +312,9 @@ def _overrides(ctx, param, values) -> dict:
 @click.option("--resume", is_flag=True,
               help="Take the flywheels NAME.partial.json holds from an interrupted run of the same arms, seeds, world, "
                    "sizes and settings, and run only the others.")  # fmt: skip
+@click.option("--synth-share", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
+              show_default=True, help="engine.synthesize_share of the arms with synthetic frames (engine, synth_only); "
+                                      "--set would give them to the random arm too.")  # fmt: skip
 @click.option("--reuse", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="An earlier result (NAME.json or NAME.partial.json) of the same world, sizes and settings: take its "
                    "flywheels of this run's arms and seeds instead of running them again (a flywheel is deterministic "
@@ -319,7 +322,7 @@ def _overrides(ctx, param, values) -> dict:
 @WORKDIR
 def engine(seeds: tuple[int, ...], iterations: int, clips: int | None, recorded: int | None, label_budget: int | None, steps: int, arms: tuple[str, ...],
            ablation: bool, quick: bool, world: str, overrides: dict, out: str, jobs: int, name: str, resume: bool,
-           reuse: tuple[str, ...], workdir: str | None):  # fmt: skip
+           synth_share: float, reuse: tuple[str, ...], workdir: str | None):  # fmt: skip
     """The data engine (shadow mode + active selection + auto labels) vs random uploads and random
     labels, same human-label budget per iteration, over seeds: label-efficiency curves (PNG), the
     label ratio against its goal (JSON on stdout, a Markdown table on stderr).
@@ -336,6 +339,7 @@ def engine(seeds: tuple[int, ...], iterations: int, clips: int | None, recorded:
         ARMS,
         MAIN_ARMS,
         QUICK,
+        SYNTH_SHARE,
         bench_engine,
         comparable,
         markdown,
@@ -356,7 +360,7 @@ def engine(seeds: tuple[int, ...], iterations: int, clips: int | None, recorded:
                                  param_hint="--arms")  # fmt: skip
     partial, finished = folder / f"{name}.partial.json", {}
     config = {"world": world, "arms": list(arms), "seeds": list(sizes["seeds"]), "overrides": overrides,
-              **{k: v for k, v in sizes.items() if k != "seeds"}}  # fmt: skip
+              "synth_share": synth_share, **{k: v for k, v in sizes.items() if k != "seeds"}}  # fmt: skip
     config = json.loads(json.dumps(config))  # as the partial file holds it (tuples as lists)
     if resume:
         if not partial.exists():
@@ -375,7 +379,12 @@ def engine(seeds: tuple[int, ...], iterations: int, clips: int | None, recorded:
         if differs:
             raise click.BadParameter(f"{path} is from a run of other sizes or settings: (there, here) {differs}",
                                      param_hint="--reuse")  # fmt: skip
+        # an arm with synthetic frames depends on their share too (older results had 0.2, SYNTH_SHARE, only)
+        other_share = earlier["config"].get("synth_share", SYNTH_SHARE) != synth_share
         for arm, runs in earlier["runs"].items():
+            if other_share and "synth" in ARMS.get(arm, ()):
+                click.echo(f"not reused from {path}: {arm} (synthetic frames at another share)", err=True)
+                continue
             for rows in runs if arm in arms else ():
                 if rows and rows[0]["seed"] in config["seeds"] and rows[0]["seed"] not in finished.get(arm, {}):
                     finished.setdefault(arm, {})[rows[0]["seed"]] = rows
@@ -392,6 +401,7 @@ def engine(seeds: tuple[int, ...], iterations: int, clips: int | None, recorded:
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         try:
             result = bench_engine(tmp, arms=arms, jobs=jobs, world=world, overrides=overrides, on_done=flywheel_done,
+                                  synth_share=synth_share,
                                   finished={a: dict(by_seed) for a, by_seed in finished.items()},
                                   progress=lambda line: click.echo(line, err=True), **sizes)  # fmt: skip
         except ValidationError as e:  # a bad --set: the settings say which

@@ -137,9 +137,11 @@ def _home(root: Path):
 
 def bench_settings(root: Path, *, parts: tuple[str, ...] = (), image_size: int = 64, steps: int = 300,
                    label_budget: int = 100, seed: int = 0, render: tuple[int, int] = (96, 72),
-                   split: dict[str, float] = SPLIT, world: str = "road", overrides: dict | None = None) -> Settings:  # fmt: skip
+                   split: dict[str, float] = SPLIT, world: str = "road", overrides: dict | None = None,
+                   synth_share: float = SYNTH_SHARE) -> Settings:  # fmt: skip
     """One arm's settings, its home at `root`; every model passes the gate (the comparison is about data);
-    `overrides`: dotted keys set last (`bench engine --set`), the same in every arm."""
+    `overrides`: dotted keys set last (`bench engine --set`), the same in every arm; `synth_share`: the
+    synth part's `engine.synthesize_share` (arms without that part make no synthetic frames)."""
     unknown = set(parts) - set(PARTS)
     if unknown:
         raise ValueError(f"unknown engine part(s) {sorted(unknown)}; known: {PARTS}")
@@ -163,7 +165,7 @@ def bench_settings(root: Path, *, parts: tuple[str, ...] = (), image_size: int =
                        "strategy": "typical" if "typical" in parts else "hybrid" if "select" in parts else "random",
                        "auto_labels": "auto" in parts,
                        "scarce_share": SCARCE_SHARE if "scarce" in parts else None,
-                       "synthesize_share": SYNTH_SHARE if "synth" in parts else None},
+                       "synthesize_share": synth_share if "synth" in parts else None},
             "gate": EVERY_MODEL_PROMOTED,
             "deploy": {"int8": False},
             # scored on the benchmark's own test set: no clips moved from train to the evaluation split
@@ -318,6 +320,7 @@ def bench_engine(workdir: str | Path, *, arms: tuple[str, ...] = MAIN_ARMS, seed
                  label_budget: int | None = None, steps: int = 300,
                  image_size: int | None = None, test_per_condition: int = 150, render: tuple[int, int] | None = None,
                  split: dict[str, float] = SPLIT, world: str = "road", overrides: dict | None = None, jobs: int = 1,
+                 synth_share: float = SYNTH_SHARE,
                  progress=None, on_done: Callable[[str, int, list[dict]], None] | None = None,
                  finished: dict[str, dict[int, list[dict]]] | None = None) -> dict:  # fmt: skip
     """The arms over the seeds; per-iteration rows, mean curves, paired differences from the random arm,
@@ -340,7 +343,7 @@ def bench_engine(workdir: str | Path, *, arms: tuple[str, ...] = MAIN_ARMS, seed
     workdir = Path(workdir)
     t0 = time.perf_counter()
     settings_kw = dict(image_size=image_size, steps=steps, label_budget=label_budget, render=render, split=split,
-                       world=world, overrides=dict(overrides or {}))  # fmt: skip
+                       world=world, overrides=dict(overrides or {}), synth_share=synth_share)  # fmt: skip
     test = test_set(bench_settings(workdir / "test", **settings_kw), per_condition=test_per_condition, world=world,
                     per_clip=WORLD_SCALE[world]["test_per_clip"])  # fmt: skip
     runs: dict[str, list[list[dict]]] = {arm: [] for arm in arms}
@@ -378,6 +381,7 @@ def bench_engine(workdir: str | Path, *, arms: tuple[str, ...] = MAIN_ARMS, seed
                       for i in range(len(seeds))] for arm in arms if arm != "random"}  # fmt: skip
     return {
         "config": {"world": world, "overrides": dict(overrides or {}), "arms": list(arms), "seeds": list(seeds), "iterations": iterations,
+                   "synth_share": synth_share,
                    "clips_per_iteration": clips_per_iteration, "recorded_per_iteration": recorded_per_iteration,
                    "label_budget": label_budget, "steps": steps,
                    "image_size": image_size, "render": list(render), "split": split, "test_per_condition": test_per_condition,

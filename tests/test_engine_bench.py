@@ -89,6 +89,16 @@ def test_resume_takes_the_finished_flywheels_of_an_interrupted_run_and_runs_the_
     assert again.exit_code == 0, again.output
     taken = json.loads((folder / "again_quick.json").read_text())
     assert taken["runs"] == out["runs"] and taken["config"]["reused"] == {done.name: {"random": [0], "synth_only": [0]}}
+    # another share of synthetic frames: the random arm is reused, the arm with synthetic frames runs again
+    share = CliRunner().invoke(main, [*base, "--arms", "random,synth_only", "--name", "share", "--synth-share", "0.3",
+                                      "--reuse", str(done)])  # fmt: skip
+    assert share.exit_code == 0, share.output
+    assert "not reused from" in share.output and "synth_only (synthetic frames at another share)" in share.output
+    shared = json.loads((folder / "share_quick.json").read_text())
+    assert shared["config"]["synth_share"] == 0.3 and shared["config"]["reused"] == {done.name: {"random": [0]}}
+    assert shared["runs"]["random"] == out["runs"]["random"]
+    copies = [sum(r[0][0]["synthesized"].values()) for r in (out["runs"]["synth_only"], shared["runs"]["synth_only"])]
+    assert 0 < copies[0] < copies[1]
     digits = CliRunner().invoke(main, [*base, "--world", "digits", "--name", "digits", "--reuse", str(done)])
     assert digits.exit_code == 2 and "--reuse" in digits.output and "'world': ('road', 'digits')" in digits.output
     assert not (folder / "digits_quick.partial.json").exists() and not (folder / "digits_quick.json").exists()
