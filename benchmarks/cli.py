@@ -373,16 +373,20 @@ def engine(seeds: tuple[int, ...], iterations: int, clips: int | None, recorded:
         click.echo(f"resumed from {partial}: {', '.join(f'{a} seeds {sorted(s)}' for a, s in finished.items())}", err=True)
     reused: dict[str, dict[str, list[int]]] = {}
     for path in reuse:
-        earlier = json.loads(Path(path).read_text())
-        there, here = comparable(earlier["config"]), comparable(config)
+        try:
+            earlier = json.loads(Path(path).read_text())
+            there, here, earlier_runs = comparable(earlier["config"]), comparable(config), dict(earlier["runs"])
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise click.BadParameter(f"{path} is not a bench engine result ({type(e).__name__}: {e})",
+                                     param_hint="--reuse") from None
         differs = {k: (v, here[k]) for k, v in there.items() if here[k] != v}
         if differs:
             raise click.BadParameter(f"{path} is from a run of other sizes or settings: (there, here) {differs}",
                                      param_hint="--reuse")  # fmt: skip
         # an arm with synthetic frames depends on their share too (older results had 0.2, SYNTH_SHARE, only)
         other_share = earlier["config"].get("synth_share", SYNTH_SHARE) != synth_share
-        for arm, runs in earlier["runs"].items():
-            if other_share and "synth" in ARMS.get(arm, ()):
+        for arm, runs in earlier_runs.items():
+            if other_share and arm in arms and "synth" in ARMS.get(arm, ()):
                 click.echo(f"not reused from {path}: {arm} (synthetic frames at another share)", err=True)
                 continue
             for rows in runs if arm in arms else ():

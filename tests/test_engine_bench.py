@@ -99,6 +99,10 @@ def test_resume_takes_the_finished_flywheels_of_an_interrupted_run_and_runs_the_
     assert shared["runs"]["random"] == out["runs"]["random"]
     copies = [sum(r[0][0]["synthesized"].values()) for r in (out["runs"]["synth_only"], shared["runs"]["synth_only"])]
     assert 0 < copies[0] < copies[1]
+    junk = folder / "junk.json"
+    junk.write_text("not json")
+    bad = CliRunner().invoke(main, [*base, "--name", "junk", "--reuse", str(junk)])
+    assert bad.exit_code == 2 and "--reuse" in bad.output and "junk.json is not a bench engine result" in bad.output
     digits = CliRunner().invoke(main, [*base, "--world", "digits", "--name", "digits", "--reuse", str(done)])
     assert digits.exit_code == 2 and "--reuse" in digits.output and "'world': ('road', 'digits')" in digits.output
     assert not (folder / "digits_quick.partial.json").exists() and not (folder / "digits_quick.json").exists()
