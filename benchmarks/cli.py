@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from flywheel.config import EngineSettings  # loaded by the CLI anyway
+
 if TYPE_CHECKING:
     from flywheel.cli.base import Ctx
 
@@ -312,9 +314,10 @@ def _overrides(ctx, param, values) -> dict:
 @click.option("--resume", is_flag=True,
               help="Take the flywheels NAME.partial.json holds from an interrupted run of the same arms, seeds, world, "
                    "sizes and settings, and run only the others.")  # fmt: skip
-@click.option("--synth-share", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
-              show_default=True, help="engine.synthesize_share of the arms with synthetic frames (engine, synth_only); "
-                                      "--set would give them to the random arm too.")  # fmt: skip
+@click.option("--synth-share", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=EngineSettings.model_fields["synthesize_share"].default, show_default=True,
+              help="engine.synthesize_share of the arms with synthetic frames (engine, synth_only; by default the "
+                   "flywheel's); --set would give them to the random arm too.")  # fmt: skip
 @click.option("--reuse", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="An earlier result (NAME.json or NAME.partial.json) of the same world, sizes and settings: take its "
                    "flywheels of this run's arms and seeds instead of running them again (a flywheel is deterministic "
@@ -339,7 +342,7 @@ def engine(seeds: tuple[int, ...], iterations: int, clips: int | None, recorded:
         ARMS,
         MAIN_ARMS,
         QUICK,
-        SYNTH_SHARE,
+        SYNTH_SHARE_UNRECORDED,
         bench_engine,
         comparable,
         markdown,
@@ -366,6 +369,7 @@ def engine(seeds: tuple[int, ...], iterations: int, clips: int | None, recorded:
         if not partial.exists():
             raise click.BadParameter(f"nothing to resume: {partial} does not exist", param_hint="--resume")
         earlier = json.loads(partial.read_text())
+        earlier["config"].setdefault("synth_share", SYNTH_SHARE_UNRECORDED)
         differs = {k: (v, config[k]) for k, v in earlier["config"].items() if config.get(k) != v}
         if differs:
             raise click.BadParameter(f"{partial} is from another run: (there, here) {differs}", param_hint="--resume")
@@ -383,8 +387,8 @@ def engine(seeds: tuple[int, ...], iterations: int, clips: int | None, recorded:
         if differs:
             raise click.BadParameter(f"{path} is from a run of other sizes or settings: (there, here) {differs}",
                                      param_hint="--reuse")  # fmt: skip
-        # an arm with synthetic frames depends on their share too (older results had 0.2, SYNTH_SHARE, only)
-        other_share = earlier["config"].get("synth_share", SYNTH_SHARE) != synth_share
+        # an arm with synthetic frames depends on their share too
+        other_share = earlier["config"].get("synth_share", SYNTH_SHARE_UNRECORDED) != synth_share
         for arm, runs in earlier_runs.items():
             if other_share and arm in arms and "synth" in ARMS.get(arm, ()):
                 click.echo(f"not reused from {path}: {arm} (synthetic frames at another share)", err=True)

@@ -45,7 +45,7 @@ import torch
 from benchmarks.recipe import interval
 from benchmarks.worlds import world_for
 from flywheel import ingest, layout, sim, stages
-from flywheel.config import CONDITIONS, Settings, set_dotted
+from flywheel.config import CONDITIONS, EngineSettings, Settings, set_dotted
 from flywheel.engine import campaigns
 from flywheel.engine.shadow import fleet_filter
 from flywheel.labeling.quality import auto_accuracy_vs_truth
@@ -66,7 +66,9 @@ RARE = "fog"
 MIX = {"day": 0.70, "night": 0.13, "rain": 0.12, "fog": 0.05}
 PARTS = ("shadow", "novelty", "select", "typical", "auto", "campaign", "scarce", "synth")
 SCARCE_SHARE = 0.2  # the scarce part: mine for the rarest condition while below this share of the labeled frames
-SYNTH_SHARE = 0.2  # the synth part: synthesize each scarce condition up to this share of a batch's train frames
+# the synth part: synthesize each scarce condition up to this share of a batch's train frames (the flywheel's default)
+SYNTH_SHARE = EngineSettings.model_fields["synthesize_share"].default
+SYNTH_SHARE_UNRECORDED = 0.2  # the share of results written before their config recorded `synth_share`
 ARMS: dict[str, tuple[str, ...]] = {
     "random": (),
     "engine": ("shadow", "select", "auto", "synth"),

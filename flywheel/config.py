@@ -152,11 +152,11 @@ class EngineSettings(_Section):
     scarce_match_share: float = Field(0.02, gt=0, lt=1)  # the share of ordinary frames a scarce-slice query matches
     # Synthetic frames for scarce conditions (flywheel/data/synth.py): each batch's train frames of the most common
     # condition get fog, night or rain laid over them, for every such condition below this share of the batch's
-    # labeled train frames, up to that share; None: off. Classification only (detection ignores it). With 0.2 the
-    # default engine reached random's final fog accuracy with 0.60 of its labels on the road world and 0.80 on digits,
-    # 5 seeds each, significantly above random on fog at every iteration on digits and never below on either
-    # (BENCHMARKS.md, "Synthetic frames of the scarce conditions"); no other share measured yet.
-    synthesize_share: float | None = Field(0.2, gt=0, lt=1)
+    # labeled train frames, up to that share; None: off. Classification only (detection ignores it). With 0.3 the
+    # default engine reached random's final fog accuracy with 0.60 of its labels on both the road world and digits,
+    # 5 seeds each, never significantly below random at any iteration; 0.2 gave 0.60 on road but 0.80 on digits
+    # (BENCHMARKS.md, "Synthetic frames of the scarce conditions").
+    synthesize_share: float | None = Field(0.3, gt=0, lt=1)
     strategy: Literal["uncertainty", "diversity", "balanced", "hybrid", "typical", "random"] = "hybrid"
     image_url_prefix: str | None = None  # how annotators reach queued images; None: store URIs
     # A label is flagged as a likely error only when the evidence (the champion's probabilities blended with a

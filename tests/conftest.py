@@ -45,6 +45,14 @@ def pytest_configure(config):
                                 "xdist_group; install the dev extras' pytest: pip install -e '.[dev]'")  # fmt: skip
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items):
+    """Tests marked `slow` (whole runs end to end, a minute or more each) go first, the rest keep their order: the
+    workers then finish together, where a long test started last would keep one of them busy alone. Under
+    pytest-xdist every worker sorts the same items the same way. `-m "not slow"` leaves them out."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from benchmarks.engine import curve, label_ratio, markdown, paired
 from benchmarks.recipe import interval
 from flywheel.cli import main
+from flywheel.config import EngineSettings
 
 
 def test_bench_engine_quick_runs_the_arms_through_the_pipeline_and_writes_curves_and_plot(tmp_path):
@@ -69,7 +70,11 @@ def test_resume_takes_the_finished_flywheels_of_an_interrupted_run_and_runs_the_
     config = {"world": "road", "arms": ["random", "synth_only"], "seeds": [0]}  # what an older partial holds
     partial = folder / "engine_ab_quick.partial.json"
     partial.write_text(json.dumps({"partial": True, "config": config, "runs": {"random": [marked]}}))
-    resumed = CliRunner().invoke(main, [*base, "--arms", "random,synth_only", "--resume"])
+    # a result that names no share of synthetic frames was made at 0.2, before the default moved to 0.3
+    older = ["--arms", "random,synth_only", "--synth-share", "0.2"]
+    now = CliRunner().invoke(main, [*base, "--arms", "random,synth_only", "--resume"])
+    assert now.exit_code == 2 and "is from another run" in now.output and "'synth_share': (0.2, 0.3)" in now.output
+    resumed = CliRunner().invoke(main, [*base, *older, "--resume"])
     assert resumed.exit_code == 0, resumed.output
     assert "resumed from" in resumed.output and "random seeds [0]" in resumed.output
     out = json.loads((folder / "engine_ab_quick.json").read_text())
@@ -77,25 +82,26 @@ def test_resume_takes_the_finished_flywheels_of_an_interrupted_run_and_runs_the_
     assert [r["iteration"] for r in out["runs"]["synth_only"][0]] == [1, 2]  # run now
     assert out["runs"]["synth_only"][0][0]["synthesized"]
     assert not partial.exists()
-    gone = CliRunner().invoke(main, [*base, "--arms", "random,synth_only", "--resume"])
+    gone = CliRunner().invoke(main, [*base, *older, "--resume"])
     assert gone.exit_code == 2 and "nothing to resume" in gone.output
     partial.write_text(json.dumps({"partial": True, "config": {**config, "seeds": [1]}, "runs": {"random": [marked]}}))
-    other = CliRunner().invoke(main, [*base, "--arms", "random,synth_only", "--resume"])
+    other = CliRunner().invoke(main, [*base, *older, "--resume"])
     assert other.exit_code == 2 and "is from another run" in other.output and "seeds" in other.output
     # --reuse: an ablation takes the flywheels another result holds of its arms and seeds (here all of them: nothing
     # runs again) and names the file; a result of another world or size is refused before anything runs
     done = folder / "engine_ab_quick.json"
-    again = CliRunner().invoke(main, [*base, "--arms", "random,synth_only", "--name", "again", "--reuse", str(done)])
+    again = CliRunner().invoke(main, [*base, *older, "--name", "again", "--reuse", str(done)])
     assert again.exit_code == 0, again.output
     taken = json.loads((folder / "again_quick.json").read_text())
     assert taken["runs"] == out["runs"] and taken["config"]["reused"] == {done.name: {"random": [0], "synth_only": [0]}}
-    # another share of synthetic frames: the random arm is reused, the arm with synthetic frames runs again
-    share = CliRunner().invoke(main, [*base, "--arms", "random,synth_only", "--name", "share", "--synth-share", "0.3",
-                                      "--reuse", str(done)])  # fmt: skip
+    # another share of synthetic frames (the default, the flywheel's): the random arm is reused, the arm with
+    # synthetic frames runs again
+    share = CliRunner().invoke(main, [*base, "--arms", "random,synth_only", "--name", "share", "--reuse", str(done)])
     assert share.exit_code == 0, share.output
     assert "not reused from" in share.output and "synth_only (synthetic frames at another share)" in share.output
     shared = json.loads((folder / "share_quick.json").read_text())
-    assert shared["config"]["synth_share"] == 0.3 and shared["config"]["reused"] == {done.name: {"random": [0]}}
+    assert shared["config"]["synth_share"] == EngineSettings().synthesize_share == 0.3
+    assert shared["config"]["reused"] == {done.name: {"random": [0]}}
     assert shared["runs"]["random"] == out["runs"]["random"]
     copies = [sum(r[0][0]["synthesized"].values()) for r in (out["runs"]["synth_only"], shared["runs"]["synth_only"])]
     assert 0 < copies[0] < copies[1]
