@@ -26,6 +26,7 @@ SMALL = {"sim.frames_per_clip": 4, "image_size": 32, "train.epochs": 3, "train.w
          "tune.baseline_epochs": 0}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_campaign_brings_clips_like_its_slice_and_reports_its_effect(flywheel_home, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(flywheel_home / "dagster"))
     (flywheel_home / "dagster").mkdir()

@@ -80,6 +80,7 @@ def test_simulate_ingest_status(tmp_path, flywheel_home, monkeypatch):
         assert instance.get_dynamic_partitions("fleet_batches") == [status["batches"][0]["batch_id"]]
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_then_rollback(tmp_path, flywheel_home):
     cfg = tmp_path / "flywheel.yaml"
     cfg.write_text(SMALL + "gate: {floor: 0.0, margin: -1.0, min_slice_frames: 1000, critical_slices: []}\n"
@@ -115,6 +116,7 @@ def test_demo_end_to_end_then_rollback(tmp_path, flywheel_home):
     assert again.returncode != 0 and "Error" in again.stderr
 
 
+@pytest.mark.slow
 def test_detection_demo_turns_the_loop_on_boxes_and_deploys_a_detector(tmp_path, flywheel_home):
     cfg = tmp_path / "flywheel.yaml"
     cfg.write_text(SMALL + "gate: {margin: -1.0, min_slice_frames: 1000, critical_slices: []}\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from benchmarks.engine import curve, label_ratio, markdown, paired
@@ -12,6 +13,7 @@ from flywheel.cli import main
 from flywheel.config import EngineSettings
 
 
+@pytest.mark.slow
 def test_bench_engine_quick_runs_the_arms_through_the_pipeline_and_writes_curves_and_plot(tmp_path):
     result = CliRunner().invoke(main, ["bench", "engine", "--quick", "--arms", "engine,random,engine_novelty",
                                        "--out", str(tmp_path / "out"), "--workdir", str(tmp_path)])  # fmt: skip
@@ -58,6 +60,7 @@ def test_bench_engine_quick_runs_the_arms_through_the_pipeline_and_writes_curves
     assert bad_set.exit_code == 2 and "--set" in bad_set.output and "bogus" in bad_set.output
 
 
+@pytest.mark.slow
 def test_resume_takes_the_finished_flywheels_of_an_interrupted_run_and_runs_the_others(tmp_path):
     """An interrupted run leaves NAME.partial.json; --resume takes its flywheels (here a random arm whose
     accuracy was marked, so a rerun would show) and runs only the others; a partial of another run is refused."""

@@ -3,9 +3,11 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 
 
+@pytest.mark.slow
 def test_check_iterate_runs_the_flywheel_and_reads_back_where_each_part_ran():
     path = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
     spec = importlib.util.spec_from_file_location("gpu_check", path)

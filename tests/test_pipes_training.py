@@ -56,6 +56,7 @@ def _test_accuracy(store, settings, manifest, version: str) -> float:
     return float((predict(model, images).probs.argmax(1) == labels).mean())
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_reach_the_quality_of_one_through_pipes(separable):
     settings, store, manifest = separable
     with dg.instance_for_test() as instance:
@@ -77,6 +78,7 @@ def test_two_gloo_ranks_reach_the_quality_of_one_through_pipes(separable):
     assert abs(acc2 - acc1) <= 0.1
 
 
+@pytest.mark.slow
 def test_a_failing_rank_fails_the_step_with_its_error_and_the_retry_resumes(separable, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", f"{FAULTS}:{Path(__file__).parents[1]}")
     monkeypatch.setenv("FLYWHEEL_TEST_CRASH", f"1:2:{tmp_path / 'crashed'}")  # rank 1, third epoch, once

@@ -33,6 +33,7 @@ from flywheel.cli import main
 from flywheel.sim.render import encode_jpeg
 
 
+@pytest.mark.slow
 def test_bench_recipe_quick_through_the_cli(tmp_path):
     out_file = tmp_path / "recipe.json"
     args = ["bench", "recipe", "--quick", "--datasets", "geometry,digits", "--seeds", "0,1", "--threads", "1",

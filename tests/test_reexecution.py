@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import requests
 from click.testing import CliRunner
 
@@ -74,6 +75,7 @@ def _wait(port: int, *launched: dict, timeout: float = 420.0) -> list[str]:
         time.sleep(0.5)
 
 
+@pytest.mark.slow
 def test_the_ui_re_executes_runs_the_command_line_started(tmp_path, flywheel_home):
     home = flywheel_home
     ui_cfg, cli_cfg = tmp_path / "ui.yaml", tmp_path / "cli.yaml"

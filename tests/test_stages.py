@@ -47,6 +47,7 @@ def _ingest_new_batch(store, settings, instance, defs, seed, *, annotate=False):
     return plan.batch_id
 
 
+@pytest.mark.slow
 def test_two_iterations_materialize_the_whole_graph(flywheel_home, monkeypatch):
     settings = load_settings(**TINY)
     store = open_store(settings.store_root)
@@ -150,6 +151,7 @@ def test_two_iterations_materialize_the_whole_graph(flywheel_home, monkeypatch):
         assert "**perception v1 → v2**" in meta["vs_parent"].value
 
 
+@pytest.mark.slow
 def test_a_force_deploys_the_one_version_it_names_and_records_the_account(flywheel_home):
     strict = {**TINY, "gate.floor": 1.0}  # no model reaches it: the gate keeps every challenger
     settings = load_settings(**strict)

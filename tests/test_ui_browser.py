@@ -112,6 +112,7 @@ def png_size(data: bytes) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
+@pytest.mark.slow
 def test_an_iteration_from_the_command_line_shows_in_the_browser(flywheel_home, tmp_path):
     browser = Browser(chromium(), tmp_path / "chromium-profile")
     env = {**os.environ, "FLYWHEEL_HOME": str(flywheel_home)}

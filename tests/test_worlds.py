@@ -66,6 +66,7 @@ def test_classes_other_than_the_worlds_are_refused(tmp_path):
         sim.render_frames(np.random.default_rng(0), 1, "snow", digits_settings(), world=DigitsWorld())
 
 
+@pytest.mark.slow
 def test_bench_engine_quick_on_the_digits_world(tmp_path):
     result = CliRunner().invoke(main, ["bench", "engine", "--quick", "--world", "digits", "--arms", "random,engine_novelty",
                                        "--out", str(tmp_path / "out"), "--workdir", str(tmp_path)])  # fmt: skip

@@ -179,6 +179,7 @@ def test_kill_while_writing_the_human_queue_then_rerun(flywheel_home, template_h
 
 
 @pytest.mark.parametrize("iteration", TRAIN_CHAINS)
+@pytest.mark.slow
 def test_kills_during_training_and_deploy_then_reruns(iteration, flywheel_home, template_home, monkeypatch):
     home, config, settings, uploaded = _setup(flywheel_home, template_home, monkeypatch, FORCED)
     if iteration == "second":
@@ -212,6 +213,7 @@ def s3_behind_proxy(s3_endpoint):
     proxy.cut()
 
 
+@pytest.mark.slow
 def test_s3_link_cut_mid_iteration_then_restored(flywheel_home, template_home, monkeypatch, s3_endpoint,
                                                 s3_behind_proxy):  # fmt: skip
     """The store's link dies while an iteration runs; restored, a rerun finishes the job."""

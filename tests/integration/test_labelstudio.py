@@ -34,7 +34,7 @@ from tests.conftest import free_port, wait_for_port
 from tests.integration.conftest import TINY
 
 # one worker runs these (pytest-xdist --dist loadgroup): the server keeps one data dir between tests
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("label-studio")]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("label-studio")]
 
 
 @pytest.fixture(scope="session")

@@ -34,6 +34,7 @@ def _bucket_keys(endpoint: str, bucket: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_flywheel_iterate_on_the_production_profile(
     prod_config, mlflow_server, dagster_home, s3_endpoint
 ):
@@ -86,6 +87,7 @@ def _test_accuracy(store, settings, manifest, tracker, version: str) -> float:
     return float((predict(model, images).probs.argmax(1) == labels).mean())
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_reach_the_quality_of_one(prod_config, mlflow_server, tmp_path):
     """2-rank DDP (gloo on loopback) vs one process, same data and the same global batch of 32."""
     sizes = {

@@ -35,6 +35,7 @@ def test_the_check_flags_a_crippled_challenger(tmp_path):
     assert check["verdict"] == "short" and check["short"]
 
 
+@pytest.mark.slow
 def test_the_check_passes_a_challenger_trained_at_the_defaults(tmp_path):
     store, settings, manifest = _version(tmp_path, "position", steps=150)
     good = train_recipe(store, settings, manifest)[0].select
