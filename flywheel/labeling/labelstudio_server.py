@@ -125,6 +125,10 @@ def start(*, data_dir: Path, port: int, document_root: Path, exe: Path | None = 
     data_dir.mkdir(parents=True, exist_ok=True)
     token, url = token_for(data_dir), f"http://127.0.0.1:{port}"
     env = {
+        # no calls out: Label Studio asks pypi.org for its latest version at every start, and sends usage
+        # analytics, unless told not to (the environment can still turn either on)
+        "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",
+        "LABEL_STUDIO_COLLECT_ANALYTICS": "false",
         **os.environ,
         "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
         "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(document_root),
