@@ -287,13 +287,13 @@ def curve(runs: list[list[dict]], key: str) -> dict:
             "half": [round(interval(col.tolist())[1], 4) for col in values.T]}  # fmt: skip
 
 
-def paired(arm_runs: list[list[dict]], random_runs: list[list[dict]], key: str) -> list[dict]:
-    """Per iteration, the arm minus the random arm on the same seed (the same first uploads and label
-    seeds): mean, 95 % t-interval half-width over seeds, and `below` / `above` when the interval
-    excludes 0 (significantly below / above random at that iteration)."""
+def paired(arm_runs: list[list[dict]], base_runs: list[list[dict]], key: str) -> list[dict]:
+    """Per iteration, the arm minus a base arm (random, or the whole engine) on the same seed (the same
+    first uploads and label seeds): mean, 95 % t-interval half-width over seeds, and `below` / `above` when
+    the interval excludes 0 (significantly below / above the base at that iteration)."""
     out = []
     for it, rows in enumerate(zip(*arm_runs, strict=True)):
-        diffs = [r[key] - random_runs[i][it][key] for i, r in enumerate(rows)]
+        diffs = [r[key] - base_runs[i][it][key] for i, r in enumerate(rows)]
         mean, half = interval(diffs)
         out.append({"iteration": it + 1, "mean": round(mean, 4), "half": round(half, 4), "seeds": len(diffs),
                     "below": len(diffs) > 1 and mean + half < 0, "above": len(diffs) > 1 and mean - half > 0})  # fmt: skip
@@ -379,6 +379,9 @@ def bench_engine(workdir: str | Path, *, arms: tuple[str, ...] = MAIN_ARMS, seed
               for arm in arms if arm != "random"}  # fmt: skip
     pairs = {arm: {key: paired(runs[arm], runs["random"], key) for key in ("fog_accuracy", "accuracy")}
              for arm in arms if arm != "random"}  # fmt: skip
+    # each other arm against the whole engine, same seed: what the parts it leaves out (or adds) are worth
+    with_engine = {arm: {key: paired(runs[arm], runs["engine"], key) for key in ("fog_accuracy", "accuracy")}
+                   for arm in arms if "engine" in arms and arm not in ("random", "engine")}  # fmt: skip
     per_seed = {arm: [label_ratio(curve([runs[arm][i]], "fog_accuracy"), curve([runs["random"][i]], "fog_accuracy"))["ratio"]
                       for i in range(len(seeds))] for arm in arms if arm != "random"}  # fmt: skip
     return {
@@ -389,7 +392,7 @@ def bench_engine(workdir: str | Path, *, arms: tuple[str, ...] = MAIN_ARMS, seed
                    "image_size": image_size, "render": list(render), "split": split, "test_per_condition": test_per_condition,
                    "mix": MIX, "rare": RARE, "torch_threads": 1 if jobs > 1 else torch.get_num_threads(), "jobs": jobs,
                    "resumed": {a: sorted(by_seed) for a, by_seed in finished.items() if by_seed}},
-        "runs": runs, "curves": curves, "paired": pairs, "label_ratio": ratios, "label_ratio_per_seed": per_seed, "goal": GOAL,
+        "runs": runs, "curves": curves, "paired": pairs, "paired_with_engine": with_engine, "label_ratio": ratios, "label_ratio_per_seed": per_seed, "goal": GOAL,
         "chance": 1 / len(bench_settings(workdir / "test", **settings_kw).classes),
         "seconds": round(time.perf_counter() - t0, 1),
     }  # fmt: skip
@@ -405,11 +408,13 @@ def markdown(result: dict) -> str:
         for arm, c in curves.items():
             cells = [f"{m:.3f} ({lo:.2f}–{hi:.2f})" for m, lo, hi in zip(c[key]["mean"], c[key]["min"], c[key]["max"], strict=True)]
             lines.append(f"| {arm}, {title} | " + " | ".join(cells) + " |")
-    if result.get("paired"):
-        lines += ["", f"| arm − random, same seed ({rare} accuracy; 95 % interval; * excludes 0) | "
-                  + " | ".join(f"iteration {p['iteration']}" for p in next(iter(result["paired"].values()))["fog_accuracy"]) + " |",
+    for field, base in (("paired", "random"), ("paired_with_engine", "engine")):
+        if not result.get(field):
+            continue
+        lines += ["", f"| arm − {base}, same seed ({rare} accuracy; 95 % interval; * excludes 0) | "
+                  + " | ".join(f"iteration {p['iteration']}" for p in next(iter(result[field].values()))["fog_accuracy"]) + " |",
                   "| --- |" + " --- |" * len(curves["random"]["accuracy"]["labels"])]  # fmt: skip
-        for arm, p in result["paired"].items():
+        for arm, p in result[field].items():
             cells = [f"{x['mean']:+.3f} ± {x['half']:.3f}{' *' if x['below'] or x['above'] else ''}" for x in p["fog_accuracy"]]
             lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     lines += ["", f"| arm | labels to reach the random arm's final {rare} accuracy | ÷ random arm's labels | per seed | goal |",

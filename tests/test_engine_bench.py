@@ -53,6 +53,11 @@ def test_bench_engine_quick_runs_the_arms_through_the_pipeline_and_writes_curves
     assert step["mean"] == round(engine[1]["fog_accuracy"] - random[1]["fog_accuracy"], 4) and step["half"] == 0
     assert not step["below"] and not step["above"]
     assert "| engine |" in markdown(out)
+    # each other arm against the whole engine, same seed (what the parts it leaves out are worth)
+    assert set(out["paired_with_engine"]) == {"engine_novelty"}
+    vs = out["paired_with_engine"]["engine_novelty"]["fog_accuracy"][1]
+    assert vs["mean"] == round(novelty[1]["fog_accuracy"] - engine[1]["fog_accuracy"], 4) and vs["half"] == 0
+    assert "| arm − engine, same seed" in markdown(out) and "| engine_novelty |" in markdown(out)
     assert not (tmp_path / "out" / "engine_ab_quick.partial.json").exists()  # gone once the whole is written
     wrong = CliRunner().invoke(main, ["bench", "engine", "--quick", "--arms", "engine,bogus", "--workdir", str(tmp_path)])
     assert wrong.exit_code == 2 and "bogus" in wrong.output
